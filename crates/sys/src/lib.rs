@@ -1,0 +1,7 @@
+//! `migrate-sys`: every `unsafe` of the project lives here, in small wrappers that take
+//! plain data and return `Result`s and owned file descriptors.
+//!
+//! Nothing in this crate holds policy: it does not know what a container, a lab or a
+//! checkpoint is. Callers outside it are compiled with `unsafe_code = "forbid"`.
+
+pub mod process;
