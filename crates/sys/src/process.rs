@@ -21,17 +21,9 @@ use std::process::{Child, Command};
 #[derive(Debug)]
 pub enum Step {
     /// `write(fd, bytes)`, e.g. `"0"` into an open `cgroup.procs` to join that cgroup.
-    Write {
-        fd: OwnedFd,
-        bytes: Vec<u8>,
-        what: String,
-    },
+    Write { fd: OwnedFd, bytes: Vec<u8>, what: String },
     /// `setns(fd, nstype)` into the namespace the fd refers to.
-    SetNs {
-        fd: OwnedFd,
-        nstype: libc::c_int,
-        what: String,
-    },
+    SetNs { fd: OwnedFd, nstype: libc::c_int, what: String },
     /// `unshare(flags)`.
     Unshare { flags: libc::c_int },
     /// `setsid()`: a new session, no controlling terminal.
@@ -70,11 +62,7 @@ impl Step {
     /// A step that enters the namespace at `path` (`/proc/PID/ns/net`, `/run/netns/x`).
     pub fn enter_ns(path: &Path, nstype: libc::c_int) -> io::Result<Step> {
         let fd = std::fs::File::open(path)?;
-        Ok(Step::SetNs {
-            fd: fd.into(),
-            nstype,
-            what: format!("enter namespace {}", path.display()),
-        })
+        Ok(Step::SetNs { fd: fd.into(), nstype, what: format!("enter namespace {}", path.display()) })
     }
 
     /// A step that mounts a fresh instance of `fstype` at `target`.
@@ -96,13 +84,7 @@ impl Step {
     /// A step that changes the propagation of every mount under `target` (e.g.
     /// `MS_REC | MS_PRIVATE` on `/`, so that the child's mounts never reach the host).
     pub fn remount_propagation(target: &str, flags: libc::c_ulong) -> io::Result<Step> {
-        Ok(Step::Mount {
-            source: None,
-            target: cstring(target.as_bytes())?,
-            fstype: None,
-            flags,
-            data: None,
-        })
+        Ok(Step::Mount { source: None, target: cstring(target.as_bytes())?, fstype: None, flags, data: None })
     }
 
     /// A step that sets the hostname.
@@ -119,9 +101,7 @@ impl Step {
             Step::Mount { target, fstype, .. } => {
                 format!(
                     "mount {} on {}",
-                    fstype
-                        .as_deref()
-                        .map_or("(propagation)".into(), |f| f.to_string_lossy()),
+                    fstype.as_deref().map_or("(propagation)".into(), |f| f.to_string_lossy()),
                     target.to_string_lossy()
                 )
             }
@@ -132,8 +112,7 @@ impl Step {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string holds a NUL byte"))
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string holds a NUL byte"))
 }
 
 /// Turns an `OsStr` into a `CString`, refusing interior NUL bytes.
@@ -171,11 +150,8 @@ impl std::error::Error for SpawnError {
 /// step. If `exec` itself fails (no such program), the error is the `exec` errno with no
 /// step. The file descriptors the steps hold stay open until `cmd` is dropped.
 pub fn spawn(cmd: &mut Command, steps: Vec<Step>) -> Result<Child, SpawnError> {
-    let (report_rd, report_wr) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError {
-            step: None,
-            source: e.into(),
-        })?;
+    let (report_rd, report_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError { step: None, source: e.into() })?;
     let descs: Vec<String> = steps.iter().map(Step::describe).collect();
     let report_fd = report_wr.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec. It only makes
@@ -216,11 +192,7 @@ fn run_steps(steps: &[Step], report_fd: RawFd) -> io::Result<()> {
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
@@ -252,23 +224,11 @@ fn run_step(step: &Step) -> io::Result<()> {
             // SAFETY: `name` is a live NUL-terminated string; its length excludes the NUL.
             check(unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) })?;
         }
-        Step::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-        } => {
+        Step::Mount { source, target, fstype, flags, data } => {
             // SAFETY: every pointer is either null or a live NUL-terminated string owned
             // by the step.
             check(unsafe {
-                libc::mount(
-                    opt_ptr(source),
-                    target.as_ptr(),
-                    opt_ptr(fstype),
-                    *flags,
-                    opt_ptr(data).cast(),
-                )
+                libc::mount(opt_ptr(source), target.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data).cast())
             })?;
         }
         Step::Dup2 { fd, target } => {
@@ -285,9 +245,7 @@ fn run_step(step: &Step) -> io::Result<()> {
                 loop {
                     // SAFETY: `status` is a live int; `pid` is our child.
                     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                    if r == pid
-                        || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
-                    {
+                    if r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
                         break;
                     }
                 }
