@@ -1,1 +1,24 @@
-//! stub
+//! `migrate-agent`: the daemon that owns one host's containers.
+//!
+//! - [`agent`]: the registry and its configuration; [`container`]: start, stop, remove;
+//! - [`shim`]: the per-container supervisor process (parent of PID 1, holder of the log);
+//! - [`server`] / [`client`]: the local HTTP + JSON API on a unix socket, [`api`] its types;
+//! - [`exec`]: running a command inside a container;
+//! - [`doctor`]: what this host can and cannot do, probed.
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod container;
+pub mod error;
+pub mod exec;
+pub mod leases;
+pub mod record;
+pub mod server;
+pub mod shim;
+pub mod spec;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,1 +1,176 @@
-fn main() {}
+//! `migrate`: the one binary that plays every role — operator CLI, per-host agent,
+//! per-container shim, and the lab that simulates hosts on one machine.
+
+mod containers;
+mod doctor_cmd;
+mod lab_cmd;
+mod output;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "migrate",
+    version,
+    about = "Checkpoint, restore and live-migrate Linux containers",
+    long_about = "migrate checkpoints and live-migrates Linux containers between hosts, with its own \
+engine (no CRIU). It ships with a lab: simulated hosts on this machine, each with its own agent, \
+so that everything can be tried without a cluster.",
+    after_help = "Examples:\n  migrate lab up\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
+migrate ps\n  migrate exec web -- ps ax\n  migrate doctor",
+    propagate_version = true
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug, -vvv: trace); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// The lab to act on; labs let tests run side by side.
+    #[arg(long, global = true, env = "MIGRATE_LAB", default_value = "default", hide_default_value = true)]
+    lab: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Manage the lab: simulated hosts on this machine.
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCmd),
+    #[command(flatten)]
+    Containers(containers::ContainerCmd),
+    /// Check what this host can do, and what stands in the way of migration.
+    #[command(after_help = "Examples:\n  migrate doctor\n  migrate doctor --json | jq '.findings[] | select(.status != \"ok\")'")]
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent of one host (the lab starts these for you).
+    #[command(after_help = "Example:\n  migrate agent --host host-a --state-dir /var/lib/migrate/host-a")]
+    Agent(AgentArgs),
+    /// The per-container supervisor (started by the agent).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// A doctor probe that must run in a process of its own.
+    #[command(name = "__probe", hide = true)]
+    Probe { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// This host's name.
+    #[arg(long)]
+    host: String,
+    /// Where the agent keeps its registry, containers' logs and its socket.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The API socket [default: STATE_DIR/agent.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The bridge containers are attached to.
+    #[arg(long, default_value = "br0")]
+    bridge: String,
+    /// The network containers take addresses from; its first /24 belongs to the hosts.
+    #[arg(long, default_value = "10.77.0.0/16")]
+    subnet: String,
+    /// Where names, IPs and MACs are leased; share it between agents that must not
+    /// collide [default: STATE_DIR/leases].
+    #[arg(long)]
+    lease_dir: Option<PathBuf>,
+    /// The containers' cgroups go under this path of each hierarchy [default: migrate/HOST].
+    #[arg(long)]
+    cgroup_parent: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            output::print_error(&err);
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIGRATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        // The shim must stay single-threaded: no runtime.
+        Cmd::Shim { dir } => Ok(migrate_agent::shim::main(&dir)),
+        Cmd::Probe { name } => Ok(migrate_agent::doctor::probe_child_main(&name)),
+        Cmd::Doctor { json } => doctor_cmd::run(json),
+        Cmd::Agent(args) => {
+            require_root("migrate agent")?;
+            runtime()?.block_on(run_agent(args))?;
+            Ok(0)
+        }
+        Cmd::Lab(cmd) => {
+            require_root("migrate lab")?;
+            runtime()?.block_on(lab_cmd::run(cmd))
+        }
+        Cmd::Containers(cmd) => {
+            require_root(&format!("migrate {}", cmd.verb()))?;
+            let lab = migrate_lab::LabName::new(&cli.lab)?;
+            containers::run(cmd, &lab)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Everything but `doctor` and `--help` manipulates namespaces, cgroups or root-owned
+/// sockets: say so up front rather than fail halfway with EPERM.
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "{what} needs root (it creates namespaces, cgroups and network links): run it as root, e.g. with sudo"
+        );
+    }
+    Ok(())
+}
+
+async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    use migrate_agent::agent::Config;
+    let config = Config {
+        socket: a.socket.unwrap_or_else(|| a.state_dir.join("agent.sock")),
+        leases: migrate_agent::leases::Leases::new(a.lease_dir.unwrap_or_else(|| a.state_dir.join("leases"))),
+        cgroup_parent: a.cgroup_parent.unwrap_or_else(|| PathBuf::from("migrate").join(&a.host)),
+        subnet: migrate_agent::spec::Subnet::parse(&a.subnet)?,
+        bridge: a.bridge,
+        migrate_bin: std::env::current_exe()?,
+        host: a.host,
+        state_dir: a.state_dir,
+    };
+    migrate_agent::spec::check_name(&config.host)?;
+    migrate_agent::server::serve(config).await?;
+    Ok(())
+}
+
+/// Arguments after `--`, as the OS gave them.
+pub(crate) fn utf8_args(args: &[OsString]) -> anyhow::Result<Vec<String>> {
+    args.iter()
+        .map(|a| a.to_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("argument {a:?} is not valid UTF-8")))
+        .collect()
+}

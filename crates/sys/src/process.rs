@@ -87,6 +87,18 @@ impl Step {
         Ok(Step::Mount { source: None, target: cstring(target.as_bytes())?, fstype: None, flags, data: None })
     }
 
+    /// A step that hands a copy of `fd` to the new program as fd number `target`.
+    ///
+    /// The copy is made now, above every number a caller passes as `target`, so that one
+    /// `Dup2` can never overwrite the source of the next.
+    pub fn pass_fd(fd: std::os::fd::BorrowedFd<'_>, target: RawFd) -> io::Result<Step> {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor (borrowed, so open for the
+        // call) to the lowest free number >= 100; it does not touch memory.
+        let copy = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) })?;
+        // SAFETY: `copy` was just returned by the kernel and is owned by nobody else.
+        Ok(Step::Dup2 { fd: unsafe { OwnedFd::from_raw_fd(copy) }, target })
+    }
+
     /// A step that sets the hostname.
     pub fn hostname(name: &str) -> io::Result<Step> {
         Ok(Step::Hostname(cstring(name.as_bytes())?))

@@ -1,0 +1,120 @@
+//! The agent's local API: the JSON types that travel over its unix socket.
+//!
+//! Documented for users in `docs/api.md`; the CLI is a thin client of these types.
+
+use std::path::PathBuf;
+
+use migrate_cgroup::{AppliedLimit, Cgroup};
+use serde::{Deserialize, Serialize};
+
+/// API version prefix of every route.
+pub const PREFIX: &str = "/v1";
+
+/// `POST /v1/containers`: start a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Unique across the lab; generated when absent.
+    pub name: Option<String>,
+    /// `10.77.1.10` or `10.77.1.10/16`; a free address is taken when absent.
+    pub ip: Option<String>,
+    /// `02:4d:…`; derived from the IP when absent.
+    pub mac: Option<String>,
+    /// Memory limit in bytes.
+    pub memory_max: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids_max: Option<u64>,
+    /// The program and its arguments; runs as PID 1 of the container.
+    pub cmd: Vec<String>,
+}
+
+/// What a container is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Exited,
+    /// Its process is gone but nobody recorded how it ended (its shim was killed).
+    Unknown,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Running => "running",
+            State::Exited => "exited",
+            State::Unknown => "unknown",
+        })
+    }
+}
+
+/// How a container's PID 1 ended, as its shim saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// Unix time in milliseconds.
+    pub finished_ms: u64,
+}
+
+/// One container, as `GET /v1/containers[/NAME]` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub host: String,
+    pub state: State,
+    /// PID 1 of the container, as the host's pid namespace sees it.
+    pub pid: i32,
+    /// The shim that holds the container's log and reaps its PID 1.
+    pub shim_pid: i32,
+    pub ip: String,
+    pub prefix: u8,
+    pub mac: String,
+    pub cmd: Vec<String>,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    pub exit: Option<ExitInfo>,
+    pub limits: Vec<AppliedLimit>,
+    pub cgroup: Cgroup,
+    /// The host-side end of the container's veth.
+    pub host_if: String,
+    /// The container's stdout and stderr.
+    pub log: PathBuf,
+}
+
+/// `GET /v1/info`: the agent itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub host: String,
+    pub version: String,
+    pub pid: i32,
+    pub state_dir: PathBuf,
+    pub subnet: String,
+    pub containers: usize,
+}
+
+/// `POST /v1/containers/NAME/stop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Seconds to wait after SIGTERM before SIGKILL (default 10).
+    pub timeout_s: Option<u64>,
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopReport {
+    pub container: ContainerInfo,
+    /// `SIGTERM`, `SIGKILL`, or both in order.
+    pub signals: Vec<String>,
+    /// Why SIGTERM was skipped or did not suffice, for the user.
+    pub note: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// `not_found`, `conflict`, `invalid`, `internal`.
+    pub kind: String,
+    pub message: String,
+}

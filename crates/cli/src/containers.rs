@@ -1,0 +1,243 @@
+//! The container verbs: `run`, `ps`, `logs`, `exec`, `stop`, `rm`. Each is a thin
+//! client of the agents' API; the lab tells which agents exist.
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use migrate_agent::api::{ContainerInfo, RunRequest, State};
+use migrate_agent::client::Client;
+use migrate_lab::{Lab, LabName};
+
+use crate::output::{self, ago, table};
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Start a container on a host; returns once it runs (like `docker run -d`).
+    #[command(after_help = "Examples:\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
+migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-max 64 -- redis-server")]
+    Run {
+        /// The host to run on [default: the lab's first host].
+        #[arg(long)]
+        host: Option<String>,
+        /// Unique across the lab [default: generated].
+        #[arg(long)]
+        name: Option<String>,
+        /// Its address, e.g. 10.77.1.10/16 [default: the first free one].
+        #[arg(long)]
+        ip: Option<String>,
+        /// Its MAC address [default: derived from the IP].
+        #[arg(long)]
+        mac: Option<String>,
+        /// Memory limit, e.g. 256M or 1G.
+        #[arg(long, value_parser = output::parse_size)]
+        memory_max: Option<u64>,
+        /// Maximum number of processes and threads.
+        #[arg(long)]
+        pids_max: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// The program and its arguments (after `--` if they start with a dash); it runs as PID 1.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// List containers (all hosts of the lab, or one).
+    #[command(after_help = "Examples:\n  migrate ps\n  migrate ps --host host-b --json")]
+    Ps {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a container's output (stdout and stderr).
+    #[command(after_help = "Examples:\n  migrate logs web\n  migrate logs -f web")]
+    Logs {
+        name: String,
+        /// Keep printing what it writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command inside a running container (all its namespaces and its cgroup).
+    #[command(after_help = "Examples:\n  migrate exec web -- hostname\n  migrate exec web -- sh -c 'ps ax'")]
+    Exec {
+        name: String,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    #[command(after_help = "Examples:\n  migrate stop web\n  migrate stop --time 0 web")]
+    Stop {
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stopped container: its cgroup, network link, log and name.
+    #[command(after_help = "Examples:\n  migrate rm web\n  migrate rm --force web")]
+    Rm {
+        name: String,
+        /// Kill it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+impl ContainerCmd {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            ContainerCmd::Run { .. } => "run",
+            ContainerCmd::Ps { .. } => "ps",
+            ContainerCmd::Logs { .. } => "logs",
+            ContainerCmd::Exec { .. } => "exec",
+            ContainerCmd::Stop { .. } => "stop",
+            ContainerCmd::Rm { .. } => "rm",
+        }
+    }
+}
+
+pub fn run(cmd: ContainerCmd, lab_name: &LabName) -> anyhow::Result<i32> {
+    let lab = Lab::load(lab_name)?;
+    // `exec` must not run on a multi-threaded runtime: it forks.
+    if let ContainerCmd::Exec { name, cmd } = &cmd {
+        let argv = crate::utf8_args(cmd)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (_, info) = rt.block_on(find(&lab, name))?;
+        drop(rt);
+        if info.state != State::Running {
+            bail!("container {name} is {}: only a running container can exec", info.state);
+        }
+        return migrate_agent::exec::exec(&info, &argv).with_context(|| format!("exec in container {name}"));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_async(cmd, &lab))
+}
+
+async fn run_async(cmd: ContainerCmd, lab: &Lab) -> anyhow::Result<i32> {
+    match cmd {
+        ContainerCmd::Run { host, name, ip, mac, memory_max, pids_max, json, cmd } => {
+            let host = match host {
+                Some(h) => lab.host(&h)?,
+                None => lab.hosts.first().context("the lab has no hosts")?,
+            };
+            let req = RunRequest { name, ip, mac, memory_max, pids_max, cmd: crate::utf8_args(&cmd)? };
+            let info = Client::new(&host.socket).run(&req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{} is running on {}: ip {}/{}, mac {}, pid {}", info.name, info.host, info.ip, info.prefix, info.mac, info.pid);
+                for l in &info.limits {
+                    match (&l.file, &l.warning) {
+                        (_, Some(w)) => println!("  warning: {}: {w}", l.limit),
+                        (Some(f), None) => println!("  {} = {} ({})", l.limit, l.value, f.display()),
+                        (None, None) => {}
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ContainerCmd::Ps { host, json } => {
+            let hosts: Vec<_> = match &host {
+                Some(h) => vec![lab.host(h)?],
+                None => lab.hosts.iter().collect(),
+            };
+            let mut all = Vec::new();
+            let mut unreachable = 0;
+            for h in hosts {
+                match Client::new(&h.socket).list().await {
+                    Ok(list) => all.extend(list),
+                    Err(e) => {
+                        unreachable += 1;
+                        eprintln!("warning: {}: {e}", h.name);
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print_ps(&all);
+            }
+            Ok(if unreachable > 0 { 1 } else { 0 })
+        }
+        ContainerCmd::Logs { name, follow } => {
+            let (client, _) = find(lab, &name).await?;
+            let mut out = std::io::stdout().lock();
+            client
+                .logs(&name, follow, |chunk| {
+                    out.write_all(chunk)?;
+                    out.flush()
+                })
+                .await?;
+            Ok(0)
+        }
+        ContainerCmd::Stop { name, time, json } => {
+            let (client, _) = find(lab, &name).await?;
+            let report = client.stop(&name, Some(time)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let c = &report.container;
+                let how = if report.signals.is_empty() { "was not running".to_string() } else { format!("sent {}", report.signals.join(", then ")) };
+                println!("{}: {how}; now {}{}", c.name, c.state, exit_text(c));
+                if let Some(note) = report.note {
+                    println!("  note: {note}");
+                }
+            }
+            Ok(0)
+        }
+        ContainerCmd::Rm { name, force } => {
+            let (client, _) = find(lab, &name).await?;
+            let info = client.remove(&name, force).await?;
+            println!("{} removed from {} (ip {} and name released)", info.name, info.host, info.ip);
+            Ok(0)
+        }
+        ContainerCmd::Exec { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Finds the agent that holds container `name`.
+async fn find(lab: &Lab, name: &str) -> anyhow::Result<(Client, ContainerInfo)> {
+    let mut unreachable = Vec::new();
+    for host in &lab.hosts {
+        let client = Client::new(&host.socket);
+        match client.get(name).await {
+            Ok(info) => return Ok((client, info)),
+            Err(e) if e.kind() == Some("not_found") => {}
+            Err(e) => unreachable.push(format!("{}: {e}", host.name)),
+        }
+    }
+    if unreachable.is_empty() {
+        bail!("no container named {name:?} in the lab (see `migrate ps`)")
+    }
+    bail!("no container named {name:?} on the hosts that answered; not answering: {}", unreachable.join("; "))
+}
+
+fn exit_text(c: &ContainerInfo) -> String {
+    match &c.exit {
+        Some(e) => match (e.code, e.signal) {
+            (Some(code), _) => format!(" (exit code {code})"),
+            (_, Some(sig)) => format!(" (killed by signal {sig})"),
+            _ => String::new(),
+        },
+        None => String::new(),
+    }
+}
+
+fn print_ps(all: &[ContainerInfo]) {
+    let mut rows = vec![["NAME", "HOST", "STATE", "PID", "IP", "CREATED", "COMMAND"].map(String::from).to_vec()];
+    for c in all {
+        rows.push(vec![
+            c.name.clone(),
+            c.host.clone(),
+            format!("{}{}", c.state, exit_text(c)),
+            if c.state == State::Running { c.pid.to_string() } else { "-".into() },
+            c.ip.clone(),
+            ago(c.created_ms),
+            c.cmd.join(" "),
+        ]);
+    }
+    table(&rows);
+}

@@ -1,0 +1,100 @@
+//! The agent can die and come back without the containers noticing, and `lab down`
+//! cleans up whatever state a dead agent left.
+
+mod support;
+
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{TestLab, cgroup2_mount, http_server, netns_names};
+
+fn lab_json(lab: &TestLab) -> anyhow::Result<serde_json::Value> {
+    let path = format!("/run/migrate/labs/{}/lab.json", lab.name);
+    Ok(serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| path.clone())?)?)
+}
+
+fn agent_pid(lab: &TestLab, host: usize) -> anyhow::Result<i32> {
+    let pid = lab_json(lab)?["hosts"][host]["agent_pid"].as_i64().context("agent_pid in lab.json")?;
+    Ok(pid as i32)
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn sigkill_and_wait(pid: i32) -> anyhow::Result<()> {
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    ensure!(support::wait_until(std::time::Duration::from_secs(10), || !alive(pid.into())), "pid {pid} survived SIGKILL");
+    Ok(())
+}
+
+#[test]
+fn containers_survive_an_agent_killed_and_restarted() -> anyhow::Result<()> {
+    let lab = TestLab::up(1)?;
+    let mut args = vec!["run", "--host", "host-a", "--name", "web", "--ip", "10.77.1.33", "--"];
+    let server = http_server("still here");
+    args.extend(server.iter().map(String::as_str));
+    lab.ok(&args)?;
+    lab.wait_log("web", "serving")?;
+    let before = lab.container("web")?;
+    let agent = agent_pid(&lab, 0)?;
+    sigkill_and_wait(agent)?;
+
+    // The container never noticed: it still answers, its PID 1 and shim still run.
+    ensure!(lab.http_get_from_client("http://10.77.1.33/")? == "still here");
+    ensure!(alive(before["pid"].as_i64().context("pid")?) && alive(before["shim_pid"].as_i64().context("shim")?));
+    let err = lab.fails(&["logs", "web"])?;
+    ensure!(err.contains("cannot reach the agent"), "a dead agent is named as such: {err}");
+
+    // `lab up` starts the missing agent again; it finds the container.
+    lab.ok(&["lab", "up", "--hosts", "1"])?;
+    ensure!(agent_pid(&lab, 0)? != agent);
+    let after = lab.container("web")?;
+    ensure!(after["state"] == "running" && after["pid"] == before["pid"], "{after}");
+    ensure!(lab.logs("web")?.contains("serving"));
+    ensure!(lab.ok(&["exec", "web", "--", "hostname"])?.trim() == "web");
+    lab.ok(&["stop", "web"])?;
+    ensure!(lab.container("web")?["state"] == "exited");
+    Ok(())
+}
+
+#[test]
+fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()> {
+    let lab = TestLab::up(2)?;
+    let server = http_server("x");
+    for (host, name) in [("host-a", "one"), ("host-b", "two")] {
+        let mut args = vec!["run", "--host", host, "--name", name, "--memory-max", "128M", "--"];
+        args.extend(server.iter().map(String::as_str));
+        lab.ok(&args)?;
+    }
+    let pids: Vec<i64> = lab
+        .ps()?
+        .iter()
+        .flat_map(|c| [c["pid"].as_i64().unwrap_or(0), c["shim_pid"].as_i64().unwrap_or(0)])
+        .collect();
+    let agents = [agent_pid(&lab, 0)?, agent_pid(&lab, 1)?];
+    // Kill one agent halfway, and lose the lab's own record of itself.
+    sigkill_and_wait(agents[0])?;
+    std::fs::remove_file(format!("/run/migrate/labs/{}/lab.json", lab.name))?;
+
+    lab.ok(&["lab", "down"])?;
+
+    let ours: Vec<String> = netns_names().into_iter().filter(|n| n.starts_with(&format!("{}-", lab.name))).collect();
+    ensure!(ours.is_empty(), "network namespaces left: {ours:?}");
+    for pid in pids.iter().chain(agents.iter().map(|p| i64::from(*p)).collect::<Vec<_>>().iter()) {
+        ensure!(!alive(*pid), "process {pid} survived lab down");
+    }
+    let cg2 = cgroup2_mount().context("cgroup2 mount")?;
+    for root in [cg2.as_str(), "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"] {
+        for host in ["host-a", "host-b"] {
+            let dir = Path::new(root).join("migrate").join(format!("{}-{host}", lab.name));
+            ensure!(!dir.exists(), "cgroup left: {}", dir.display());
+        }
+    }
+    ensure!(!Path::new(&format!("/run/migrate/labs/{}", lab.name)).exists(), "lab state dir left");
+    // A second down of a lab that is gone is fine.
+    lab.ok(&["lab", "down"])?;
+    Ok(())
+}

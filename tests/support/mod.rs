@@ -1,0 +1,162 @@
+//! Shared by the end-to-end tests: a lab per test (so tests run side by side), the
+//! `migrate` binary, and polling helpers.
+//!
+//! Every test runs as root against the real kernel. A [`TestLab`] removes its lab when
+//! dropped, even when the test fails.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_migrate");
+
+/// A lab of its own for one test, taken down on drop.
+pub struct TestLab {
+    pub name: String,
+}
+
+impl TestLab {
+    /// Brings up a lab with `hosts` hosts under a name no other test uses.
+    pub fn up(hosts: usize) -> anyhow::Result<TestLab> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Lab names are at most 8 characters: t + 5 hex digits of the pid + 2 digits.
+        let name = format!("t{:05x}{:02}", std::process::id() & 0xfffff, n % 100);
+        let lab = TestLab { name };
+        lab.ok(&["lab", "up", "--hosts", &hosts.to_string()])?;
+        Ok(lab)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).env("MIGRATE_LAB", &self.name).env_remove("MIGRATE_LOG");
+        c
+    }
+
+    /// Runs `migrate ARGS` in this lab.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cmd(args).output().with_context(|| format!("running migrate {}", args.join(" ")))
+    }
+
+    /// Runs `migrate ARGS` and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "migrate {} failed ({}):\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `migrate ARGS`, requires failure, and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            bail!("migrate {} succeeded but should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        }
+        if stderr.contains("panicked") {
+            bail!("migrate {} panicked: {stderr}", args.join(" "));
+        }
+        Ok(stderr)
+    }
+
+    /// `migrate ps --json`, parsed.
+    pub fn ps(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_str(&self.ok(&["ps", "--json"])?)?)
+    }
+
+    /// One container from `ps --json`.
+    pub fn container(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.ps()?
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .with_context(|| format!("container {name} not in ps"))
+    }
+
+    /// The container's log so far.
+    pub fn logs(&self, name: &str) -> anyhow::Result<String> {
+        self.ok(&["logs", name])
+    }
+
+    /// Waits until the container's log contains `needle`; returns the log.
+    pub fn wait_log(&self, name: &str, needle: &str) -> anyhow::Result<String> {
+        let mut last = String::new();
+        if wait_until(Duration::from_secs(20), || {
+            last = self.logs(name).unwrap_or_default();
+            last.contains(needle)
+        }) {
+            return Ok(last);
+        }
+        bail!("log of {name} never showed {needle:?}; it holds:\n{last}")
+    }
+
+    /// An HTTP GET from the lab's client netns; returns the body.
+    pub fn http_get_from_client(&self, url: &str) -> anyhow::Result<String> {
+        let script = format!("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('{url}', timeout=5).read().decode())");
+        self.ok(&["lab", "exec", "client", "--", "python3", "-c", &script])
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        match self.run(&["lab", "down"]) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("lab down {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr)),
+            Err(e) => eprintln!("lab down {} failed: {e}", self.name),
+        }
+    }
+}
+
+/// Polls `done` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A python3 HTTP server on port 80 that answers every GET with `text`.
+pub fn http_server(text: &str) -> Vec<String> {
+    let script = format!(
+        "import http.server\n\
+class H(http.server.BaseHTTPRequestHandler):\n\
+    def do_GET(self):\n\
+        b = {text:?}.encode()\n\
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)\n\
+print('serving', flush=True)\n\
+http.server.HTTPServer(('0.0.0.0', 80), H).serve_forever()\n"
+    );
+    vec!["python3".into(), "-u".into(), "-c".into(), script]
+}
+
+/// Registered network namespaces, as `ip netns list` would show them.
+pub fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The cgroup2 mount, from mountinfo.
+pub fn cgroup2_mount() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(str::to_string)).flatten()
+    })
+}
