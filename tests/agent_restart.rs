@@ -26,7 +26,10 @@ fn alive(pid: i64) -> bool {
 
 fn sigkill_and_wait(pid: i32) -> anyhow::Result<()> {
     kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-    ensure!(support::wait_until(std::time::Duration::from_secs(10), || !alive(pid.into())), "pid {pid} survived SIGKILL");
+    ensure!(
+        support::wait_until(std::time::Duration::from_secs(10), || !alive(pid.into())),
+        "pid {pid} survived SIGKILL"
+    );
     Ok(())
 }
 
@@ -44,7 +47,9 @@ fn containers_survive_an_agent_killed_and_restarted() -> anyhow::Result<()> {
 
     // The container never noticed: it still answers, its PID 1 and shim still run.
     ensure!(lab.http_get_from_client("http://10.77.1.33/")? == "still here");
-    ensure!(alive(before["pid"].as_i64().context("pid")?) && alive(before["shim_pid"].as_i64().context("shim")?));
+    ensure!(
+        alive(before["pid"].as_i64().context("pid")?) && alive(before["shim_pid"].as_i64().context("shim")?)
+    );
     let err = lab.fails(&["logs", "web"])?;
     ensure!(err.contains("cannot reach the agent"), "a dead agent is named as such: {err}");
 
@@ -81,7 +86,8 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
 
     lab.ok(&["lab", "down"])?;
 
-    let ours: Vec<String> = netns_names().into_iter().filter(|n| n.starts_with(&format!("{}-", lab.name))).collect();
+    let ours: Vec<String> =
+        netns_names().into_iter().filter(|n| n.starts_with(&format!("{}-", lab.name))).collect();
     ensure!(ours.is_empty(), "network namespaces left: {ours:?}");
     for pid in pids.iter().chain(agents.iter().map(|p| i64::from(*p)).collect::<Vec<_>>().iter()) {
         ensure!(!alive(*pid), "process {pid} survived lab down");

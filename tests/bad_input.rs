@@ -11,7 +11,8 @@ use support::{TestLab, cgroup2_mount, netns_names};
 /// The container names this host has cgroups and state for.
 fn leftovers(lab: &TestLab) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    let cg = Path::new(&cgroup2_mount().context("cgroup2")?).join("migrate").join(format!("{}-host-a", lab.name));
+    let cg =
+        Path::new(&cgroup2_mount().context("cgroup2")?).join("migrate").join(format!("{}-host-a", lab.name));
     let state = Path::new("/run/migrate/labs").join(&lab.name).join("host-a/containers");
     for dir in [cg, state] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -32,16 +33,37 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
     lab.ok(&["run", "--host", "host-a", "--name", "web", "--ip", "10.77.1.10/16", "--", "sleep", "600"])?;
     let before = leftovers(&lab)?;
     let cases: [(&[&str], &str); 10] = [
-        (&["run", "--host", "host-a", "--name", "web", "--", "sleep", "1"], "container name web is already in use"),
-        (&["run", "--host", "host-b", "--name", "web", "--", "sleep", "1"], "container name web is already in use"),
-        (&["run", "--host", "host-b", "--name", "other", "--ip", "10.77.1.10", "--", "sleep", "1"], "IP address 10.77.1.10 is already in use"),
-        (&["run", "--host", "host-a", "--name", "other", "--ip", "192.168.1.5", "--", "sleep", "1"], "outside the network 10.77.0.0/16"),
-        (&["run", "--host", "host-a", "--name", "other", "--ip", "10.77.0.11", "--", "sleep", "1"], "reserved for the hosts"),
+        (
+            &["run", "--host", "host-a", "--name", "web", "--", "sleep", "1"],
+            "container name web is already in use",
+        ),
+        (
+            &["run", "--host", "host-b", "--name", "web", "--", "sleep", "1"],
+            "container name web is already in use",
+        ),
+        (
+            &["run", "--host", "host-b", "--name", "other", "--ip", "10.77.1.10", "--", "sleep", "1"],
+            "IP address 10.77.1.10 is already in use",
+        ),
+        (
+            &["run", "--host", "host-a", "--name", "other", "--ip", "192.168.1.5", "--", "sleep", "1"],
+            "outside the network 10.77.0.0/16",
+        ),
+        (
+            &["run", "--host", "host-a", "--name", "other", "--ip", "10.77.0.11", "--", "sleep", "1"],
+            "reserved for the hosts",
+        ),
         (&["run", "--host", "host-q", "--name", "other", "--", "sleep", "1"], "host-q"),
         (&["run", "--host", "host-a", "--name", "other", "--"], "empty"),
-        (&["run", "--host", "host-a", "--name", "other", "--", "no-such-command-zz"], "no-such-command-zz: command not found"),
+        (
+            &["run", "--host", "host-a", "--name", "other", "--", "no-such-command-zz"],
+            "no-such-command-zz: command not found",
+        ),
         (&["run", "--host", "host-a", "--name", "bad/name", "--", "sleep", "1"], "invalid name"),
-        (&["run", "--host", "host-a", "--name", "other", "--memory-max", "lots", "--", "sleep", "1"], "not a size"),
+        (
+            &["run", "--host", "host-a", "--name", "other", "--memory-max", "lots", "--", "sleep", "1"],
+            "not a size",
+        ),
     ];
     for (args, expected) in cases {
         let err = lab.fails(args)?;
@@ -55,7 +77,9 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
     // Names that were refused are still free.
     lab.ok(&["run", "--host", "host-b", "--name", "other", "--", "sleep", "600"])?;
     // Unknown containers.
-    for verb in [&["logs", "ghost"][..], &["stop", "ghost"], &["rm", "ghost"], &["exec", "ghost", "--", "true"]] {
+    for verb in
+        [&["logs", "ghost"][..], &["stop", "ghost"], &["rm", "ghost"], &["exec", "ghost", "--", "true"]]
+    {
         let err = lab.fails(verb)?;
         ensure!(err.contains("no container named \"ghost\""), "{err}");
     }

@@ -102,13 +102,19 @@ fn exited_containers_stay_listed_until_removed() -> anyhow::Result<()> {
     let lab = TestLab::up(1)?;
     let quick = vec!["sh".to_string(), "-c".to_string(), "echo bye; echo oops >&2; exit 7".to_string()];
     lab.ok(&run_args("host-a", "quick", &[], &quick))?;
-    ensure!(wait_until(Duration::from_secs(10), || lab.container("quick").is_ok_and(|c| c["state"] == "exited")));
+    ensure!(wait_until(Duration::from_secs(10), || lab
+        .container("quick")
+        .is_ok_and(|c| c["state"] == "exited")));
     ensure!(lab.container("quick")?["exit"]["code"] == 7);
     let log = lab.logs("quick")?;
     ensure!(log.contains("bye") && log.contains("oops"), "{log}");
     ensure!(lab.ok(&["ps"])?.contains("exit code 7"));
     // A PID 1 that handles SIGTERM gets it; one that does not is killed at once.
-    let polite = vec!["sh".to_string(), "-c".to_string(), "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done".to_string()];
+    let polite = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done".to_string(),
+    ];
     lab.ok(&run_args("host-a", "polite", &[], &polite))?;
     lab.wait_log("polite", "ready")?;
     let out = lab.ok(&["stop", "polite"])?;

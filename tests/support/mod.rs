@@ -62,7 +62,11 @@ impl TestLab {
         let out = self.run(args)?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.success() {
-            bail!("migrate {} succeeded but should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "migrate {} succeeded but should have failed; stdout: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         if stderr.contains("panicked") {
             bail!("migrate {} panicked: {stderr}", args.join(" "));
@@ -102,7 +106,9 @@ impl TestLab {
 
     /// An HTTP GET from the lab's client netns; returns the body.
     pub fn http_get_from_client(&self, url: &str) -> anyhow::Result<String> {
-        let script = format!("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('{url}', timeout=5).read().decode())");
+        let script = format!(
+            "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+        );
         self.ok(&["lab", "exec", "client", "--", "python3", "-c", &script])
     }
 }
@@ -133,15 +139,16 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// A python3 HTTP server on port 80 that answers every GET with `text`.
 pub fn http_server(text: &str) -> Vec<String> {
-    let script = format!(
-        "import http.server\n\
-class H(http.server.BaseHTTPRequestHandler):\n\
-    def do_GET(self):\n\
-        b = {text:?}.encode()\n\
-        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)\n\
-print('serving', flush=True)\n\
-http.server.HTTPServer(('0.0.0.0', 80), H).serve_forever()\n"
-    );
+    let script = [
+        "import http.server",
+        "class H(http.server.BaseHTTPRequestHandler):",
+        "    def do_GET(self):",
+        &format!("        b = {text:?}.encode()"),
+        "        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)",
+        "print('serving', flush=True)",
+        "http.server.HTTPServer(('0.0.0.0', 80), H).serve_forever()",
+    ]
+    .join("\n");
     vec!["python3".into(), "-u".into(), "-c".into(), script]
 }
 

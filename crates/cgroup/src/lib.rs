@@ -101,7 +101,7 @@ impl Cgroup {
         check_rel(rel)?;
         let v2root = mounts.v2.as_ref().ok_or(CgroupError::NoCgroup2)?;
         let v2 = v2root.join(rel);
-        fs::create_dir_all(&v2).map_err(io_err("create", &v2))?;
+        create_dir_all(&v2)?;
         let mut cg = Cgroup { rel: rel.to_path_buf(), v2, v1: Vec::new() };
         match cg.place_limits(mounts, limits) {
             Ok(applied) => Ok((cg, applied)),
@@ -131,7 +131,7 @@ impl Cgroup {
                 // Processes join every v1 hierarchy we create, so accounting works even
                 // without a limit; only hierarchies we know of are touched.
                 let dir = root.join(&self.rel);
-                fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                create_dir_all(&dir)?;
                 self.v1.push((controller.to_string(), dir.clone()));
                 Some(dir.join(v1file))
             } else {
@@ -294,6 +294,18 @@ fn kill_dir(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
         // A killed task leaves cgroup.procs once it has exited; that takes microseconds,
         // but a v1 hierarchy has no event to wait on, so poll briefly.
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `create_dir_all` that survives a concurrent removal of an empty parent (another
+/// lab's clean-up may remove the shared `migrate` directory between our two `mkdir`s).
+fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
+    let mut tries = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            other => return other.map_err(io_err("create", dir)),
+        }
     }
 }
 

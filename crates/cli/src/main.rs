@@ -126,7 +126,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Lab(cmd) => {
             require_root("migrate lab")?;
-            runtime()?.block_on(lab_cmd::run(cmd))
+            let lab = migrate_lab::LabName::new(&cli.lab)?;
+            runtime()?.block_on(lab_cmd::run(cmd, &lab))
         }
         Cmd::Containers(cmd) => {
             require_root(&format!("migrate {}", cmd.verb()))?;

@@ -34,23 +34,13 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
-/// Bytes as KiB/MiB/GiB.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 /// Parses `512M`, `1G`, `64k`, `1048576`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    let not_a_size = || format!("{s:?} is not a size like 512M");
     let (digits, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (t, 1u64),
+        Some((0, _)) => return Err(not_a_size()),
         Some((i, _)) => {
             let m = match t[i..].to_ascii_lowercase().as_str() {
                 "k" | "kb" | "kib" => 1 << 10,
@@ -61,7 +51,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             (&t[..i], m)
         }
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 512M"))?;
+    let n: u64 = digits.parse().map_err(|_| not_a_size())?;
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
@@ -77,6 +67,5 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
-        assert_eq!(bytes(1536), "1.5 KiB");
     }
 }
