@@ -8,7 +8,9 @@
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use migrate_agent::container::wait_until;
 
 use anyhow::{Context, bail};
 
@@ -120,20 +122,6 @@ impl Drop for TestLab {
             Ok(out) => eprintln!("lab down {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr)),
             Err(e) => eprintln!("lab down {} failed: {e}", self.name),
         }
-    }
-}
-
-/// Polls `done` until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -96,7 +96,12 @@ impl Agent {
     }
 
     pub async fn get(&self, name: &str) -> Result<ContainerInfo, AgentError> {
-        self.containers.lock().await.get(name).map(Record::info).ok_or_else(|| AgentError::NotFound(name.to_string()))
+        self.containers
+            .lock()
+            .await
+            .get(name)
+            .map(Record::info)
+            .ok_or_else(|| AgentError::NotFound(name.to_string()))
     }
 
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<ContainerInfo, AgentError> {

@@ -56,12 +56,18 @@ impl Client {
         ClientError::Protocol { socket: self.socket.clone(), reason: reason.to_string() }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| self.protocol(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.protocol(e))?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -83,7 +89,12 @@ impl Client {
         Err(ClientError::Api { status: status.as_u16(), body })
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
         let body = body.map(serde_json::to_vec).transpose().map_err(|e| self.protocol(e))?;
         let resp = self.send(method, path, body).await?;
         let bytes = resp.into_body().collect().await.map_err(|e| self.protocol(e))?.to_bytes();
@@ -112,11 +123,17 @@ impl Client {
     }
 
     pub async fn remove(&self, name: &str, force: bool) -> Result<ContainerInfo, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/containers/{}?force={force}", encode(name)), None::<&()>).await
+        self.call(Method::DELETE, &format!("/v1/containers/{}?force={force}", encode(name)), None::<&()>)
+            .await
     }
 
     /// Streams the container's log into `sink`; with `follow`, until the container ends.
-    pub async fn logs(&self, name: &str, follow: bool, mut sink: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), ClientError> {
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
         let path = format!("/v1/containers/{}/logs?follow={follow}", encode(name));
         let mut body = self.send(Method::GET, &path, None).await?.into_body();
         while let Some(frame) = body.frame().await {
@@ -133,6 +150,12 @@ impl Client {
 /// type anything).
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

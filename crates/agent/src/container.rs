@@ -80,7 +80,12 @@ pub fn create(config: &Config, mounts: &Mounts, spec: Spec) -> Result<Record, Ag
     }
 }
 
-fn create_steps(config: &Config, mounts: &Mounts, spec: Spec, rb: &mut Rollback) -> Result<Record, AgentError> {
+fn create_steps(
+    config: &Config,
+    mounts: &Mounts,
+    spec: Spec,
+    rb: &mut Rollback,
+) -> Result<Record, AgentError> {
     let host = &config.host;
     let leases = &config.leases;
     leases.take(Kind::Name, &spec.name, host)?;
@@ -135,13 +140,22 @@ fn create_steps(config: &Config, mounts: &Mounts, spec: Spec, rb: &mut Rollback)
     // dies from here on finds a record with pid 0 at its next start and cleans up.
     rec.save()?;
 
-    let netns = NetNs::new_anonymous().map_err(|e| AgentError::container(&rec.name, "create its network namespace", e))?;
-    let link =
-        ContainerLink { host_if: rec.host_if.clone(), bridge: config.bridge.clone(), ip, prefix: rec.prefix, mac };
-    migrate_net::attach_container(&netns, &link)
-        .map_err(|e| AgentError::container(&rec.name, format!("connect it to bridge {}", config.bridge), e))?;
+    let netns = NetNs::new_anonymous()
+        .map_err(|e| AgentError::container(&rec.name, "create its network namespace", e))?;
+    let link = ContainerLink {
+        host_if: rec.host_if.clone(),
+        bridge: config.bridge.clone(),
+        ip,
+        prefix: rec.prefix,
+        mac,
+    };
+    migrate_net::attach_container(&netns, &link).map_err(|e| {
+        AgentError::container(&rec.name, format!("connect it to bridge {}", config.bridge), e)
+    })?;
     let h = rec.host_if.clone();
-    rb.push("delete the veth", move || migrate_net::detach_container(&h).map_err(|e| AgentError::container(&h, "delete veth", e)));
+    rb.push("delete the veth", move || {
+        migrate_net::detach_container(&h).map_err(|e| AgentError::container(&h, "delete veth", e))
+    });
 
     let (shim_pid, pid) = start_shim(config, &rec, &netns, rb)?;
     rec.shim_pid = shim_pid;
@@ -166,16 +180,24 @@ fn take_free_ip(config: &Config) -> Result<Ipv4Addr, AgentError> {
 /// A host-side interface name (at most 15 bytes) derived from the container's name.
 fn host_if_name(name: &str) -> String {
     // FNV-1a: stable across runs and releases, unlike std's hasher.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("mg{:010x}", h & 0xff_ffff_ffff)
 }
 
 /// Spawns the shim and waits for its report; returns (shim pid, PID 1's pid).
-fn start_shim(config: &Config, rec: &Record, netns: &NetNs, rb: &mut Rollback) -> Result<(i32, i32), AgentError> {
+fn start_shim(
+    config: &Config,
+    rec: &Record,
+    netns: &NetNs,
+    rb: &mut Rollback,
+) -> Result<(i32, i32), AgentError> {
     let dir = &rec.dir;
-    let shim_config = ShimConfig { name: rec.name.clone(), cmd: rec.cmd.clone(), cgroup_procs: rec.cgroup.procs_files() };
+    let shim_config =
+        ShimConfig { name: rec.name.clone(), cmd: rec.cmd.clone(), cgroup_procs: rec.cgroup.procs_files() };
     let cfg_path = shim::config_path(dir);
-    let bytes = serde_json::to_vec_pretty(&shim_config).map_err(|e| AgentError::container(&rec.name, "encode shim config", e))?;
+    let bytes = serde_json::to_vec_pretty(&shim_config)
+        .map_err(|e| AgentError::container(&rec.name, "encode shim config", e))?;
     fs::write(&cfg_path, bytes).map_err(io_err("write", &cfg_path))?;
     fs::File::create(shim::log_path(dir)).map_err(io_err("create", &shim::log_path(dir)))?;
     let shim_log_path = dir.join("shim.log");
@@ -192,7 +214,8 @@ fn start_shim(config: &Config, rec: &Record, netns: &NetNs, rb: &mut Rollback) -
     drop(report_w);
     let mut cmd = Command::new(&config.migrate_bin);
     cmd.arg("shim").arg("--dir").arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(shim_log);
-    let mut child = spawn(&mut cmd, steps).map_err(|e| AgentError::container(&rec.name, "start its shim", e))?;
+    let mut child =
+        spawn(&mut cmd, steps).map_err(|e| AgentError::container(&rec.name, "start its shim", e))?;
     // The steps hold the agent's copy of the report pipe's write end: without dropping
     // it, a shim that dies early would never give us EOF.
     drop(cmd);
@@ -225,7 +248,10 @@ fn read_report(fd: std::os::fd::OwnedFd, timeout: Duration) -> Result<Option<Rep
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     if poll(&mut fds, PollTimeout::from(ms))? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no report after {timeout:?}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no report after {timeout:?}"),
+        ));
     }
     let mut line = String::new();
     BufReader::new(fs::File::from(fd)).read_line(&mut line)?;
@@ -250,8 +276,9 @@ pub fn stop(rec: &Record, timeout: Duration) -> Result<StopReport, AgentError> {
         if timeout.is_zero() {
             note = Some("no grace period: killed at once".to_string());
         } else if handles_sigterm(rec.pid) {
-            kill(Pid::from_raw(rec.pid), Signal::SIGTERM)
-                .map_err(|e| AgentError::container(&rec.name, format!("send SIGTERM to pid {}", rec.pid), e))?;
+            kill(Pid::from_raw(rec.pid), Signal::SIGTERM).map_err(|e| {
+                AgentError::container(&rec.name, format!("send SIGTERM to pid {}", rec.pid), e)
+            })?;
             signals.push("SIGTERM".to_string());
             if !wait_until(timeout, || !rec.is_running()) {
                 note = Some(format!("still running {timeout:?} after SIGTERM"));
@@ -302,12 +329,15 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Removes a stopped container: cgroup, veth, leases, state directory.
 pub fn remove(config: &Config, rec: &Record) -> Result<(), AgentError> {
     rec.cgroup.remove(Duration::from_secs(5))?;
-    migrate_net::detach_container(&rec.host_if).map_err(|e| AgentError::container(&rec.name, "delete its veth", e))?;
+    migrate_net::detach_container(&rec.host_if)
+        .map_err(|e| AgentError::container(&rec.name, "delete its veth", e))?;
     config.leases.release(Kind::Mac, &format_mac(&rec.mac))?;
     config.leases.release(Kind::Ip, &rec.ip.to_string())?;
     config.leases.release(Kind::Name, &rec.name)?;
     match fs::remove_dir_all(&rec.dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::Io { op: "remove", path: rec.dir.clone(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(AgentError::Io { op: "remove", path: rec.dir.clone(), source: e })
+        }
         _ => Ok(()),
     }
 }

@@ -55,6 +55,9 @@ impl AgentError {
 }
 
 /// An I/O error with the operation and path it concerned.
-pub fn io_err<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+pub fn io_err<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
     move |source| AgentError::Io { op, path: path.to_path_buf(), source }
 }

@@ -38,9 +38,9 @@ pub fn exec(info: &ContainerInfo, argv: &[String]) -> Result<i32, SpawnError> {
         steps.push(Step::enter_ns(Path::new(&path), flag).map_err(parent)?);
     }
     steps.push(Step::ForkAndWait);
-    let (program, args) = argv.split_first().ok_or_else(|| {
-        parent(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"))
-    })?;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| parent(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given")))?;
     let mut cmd = Command::new(program);
     cmd.args(args).env("PATH", CONTAINER_PATH).env("HOSTNAME", &info.name).current_dir("/");
     let mut child = spawn(&mut cmd, steps)?;

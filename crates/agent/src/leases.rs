@@ -61,7 +61,10 @@ impl Leases {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 let holder = if holder.is_empty() { "another host".to_string() } else { holder };
-                Err(AgentError::Conflict(format!("{} {value} is already in use (by a container on {holder})", kind.noun())))
+                Err(AgentError::Conflict(format!(
+                    "{} {value} is already in use (by a container on {holder})",
+                    kind.noun()
+                )))
             }
             Err(e) => Err(AgentError::Io { op: "create", path, source: e }),
         }
@@ -71,7 +74,9 @@ impl Leases {
     pub fn release(&self, kind: Kind, value: &str) -> Result<(), AgentError> {
         let path = self.path(kind, value);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(AgentError::Io { op: "remove", path, source: e }),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(AgentError::Io { op: "remove", path, source: e })
+            }
             _ => Ok(()),
         }
     }

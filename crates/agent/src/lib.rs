@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod client;
 pub mod container;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod leases;

@@ -42,14 +42,16 @@ impl Record {
 
     pub fn save(&self) -> Result<(), AgentError> {
         let path = Record::file(&self.dir);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| AgentError::container(&self.name, "encode record", e))?;
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| AgentError::container(&self.name, "encode record", e))?;
         shim::write_atomic(&path, &bytes).map_err(io_err("write", &path))
     }
 
     pub fn load(dir: &Path) -> Result<Record, AgentError> {
         let path = Record::file(dir);
         let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
-        serde_json::from_slice(&bytes).map_err(|e| AgentError::container(&dir.display().to_string(), "parse record", e))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AgentError::container(&dir.display().to_string(), "parse record", e))
     }
 
     /// How PID 1 ended, if the shim has recorded it.
@@ -60,7 +62,8 @@ impl Record {
 
     /// Whether PID 1 still runs: same pid, same start time, not a zombie.
     pub fn is_running(&self) -> bool {
-        self.pid > 0 && proc_start(self.pid).is_some_and(|(start, state)| start == self.pid_start && state != 'Z')
+        self.pid > 0
+            && proc_start(self.pid).is_some_and(|(start, state)| start == self.pid_start && state != 'Z')
     }
 
     pub fn state(&self) -> (State, Option<ExitInfo>) {

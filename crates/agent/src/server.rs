@@ -56,7 +56,10 @@ async fn run(State(a): Shared, Json(req): Json<RunRequest>) -> Result<impl IntoR
     Ok((StatusCode::CREATED, Json(a.run(req).await?)))
 }
 
-async fn container(State(a): Shared, UrlPath(name): UrlPath<String>) -> Result<impl IntoResponse, AgentError> {
+async fn container(
+    State(a): Shared,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, AgentError> {
     Ok(Json(a.get(&name).await?))
 }
 
@@ -96,35 +99,40 @@ async fn logs(
 ) -> Result<Response, AgentError> {
     let info = a.get(&name).await?;
     let file = tokio::fs::File::open(&info.log).await.map_err(io_err("open", &info.log))?;
-    let stream = futures::stream::unfold((file, a, name, false), move |(mut file, a, name, done)| async move {
-        if done {
-            return None;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) if !q.follow => return None,
-                Ok(0) => {
-                    // Ends once the container has ended and everything it wrote is sent.
-                    let running = a.get(&name).await.map(|i| i.state == crate::api::State::Running).unwrap_or(false);
-                    if !running {
-                        let pos = file.stream_position().await.unwrap_or(0);
-                        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-                        if pos >= len {
-                            return None;
-                        }
-                        continue;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Some((Ok::<_, std::io::Error>(buf), (file, a, name, false)));
-                }
-                Err(e) => return Some((Err(e), (file, a, name, true))),
+    let stream =
+        futures::stream::unfold((file, a, name, false), move |(mut file, a, name, done)| async move {
+            if done {
+                return None;
             }
-        }
-    });
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) if !q.follow => return None,
+                    Ok(0) => {
+                        // Ends once the container has ended and everything it wrote is sent.
+                        let running = a
+                            .get(&name)
+                            .await
+                            .map(|i| i.state == crate::api::State::Running)
+                            .unwrap_or(false);
+                        if !running {
+                            let pos = file.stream_position().await.unwrap_or(0);
+                            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+                            if pos >= len {
+                                return None;
+                            }
+                            continue;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        return Some((Ok::<_, std::io::Error>(buf), (file, a, name, false)));
+                    }
+                    Err(e) => return Some((Err(e), (file, a, name, true))),
+                }
+            }
+        });
     Ok(Response::builder()
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
@@ -167,6 +175,7 @@ async fn bind(socket: &Path) -> Result<tokio::net::UnixListener, AgentError> {
     }
     let listener = tokio::net::UnixListener::bind(socket).map_err(io_err("bind", socket))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod", socket))?;
     Ok(listener)
 }

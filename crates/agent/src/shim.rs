@@ -106,16 +106,20 @@ pub fn main(dir: &Path) -> i32 {
 }
 
 fn start(dir: &Path) -> Result<(std::process::Child, OwnedFd, OwnedFd), String> {
-    let text = fs::read(config_path(dir)).map_err(|e| format!("reading {}: {e}", config_path(dir).display()))?;
+    let text =
+        fs::read(config_path(dir)).map_err(|e| format!("reading {}: {e}", config_path(dir).display()))?;
     let config: ShimConfig = serde_json::from_slice(&text).map_err(|e| format!("bad shim config: {e}"))?;
-    let netns = migrate_sys::process::take_inherited_fd(NETNS_FD).map_err(|e| format!("network namespace fd: {e}"))?;
+    let netns = migrate_sys::process::take_inherited_fd(NETNS_FD)
+        .map_err(|e| format!("network namespace fd: {e}"))?;
     // Only the children of the caller enter new pid and time namespaces: PID 1 below.
     nix::sched::unshare(
         nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
     )
     .map_err(|e| format!("unshare pid and time namespaces: {e}"))?;
-    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (out_r, out_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let steps = container_steps(&config, netns).map_err(|e| format!("preparing PID 1: {e}"))?;
     let mut cmd = Command::new(&config.cmd[0]);
     cmd.args(&config.cmd[1..])
@@ -143,7 +147,11 @@ fn container_steps(config: &ShimConfig, netns: OwnedFd) -> std::io::Result<Vec<S
     for procs in &config.cgroup_procs {
         steps.push(Step::join_cgroup(procs)?);
     }
-    steps.push(Step::SetNs { fd: netns, nstype: libc::CLONE_NEWNET, what: "enter the network namespace".into() });
+    steps.push(Step::SetNs {
+        fd: netns,
+        nstype: libc::CLONE_NEWNET,
+        what: "enter the network namespace".into(),
+    });
     steps.push(Step::Unshare {
         flags: libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
     });
@@ -166,7 +174,8 @@ fn pump(dir: &Path, out: OwnedFd, err: OwnedFd) -> std::io::Result<()> {
     let mut open = [Some(out), Some(err)];
     let mut buf = vec![0u8; 64 * 1024];
     while open.iter().any(Option::is_some) {
-        let mut fds: Vec<PollFd> = open.iter().flatten().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+        let mut fds: Vec<PollFd> =
+            open.iter().flatten().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,

@@ -105,7 +105,10 @@ pub fn validate(req: &RunRequest, subnet: &Subnet) -> Result<Spec, AgentError> {
         return Err(AgentError::Invalid { field: "pids-max", reason: "must be at least 1".into() });
     }
     let Some(program) = req.cmd.first() else {
-        return Err(AgentError::Invalid { field: "command", reason: "empty: give the program to run after `--`".into() });
+        return Err(AgentError::Invalid {
+            field: "command",
+            reason: "empty: give the program to run after `--`".into(),
+        });
     };
     if req.cmd.iter().any(|a| a.contains('\0')) {
         return Err(AgentError::Invalid { field: "command", reason: "an argument holds a NUL byte".into() });
@@ -139,7 +142,8 @@ pub fn check_name(name: &str) -> Result<(), AgentError> {
 }
 
 fn generated_name() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("c{:06x}", (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff)
 }
 
@@ -148,8 +152,9 @@ fn parse_ip(s: &str, subnet: &Subnet) -> Result<Ipv4Addr, AgentError> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: Ipv4Addr =
-        addr.parse().map_err(|_| AgentError::Invalid { field: "ip", reason: format!("{s:?} is not an IPv4 address") })?;
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| AgentError::Invalid { field: "ip", reason: format!("{s:?} is not an IPv4 address") })?;
     if let Some(p) = prefix
         && p.parse::<u8>().ok() != Some(subnet.prefix)
     {
@@ -201,7 +206,11 @@ fn resolve_program(program: &str) -> Result<PathBuf, AgentError> {
         if !p.is_absolute() {
             return Err(not_found(format!("{program:?}: give an absolute path (the container starts in /)")));
         }
-        return if is_exec(&p) { Ok(p) } else { Err(not_found(format!("{program}: no such executable file"))) };
+        return if is_exec(&p) {
+            Ok(p)
+        } else {
+            Err(not_found(format!("{program}: no such executable file")))
+        };
     }
     CONTAINER_PATH
         .split(':')
@@ -216,7 +225,11 @@ mod tests {
     use migrate_net::format_mac;
 
     fn req(cmd: &[&str]) -> RunRequest {
-        RunRequest { name: Some("web".into()), cmd: cmd.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        RunRequest {
+            name: Some("web".into()),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     fn subnet() -> Subnet {
@@ -234,7 +247,9 @@ mod tests {
         let spec = validate(&r, &subnet())?;
         assert_eq!(spec.ip, Some(Ipv4Addr::new(10, 77, 1, 10)));
         assert_eq!(format_mac(&mac_for(Ipv4Addr::new(10, 77, 1, 10))), "02:4d:0a:4d:01:0a");
-        assert!(validate(&RunRequest { name: None, ..req(&["/bin/true"]) }, &subnet())?.name.starts_with('c'));
+        assert!(
+            validate(&RunRequest { name: None, ..req(&["/bin/true"]) }, &subnet())?.name.starts_with('c')
+        );
         Ok(())
     }
 
@@ -259,7 +274,10 @@ mod tests {
             assert!(validate(&RunRequest { mac: Some(mac.into()), ..req(&["true"]) }, &s).is_err(), "{mac}");
         }
         for name in ["", "-x", "a/b", "a b", &"x".repeat(64)] {
-            assert!(validate(&RunRequest { name: Some(name.to_string()), ..req(&["true"]) }, &s).is_err(), "{name}");
+            assert!(
+                validate(&RunRequest { name: Some(name.to_string()), ..req(&["true"]) }, &s).is_err(),
+                "{name}"
+            );
         }
     }
 

@@ -15,8 +15,10 @@ use crate::output::{self, ago, table};
 #[derive(Subcommand, Debug)]
 pub enum ContainerCmd {
     /// Start a container on a host; returns once it runs (like `docker run -d`).
-    #[command(after_help = "Examples:\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
-migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-max 64 -- redis-server")]
+    #[command(
+        after_help = "Examples:\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
+migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-max 64 -- redis-server"
+    )]
     Run {
         /// The host to run on [default: the lab's first host].
         #[arg(long)]
@@ -128,7 +130,10 @@ async fn run_async(cmd: ContainerCmd, lab: &Lab) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                println!("{} is running on {}: ip {}/{}, mac {}, pid {}", info.name, info.host, info.ip, info.prefix, info.mac, info.pid);
+                println!(
+                    "{} is running on {}: ip {}/{}, mac {}, pid {}",
+                    info.name, info.host, info.ip, info.prefix, info.mac, info.pid
+                );
                 for l in &info.limits {
                     match (&l.file, &l.warning) {
                         (_, Some(w)) => println!("  warning: {}: {w}", l.limit),
@@ -180,7 +185,11 @@ async fn run_async(cmd: ContainerCmd, lab: &Lab) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 let c = &report.container;
-                let how = if report.signals.is_empty() { "was not running".to_string() } else { format!("sent {}", report.signals.join(", then ")) };
+                let how = if report.signals.is_empty() {
+                    "was not running".to_string()
+                } else {
+                    format!("sent {}", report.signals.join(", then "))
+                };
                 println!("{}: {how}; now {}{}", c.name, c.state, exit_text(c));
                 if let Some(note) = report.note {
                     println!("  note: {note}");
@@ -227,7 +236,8 @@ fn exit_text(c: &ContainerInfo) -> String {
 }
 
 fn print_ps(all: &[ContainerInfo]) {
-    let mut rows = vec![["NAME", "HOST", "STATE", "PID", "IP", "CREATED", "COMMAND"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["NAME", "HOST", "STATE", "PID", "IP", "CREATED", "COMMAND"].map(String::from).to_vec()];
     for c in all {
         rows.push(vec![
             c.name.clone(),

@@ -42,7 +42,9 @@ enum Cmd {
     #[command(flatten)]
     Containers(containers::ContainerCmd),
     /// Check what this host can do, and what stands in the way of migration.
-    #[command(after_help = "Examples:\n  migrate doctor\n  migrate doctor --json | jq '.findings[] | select(.status != \"ok\")'")]
+    #[command(
+        after_help = "Examples:\n  migrate doctor\n  migrate doctor --json | jq '.findings[] | select(.status != \"ok\")'"
+    )]
     Doctor {
         /// Machine-readable output.
         #[arg(long)]
@@ -172,6 +174,8 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
 /// Arguments after `--`, as the OS gave them.
 pub(crate) fn utf8_args(args: &[OsString]) -> anyhow::Result<Vec<String>> {
     args.iter()
-        .map(|a| a.to_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("argument {a:?} is not valid UTF-8")))
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("argument {a:?} is not valid UTF-8"))
+        })
         .collect()
 }

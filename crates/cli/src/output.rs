@@ -11,13 +11,18 @@ pub fn print_error(err: &anyhow::Error) {
 /// Prints rows as left-aligned columns, the first row being the header.
 pub fn table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
     for row in rows {
         let line: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, cell)| if i + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) })
+            .map(
+                |(i, cell)| {
+                    if i + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) }
+                },
+            )
             .collect();
         println!("{}", line.join("  ").trim_end());
     }

@@ -4,4 +4,11 @@
 //! Nothing in this crate holds policy: it does not know what a container, a lab or a
 //! checkpoint is. Callers outside it are compiled with `unsafe_code = "forbid"`.
 
+pub mod clone3;
+pub mod mem;
+pub mod pagemap;
+pub mod pidfd;
 pub mod process;
+pub mod ptrace;
+pub mod tcp;
+pub mod uffd;
