@@ -53,8 +53,9 @@ fn containers_survive_an_agent_killed_and_restarted() -> anyhow::Result<()> {
     let err = lab.fails(&["logs", "web"])?;
     ensure!(err.contains("cannot reach the agent"), "a dead agent is named as such: {err}");
 
-    // `lab up` starts the missing agent again; it finds the container.
-    lab.ok(&["lab", "up", "--hosts", "1"])?;
+    // `lab up` (no size needed: it repairs the lab it finds) starts the missing agent
+    // again; it finds the container.
+    lab.ok(&["lab", "up"])?;
     ensure!(agent_pid(&lab, 0)? != agent);
     let after = lab.container("web")?;
     ensure!(after["state"] == "running" && after["pid"] == before["pid"], "{after}");
@@ -62,6 +63,40 @@ fn containers_survive_an_agent_killed_and_restarted() -> anyhow::Result<()> {
     ensure!(lab.ok(&["exec", "web", "--", "hostname"])?.trim() == "web");
     lab.ok(&["stop", "web"])?;
     ensure!(lab.container("web")?["state"] == "exited");
+    Ok(())
+}
+
+/// `logs -f` whose agent dies says so, and how to bring it back.
+#[test]
+fn logs_follow_reports_an_agent_that_died() -> anyhow::Result<()> {
+    let lab = TestLab::up(1)?;
+    lab.ok(&["run", "--name", "ticker", "--", "sh", "-c", "while :; do echo tick; sleep 0.2; done"])?;
+    lab.wait_log("ticker", "tick")?;
+    let mut follow = lab
+        .cmd(&["logs", "-f", "ticker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Let it connect and stream a little, then kill the agent under it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    sigkill_and_wait(agent_pid(&lab, 0)?)?;
+    let mut status = None;
+    support::wait_until(std::time::Duration::from_secs(10), || {
+        status = follow.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = follow.kill();
+        let _ = follow.wait();
+        anyhow::bail!("logs -f kept running after its agent died");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().context("stderr")?, &mut err)?;
+    ensure!(status.code() == Some(1), "{status:?}: {err}");
+    ensure!(
+        err.starts_with("error: the agent of host-a stopped answering") && err.contains("`migrate lab up`"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -84,7 +119,10 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
     sigkill_and_wait(agents[0])?;
     std::fs::remove_file(format!("/run/migrate/labs/{}/lab.json", lab.name))?;
 
-    lab.ok(&["lab", "down"])?;
+    let out = lab.ok(&["lab", "down"])?;
+    // What was killed is summarised by role, not listed pid by pid.
+    ensure!(out.contains("killed 1 agent (host-b) and 2 container shims (one, two)"), "{out}");
+    ensure!(!out.contains("killed pid"), "{out}");
 
     let ours: Vec<String> =
         netns_names().into_iter().filter(|n| n.starts_with(&format!("{}-", lab.name))).collect();

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 
 use anyhow::{Context, ensure};
@@ -54,7 +54,10 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
             "reserved for the hosts",
         ),
         (&["run", "--host", "host-q", "--name", "other", "--", "sleep", "1"], "host-q"),
-        (&["run", "--host", "host-a", "--name", "other", "--"], "empty"),
+        (
+            &["run", "--host", "host-a", "--name", "other", "--"],
+            "required arguments were not provided:\n  <CMD>",
+        ),
         (
             &["run", "--host", "host-a", "--name", "other", "--", "no-such-command-zz"],
             "no-such-command-zz: command not found",
@@ -62,7 +65,7 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
         (&["run", "--host", "host-a", "--name", "bad/name", "--", "sleep", "1"], "invalid name"),
         (
             &["run", "--host", "host-a", "--name", "other", "--memory-max", "lots", "--", "sleep", "1"],
-            "not a size",
+            "e.g. 256M or 1G",
         ),
     ];
     for (args, expected) in cases {
@@ -88,24 +91,129 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn lab_up_twice_changes_nothing() -> anyhow::Result<()> {
-    let lab = TestLab::up(2)?;
+    let lab = TestLab::up(3)?;
     let lab_json = format!("/run/migrate/labs/{}/lab.json", lab.name);
     let first = std::fs::read_to_string(&lab_json)?;
     let ns_before = netns_names();
-    lab.ok(&["lab", "up", "--hosts", "2"])?;
+    lab.ok(&["lab", "up", "--hosts", "3"])?;
+    // `lab up` is the repair command: without --hosts it keeps the lab's size.
+    let out = lab.ok(&["lab", "up"])?;
+    ensure!(out.contains("already up and healthy") && out.contains("host-c"), "{out}");
     ensure!(std::fs::read_to_string(&lab_json)? == first, "lab.json changed");
     ensure!(netns_names() == ns_before);
-    let err = lab.fails(&["lab", "up", "--hosts", "3"])?;
+    let err = lab.fails(&["lab", "up", "--hosts", "2"])?;
     ensure!(err.contains('2') && err.contains('3'), "a lab of another shape is refused clearly: {err}");
     Ok(())
 }
 
 #[test]
 fn everything_but_doctor_needs_root() -> anyhow::Result<()> {
-    for args in [&["lab", "up"][..], &["run", "--", "true"], &["ps"], &["lab", "down"]] {
+    // Each verb gives its own reason; the read-only ones create nothing.
+    let cases: [(&[&str], &str); 7] = [
+        (&["lab", "up"], "creates network namespaces"),
+        (&["lab", "down"], "removes its namespaces"),
+        (&["lab", "status"], "root-only sockets"),
+        (&["run", "--", "true"], "creates or removes"),
+        (&["ps"], "root-only sockets"),
+        (&["logs", "web"], "root-only sockets"),
+        (&["exec", "web", "--", "true"], "enters the container's namespaces"),
+    ];
+    for (args, why) in cases {
         let out = std::process::Command::new(support::BIN).args(args).uid(65534).gid(65534).output()?;
         let err = String::from_utf8_lossy(&out.stderr);
-        ensure!(!out.status.success() && err.contains("needs root"), "migrate {}: {err}", args.join(" "));
+        ensure!(out.status.code() == Some(1), "migrate {}: {:?}", args.join(" "), out.status);
+        ensure!(
+            err.starts_with("error: ") && err.contains("needs root"),
+            "migrate {}: {err}",
+            args.join(" ")
+        );
+        ensure!(err.contains(why), "migrate {}: expected {why:?} in: {err}", args.join(" "));
+        if matches!(args[0], "ps" | "logs") || args[1] == "status" {
+            ensure!(!err.contains("creates"), "a read-only command creates nothing: {err}");
+        }
+    }
+    Ok(())
+}
+
+/// Bad numbers and addresses are usage errors (exit 2) that name the option and the
+/// form expected; runtime errors (exit 1) start with `error:` too.
+#[test]
+fn bad_values_name_the_option_and_the_form() -> anyhow::Result<()> {
+    let cases: [(&[&str], &str, &str); 8] = [
+        (&["run", "--pids-max", "-1", "--", "true"], "'--pids-max <PIDS_MAX>'", "at least 1"),
+        (&["run", "--pids-max", "abc", "--", "true"], "'--pids-max <PIDS_MAX>'", "whole number"),
+        (&["stop", "-t", "abc", "web"], "'--time <TIME>'", "whole number of seconds"),
+        (&["stop", "-t", "-1", "web"], "'--time <TIME>'", "whole number of seconds"),
+        (&["run", "--memory-max", "99999999T", "--", "true"], "'--memory-max <MEMORY_MAX>'", "too large"),
+        (&["run", "--memory-max", "12x", "--", "true"], "'--memory-max <MEMORY_MAX>'", "unknown unit \"x\""),
+        (&["run", "--ip", "10.77.1.53/", "--", "true"], "'--ip <IP>'", "e.g. 10.77.1.10 or 10.77.1.10/16"),
+        (&["lab", "up", "--hosts", "0"], "'--hosts <HOSTS>'", "from 1 to 26"),
+    ];
+    for (args, option, form) in cases {
+        let out = std::process::Command::new(support::BIN).args(args).env("MIGRATE_LAB", "nolab").output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(2), "migrate {}: {:?}: {err}", args.join(" "), out.status);
+        ensure!(err.starts_with("error: invalid value"), "migrate {}: {err}", args.join(" "));
+        ensure!(err.contains(option) && err.contains(form), "migrate {}: {err}", args.join(" "));
+        ensure!(
+            !err.contains("invalid digit") && !err.contains("use '--"),
+            "migrate {}: {err}",
+            args.join(" ")
+        );
+        // With MIGRATE_LAB set, usage lines do not show --lab.
+        ensure!(!err.contains("--lab"), "migrate {}: {err}", args.join(" "));
+    }
+    let out = std::process::Command::new(support::BIN).args(["ps"]).env("MIGRATE_LAB", "nolab").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1) && err.starts_with("error: lab nolab is not up"), "{err}");
+    Ok(())
+}
+
+/// A MAC derived from the IP steps aside for one a user chose by hand; a clash between
+/// two chosen MACs stays an error.
+#[test]
+fn a_derived_mac_never_fails_a_run() -> anyhow::Result<()> {
+    let lab = TestLab::up(1)?;
+    let chosen = "02:4d:0a:4d:01:c8";
+    lab.ok(&["run", "--name", "mc1", "--mac", chosen, "--", "sleep", "600"])?;
+    // 10.77.1.200 derives 02:4d:0a:4d:01:c8, which mc1 holds.
+    lab.ok(&["run", "--name", "mc2", "--ip", "10.77.1.200", "--", "sleep", "600"])?;
+    let mac2 = lab.container("mc2")?["mac"].as_str().context("mac")?.to_string();
+    ensure!(mac2 != chosen && mac2.ends_with(":4d:0a:4d:01:c8"), "{mac2}");
+    let mac2_byte = u8::from_str_radix(&mac2[..2], 16)?;
+    ensure!(mac2_byte & 0b11 == 0b10, "locally administered unicast: {mac2}");
+    let err = lab.fails(&["run", "--name", "mc3", "--mac", chosen, "--", "sleep", "600"])?;
+    ensure!(err.contains(&format!("MAC address {chosen} is already in use")), "{err}");
+    // Removing mc2 gives its MAC back.
+    lab.ok(&["rm", "--force", "mc2"])?;
+    lab.ok(&["run", "--name", "mc4", "--mac", &mac2, "--", "sleep", "600"])?;
+    Ok(())
+}
+
+/// Output into a closed pipe (`migrate ps | head -1`) ends the command quietly, like a
+/// Unix tool (SIGPIPE), never with a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() -> anyhow::Result<()> {
+    let lab = TestLab::up(1)?;
+    lab.ok(&["run", "--name", "talker", "--", "sh", "-c", "seq 1 20000; sleep 600"])?;
+    lab.wait_log("talker", "20000")?;
+    for args in [&["ps"][..], &["lab", "status"], &["lab", "up"], &["logs", "talker"], &["--help"]] {
+        let (read, write) = nix::unistd::pipe()?;
+        drop(read);
+        let out = lab.cmd(args).stdout(std::process::Stdio::from(write)).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !err.contains("panicked") && out.status.code() != Some(101),
+            "migrate {}: {err}",
+            args.join(" ")
+        );
+        ensure!(
+            out.status.signal() == Some(nix::libc::SIGPIPE) || out.status.success(),
+            "migrate {}: {:?} {err}",
+            args.join(" "),
+            out.status
+        );
+        ensure!(err.is_empty(), "migrate {} says nothing: {err}", args.join(" "));
     }
     Ok(())
 }

@@ -37,6 +37,45 @@ fn http_servers_on_two_hosts_answer_the_client_and_each_other() -> anyhow::Resul
     ensure!(lab.ok(&["lab", "exec", "host-b", "--", "python3", "-c", script])? == "hello from a");
     let ps = lab.ps()?;
     ensure!(ps.len() == 2 && ps.iter().all(|c| c["state"] == "running"), "{ps:?}");
+    // `lab status` counts each host's containers (leaves of the cgroup v2 hierarchy).
+    let status: serde_json::Value = serde_json::from_str(&lab.ok(&["lab", "status", "--json"])?)?;
+    let counts: Vec<_> =
+        status["hosts"].as_array().context("hosts")?.iter().map(|h| h["containers"].clone()).collect();
+    ensure!(counts == [1, 1], "containers per host: {counts:?}");
+    lab.ok(&["rm", "--force", "web-b"])?;
+    let table = lab.ok(&["lab", "status"])?;
+    let row = |host: &str| table.lines().find(|l| l.trim_start().starts_with(host)).map(str::to_string);
+    ensure!(row("host-a").context("host-a row")?.ends_with(" 1"), "{table}");
+    ensure!(row("host-b").context("host-b row")?.ends_with(" 0"), "{table}");
+    Ok(())
+}
+
+/// The next step `lab up` suggests works on a fresh machine (only python3 is needed).
+#[test]
+fn the_hint_of_lab_up_works() -> anyhow::Result<()> {
+    let lab = TestLab::up(1)?;
+    let out = lab.ok(&["lab", "up"])?;
+    let hint: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("try:"))
+        .map(|l| l.trim_start().trim_start_matches("try:").trim_start())
+        .collect();
+    ensure!(hint.len() == 2 && hint.iter().all(|l| l.starts_with("migrate ")), "{out}");
+    ensure!(!out.contains("ping"), "{out}");
+    let shell = |line: &str| {
+        let script = format!("{} {}", support::BIN, &line["migrate ".len()..]);
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script]).env("MIGRATE_LAB", &lab.name);
+        c.output()
+    };
+    let started = shell(hint[0])?;
+    ensure!(started.status.success(), "{}: {}", hint[0], String::from_utf8_lossy(&started.stderr));
+    let mut last = String::new();
+    let answered = wait_until(Duration::from_secs(20), || {
+        last = shell(hint[1]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        last.trim() == "200"
+    });
+    ensure!(answered, "{}: {last}", hint[1]);
     Ok(())
 }
 
@@ -60,6 +99,37 @@ time.sleep(600)\n";
     // The exit status of the command comes back.
     let out = lab.run(&["exec", "box", "--", "sh", "-c", "exit 7"])?;
     ensure!(out.status.code() == Some(7), "{:?}", out.status);
+    // A program that cannot start is named, with a shell's exit status.
+    let plain = std::env::temp_dir().join(format!("migrate-not-exec-{}", std::process::id()));
+    std::fs::write(&plain, "not a program\n")?;
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let plain = plain.to_string_lossy().into_owned();
+    for (program, code, says) in [
+        ("nosuchcmd", 127, "nosuchcmd: command not found in the PATH of container box"),
+        ("/nosuch", 127, "/nosuch: no such file in container box"),
+        ("./rel", 127, "./rel: no such file in container box"),
+        (plain.as_str(), 126, "cannot execute it in container box"),
+    ] {
+        let out = lab.run(&["exec", "box", "--", program])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(code), "exec {program}: {:?} {err}", out.status);
+        ensure!(err.starts_with(&format!("error: {program}: ")), "exec {program}: {err}");
+        ensure!(err.contains(says) && !err.contains("spawn failed"), "exec {program}: {err}");
+    }
+    let _ = std::fs::remove_file(&plain);
+    // So does `lab exec`.
+    let out = lab.run(&["lab", "exec", "client", "--", "/nonexistent"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(127) && err.contains("/nonexistent: no such file"), "{err}");
+    let out = lab.run(&["lab", "exec", "client", "--", "nosuchcmd"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(127) && err.contains("nosuchcmd: command not found"), "{err}");
+    // `ps` shows the multi-line script on one line, escaped and shortened; --json has it all.
+    let table = lab.ok(&["ps"])?;
+    ensure!(table.lines().count() == 2, "one line per container: {table}");
+    let row = table.lines().nth(1).context("row")?;
+    ensure!(row.contains("python3 -c $'import os,socket,time\\npids") && row.ends_with('…'), "{row}");
+    ensure!(lab.container("box")?["cmd"][2] == script, "--json keeps the whole command");
     Ok(())
 }
 

@@ -155,3 +155,108 @@ pub fn cgroup2_mount() -> Option<String> {
         right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(str::to_string)).flatten()
     })
 }
+
+// ---- Checkpoint and restore (tests/checkpoint_*.rs) ----
+
+/// A directory of its own under /tmp for one test (visible inside containers, whose
+/// filesystem is the machine's), removed on drop. Declare it before the [`TestLab`], so
+/// that the lab (and every container using the directory) is gone first.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> anyhow::Result<TempDir> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("migrate-test-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    /// A path inside the directory, as a string (for command lines).
+    pub fn join(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Compiles `tests/programs/NAME.c` with `cc FLAGS` into `out`; `None` (with the reason
+/// printed) when there is no C compiler.
+pub fn compile_c(name: &str, flags: &[&str], out: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/programs")
+        .join(format!("{name}.c"));
+    let exe = out.join(name);
+    let result = Command::new("cc").args(flags).arg("-o").arg(&exe).arg(&src).output();
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "SKIPPED: no C compiler (cc) to build {}: install gcc (scripts/install-deps)",
+                src.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).context("running cc"),
+        Ok(o) if !o.status.success() => {
+            bail!("cc {} failed:\n{}", src.display(), String::from_utf8_lossy(&o.stderr))
+        }
+        Ok(_) => Ok(Some(exe.to_string_lossy().into_owned())),
+    }
+}
+
+/// The cgroup hierarchies of this machine (v2 and v1), from mountinfo.
+pub fn cgroup_mounts() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.starts_with("cgroup2 ") || right.starts_with("cgroup "))
+                .then(|| left.split(' ').nth(4).map(str::to_string))?
+        })
+        .collect()
+}
+
+impl TestLab {
+    /// `migrate ARGS` with `--json`-style output: requires success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.ok(args)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("migrate {} printed no JSON: {out}", args.join(" ")))
+    }
+
+    /// `migrate run --host HOST --name NAME -- CMD…`.
+    pub fn start(&self, host: &str, name: &str, cmd: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["run", "--host", host, "--name", name, "--"];
+        args.extend_from_slice(cmd);
+        self.ok(&args)
+    }
+
+    /// What a host holds for containers: its containers' cgroups (in every hierarchy)
+    /// and state directories, as `path/name` strings; empty when it has none.
+    pub fn container_dirs(&self, host: &str) -> Vec<String> {
+        let mut dirs: Vec<std::path::PathBuf> = cgroup_mounts()
+            .iter()
+            .map(|m| std::path::Path::new(m).join("migrate").join(format!("{}-{host}", self.name)))
+            .collect();
+        dirs.push(std::path::Path::new("/run/migrate/labs").join(&self.name).join(host).join("containers"));
+        let mut names = Vec::new();
+        for dir in dirs {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        names.push(e.path().to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+}

@@ -48,7 +48,7 @@ impl Config {
 pub struct Agent {
     pub config: Config,
     pub mounts: Mounts,
-    containers: Mutex<BTreeMap<String, Record>>,
+    pub(crate) containers: Mutex<BTreeMap<String, Record>>,
 }
 
 impl Agent {
@@ -108,7 +108,9 @@ impl Agent {
         let spec = spec::validate(&req, &self.config.subnet)?;
         let mut containers = self.containers.lock().await;
         let this = Arc::clone(self);
-        let rec = blocking(move || container::create(&this.config, &this.mounts, spec)).await?;
+        let rec =
+            blocking(move || container::create(&this.config, &this.mounts, spec, container::Launch::Command))
+                .await?;
         let info = rec.info();
         containers.insert(rec.name.clone(), rec);
         Ok(info)

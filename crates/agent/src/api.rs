@@ -118,3 +118,41 @@ pub struct ErrorBody {
     pub kind: String,
     pub message: String,
 }
+
+/// `POST /v1/containers/NAME/checkpoint`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    /// The image directory (absolute; new or empty).
+    pub dir: PathBuf,
+    /// Keep the container running afterwards; otherwise it is gone once the image is
+    /// written, and its name, IP and MAC are free again.
+    #[serde(default)]
+    pub leave_running: bool,
+}
+
+/// `POST /v1/restore`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// The image directory (absolute).
+    pub dir: PathBuf,
+    /// A new name; the image's by default.
+    pub name: Option<String>,
+}
+
+pub use migrate_engine::{CheckpointReport, RestoreReport};
+
+/// One line of the NDJSON stream that `checkpoint` and `restore` answer with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// A phase started (`freeze`, `collect`, `memory`, …).
+    Phase { phase: String },
+    /// Memory bytes done of a total.
+    Bytes { done: u64, total: u64 },
+    /// The checkpoint is written (and the container gone, unless `leave_running`).
+    Checkpointed { report: CheckpointReport, container: ContainerInfo },
+    /// The restored container runs.
+    Restored { report: RestoreReport, container: ContainerInfo },
+    /// The operation failed; the source (for a checkpoint) runs on as before.
+    Error { error: ErrorBody },
+}

@@ -9,7 +9,10 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{AgentInfo, ContainerInfo, ErrorBody, RunRequest, StopReport, StopRequest};
+use crate::api::{
+    AgentInfo, CheckpointRequest, ContainerInfo, ErrorBody, Event, RestoreRequest, RunRequest, StopReport,
+    StopRequest,
+};
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,55 @@ impl Client {
     pub async fn remove(&self, name: &str, force: bool) -> Result<ContainerInfo, ClientError> {
         self.call(Method::DELETE, &format!("/v1/containers/{}?force={force}", encode(name)), None::<&()>)
             .await
+    }
+
+    /// Checkpoints container `name`; `on_progress` sees each progress event.
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        req: &CheckpointRequest,
+        on_progress: impl FnMut(&Event),
+    ) -> Result<Event, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        self.events(&format!("/v1/containers/{}/checkpoint", encode(name)), body, on_progress).await
+    }
+
+    /// Restores an image on this agent's host.
+    pub async fn restore(
+        &self,
+        req: &RestoreRequest,
+        on_progress: impl FnMut(&Event),
+    ) -> Result<Event, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        self.events("/v1/restore", body, on_progress).await
+    }
+
+    /// Reads an NDJSON event stream up to its final event.
+    async fn events(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        mut on_progress: impl FnMut(&Event),
+    ) -> Result<Event, ClientError> {
+        let mut stream = self.send(Method::POST, path, Some(body)).await?.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = stream.frame().await {
+            let frame = frame
+                .map_err(|e| self.protocol(format!("the agent stopped answering mid-operation: {e}")))?;
+            let Some(data) = frame.data_ref() else { continue };
+            buf.extend_from_slice(data);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let ev: Event =
+                    serde_json::from_slice(&line).map_err(|e| self.protocol(format!("bad event: {e}")))?;
+                match ev {
+                    Event::Phase { .. } | Event::Bytes { .. } => on_progress(&ev),
+                    Event::Error { error } => return Err(ClientError::Api { status: 200, body: error }),
+                    done => return Ok(done),
+                }
+            }
+        }
+        Err(self.protocol("the agent stopped answering mid-operation (see its log)"))
     }
 
     /// Streams the container's log into `sink`; with `follow`, until the container ends.

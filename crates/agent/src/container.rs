@@ -27,7 +27,7 @@ use crate::error::{AgentError, io_err};
 use crate::leases::Kind;
 use crate::record::{Record, proc_start};
 use crate::shim::{self, Report, ShimConfig};
-use crate::spec::{Spec, mac_for};
+use crate::spec::{Spec, macs_for};
 use migrate_net::format_mac;
 
 /// How long a shim may take to report that PID 1 runs.
@@ -68,10 +68,20 @@ impl Rollback {
     }
 }
 
+/// What PID 1 of a new container is.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// The spec's command, as `migrate run` starts it.
+    Command,
+    /// A stub that the checkpoint engine rebuilds into the image's process; the clocks
+    /// and hostname are the image's.
+    Restore { hostname: String, timens_offsets: (i64, i64) },
+}
+
 /// Starts a container from a validated spec.
-pub fn create(config: &Config, mounts: &Mounts, spec: Spec) -> Result<Record, AgentError> {
+pub fn create(config: &Config, mounts: &Mounts, spec: Spec, launch: Launch) -> Result<Record, AgentError> {
     let mut rb = Rollback { name: spec.name.clone(), undo: Vec::new() };
-    match create_steps(config, mounts, spec, &mut rb) {
+    match create_steps(config, mounts, spec, &launch, &mut rb) {
         Ok(rec) => {
             rb.commit();
             Ok(rec)
@@ -84,6 +94,7 @@ fn create_steps(
     config: &Config,
     mounts: &Mounts,
     spec: Spec,
+    launch: &Launch,
     rb: &mut Rollback,
 ) -> Result<Record, AgentError> {
     let host = &config.host;
@@ -102,8 +113,14 @@ fn create_steps(
     let l = leases.clone();
     rb.push("release the IP", move || l.release(Kind::Ip, &ip.to_string()));
 
-    let mac = spec.mac.unwrap_or_else(|| mac_for(ip));
-    leases.take(Kind::Mac, &format_mac(&mac), host)?;
+    let mac = match spec.mac {
+        // A MAC the user chose: a clash is their error.
+        Some(mac) => {
+            leases.take(Kind::Mac, &format_mac(&mac), host)?;
+            mac
+        }
+        None => take_free_mac(config, ip)?,
+    };
     let l = leases.clone();
     rb.push("release the MAC", move || l.release(Kind::Mac, &format_mac(&mac)));
 
@@ -157,7 +174,7 @@ fn create_steps(
         migrate_net::detach_container(&h).map_err(|e| AgentError::container(&h, "delete veth", e))
     });
 
-    let (shim_pid, pid) = start_shim(config, &rec, &netns, rb)?;
+    let (shim_pid, pid) = start_shim(config, &rec, &netns, launch, rb)?;
     rec.shim_pid = shim_pid;
     rec.pid = pid;
     rec.pid_start = proc_start(pid).map(|(s, _)| s).unwrap_or_default();
@@ -177,6 +194,22 @@ fn take_free_ip(config: &Config) -> Result<Ipv4Addr, AgentError> {
     Err(AgentError::Conflict("every container address of the network is in use".into()))
 }
 
+/// Leases the MAC derived from `ip`, or, if a user took that one by hand for another
+/// container, the next free one of [`macs_for`]: a MAC nobody asked for must not fail a
+/// start.
+fn take_free_mac(config: &Config, ip: Ipv4Addr) -> Result<[u8; 6], AgentError> {
+    for mac in macs_for(ip) {
+        match config.leases.take(Kind::Mac, &format_mac(&mac), &config.host) {
+            Ok(()) => return Ok(mac),
+            Err(AgentError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AgentError::Conflict(format!(
+        "every MAC address derived from {ip} is in use (by containers started with --mac): give one with --mac"
+    )))
+}
+
 /// A host-side interface name (at most 15 bytes) derived from the container's name.
 fn host_if_name(name: &str) -> String {
     // FNV-1a: stable across runs and releases, unlike std's hasher.
@@ -190,11 +223,24 @@ fn start_shim(
     config: &Config,
     rec: &Record,
     netns: &NetNs,
+    launch: &Launch,
     rb: &mut Rollback,
 ) -> Result<(i32, i32), AgentError> {
     let dir = &rec.dir;
-    let shim_config =
-        ShimConfig { name: rec.name.clone(), cmd: rec.cmd.clone(), cgroup_procs: rec.cgroup.procs_files() };
+    let (hostname, cmd, timens_offsets) = match launch {
+        Launch::Command => (rec.name.clone(), rec.cmd.clone(), None),
+        Launch::Restore { hostname, timens_offsets } => {
+            let stub = vec![config.migrate_bin.to_string_lossy().into_owned(), "__restore-stub".to_string()];
+            (hostname.clone(), stub, Some(*timens_offsets))
+        }
+    };
+    let shim_config = ShimConfig {
+        name: rec.name.clone(),
+        hostname,
+        cmd,
+        timens_offsets,
+        cgroup_procs: rec.cgroup.procs_files(),
+    };
     let cfg_path = shim::config_path(dir);
     let bytes = serde_json::to_vec_pretty(&shim_config)
         .map_err(|e| AgentError::container(&rec.name, "encode shim config", e))?;
@@ -210,6 +256,7 @@ fn start_shim(
         Step::SetSid,
         Step::pass_fd(netns.as_fd(), shim::NETNS_FD).map_err(|e| fail("pass the network namespace", e))?,
         Step::pass_fd(report_w.as_fd(), shim::REPORT_FD).map_err(|e| fail("pass the report pipe", e))?,
+        Step::CloexecFrom(shim::REPORT_FD + 1),
     ];
     drop(report_w);
     let mut cmd = Command::new(&config.migrate_bin);

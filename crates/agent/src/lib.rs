@@ -4,6 +4,7 @@
 //! - [`shim`]: the per-container supervisor process (parent of PID 1, holder of the log);
 //! - [`server`] / [`client`]: the local HTTP + JSON API on a unix socket, [`api`] its types;
 //! - [`exec`]: running a command inside a container;
+//! - [`images`]: checkpoint and restore, run by the engine on threads of their own;
 //! - [`doctor`]: what this host can and cannot do, probed.
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod container;
 pub mod doctor;
 pub mod error;
 pub mod exec;
+pub mod images;
 pub mod leases;
 pub mod record;
 pub mod server;

@@ -13,10 +13,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
 
 use crate::agent::{Agent, Config};
-use crate::api::{ErrorBody, RunRequest, StopRequest};
+use crate::api::{CheckpointRequest, ErrorBody, Event, RestoreRequest, RunRequest, StopRequest};
 use crate::error::{AgentError, io_err};
+
+/// The error as the API reports it: its kind and its whole chain of causes.
+fn error_body(err: &AgentError) -> ErrorBody {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    if err.kind() == "internal" {
+        tracing::error!("{message}");
+    }
+    ErrorBody { kind: err.kind().to_string(), message }
+}
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
@@ -26,18 +42,46 @@ impl IntoResponse for AgentError {
             "invalid" => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(&self);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!("{message}");
-        }
-        (status, Json(ErrorBody { kind: self.kind().to_string(), message })).into_response()
+        (status, Json(error_body(&self))).into_response()
     }
+}
+
+/// Answers with a stream of NDJSON [`Event`]s: progress, then one final event (the
+/// result, or the error). The work goes on even if the client disconnects.
+fn event_stream<F>(work: impl FnOnce(mpsc::Sender<Event>) -> F + Send + 'static) -> Response
+where
+    F: std::future::Future<Output = Result<Event, AgentError>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let last = match work(tx.clone()).await {
+            Ok(ev) => ev,
+            Err(e) => Event::Error { error: error_body(&e) },
+        };
+        let _ = tx.send(last).await;
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::io::Error>(line), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn checkpoint(
+    State(a): Shared,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<CheckpointRequest>,
+) -> Response {
+    event_stream(move |tx| async move { a.checkpoint(&name, req, tx).await })
+}
+
+async fn restore(State(a): Shared, Json(req): Json<RestoreRequest>) -> Response {
+    event_stream(move |tx| async move { a.restore(req, tx).await })
 }
 
 type Shared = State<Arc<Agent>>;
@@ -49,6 +93,8 @@ fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{name}", get(container).delete(remove))
         .route("/v1/containers/{name}/stop", post(stop))
         .route("/v1/containers/{name}/logs", get(logs))
+        .route("/v1/containers/{name}/checkpoint", post(checkpoint))
+        .route("/v1/restore", post(restore))
         .with_state(agent)
 }
 

@@ -39,7 +39,12 @@ pub const REPORT_FD: RawFd = 4;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimConfig {
     pub name: String,
+    /// The container's hostname (a restored container keeps the one it had).
+    pub hostname: String,
     pub cmd: Vec<String>,
+    /// Time-namespace offsets (CLOCK_MONOTONIC, CLOCK_BOOTTIME) in nanoseconds, so that a
+    /// restored container's clocks continue from the checkpoint.
+    pub timens_offsets: Option<(i64, i64)>,
     /// `cgroup.procs` files PID 1 writes itself into before anything else.
     pub cgroup_procs: Vec<PathBuf>,
 }
@@ -60,6 +65,18 @@ pub fn log_path(dir: &Path) -> PathBuf {
 }
 pub fn exit_path(dir: &Path) -> PathBuf {
     dir.join("exit.json")
+}
+/// Where the shim records the inodes of PID 1's stdout and stderr pipes: the checkpoint
+/// engine treats fds on them as the container's external stdio.
+pub fn stdio_path(dir: &Path) -> PathBuf {
+    dir.join("stdio.json")
+}
+
+/// The inodes of the pipes the shim reads PID 1's stdout and stderr from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StdioPipes {
+    pub stdout: u64,
+    pub stderr: u64,
 }
 
 /// The shim process's `main`. Returns its exit code.
@@ -116,16 +133,30 @@ fn start(dir: &Path) -> Result<(std::process::Child, OwnedFd, OwnedFd), String> 
         nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
     )
     .map_err(|e| format!("unshare pid and time namespaces: {e}"))?;
+    if let Some((mono, boot)) = config.timens_offsets {
+        // Only possible before the first task enters the new time namespace.
+        let line = |clock: &str, ns: i64| {
+            format!("{clock} {} {}\n", ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+        };
+        fs::write("/proc/self/timens_offsets", line("monotonic", mono) + &line("boottime", boot))
+            .map_err(|e| format!("set the time namespace's offsets: {e}"))?;
+    }
     let (out_r, out_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let ino = |fd: &OwnedFd| {
+        nix::sys::stat::fstat(fd).map(|st| st.st_ino).map_err(|e| format!("fstat of a pipe: {e}"))
+    };
+    let stdio = StdioPipes { stdout: ino(&out_r)?, stderr: ino(&err_r)? };
+    write_atomic(&stdio_path(dir), &serde_json::to_vec(&stdio).unwrap_or_default())
+        .map_err(|e| format!("write {}: {e}", stdio_path(dir).display()))?;
     let steps = container_steps(&config, netns).map_err(|e| format!("preparing PID 1: {e}"))?;
     let mut cmd = Command::new(&config.cmd[0]);
     cmd.args(&config.cmd[1..])
         .env_clear()
         .env("PATH", CONTAINER_PATH)
-        .env("HOSTNAME", &config.name)
+        .env("HOSTNAME", &config.hostname)
         .env("HOME", "/root")
         .current_dir("/")
         .stdin(Stdio::null())
@@ -156,7 +187,7 @@ fn container_steps(config: &ShimConfig, netns: OwnedFd) -> std::io::Result<Vec<S
         flags: libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP,
     });
     steps.push(Step::SetSid);
-    steps.push(Step::hostname(&config.name)?);
+    steps.push(Step::hostname(&config.hostname)?);
     // Nothing mounted in the container may propagate back to the host.
     steps.push(Step::remount_propagation("/", libc::MS_REC | libc::MS_PRIVATE)?);
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -164,6 +195,7 @@ fn container_steps(config: &ShimConfig, netns: OwnedFd) -> std::io::Result<Vec<S
     steps.push(Step::mount_fs("sysfs", "/sys", hard | libc::MS_RDONLY, None)?);
     steps.push(Step::mount_fs("tmpfs", "/dev/shm", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"))?);
     steps.push(Step::mount_fs("tmpfs", "/run", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755"))?);
+    steps.push(Step::CloexecFrom(3));
     Ok(steps)
 }
 

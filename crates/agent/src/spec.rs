@@ -36,6 +36,11 @@ impl Subnet {
         Ok(Subnet { base, prefix, reserved_below: Ipv4Addr::from(u32::from(base) + 256) })
     }
 
+    /// A container address to show in examples (e.g. `10.77.1.10/16`).
+    fn example(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(u32::from(self.reserved_below) + 10), self.prefix)
+    }
+
     fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.base)
     }
@@ -107,7 +112,7 @@ pub fn validate(req: &RunRequest, subnet: &Subnet) -> Result<Spec, AgentError> {
     let Some(program) = req.cmd.first() else {
         return Err(AgentError::Invalid {
             field: "command",
-            reason: "empty: give the program to run after `--`".into(),
+            reason: "none given: put the program to run after `--`".into(),
         });
     };
     if req.cmd.iter().any(|a| a.contains('\0')) {
@@ -152,16 +157,31 @@ fn parse_ip(s: &str, subnet: &Subnet) -> Result<Ipv4Addr, AgentError> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| AgentError::Invalid { field: "ip", reason: format!("{s:?} is not an IPv4 address") })?;
-    if let Some(p) = prefix
-        && p.parse::<u8>().ok() != Some(subnet.prefix)
-    {
-        return Err(AgentError::Invalid {
-            field: "ip",
-            reason: format!("prefix /{p}: this host's network is {}/{}", subnet.base, subnet.prefix),
-        });
+    let form = || {
+        format!(
+            "expected an IPv4 address, optionally with the prefix length /{}, e.g. {}",
+            subnet.prefix,
+            subnet.example()
+        )
+    };
+    let ip: Ipv4Addr = addr.parse().map_err(|_| AgentError::Invalid {
+        field: "ip",
+        reason: format!("{s:?} is not an IPv4 address: {}", form()),
+    })?;
+    match prefix.map(|p| (p, p.parse::<u8>())) {
+        Some((p, Ok(n))) if n != subnet.prefix => {
+            return Err(AgentError::Invalid {
+                field: "ip",
+                reason: format!(
+                    "{s:?}: prefix /{p} is not the one of this host's network {}/{} (give {ip} or {ip}/{})",
+                    subnet.base, subnet.prefix, subnet.prefix
+                ),
+            });
+        }
+        Some((_, Err(_))) => {
+            return Err(AgentError::Invalid { field: "ip", reason: format!("{s:?}: {}", form()) });
+        }
+        _ => {}
     }
     subnet.check(ip)?;
     Ok(ip)
@@ -196,6 +216,20 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x4d, o[0], o[1], o[2], o[3]]
 }
 
+/// The MACs a container with address `ip` may get when none was asked for, best first:
+/// [`mac_for`], then 63 more that end in the IP too but differ in the first byte (every
+/// one locally administered and unicast: `x2`, `x6`, `xa`, `xe`). Since the IP is unique,
+/// these never collide with another container's derived MACs — only with a MAC a user
+/// chose by hand, which is what the fallbacks are for.
+pub fn macs_for(ip: Ipv4Addr) -> impl Iterator<Item = [u8; 6]> {
+    let derived = mac_for(ip);
+    (0u8..64).map(move |k| {
+        let mut mac = derived;
+        mac[0] = 0x02 | (k << 2);
+        mac
+    })
+}
+
 /// Finds the program as the container will (same filesystem, the container's `PATH`),
 /// so that a typo is reported before anything is created.
 fn resolve_program(program: &str) -> Result<PathBuf, AgentError> {
@@ -212,11 +246,9 @@ fn resolve_program(program: &str) -> Result<PathBuf, AgentError> {
             Err(not_found(format!("{program}: no such executable file")))
         };
     }
-    CONTAINER_PATH
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| is_exec(p))
-        .ok_or_else(|| not_found(format!("{program}: command not found in {CONTAINER_PATH}")))
+    CONTAINER_PATH.split(':').map(|d| Path::new(d).join(program)).find(|p| is_exec(p)).ok_or_else(|| {
+        not_found(format!("{program}: command not found in the container's PATH ({CONTAINER_PATH})"))
+    })
 }
 
 #[cfg(test)]
@@ -256,7 +288,7 @@ mod tests {
     #[test]
     fn refuses_bad_requests() {
         let s = subnet();
-        assert!(err_of(validate(&req(&[]), &s)).contains("empty"));
+        assert!(err_of(validate(&req(&[]), &s)).contains("none given: put the program to run after `--`"));
         assert!(err_of(validate(&req(&["no-such-program-xyz"]), &s)).contains("command not found"));
         assert!(err_of(validate(&req(&["./rel"]), &s)).contains("absolute path"));
         for (ip, why) in [
@@ -264,6 +296,7 @@ mod tests {
             ("10.77.0.11", "reserved for the hosts"),
             ("10.77.255.255", "broadcast"),
             ("10.77.1.1/24", "prefix /24"),
+            ("10.77.1.53/", "e.g. 10.77.1.10/16"),
             ("banana", "not an IPv4 address"),
         ] {
             let r = RunRequest { ip: Some(ip.into()), ..req(&["true"]) };
@@ -279,6 +312,25 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn fallback_macs_are_distinct_unicast_and_local() {
+        let ip = Ipv4Addr::new(10, 77, 1, 200);
+        let macs: Vec<[u8; 6]> = macs_for(ip).collect();
+        assert_eq!(macs[0], mac_for(ip));
+        assert_eq!(macs.len(), 64);
+        let mut sorted = macs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 64);
+        for m in &macs {
+            assert_eq!(m[0] & 0b11, 0b10, "{}", format_mac(m));
+            assert_eq!(m[2..], ip.octets());
+            assert!(parse_mac(&format_mac(m)).is_ok());
+        }
+        // Never another IP's derived MAC.
+        assert!(!macs[1..].contains(&mac_for(Ipv4Addr::new(10, 77, 1, 201))));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use migrate_agent::api::{ContainerInfo, RunRequest, State};
-use migrate_agent::client::Client;
+use migrate_agent::client::{Client, ClientError};
 use migrate_lab::{Lab, LabName};
 
 use crate::output::{self, ago, table};
@@ -15,10 +15,10 @@ use crate::output::{self, ago, table};
 #[derive(Subcommand, Debug)]
 pub enum ContainerCmd {
     /// Start a container on a host; returns once it runs (like `docker run -d`).
-    #[command(
-        after_help = "Examples:\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
-migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-max 64 -- redis-server"
-    )]
+    #[command(after_help = "Examples:\n  \
+migrate run --host host-a --name web -- python3 -m http.server 80\n  \
+migrate run --name web2 --ip 10.77.1.20/16 -- python3 -m http.server 80\n  \
+migrate run --name small --memory-max 256M --pids-max 64 -- sleep 600")]
     Run {
         /// The host to run on [default: the lab's first host].
         #[arg(long)]
@@ -26,44 +26,51 @@ migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-
         /// Unique across the lab [default: generated].
         #[arg(long)]
         name: Option<String>,
-        /// Its address, e.g. 10.77.1.10/16 [default: the first free one].
-        #[arg(long)]
+        /// Its address, e.g. 10.77.1.10 or 10.77.1.10/16 [default: the first free one].
+        #[arg(long, value_parser = output::parse_ip)]
         ip: Option<String>,
-        /// Its MAC address [default: derived from the IP].
+        /// Its MAC address, e.g. 02:4d:0a:4d:01:0a [default: derived from the IP].
         #[arg(long)]
         mac: Option<String>,
-        /// Memory limit, e.g. 256M or 1G.
-        #[arg(long, value_parser = output::parse_size)]
+        /// Memory limit in bytes or with a unit K, M, G or T, e.g. 256M or 1G.
+        #[arg(long, value_parser = output::parse_size, allow_negative_numbers = true)]
         memory_max: Option<u64>,
-        /// Maximum number of processes and threads.
-        #[arg(long)]
+        /// Maximum number of processes and threads (at least 1).
+        #[arg(long, value_parser = output::parse_pids_max, allow_negative_numbers = true)]
         pids_max: Option<u64>,
-        /// Machine-readable output.
+        /// Print the new container as JSON (the fields of `ps --json`).
         #[arg(long)]
         json: bool,
         /// The program and its arguments (after `--` if they start with a dash); it runs as PID 1.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
     /// List containers (all hosts of the lab, or one).
     #[command(after_help = "Examples:\n  migrate ps\n  migrate ps --host host-b --json")]
     Ps {
+        /// Only the containers of this host (host-a, host-b, …).
         #[arg(long)]
         host: Option<String>,
+        /// Print a JSON array with every field, the full command line included.
         #[arg(long)]
         json: bool,
     },
     /// Print a container's output (stdout and stderr).
     #[command(after_help = "Examples:\n  migrate logs web\n  migrate logs -f web")]
     Logs {
+        /// The container (see `migrate ps`).
         name: String,
         /// Keep printing what it writes until it ends.
         #[arg(short, long)]
         follow: bool,
     },
     /// Run a command inside a running container (all its namespaces and its cgroup).
+    ///
+    /// The exit status is the command's; 127 if the program is not found, 126 if it
+    /// cannot be executed.
     #[command(after_help = "Examples:\n  migrate exec web -- hostname\n  migrate exec web -- sh -c 'ps ax'")]
     Exec {
+        /// The container (see `migrate ps`).
         name: String,
         /// The program and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
@@ -72,16 +79,19 @@ migrate run --host host-b --name db --ip 10.77.1.20/16 --memory-max 256M --pids-
     /// Stop a container: SIGTERM, then SIGKILL after the grace period.
     #[command(after_help = "Examples:\n  migrate stop web\n  migrate stop --time 0 web")]
     Stop {
+        /// The container (see `migrate ps`).
         name: String,
-        /// Seconds between SIGTERM and SIGKILL.
-        #[arg(short, long, default_value_t = 10)]
+        /// Seconds between SIGTERM and SIGKILL (0: SIGKILL at once).
+        #[arg(short, long, default_value_t = 10, value_parser = output::parse_seconds, allow_negative_numbers = true)]
         time: u64,
+        /// Print what was done (signals sent, the container's final state) as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a stopped container: its cgroup, network link, log and name.
     #[command(after_help = "Examples:\n  migrate rm web\n  migrate rm --force web")]
     Rm {
+        /// The container (see `migrate ps`).
         name: String,
         /// Kill it first if it is running.
         #[arg(short, long)]
@@ -100,6 +110,21 @@ impl ContainerCmd {
             ContainerCmd::Rm { .. } => "rm",
         }
     }
+
+    /// Why the verb needs root, for the error a non-root user gets.
+    pub fn why_root(&self) -> &'static str {
+        match self {
+            ContainerCmd::Run { .. } | ContainerCmd::Stop { .. } | ContainerCmd::Rm { .. } => {
+                "it asks the agent over its root-only socket, and the agent creates or removes the container's namespaces, cgroup and network link"
+            }
+            ContainerCmd::Ps { .. } | ContainerCmd::Logs { .. } => {
+                "it talks to the agents over their root-only sockets"
+            }
+            ContainerCmd::Exec { .. } => {
+                "it enters the container's namespaces and cgroup, and asks the agent over its root-only socket"
+            }
+        }
+    }
 }
 
 pub fn run(cmd: ContainerCmd, lab_name: &LabName) -> anyhow::Result<i32> {
@@ -113,7 +138,7 @@ pub fn run(cmd: ContainerCmd, lab_name: &LabName) -> anyhow::Result<i32> {
         if info.state != State::Running {
             bail!("container {name} is {}: only a running container can exec", info.state);
         }
-        return migrate_agent::exec::exec(&info, &argv).with_context(|| format!("exec in container {name}"));
+        return Ok(migrate_agent::exec::exec(&info, &argv)?);
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_async(cmd, &lab))
 }
@@ -168,15 +193,33 @@ async fn run_async(cmd: ContainerCmd, lab: &Lab) -> anyhow::Result<i32> {
             Ok(if unreachable > 0 { 1 } else { 0 })
         }
         ContainerCmd::Logs { name, follow } => {
-            let (client, _) = find(lab, &name).await?;
+            let (client, info) = find(lab, &name).await?;
             let mut out = std::io::stdout().lock();
-            client
+            let mut write_failed = None;
+            let streamed = client
                 .logs(&name, follow, |chunk| {
-                    out.write_all(chunk)?;
-                    out.flush()
+                    let written = out.write_all(chunk).and_then(|()| out.flush());
+                    if let Err(e) = &written {
+                        write_failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+                    }
+                    written
                 })
-                .await?;
-            Ok(0)
+                .await;
+            match (streamed, write_failed) {
+                (Ok(()), _) => Ok(0),
+                (Err(_), Some(e)) => Err(anyhow::Error::from(e).context("write the log to stdout")),
+                // Connected, then the connection broke: the agent died or restarted.
+                (Err(e @ ClientError::Protocol { .. }), None) => {
+                    Err(anyhow::Error::from(e).context(format!(
+                        "the agent of {} stopped answering while sending the log of {name} (the container \
+                     itself keeps running): bring the agent back with `migrate lab up`, then run \
+                     `migrate logs{} {name}` again",
+                        info.host,
+                        if follow { " -f" } else { "" }
+                    )))
+                }
+                (Err(e), None) => Err(e.into()),
+            }
         }
         ContainerCmd::Stop { name, time, json } => {
             let (client, _) = find(lab, &name).await?;
@@ -208,7 +251,7 @@ async fn run_async(cmd: ContainerCmd, lab: &Lab) -> anyhow::Result<i32> {
 }
 
 /// Finds the agent that holds container `name`.
-async fn find(lab: &Lab, name: &str) -> anyhow::Result<(Client, ContainerInfo)> {
+pub(crate) async fn find(lab: &Lab, name: &str) -> anyhow::Result<(Client, ContainerInfo)> {
     let mut unreachable = Vec::new();
     for host in &lab.hosts {
         let client = Client::new(&host.socket);
@@ -235,6 +278,9 @@ fn exit_text(c: &ContainerInfo) -> String {
     }
 }
 
+/// The most characters of a command line `ps` shows (`--json` has it all).
+const COMMAND_WIDTH: usize = 60;
+
 fn print_ps(all: &[ContainerInfo]) {
     let mut rows =
         vec![["NAME", "HOST", "STATE", "PID", "IP", "CREATED", "COMMAND"].map(String::from).to_vec()];
@@ -246,7 +292,7 @@ fn print_ps(all: &[ContainerInfo]) {
             if c.state == State::Running { c.pid.to_string() } else { "-".into() },
             c.ip.clone(),
             ago(c.created_ms),
-            c.cmd.join(" "),
+            output::command_cell(&c.cmd, COMMAND_WIDTH),
         ]);
     }
     table(&rows);

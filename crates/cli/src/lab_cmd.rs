@@ -9,7 +9,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use anyhow::Context;
-use migrate_lab::{DownReport, LabName, LabStatus, UpReport};
+use migrate_lab::{DownReport, KilledProcess, LabName, LabStatus, ProcessKind, UpReport};
+
+use crate::output;
 
 /// Simulated hosts on this machine: network namespaces joined by a LAN bridge, one agent
 /// per host.
@@ -21,23 +23,25 @@ pub enum LabCmd {
     /// client namespace (10.77.0.2) and a LAN namespace whose bridge joins them, then
     /// starts `migrate agent` inside each host. The machine's own network is not touched.
     /// Idempotent: on a healthy lab it changes nothing; an agent that died is restarted
-    /// with its state. Needs root. The lab is named by $MIGRATE_LAB (default: "default").
+    /// with its state, so `migrate lab up` is also the repair command. Needs root. The lab
+    /// is named by --lab or $MIGRATE_LAB (default: "default").
     #[command(after_help = "Examples:\n  \
-        sudo migrate lab up                # host-a, host-b and a client\n  \
-        sudo migrate lab up --hosts 3      # host-a … host-c\n  \
-        sudo MIGRATE_LAB=t1 migrate lab up # a second, independent lab")]
+        migrate lab up                 # host-a, host-b and a client; or repair the lab\n  \
+        migrate lab up --hosts 3       # host-a … host-c\n  \
+        MIGRATE_LAB=t1 migrate lab up  # a second, independent lab")]
     Up {
-        /// Number of simulated hosts (1 to 26: host-a … host-z).
-        #[arg(long, default_value_t = 2)]
-        hosts: usize,
+        /// Number of simulated hosts, 1 to 26 (host-a … host-z) [default: the size the lab
+        /// has; 2 for a new lab].
+        #[arg(long, value_parser = output::parse_hosts, allow_negative_numbers = true)]
+        hosts: Option<usize>,
     },
     /// Show the lab's namespaces and agents (exit status 1 unless all is healthy).
     ///
     /// For each host: whether its namespace exists, the agent's pid, whether it is alive
     /// and accepts connections on its socket, and how many processes and containers it has.
     #[command(after_help = "Examples:\n  \
-        sudo migrate lab status\n  \
-        sudo migrate lab status --json | jq '.hosts[] | {name, agent_pid}'")]
+        migrate lab status\n  \
+        migrate lab status --json | jq '.hosts[] | {name, agent_pid}'")]
     Status {
         /// Print machine-readable JSON instead of a table.
         #[arg(long)]
@@ -48,15 +52,16 @@ pub enum LabCmd {
     /// Kills every process living in the lab's namespaces and every container under the
     /// hosts' cgroups, removes the namespaces (and with them every link) and the lab's
     /// directory. Works on a half-broken lab too.
-    #[command(after_help = "Example:\n  sudo migrate lab down")]
+    #[command(after_help = "Example:\n  migrate lab down")]
     Down,
     /// Run a command inside a host's (or the client's) network namespace.
     ///
-    /// Only the network changes: files are the machine's. The exit status is the command's.
+    /// Only the network changes: files are the machine's. The exit status is the
+    /// command's; 127 if the program is not found, 126 if it cannot be executed.
     #[command(after_help = "Examples:\n  \
-        sudo migrate lab exec client -- curl http://10.77.1.5:8080/\n  \
-        sudo migrate lab exec host-a -- ip -br addr\n  \
-        sudo migrate lab exec host-b -- bash")]
+        migrate lab exec host-a -- cat /proc/net/dev\n  \
+        migrate lab exec client -- python3 -m http.server 8080  # at 10.77.0.2:8080\n  \
+        migrate lab exec host-b -- bash")]
     Exec {
         /// host-a, host-b, … or client.
         host: String,
@@ -64,6 +69,29 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<OsString>,
     },
+}
+
+impl LabCmd {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            LabCmd::Up { .. } => "up",
+            LabCmd::Status { .. } => "status",
+            LabCmd::Down => "down",
+            LabCmd::Exec { .. } => "exec",
+        }
+    }
+
+    /// Why the verb needs root, for the error a non-root user gets.
+    pub fn why_root(&self) -> &'static str {
+        match self {
+            LabCmd::Up { .. } => "it creates network namespaces, links and bridges, and starts the agents",
+            LabCmd::Status { .. } => {
+                "it looks into the lab's network namespaces and talks to the agents over their root-only sockets"
+            }
+            LabCmd::Down => "it kills the lab's processes and removes its namespaces and cgroups",
+            LabCmd::Exec { .. } => "it enters a network namespace of the lab",
+        }
+    }
 }
 
 /// Runs a lab command; returns the process exit status.
@@ -136,10 +164,21 @@ fn print_up(r: &UpReport) {
     println!();
     println!("  LAN: bridge {} in netns {}, {}", lab.lan_bridge, lab.lan_netns, lab.subnet);
     println!("  state: {}", lab.dir.display());
-    println!(
-        "  try:   migrate lab exec client -- ping -c1 {}",
-        lab.hosts.first().map_or(lab.client.ip, |h| h.ip)
-    );
+    // Only programs install-deps provides: a fresh machine has no ping or curl.
+    if let Some(host) = lab.hosts.first() {
+        let ip = "10.77.1.10";
+        println!(
+            "  try:   migrate run --host {} --name web --ip {ip} -- python3 -m http.server 80",
+            host.name
+        );
+        println!("         migrate lab exec client -- python3 -c {}", hint_get(&format!("http://{ip}/")));
+    }
+}
+
+/// A python3 one-liner that prints the HTTP status of a GET of `url`, single-quoted for
+/// a shell.
+fn hint_get(url: &str) -> String {
+    format!("'import urllib.request as u; print(u.urlopen(\"{url}\").status)'")
 }
 
 fn print_status(s: &LabStatus) {
@@ -193,8 +232,8 @@ fn print_down(r: &DownReport) {
 }
 
 fn print_removed(r: &DownReport, indent: &str) {
-    for k in &r.killed {
-        println!("{indent}killed pid {} ({})", k.pid, k.comm);
+    if !r.killed.is_empty() {
+        println!("{indent}killed {}", killed_summary(&r.killed));
     }
     for c in &r.cgroups_removed {
         println!("{indent}removed cgroup {c}");
@@ -204,5 +243,77 @@ fn print_removed(r: &DownReport, indent: &str) {
     }
     for p in &r.paths_removed {
         println!("{indent}removed {}", p.display());
+    }
+}
+
+/// "2 agents (host-a, host-b), 5 container shims and 1 other process (bash, pid 42)".
+fn killed_summary(killed: &[KilledProcess]) -> String {
+    let of =
+        |kind: ProcessKind| -> Vec<&KilledProcess> { killed.iter().filter(|k| k.kind == kind).collect() };
+    let names = |ks: &[&KilledProcess]| {
+        ks.iter()
+            .map(|k| k.of.clone().unwrap_or_else(|| format!("pid {}", k.pid)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    let agents = of(ProcessKind::Agent);
+    if !agents.is_empty() {
+        parts.push(format!("{} ({})", plural(agents.len(), "agent"), names(&agents)));
+    }
+    let shims = of(ProcessKind::Shim);
+    if !shims.is_empty() {
+        parts.push(format!("{} ({})", plural(shims.len(), "container shim"), names(&shims)));
+    }
+    let others = of(ProcessKind::Other);
+    if !others.is_empty() {
+        let list: Vec<String> = others.iter().map(|k| format!("{}, pid {}", k.comm, k.pid)).collect();
+        parts.push(format!("{} ({})", plural(others.len(), "other process"), list.join("; ")));
+    }
+    match parts.len() {
+        0 | 1 => parts.concat(),
+        n => format!("{} and {}", parts[..n - 1].join(", "), parts[n - 1]),
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match (n, word.strip_suffix("process")) {
+        (1, _) => format!("1 {word}"),
+        (_, Some(stem)) => format!("{n} {stem}processes"),
+        _ => format!("{n} {word}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(pid: i32, kind: ProcessKind, of: Option<&str>) -> KilledProcess {
+        KilledProcess { pid, comm: "bash".into(), kind, of: of.map(str::to_string) }
+    }
+
+    #[test]
+    fn killed_processes_are_summarised() {
+        let all = [
+            k(1, ProcessKind::Agent, Some("host-a")),
+            k(2, ProcessKind::Shim, Some("web")),
+            k(3, ProcessKind::Agent, Some("host-b")),
+            k(4, ProcessKind::Other, None),
+        ];
+        assert_eq!(
+            killed_summary(&all),
+            "2 agents (host-a, host-b), 1 container shim (web) and 1 other process (bash, pid 4)"
+        );
+        assert_eq!(killed_summary(&all[..1]), "1 agent (host-a)");
+        assert_eq!(
+            killed_summary(&[k(4, ProcessKind::Other, None), k(5, ProcessKind::Other, None)]),
+            "2 other processes (bash, pid 4; bash, pid 5)"
+        );
+    }
+
+    #[test]
+    fn the_hint_is_one_shell_word() {
+        let hint = hint_get("http://10.77.1.10/");
+        assert!(hint.starts_with('\'') && hint.ends_with('\'') && hint.matches('\'').count() == 2, "{hint}");
     }
 }

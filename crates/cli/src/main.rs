@@ -3,6 +3,7 @@
 
 mod containers;
 mod doctor_cmd;
+mod image_cmd;
 mod lab_cmd;
 mod output;
 
@@ -27,9 +28,11 @@ struct Cli {
     /// More log output (-v: info, -vv: debug, -vvv: trace); logs go to stderr.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// The lab to act on; labs let tests run side by side.
-    #[arg(long, global = true, env = "MIGRATE_LAB", default_value = "default", hide_default_value = true)]
-    lab: String,
+    /// The lab to act on; labs let tests run side by side [env: MIGRATE_LAB; default: default].
+    // Read from the environment by hand, not with clap's `env`: clap would then show
+    // `--lab <LAB>` in every usage line whenever MIGRATE_LAB is set.
+    #[arg(long, global = true)]
+    lab: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -37,10 +40,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Manage the lab: simulated hosts on this machine.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  migrate lab up\n  migrate lab status\n  \
+migrate lab exec host-a -- cat /proc/net/dev\n  migrate lab down"
+    )]
     Lab(lab_cmd::LabCmd),
     #[command(flatten)]
     Containers(containers::ContainerCmd),
+    #[command(flatten)]
+    Images(image_cmd::ImageCmd),
     /// Check what this host can do, and what stands in the way of migration.
     #[command(
         after_help = "Examples:\n  migrate doctor\n  migrate doctor --json | jq '.findings[] | select(.status != \"ok\")'"
@@ -59,6 +68,9 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The process a restore rebuilds: it waits to be rebuilt from the outside.
+    #[command(name = "__restore-stub", hide = true)]
+    RestoreStub,
     /// A doctor probe that must run in a process of its own.
     #[command(name = "__probe", hide = true)]
     Probe { name: String },
@@ -92,12 +104,21 @@ struct AgentArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Lab(_) | Cmd::Containers(_) | Cmd::Images(_) | Cmd::Doctor { .. }) {
+        // Die quietly of SIGPIPE when stdout is a closed pipe (`migrate ps | head -1`),
+        // like Unix tools, instead of panicking in `println!`. The agent, the shim and the
+        // other internal roles keep it ignored: they write to sockets and pipes whose
+        // peers may vanish.
+        if let Err(e) = migrate_sys::signal::default_sigpipe() {
+            tracing::debug!("restoring SIGPIPE: {e}");
+        }
+    }
     init_tracing(cli.verbose);
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
             output::print_error(&err);
-            1
+            output::exit_code(&err)
         }
     };
     std::process::exit(code);
@@ -116,25 +137,44 @@ fn init_tracing(verbose: u8) {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let lab_name = || match &cli.lab {
+        Some(name) => migrate_lab::LabName::new(name),
+        None => migrate_lab::LabName::from_env_or_default(),
+    };
     match cli.cmd {
         // The shim must stay single-threaded: no runtime.
         Cmd::Shim { dir } => Ok(migrate_agent::shim::main(&dir)),
         Cmd::Probe { name } => Ok(migrate_agent::doctor::probe_child_main(&name)),
         Cmd::Doctor { json } => doctor_cmd::run(json),
         Cmd::Agent(args) => {
-            require_root("migrate agent")?;
+            require_root(
+                "migrate agent",
+                "it creates namespaces, cgroups and network links for its containers",
+            )?;
             runtime()?.block_on(run_agent(args))?;
             Ok(0)
         }
         Cmd::Lab(cmd) => {
-            require_root("migrate lab")?;
-            let lab = migrate_lab::LabName::new(&cli.lab)?;
+            require_root(&format!("migrate lab {}", cmd.verb()), cmd.why_root())?;
+            let lab = lab_name()?;
             runtime()?.block_on(lab_cmd::run(cmd, &lab))
         }
         Cmd::Containers(cmd) => {
-            require_root(&format!("migrate {}", cmd.verb()))?;
-            let lab = migrate_lab::LabName::new(&cli.lab)?;
+            require_root(&format!("migrate {}", cmd.verb()), cmd.why_root())?;
+            let lab = lab_name()?;
             containers::run(cmd, &lab)
+        }
+        Cmd::RestoreStub => migrate_engine::stub_main(),
+        Cmd::Images(image_cmd::ImageCmd::Inspect { dir, hexdump, json }) => {
+            image_cmd::inspect(&dir, hexdump.as_deref(), json)
+        }
+        Cmd::Images(cmd) => {
+            require_root(
+                &format!("migrate {}", cmd.verb()),
+                "it freezes and traces the container's processes, through the agents' root-only sockets",
+            )?;
+            let lab = migrate_lab::Lab::load(&lab_name()?)?;
+            runtime()?.block_on(image_cmd::run(cmd, &lab))
         }
     }
 }
@@ -143,13 +183,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Everything but `doctor` and `--help` manipulates namespaces, cgroups or root-owned
-/// sockets: say so up front rather than fail halfway with EPERM.
-fn require_root(what: &str) -> anyhow::Result<()> {
+/// Everything but `doctor` and `--help` needs root, each verb for its own reason
+/// (`why`): say so up front rather than fail halfway with EPERM.
+fn require_root(what: &str, why: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!(
-            "{what} needs root (it creates namespaces, cgroups and network links): run it as root, e.g. with sudo"
-        );
+        anyhow::bail!("{what} needs root ({why}): run it as root, e.g. with sudo");
     }
     Ok(())
 }

@@ -79,7 +79,7 @@ pub(crate) fn start(lab: &Lab, host: &HostInfo) -> Result<i32, LabError> {
         Step::enter_ns(&netns_path, nix::libc::CLONE_NEWNET).map_err(LabError::io("open", &netns_path))?;
     let spawn_err =
         |source| LabError::SpawnAgent { host: host.name.clone(), bin: lab.migrate_bin.clone(), source };
-    let child = spawn(&mut cmd, vec![enter, Step::SetSid]).map_err(spawn_err)?;
+    let child = spawn(&mut cmd, vec![enter, Step::SetSid, Step::CloexecFrom(3)]).map_err(spawn_err)?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     // Not killed, not waited: the agent outlives us.
     drop(child);

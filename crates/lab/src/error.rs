@@ -9,8 +9,8 @@ use migrate_net::NetError;
 /// An error of a lab operation.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("migrate lab needs root: {action} creates and enters network namespaces and cgroups")]
-    NotRoot { action: &'static str },
+    #[error("{action} needs root: {why}")]
+    NotRoot { action: &'static str, why: &'static str },
     #[error("invalid lab name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("a lab has 1 to 26 hosts (host-a … host-z), not {requested}")]
@@ -73,6 +73,17 @@ pub enum LabError {
     Survivors { pids: Vec<i32>, waited: Duration },
     #[error("no command given to run in {target}")]
     EmptyCommand { target: String },
+    #[error("{program}: command not found in $PATH")]
+    CommandNotFound { target: String, program: String },
+    #[error("{program}: no such file")]
+    NoSuchFile { target: String, program: String },
+    #[error("{program}: cannot execute it")]
+    NotExecutable {
+        target: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("run {program} in {target}")]
     Exec {
         target: String,
@@ -92,6 +103,16 @@ pub enum LabError {
 }
 
 impl LabError {
+    /// The exit status for this error: as a shell would, 127 for a command that is not
+    /// found and 126 for one that cannot be executed; 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LabError::CommandNotFound { .. } | LabError::NoSuchFile { .. } => 127,
+            LabError::NotExecutable { .. } => 126,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,

@@ -24,8 +24,10 @@ mod topology;
 
 pub use error::LabError;
 pub use exec::exec;
-pub use lifecycle::{ClientStatus, HostStatus, LabStatus, NetnsStatus, UpReport, down, status, up};
+pub use lifecycle::{
+    ClientStatus, DEFAULT_HOSTS, HostStatus, LabStatus, NetnsStatus, UpReport, down, status, up,
+};
 pub use model::{ClientInfo, HostInfo, Lab};
 pub use name::LabName;
-pub use procs::KilledProcess;
+pub use procs::{KilledProcess, ProcessKind};
 pub use teardown::DownReport;

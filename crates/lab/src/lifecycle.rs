@@ -2,8 +2,9 @@
 //!
 //! `up` converges rather than creates: a healthy lab is left alone (same agents), a dead
 //! agent is restarted with the same state directory, a lab whose `lab.json` is missing
-//! or disagrees with the kernel is cleared (the `down` code path) and rebuilt. It never
-//! silently reshapes a lab of another size. `up` and `down` of one lab are serialized by
+//! or disagrees with the kernel is cleared (the `down` code path) and rebuilt. Without a
+//! host count it keeps the size the lab has (or had, judging by its leftovers), so that
+//! a plain `up` repairs any lab; it never silently reshapes a lab to another size. `up` and `down` of one lab are serialized by
 //! a flock on `/run/migrate/labs/<lab>.lock`.
 
 use std::net::Ipv4Addr;
@@ -14,9 +15,9 @@ use migrate_net::NetNs;
 use serde::Serialize;
 
 use crate::model::Lab;
-use crate::name::{LabName, MAX_HOSTS};
+use crate::name::{LabName, MAX_HOSTS, host_name};
 use crate::procs::{self, LabLock};
-use crate::teardown::{DownReport, cgroup_roots, teardown};
+use crate::teardown::{DownReport, teardown};
 use crate::{LabError, agents, topology};
 
 /// How long `up`/`down` wait for another `up`/`down` of the same lab.
@@ -105,11 +106,23 @@ pub struct HostStatus {
     pub containers: usize,
 }
 
+/// The size of a new lab when `up` is not told one.
+pub const DEFAULT_HOSTS: usize = 2;
+
 /// Brings lab `name` up with `hosts` hosts whose agents run `migrate_bin`; idempotent.
-pub async fn up(name: &LabName, hosts: usize, migrate_bin: &Path) -> Result<UpReport, LabError> {
-    require_root("`migrate lab up`")?;
-    if !(1..=MAX_HOSTS).contains(&hosts) {
-        return Err(LabError::HostCount { requested: hosts });
+///
+/// `hosts: None` keeps the size of the existing lab (or of its leftovers), and is
+/// [`DEFAULT_HOSTS`] for a new one; `Some(n)` different from an existing lab's size is
+/// an error ([`LabError::HostCountMismatch`]).
+pub async fn up(name: &LabName, hosts: Option<usize>, migrate_bin: &Path) -> Result<UpReport, LabError> {
+    require_root(
+        "`migrate lab up`",
+        "it creates network namespaces, links and bridges, and starts the agents",
+    )?;
+    if let Some(requested) = hosts
+        && !(1..=MAX_HOSTS).contains(&requested)
+    {
+        return Err(LabError::HostCount { requested });
     }
     let migrate_bin =
         std::fs::canonicalize(migrate_bin).map_err(LabError::io("find the agent binary", migrate_bin))?;
@@ -117,16 +130,23 @@ pub async fn up(name: &LabName, hosts: usize, migrate_bin: &Path) -> Result<UpRe
     let lock = LabLock::acquire(name.as_str(), &name.lock_path(), LOCK_TIMEOUT)?;
 
     let mut problems = Vec::new();
-    let existing = match Lab::load(name) {
+    let loaded = Lab::load(name);
+    // The size to build if the lab must be (re)built: asked for, or the one it has.
+    let size = match (&loaded, hosts) {
+        (_, Some(n)) => n,
+        (Ok(lab), None) if (1..=MAX_HOSTS).contains(&lab.hosts.len()) => lab.hosts.len(),
+        _ => leftover_hosts(name).unwrap_or(DEFAULT_HOSTS),
+    };
+    let existing = match loaded {
         Ok(lab) if lab.name != *name || !lab.matches_plan() => {
             problems.push("lab.json does not match the lab's layout".to_string());
             None
         }
-        Ok(lab) if lab.hosts.len() != hosts => {
+        Ok(lab) if lab.hosts.len() != size => {
             return Err(LabError::HostCountMismatch {
                 lab: name.to_string(),
                 existing: lab.hosts.len(),
-                requested: hosts,
+                requested: size,
             });
         }
         Ok(lab) => {
@@ -148,7 +168,7 @@ pub async fn up(name: &LabName, hosts: usize, migrate_bin: &Path) -> Result<UpRe
         None => {
             // Whatever is left of an earlier lab goes first, by the same path as `down`.
             cleared = Some(teardown(name, None)?);
-            let lab = Lab::plan(name, hosts, &migrate_bin);
+            let lab = Lab::plan(name, size, &migrate_bin);
             std::fs::create_dir_all(&lab.dir).map_err(LabError::io("create", &lab.dir))?;
             match topology::build(&lab) {
                 Ok(done) => created = done,
@@ -202,7 +222,10 @@ pub async fn up(name: &LabName, hosts: usize, migrate_bin: &Path) -> Result<UpRe
 
 /// Removes lab `name` completely; works on a half-broken lab too (see `teardown`).
 pub async fn down(name: &LabName) -> Result<DownReport, LabError> {
-    require_root("`migrate lab down`")?;
+    require_root(
+        "`migrate lab down`",
+        "it kills the lab's processes and removes its namespaces and cgroups",
+    )?;
     let start = Instant::now();
     let lock_existed = name.lock_path().exists();
     let lock = LabLock::acquire(name.as_str(), &name.lock_path(), LOCK_TIMEOUT)?;
@@ -218,7 +241,10 @@ pub async fn down(name: &LabName) -> Result<DownReport, LabError> {
 /// The state of lab `name`: namespaces, agents (alive and answering), process and
 /// container counts.
 pub async fn status(name: &LabName) -> Result<LabStatus, LabError> {
-    require_root("`migrate lab status`")?;
+    require_root(
+        "`migrate lab status`",
+        "it looks into the lab's network namespaces and talks to the agents over their root-only sockets",
+    )?;
     let saved = match Lab::load(name) {
         Ok(lab) => Some(lab),
         Err(LabError::NotUp { .. }) => None,
@@ -243,8 +269,9 @@ pub async fn status(name: &LabName) -> Result<LabStatus, LabError> {
             healthy: false,
         });
     };
-    let cgroup_root =
-        migrate_cgroup::Mounts::discover().ok().and_then(|m| cgroup_roots(&m).into_iter().next());
+    // A container is a leaf `<cgroup parent>/<name>` of the cgroup v2 hierarchy, which
+    // every container has (a v1 hierarchy only has one for the controllers v2 lacks).
+    let cgroup_root = migrate_cgroup::Mounts::discover().ok().and_then(|m| m.v2);
     let mut hosts = Vec::new();
     for host in &lab.hosts {
         let ns = NetNs::open_registered(&host.netns).ok();
@@ -288,9 +315,16 @@ pub async fn status(name: &LabName) -> Result<LabStatus, LabError> {
     })
 }
 
-/// Fails with a clear message unless we are root.
-pub(crate) fn require_root(action: &'static str) -> Result<(), LabError> {
-    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(LabError::NotRoot { action }) }
+/// Fails with a clear message unless we are root; `why` says what needs it.
+pub(crate) fn require_root(action: &'static str, why: &'static str) -> Result<(), LabError> {
+    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(LabError::NotRoot { action, why }) }
+}
+
+/// The size of the lab whose namespaces are registered, judging by its last host's
+/// namespace (after a crash that lost `lab.json`).
+fn leftover_hosts(name: &LabName) -> Option<usize> {
+    let registered = NetNs::registered_names().ok()?;
+    (0..MAX_HOSTS).rev().find(|&i| registered.contains(&name.host_netns(&host_name(i)))).map(|i| i + 1)
 }
 
 fn count_subdirs(dir: &Path) -> usize {

@@ -30,6 +30,41 @@ pub struct KilledProcess {
     pub pid: i32,
     /// Its `comm` (the executable's name, at most 15 bytes).
     pub comm: String,
+    /// What it was, judging by its command line.
+    pub kind: ProcessKind,
+    /// The host of an agent, the container of a shim.
+    pub of: Option<String>,
+}
+
+/// The kinds of processes living in a lab's namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessKind {
+    /// `migrate agent --host H …`.
+    Agent,
+    /// `migrate shim --dir …/containers/NAME`: a container's supervisor.
+    Shim,
+    /// Anything else, e.g. a shell started with `lab exec`.
+    Other,
+}
+
+impl KilledProcess {
+    /// Describes process `pid` from its `comm` and its command line.
+    fn describe(pid: i32, comm: String, cmdline: &[String]) -> KilledProcess {
+        // The subcommand follows the binary, or the script run by an interpreter.
+        let verb = cmdline.iter().take(3).position(|a| a == "agent" || a == "shim");
+        let value_of = |flag: &str| cmdline.iter().skip_while(|a| *a != flag).nth(1).cloned();
+        let (kind, of) = match verb.map(|i| cmdline[i].as_str()) {
+            Some("agent") => (ProcessKind::Agent, value_of("--host")),
+            Some("shim") => (
+                ProcessKind::Shim,
+                value_of("--dir")
+                    .and_then(|d| Some(Path::new(&d).file_name()?.to_string_lossy().into_owned())),
+            ),
+            _ => (ProcessKind::Other, None),
+        };
+        KilledProcess { pid, comm, kind, of }
+    }
 }
 
 /// The pids (processes, not threads) whose network namespace is one of `inodes`,
@@ -91,10 +126,10 @@ pub(crate) fn reap(pid: i32) -> Option<String> {
 pub(crate) fn kill_and_wait(pids: &[i32], timeout: Duration) -> Result<Vec<KilledProcess>, LabError> {
     let mut killed = Vec::new();
     for &pid in pids {
-        let comm = comm(pid);
+        let described = KilledProcess::describe(pid, comm(pid), &cmdline(pid));
         // ESRCH: it exited on its own meanwhile, which is what we want.
         if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-            killed.push(KilledProcess { pid, comm });
+            killed.push(described);
         }
     }
     let deadline = Instant::now() + timeout;
@@ -187,6 +222,31 @@ mod tests {
         assert!(!comm(me).is_empty());
         assert!(!cmdline(me).is_empty());
         assert!(!is_alive(i32::MAX));
+    }
+
+    #[test]
+    fn killed_processes_are_told_apart() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let agent = KilledProcess::describe(
+            7,
+            "migrate".into(),
+            &args(&["/usr/bin/migrate", "agent", "--host", "host-b", "--state-dir", "/x"]),
+        );
+        assert_eq!((agent.kind, agent.of.as_deref()), (ProcessKind::Agent, Some("host-b")));
+        let script = KilledProcess::describe(
+            8,
+            "python3".into(),
+            &args(&["python3", "/t/fake-agent.py", "agent", "--host", "host-a"]),
+        );
+        assert_eq!((script.kind, script.of.as_deref()), (ProcessKind::Agent, Some("host-a")));
+        let shim = KilledProcess::describe(
+            9,
+            "migrate".into(),
+            &args(&["/usr/bin/migrate", "shim", "--dir", "/run/migrate/labs/t/host-a/containers/web"]),
+        );
+        assert_eq!((shim.kind, shim.of.as_deref()), (ProcessKind::Shim, Some("web")));
+        let bash = KilledProcess::describe(10, "bash".into(), &args(&["bash"]));
+        assert_eq!((bash.kind, bash.of), (ProcessKind::Other, None));
     }
 
     #[test]

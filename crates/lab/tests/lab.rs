@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use migrate_lab::{Lab, LabError, LabName, down, exec, status, up};
+use migrate_lab::{Lab, LabError, LabName, ProcessKind, down, exec, status, up};
 use migrate_net::{NetNs, run_in};
 
 macro_rules! require_root {
@@ -102,7 +102,7 @@ fn up_status_reach_exec_and_down() {
     require_root!();
     let name = lab_name(1);
     let guard = Guard(name.clone());
-    let report = block_on(up(&name, 2, &fake_agent())).expect("up");
+    let report = block_on(up(&name, Some(2), &fake_agent())).expect("up");
     assert!(report.created.iter().any(|c| c.contains(&name.lan_netns())), "{:?}", report.created);
     assert_eq!(report.started.len(), 2);
     let lab = Lab::load(&name).expect("lab.json");
@@ -127,20 +127,39 @@ fn up_status_reach_exec_and_down() {
     let err = exec(&name, "host-q", &os(&["true"])).expect_err("unknown host");
     assert!(err.to_string().contains("known: host-a, host-b, client"), "{err}");
     assert!(matches!(exec(&name, "host-a", &[]), Err(LabError::EmptyCommand { .. })));
+    // A program that cannot start is named, with a shell's exit status.
+    let err = exec(&name, "client", &os(&["/nonexistent"])).expect_err("no such file");
+    assert!(matches!(err, LabError::NoSuchFile { .. }) && err.exit_code() == 127, "{err:?}");
+    assert_eq!(err.to_string(), "/nonexistent: no such file");
+    let err = exec(&name, "host-a", &os(&["no-such-command-zz"])).expect_err("not found");
+    assert!(err.to_string().starts_with("no-such-command-zz: command not found in $PATH"), "{err}");
+    assert_eq!(err.exit_code(), 127);
+    let plain = std::env::temp_dir().join(format!("migrate-lab-not-exec-{}", std::process::id()));
+    std::fs::write(&plain, "not a program\n").expect("write");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = exec(&name, "host-a", &[plain.clone().into()]).expect_err("not executable");
+    let _ = std::fs::remove_file(&plain);
+    assert!(matches!(err, LabError::NotExecutable { .. }) && err.exit_code() == 126, "{err:?}");
 
     // A second `up` changes nothing; another size is refused.
-    let again = block_on(up(&name, 2, &fake_agent())).expect("up again");
+    let again = block_on(up(&name, Some(2), &fake_agent())).expect("up again");
     assert!(again.unchanged(), "{again:#?}");
     let pids: Vec<_> = again.kept.iter().map(|(_, pid)| Some(*pid)).collect();
     assert_eq!(pids, vec![a.agent_pid, b.agent_pid]);
-    let err = block_on(up(&name, 3, &fake_agent())).expect_err("reshape");
+    let err = block_on(up(&name, Some(3), &fake_agent())).expect_err("reshape");
     assert!(matches!(err, LabError::HostCountMismatch { existing: 2, requested: 3, .. }), "{err}");
+    // Without a size, `up` keeps the lab's.
+    let again = block_on(up(&name, None, &fake_agent())).expect("up without a size");
+    assert!(again.unchanged() && again.lab.hosts.len() == 2, "{again:#?}");
 
     let agents: Vec<i32> = lab.hosts.iter().filter_map(|h| h.agent_pid).collect();
     let report = block_on(down(&name)).expect("down");
     assert_eq!(report.netns_removed.len(), 4, "{report:#?}");
     for pid in &agents {
-        assert!(report.killed.iter().any(|k| k.pid == *pid), "agent {pid} not killed: {report:#?}");
+        assert!(
+            report.killed.iter().any(|k| k.pid == *pid && k.kind == ProcessKind::Agent && k.of.is_some()),
+            "agent {pid} not killed (or not recognised as an agent): {report:#?}"
+        );
         assert!(!pid_alive(*pid));
     }
     assert_gone(&name);
@@ -157,7 +176,7 @@ fn killed_agent_is_restarted_and_a_broken_lab_still_goes_down() {
     require_root!();
     let name = lab_name(2);
     let _guard = Guard(name.clone());
-    block_on(up(&name, 1, &fake_agent())).expect("up");
+    block_on(up(&name, Some(1), &fake_agent())).expect("up");
     let lab = Lab::load(&name).expect("lab.json");
     let host = lab.host("host-a").expect("host-a");
     let first = host.agent_pid.expect("agent pid");
@@ -168,7 +187,9 @@ fn killed_agent_is_restarted_and_a_broken_lab_still_goes_down() {
     let st = block_on(status(&name)).expect("status");
     assert!(!st.healthy && !st.hosts[0].agent_alive, "{st:#?}");
 
-    let report = block_on(up(&name, 1, &fake_agent())).expect("up restarts the agent");
+    // The repair needs no size: a 1-host lab stays one.
+    let report = block_on(up(&name, None, &fake_agent())).expect("up restarts the agent");
+    assert_eq!(report.lab.hosts.len(), 1);
     assert!(report.created.is_empty(), "the network was kept: {report:#?}");
     let second = report.started.first().map(|(_, pid)| *pid).expect("restarted");
     assert_ne!(second, first);
@@ -225,7 +246,7 @@ fn up_clears_leftovers_of_a_crash() {
     let stale = name.host_netns("host-c");
     drop(NetNs::register(&stale).expect("register stale netns"));
     std::fs::create_dir_all(name.dir().join("host-a")).expect("stale dir");
-    let report = block_on(up(&name, 1, &fake_agent())).expect("up");
+    let report = block_on(up(&name, Some(1), &fake_agent())).expect("up");
     let cleared = report.cleared.expect("leftovers were cleared");
     assert!(cleared.netns_removed.contains(&stale), "{cleared:#?}");
     assert!(!NetNs::is_registered(&stale));
@@ -242,7 +263,7 @@ fn a_failing_agent_is_reported_with_its_log() {
     let bad = std::env::temp_dir().join(format!("migrate-lab-bad-agent-{}", std::process::id()));
     std::fs::write(&bad, "#!/bin/sh\necho 'cannot bind: no luck' >&2\nexit 4\n").expect("write bad agent");
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let err = block_on(up(&name, 1, &bad)).expect_err("the agent exits");
+    let err = block_on(up(&name, Some(1), &bad)).expect_err("the agent exits");
     let _ = std::fs::remove_file(&bad);
     let msg = err.to_string();
     assert!(matches!(err, LabError::AgentExited { .. }), "{msg}");
@@ -256,7 +277,7 @@ fn arguments_are_checked() {
     require_root!();
     let name = lab_name(5);
     for hosts in [0, 27] {
-        let err = block_on(up(&name, hosts, &fake_agent())).expect_err("out of range");
+        let err = block_on(up(&name, Some(hosts), &fake_agent())).expect_err("out of range");
         assert!(matches!(err, LabError::HostCount { .. }), "{err}");
     }
     let err = exec(&name, "host-a", &os(&["true"])).expect_err("not up");

@@ -10,5 +10,6 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod process;
 pub mod ptrace;
+pub mod signal;
 pub mod tcp;
 pub mod uffd;

@@ -41,6 +41,11 @@ pub enum Step {
     /// `dup2(fd, target)`: hand `fd` to the new program at a known number (without
     /// `FD_CLOEXEC`).
     Dup2 { fd: OwnedFd, target: RawFd },
+    /// Marks every fd from `first` up close-on-exec (`close_range` with
+    /// `CLOSE_RANGE_CLOEXEC`): the new program inherits nothing its parent happened to
+    /// hold (a shell's stray fds, a runtime's sockets). Marking rather than closing keeps
+    /// the pipe that reports a failed `exec` working.
+    CloexecFrom(RawFd),
     /// `fork()`; the parent waits for the child and exits with its status, the child goes
     /// on with the next step. Needed after `setns` into a pid or time namespace, which
     /// only the caller's children enter. `Command::spawn` then returns when the program
@@ -118,6 +123,7 @@ impl Step {
                 )
             }
             Step::Dup2 { target, .. } => format!("pass a file descriptor as fd {target}"),
+            Step::CloexecFrom(first) => format!("mark fds from {first} close-on-exec"),
             Step::ForkAndWait => "fork into the entered namespaces".into(),
         }
     }
@@ -248,6 +254,17 @@ fn run_step(step: &Step) -> io::Result<()> {
             // `target`, so the program inherits it.
             check(unsafe { libc::dup2(fd.as_raw_fd(), *target) })?;
         }
+        Step::CloexecFrom(first) => {
+            // SAFETY: plain syscall with integer arguments; it only changes fd flags.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    *first as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) as libc::c_int
+            })?;
+        }
         Step::ForkAndWait => {
             // SAFETY: we are already in a forked, single-threaded child; forking again and
             // only calling waitpid/_exit in the parent is async-signal-safe.
@@ -277,7 +294,8 @@ fn run_step(step: &Step) -> io::Result<()> {
 
 /// Wraps a raw fd number received from a parent process (e.g. `--netns-fd 3`).
 ///
-/// Returns an error unless the number refers to an open descriptor. The caller must not
+/// Marks it close-on-exec. Returns an error unless the number refers to an open
+/// descriptor. The caller must not
 /// use the number again after this (the returned `OwnedFd` closes it).
 pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 3 {
@@ -289,6 +307,9 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if the
     // number is not open.
     check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: F_SETFD only sets the descriptor's flags. Taken over, the fd must not leak
+    // into programs this process starts (a container's PID 1 would inherit it).
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
     // SAFETY: the fd is open (F_GETFD succeeded) and was handed to this process at start;
     // nothing else in the process owns it, so taking ownership once is sound.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -28,7 +28,14 @@ pub enum PtraceError {
     },
     #[error("pid {pid} ended while traced ({status})")]
     Gone { pid: i32, status: String },
+    #[error("pid {pid} stopped unexpectedly while running an injected syscall: {what}")]
+    UnexpectedStop { pid: i32, what: String },
 }
+
+/// `NT_X86_XSTATE` (elf.h): the regset of the XSAVE area.
+const NT_X86_XSTATE: usize = 0x202;
+/// The largest XSAVE area a CPU has today is ~11 KiB (AMX); room to spare.
+const XSTATE_MAX: usize = 64 * 1024;
 
 impl PtraceError {
     /// The task is gone (it exited or was killed): not our failure.
@@ -36,6 +43,7 @@ impl PtraceError {
         match self {
             PtraceError::Op { source, .. } => *source == Errno::ESRCH,
             PtraceError::Gone { .. } => true,
+            PtraceError::UnexpectedStop { .. } => false,
         }
     }
 }
@@ -111,6 +119,15 @@ fn wait_stop(pid: Pid) -> Result<Option<Signal>, PtraceError> {
 }
 
 impl StoppedTracee {
+    /// Takes over a task the kernel attached to us because a tracee created it
+    /// (`PTRACE_O_TRACECLONE`): waits for its first stop. The stop's own `SIGSTOP` is not
+    /// delivered later.
+    pub fn adopt(tid: i32) -> Result<StoppedTracee, PtraceError> {
+        let pid = Pid::from_raw(tid);
+        wait_stop(pid)?;
+        Ok(StoppedTracee { pid, pending: None, armed: true })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
     }
@@ -129,6 +146,204 @@ impl StoppedTracee {
     /// `PTRACE_SETREGS`.
     pub fn set_regs(&self, regs: libc::user_regs_struct) -> Result<(), PtraceError> {
         ptrace::setregs(self.pid, regs).map_err(op_err("PTRACE_SETREGS", self.pid))
+    }
+
+    /// Runs one injected syscall: sets `regs` (the caller points `rip` at a `syscall`
+    /// instruction and fills `rax` and the arguments), single-steps over it and returns
+    /// the registers after it (`rax` holds the result). The caller restores the task's
+    /// own registers afterwards.
+    ///
+    /// Signals must be blocked (see [`StoppedTracee::set_sigmask`]) or a signal-delivery
+    /// stop could come first; one that comes anyway is an error naming the signal.
+    /// `on_clone` receives the tid of a task created by the syscall (with
+    /// `PTRACE_O_TRACECLONE` set, the kernel reports it in an event stop first).
+    pub fn run_syscall(
+        &mut self,
+        regs: libc::user_regs_struct,
+        mut on_clone: impl FnMut(i32),
+    ) -> Result<libc::user_regs_struct, PtraceError> {
+        self.set_regs(regs)?;
+        loop {
+            ptrace::step(self.pid, None).map_err(op_err("PTRACE_SINGLESTEP", self.pid))?;
+            match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_CLONE => {
+                    let msg = ptrace::getevent(self.pid).map_err(op_err("PTRACE_GETEVENTMSG", self.pid))?;
+                    on_clone(msg as i32);
+                }
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    return Err(PtraceError::UnexpectedStop {
+                        pid: self.pid.as_raw(),
+                        what: format!("signal {sig}"),
+                    });
+                }
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.armed = false;
+                    return Err(PtraceError::Gone { pid: self.pid.as_raw(), status: format!("{status:?}") });
+                }
+                Ok(other) => {
+                    return Err(PtraceError::UnexpectedStop {
+                        pid: self.pid.as_raw(),
+                        what: format!("{other:?}"),
+                    });
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(op_err("waitpid", self.pid)(e)),
+            }
+        }
+        self.pending = None;
+        self.regs()
+    }
+
+    /// The extended register state (`PTRACE_GETREGSET NT_X86_XSTATE`): x87, SSE, AVX, …
+    pub fn xstate(&self) -> Result<Vec<u8>, PtraceError> {
+        let mut buf = vec![0u8; XSTATE_MAX];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: PTRACE_GETREGSET writes at most `iov_len` bytes into the live buffer
+        // `buf` and stores the length it wrote back into `iov`, which outlives the call.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETREGSET,
+                self.pid.as_raw(),
+                NT_X86_XSTATE,
+                &mut iov as *mut libc::iovec,
+            )
+        };
+        if r < 0 {
+            return Err(op_err("PTRACE_GETREGSET NT_X86_XSTATE", self.pid)(Errno::last()));
+        }
+        buf.truncate(iov.iov_len);
+        Ok(buf)
+    }
+
+    /// `PTRACE_SETREGSET NT_X86_XSTATE` with a buffer from [`StoppedTracee::xstate`].
+    pub fn set_xstate(&self, xstate: &[u8]) -> Result<(), PtraceError> {
+        let mut buf = xstate.to_vec();
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: the kernel reads at most `iov_len` bytes from the live buffer `buf`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETREGSET,
+                self.pid.as_raw(),
+                NT_X86_XSTATE,
+                &mut iov as *mut libc::iovec,
+            )
+        };
+        if r < 0 {
+            return Err(op_err("PTRACE_SETREGSET NT_X86_XSTATE", self.pid)(Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// The blocked-signal mask (`PTRACE_GETSIGMASK`), bit n-1 for signal n.
+    pub fn sigmask(&self) -> Result<u64, PtraceError> {
+        let mut mask = 0u64;
+        // SAFETY: the kernel writes `addr` = 8 bytes into the live u64 `mask`.
+        let r = unsafe {
+            libc::ptrace(libc::PTRACE_GETSIGMASK, self.pid.as_raw(), 8usize, &mut mask as *mut u64)
+        };
+        if r < 0 {
+            return Err(op_err("PTRACE_GETSIGMASK", self.pid)(Errno::last()));
+        }
+        Ok(mask)
+    }
+
+    /// `PTRACE_SETSIGMASK` (SIGKILL and SIGSTOP stay unblockable, as always).
+    pub fn set_sigmask(&self, mask: u64) -> Result<(), PtraceError> {
+        let mut mask = mask;
+        // SAFETY: the kernel reads `addr` = 8 bytes from the live u64 `mask`.
+        let r = unsafe {
+            libc::ptrace(libc::PTRACE_SETSIGMASK, self.pid.as_raw(), 8usize, &mut mask as *mut u64)
+        };
+        if r < 0 {
+            return Err(op_err("PTRACE_SETSIGMASK", self.pid)(Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// The queued signals (`PTRACE_PEEKSIGINFO`): the thread's own, or with `shared` the
+    /// whole process's. Each entry is the kernel's 128-byte `siginfo_t`.
+    pub fn pending_signals(&self, shared: bool) -> Result<Vec<[u8; 128]>, PtraceError> {
+        #[repr(C)]
+        struct PeekArgs {
+            off: u64,
+            flags: u32,
+            nr: i32,
+        }
+        const _: () = assert!(std::mem::size_of::<PeekArgs>() == 16);
+        let mut out = Vec::new();
+        loop {
+            let mut buf = [[0u8; 128]; 16];
+            let mut args = PeekArgs { off: out.len() as u64, flags: u32::from(shared), nr: buf.len() as i32 };
+            // SAFETY: `args` is a live ptrace_peeksiginfo_args; the kernel writes at most
+            // `nr` siginfo_t (128 bytes each) into the live buffer `buf`.
+            let n = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_PEEKSIGINFO,
+                    self.pid.as_raw(),
+                    &mut args as *mut PeekArgs,
+                    buf.as_mut_ptr(),
+                )
+            };
+            if n < 0 {
+                return Err(op_err("PTRACE_PEEKSIGINFO", self.pid)(Errno::last()));
+            }
+            let n = n as usize;
+            out.extend_from_slice(&buf[..n.min(buf.len())]);
+            if n < buf.len() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The thread's rseq registration, if any (`PTRACE_GET_RSEQ_CONFIGURATION`):
+    /// `(address, length, signature)`.
+    pub fn rseq(&self) -> Result<Option<(u64, u32, u32)>, PtraceError> {
+        let mut conf = linux_raw_sys::ptrace::ptrace_rseq_configuration {
+            rseq_abi_pointer: 0,
+            rseq_abi_size: 0,
+            signature: 0,
+            flags: 0,
+            pad: 0,
+        };
+        let size = std::mem::size_of_val(&conf);
+        // SAFETY: the kernel writes at most `size` bytes into the live struct `conf`.
+        let r = unsafe {
+            libc::ptrace(
+                linux_raw_sys::ptrace::PTRACE_GET_RSEQ_CONFIGURATION as libc::c_uint,
+                self.pid.as_raw(),
+                size,
+                &mut conf as *mut linux_raw_sys::ptrace::ptrace_rseq_configuration,
+            )
+        };
+        if r < 0 {
+            return Err(op_err("PTRACE_GET_RSEQ_CONFIGURATION", self.pid)(Errno::last()));
+        }
+        Ok((conf.rseq_abi_pointer != 0).then_some((
+            conf.rseq_abi_pointer,
+            conf.rseq_abi_size,
+            conf.signature,
+        )))
+    }
+
+    /// The thread's robust futex list: `(head, len)` (`get_robust_list`).
+    pub fn robust_list(&self) -> Result<(u64, u64), PtraceError> {
+        let mut head: u64 = 0;
+        let mut len: usize = 0;
+        // SAFETY: the kernel writes one pointer into `head` and one size into `len`,
+        // both live locals.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                self.pid.as_raw(),
+                &mut head as *mut u64,
+                &mut len as *mut usize,
+            )
+        };
+        if r < 0 {
+            return Err(op_err("get_robust_list", self.pid)(Errno::last()));
+        }
+        Ok((head, len as u64))
     }
 
     /// `PTRACE_CONT`: the task runs on, still traced.

@@ -1,0 +1,321 @@
+//! `checkpoint`, `restore` and `inspect`: the CLI face of the engine. Checkpoint and
+//! restore run in the agents (which own the containers); inspect reads an image
+//! directory itself.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use migrate_agent::api::{CheckpointRequest, Event, RestoreRequest};
+use migrate_agent::client::Client;
+use migrate_lab::Lab;
+use migrate_proto::records::{FdKind, VmaBacking};
+
+use crate::containers::find;
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Dump a running container to an image directory; then it is gone (unless
+    /// --leave-running) and its name, IP and MAC are free again.
+    #[command(after_help = "Examples:\n  migrate checkpoint web --dir /var/tmp/web.img\n  \
+migrate checkpoint web --dir /var/tmp/web.img --leave-running")]
+    Checkpoint {
+        /// The container.
+        name: String,
+        /// Where to write the image: a new or empty directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keep the container running after the dump (a forensic snapshot).
+        #[arg(long)]
+        leave_running: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a checkpointed container back to life, on any host of the lab.
+    #[command(after_help = "Examples:\n  migrate restore --dir /var/tmp/web.img --host host-b\n  \
+migrate restore --dir /var/tmp/web.img --name web2")]
+    Restore {
+        /// The image directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host to restore on [default: the lab's first host].
+        #[arg(long)]
+        host: Option<String>,
+        /// A new name [default: the image's].
+        #[arg(long)]
+        name: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what an image holds: threads, memory map, files, sizes, checksums.
+    #[command(after_help = "Examples:\n  migrate inspect /var/tmp/web.img\n  \
+migrate inspect /var/tmp/web.img --json\n  migrate inspect /var/tmp/web.img --hexdump 0x7f3a12000000:256")]
+    Inspect {
+        /// The image directory.
+        dir: PathBuf,
+        /// Print the stored bytes of an address range, ADDR[:LEN] (hex address, LEN
+        /// bytes, 256 by default).
+        #[arg(long, value_name = "ADDR[:LEN]")]
+        hexdump: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl ImageCmd {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            ImageCmd::Checkpoint { .. } => "checkpoint",
+            ImageCmd::Restore { .. } => "restore",
+            ImageCmd::Inspect { .. } => "inspect",
+        }
+    }
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir()?.join(dir) })
+}
+
+/// A progress bar on stderr, only when it is a terminal.
+fn progress_bar() -> impl FnMut(&Event) {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    move |ev| match ev {
+        Event::Phase { phase } => bar.set_message(phase.clone()),
+        Event::Bytes { done, total } => {
+            bar.set_length(*total);
+            bar.set_position(*done);
+        }
+        _ => bar.finish_and_clear(),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
+    match cmd {
+        ImageCmd::Checkpoint { name, dir, leave_running, json } => {
+            let (client, _) = find(lab, &name).await?;
+            let req = CheckpointRequest { dir: absolute(&dir)?, leave_running };
+            let ev = client.checkpoint(&name, &req, progress_bar()).await?;
+            let Event::Checkpointed { report, container } = ev else {
+                bail!("unexpected answer from the agent")
+            };
+            if json {
+                println!("{}", serde_json::json!({ "report": report, "container": container }));
+                return Ok(0);
+            }
+            let s = &report.stats;
+            println!(
+                "checkpointed {} to {} in {} ms (frozen {} ms: collect {} ms, memory {} ms)",
+                container.name,
+                report.dir.display(),
+                report.total_ms,
+                report.frozen_ms,
+                report.collect_ms,
+                report.memory_ms
+            );
+            println!(
+                "  {} thread(s), {} VMAs; memory {} in {} pages stored, {} zero pages skipped; image {}",
+                s.threads,
+                s.vmas,
+                mib(s.bytes_raw),
+                s.pages_stored,
+                s.pages_zero,
+                mib(report.image_bytes)
+            );
+            if leave_running {
+                println!("  {} keeps running on {}", container.name, container.host);
+            } else {
+                println!(
+                    "  {} is gone from {}: its name, {} and {} are free again",
+                    container.name, container.host, container.ip, container.mac
+                );
+            }
+            Ok(0)
+        }
+        ImageCmd::Restore { dir, host, name, json } => {
+            let host = match host {
+                Some(h) => lab.host(&h)?,
+                None => lab.hosts.first().context("the lab has no hosts")?,
+            };
+            let req = RestoreRequest { dir: absolute(&dir)?, name };
+            let ev = Client::new(&host.socket).restore(&req, progress_bar()).await?;
+            let Event::Restored { report, container } = ev else { bail!("unexpected answer from the agent") };
+            if json {
+                println!("{}", serde_json::json!({ "report": report, "container": container }));
+                return Ok(0);
+            }
+            println!(
+                "restored {} on {} in {} ms (memory {} ms, {} pages, {} thread(s)): ip {}/{}, mac {}, pid {}",
+                container.name,
+                container.host,
+                report.total_ms,
+                report.memory_ms,
+                report.pages,
+                report.threads,
+                container.ip,
+                container.prefix,
+                container.mac,
+                container.pid
+            );
+            for w in &report.warnings {
+                println!("  warning: {w}");
+            }
+            Ok(0)
+        }
+        ImageCmd::Inspect { .. } => unreachable!("inspect runs without the lab"),
+    }
+}
+
+/// `migrate inspect`: reads and checks the image itself; needs no agent.
+pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let img =
+        migrate_engine::open_image(dir).with_context(|| format!("reading the image in {}", dir.display()))?;
+    if let Some(spec) = hexdump {
+        return hex(&img, spec);
+    }
+    let stored = migrate_engine::image::stored_per_vma(&img)?;
+    if json {
+        let vmas: Vec<_> = img.processes[0]
+            .vmas
+            .iter()
+            .zip(&stored)
+            .map(|(v, b)| serde_json::json!({ "vma": v, "bytes_stored": b }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "manifest": img.manifest,
+                "processes": img.processes,
+                "vmas": vmas,
+            }))?
+        );
+        return Ok(0);
+    }
+    let m = &img.manifest;
+    println!("image {} (format {}, migrate {})", dir.display(), m.format_version, m.tool_version);
+    println!(
+        "  container {} (hostname {}), ip {}/{}, mac {}",
+        m.container.name, m.container.hostname, m.container.ip, m.container.prefix, m.container.mac
+    );
+    println!("  command   {}", m.container.cmd.join(" "));
+    println!(
+        "  kernel    {} {} ({}), vDSO {}",
+        m.kernel.release, m.kernel.machine, m.kernel.version, m.kernel.vdso_digest
+    );
+    println!(
+        "  clocks    monotonic {:.3} s, boottime {:.3} s at the freeze",
+        m.clocks.monotonic_ns as f64 / 1e9,
+        m.clocks.boottime_ns as f64 / 1e9
+    );
+    println!("  files:");
+    for f in &m.files {
+        println!("    {:<14} {:>12} bytes  crc32 {:08x}", f.name, f.size, f.crc32);
+    }
+    for p in &img.processes {
+        println!(
+            "\nprocess {} ({}), ppid {}, sid {}, pgid {}, cwd {}",
+            p.pid, p.comm, p.ppid, p.sid, p.pgid, p.cwd
+        );
+        println!("  threads:");
+        for t in &p.threads {
+            println!(
+                "    tid {:<6} rip {:#014x} rsp {:#014x} sigmask {:#x}{}",
+                t.tid,
+                t.regs.rip,
+                t.regs.rsp,
+                t.sigmask,
+                if t.rseq.is_some() { " rseq" } else { "" }
+            );
+        }
+        println!("  memory map:");
+        for (v, b) in p.vmas.iter().zip(&stored) {
+            let prot = format!(
+                "{}{}{}",
+                if v.prot & 1 != 0 { 'r' } else { '-' },
+                if v.prot & 2 != 0 { 'w' } else { '-' },
+                if v.prot & 4 != 0 { 'x' } else { '-' }
+            );
+            let backing = match &v.backing {
+                VmaBacking::Anon => "anon".to_string(),
+                VmaBacking::AnonShared => "anon shared".to_string(),
+                VmaBacking::File { file, shared } => {
+                    format!("{} {}", if *shared { "shared" } else { "private" }, file.path)
+                }
+                VmaBacking::Vdso => "[vdso]".into(),
+                VmaBacking::Vvar => "[vvar]".into(),
+                VmaBacking::VvarVclock => "[vvar_vclock]".into(),
+            };
+            println!(
+                "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing} {}",
+                v.start,
+                v.end,
+                mib(v.end - v.start),
+                mib(*b),
+                if v.name.starts_with('[') { v.name.as_str() } else { "" }
+            );
+        }
+        println!("  files:");
+        for f in &p.fds {
+            let what = match &f.kind {
+                FdKind::File { file, pos } => format!("{} at {pos}", file.path),
+                FdKind::Dir { path, .. } => format!("{path}/"),
+                FdKind::Device { path } => path.clone(),
+                FdKind::External { name } => format!("external: the container's {name}"),
+            };
+            println!("    fd {:<4} flags {:#o}  {what}", f.fd, f.flags);
+        }
+    }
+    let s = &m.stats;
+    println!(
+        "\nsizes: {} pages stored ({}), {} zero pages skipped, of {} mapped; pages.img {}",
+        s.pages_stored,
+        mib(s.bytes_raw),
+        s.pages_zero,
+        s.pages_total,
+        mib(s.bytes_stored)
+    );
+    Ok(0)
+}
+
+fn hex(img: &migrate_engine::Image, spec: &str) -> anyhow::Result<i32> {
+    let (addr, len) = match spec.split_once(':') {
+        Some((a, l)) => (
+            a,
+            l.parse::<u64>().with_context(|| format!("--hexdump {spec}: LEN must be a number of bytes"))?,
+        ),
+        None => (spec, 256),
+    };
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16)
+        .with_context(|| format!("--hexdump {spec}: ADDR must be hexadecimal"))?;
+    if len == 0 || len > 1 << 20 {
+        bail!("--hexdump {spec}: LEN must be between 1 and 1048576");
+    }
+    let bytes = migrate_engine::image::read_range(img, addr, len)?;
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        let line_addr = addr + i as u64 * 16;
+        let hexs: Vec<String> =
+            chunk.iter().map(|b| b.map_or("..".to_string(), |b| format!("{b:02x}"))).collect();
+        let ascii: String = chunk
+            .iter()
+            .map(|b| b.map_or(' ', |b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }))
+            .collect();
+        println!("{line_addr:#014x}  {:<48} |{ascii}|", hexs.join(" "));
+    }
+    if bytes.iter().any(Option::is_none) {
+        println!("(.. = not stored in the image: a zero page, a file page, or unmapped)");
+    }
+    Ok(0)
+}

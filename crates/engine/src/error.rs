@@ -1,0 +1,83 @@
+//! Errors of the engine: each names the pid or tid, the object (fd, VMA, file, record)
+//! and the step that failed.
+
+use std::path::PathBuf;
+
+use migrate_sys::ptrace::PtraceError;
+
+/// A failed checkpoint or restore.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The container holds something this version cannot checkpoint. Raised before
+    /// the container is frozen where possible.
+    #[error("cannot checkpoint: {0}")]
+    Unsupported(String),
+    #[error("pid {pid}: {op}")]
+    Ptrace {
+        pid: i32,
+        op: String,
+        #[source]
+        source: PtraceError,
+    },
+    /// An injected syscall failed in the task.
+    #[error("pid {pid}: injected {call} failed: {errno}")]
+    Injected { pid: i32, call: String, errno: nix::errno::Errno },
+    #[error("pid {pid}: reading {what}: {reason}")]
+    Proc { pid: i32, what: String, reason: String },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {file}")]
+    Image {
+        file: String,
+        #[source]
+        source: migrate_proto::ProtoError,
+    },
+    /// The image is well-formed but cannot be restored here.
+    #[error("cannot restore: {0}")]
+    Incompatible(String),
+    #[error(transparent)]
+    Cgroup(#[from] migrate_cgroup::CgroupError),
+    #[error("memory of pid {pid} at {addr:#x}: {op}")]
+    Memory {
+        pid: i32,
+        addr: u64,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub fn ptrace(pid: i32, op: impl Into<String>) -> impl FnOnce(PtraceError) -> EngineError {
+        let op = op.into();
+        move |source| EngineError::Ptrace { pid, op, source }
+    }
+
+    pub fn proc(pid: i32, what: impl Into<String>) -> impl FnOnce(String) -> EngineError {
+        let what = what.into();
+        move |reason| EngineError::Proc { pid, what, reason }
+    }
+
+    /// The task died under us (it was killed or exited): not the engine's failure.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, EngineError::Ptrace { source, .. } if source.is_gone())
+    }
+}
+
+pub fn io_err<'a>(
+    op: &'static str,
+    path: impl Into<PathBuf> + 'a,
+) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io { op, path: path.into(), source }
+}
+
+/// Reads `/proc/PID/NAME` as text.
+pub fn read_proc(pid: i32, name: &str) -> Result<String, EngineError> {
+    let path = format!("/proc/{pid}/{name}");
+    std::fs::read_to_string(&path).map_err(io_err("read", path))
+}

@@ -1,0 +1,200 @@
+//! An image directory: `manifest.img` (which covers the other files by size and crc32),
+//! `process.img` (metadata records) and `pages.img` (page batches). Format:
+//! `docs/image-format.md`. Reading checks every checksum and validates every record
+//! before anything live is built; page batches are checked as they stream.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use migrate_proto::frame::{Frame, RecordReader, RecordWriter};
+use migrate_proto::manifest::{FileSum, Manifest, decode_manifest, encode_manifest};
+use migrate_proto::records::ProcessRecord;
+
+use crate::error::{EngineError, io_err};
+
+pub const MANIFEST: &str = "manifest.img";
+pub const PROCESS: &str = "process.img";
+pub const PAGES: &str = "pages.img";
+/// The manifest is small; anything larger is not ours.
+const MANIFEST_MAX: u64 = 16 << 20;
+
+fn image_err(file: &str) -> impl FnOnce(migrate_proto::ProtoError) -> EngineError + '_ {
+    move |source| EngineError::Image { file: file.to_string(), source }
+}
+
+/// Prepares `dir` for a new image: it may exist only if empty.
+pub fn prepare_dir(dir: &Path) -> Result<(), EngineError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(EngineError::Unsupported(format!(
+                    "{} is not empty: give a new or empty directory",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))
+        }
+        Err(e) => Err(EngineError::Io { op: "open", path: dir.to_path_buf(), source: e }),
+    }
+}
+
+/// A record file being written.
+pub struct Writer {
+    name: &'static str,
+    path: PathBuf,
+    inner: RecordWriter<BufWriter<File>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
+impl Writer {
+    pub fn create(dir: &Path, name: &'static str) -> Result<Writer, EngineError> {
+        let path = dir.join(name);
+        let file = File::create(&path).map_err(io_err("create", &path))?;
+        Ok(Writer { name, path, inner: RecordWriter::new(BufWriter::with_capacity(1 << 20, file)) })
+    }
+
+    pub fn inner(&mut self) -> &mut RecordWriter<BufWriter<File>> {
+        &mut self.inner
+    }
+
+    pub fn err(&self) -> impl FnOnce(migrate_proto::ProtoError) -> EngineError + '_ {
+        image_err(self.name)
+    }
+
+    /// Ends the file (END frame), syncs it, and returns its entry for the manifest.
+    pub fn finish(self) -> Result<FileSum, EngineError> {
+        let (out, digest) = self.inner.finish().map_err(image_err(self.name))?;
+        let file = out.into_inner().map_err(|e| EngineError::Io {
+            op: "write",
+            path: self.path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err("sync", &self.path))?;
+        Ok(digest.sum(self.name))
+    }
+}
+
+/// Writes the manifest last: an image without one is incomplete, never half-valid.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<u64, EngineError> {
+    let path = dir.join(MANIFEST);
+    let bytes = encode_manifest(manifest).map_err(image_err(MANIFEST))?;
+    let mut f = File::create(&path).map_err(io_err("create", &path))?;
+    f.write_all(&bytes).map_err(io_err("write", &path))?;
+    f.sync_all().map_err(io_err("sync", &path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync", dir))?;
+    Ok(bytes.len() as u64)
+}
+
+/// A checked image: its manifest and process records; pages are read later.
+#[derive(Debug)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub processes: Vec<ProcessRecord>,
+}
+
+/// Opens an image: manifest first (magic, version, checksum), then every file against
+/// the manifest's sizes and checksums, then the process records, each validated.
+pub fn open(dir: &Path) -> Result<Image, EngineError> {
+    let mpath = dir.join(MANIFEST);
+    let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            EngineError::Incompatible(format!("{} holds no image (no {MANIFEST})", dir.display()))
+        }
+        _ => EngineError::Io { op: "stat", path: mpath.clone(), source: e },
+    })?;
+    if md.len() > MANIFEST_MAX {
+        return Err(EngineError::Incompatible(format!(
+            "{MANIFEST} is {} bytes: not an image manifest",
+            md.len()
+        )));
+    }
+    let bytes = fs::read(&mpath).map_err(io_err("read", &mpath))?;
+    let manifest = decode_manifest(&bytes).map_err(image_err(MANIFEST))?;
+    for name in [PROCESS, PAGES] {
+        if !manifest.files.iter().any(|f| f.name == name) {
+            return Err(EngineError::Incompatible(format!("the manifest does not list {name}")));
+        }
+    }
+    for sum in &manifest.files {
+        let path = dir.join(&sum.name);
+        let file = File::open(&path).map_err(io_err("open", &path))?;
+        migrate_proto::verify_file(sum, BufReader::new(file)).map_err(image_err(&sum.name))?;
+    }
+    let mut reader = records(dir, PROCESS)?;
+    let mut processes = Vec::new();
+    while let Some(frame) = reader.next().map_err(image_err(PROCESS))? {
+        match frame {
+            Frame::Process(p) => {
+                migrate_proto::validate::validate_process(&p).map_err(image_err(PROCESS))?;
+                processes.push(*p);
+            }
+            Frame::Pages(_) => return Err(EngineError::Incompatible(format!("{PROCESS} holds page data"))),
+        }
+    }
+    if processes.len() != 1 {
+        return Err(EngineError::Incompatible(format!(
+            "{PROCESS} holds {} processes; this version restores exactly one",
+            processes.len()
+        )));
+    }
+    Ok(Image { dir: dir.to_path_buf(), manifest, processes })
+}
+
+/// A reader over one record file of the image.
+pub fn records(dir: &Path, name: &str) -> Result<RecordReader<BufReader<File>>, EngineError> {
+    let path = dir.join(name);
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    Ok(RecordReader::new(BufReader::with_capacity(1 << 20, file)))
+}
+
+/// How many page bytes the image stores for each VMA of its (first) process.
+pub fn stored_per_vma(img: &Image) -> Result<Vec<u64>, EngineError> {
+    let vmas = &img.processes[0].vmas;
+    let mut out = vec![0u64; vmas.len()];
+    each_batch(img, |b| {
+        for r in &b.runs {
+            if let Some(i) = vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) {
+                out[i] += u64::from(r.npages) * migrate_proto::PAGE_SIZE;
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// The stored bytes of `[addr, addr+len)`; `None` where the image stores nothing.
+pub fn read_range(img: &Image, addr: u64, len: u64) -> Result<Vec<Option<u8>>, EngineError> {
+    let mut out = vec![None; len as usize];
+    let end = addr.saturating_add(len);
+    each_batch(img, |b| {
+        let mut off = 0usize;
+        for r in &b.runs {
+            let rlen = u64::from(r.npages) * migrate_proto::PAGE_SIZE;
+            let (s, e) = (r.addr.max(addr), (r.addr + rlen).min(end));
+            for a in s..e {
+                out[(a - addr) as usize] = b.data.get(off + (a - r.addr) as usize).copied();
+            }
+            off += rlen as usize;
+        }
+    })?;
+    Ok(out)
+}
+
+fn each_batch(img: &Image, mut f: impl FnMut(&migrate_proto::pages::PageBatch)) -> Result<(), EngineError> {
+    let mut reader = records(&img.dir, PAGES)?;
+    while let Some(frame) = reader.next().map_err(image_err(PAGES))? {
+        if let Frame::Pages(b) = frame {
+            f(&b);
+        }
+    }
+    Ok(())
+}

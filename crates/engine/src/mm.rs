@@ -1,0 +1,375 @@
+//! The address space's layout: VMAs and the mm fields (brk, arg/env, auxv, exe).
+//!
+//! Dump reads `/proc/PID/smaps`, `stat` and `auxv`. Restore works inside a stub process:
+//! everything of the stub but its vDSO is unmapped, the vDSO and vvar pages move to
+//! the dumped addresses (same kernel build required), each VMA is mapped at its address
+//! with its protection, and one `prctl(PR_SET_MM_MAP)` sets the mm fields.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
+
+use crate::error::{EngineError, read_proc};
+use crate::inject::{Scratch, Task};
+use crate::procfs::{self, MapEntry};
+
+/// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.
+const ADVICE: [(&str, i32); 3] =
+    [("dc", libc::MADV_DONTFORK), ("dd", libc::MADV_DONTDUMP), ("wf", libc::MADV_WIPEONFORK)];
+
+/// The identity of the file behind `path` (as this process can open it).
+pub fn file_id(shown: &str, path: &str) -> Result<FileId, EngineError> {
+    let md = std::fs::metadata(path).map_err(crate::error::io_err("stat", path))?;
+    Ok(FileId {
+        path: shown.to_string(),
+        size: md.size(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        mode: md.mode(),
+    })
+}
+
+/// The VMAs of `pid`, classified; refuses kinds this version cannot restore.
+pub fn dump_vmas(pid: i32) -> Result<Vec<Vma>, EngineError> {
+    let maps = procfs::parse_smaps(&read_proc(pid, "smaps")?).map_err(EngineError::proc(pid, "smaps"))?;
+    let mut out = Vec::new();
+    for m in &maps {
+        if m.name == "[vsyscall]" {
+            continue; // the kernel provides it everywhere
+        }
+        let backing = backing(pid, m)?;
+        out.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: m.prot(),
+            offset: m.offset,
+            backing,
+            name: m.name.clone(),
+            growsdown: m.has_flag("gd"),
+            advice: m.vm_flags.iter().filter(|f| ADVICE.iter().any(|(a, _)| a == f)).cloned().collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn backing(pid: i32, m: &MapEntry) -> Result<VmaBacking, EngineError> {
+    let unsupported = |what: &str| {
+        Err(EngineError::Unsupported(format!(
+            "pid {pid}: VMA {:#x}-{:#x} is {what}, not supported yet",
+            m.start, m.end
+        )))
+    };
+    Ok(match m.name.as_str() {
+        "[vdso]" => VmaBacking::Vdso,
+        "[vvar]" => VmaBacking::Vvar,
+        "[vvar_vclock]" => VmaBacking::VvarVclock,
+        "" | "[heap]" | "[stack]" if !m.shared() => VmaBacking::Anon,
+        n if n.starts_with("[anon:") && !m.shared() => VmaBacking::Anon,
+        "/dev/zero (deleted)" if m.shared() => VmaBacking::AnonShared,
+        n if n.starts_with("/memfd:") => return unsupported(&format!("a memfd ({n})")),
+        n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
+        n if n.ends_with(" (deleted)") => return unsupported(&format!("a deleted file ({n})")),
+        n if n.starts_with('/') => {
+            // map_files names the very file mapped, whatever its path now resolves to.
+            let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            VmaBacking::File { file: file_id(n, &via)?, shared: m.shared() }
+        }
+        n => return unsupported(&format!("a special mapping ({n})")),
+    })
+}
+
+/// The mm fields; `brk` comes from an injected `brk(0)` by the caller.
+pub fn dump_mm(pid: i32, brk: u64) -> Result<MmFields, EngineError> {
+    let stat = read_proc(pid, "stat")?;
+    let f = procfs::stat_fields(&stat).map_err(EngineError::proc(pid, "stat"))?;
+    let n = |i: usize| procfs::stat_field(&f, i).map_err(EngineError::proc(pid, "stat"));
+    let auxv_path = format!("/proc/{pid}/auxv");
+    let auxv =
+        procfs::parse_auxv(&std::fs::read(&auxv_path).map_err(crate::error::io_err("read", &auxv_path))?);
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe_path = std::fs::read_link(&exe_link).map_err(crate::error::io_err("readlink", &exe_link))?;
+    let exe_path = exe_path
+        .to_str()
+        .ok_or_else(|| EngineError::Unsupported(format!("pid {pid}: executable path is not UTF-8")))?;
+    Ok(MmFields {
+        start_code: n(26)?,
+        end_code: n(27)?,
+        start_data: n(45)?,
+        end_data: n(46)?,
+        start_brk: n(47)?,
+        brk,
+        start_stack: n(28)?,
+        arg_start: n(48)?,
+        arg_end: n(49)?,
+        env_start: n(50)?,
+        env_end: n(51)?,
+        auxv,
+        exe: file_id(exe_path, &exe_link)?,
+    })
+}
+
+/// Checks that the file behind `id` is still the same file, as the stub sees it.
+pub fn check_file(stub: i32, id: &FileId, exact: bool) -> Result<(), EngineError> {
+    let now = file_id(&id.path, &format!("/proc/{stub}/root{}", id.path))
+        .map_err(|_| EngineError::Incompatible(format!("{} no longer exists", id.path)))?;
+    if now.size < id.size {
+        return Err(EngineError::Incompatible(format!(
+            "{} is shorter than at the checkpoint ({} bytes, was {})",
+            id.path, now.size, id.size
+        )));
+    }
+    if exact && (now.size != id.size || now.mtime_ns != id.mtime_ns) {
+        return Err(EngineError::Incompatible(format!(
+            "{} changed since the checkpoint (size {} → {}, mtime changed: {}); a mapped file must be the same file",
+            id.path,
+            id.size,
+            now.size,
+            now.mtime_ns != id.mtime_ns
+        )));
+    }
+    Ok(())
+}
+
+fn special(m: &MapEntry) -> bool {
+    matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
+}
+
+/// Unmaps everything of the stub but its vDSO and vvar pages.
+pub fn clear_stub(task: &mut Task, gadget: u64, stub: i32) -> Result<(), EngineError> {
+    let maps = procfs::parse_smaps(&read_proc(stub, "smaps")?).map_err(EngineError::proc(stub, "smaps"))?;
+    for m in maps.iter().filter(|m| !special(m)) {
+        task.call(gadget, libc::SYS_munmap, &[m.start, m.end - m.start], || {
+            format!("munmap({:#x})", m.start)
+        })?;
+    }
+    Ok(())
+}
+
+/// Moves the stub's `[vvar]`, `[vvar_vclock]` and `[vdso]` to where the image had them;
+/// returns the gadget's new address.
+pub fn move_vdso(
+    task: &mut Task,
+    gadget: u64,
+    stub: i32,
+    image: &[Vma],
+    free_at: u64,
+) -> Result<u64, EngineError> {
+    let maps = procfs::parse_smaps(&read_proc(stub, "smaps")?).map_err(EngineError::proc(stub, "smaps"))?;
+    let mut moves = Vec::new();
+    for (name, kind) in [
+        ("[vvar]", VmaBacking::Vvar),
+        ("[vvar_vclock]", VmaBacking::VvarVclock),
+        ("[vdso]", VmaBacking::Vdso),
+    ] {
+        let here = maps.iter().find(|m| m.name == name);
+        let there = image.iter().find(|v| v.backing == kind);
+        match (here, there) {
+            (Some(h), Some(t)) if h.end - h.start == t.end - t.start => {
+                moves.push((h.start, t.start, h.end - h.start))
+            }
+            (None, None) => {}
+            (h, t) => {
+                return Err(EngineError::Incompatible(format!(
+                    "{name} differs here ({}) from the image ({}): the image needs the same kernel build",
+                    h.map_or("absent".into(), |h| format!("{} bytes", h.end - h.start)),
+                    t.map_or("absent".into(), |t| format!("{} bytes", t.end - t.start)),
+                )));
+            }
+        }
+    }
+    let vdso_old = maps.iter().find(|m| m.name == "[vdso]").map_or(0, |m| m.start);
+    let vdso_new = image.iter().find(|v| v.backing == VmaBacking::Vdso).map_or(0, |v| v.start);
+    let overlaps = moves
+        .iter()
+        .any(|&(_, to, len)| moves.iter().any(|&(from, _, l2)| to < from + l2 && from < to + len));
+    let mut gadget = gadget;
+    let mut current: Vec<u64> = moves.iter().map(|m| m.0).collect();
+    if overlaps {
+        // Park everything in a free area first, keeping the relative layout.
+        let base = moves.iter().map(|m| m.0).min().unwrap_or(0);
+        for (i, &(from, _, len)) in moves.iter().enumerate() {
+            let to = free_at + (from - base);
+            remap(task, gadget, from, to, len)?;
+            if from == vdso_old {
+                gadget = gadget - vdso_old + to;
+            }
+            current[i] = to;
+        }
+    }
+    for (i, &(_, to, len)) in moves.iter().enumerate() {
+        let from = current[i];
+        remap(task, gadget, from, to, len)?;
+        if moves[i].0 == vdso_old {
+            gadget = gadget - from + vdso_new;
+        }
+    }
+    Ok(gadget)
+}
+
+fn remap(task: &mut Task, gadget: u64, from: u64, to: u64, len: u64) -> Result<(), EngineError> {
+    if from == to {
+        return Ok(());
+    }
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    task.call(gadget, libc::SYS_mremap, &[from, len, len, flags, to], || {
+        format!("mremap({from:#x} → {to:#x})")
+    })?;
+    Ok(())
+}
+
+/// A free range of `len` bytes between the image's VMAs (and below the stack).
+pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
+    let mut candidate = 0x1_0000_0000u64;
+    let mut sorted: Vec<&Vma> = image.iter().collect();
+    sorted.sort_by_key(|v| v.start);
+    for v in sorted {
+        if v.start >= candidate + len {
+            return Some(candidate);
+        }
+        candidate = candidate.max(v.end.next_multiple_of(0x10_0000));
+    }
+    (candidate + len <= 0x7fff_0000_0000).then_some(candidate)
+}
+
+/// Maps every non-vDSO VMA of the image in the stub. Files are opened by the stub itself
+/// (in the container's mount namespace) and closed again.
+pub fn map_vmas(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    stub: i32,
+    scratch: Scratch,
+    vmas: &[Vma],
+) -> Result<(), EngineError> {
+    for v in vmas {
+        let len = v.end - v.start;
+        let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        let (fd, offset) = match &v.backing {
+            VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock => continue,
+            VmaBacking::Anon => {
+                flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                (None, 0)
+            }
+            VmaBacking::AnonShared => {
+                flags |= libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+                (None, 0)
+            }
+            VmaBacking::File { file, shared } => {
+                check_file(stub, file, true)?;
+                flags |= if *shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let mode = if *shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let at = scratch.path(mem, stub, 0, &file.path)?;
+                let fd = task.call(
+                    gadget,
+                    libc::SYS_openat,
+                    &[libc::AT_FDCWD as u64, at, (mode | libc::O_CLOEXEC) as u64, 0],
+                    || format!("open {}", file.path),
+                )?;
+                (Some(fd), v.offset)
+            }
+        };
+        let res = task.call(
+            gadget,
+            libc::SYS_mmap,
+            &[v.start, len, u64::from(v.prot), flags as u64, fd.unwrap_or(u64::MAX), offset],
+            || format!("mmap of VMA {:#x}-{:#x} ({})", v.start, v.end, v.name),
+        );
+        if let Some(fd) = fd {
+            task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+        }
+        let addr = res?;
+        if addr != v.start {
+            return Err(EngineError::Incompatible(format!("VMA {:#x} was mapped at {addr:#x}", v.start)));
+        }
+        for (flag, advice) in ADVICE {
+            if v.advice.iter().any(|a| a == flag) {
+                task.call(gadget, libc::SYS_madvise, &[v.start, len, advice as u64], || {
+                    format!("madvise({flag}) of {:#x}", v.start)
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP)`: code/data/brk/stack/arg/env boundaries, auxv and the
+/// exe link, in one call (it needs CAP_CHECKPOINT_RESTORE, not CAP_SYS_RESOURCE).
+pub fn set_mm(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    stub: i32,
+    scratch: Scratch,
+    mm: &MmFields,
+) -> Result<(), EngineError> {
+    check_file(stub, &mm.exe, true)?;
+    let at = scratch.path(mem, stub, 1024, &mm.exe.path)?;
+    let exe_fd = task.call(
+        gadget,
+        libc::SYS_openat,
+        &[libc::AT_FDCWD as u64, at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0],
+        || format!("open {}", mm.exe.path),
+    )?;
+    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let auxv_at = scratch.write(mem, stub, 4096, &auxv)?;
+    // struct prctl_mm_map (linux/prctl.h): eleven u64, the auxv pointer, its size (u32)
+    // and the exe fd (u32) = 104 bytes.
+    let mut b = Vec::with_capacity(104);
+    for v in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_at,
+    ] {
+        b.extend_from_slice(&v.to_ne_bytes());
+    }
+    b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    b.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    let map_at = scratch.write(mem, stub, 0, &b)?;
+    let res = task.call(
+        gadget,
+        libc::SYS_prctl,
+        &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_at, b.len() as u64, 0],
+        || "prctl(PR_SET_MM_MAP)".into(),
+    );
+    task.call(gadget, libc::SYS_close, &[exe_fd], || "close".into())?;
+    res.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vma(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 0,
+            offset: 0,
+            backing: VmaBacking::Anon,
+            name: String::new(),
+            growsdown: false,
+            advice: vec![],
+        }
+    }
+
+    #[test]
+    fn gaps() {
+        assert_eq!(find_gap(&[], 4096), Some(0x1_0000_0000));
+        let v = [vma(0x1_0000_0000, 0x1_0001_0000), vma(0x1_0020_0000, 0x1_0030_0000)];
+        assert_eq!(find_gap(&v, 0x10_0000), Some(0x1_0010_0000));
+        assert_eq!(find_gap(&v, 0x20_0000), Some(0x1_0030_0000));
+    }
+}

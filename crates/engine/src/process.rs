@@ -1,0 +1,262 @@
+//! Process-wide state that is not memory, files or threads: signal dispositions, interval
+//! timers, credentials, rlimits, cwd, umask, personality — dumped from `/proc` or by
+//! injected calls, restored by injected calls.
+
+use std::fs::File;
+
+use migrate_proto::records::{Creds, ITimer, Rlimit, SigAction};
+
+use crate::error::{EngineError, read_proc};
+use crate::inject::{Scratch, Task};
+use crate::procfs;
+
+/// Signals whose disposition cannot be changed.
+fn settable(sig: i32) -> bool {
+    sig != libc::SIGKILL && sig != libc::SIGSTOP
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_ne_bytes)
+}
+
+/// Every signal's disposition, by injected `rt_sigaction(sig, NULL, &old)`.
+pub fn dump_sigactions(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+) -> Result<Vec<SigAction>, EngineError> {
+    let mut out = Vec::new();
+    for sig in (1..=64).filter(|&s| settable(s)) {
+        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, 0, scratch.addr, 8], || {
+            format!("rt_sigaction({sig})")
+        })?;
+        let b = scratch.read(mem, pid, 0, 32)?;
+        out.push(SigAction {
+            signo: sig,
+            handler: u64_at(&b, 0),
+            flags: u64_at(&b, 8),
+            restorer: u64_at(&b, 16),
+            mask: u64_at(&b, 24),
+        });
+    }
+    Ok(out)
+}
+
+pub fn restore_sigactions(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+    acts: &[SigAction],
+) -> Result<(), EngineError> {
+    // Signals the image does not mention get their default, not the stub's handler.
+    for sig in (1..=64).filter(|&s| settable(s)) {
+        let act = acts.iter().find(|a| a.signo == sig).copied().unwrap_or(SigAction {
+            signo: sig,
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        });
+        let mut b = Vec::with_capacity(32);
+        for v in [act.handler, act.flags, act.restorer, act.mask] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        let at = scratch.write(mem, pid, 0, &b)?;
+        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || {
+            format!("rt_sigaction({sig})")
+        })?;
+    }
+    Ok(())
+}
+
+/// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, by injected `getitimer`.
+pub fn dump_itimers(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+) -> Result<[ITimer; 3], EngineError> {
+    let mut out = [ITimer::default(); 3];
+    for (which, t) in out.iter_mut().enumerate() {
+        task.call(gadget, libc::SYS_getitimer, &[which as u64, scratch.addr], || {
+            format!("getitimer({which})")
+        })?;
+        let b = scratch.read(mem, pid, 0, 32)?;
+        let us = |i: usize| u64_at(&b, i).saturating_mul(1_000_000).saturating_add(u64_at(&b, i + 8));
+        *t = ITimer { interval_us: us(0), value_us: us(16) };
+    }
+    Ok(out)
+}
+
+pub fn restore_itimers(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+    timers: &[ITimer; 3],
+) -> Result<(), EngineError> {
+    for (which, t) in timers.iter().enumerate() {
+        if t.value_us == 0 {
+            continue;
+        }
+        let mut b = Vec::with_capacity(32);
+        for us in [t.interval_us, t.value_us] {
+            b.extend_from_slice(&(us / 1_000_000).to_ne_bytes());
+            b.extend_from_slice(&(us % 1_000_000).to_ne_bytes());
+        }
+        let at = scratch.write(mem, pid, 0, &b)?;
+        task.call(gadget, libc::SYS_setitimer, &[which as u64, at, 0], || format!("setitimer({which})"))?;
+    }
+    Ok(())
+}
+
+/// What `/proc` tells about the process without injection.
+#[derive(Debug)]
+pub struct ProcFacts {
+    pub creds: Creds,
+    pub rlimits: Vec<Rlimit>,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub comm: String,
+    pub pid_ns: i32,
+    pub sid_ns: i32,
+    pub pgid_ns: i32,
+    pub seccomp: u32,
+}
+
+pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
+    let status = read_proc(pid, "status")?;
+    let err = EngineError::proc(pid, "status");
+    let creds = procfs::parse_creds(&status).map_err(EngineError::proc(pid, "credentials"))?;
+    let rlimits =
+        procfs::parse_limits(&read_proc(pid, "limits")?).map_err(EngineError::proc(pid, "limits"))?;
+    let link = |name: &str| -> Result<String, EngineError> {
+        let path = format!("/proc/{pid}/{name}");
+        let target = std::fs::read_link(&path).map_err(crate::error::io_err("readlink", path))?;
+        target
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| EngineError::Unsupported(format!("pid {pid}: its {name} is not UTF-8")))
+    };
+    let umask = procfs::status_field(&status, "Umask")
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .ok_or_else(|| err("no Umask".into()))?;
+    let personality = u32::from_str_radix(read_proc(pid, "personality")?.trim(), 16)
+        .map_err(|_| EngineError::proc(pid, "personality")("not hexadecimal".into()))?;
+    let seccomp = procfs::status_field(&status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(ProcFacts {
+        creds,
+        rlimits,
+        cwd: link("cwd")?,
+        root: link("root")?,
+        umask,
+        personality,
+        comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
+        pid_ns: procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(pid, "status"))?,
+        sid_ns: procfs::ns_value(&status, "NSsid").map_err(EngineError::proc(pid, "status"))?,
+        pgid_ns: procfs::ns_value(&status, "NSpgid").map_err(EngineError::proc(pid, "status"))?,
+        seccomp,
+    })
+}
+
+/// Restores what the stub does not already have; returns warnings for what the kernel
+/// refused (an rlimit above our own hard limit needs CAP_SYS_RESOURCE).
+#[allow(clippy::too_many_arguments)]
+pub fn restore_misc(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+    rec: &migrate_proto::records::ProcessRecord,
+) -> Result<Vec<String>, EngineError> {
+    let mut warnings = Vec::new();
+    task.call(gadget, libc::SYS_personality, &[u64::from(rec.personality)], || "personality".into())?;
+    task.call(gadget, libc::SYS_umask, &[u64::from(rec.umask)], || "umask".into())?;
+    let at = scratch.path(mem, pid, 0, &rec.cwd)?;
+    task.call(gadget, libc::SYS_chdir, &[at], || format!("chdir({})", rec.cwd))?;
+    for l in &rec.rlimits {
+        let mut b = l.cur.to_ne_bytes().to_vec();
+        b.extend_from_slice(&l.max.to_ne_bytes());
+        let at = scratch.write(mem, pid, 0, &b)?;
+        if let Err(errno) = task.syscall(gadget, libc::SYS_prlimit64, &[0, u64::from(l.resource), at, 0])? {
+            warnings.push(format!(
+                "rlimit {} ({}/{}) not restored: {errno} (raising a hard limit needs CAP_SYS_RESOURCE)",
+                l.resource,
+                fmt_limit(l.cur),
+                fmt_limit(l.max)
+            ));
+        }
+    }
+    let stub =
+        procfs::parse_creds(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "credentials"))?;
+    if stub != rec.creds {
+        restore_creds(task, gadget, mem, pid, scratch, &rec.creds)?;
+    }
+    Ok(warnings)
+}
+
+fn fmt_limit(v: u64) -> String {
+    if v == u64::MAX { "unlimited".into() } else { v.to_string() }
+}
+
+/// Groups, gids, uids, then capabilities: each step needs the privileges the next drops.
+fn restore_creds(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+    c: &Creds,
+) -> Result<(), EngineError> {
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    let at = scratch.write(mem, pid, 0, &groups)?;
+    task.call(gadget, libc::SYS_setgroups, &[c.groups.len() as u64, at], || "setgroups".into())?;
+    task.call(gadget, libc::SYS_setresgid, &[c.gids[0].into(), c.gids[1].into(), c.gids[2].into()], || {
+        "setresgid".into()
+    })?;
+    task.call(gadget, libc::SYS_setfsgid, &[c.gids[3].into()], || "setfsgid".into())?;
+    // Keep the permitted set across the uid change; capset below sets the real sets.
+    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1], || {
+        "prctl(PR_SET_KEEPCAPS)".into()
+    })?;
+    task.call(gadget, libc::SYS_setresuid, &[c.uids[0].into(), c.uids[1].into(), c.uids[2].into()], || {
+        "setresuid".into()
+    })?;
+    task.call(gadget, libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
+    for cap in 0..64u64 {
+        if c.cap_bounding & (1 << cap) == 0 {
+            // Fails with EINVAL for capabilities the kernel does not know: fine.
+            let _ = task.syscall(gadget, libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap])?;
+        }
+    }
+    // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
+    // then two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
+    b.extend_from_slice(&0i32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    let hdr = scratch.write(mem, pid, 0, &b)?;
+    task.call(gadget, libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
+    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || {
+        "prctl(PR_SET_KEEPCAPS)".into()
+    })?;
+    if c.no_new_privs {
+        task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
+            "prctl(PR_SET_NO_NEW_PRIVS)".into()
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Freeze → seize every thread → thaw (design §4.1–2), and the reverse.
+//!
+//! On our kernel a frozen task stops at once on `PTRACE_INTERRUPT`, but an injected
+//! syscall only runs once the cgroup is thawed; after the thaw every thread stays in its
+//! ptrace stop. Signals are blocked in every thread while we work, so that no signal
+//! delivery can interleave with injected calls; the masks are put back on release.
+//! Dropping a [`Seized`] without releasing it puts every thread back as it was and
+//! detaches: a failed dump leaves the source running as before.
+
+use std::fs::File;
+use std::time::Duration;
+
+use migrate_cgroup::Cgroup;
+use migrate_sys::ptrace::{StoppedTracee, Tracee};
+use nix::sys::ptrace::Options;
+
+use crate::error::{EngineError, read_proc};
+use crate::inject::{Task, find_gadget, open_mem};
+
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every thread of one process, stopped under ptrace.
+#[derive(Debug)]
+pub struct Seized {
+    /// The main thread first.
+    pub tasks: Vec<Task>,
+    /// The signal masks the threads had, in `tasks` order.
+    pub masks: Vec<u64>,
+    pub mem: File,
+    /// A `syscall` instruction in the process's vDSO.
+    pub gadget: u64,
+    released: bool,
+}
+
+/// The thread ids of `pid`, main thread first.
+pub fn thread_ids(pid: i32) -> Result<Vec<i32>, EngineError> {
+    let dir = format!("/proc/{pid}/task");
+    let mut tids: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(crate::error::io_err("list", &dir))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_by_key(|&t| (t != pid, t));
+    Ok(tids)
+}
+
+/// Stops every thread of `pid`. `cgroup` is frozen while threads are seized, so that
+/// none can be created or escape in between, and thawed again after.
+pub fn seize(pid: i32, cgroup: &Cgroup, options: Options) -> Result<Seized, EngineError> {
+    cgroup.freeze(FREEZE_TIMEOUT)?;
+    let result = seize_frozen(pid, options);
+    let thawed = cgroup.thaw(FREEZE_TIMEOUT);
+    let seized = result?;
+    thawed?;
+    Ok(seized)
+}
+
+fn seize_frozen(pid: i32, options: Options) -> Result<Seized, EngineError> {
+    let mut tasks = Vec::new();
+    for tid in thread_ids(pid)? {
+        let stopped = Tracee::seize(tid, options)
+            .and_then(Tracee::interrupt)
+            .map_err(EngineError::ptrace(tid, "seize"))?;
+        tasks.push(Task::new(tid, stopped)?);
+    }
+    take(pid, tasks)
+}
+
+/// Wraps already stopped tasks of one process (e.g. a restore stub).
+pub fn take(pid: i32, tasks: Vec<Task>) -> Result<Seized, EngineError> {
+    let mem = open_mem(pid)?;
+    let vdso = vdso_range(pid)?.ok_or_else(|| {
+        EngineError::Unsupported(format!("pid {pid} has no [vdso]: cannot inject syscalls"))
+    })?;
+    let gadget = find_gadget(&mem, pid, vdso)?;
+    let mut seized = Seized { tasks, masks: Vec::new(), mem, gadget, released: false };
+    for t in &seized.tasks {
+        let mask = t.tracee.sigmask().map_err(EngineError::ptrace(t.tid, "read the signal mask"))?;
+        t.tracee.set_sigmask(!0).map_err(EngineError::ptrace(t.tid, "block signals"))?;
+        seized.masks.push(mask);
+    }
+    Ok(seized)
+}
+
+/// The `[vdso]` mapping of `pid`.
+pub fn vdso_range(pid: i32) -> Result<Option<(u64, u64)>, EngineError> {
+    let maps = read_proc(pid, "maps")?;
+    Ok(maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| {
+        let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+        Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?))
+    }))
+}
+
+impl Seized {
+    pub fn main(&mut self) -> &mut Task {
+        &mut self.tasks[0]
+    }
+
+    /// Puts every thread back (registers, signal mask) and detaches. With
+    /// `keep_frozen`, the cgroup is frozen first, so the threads stay stopped without a
+    /// tracer (until the caller kills or thaws them).
+    pub fn release(mut self, cgroup: Option<&Cgroup>) -> Result<(), EngineError> {
+        if let Some(cg) = cgroup {
+            cg.freeze(FREEZE_TIMEOUT)?;
+        }
+        self.released = true;
+        let tasks = std::mem::take(&mut self.tasks);
+        let masks = std::mem::take(&mut self.masks);
+        let mut first_err = None;
+        for (i, t) in tasks.into_iter().enumerate() {
+            if let Err(e) = put_back(t, masks.get(i).copied()) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Detaches every thread with the registers and masks the caller has set.
+    pub fn detach_as_is(mut self) -> Result<(), EngineError> {
+        self.released = true;
+        for t in std::mem::take(&mut self.tasks) {
+            t.tracee.detach().map_err(EngineError::ptrace(t.tid, "detach"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a thread created by an injected clone (already in its first stop).
+    pub fn adopt(&mut self, tid: i32, tracee: StoppedTracee, mask: u64) -> Result<&mut Task, EngineError> {
+        tracee.set_sigmask(!0).map_err(EngineError::ptrace(tid, "block signals"))?;
+        self.tasks.push(Task::new(tid, tracee)?);
+        self.masks.push(mask);
+        let last = self.tasks.len() - 1;
+        Ok(&mut self.tasks[last])
+    }
+}
+
+fn put_back(t: Task, mask: Option<u64>) -> Result<(), EngineError> {
+    t.tracee.set_regs(t.saved).map_err(EngineError::ptrace(t.tid, "restore registers"))?;
+    if let Some(mask) = mask {
+        t.tracee.set_sigmask(mask).map_err(EngineError::ptrace(t.tid, "restore the signal mask"))?;
+    }
+    t.tracee.detach().map_err(EngineError::ptrace(t.tid, "detach"))
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let masks = std::mem::take(&mut self.masks);
+        for (i, t) in std::mem::take(&mut self.tasks).into_iter().enumerate() {
+            if let Err(e) = put_back(t, masks.get(i).copied()) {
+                tracing::warn!(error = %e, "putting a thread back failed");
+            }
+        }
+    }
+}

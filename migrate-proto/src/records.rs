@@ -1,0 +1,238 @@
+//! The records of a checkpoint: plain data, no live objects.
+//!
+//! One [`ProcessRecord`] per process holds everything but memory contents; memory
+//! travels as [`crate::pages::PageBatch`]es. The container-wide facts are in the
+//! [`crate::manifest::Manifest`]. Addresses are the task's virtual addresses; pids and
+//! tids are as seen inside the container's pid namespace.
+
+use serde::{Deserialize, Serialize};
+
+/// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// A thread's rseq registration (`PTRACE_GET_RSEQ_CONFIGURATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+/// `stack_t` of `sigaltstack(2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+/// A queued signal: the kernel's 128-byte `siginfo_t`, as `PTRACE_PEEKSIGINFO` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigInfo {
+    pub signo: i32,
+    pub raw: Vec<u8>,
+}
+
+/// One thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    pub tid: i32,
+    pub regs: Regs,
+    /// `PTRACE_GETREGSET NT_X86_XSTATE`: FPU, SSE, AVX… in the XSAVE layout.
+    pub xstate: Vec<u8>,
+    /// Blocked signals, bit n-1 for signal n.
+    pub sigmask: u64,
+    pub rseq: Option<Rseq>,
+    /// `get_robust_list`: head address and length.
+    pub robust_list: (u64, u64),
+    /// `set_tid_address` value (`PR_GET_TID_ADDRESS`).
+    pub clear_child_tid: u64,
+    pub altstack: AltStack,
+    /// Signals pending for this thread only.
+    pub pending: Vec<SigInfo>,
+}
+
+/// What a mapping is backed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmaBacking {
+    /// Private anonymous memory (also `[heap]` and `[stack]`).
+    Anon,
+    /// `MAP_SHARED | MAP_ANONYMOUS` (shmem): contents dumped once, from the object.
+    AnonShared,
+    /// A file: its contents come from the file; private copies-on-write are dumped.
+    File {
+        file: FileId,
+        shared: bool,
+    },
+    /// The kernel's `[vdso]`, `[vvar]` and `[vvar_vclock]`: moved, never dumped.
+    Vdso,
+    Vvar,
+    VvarVclock,
+}
+
+/// One mapping of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// `PROT_READ | PROT_WRITE | PROT_EXEC` bits.
+    pub prot: u32,
+    /// Offset into the file, in bytes.
+    pub offset: u64,
+    pub backing: VmaBacking,
+    /// `[heap]`, `[stack]`, … as `maps` names it (informational).
+    pub name: String,
+    /// `VM_GROWSDOWN` (stacks).
+    pub growsdown: bool,
+    /// `madvise` flags from smaps `VmFlags` that must be set again (`dd` = DONTDUMP, …).
+    pub advice: Vec<String>,
+}
+
+/// A file, identified portably: the same path with the same size and mtime (a mapped
+/// executable must be exactly the same file; an open file may have grown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+}
+
+/// The mm fields `prctl(PR_SET_MM_MAP)` restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The auxiliary vector, as `/proc/PID/auxv` (pairs of u64, ending with AT_NULL).
+    pub auxv: Vec<u64>,
+    pub exe: FileId,
+}
+
+/// An open file descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRecord {
+    pub fd: i32,
+    /// `flags` of `/proc/PID/fdinfo/FD` (access mode, `O_APPEND`, `O_NONBLOCK`, `O_CLOEXEC`, …).
+    pub flags: u32,
+    pub kind: FdKind,
+}
+
+/// What an fd refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file, with its position.
+    File { file: FileId, pos: u64 },
+    /// A directory, with its position (for `getdents`).
+    Dir { path: String, pos: u64 },
+    /// A character device the container may open anew (`/dev/null`, `/dev/zero`,
+    /// `/dev/urandom`, `/dev/random`).
+    Device { path: String },
+    /// Owned by the container's runtime and reconnected on restore, never compared:
+    /// the container's stdout or stderr pipe to its shim.
+    External { name: String },
+}
+
+/// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// Credentials, from `/proc/PID/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    /// Real, effective, saved and filesystem uid.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+}
+
+/// A signal's disposition (the kernel's `struct sigaction` on x86-64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// One interval timer (`getitimer`), in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// One process: everything but its memory contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: i32,
+    pub ppid: i32,
+    pub sid: i32,
+    pub pgid: i32,
+    pub comm: String,
+    /// Its threads; the first is the main thread (tid == pid).
+    pub threads: Vec<ThreadRecord>,
+    pub vmas: Vec<Vma>,
+    pub mm: MmFields,
+    pub fds: Vec<FdRecord>,
+    pub creds: Creds,
+    pub rlimits: Vec<Rlimit>,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process.
+    pub shared_pending: Vec<SigInfo>,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+    pub itimers: [ITimer; 3],
+    pub personality: u32,
+}

@@ -1,0 +1,180 @@
+//! Semantic checks of process records and of page batches against them.
+
+use super::{batch, file_id, process, thread};
+use crate::pages::PageRun;
+use crate::records::{FdKind, FdRecord, ProcessRecord, Rlimit, SigAction, SigInfo, VmaBacking};
+use crate::validate::{check_batch, validate_process};
+
+type Mutation = Box<dyn Fn(&mut ProcessRecord)>;
+
+#[test]
+fn sample_record_is_valid() -> Result<(), crate::ProtoError> {
+    validate_process(&process(1))?;
+    validate_process(&process(4_194_303))
+}
+
+#[test]
+fn overlapping_vmas_are_named() {
+    let mut p = process(1);
+    p.vmas[3].start = 0x7f00_0000_1000; // overlaps 0x7f0000000000-0x7f0000002000
+    let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(err, "pid 1: VMA 0x7f0000001000-0x7f0000003000 overlaps 0x7f0000000000-0x7f0000002000");
+}
+
+#[test]
+fn each_check_fires_with_a_precise_message() {
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("pid 0 is out of range", Box::new(|p| p.pid = 0)),
+        ("ppid -1 is out of range", Box::new(|p| p.ppid = -1)),
+        ("VMA 0x600000-0x600000 is empty or inverted", Box::new(|p| p.vmas[1].end = 0x60_0000)),
+        ("VMA 0x600800-0x604000 is not page-aligned", Box::new(|p| p.vmas[1].start = 0x60_0800)),
+        (
+            "VMA 0x7ffd00000000-0x800000000000 lies beyond user space",
+            Box::new(|p| p.vmas[7].end = 0x8000_0000_0000),
+        ),
+        ("comes after 0x600000-0x604000: VMAs must be sorted", Box::new(|p| p.vmas.swap(0, 1))),
+        (
+            "is a second [vdso] (the first is at 0x7ffc00004000)",
+            Box::new(|p| p.vmas[7].backing = VmaBacking::Vdso),
+        ),
+        ("has unknown protection bits 0x8", Box::new(|p| p.vmas[1].prot = 8)),
+        ("has file offset 0x10, which is not page-aligned", Box::new(|p| p.vmas[0].offset = 0x10)),
+        ("has advice flag \"ddd\"", Box::new(|p| p.vmas[4].advice = vec!["ddd".into()])),
+        (
+            "VMA 0x400000-0x402000 path \"/usr/../../etc/shadow\" contains a `..` component",
+            Box::new(|p| {
+                p.vmas[0].backing = VmaBacking::File { file: file_id("/usr/../../etc/shadow"), shared: false }
+            }),
+        ),
+        ("has no threads", Box::new(|p| p.threads.clear())),
+        ("the first thread is 2, not the main thread", Box::new(|p| p.threads.swap(0, 1))),
+        ("thread 2 is listed twice", Box::new(|p| p.threads.push(thread(2)))),
+        ("thread -5: tid out of range", Box::new(|p| p.threads[1].tid = -5)),
+        (
+            "thread 2: xstate is 65537 bytes, more than 65536",
+            Box::new(|p| p.threads[1].xstate = vec![0; 65537]),
+        ),
+        (
+            "thread 1: pending signal 65 is not a signal",
+            Box::new(|p| p.threads[0].pending.push(SigInfo { signo: 65, raw: vec![0; 128] })),
+        ),
+        (
+            "process: pending signal 10 siginfo is not 128 bytes",
+            Box::new(|p| p.shared_pending.push(SigInfo { signo: 10, raw: vec![0; 4] })),
+        ),
+        ("fd 1048576 is out of range", Box::new(|p| p.fds[4].fd = 1 << 20)),
+        ("fd -1 is out of range", Box::new(|p| p.fds[4].fd = -1)),
+        ("fd 3 is listed twice", Box::new(|p| p.fds[4].fd = 3)),
+        (
+            "fd 9 path \"data/x\" is not absolute",
+            Box::new(|p| {
+                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Device { path: "data/x".into() } })
+            }),
+        ),
+        (
+            "fd 9 path \"/a\\0b\" contains a NUL byte",
+            Box::new(|p| {
+                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Dir { path: "/a\0b".into(), pos: 0 } })
+            }),
+        ),
+        (
+            "is 4097 bytes long, more than 4096",
+            Box::new(|p| {
+                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Dir { path: "/".repeat(4097), pos: 0 } })
+            }),
+        ),
+        (
+            "fd 9: position 9223372036854775808 is beyond",
+            Box::new(|p| {
+                p.fds.push(FdRecord {
+                    fd: 9,
+                    flags: 0,
+                    kind: FdKind::File { file: file_id("/x"), pos: 1 << 63 },
+                })
+            }),
+        ),
+        (
+            "fd 9: external name",
+            Box::new(|p| {
+                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::External { name: String::new() } })
+            }),
+        ),
+        ("cwd path \"..\" is not absolute", Box::new(|p| p.cwd = "..".into())),
+        ("root path \"/..\" contains a `..` component", Box::new(|p| p.root = "/..".into())),
+        ("exe path \"\" is not absolute", Box::new(|p| p.mm.exe.path = String::new())),
+        (
+            "sigaction for signal 9: SIGKILL and SIGSTOP cannot be caught",
+            Box::new(|p| {
+                p.sigactions.push(SigAction { signo: 9, handler: 1, flags: 0, restorer: 0, mask: 0 })
+            }),
+        ),
+        (
+            "sigaction for signal 19: SIGKILL",
+            Box::new(|p| {
+                p.sigactions.push(SigAction { signo: 19, handler: 1, flags: 0, restorer: 0, mask: 0 })
+            }),
+        ),
+        (
+            "sigaction for signal 0: not a signal",
+            Box::new(|p| {
+                p.sigactions.push(SigAction { signo: 0, handler: 1, flags: 0, restorer: 0, mask: 0 })
+            }),
+        ),
+        ("sigaction for signal 15: is listed twice", Box::new(|p| p.sigactions.push(p.sigactions[0]))),
+        (
+            "rlimit 16: is not a resource",
+            Box::new(|p| p.rlimits.push(Rlimit { resource: 16, cur: 0, max: 0 })),
+        ),
+        ("rlimit 7: is listed twice", Box::new(|p| p.rlimits.push(Rlimit { resource: 7, cur: 0, max: 0 }))),
+        ("rlimit 7: soft limit is above the hard limit", Box::new(|p| p.rlimits[0].cur = 5000)),
+        ("auxv: has 5 words, not pairs", Box::new(|p| p.mm.auxv.truncate(5))),
+        ("auxv: has 514 words, more than 512", Box::new(|p| p.mm.auxv = vec![0; 514])),
+        ("auxv: does not end with AT_NULL", Box::new(|p| p.mm.auxv = vec![6, 4096])),
+        ("mm: start_code 0x400000 is above end_code 0x3ff000", Box::new(|p| p.mm.end_code = 0x3f_f000)),
+        ("mm: brk 0xffffffffffffffff lies beyond user space", Box::new(|p| p.mm.brk = u64::MAX)),
+        ("mm: env_start", Box::new(|p| p.mm.env_start = p.mm.env_end + 1)),
+        ("umask 0o1777 has bits beyond 0o777", Box::new(|p| p.umask = 0o1777)),
+        ("creds.groups has 65537 groups", Box::new(|p| p.creds.groups = vec![0; 65537])),
+    ];
+    for (want, mutate) in cases {
+        let mut p = process(1);
+        mutate(&mut p);
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
+        assert!(err.starts_with("pid ") && err.contains(want), "{err} (wanted {want:?})");
+    }
+}
+
+#[test]
+fn batches_must_lie_in_dumpable_vmas() {
+    let p = process(1);
+    let ok = batch(1, None);
+    assert!(check_batch(&ok, &p).is_ok());
+    let run = |addr, npages| {
+        let mut b = batch(1, None);
+        b.runs = vec![PageRun { addr, npages }];
+        b
+    };
+    // Private file mapping: its copied-on-write pages are dumped.
+    assert!(check_batch(&run(0x40_0000, 2), &p).is_ok());
+    // Shared anonymous memory: dumped once.
+    assert!(check_batch(&run(0x7f00_0000_2000, 1), &p).is_ok());
+
+    let cases = [
+        (
+            run(0x7ffc_0000_4000, 1),
+            "page run 0x7ffc00004000+1 lies in VMA 0x7ffc00004000-0x7ffc00006000, which holds no dumped pages ([vdso])",
+        ),
+        (run(0x7f00_0001_0000, 1), "(shared file mapping)"),
+        (run(0x7ffc_0000_0000, 1), "([vvar])"),
+        (run(0x7f00_0000_1000, 2), "lies in no single VMA"), // straddles two VMAs
+        (run(0x50_0000, 1), "lies in no single VMA"),        // in a hole
+        (run(0x7fff_0000_0000, 1), "lies in no single VMA"), // above every VMA
+        (run(0x60_3000, 2), "lies in no single VMA"),        // runs off the end
+        (run(!0xfff, 2), "lies in no single VMA"),           // overflows
+        (crate::PageBatch { pid: 2, ..batch(1, None) }, "pid 1: page batch is for pid 2"),
+    ];
+    for (b, want) in cases {
+        let err = check_batch(&b, &p).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
+        assert!(err.contains(want), "{err} (wanted {want:?})");
+    }
+}

@@ -1,0 +1,353 @@
+//! Semantic checks of decoded records, run before anything live is built from them.
+//!
+//! Restoring an image runs its contents as root, and the restore engine takes records as
+//! given: it maps VMAs where they say, opens the paths they name, installs fds at their
+//! numbers. So every record passes here first (as Firecracker's `persist.rs` sanity-checks
+//! device state before building devices): the [`crate::frame::RecordReader`] runs
+//! [`validate_process`] on every PROCESS frame, the [`crate::frame::RecordWriter`] runs it
+//! before writing one, and restore runs [`check_batch`] on each page batch against its
+//! process. The checks are structural: they make a record safe and self-consistent to act
+//! on (addresses in user space, no overlaps, ids in range, paths that cannot leave the
+//! container's root), not a promise that the kernel will accept every value.
+
+use std::collections::HashSet;
+
+use crate::error::{Invalid, PathOwner, PathProblem, ProtoError, SigOwner, VmaProblem};
+use crate::pages::PageBatch;
+use crate::records::{FdKind, MmFields, ProcessRecord, SigInfo, ThreadRecord, Vma, VmaBacking};
+use crate::{PAGE_SIZE, USER_END};
+
+/// The kernel's `PID_MAX_LIMIT` (2^22): no pid or tid is larger.
+pub const PID_MAX: i32 = 1 << 22;
+/// The most xstate a thread may carry (`NT_X86_XSTATE`; a few KiB on real CPUs).
+pub const MAX_XSTATE: usize = 64 << 10;
+/// fds are below this (`fs.nr_open`'s default ceiling).
+pub const FD_LIMIT: i32 = 1 << 20;
+/// The longest path accepted (`PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+/// The most auxv words (pairs × 2).
+pub const MAX_AUXV: usize = 512;
+/// rlimit resources are below `RLIM_NLIMITS` (16).
+pub const RLIM_NLIMITS: u32 = 16;
+/// The size of the kernel's `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+/// Supplementary groups are at most `NGROUPS_MAX`.
+pub const NGROUPS_MAX: usize = 65536;
+
+const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+const SIGRTMAX: i32 = 64;
+
+/// Checks a decoded process record; the error names the pid and what is wrong.
+pub fn validate_process(record: &ProcessRecord) -> Result<(), ProtoError> {
+    check_process(record).map_err(|problem| ProtoError::invalid(record.pid, problem))
+}
+
+/// Checks that a page batch belongs to `process` and that every run lies inside one of its
+/// VMAs that holds dumped pages (anonymous, shared anonymous, or a private file mapping).
+/// `process` should have passed [`validate_process`] (its VMAs sorted).
+pub fn check_batch(batch: &PageBatch, process: &ProcessRecord) -> Result<(), ProtoError> {
+    check_batch_inner(batch, process).map_err(|problem| ProtoError::invalid(process.pid, problem))
+}
+
+fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), Invalid> {
+    if batch.pid != process.pid {
+        return Err(Invalid::BatchPid { batch_pid: batch.pid });
+    }
+    for run in &batch.runs {
+        let outside = Invalid::RunOutsideVma { addr: run.addr, npages: run.npages };
+        let Some(end) = run.end() else { return Err(outside) };
+        // The first VMA that ends above the run's start is the only one that can hold it.
+        let idx = process.vmas.partition_point(|v| v.end <= run.addr);
+        let Some(vma) = process.vmas.get(idx) else { return Err(outside) };
+        if run.npages == 0 || vma.start > run.addr || end > vma.end {
+            return Err(outside);
+        }
+        let backing = match &vma.backing {
+            VmaBacking::Anon | VmaBacking::AnonShared | VmaBacking::File { shared: false, .. } => continue,
+            VmaBacking::File { shared: true, .. } => "shared file mapping",
+            VmaBacking::Vdso => "[vdso]",
+            VmaBacking::Vvar => "[vvar]",
+            VmaBacking::VvarVclock => "[vvar_vclock]",
+        };
+        return Err(Invalid::RunNotDumpable {
+            addr: run.addr,
+            npages: run.npages,
+            start: vma.start,
+            end: vma.end,
+            backing,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
+    check_id("pid", p.pid, 1)?;
+    check_id("ppid", p.ppid, 0)?;
+    check_id("sid", p.sid, 0)?;
+    check_id("pgid", p.pgid, 0)?;
+    if p.comm.len() > 64 {
+        return Err(Invalid::Field {
+            field: "comm",
+            problem: format!("is {} bytes, more than 64", p.comm.len()),
+        });
+    }
+    check_threads(p.pid, &p.threads)?;
+    check_vmas(&p.vmas)?;
+    check_mm(&p.mm)?;
+    check_fds(p)?;
+    if p.creds.groups.len() > NGROUPS_MAX {
+        return Err(Invalid::Field {
+            field: "creds.groups",
+            problem: format!("has {} groups, more than {NGROUPS_MAX}", p.creds.groups.len()),
+        });
+    }
+    let mut resources = HashSet::new();
+    for r in &p.rlimits {
+        if r.resource >= RLIM_NLIMITS {
+            return Err(Invalid::Rlimit {
+                resource: r.resource,
+                problem: "is not a resource (RLIM_NLIMITS is 16)",
+            });
+        }
+        if !resources.insert(r.resource) {
+            return Err(Invalid::Rlimit { resource: r.resource, problem: "is listed twice" });
+        }
+        if r.cur > r.max {
+            return Err(Invalid::Rlimit {
+                resource: r.resource,
+                problem: "soft limit is above the hard limit",
+            });
+        }
+    }
+    check_path(PathOwner::Cwd, &p.cwd)?;
+    check_path(PathOwner::Root, &p.root)?;
+    if p.umask > 0o777 {
+        return Err(Invalid::Field {
+            field: "umask",
+            problem: format!("{:#o} has bits beyond 0o777", p.umask),
+        });
+    }
+    let mut signals = HashSet::new();
+    for sa in &p.sigactions {
+        if !(1..=SIGRTMAX).contains(&sa.signo) {
+            return Err(Invalid::SigAction { signo: sa.signo, problem: "not a signal (1..=64)" });
+        }
+        if sa.signo == SIGKILL || sa.signo == SIGSTOP {
+            return Err(Invalid::SigAction {
+                signo: sa.signo,
+                problem: "SIGKILL and SIGSTOP cannot be caught",
+            });
+        }
+        if !signals.insert(sa.signo) {
+            return Err(Invalid::SigAction { signo: sa.signo, problem: "is listed twice" });
+        }
+    }
+    check_siginfos(SigOwner::Process, &p.shared_pending)?;
+    Ok(())
+}
+
+fn check_id(what: &'static str, value: i32, min: i32) -> Result<(), Invalid> {
+    if (min..=PID_MAX).contains(&value) { Ok(()) } else { Err(Invalid::Id { what, value }) }
+}
+
+fn check_threads(pid: i32, threads: &[ThreadRecord]) -> Result<(), Invalid> {
+    let Some(first) = threads.first() else { return Err(Invalid::NoThreads) };
+    if first.tid != pid {
+        return Err(Invalid::MainThreadNotFirst { tid: first.tid });
+    }
+    let mut tids = HashSet::with_capacity(threads.len());
+    for t in threads {
+        if !(1..=PID_MAX).contains(&t.tid) {
+            return Err(Invalid::BadTid { tid: t.tid });
+        }
+        if !tids.insert(t.tid) {
+            return Err(Invalid::DuplicateTid { tid: t.tid });
+        }
+        if t.xstate.len() > MAX_XSTATE {
+            return Err(Invalid::XstateTooLarge {
+                tid: t.tid,
+                len: t.xstate.len() as u64,
+                cap: MAX_XSTATE as u64,
+            });
+        }
+        check_siginfos(SigOwner::Thread(t.tid), &t.pending)?;
+    }
+    Ok(())
+}
+
+fn check_siginfos(owner: SigOwner, infos: &[SigInfo]) -> Result<(), Invalid> {
+    for info in infos {
+        if !(1..=SIGRTMAX).contains(&info.signo) {
+            return Err(Invalid::SigInfo { owner, signo: info.signo, problem: "is not a signal (1..=64)" });
+        }
+        if info.raw.len() != SIGINFO_SIZE {
+            return Err(Invalid::SigInfo { owner, signo: info.signo, problem: "siginfo is not 128 bytes" });
+        }
+    }
+    Ok(())
+}
+
+fn check_vmas(vmas: &[Vma]) -> Result<(), Invalid> {
+    let mut prev: Option<&Vma> = None;
+    let mut vdso: Option<u64> = None;
+    let mut vvar: Option<u64> = None;
+    let mut vclock: Option<u64> = None;
+    for v in vmas {
+        let bad = |problem| Invalid::Vma { start: v.start, end: v.end, problem };
+        if v.start >= v.end {
+            return Err(bad(VmaProblem::Empty));
+        }
+        if !v.start.is_multiple_of(PAGE_SIZE) || !v.end.is_multiple_of(PAGE_SIZE) {
+            return Err(bad(VmaProblem::Unaligned));
+        }
+        if v.end > USER_END {
+            return Err(bad(VmaProblem::OutsideUser));
+        }
+        if let Some(p) = prev {
+            if v.start < p.start {
+                return Err(bad(VmaProblem::Unsorted { start: p.start, end: p.end }));
+            }
+            if v.start < p.end {
+                return Err(bad(VmaProblem::Overlaps { start: p.start, end: p.end }));
+            }
+        }
+        prev = Some(v);
+        if v.prot & !0b111 != 0 {
+            return Err(bad(VmaProblem::BadProt(v.prot)));
+        }
+        let special = match &v.backing {
+            VmaBacking::File { file, .. } => {
+                if !v.offset.is_multiple_of(PAGE_SIZE) || v.offset.checked_add(v.end - v.start).is_none() {
+                    return Err(bad(VmaProblem::BadOffset(v.offset)));
+                }
+                check_path(PathOwner::Vma { start: v.start, end: v.end }, &file.path)?;
+                None
+            }
+            VmaBacking::Anon | VmaBacking::AnonShared => None,
+            VmaBacking::Vdso => Some(("[vdso]", &mut vdso)),
+            VmaBacking::Vvar => Some(("[vvar]", &mut vvar)),
+            VmaBacking::VvarVclock => Some(("[vvar_vclock]", &mut vclock)),
+        };
+        if let Some((name, seen)) = special {
+            if let Some(first) = *seen {
+                return Err(bad(VmaProblem::DuplicateSpecial(name, first)));
+            }
+            *seen = Some(v.start);
+        }
+        if v.name.len() > PATH_MAX {
+            return Err(bad(VmaProblem::NameTooLong(v.name.len())));
+        }
+        if v.advice.len() > 64 {
+            return Err(bad(VmaProblem::TooManyAdvice(v.advice.len())));
+        }
+        for a in &v.advice {
+            // smaps VmFlags mnemonics are two lowercase letters or digits ("dd", "wf", …).
+            if a.len() != 2 || !a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                let shown: String = a.chars().take(16).collect();
+                return Err(bad(VmaProblem::BadAdvice(shown)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_mm(mm: &MmFields) -> Result<(), Invalid> {
+    let ordered = [
+        ("start_code", mm.start_code, "end_code", mm.end_code),
+        ("start_data", mm.start_data, "end_data", mm.end_data),
+        ("start_brk", mm.start_brk, "brk", mm.brk),
+        ("arg_start", mm.arg_start, "arg_end", mm.arg_end),
+        ("env_start", mm.env_start, "env_end", mm.env_end),
+    ];
+    for (low_name, low, high_name, high) in ordered {
+        if low > high {
+            return Err(Invalid::MmOrder { low_name, low, high_name, high });
+        }
+        // high ≥ low, so checking high covers both.
+        if high > USER_END {
+            return Err(Invalid::MmOutside { name: high_name, value: high });
+        }
+    }
+    if mm.start_stack > USER_END {
+        return Err(Invalid::MmOutside { name: "start_stack", value: mm.start_stack });
+    }
+    let n = mm.auxv.len();
+    if !n.is_multiple_of(2) {
+        return Err(Invalid::Auxv { problem: format!("has {n} words, not pairs") });
+    }
+    if n > MAX_AUXV {
+        return Err(Invalid::Auxv { problem: format!("has {n} words, more than {MAX_AUXV}") });
+    }
+    if n > 0 && mm.auxv.last_chunk::<2>() != Some(&[0, 0]) {
+        return Err(Invalid::Auxv { problem: "does not end with AT_NULL".into() });
+    }
+    check_path(PathOwner::Exe, &mm.exe.path)
+}
+
+fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
+    let mut fds = HashSet::with_capacity(p.fds.len());
+    for f in &p.fds {
+        if !(0..FD_LIMIT).contains(&f.fd) {
+            return Err(Invalid::BadFd { fd: f.fd });
+        }
+        if !fds.insert(f.fd) {
+            return Err(Invalid::DuplicateFd { fd: f.fd });
+        }
+        let owner = PathOwner::Fd(f.fd);
+        match &f.kind {
+            FdKind::File { file, pos } => {
+                check_path(owner, &file.path)?;
+                check_pos(f.fd, *pos)?;
+            }
+            FdKind::Dir { path, pos } => {
+                check_path(owner, path)?;
+                check_pos(f.fd, *pos)?;
+            }
+            FdKind::Device { path } => check_path(owner, path)?,
+            FdKind::External { name } => {
+                if name.is_empty() || name.len() > 255 || name.contains('\0') {
+                    return Err(Invalid::Fd {
+                        fd: f.fd,
+                        problem: "external name must be 1 to 255 bytes without NUL".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pos(fd: i32, pos: u64) -> Result<(), Invalid> {
+    // File positions are `loff_t`, signed.
+    if i64::try_from(pos).is_err() {
+        return Err(Invalid::Fd { fd, problem: format!("position {pos} is beyond the largest file offset") });
+    }
+    Ok(())
+}
+
+/// A path the restore may open or map: absolute, no NUL, no `..` component (so that, resolved
+/// inside the container's root, it cannot climb out of it), at most [`PATH_MAX`] bytes.
+fn check_path(owner: PathOwner, path: &str) -> Result<(), Invalid> {
+    let problem = if path.len() > PATH_MAX {
+        Some(PathProblem::TooLong(path.len()))
+    } else if !path.starts_with('/') {
+        Some(PathProblem::NotAbsolute)
+    } else if path.contains('\0') {
+        Some(PathProblem::Nul)
+    } else if path.split('/').any(|c| c == "..") {
+        Some(PathProblem::DotDot)
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => {
+            let mut shown: String = path.chars().take(256).collect();
+            if shown.len() < path.len() {
+                shown.push('…');
+            }
+            Err(Invalid::Path { owner, path: shown, problem })
+        }
+    }
+}
