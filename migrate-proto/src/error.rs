@@ -42,12 +42,12 @@ pub enum ProtoError {
     #[error("pid {pid}: {problem}")]
     Invalid { pid: i32, problem: Box<Invalid> },
 
-    /// A file's size or crc32 differs from what the manifest says.
+    /// A file's size or XXH3 digest differs from what the manifest says.
     #[error(
-        "file {name}: size {size} and crc32 {crc32:#010x} do not match the manifest's \
-         size {expected_size} and crc32 {expected_crc32:#010x}"
+        "file {name}: size {size} and digest {xxh3:#018x} do not match the manifest's \
+         size {expected_size} and digest {expected_xxh3:#018x}"
     )]
-    FileMismatch { name: String, size: u64, crc32: u32, expected_size: u64, expected_crc32: u32 },
+    FileMismatch { name: String, size: u64, xxh3: u64, expected_size: u64, expected_xxh3: u64 },
 
     /// Reading a whole file to check it against the manifest failed.
     #[error("reading file {name}")]

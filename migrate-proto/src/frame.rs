@@ -242,10 +242,10 @@ impl<W: Write> RecordWriter<W> {
             self.failed = true;
             return Err(ProtoError::Io { op: "writing", index, offset, source });
         }
+        // With no tail, `buf` already ends with the crc.
         self.file.update(&self.buf);
-        self.file.update(tail);
         if !tail.is_empty() {
-            // Otherwise the crc is already at the end of `buf`.
+            self.file.update(tail);
             self.file.update(&crc);
         }
         self.bytes += HEADER_LEN as u64 + len + CRC_LEN as u64;

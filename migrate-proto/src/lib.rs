@@ -9,7 +9,7 @@
 //! back.
 //!
 //! - [`manifest`]: `manifest.img`, the image's header file: magic, format version, the
-//!   machine it was taken on, and a size and crc32 for every other file.
+//!   machine it was taken on, and a size and XXH3 digest for every other file.
 //! - [`frame`]: the record files (`process.img`, `pages.img`) as a sequence of
 //!   `[kind][flags][len][payload][crc32]` frames closed by an END frame that counts them.
 //! - [`pages`]: memory contents as batches of page runs, zstd-compressed when it pays.

@@ -1,4 +1,4 @@
-//! `manifest.img`: what an image is, where it was taken, and a checksum of every other file.
+//! `manifest.img`: what an image is, where it was taken, and a digest of every other file.
 //!
 //! ```text
 //! offset  size  field
@@ -15,6 +15,11 @@
 //! version: when the rest does not check out but the header names another version, the
 //! error is about the version ("upgrade migrate"), since a later format may frame its
 //! manifest differently.
+//!
+//! The manifest's crc32 covers bytes that hold no other crc, so it is an ordinary CRC check.
+//! The record files are different: each frame ends with its own crc, which makes a CRC of a
+//! whole record file the same for all files with the same frame lengths. So [`FileSum`]
+//! carries a 64-bit XXH3 digest of each file instead (see [`crate::frame`]).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -52,7 +57,7 @@ pub struct Manifest {
     /// The clocks at the freeze.
     pub clocks: Clocks,
     pub container: ContainerMeta,
-    /// Size and crc32 of every other file of the image.
+    /// Size and XXH3 digest of every other file of the image.
     pub files: Vec<FileSum>,
     pub stats: Stats,
     /// The image this one is incremental on (room for incremental images; `None` in v1).
@@ -105,27 +110,28 @@ pub struct ContainerMeta {
     pub pids_max: Option<u64>,
 }
 
-/// The size and crc32 of one file of the image.
+/// The size and digest of one file of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSum {
     /// A plain file name in the image directory.
     pub name: String,
     pub size: u64,
-    pub crc32: u32,
+    /// The 64-bit XXH3 digest (`xxh3_64`, seed 0) of the whole file.
+    pub xxh3: u64,
 }
 
 impl FileSum {
     /// Checks a file's digest against this entry.
     pub fn check(&self, digest: FileDigest) -> Result<(), ProtoError> {
-        if digest.size == self.size && digest.crc32 == self.crc32 {
+        if digest.size == self.size && digest.xxh3 == self.xxh3 {
             Ok(())
         } else {
             Err(ProtoError::FileMismatch {
                 name: self.name.clone(),
                 size: digest.size,
-                crc32: digest.crc32,
+                xxh3: digest.xxh3,
                 expected_size: self.size,
-                expected_crc32: self.crc32,
+                expected_xxh3: self.xxh3,
             })
         }
     }

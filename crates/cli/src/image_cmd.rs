@@ -222,7 +222,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<
     );
     println!("  files:");
     for f in &m.files {
-        println!("    {:<14} {:>12} bytes  crc32 {:08x}", f.name, f.size, f.crc32);
+        println!("    {:<14} {:>12} bytes  xxh3 {:016x}", f.name, f.size, f.xxh3);
     }
     for p in &img.processes {
         println!(

@@ -1,4 +1,4 @@
-//! An image directory: `manifest.img` (which covers the other files by size and crc32),
+//! An image directory: `manifest.img` (which covers the other files by size and digest),
 //! `process.img` (metadata records) and `pages.img` (page batches). Format:
 //! `docs/image-format.md`. Reading checks every checksum and validates every record
 //! before anything live is built; page batches are checked as they stream.
@@ -8,7 +8,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use migrate_proto::frame::{Frame, RecordReader, RecordWriter};
-use migrate_proto::manifest::{FileSum, Manifest, decode_manifest, encode_manifest};
+use migrate_proto::manifest::{FileSum, MAX_MANIFEST, Manifest, decode_manifest, encode_manifest};
 use migrate_proto::records::ProcessRecord;
 
 use crate::error::{EngineError, io_err};
@@ -16,8 +16,6 @@ use crate::error::{EngineError, io_err};
 pub const MANIFEST: &str = "manifest.img";
 pub const PROCESS: &str = "process.img";
 pub const PAGES: &str = "pages.img";
-/// The manifest is small; anything larger is not ours.
-const MANIFEST_MAX: u64 = 16 << 20;
 
 fn image_err(file: &str) -> impl FnOnce(migrate_proto::ProtoError) -> EngineError + '_ {
     move |source| EngineError::Image { file: file.to_string(), source }
@@ -103,7 +101,8 @@ pub struct Image {
 }
 
 /// Opens an image: manifest first (magic, version, checksum), then every file against
-/// the manifest's sizes and checksums, then the process records, each validated.
+/// the manifest's sizes and digests, then the process records, each validated (by the
+/// reader, as it decodes each PROCESS frame).
 pub fn open(dir: &Path) -> Result<Image, EngineError> {
     let mpath = dir.join(MANIFEST);
     let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
@@ -112,7 +111,7 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
         }
         _ => EngineError::Io { op: "stat", path: mpath.clone(), source: e },
     })?;
-    if md.len() > MANIFEST_MAX {
+    if md.len() > MAX_MANIFEST {
         return Err(EngineError::Incompatible(format!(
             "{MANIFEST} is {} bytes: not an image manifest",
             md.len()
@@ -134,10 +133,7 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
     let mut processes = Vec::new();
     while let Some(frame) = reader.next().map_err(image_err(PROCESS))? {
         match frame {
-            Frame::Process(p) => {
-                migrate_proto::validate::validate_process(&p).map_err(image_err(PROCESS))?;
-                processes.push(*p);
-            }
+            Frame::Process(p) => processes.push(*p),
             Frame::Pages(_) => return Err(EngineError::Incompatible(format!("{PROCESS} holds page data"))),
         }
     }

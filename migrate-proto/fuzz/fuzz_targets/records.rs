@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use migrate_proto::{Frame, RecordReader, check_batch, validate_process};
+use migrate_proto::{Frame, RecordReader, check_batch, digest_reader, validate_process};
 
 #[path = "fixup.rs"]
 mod fixup;
@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 // Only a complete file ends cleanly, and its digest covers every byte.
                 let digest = reader.digest();
                 assert_eq!(digest.size, data.len() as u64);
+                assert_eq!(Some(digest), digest_reader(data).ok());
                 break;
             }
             Err(e) => {

@@ -8,6 +8,7 @@ use crate::frame::{
 use crate::manifest::{FileSum, decode_manifest, encode_manifest};
 use crate::pages::PageBatch;
 use crate::{FORMAT_VERSION, Filled, Frame};
+use xxhash_rust::xxh3::xxh3_64;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -19,17 +20,37 @@ fn record_file() -> Result<Vec<u8>> {
     w.pages(&one_random_page())?;
     let (bytes, digest) = w.finish()?;
     assert_eq!(digest.size, bytes.len() as u64);
-    assert_eq!(digest.crc32, crc32fast::hash(&bytes));
+    assert_eq!(digest.xxh3, xxh3_64(&bytes));
+    assert_eq!(digest, digest_reader(bytes.as_slice())?);
     Ok(bytes)
 }
 
 /// A batch of one pseudo-random page: stored raw.
 fn one_random_page() -> PageBatch {
-    let mut b = batch(1, Some(7));
+    random_page(7)
+}
+
+/// A batch of one pseudo-random page from `seed`: stored raw, so every such batch makes a
+/// frame of the same length.
+fn random_page(seed: u64) -> PageBatch {
+    let mut b = batch(1, Some(seed));
     b.runs.truncate(1);
     b.runs[0].npages = 1;
     b.data.truncate(4096);
     b
+}
+
+/// The byte ranges of the frames of a valid record file, END included.
+fn frame_ranges(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut r = RecordReader::new(bytes);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while r.next()?.is_some() {
+        ranges.push(start..r.offset() as usize);
+        start = r.offset() as usize;
+    }
+    ranges.push(start..bytes.len());
+    Ok(ranges)
 }
 
 /// Reads every frame; the first error, if any.
@@ -227,9 +248,103 @@ fn records_round_trip() -> Result {
     assert_eq!(digest, digest_reader(bytes.as_slice())?);
     let sum = digest.sum("process.img");
     verify_file(&sum, bytes.as_slice())?;
-    let wrong = FileSum { crc32: sum.crc32 ^ 1, ..sum.clone() };
+    let wrong = FileSum { xxh3: sum.xxh3 ^ 1, ..sum.clone() };
     let err = verify_file(&wrong, bytes.as_slice()).err().ok_or("accepted")?;
-    assert!(err.to_string().starts_with("file process.img: size"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "file process.img: size {0} and digest {1:#018x} do not match the manifest's \
+             size {0} and digest {2:#018x}",
+            bytes.len(),
+            sum.xxh3,
+            wrong.xxh3
+        )
+    );
+    let longer = FileSum { size: sum.size + 1, ..sum.clone() };
+    assert!(verify_file(&longer, bytes.as_slice()).is_err());
+    Ok(())
+}
+
+/// Every frame ends with the crc32 of its own bytes, so a crc32 of a whole record file
+/// depends only on its frame lengths (the residue property): the same for any two files of
+/// one frame and END. The file digest must tell them apart.
+#[test]
+fn records_different_files_have_different_digests() -> Result {
+    let mut files = Vec::new();
+    let mut w = RecordWriter::new(Vec::new());
+    w.process(&process(1))?;
+    files.push(w.finish()?);
+    let mut w = RecordWriter::new(Vec::new());
+    w.pages(&batch(1, None))?;
+    files.push(w.finish()?);
+    for seed in [1, 2] {
+        let mut w = RecordWriter::new(Vec::new());
+        w.pages(&random_page(seed))?;
+        files.push(w.finish()?);
+    }
+    // What the manifest used to record: one constant for all of them.
+    let crcs: Vec<u32> = files.iter().map(|(bytes, _)| crc32fast::hash(bytes)).collect();
+    assert!(crcs.iter().all(|&c| c == crcs[0]), "{crcs:08x?}");
+    for (i, (a, da)) in files.iter().enumerate() {
+        assert_eq!(*da, digest_reader(a.as_slice())?);
+        for (b, db) in &files[i + 1..] {
+            assert_ne!(a, b);
+            assert_ne!(da.xxh3, db.xxh3);
+        }
+    }
+    Ok(())
+}
+
+/// A file whose frames are each intact (valid crcs, valid END count) but reordered, or with
+/// one frame replaced by a valid frame of the same length from another file, reads cleanly
+/// frame by frame; only the manifest's digest can catch it.
+#[test]
+fn records_reordered_or_swapped_frames_fail_verify_file() -> Result {
+    let write = |pages: &[PageBatch]| -> Result<(Vec<u8>, FileSum)> {
+        let mut w = RecordWriter::new(Vec::new());
+        w.process(&process(1))?;
+        for b in pages {
+            w.pages(b)?;
+        }
+        let (bytes, digest) = w.finish()?;
+        Ok((bytes, digest.sum("pages.img")))
+    };
+    let (a, b, c) = (random_page(1), random_page(2), random_page(3));
+    let (bytes, sum) = write(&[a.clone(), b.clone()])?;
+    verify_file(&sum, bytes.as_slice())?;
+    let ranges = frame_ranges(&bytes)?;
+    assert_eq!(ranges.len(), 4);
+    let (process_frame, first, second, end) = (&ranges[0], &ranges[1], &ranges[2], &ranges[3]);
+    assert_eq!(first.len(), second.len());
+
+    // The two page frames swapped.
+    let reordered =
+        [&bytes[process_frame.clone()], &bytes[second.clone()], &bytes[first.clone()], &bytes[end.clone()]]
+            .concat();
+    // The second page frame replaced by the same-placed frame of another image.
+    let (other, _) = write(&[a.clone(), c.clone()])?;
+    let spliced = [&bytes[..second.start], &other[second.clone()], &bytes[second.end..]].concat();
+
+    for (what, tampered, frames) in
+        [("reordered", reordered, vec![b, a.clone()]), ("spliced", spliced, vec![a, c])]
+    {
+        assert_eq!(tampered.len(), bytes.len(), "{what}");
+        // Every frame checks out on its own...
+        let read = read_all(&tampered)?;
+        let pages: Vec<Frame> = frames.into_iter().map(Frame::Pages).collect();
+        assert_eq!(read[1..], pages[..], "{what}");
+        // ...and a whole-file crc32 would not have noticed...
+        assert_eq!(crc32fast::hash(&tampered), crc32fast::hash(&bytes), "{what}");
+        // ...but the digest does.
+        let err = verify_file(&sum, tampered.as_slice()).err().ok_or(format!("{what} file verified"))?;
+        let msg = err.to_string();
+        assert!(msg.starts_with("file pages.img: size"), "{what}: {msg}");
+        assert!(msg.contains("and digest 0x"), "{what}: {msg}");
+        assert!(matches!(err, ProtoError::FileMismatch { .. }), "{what}: {err:?}");
+        let mut r = RecordReader::new(tampered.as_slice());
+        while r.next()?.is_some() {}
+        assert!(sum.check(r.digest()).is_err(), "{what}");
+    }
     Ok(())
 }
 
@@ -254,6 +369,7 @@ fn records_empty_file_has_just_end() -> Result {
     let (bytes, digest) = RecordWriter::new(Vec::new()).finish()?;
     assert_eq!(bytes, end_frame(0));
     assert_eq!(digest.size, 13);
+    assert_eq!(digest.xxh3, xxh3_64(&bytes));
     assert!(read_all(&bytes)?.is_empty());
     Ok(())
 }

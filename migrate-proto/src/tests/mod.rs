@@ -236,8 +236,8 @@ pub(crate) fn manifest() -> Manifest {
             pids_max: None,
         },
         files: vec![
-            FileSum { name: "process.img".into(), size: 4242, crc32: 0xdead_beef },
-            FileSum { name: "pages.img".into(), size: 1 << 30, crc32: 0x1234_5678 },
+            FileSum { name: "process.img".into(), size: 4242, xxh3: 0xdead_beef_0bad_f00d },
+            FileSum { name: "pages.img".into(), size: 1 << 30, xxh3: 0x1234_5678_9abc_def0 },
         ],
         stats: Stats {
             processes: 1,
