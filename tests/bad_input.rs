@@ -94,13 +94,21 @@ fn lab_up_twice_changes_nothing() -> anyhow::Result<()> {
     let lab = TestLab::up(3)?;
     let lab_json = format!("/run/migrate/labs/{}/lab.json", lab.name);
     let first = std::fs::read_to_string(&lab_json)?;
-    let ns_before = netns_names();
+    // Only this lab's namespaces: other tests make and remove theirs meanwhile.
+    let ours = || -> Vec<String> {
+        let mut v: Vec<String> =
+            netns_names().into_iter().filter(|n| n.starts_with(&format!("{}-", lab.name))).collect();
+        v.sort();
+        v
+    };
+    let ns_before = ours();
+    ensure!(ns_before.len() == 5, "3 hosts, a client and a LAN: {ns_before:?}");
     lab.ok(&["lab", "up", "--hosts", "3"])?;
     // `lab up` is the repair command: without --hosts it keeps the lab's size.
     let out = lab.ok(&["lab", "up"])?;
     ensure!(out.contains("already up and healthy") && out.contains("host-c"), "{out}");
     ensure!(std::fs::read_to_string(&lab_json)? == first, "lab.json changed");
-    ensure!(netns_names() == ns_before);
+    ensure!(ours() == ns_before);
     let err = lab.fails(&["lab", "up", "--hosts", "2"])?;
     ensure!(err.contains('2') && err.contains('3'), "a lab of another shape is refused clearly: {err}");
     Ok(())

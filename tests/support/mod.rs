@@ -260,3 +260,33 @@ impl TestLab {
         names
     }
 }
+
+impl TestLab {
+    /// `migrate lab down`, required to succeed and to find exactly the container shims
+    /// `shims` (by name) and no other process: nothing was left behind. The drop that
+    /// follows finds nothing to remove.
+    pub fn down_expecting(&self, shims: &[&str]) -> anyhow::Result<()> {
+        let out = self.ok(&["lab", "down"])?;
+        if out.contains("other process") {
+            bail!("lab down found processes that are neither agents nor shims:\n{out}");
+        }
+        let mut found: Vec<String> = match out.find("container shim") {
+            None => Vec::new(),
+            Some(i) => {
+                let rest = &out[i..];
+                let list = rest.split_once('(').and_then(|(_, r)| r.split_once(')')).map(|(l, _)| l);
+                list.with_context(|| format!("no shim names in: {out}"))?
+                    .split(", ")
+                    .map(str::to_string)
+                    .collect()
+            }
+        };
+        found.sort();
+        let mut want: Vec<String> = shims.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        if found != want {
+            bail!("lab down found the shims {found:?}, expected {want:?}:\n{out}");
+        }
+        Ok(())
+    }
+}

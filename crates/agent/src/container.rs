@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use crate::agent::Config;
 use crate::api::StopReport;
 use crate::error::{AgentError, io_err};
-use crate::leases::Kind;
+use crate::leases::{Kind, Owner};
 use crate::record::{Record, proc_start};
 use crate::shim::{self, Report, ShimConfig};
 use crate::spec::{Spec, macs_for};
@@ -99,30 +99,32 @@ fn create_steps(
 ) -> Result<Record, AgentError> {
     let host = &config.host;
     let leases = &config.leases;
-    leases.take(Kind::Name, &spec.name, host)?;
-    let (l, n) = (leases.clone(), spec.name.clone());
-    rb.push("release the name", move || l.release(Kind::Name, &n));
+    let created_ms = crate::now_ms();
+    let owner = Owner::new(&spec.name, host, created_ms);
+    leases.take(Kind::Name, &spec.name, &owner)?;
+    let (l, n, o) = (leases.clone(), spec.name.clone(), owner.clone());
+    rb.push("release the name", move || l.release(Kind::Name, &n, &o));
 
     let ip = match spec.ip {
         Some(ip) => {
-            leases.take(Kind::Ip, &ip.to_string(), host)?;
+            leases.take(Kind::Ip, &ip.to_string(), &owner)?;
             ip
         }
-        None => take_free_ip(config)?,
+        None => take_free_ip(config, &owner)?,
     };
-    let l = leases.clone();
-    rb.push("release the IP", move || l.release(Kind::Ip, &ip.to_string()));
+    let (l, o) = (leases.clone(), owner.clone());
+    rb.push("release the IP", move || l.release(Kind::Ip, &ip.to_string(), &o));
 
     let mac = match spec.mac {
         // A MAC the user chose: a clash is their error.
         Some(mac) => {
-            leases.take(Kind::Mac, &format_mac(&mac), host)?;
+            leases.take(Kind::Mac, &format_mac(&mac), &owner)?;
             mac
         }
-        None => take_free_mac(config, ip)?,
+        None => take_free_mac(config, ip, &owner)?,
     };
-    let l = leases.clone();
-    rb.push("release the MAC", move || l.release(Kind::Mac, &format_mac(&mac)));
+    let (l, o) = (leases.clone(), owner.clone());
+    rb.push("release the MAC", move || l.release(Kind::Mac, &format_mac(&mac), &o));
 
     let dir = config.containers_dir().join(&spec.name);
     fs::create_dir(&dir).map_err(io_err("create", &dir))?;
@@ -144,7 +146,7 @@ fn create_steps(
         prefix: config.subnet.prefix,
         mac,
         cmd: spec.cmd.clone(),
-        created_ms: crate::now_ms(),
+        created_ms,
         pid: 0,
         pid_start: 0,
         shim_pid: 0,
@@ -183,9 +185,9 @@ fn create_steps(
     Ok(rec)
 }
 
-fn take_free_ip(config: &Config) -> Result<Ipv4Addr, AgentError> {
+fn take_free_ip(config: &Config, owner: &Owner) -> Result<Ipv4Addr, AgentError> {
     for ip in config.subnet.container_range() {
-        match config.leases.take(Kind::Ip, &ip.to_string(), &config.host) {
+        match config.leases.take(Kind::Ip, &ip.to_string(), owner) {
             Ok(()) => return Ok(ip),
             Err(AgentError::Conflict(_)) => continue,
             Err(e) => return Err(e),
@@ -197,9 +199,9 @@ fn take_free_ip(config: &Config) -> Result<Ipv4Addr, AgentError> {
 /// Leases the MAC derived from `ip`, or, if a user took that one by hand for another
 /// container, the next free one of [`macs_for`]: a MAC nobody asked for must not fail a
 /// start.
-fn take_free_mac(config: &Config, ip: Ipv4Addr) -> Result<[u8; 6], AgentError> {
+fn take_free_mac(config: &Config, ip: Ipv4Addr, owner: &Owner) -> Result<[u8; 6], AgentError> {
     for mac in macs_for(ip) {
-        match config.leases.take(Kind::Mac, &format_mac(&mac), &config.host) {
+        match config.leases.take(Kind::Mac, &format_mac(&mac), owner) {
             Ok(()) => return Ok(mac),
             Err(AgentError::Conflict(_)) => continue,
             Err(e) => return Err(e),
@@ -345,6 +347,12 @@ pub fn stop(rec: &Record, timeout: Duration) -> Result<StopReport, AgentError> {
     Ok(StopReport { container: rec.info(), signals, note })
 }
 
+/// Waits until the container's shim has recorded the exit and ended, so that nothing
+/// writes into the state directory any more.
+pub fn wait_shim_gone(rec: &Record, timeout: Duration) -> bool {
+    wait_until(timeout, || !shim_alive(rec))
+}
+
 fn shim_alive(rec: &Record) -> bool {
     rec.shim_pid > 0 && proc_start(rec.shim_pid).is_some_and(|(_, state)| state != 'Z')
 }
@@ -378,9 +386,10 @@ pub fn remove(config: &Config, rec: &Record) -> Result<(), AgentError> {
     rec.cgroup.remove(Duration::from_secs(5))?;
     migrate_net::detach_container(&rec.host_if)
         .map_err(|e| AgentError::container(&rec.name, "delete its veth", e))?;
-    config.leases.release(Kind::Mac, &format_mac(&rec.mac))?;
-    config.leases.release(Kind::Ip, &rec.ip.to_string())?;
-    config.leases.release(Kind::Name, &rec.name)?;
+    let owner = rec.owner();
+    config.leases.release(Kind::Mac, &format_mac(&rec.mac), &owner)?;
+    config.leases.release(Kind::Ip, &rec.ip.to_string(), &owner)?;
+    config.leases.release(Kind::Name, &rec.name, &owner)?;
     match fs::remove_dir_all(&rec.dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(AgentError::Io { op: "remove", path: rec.dir.clone(), source: e })

@@ -118,7 +118,7 @@ impl Agent {
             let r = rec.clone();
             let info = tokio::task::spawn_blocking(move || {
                 r.cgroup.kill(Duration::from_secs(10))?;
-                container::wait_until(Duration::from_secs(5), || r.exit().is_some() || !r.is_running());
+                container::wait_shim_gone(&r, Duration::from_secs(10));
                 let info = r.info();
                 container::remove(&this.config, &r)?;
                 Ok::<_, AgentError>(info)
@@ -144,10 +144,10 @@ impl Agent {
             .map_err(|e| AgentError::container("(image)", "read the image", e.to_string()))?
             .map_err(|e| AgentError::Invalid {
                 field: "image",
-                reason: format!("{}: {e}", req.dir.display()),
+                reason: format!("{}: {}", req.dir.display(), chain(&e)),
             })?;
-        migrate_engine::host::check_compatible(&img.manifest.kernel, &img.manifest.cpu)
-            .map_err(|e| AgentError::Invalid { field: "image", reason: e.to_string() })?;
+        migrate_engine::host::check_compatible(&img.manifest.kernel)
+            .map_err(|e| AgentError::Invalid { field: "image", reason: chain(&e) })?;
         let m = &img.manifest.container;
         let name = req.name.clone().unwrap_or_else(|| m.name.clone());
         spec::check_name(&name)?;
@@ -189,7 +189,7 @@ impl Agent {
                 // Nothing half-built may run: kill the stub and remove the container.
                 let cleanup = tokio::task::spawn_blocking(move || {
                     rec.cgroup.kill(Duration::from_secs(10))?;
-                    container::wait_until(Duration::from_secs(5), || !rec.is_running());
+                    container::wait_shim_gone(&rec, Duration::from_secs(10));
                     container::remove(&this.config, &rec)
                 })
                 .await;
@@ -203,6 +203,18 @@ impl Agent {
             }
         }
     }
+}
+
+/// An error and its causes, in one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn check_dir(dir: &std::path::Path) -> Result<(), AgentError> {

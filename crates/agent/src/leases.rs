@@ -51,28 +51,33 @@ impl Leases {
         self.dir.join(kind.dir()).join(value)
     }
 
-    /// Takes `value` for `host`, or says who holds it.
-    pub fn take(&self, kind: Kind, value: &str, host: &str) -> Result<(), AgentError> {
+    /// Takes `value` for `owner`, or says who holds it.
+    pub fn take(&self, kind: Kind, value: &str, owner: &Owner) -> Result<(), AgentError> {
         let path = self.path(kind, value);
         let parent = path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(io_err("create", parent))?;
         match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => f.write_all(host.as_bytes()).map_err(io_err("write", &path)),
+            Ok(mut f) => f.write_all(owner.0.as_bytes()).map_err(io_err("write", &path)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
-                let holder = if holder.is_empty() { "another host".to_string() } else { holder };
-                Err(AgentError::Conflict(format!(
-                    "{} {value} is already in use (by a container on {holder})",
-                    kind.noun()
-                )))
+                let holder = holder.lines().next().filter(|l| !l.is_empty()).unwrap_or("another container");
+                Err(AgentError::Conflict(format!("{} {value} is already in use (by {holder})", kind.noun())))
             }
             Err(e) => Err(AgentError::Io { op: "create", path, source: e }),
         }
     }
 
-    /// Gives `value` back; a lease that is already gone is fine.
-    pub fn release(&self, kind: Kind, value: &str) -> Result<(), AgentError> {
+    /// Gives `value` back if `owner` holds it. A lease that is gone, or that another
+    /// container holds now (a stale record must never free what a live one uses), is
+    /// left alone.
+    pub fn release(&self, kind: Kind, value: &str, owner: &Owner) -> Result<(), AgentError> {
         let path = self.path(kind, value);
+        match fs::read_to_string(&path) {
+            Ok(holder) if holder == owner.0 => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(AgentError::Io { op: "read", path, source: e }),
+        }
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
                 Err(AgentError::Io { op: "remove", path, source: e })
@@ -82,21 +87,36 @@ impl Leases {
     }
 }
 
+/// Who holds a lease: one container, told apart from a later one of the same name by
+/// its creation time. The first line is what a refused user is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+impl Owner {
+    pub fn new(name: &str, host: &str, created_ms: u64) -> Owner {
+        Owner(format!("container {name} on {host}\ncreated {created_ms}\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn exclusive_and_released() -> Result<(), AgentError> {
+    fn exclusive_and_released_only_by_their_owner() -> Result<(), AgentError> {
         let dir = std::env::temp_dir().join(format!("migrate-leases-{}", std::process::id()));
         let leases = Leases::new(&dir);
-        leases.take(Kind::Name, "web", "host-a")?;
-        let err = leases.take(Kind::Name, "web", "host-b").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("container name web is already in use (by a container on host-a)"), "{err}");
-        leases.take(Kind::Ip, "10.77.1.10", "host-a")?;
-        leases.release(Kind::Name, "web")?;
-        leases.release(Kind::Name, "web")?;
-        leases.take(Kind::Name, "web", "host-b")?;
+        let (a, b) = (Owner::new("web", "host-a", 1), Owner::new("web", "host-b", 2));
+        leases.take(Kind::Name, "web", &a)?;
+        let err = leases.take(Kind::Name, "web", &b).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("container name web is already in use (by container web on host-a)"), "{err}");
+        leases.take(Kind::Ip, "10.77.1.10", &a)?;
+        leases.release(Kind::Name, "web", &a)?;
+        leases.release(Kind::Name, "web", &a)?;
+        leases.take(Kind::Name, "web", &b)?;
+        // A stale record of the first container cannot free what the second holds.
+        leases.release(Kind::Name, "web", &a)?;
+        assert!(leases.take(Kind::Name, "web", &a).is_err());
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }

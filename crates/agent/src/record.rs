@@ -36,6 +36,13 @@ pub struct Record {
 }
 
 impl Record {
+    /// The holder of this container's leases.
+    pub fn owner(&self) -> crate::leases::Owner {
+        crate::leases::Owner::new(&self.name, &self.host, self.created_ms)
+    }
+}
+
+impl Record {
     pub fn file(dir: &Path) -> PathBuf {
         dir.join("container.json")
     }

@@ -309,11 +309,20 @@ fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Removes an (emptied) cgroup directory. The kernel refuses with EBUSY for a moment
+/// after the last task left `cgroup.procs` (exiting threads still hold it), so EBUSY is
+/// retried for a while.
 fn rmdir_if_present(dir: &Path) -> Result<(), CgroupError> {
-    match fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CgroupError::Io { op: "remove", path: dir.to_path_buf(), source: e }),
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(CgroupError::Io { op: "remove", path: dir.to_path_buf(), source: e }),
+        }
     }
 }
 

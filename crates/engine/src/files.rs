@@ -51,6 +51,8 @@ pub fn dump(pid: i32, external: &[ExternalPipe]) -> Result<Vec<FdRecord>, Engine
             return refuse(format!("a socket ({link}): sockets are not supported yet"));
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             return refuse(format!("an {kind} ({link}): not supported yet"));
+        } else if link.starts_with("/memfd:") {
+            return refuse(format!("a memfd ({link}): not supported yet"));
         } else if link.ends_with(" (deleted)") {
             return refuse(format!("a deleted file ({link}): not supported yet"));
         } else if link.starts_with('/') {

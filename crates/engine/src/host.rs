@@ -110,7 +110,7 @@ pub fn offsets_for(clocks: &Clocks) -> (i128, i128) {
 
 /// Refuses an image this host cannot run: another kernel build or architecture, or an
 /// xstate layout the CPU lacks.
-pub fn check_compatible(kernel: &KernelId, cpu: &CpuId) -> Result<(), EngineError> {
+pub fn check_compatible(kernel: &KernelId) -> Result<(), EngineError> {
     let here = kernel_id()?;
     if here.machine != kernel.machine {
         return Err(EngineError::Incompatible(format!(
@@ -118,15 +118,18 @@ pub fn check_compatible(kernel: &KernelId, cpu: &CpuId) -> Result<(), EngineErro
             kernel.machine, here.machine
         )));
     }
-    if here.release != kernel.release
-        || here.version != kernel.version
-        || here.vdso_digest != kernel.vdso_digest
-    {
+    if here.release != kernel.release || here.version != kernel.version {
         return Err(EngineError::Incompatible(format!(
-            "the image was made on kernel {} ({}), this host runs {} ({}): restoring needs the same kernel build (the vDSO must be identical)",
+            "the image was made on kernel {} ({}), this host runs {} ({}): restoring needs the same kernel build",
             kernel.release, kernel.version, here.release, here.version
         )));
     }
-    let _ = cpu;
+    if here.vdso_digest != kernel.vdso_digest {
+        return Err(EngineError::Incompatible(format!(
+            "the image's vDSO ({}) differs from this host's ({}) on the same kernel release {}: restoring needs the same kernel build",
+            kernel.vdso_digest, here.vdso_digest, here.release
+        )));
+    }
+    // The CPU's xstate features are checked against the stub's in the restore itself.
     Ok(())
 }

@@ -127,7 +127,12 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
     for sum in &manifest.files {
         let path = dir.join(&sum.name);
         let file = File::open(&path).map_err(io_err("open", &path))?;
-        migrate_proto::verify_file(sum, BufReader::new(file)).map_err(image_err(&sum.name))?;
+        if let Err(mismatch) = migrate_proto::verify_file(sum, BufReader::new(file)) {
+            // Say which frame is damaged, if one is; else the file as a whole is wrong
+            // (frames reordered, swapped or missing).
+            return Err(first_bad_frame(dir, &sum.name)
+                .unwrap_or(EngineError::Image { file: sum.name.clone(), source: mismatch }));
+        }
     }
     let mut reader = records(dir, PROCESS)?;
     let mut processes = Vec::new();
@@ -144,6 +149,18 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
         )));
     }
     Ok(Image { dir: dir.to_path_buf(), manifest, processes })
+}
+
+/// Reads a record file frame by frame and returns the first frame's error, if any.
+fn first_bad_frame(dir: &Path, name: &str) -> Option<EngineError> {
+    let mut reader = records(dir, name).ok()?;
+    loop {
+        match reader.next() {
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(source) => return Some(EngineError::Image { file: name.to_string(), source }),
+        }
+    }
 }
 
 /// A reader over one record file of the image.

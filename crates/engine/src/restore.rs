@@ -43,7 +43,7 @@ pub fn restore(
         .processes
         .first()
         .ok_or_else(|| EngineError::Incompatible("the image holds no process".into()))?;
-    host::check_compatible(&img.manifest.kernel, &img.manifest.cpu)?;
+    host::check_compatible(&img.manifest.kernel)?;
     if rec.pid != 1 {
         return Err(EngineError::Incompatible(format!(
             "the image's process is pid {} in its namespace; this version restores PID 1",

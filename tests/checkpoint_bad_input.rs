@@ -1,0 +1,573 @@
+//! Bad input to checkpoint and restore: damaged or foreign images, names and addresses in
+//! use, containers holding what this version cannot checkpoint, a directory in the way.
+//!
+//! Each is a clear error on stderr naming what is wrong, a non-zero exit and no panic;
+//! nothing is left behind (the target host holds no new container, cgroup, state
+//! directory or process), and the source is untouched (the image files are unchanged, a
+//! refused container runs on, unfrozen).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use migrate_proto::frame::{Frame, RecordReader};
+use migrate_proto::{decode_manifest, digest_reader, encode_manifest};
+use support::{TempDir, TestLab, wait_until};
+
+const FILES: [&str; 3] = ["manifest.img", "process.img", "pages.img"];
+
+/// A python3 program with a few MiB of data that prints `tick N` every 100 ms. With an
+/// argument it first opens something this version cannot checkpoint and prints `fd N`
+/// (or `fds R W` for a pipe).
+const TICKER: &str = r#"import os, socket, sys, time
+data = bytes(range(256)) * 20000
+kind = sys.argv[1] if len(sys.argv) > 1 else ''
+held = []
+if kind == 'socket':
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); held.append(s); print('fd', s.fileno(), flush=True)
+elif kind == 'pipe':
+    r, w = os.pipe(); print('fds', r, w, flush=True)
+elif kind == 'eventfd':
+    print('fd', os.eventfd(0), flush=True)
+elif kind == 'memfd':
+    print('fd', os.memfd_create('hidden'), flush=True)
+elif kind == 'deleted':
+    p = sys.argv[2]; fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600); os.unlink(p); print('fd', fd, flush=True)
+elif kind == 'child':
+    import subprocess; c = subprocess.Popen(['sleep', '100000']); print('child', c.pid, flush=True)
+i = 0
+while True:
+    print('tick', i, flush=True)
+    i += 1
+    time.sleep(0.1)
+"#;
+
+fn ticker(extra: &[&str]) -> Vec<String> {
+    let mut v = vec!["python3".to_string(), "-u".into(), "-c".into(), TICKER.into()];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn start(lab: &TestLab, host: &str, name: &str, cmd: &[String]) -> anyhow::Result<()> {
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    lab.start(host, name, &cmd)?;
+    lab.wait_log(name, "tick 2")?;
+    Ok(())
+}
+
+/// The highest `tick N` of a container's log.
+fn last_tick(lab: &TestLab, name: &str) -> anyhow::Result<u64> {
+    let log = lab.logs(name)?;
+    log.lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .max()
+        .with_context(|| format!("no tick in {log}"))
+}
+
+/// Requires that `name` runs on as before: same pid, running, not frozen, still ticking.
+fn ensure_untouched(lab: &TestLab, name: &str, before: &serde_json::Value) -> anyhow::Result<()> {
+    let now = lab.container(name)?;
+    ensure!(
+        now["state"] == "running" && now["pid"] == before["pid"],
+        "{name} changed: before {before}, now {now}"
+    );
+    if let Some(v2) = now["cgroup"]["v2"].as_str() {
+        let events = std::fs::read_to_string(Path::new(v2).join("cgroup.events"))?;
+        ensure!(events.contains("frozen 0"), "{name} was left frozen: {events}");
+    }
+    let t = last_tick(lab, name)?;
+    let mut last = t;
+    ensure!(
+        wait_until(Duration::from_secs(20), || {
+            last = last_tick(lab, name).unwrap_or(0);
+            last >= t + 3
+        }),
+        "{name} stopped ticking at {last}"
+    );
+    Ok(())
+}
+
+/// The image's files, by name.
+fn read_image(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        out.push((e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path())?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn copy_image(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in FILES {
+        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    Ok(())
+}
+
+/// `(processes, containers)` of a host, from `lab status --json`.
+fn host_counts(lab: &TestLab, host: &str) -> anyhow::Result<(u64, u64)> {
+    let status = lab.json(&["lab", "status", "--json"])?;
+    let h = status["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["name"] == host))
+        .with_context(|| format!("{host} not in {status}"))?;
+    Ok((h["processes"].as_u64().context("processes")?, h["containers"].as_u64().context("containers")?))
+}
+
+/// A lab with a container checkpointed to `<img>/good`; host-b is left empty.
+fn lab_with_image(img: &TempDir) -> anyhow::Result<(TestLab, std::path::PathBuf)> {
+    let lab = TestLab::up(2)?;
+    start(&lab, "host-a", "src", &ticker(&[]))?;
+    let good = img.path.join("good");
+    lab.ok(&["checkpoint", "src", "--dir", &good.to_string_lossy()])?;
+    Ok((lab, good))
+}
+
+/// Restores `dir` on host-b, requiring a failure whose stderr holds every one of `all`
+/// and one of `any` (when not empty); with `inspect_too`, `inspect` must refuse it the
+/// same way. Afterwards host-b must hold nothing new and the image be unchanged. Returns
+/// the problems found (empty: all good).
+fn refused(
+    lab: &TestLab,
+    what: &str,
+    dir: &Path,
+    all: &[&str],
+    any: &[&str],
+    inspect_too: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let before = read_image(dir).unwrap_or_default();
+    let (procs_before, _) = host_counts(lab, "host-b").unwrap_or((0, 0));
+    let d = dir.to_string_lossy().into_owned();
+    let mut attempts = vec![("restore", vec!["restore", "--dir", d.as_str(), "--host", "host-b"])];
+    if inspect_too {
+        attempts.push(("inspect", vec!["inspect", d.as_str()]));
+    }
+    for (verb, args) in attempts {
+        match lab.fails(&args) {
+            Err(e) => problems.push(format!("{what}: {verb}: {e:#}")),
+            Ok(stderr) => {
+                eprintln!("{what}: {verb}: {}", stderr.trim());
+                let missing: Vec<&&str> = all.iter().filter(|n| !stderr.contains(**n)).collect();
+                if !missing.is_empty() {
+                    problems.push(format!("{what}: {verb}'s error lacks {missing:?}: {}", stderr.trim()));
+                }
+                if !any.is_empty() && !any.iter().any(|n| stderr.contains(n)) {
+                    problems.push(format!("{what}: {verb}'s error names none of {any:?}: {}", stderr.trim()));
+                }
+            }
+        }
+    }
+    match lab.ps() {
+        Ok(ps) if ps.iter().any(|c| c["host"] == "host-b") => {
+            problems.push(format!("{what}: host-b holds a container after the failed restore: {ps:?}"))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{what}: ps: {e:#}")),
+    }
+    let dirs = lab.container_dirs("host-b");
+    if !dirs.is_empty() {
+        problems.push(format!("{what}: left behind on host-b: {dirs:?}"));
+    }
+    match host_counts(lab, "host-b") {
+        Ok((procs, containers)) if procs != procs_before || containers != 0 => problems.push(format!(
+            "{what}: host-b has {procs} processes (before: {procs_before}) and {containers} containers"
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{what}: lab status: {e:#}")),
+    }
+    if read_image(dir).unwrap_or_default() != before {
+        problems.push(format!("{what}: the failed restore changed the image in {d}"));
+    }
+    problems
+}
+
+#[test]
+fn damaged_images_are_refused_naming_the_file_and_the_frame() -> anyhow::Result<()> {
+    let img = TempDir::new("damaged")?;
+    let (lab, good) = lab_with_image(&img)?;
+    let mut problems = Vec::new();
+
+    // Cut pages.img in the middle.
+    let cut = img.path.join("case-cut");
+    copy_image(&good, &cut)?;
+    let len = std::fs::metadata(cut.join("pages.img"))?.len();
+    std::fs::OpenOptions::new().write(true).open(cut.join("pages.img"))?.set_len(len / 2)?;
+    problems.extend(refused(
+        &lab,
+        "pages.img cut in half",
+        &cut,
+        &["pages.img"],
+        &["frame", "batch", "truncated"],
+        true,
+    ));
+
+    // One flipped byte: in the magic or frame kind, in a length field, in the middle, in
+    // the last (checksum) byte.
+    for file in FILES {
+        let size = std::fs::metadata(good.join(file))?.len() as usize;
+        for pos in [0, 5, 13, size / 2, size - 1] {
+            // Neutral names: the needles must come from the message, not the path.
+            let dir = img.path.join(format!("case-{}-{pos}", file.len()));
+            copy_image(&good, &dir)?;
+            let mut bytes = std::fs::read(dir.join(file))?;
+            bytes[pos] ^= 0x40;
+            std::fs::write(dir.join(file), bytes)?;
+            let what = format!("{file} with byte {pos} of {size} flipped");
+            let (all, any): (&[&str], &[&str]) = if file == "manifest.img" {
+                (&["manifest"], &["checksum", "magic", "length", "version"])
+            } else {
+                (&[file], &["frame", "batch"])
+            };
+            problems.extend(refused(&lab, &what, &dir, all, any, true));
+        }
+    }
+    // The undamaged image restores: the refusals above were for the damage.
+    if problems.is_empty() {
+        lab.ok(&["restore", "--dir", &good.to_string_lossy(), "--host", "host-b"])?;
+        lab.wait_log("src", "tick")?;
+    }
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["src"])?;
+    Ok(())
+}
+
+#[test]
+fn an_image_of_a_newer_format_or_another_kernel_is_refused() -> anyhow::Result<()> {
+    let img = TempDir::new("foreign")?;
+    let (lab, good) = lab_with_image(&img)?;
+    let mut problems = Vec::new();
+
+    // The version field of the header (bytes 8..12), with the manifest's crc32 fixed.
+    let newer = img.path.join("case-version");
+    copy_image(&good, &newer)?;
+    let mut bytes = std::fs::read(newer.join("manifest.img"))?;
+    bytes[8..12].copy_from_slice(&(migrate_proto::FORMAT_VERSION + 1).to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(newer.join("manifest.img"), &bytes)?;
+    let v = format!("version {}", migrate_proto::FORMAT_VERSION + 1);
+    problems.extend(refused(&lab, "format version +1", &newer, &[&v, "newer", "upgrade migrate"], &[], true));
+
+    // Another kernel build: a well-formed manifest naming another release.
+    let other = img.path.join("case-kernel");
+    copy_image(&good, &other)?;
+    let mut m = decode_manifest(&std::fs::read(other.join("manifest.img"))?)?;
+    let ours = m.kernel.release.clone();
+    m.kernel.release = "5.10.0-other-build".into();
+    std::fs::write(other.join("manifest.img"), encode_manifest(&m)?)?;
+    problems.extend(refused(
+        &lab,
+        "kernel 5.10.0-other-build",
+        &other,
+        &["kernel", "5.10.0-other-build", &ours],
+        &[],
+        false,
+    ));
+
+    // The same release but another vDSO.
+    let vdso = img.path.join("case-vdso");
+    copy_image(&good, &vdso)?;
+    let mut m = decode_manifest(&std::fs::read(vdso.join("manifest.img"))?)?;
+    m.kernel.vdso_digest = "crc32:00000000/8192".into();
+    std::fs::write(vdso.join("manifest.img"), encode_manifest(&m)?)?;
+    // The message must say what differs: the two releases are the same here.
+    problems.extend(refused(&lab, "another vDSO", &vdso, &["vDSO", "crc32:00000000/8192"], &[], false));
+
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&[])?;
+    Ok(())
+}
+
+/// crc32 (IEEE), as frames and the manifest end with.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// postcard's varint encoding of a u64 (LEB128).
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+#[test]
+fn an_image_with_overlapping_vmas_is_refused_by_the_semantic_check() -> anyhow::Result<()> {
+    let img = TempDir::new("overlap")?;
+    let (lab, good) = lab_with_image(&img)?;
+    let dir = img.path.join("case");
+    copy_image(&good, &dir)?;
+    let mut bytes = std::fs::read(dir.join("process.img"))?;
+    let mut reader = RecordReader::new(&bytes[..]);
+    let Some(Frame::Process(rec)) = reader.next()? else {
+        anyhow::bail!("process.img does not start with a process")
+    };
+    let payload_len = u32::from_le_bytes(bytes[4..8].try_into()?) as usize;
+
+    // Move the start of a VMA into the one before it, in the encoded record: its start and
+    // end are consecutive varints. Pick a VMA whose new start encodes to the same length
+    // and whose (start, end) pattern occurs once.
+    let mut patched = None;
+    for pair in rec.vmas.windows(2) {
+        let (prev, v) = (&pair[0], &pair[1]);
+        let new_start = prev.end - 4096;
+        let old: Vec<u8> = [varint(v.start), varint(v.end)].concat();
+        let new: Vec<u8> = [varint(new_start), varint(v.end)].concat();
+        let payload = &bytes[8..8 + payload_len];
+        let hits: Vec<usize> =
+            payload.windows(old.len()).enumerate().filter(|(_, w)| *w == old).map(|(i, _)| i).collect();
+        if new.len() == old.len() && hits.len() == 1 {
+            patched = Some((8 + hits[0], new, v.start, v.end, prev.start, prev.end));
+            break;
+        }
+    }
+    let (at, new, start, end, prev_start, prev_end) = patched.context("no VMA could be patched in place")?;
+    bytes[at..at + new.len()].copy_from_slice(&new);
+    // Fix the frame's crc32 (after its header and payload) and the manifest's entry.
+    let crc = crc32(&bytes[..8 + payload_len]);
+    bytes[8 + payload_len..12 + payload_len].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("process.img"), &bytes)?;
+    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
+    let digest = digest_reader(&bytes[..])?;
+    for f in &mut m.files {
+        if f.name == "process.img" {
+            *f = digest.sum("process.img");
+        }
+    }
+    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+
+    // Every checksum holds; only the semantic check of the record can catch it.
+    let m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
+    for sum in &m.files {
+        migrate_proto::verify_file(sum, std::fs::File::open(dir.join(&sum.name))?)?;
+    }
+    let err = RecordReader::new(&bytes[..]).next().err().context("the patched record still validates")?;
+    ensure!(err.to_string().contains("overlaps") || format!("{err:?}").contains("Overlaps"), "{err:?}");
+    eprintln!(
+        "moved VMA {start:#x}-{end:#x} to start at {:#x}, inside {prev_start:#x}-{prev_end:#x}",
+        prev_end - 4096
+    );
+
+    let problems = refused(
+        &lab,
+        "overlapping VMAs",
+        &dir,
+        &["process.img", "overlaps", &format!("{prev_start:#x}")],
+        &[],
+        true,
+    );
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&[])?;
+    Ok(())
+}
+
+#[test]
+fn restore_refuses_a_name_or_an_ip_in_use() -> anyhow::Result<()> {
+    let img = TempDir::new("taken")?;
+    let lab = TestLab::up(2)?;
+    start(&lab, "host-a", "web", &ticker(&[]))?;
+    let ip = lab.container("web")?["ip"].as_str().context("ip")?.to_string();
+    let image = img.path.join("web");
+    lab.ok(&["checkpoint", "web", "--dir", &image.to_string_lossy()])?;
+    let mut problems = Vec::new();
+
+    // The name is taken by a new container (with another address).
+    let mut cmd: Vec<&str> = vec!["run", "--host", "host-a", "--name", "web", "--ip", "10.77.1.200/16", "--"];
+    let t = ticker(&[]);
+    cmd.extend(t.iter().map(String::as_str));
+    lab.ok(&cmd)?;
+    lab.wait_log("web", "tick 2")?;
+    let holder = lab.container("web")?;
+    problems.extend(refused(&lab, "name web in use", &image, &["web", "in use"], &[], false));
+    ensure_untouched(&lab, "web", &holder)?;
+
+    // The address is taken (the image restored under a free name).
+    let mut cmd: Vec<&str> = vec!["run", "--host", "host-a", "--name", "holder", "--ip", &ip, "--"];
+    cmd.extend(t.iter().map(String::as_str));
+    lab.ok(&cmd)?;
+    lab.wait_log("holder", "tick 2")?;
+    let holder2 = lab.container("holder")?;
+    let d = image.to_string_lossy().into_owned();
+    match lab.fails(&["restore", "--dir", &d, "--host", "host-b", "--name", "web2"]) {
+        Ok(e) if e.contains(&ip) && e.contains("in use") => {}
+        Ok(e) => problems.push(format!("ip in use: the error does not say {ip} is in use: {e}")),
+        Err(e) => problems.push(format!("ip in use: {e:#}")),
+    }
+    ensure!(lab.ps()?.iter().all(|c| c["host"] != "host-b"), "{:?}", lab.ps()?);
+    ensure!(lab.container_dirs("host-b").is_empty(), "{:?}", lab.container_dirs("host-b"));
+    ensure_untouched(&lab, "holder", &holder2)?;
+    ensure_untouched(&lab, "web", &holder)?;
+
+    // Both free again: it restores.
+    if problems.is_empty() {
+        lab.ok(&["rm", "--force", "holder"])?;
+        lab.ok(&["rm", "--force", "web"])?;
+        lab.ok(&["restore", "--dir", &d, "--host", "host-b"])?;
+        ensure!(lab.container("web")?["ip"] == ip.as_str());
+    }
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["web"])?;
+    Ok(())
+}
+
+/// Checkpoints `name` expecting a refusal whose message holds every needle and none of
+/// `forbid`; the container runs on untouched and the image directory is not created.
+fn refuses_checkpoint(
+    lab: &TestLab,
+    img: &TempDir,
+    name: &str,
+    needles: &[String],
+    forbid: &[&str],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let before = match lab.container(name) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("{name}: {e:#}")],
+    };
+    let dir = img.path.join(name);
+    match lab.fails(&["checkpoint", name, "--dir", &dir.to_string_lossy()]) {
+        Err(e) => problems.push(format!("{name}: {e:#}")),
+        Ok(stderr) => {
+            eprintln!("checkpoint {name}: {}", stderr.trim());
+            let missing: Vec<&String> = needles.iter().filter(|n| !stderr.contains(n.as_str())).collect();
+            if !missing.is_empty() {
+                problems.push(format!("{name}: the refusal lacks {missing:?}: {}", stderr.trim()));
+            }
+            if let Some(f) = forbid.iter().find(|f| stderr.contains(**f)) {
+                problems.push(format!("{name}: the refusal says {f:?}: {}", stderr.trim()));
+            }
+        }
+    }
+    if let Err(e) = ensure_untouched(lab, name, &before) {
+        problems.push(format!("{name} after the refused checkpoint: {e:#}"));
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir)
+        && entries.count() > 0
+    {
+        problems.push(format!("{name}: the refused checkpoint left files in {}", dir.display()));
+    }
+    problems
+}
+
+/// The number after `word ` in a container's log.
+fn logged(lab: &TestLab, name: &str, word: &str) -> anyhow::Result<Vec<String>> {
+    let log = lab.wait_log(name, &format!("{word} "))?;
+    let line = log.lines().find(|l| l.starts_with(&format!("{word} "))).context("line")?;
+    Ok(line.split_whitespace().skip(1).map(str::to_string).collect())
+}
+
+#[test]
+fn checkpoint_refuses_a_container_with_a_child_process() -> anyhow::Result<()> {
+    let img = TempDir::new("child")?;
+    let lab = TestLab::up(1)?;
+    start(&lab, "host-a", "parent", &ticker(&["child"]))?;
+    let pid = lab.container("parent")?["pid"].to_string();
+    let child = logged(&lab, "parent", "child")?; // its pid inside the container
+    let v2 = lab.container("parent")?["cgroup"]["v2"].as_str().context("cgroup.v2")?.to_string();
+    let procs = std::fs::read_to_string(Path::new(&v2).join("cgroup.procs"))?;
+    let pids: Vec<String> = procs.split_whitespace().map(str::to_string).collect();
+    ensure!(
+        pids.len() == 2 && pids.contains(&pid),
+        "cgroup.procs: {pids:?}, PID 1 is {pid}, child {child:?}"
+    );
+    // Both pids named (as the host sees them).
+    let problems = refuses_checkpoint(&lab, &img, "parent", &pids, &[]);
+
+    // The same with sh as PID 1 and a background job.
+    lab.start(
+        "host-a",
+        "shell",
+        &["sh", "-c", "sleep 100000 & i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done"],
+    )?;
+    lab.wait_log("shell", "tick 2")?;
+    let sh = lab.container("shell")?["pid"].to_string();
+    let v2 = lab.container("shell")?["cgroup"]["v2"].as_str().context("cgroup.v2")?.to_string();
+    let procs = std::fs::read_to_string(Path::new(&v2).join("cgroup.procs"))?;
+    let job = procs
+        .split_whitespace()
+        .find(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x00100000\x00"))
+        .with_context(|| format!("no `sleep 100000` in {procs}"))?
+        .to_string();
+    let mut problems = problems;
+    problems.extend(refuses_checkpoint(&lab, &img, "shell", &[sh, job], &[]));
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["parent", "shell"])?;
+    Ok(())
+}
+
+#[test]
+fn checkpoint_refuses_sockets_pipes_and_other_fds_naming_them() -> anyhow::Result<()> {
+    let img = TempDir::new("fds")?;
+    let tmp = TempDir::new("fds-tmp")?;
+    let lab = TestLab::up(1)?;
+    let deleted = tmp.join("gone");
+    // (container, what it holds, the kind its refusal must name, what it must not say)
+    let cases: [(&str, Vec<&str>, &str, &[&str]); 5] = [
+        // Names that do not hold the kind: the kind must come from the message.
+        ("c1", vec!["socket"], "socket", &[]),
+        ("c2", vec!["pipe"], "pipe", &[]),
+        ("c3", vec!["eventfd"], "eventfd", &[]),
+        // A memfd's link reads `/memfd:NAME (deleted)`, but it is no deleted file.
+        ("c4", vec!["memfd"], "memfd", &["deleted file"]),
+        ("c5", vec!["deleted", deleted.as_str()], "deleted", &[]),
+    ];
+    for (name, args, _, _) in &cases {
+        start(&lab, "host-a", name, &ticker(args))?;
+    }
+    let mut problems = Vec::new();
+    for (name, _, kind, forbid) in &cases {
+        let pid = lab.container(name)?["pid"].to_string();
+        let fds = if *kind == "pipe" { logged(&lab, name, "fds")? } else { logged(&lab, name, "fd")? };
+        // The first of them is the one found first.
+        let needles = vec![format!("pid {pid}"), format!("fd {}", fds[0]), kind.to_string()];
+        problems.extend(refuses_checkpoint(&lab, &img, name, &needles, forbid));
+    }
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["c1", "c2", "c3", "c4", "c5"])?;
+    Ok(())
+}
+
+#[test]
+fn checkpoint_into_a_non_empty_directory_is_refused() -> anyhow::Result<()> {
+    let img = TempDir::new("nonempty")?;
+    let lab = TestLab::up(1)?;
+    start(&lab, "host-a", "busy", &ticker(&[]))?;
+    let before = lab.container("busy")?;
+    let dir = img.path.join("busy");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("precious.txt"), b"keep me")?;
+    let err = lab.fails(&["checkpoint", "busy", "--dir", &dir.to_string_lossy()])?;
+    ensure!(err.contains(&dir.to_string_lossy().into_owned()) && err.contains("not empty"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name()).collect();
+    ensure!(entries == ["precious.txt"], "the directory now holds {entries:?}");
+    ensure!(std::fs::read(dir.join("precious.txt"))? == b"keep me");
+    ensure_untouched(&lab, "busy", &before)?;
+    // A file where the directory should be.
+    let file = img.path.join("a-file");
+    std::fs::write(&file, b"x")?;
+    let err = lab.fails(&["checkpoint", "busy", "--dir", &file.to_string_lossy()])?;
+    ensure!(err.contains(&file.to_string_lossy().into_owned()), "{err}");
+    ensure!(std::fs::read(&file)? == b"x");
+    ensure_untouched(&lab, "busy", &before)?;
+    lab.down_expecting(&["busy"])?;
+    Ok(())
+}
