@@ -192,7 +192,7 @@ pub fn probe_child_main(name: &str) -> i32 {
         PROBE_CLONE3_SET_TID => match migrate_sys::clone3::verify_set_tid(SET_TID_PROBE_PID) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("{}", chain(&e));
+                eprintln!("{}", migrate_sys::error_chain(&e));
                 1
             }
         },
@@ -201,18 +201,6 @@ pub fn probe_child_main(name: &str) -> i32 {
             2
         }
     }
-}
-
-/// An error and its causes on one line: `a: b: c`.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }
 
 /// A child process that is killed and reaped when dropped.

@@ -144,10 +144,10 @@ impl Agent {
             .map_err(|e| AgentError::container("(image)", "read the image", e.to_string()))?
             .map_err(|e| AgentError::Invalid {
                 field: "image",
-                reason: format!("{}: {}", req.dir.display(), chain(&e)),
+                reason: format!("{}: {}", req.dir.display(), migrate_sys::error_chain(&e)),
             })?;
         migrate_engine::host::check_compatible(&img.manifest.kernel)
-            .map_err(|e| AgentError::Invalid { field: "image", reason: chain(&e) })?;
+            .map_err(|e| AgentError::Invalid { field: "image", reason: migrate_sys::error_chain(&e) })?;
         let m = &img.manifest.container;
         let name = req.name.clone().unwrap_or_else(|| m.name.clone());
         spec::check_name(&name)?;
@@ -203,18 +203,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// An error and its causes, in one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn check_dir(dir: &std::path::Path) -> Result<(), AgentError> {

@@ -21,13 +21,7 @@ use crate::error::{AgentError, io_err};
 
 /// The error as the API reports it: its kind and its whole chain of causes.
 fn error_body(err: &AgentError) -> ErrorBody {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
+    let message = migrate_sys::error_chain(err);
     if err.kind() == "internal" {
         tracing::error!("{message}");
     }

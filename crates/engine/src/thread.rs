@@ -20,70 +20,52 @@ const ERESTART_RESTARTBLOCK: i64 = 516;
 const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
-pub fn regs_from(r: &libc::user_regs_struct) -> Regs {
-    Regs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
+/// Copies the 27 registers field by field between the kernel's `user_regs_struct` and
+/// our `Regs` (same names, same order), in either direction.
+macro_rules! copy_regs {
+    ($to:ident, $r:expr) => {
+        $to {
+            r15: $r.r15,
+            r14: $r.r14,
+            r13: $r.r13,
+            r12: $r.r12,
+            rbp: $r.rbp,
+            rbx: $r.rbx,
+            r11: $r.r11,
+            r10: $r.r10,
+            r9: $r.r9,
+            r8: $r.r8,
+            rax: $r.rax,
+            rcx: $r.rcx,
+            rdx: $r.rdx,
+            rsi: $r.rsi,
+            rdi: $r.rdi,
+            orig_rax: $r.orig_rax,
+            rip: $r.rip,
+            cs: $r.cs,
+            eflags: $r.eflags,
+            rsp: $r.rsp,
+            ss: $r.ss,
+            fs_base: $r.fs_base,
+            gs_base: $r.gs_base,
+            ds: $r.ds,
+            es: $r.es,
+            fs: $r.fs,
+            gs: $r.gs,
+        }
+    };
+}
+
+use libc::user_regs_struct;
+
+pub fn regs_from(r: &user_regs_struct) -> Regs {
+    copy_regs!(Regs, r)
 }
 
 /// The registers to resume with: a syscall the dump interrupted is restarted (or fails
 /// with EINTR where only the kernel's own restart block could have resumed it).
 pub fn resume_regs(r: &Regs) -> libc::user_regs_struct {
-    let mut out = libc::user_regs_struct {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    };
+    let mut out = copy_regs!(user_regs_struct, r);
     if (r.orig_rax as i64) >= 0 {
         match -(r.rax as i64) {
             ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {

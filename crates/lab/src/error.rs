@@ -98,7 +98,7 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    #[error("tearing down lab {lab} left work undone: {}", errors.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
+    #[error("tearing down lab {lab} left work undone: {}", errors.iter().map(|e| migrate_sys::error_chain(e)).collect::<Vec<_>>().join("; "))]
     Incomplete { lab: String, errors: Vec<LabError> },
 }
 
@@ -125,16 +125,4 @@ impl LabError {
         let step = step.into();
         move |source| LabError::Net { step, source }
     }
-}
-
-/// `e: cause: cause…` — used where several errors are folded into one message.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        out.push_str(": ");
-        out.push_str(&src.to_string());
-        cur = src.source();
-    }
-    out
 }

@@ -13,3 +13,17 @@ pub mod ptrace;
 pub mod signal;
 pub mod tcp;
 pub mod uffd;
+
+/// An error and its causes on one line, `a: b: c`, for the places that fold an error into
+/// a message of their own (an API body, a report). It lives here because every crate of
+/// the project depends on this one.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use migrate_cgroup::{Cgroup, Mounts};
 
-use super::{Finding, Status, chain, spawn_sleeper};
+use super::{Finding, Status, spawn_sleeper};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -19,7 +19,7 @@ pub(super) fn probe() -> Vec<Finding> {
                 Status::Fail,
                 "cgroup2",
                 "cgroup v2",
-                chain(&e),
+                migrate_sys::error_chain(&e),
                 "Without the mount table, containers cannot be found, frozen or limited.",
                 "Check that /proc is mounted.",
             )];
@@ -52,7 +52,7 @@ impl Drop for CgroupGuard {
     fn drop(&mut self) {
         let _ = self.0.thaw(TIMEOUT);
         if let Err(e) = self.0.remove(TIMEOUT) {
-            tracing::warn!(error = %chain(&e), cgroup = %self.0.v2.display(), "removing the doctor's cgroup failed");
+            tracing::warn!(error = %migrate_sys::error_chain(&e), cgroup = %self.0.v2.display(), "removing the doctor's cgroup failed");
         }
     }
 }
@@ -88,23 +88,23 @@ fn try_freeze(mounts: &Mounts, v2: &Path) -> Result<String, String> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let dir = v2.join(&rel);
-    let cg = CgroupGuard(Cgroup::open(mounts, &rel).map_err(|e| chain(&e))?);
+    let cg = CgroupGuard(Cgroup::open(mounts, &rel).map_err(|e| migrate_sys::error_chain(&e))?);
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let join = migrate_sys::process::Step::join_cgroup(&dir.join("cgroup.procs"))
         .map_err(|e| format!("open {}/cgroup.procs: {e}", dir.display()))?;
-    let child = spawn_sleeper(vec![join]).map_err(|e| chain(&e))?;
-    let pids = cg.0.pids().map_err(|e| chain(&e))?;
+    let child = spawn_sleeper(vec![join]).map_err(|e| migrate_sys::error_chain(&e))?;
+    let pids = cg.0.pids().map_err(|e| migrate_sys::error_chain(&e))?;
     if !pids.contains(&child.pid()) {
         return Err(format!("pid {} is not in {} (members: {pids:?})", child.pid(), dir.display()));
     }
     let start = Instant::now();
-    cg.0.freeze(TIMEOUT).map_err(|e| chain(&e))?;
+    cg.0.freeze(TIMEOUT).map_err(|e| migrate_sys::error_chain(&e))?;
     let took = start.elapsed();
     let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
     if !events.lines().any(|l| l == "frozen 1") {
         return Err(format!("cgroup.events says {:?} after the freeze", events.trim()));
     }
-    cg.0.thaw(TIMEOUT).map_err(|e| chain(&e))?;
+    cg.0.thaw(TIMEOUT).map_err(|e| migrate_sys::error_chain(&e))?;
     drop(child);
     drop(cg);
     if dir.exists() {

@@ -5,7 +5,7 @@ use migrate_sys::mem::{AnonMapping, page_size};
 use migrate_sys::pagemap::{self, Pagemap, ScanRequest, category, scan_flags};
 use migrate_sys::uffd::{UffdError, Userfaultfd, feature, mode};
 
-use super::{Finding, Status, chain};
+use super::{Finding, Status};
 
 /// The pages the probe writes, out of [`PAGES`]: runs, single pages, first and last.
 const WRITTEN: [usize; 7] = [0, 3, 7, 8, 9, 40, 63];
@@ -51,7 +51,7 @@ fn open_uffd() -> Result<(Userfaultfd, u64, bool), UffdError> {
 fn try_uffd_wp() -> Result<String, String> {
     let _serial = PAGE_TABLES.lock().unwrap_or_else(|p| p.into_inner());
     let page = page_size() as u64;
-    let (uffd, avail, user_mode_only) = open_uffd().map_err(|e| chain(&e))?;
+    let (uffd, avail, user_mode_only) = open_uffd().map_err(|e| migrate_sys::error_chain(&e))?;
     if avail & feature::WP_ASYNC == 0 {
         return Err(format!(
             "userfaultfd offers features {avail:#x} without UFFD_FEATURE_WP_ASYNC (Linux < 6.7, or no \
@@ -59,22 +59,22 @@ fn try_uffd_wp() -> Result<String, String> {
         ));
     }
     let wanted = feature::WP_ASYNC | (avail & (feature::WP_UNPOPULATED | feature::WP_HUGETLBFS_SHMEM));
-    uffd.api(wanted).map_err(|e| chain(&e))?;
+    uffd.api(wanted).map_err(|e| migrate_sys::error_chain(&e))?;
 
     let mut mem = AnonMapping::new(PAGES * page_size()).map_err(|e| format!("mmap {PAGES} pages: {e}"))?;
     // Populate every page first, as a real target's pages are.
     mem.as_mut_slice().iter_mut().step_by(page_size()).for_each(|b| *b = 1);
     let (start, len) = (mem.addr(), mem.len() as u64);
-    uffd.register(start, len, mode::WP).map_err(|e| chain(&e))?;
+    uffd.register(start, len, mode::WP).map_err(|e| migrate_sys::error_chain(&e))?;
     let registered = Registered { uffd: &uffd, start, len };
-    uffd.write_protect(start, len, true).map_err(|e| chain(&e))?;
+    uffd.write_protect(start, len, true).map_err(|e| migrate_sys::error_chain(&e))?;
     for &i in &WRITTEN {
         let slice = mem.as_mut_slice();
         slice[i * page_size() + 1] = std::hint::black_box(0x5a);
     }
     std::hint::black_box(mem.as_slice());
 
-    let pm = Pagemap::open(None).map_err(|e| chain(&e))?;
+    let pm = Pagemap::open(None).map_err(|e| migrate_sys::error_chain(&e))?;
     let req = ScanRequest {
         start,
         end: start + len,
@@ -90,11 +90,11 @@ fn try_uffd_wp() -> Result<String, String> {
             .map(|a| ((a - start) / page) as usize)
             .collect()
     };
-    let first = pages(pm.scan_all(&req).map_err(|e| chain(&e))?);
+    let first = pages(pm.scan_all(&req).map_err(|e| migrate_sys::error_chain(&e))?);
     if first != WRITTEN {
         return Err(format!("wrote pages {WRITTEN:?} of {PAGES}, PAGEMAP_SCAN reported {first:?}"));
     }
-    let second = pages(pm.scan_all(&req).map_err(|e| chain(&e))?);
+    let second = pages(pm.scan_all(&req).map_err(|e| migrate_sys::error_chain(&e))?);
     if !second.is_empty() {
         return Err(format!("a rescan without writes reported pages {second:?}"));
     }
@@ -154,10 +154,11 @@ fn try_soft_dirty() -> Result<bool, String> {
     let _serial = PAGE_TABLES.lock().unwrap_or_else(|p| p.into_inner());
     let mut mem = AnonMapping::new(page_size()).map_err(|e| format!("mmap a page: {e}"))?;
     mem.as_mut_slice()[0] = 1;
-    pagemap::clear_soft_dirty(None).map_err(|e| chain(&e))?;
+    pagemap::clear_soft_dirty(None).map_err(|e| migrate_sys::error_chain(&e))?;
     mem.as_mut_slice()[0] = std::hint::black_box(2);
     std::hint::black_box(mem.as_slice());
-    let entry = Pagemap::open(None).and_then(|pm| pm.entry(mem.addr())).map_err(|e| chain(&e))?;
+    let entry =
+        Pagemap::open(None).and_then(|pm| pm.entry(mem.addr())).map_err(|e| migrate_sys::error_chain(&e))?;
     if !entry.present() {
         return Err(format!("the written page at {:#x} is not present in /proc/self/pagemap", mem.addr()));
     }

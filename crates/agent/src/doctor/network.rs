@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use migrate_net::{NetNs, VethPeer, run_in, with_netlink};
 use migrate_sys::tcp::{self, RepairQueue};
 
-use super::{Finding, Status, chain};
+use super::{Finding, Status};
 
 const VETH: &str = "doctor0";
 const PEER: &str = "doctor1";
@@ -17,7 +17,8 @@ pub(super) fn probe() -> Vec<Finding> {
     let ns = match NetNs::new_anonymous() {
         Ok(ns) => ns,
         Err(e) => {
-            let detail = format!("could not create a network namespace to probe in: {}", chain(&e));
+            let detail =
+                format!("could not create a network namespace to probe in: {}", migrate_sys::error_chain(&e));
             return vec![veth_failed(detail.clone()), tcp_failed(detail)];
         }
     };
@@ -28,7 +29,7 @@ pub(super) fn probe() -> Vec<Finding> {
     let tcp = match run_in(&ns, tcp_repair) {
         Ok(Ok(detail)) => Finding::ok("tcp-repair", "TCP repair mode", detail),
         Ok(Err(detail)) => tcp_failed(detail),
-        Err(e) => tcp_failed(chain(&e)),
+        Err(e) => tcp_failed(migrate_sys::error_chain(&e)),
     };
     vec![veth, tcp]
 }
@@ -43,7 +44,7 @@ fn veth(ns: &NetNs) -> Result<String, String> {
         let gone = !nl.link_exists(PEER).await?;
         Ok((index, peer_index, gone))
     })
-    .map_err(|e| chain(&e))?;
+    .map_err(|e| migrate_sys::error_chain(&e))?;
     if !gone {
         return Err(format!("deleting {VETH} left its peer {PEER} behind"));
     }
@@ -76,7 +77,7 @@ fn tcp_repair() -> Result<String, String> {
     )
     .map_err(|e| format!("socket: {e}"))?;
     let fd = sock.as_fd();
-    let e = |err: tcp::SockoptError| chain(&err);
+    let e = |err: tcp::SockoptError| migrate_sys::error_chain(&err);
     tcp::set_repair(fd, true).map_err(e)?;
     tcp::set_repair_queue(fd, RepairQueue::Send).map_err(e)?;
     tcp::set_queue_seq(fd, 0x1000_0000).map_err(e)?;
@@ -84,7 +85,7 @@ fn tcp_repair() -> Result<String, String> {
     tcp::set_queue_seq(fd, 0x2000_0000).map_err(e)?;
     // Nothing listens there and nothing is sent: in repair mode connect sends no SYN.
     let peer: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9));
-    tcp::connect(fd, peer).map_err(|err| chain(&err))?;
+    tcp::connect(fd, peer).map_err(|err| migrate_sys::error_chain(&err))?;
     let recv_seq = tcp::queue_seq(fd).map_err(e)?;
     tcp::set_repair_queue(fd, RepairQueue::Send).map_err(e)?;
     let send_seq = tcp::queue_seq(fd).map_err(e)?;

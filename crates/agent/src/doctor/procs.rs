@@ -13,17 +13,17 @@ use migrate_sys::process::Step;
 use migrate_sys::ptrace::Tracee;
 
 use super::{
-    ChildGuard, Finding, Helper, PROBE_CLONE3_SET_TID, SET_TID_PROBE_PID, Status, chain, spawn_sleeper,
-    wait_timeout,
+    ChildGuard, Finding, Helper, PROBE_CLONE3_SET_TID, SET_TID_PROBE_PID, Status, spawn_sleeper, wait_timeout,
 };
 
 pub(super) fn ptrace() -> Finding {
     let run = || -> Result<String, String> {
-        let child = spawn_sleeper(Vec::new()).map_err(|e| chain(&e))?;
-        let tracee = Tracee::seize(child.pid(), nix::sys::ptrace::Options::empty()).map_err(|e| chain(&e))?;
-        let stopped = tracee.interrupt().map_err(|e| chain(&e))?;
-        let regs = stopped.regs().map_err(|e| chain(&e))?;
-        stopped.detach().map_err(|e| chain(&e))?;
+        let child = spawn_sleeper(Vec::new()).map_err(|e| migrate_sys::error_chain(&e))?;
+        let tracee = Tracee::seize(child.pid(), nix::sys::ptrace::Options::empty())
+            .map_err(|e| migrate_sys::error_chain(&e))?;
+        let stopped = tracee.interrupt().map_err(|e| migrate_sys::error_chain(&e))?;
+        let regs = stopped.regs().map_err(|e| migrate_sys::error_chain(&e))?;
+        stopped.detach().map_err(|e| migrate_sys::error_chain(&e))?;
         Ok(format!(
             "seized pid {}, stopped it with PTRACE_INTERRUPT, read its registers (rip {:#x}), detached",
             child.pid(),
@@ -100,7 +100,8 @@ fn namespace(ns: &Ns) -> Finding {
     let id = format!("ns-{}", ns.name);
     let title = format!("{} namespace", ns.name);
     let run = || -> Result<String, String> {
-        let child = spawn_sleeper(vec![Step::Unshare { flags: ns.flag }]).map_err(|e| chain(&e))?;
+        let child = spawn_sleeper(vec![Step::Unshare { flags: ns.flag }])
+            .map_err(|e| migrate_sys::error_chain(&e))?;
         let read = |path: String| std::fs::read_link(&path).map_err(|e| format!("readlink {path}: {e}"));
         let ours = read(format!("/proc/self/ns/{}", ns.link))?;
         let theirs_path = format!("/proc/{}/ns/{}", child.pid(), ns.link);
@@ -186,7 +187,7 @@ fn in_thread() -> Result<(), String> {
         s.spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
                 .map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
-            migrate_sys::clone3::verify_set_tid(SET_TID_PROBE_PID).map_err(|e| chain(&e))
+            migrate_sys::clone3::verify_set_tid(SET_TID_PROBE_PID).map_err(|e| migrate_sys::error_chain(&e))
         })
         .join()
         .unwrap_or_else(|_| Err("the probe thread panicked".into()))
@@ -200,7 +201,7 @@ fn in_helper(exe: &std::path::Path) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = migrate_sys::process::spawn(&mut cmd, vec![Step::Unshare { flags: libc::CLONE_NEWPID }])
-        .map_err(|e| format!("start {} __probe: {}", exe.display(), chain(&e)))?;
+        .map_err(|e| format!("start {} __probe: {}", exe.display(), migrate_sys::error_chain(&e)))?;
     let mut child = ChildGuard(child);
     let status = wait_timeout(&mut child.0, Duration::from_secs(10))
         .map_err(|e| format!("wait for the helper: {e}"))?
@@ -222,7 +223,7 @@ pub(super) fn pidfd_and_vm_readv() -> Vec<Finding> {
     let setup = || -> Result<(ChildGuard, std::io::PipeReader), String> {
         let (rd, wr) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
         let step = Step::pass_fd(wr.as_fd(), FD).map_err(|e| format!("dup the pipe: {e}"))?;
-        let child = spawn_sleeper(vec![step]).map_err(|e| chain(&e))?;
+        let child = spawn_sleeper(vec![step]).map_err(|e| migrate_sys::error_chain(&e))?;
         Ok((child, rd))
     };
     let (child, rd) = match setup() {
@@ -244,8 +245,8 @@ pub(super) fn pidfd_and_vm_readv() -> Vec<Finding> {
 }
 
 fn getfd(pid: i32, fd: i32, mut rd: std::io::PipeReader) -> Result<String, String> {
-    let pidfd = PidFd::open(pid).map_err(|e| chain(&e))?;
-    let taken = pidfd.get_fd(fd).map_err(|e| chain(&e))?;
+    let pidfd = PidFd::open(pid).map_err(|e| migrate_sys::error_chain(&e))?;
+    let taken = pidfd.get_fd(fd).map_err(|e| migrate_sys::error_chain(&e))?;
     let msg = b"migrate doctor";
     std::fs::File::from(taken).write_all(msg).map_err(|e| format!("write through the taken fd: {e}"))?;
     let mut buf = [0u8; 14];
@@ -281,7 +282,7 @@ fn vm_readv(pid: i32) -> Result<String, String> {
     };
     let len = usize::try_from(end.saturating_sub(start)).unwrap_or(0).min(4096);
     let mut via_readv = vec![0u8; len];
-    let n = read_remote(pid, RemoteAddr(start), &mut via_readv).map_err(|e| chain(&e))?;
+    let n = read_remote(pid, RemoteAddr(start), &mut via_readv).map_err(|e| migrate_sys::error_chain(&e))?;
     via_readv.truncate(n);
     let mem =
         std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("open /proc/{pid}/mem: {e}"))?;
