@@ -15,6 +15,10 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtoError {
+    /// The processes of an image do not form one valid tree.
+    #[error("process tree: {problem}")]
+    Tree { problem: String },
+
     /// The manifest file is malformed.
     #[error("manifest: {0}")]
     Manifest(Box<ManifestProblem>),

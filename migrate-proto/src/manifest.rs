@@ -284,8 +284,9 @@ fn check_manifest(m: &Manifest) -> Result<(), ManifestProblem> {
             ));
         }
     }
-    if s.threads < s.processes {
-        return Err(field("stats", format!("counts {} threads for {} processes", s.threads, s.processes)));
+    // Zombies have no threads, but PID 1 always has one.
+    if s.processes > 0 && s.threads == 0 {
+        return Err(field("stats", format!("counts no threads for {} processes", s.processes)));
     }
     if let Some(parent) = &m.parent {
         if parent.is_empty() {

@@ -66,6 +66,8 @@ pub struct SigInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadRecord {
     pub tid: i32,
+    /// Its name (`/proc/PID/task/TID/comm`, `PR_SET_NAME`), at most 15 bytes.
+    pub comm: String,
     pub regs: Regs,
     /// `PTRACE_GETREGSET NT_X86_XSTATE`: FPU, SSE, AVX… in the XSAVE layout.
     pub xstate: Vec<u8>,
@@ -151,6 +153,10 @@ pub struct MmFields {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdRecord {
     pub fd: i32,
+    /// The open file description it refers to, unique in the image: fds with the same
+    /// id (dup'ed, or inherited across fork) share one description — one position, one
+    /// set of status flags — and must share it again after a restore.
+    pub file_id: u64,
     /// `flags` of `/proc/PID/fdinfo/FD` (access mode, `O_APPEND`, `O_NONBLOCK`, `O_CLOEXEC`, …).
     pub flags: u32,
     pub kind: FdKind,
@@ -166,6 +172,9 @@ pub enum FdKind {
     /// A character device the container may open anew (`/dev/null`, `/dev/zero`,
     /// `/dev/urandom`, `/dev/random`).
     Device { path: String },
+    /// One end of a pipe (identified by its inode); its buffered bytes are in the
+    /// [`PipeRecord`] of the first process that holds an end.
+    Pipe { inode: u64, write: bool },
     /// Owned by the container's runtime and reconnected on restore, never compared:
     /// the container's stdout or stderr pipe to its shim.
     External { name: String },
@@ -211,6 +220,15 @@ pub struct ITimer {
     pub value_us: u64,
 }
 
+/// A pipe: its capacity and the bytes buffered in it at the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeRecord {
+    pub inode: u64,
+    /// `F_GETPIPE_SZ`.
+    pub size: u32,
+    pub data: Vec<u8>,
+}
+
 /// One process: everything but its memory contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
@@ -222,7 +240,8 @@ pub struct ProcessRecord {
     /// Its threads; the first is the main thread (tid == pid).
     pub threads: Vec<ThreadRecord>,
     pub vmas: Vec<Vma>,
-    pub mm: MmFields,
+    /// `None` for a zombie, which has no memory.
+    pub mm: Option<MmFields>,
     pub fds: Vec<FdRecord>,
     pub creds: Creds,
     pub rlimits: Vec<Rlimit>,
@@ -235,4 +254,9 @@ pub struct ProcessRecord {
     /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
     pub itimers: [ITimer; 3],
     pub personality: u32,
+    /// The pipes first held by this process (in the image's process order).
+    pub pipes: Vec<PipeRecord>,
+    /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
+    /// fds, and stays a zombie until its parent reaps it.
+    pub zombie: Option<i32>,
 }

@@ -92,10 +92,29 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             problem: format!("is {} bytes, more than 64", p.comm.len()),
         });
     }
+    if p.zombie.is_some() {
+        // A zombie is only an exit status waiting for its parent.
+        if !p.threads.is_empty()
+            || !p.vmas.is_empty()
+            || !p.fds.is_empty()
+            || p.mm.is_some()
+            || !p.pipes.is_empty()
+        {
+            return Err(Invalid::Field {
+                field: "zombie",
+                problem: "a zombie holds no threads, memory or fds".into(),
+            });
+        }
+        return Ok(());
+    }
     check_threads(p.pid, &p.threads)?;
     check_vmas(&p.vmas)?;
-    check_mm(&p.mm)?;
+    match &p.mm {
+        Some(mm) => check_mm(mm)?,
+        None => return Err(Invalid::Field { field: "mm", problem: "missing for a live process".into() }),
+    }
     check_fds(p)?;
+    check_pipes(p)?;
     if p.creds.groups.len() > NGROUPS_MAX {
         return Err(Invalid::Field {
             field: "creds.groups",
@@ -169,6 +188,12 @@ fn check_threads(pid: i32, threads: &[ThreadRecord]) -> Result<(), Invalid> {
                 tid: t.tid,
                 len: t.xstate.len() as u64,
                 cap: MAX_XSTATE as u64,
+            });
+        }
+        if t.comm.len() > 15 || t.comm.contains('\0') {
+            return Err(Invalid::Field {
+                field: "comm",
+                problem: format!("thread {}: {:?} is not a task name", t.tid, t.comm),
             });
         }
         check_siginfos(SigOwner::Thread(t.tid), &t.pending)?;
@@ -305,6 +330,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 check_pos(f.fd, *pos)?;
             }
             FdKind::Device { path } => check_path(owner, path)?,
+            FdKind::Pipe { .. } => {}
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {
@@ -313,6 +339,30 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                     });
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Pipes: at most 1 GiB of capacity (the kernel's own ceiling is far below), no more
+/// bytes buffered than fit, each inode once.
+fn check_pipes(p: &ProcessRecord) -> Result<(), Invalid> {
+    let mut seen = HashSet::with_capacity(p.pipes.len());
+    for pipe in &p.pipes {
+        let bad = |problem: String| Err(Invalid::Field { field: "pipes", problem });
+        if !seen.insert(pipe.inode) {
+            return bad(format!("pipe:[{}] is listed twice", pipe.inode));
+        }
+        if pipe.size == 0 || pipe.size > 1 << 30 {
+            return bad(format!("pipe:[{}] has a capacity of {} bytes", pipe.inode, pipe.size));
+        }
+        if pipe.data.len() > pipe.size as usize {
+            return bad(format!(
+                "pipe:[{}] holds {} bytes, more than its capacity {}",
+                pipe.inode,
+                pipe.data.len(),
+                pipe.size
+            ));
         }
     }
     Ok(())
@@ -350,4 +400,67 @@ fn check_path(owner: PathOwner, path: &str) -> Result<(), Invalid> {
             Err(Invalid::Path { owner, path: shown, problem })
         }
     }
+}
+
+/// Checks a whole tree of processes, after each was checked alone: unique pids, one
+/// root (pid 1, parent outside), every other parent in the image, no cycle; every pipe
+/// an fd names has exactly one record; fds that share a description agree on its kind.
+pub fn validate_tree(processes: &[ProcessRecord]) -> Result<(), ProtoError> {
+    validate_tree_inner(processes).map_err(|problem| ProtoError::Tree { problem })
+}
+
+fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
+    use std::collections::HashMap;
+    let mut parent_of = HashMap::with_capacity(processes.len());
+    for p in processes {
+        if parent_of.insert(p.pid, p.ppid).is_some() {
+            return Err(format!("pid {} appears twice", p.pid));
+        }
+    }
+    let roots: Vec<i32> =
+        processes.iter().filter(|p| !parent_of.contains_key(&p.ppid)).map(|p| p.pid).collect();
+    if roots != [1] {
+        return Err(format!("the tree must have exactly one root, pid 1, but its roots are {roots:?}"));
+    }
+    for p in processes {
+        // Walking up must reach the root within as many steps as there are processes.
+        let (mut cur, mut steps) = (p.pid, 0);
+        while let Some(&up) = parent_of.get(&cur) {
+            cur = up;
+            steps += 1;
+            if steps > processes.len() {
+                return Err(format!("pid {} is in a cycle of parents", p.pid));
+            }
+        }
+    }
+    let mut pipes = HashSet::new();
+    for p in processes {
+        for pipe in &p.pipes {
+            if !pipes.insert(pipe.inode) {
+                return Err(format!("pipe:[{}] has two records", pipe.inode));
+            }
+        }
+    }
+    let mut kinds: HashMap<u64, &FdKind> = HashMap::new();
+    for p in processes {
+        for f in &p.fds {
+            if let FdKind::Pipe { inode, .. } = f.kind
+                && !pipes.contains(&inode)
+            {
+                return Err(format!("pid {} fd {} is pipe:[{inode}], which has no record", p.pid, f.fd));
+            }
+            match kinds.get(&f.file_id) {
+                Some(k) if *k != &f.kind => {
+                    return Err(format!(
+                        "pid {} fd {}: file {} is shared with an fd of another kind",
+                        p.pid, f.fd, f.file_id
+                    ));
+                }
+                _ => {
+                    kinds.insert(f.file_id, &f.kind);
+                }
+            }
+        }
+    }
+    Ok(())
 }

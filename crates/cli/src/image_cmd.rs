@@ -61,6 +61,9 @@ migrate inspect /var/tmp/web.img --json\n  migrate inspect /var/tmp/web.img --he
         /// bytes, 256 by default).
         #[arg(long, value_name = "ADDR[:LEN]")]
         hexdump: Option<String>,
+        /// The process whose memory --hexdump shows (its pid in the container) [default: 1].
+        #[arg(long, requires = "hexdump")]
+        pid: Option<i32>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -127,7 +130,8 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
                 report.memory_ms
             );
             println!(
-                "  {} thread(s), {} VMAs; memory {} in {} pages stored, {} zero pages skipped; image {}",
+                "  {} process(es), {} thread(s), {} VMAs; memory {} in {} pages stored, {} zero pages skipped; image {}",
+                s.processes,
                 s.threads,
                 s.vmas,
                 mib(s.bytes_raw),
@@ -158,12 +162,13 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!(
-                "restored {} on {} in {} ms (memory {} ms, {} pages, {} thread(s)): ip {}/{}, mac {}, pid {}",
+                "restored {} on {} in {} ms (memory {} ms, {} pages, {} process(es), {} thread(s)): ip {}/{}, mac {}, pid {}",
                 container.name,
                 container.host,
                 report.total_ms,
                 report.memory_ms,
                 report.pages,
+                report.processes,
                 report.threads,
                 container.ip,
                 container.prefix,
@@ -180,26 +185,26 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
 }
 
 /// `migrate inspect`: reads and checks the image itself; needs no agent.
-pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<i32> {
+pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) -> anyhow::Result<i32> {
     let img =
         migrate_engine::open_image(dir).with_context(|| format!("reading the image in {}", dir.display()))?;
     if let Some(spec) = hexdump {
-        return hex(&img, spec);
+        return hex(&img, spec, pid.unwrap_or(1));
     }
     let stored = migrate_engine::image::stored_per_vma(&img)?;
     if json {
-        let vmas: Vec<_> = img.processes[0]
-            .vmas
+        let stored: Vec<_> = img
+            .processes
             .iter()
             .zip(&stored)
-            .map(|(v, b)| serde_json::json!({ "vma": v, "bytes_stored": b }))
+            .map(|(p, s)| serde_json::json!({ "pid": p.pid, "bytes_stored_per_vma": s }))
             .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "manifest": img.manifest,
                 "processes": img.processes,
-                "vmas": vmas,
+                "stored": stored,
             }))?
         );
         return Ok(0);
@@ -224,7 +229,24 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<
     for f in &m.files {
         println!("    {:<14} {:>12} bytes  xxh3 {:016x}", f.name, f.size, f.xxh3);
     }
+    println!("\nprocess tree:");
+    println!("    {:>6} {:>6} {:>6} {:>6}  {:<16} STATE", "PID", "PPID", "SID", "PGID", "COMMAND");
     for p in &img.processes {
+        let state = match p.zombie {
+            Some(st) if st & 0x7f != 0 => format!("zombie (killed by signal {})", st & 0x7f),
+            Some(st) => format!("zombie (exit code {})", (st >> 8) & 0xff),
+            None => format!("{} thread(s)", p.threads.len()),
+        };
+        println!("    {:>6} {:>6} {:>6} {:>6}  {:<16} {state}", p.pid, p.ppid, p.sid, p.pgid, p.comm);
+    }
+    let shared = shared_files(&img.processes);
+    if !shared.is_empty() {
+        println!("shared objects:");
+        for line in shared {
+            println!("    {line}");
+        }
+    }
+    for (p, stored) in img.processes.iter().zip(&stored).filter(|(p, _)| p.zombie.is_none()) {
         println!(
             "\nprocess {} ({}), ppid {}, sid {}, pgid {}, cwd {}",
             p.pid, p.comm, p.ppid, p.sid, p.pgid, p.cwd
@@ -241,7 +263,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<
             );
         }
         println!("  memory map:");
-        for (v, b) in p.vmas.iter().zip(&stored) {
+        for (v, b) in p.vmas.iter().zip(stored) {
             let prot = format!(
                 "{}{}{}",
                 if v.prot & 1 != 0 { 'r' } else { '-' },
@@ -274,6 +296,14 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<
                 FdKind::Dir { path, .. } => format!("{path}/"),
                 FdKind::Device { path } => path.clone(),
                 FdKind::External { name } => format!("external: the container's {name}"),
+                FdKind::Pipe { inode, write } => {
+                    let buffered = p.pipes.iter().find(|r| r.inode == *inode).map(|r| r.data.len());
+                    format!(
+                        "pipe:[{inode}] {} end{}",
+                        if *write { "write" } else { "read" },
+                        buffered.map_or(String::new(), |n| format!(", {n} bytes buffered"))
+                    )
+                }
             };
             println!("    fd {:<4} flags {:#o}  {what}", f.fd, f.flags);
         }
@@ -290,7 +320,35 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, json: bool) -> anyhow::Result<
     Ok(0)
 }
 
-fn hex(img: &migrate_engine::Image, spec: &str) -> anyhow::Result<i32> {
+/// The open file descriptions held by more than one fd, and who holds them.
+fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
+    let mut by_id: std::collections::BTreeMap<u64, Vec<String>> = std::collections::BTreeMap::new();
+    for p in processes {
+        for f in &p.fds {
+            by_id.entry(f.file_id).or_default().push(format!("{}:{}", p.pid, f.fd));
+        }
+    }
+    by_id
+        .into_iter()
+        .filter(|(_, holders)| holders.len() > 1)
+        .map(|(id, holders)| {
+            let kind = processes
+                .iter()
+                .flat_map(|p| &p.fds)
+                .find(|f| f.file_id == id)
+                .map(|f| match &f.kind {
+                    FdKind::File { file, .. } => file.path.clone(),
+                    FdKind::Dir { path, .. } | FdKind::Device { path } => path.clone(),
+                    FdKind::Pipe { inode, .. } => format!("pipe:[{inode}]"),
+                    FdKind::External { name } => format!("the container's {name}"),
+                })
+                .unwrap_or_default();
+            format!("{kind} is one open file in pid:fd {}", holders.join(", "))
+        })
+        .collect()
+}
+
+fn hex(img: &migrate_engine::Image, spec: &str, pid: i32) -> anyhow::Result<i32> {
     let (addr, len) = match spec.split_once(':') {
         Some((a, l)) => (
             a,
@@ -303,7 +361,7 @@ fn hex(img: &migrate_engine::Image, spec: &str) -> anyhow::Result<i32> {
     if len == 0 || len > 1 << 20 {
         bail!("--hexdump {spec}: LEN must be between 1 and 1048576");
     }
-    let bytes = migrate_engine::image::read_range(img, addr, len)?;
+    let bytes = migrate_engine::image::read_range(img, pid, addr, len)?;
     for (i, chunk) in bytes.chunks(16).enumerate() {
         let line_addr = addr + i as u64 * 16;
         let hexs: Vec<String> =

@@ -165,8 +165,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             containers::run(cmd, &lab)
         }
         Cmd::RestoreStub => migrate_engine::stub_main(),
-        Cmd::Images(image_cmd::ImageCmd::Inspect { dir, hexdump, json }) => {
-            image_cmd::inspect(&dir, hexdump.as_deref(), json)
+        Cmd::Images(image_cmd::ImageCmd::Inspect { dir, hexdump, pid, json }) => {
+            image_cmd::inspect(&dir, hexdump.as_deref(), pid, json)
         }
         Cmd::Images(cmd) => {
             require_root(

@@ -1,4 +1,5 @@
-//! `checkpoint`: freeze, seize, collect, write the image, release.
+//! `checkpoint`: freeze, seize every thread of every process, collect, write the image,
+//! release.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use crate::files::{self, ExternalPipe};
 use crate::host;
 use crate::image::{self, Writer};
 use crate::inject::Scratch;
+use crate::seize::Seized;
 use crate::{Progress, memory, mm, process, seize, thread};
 
 /// What to checkpoint.
@@ -43,75 +45,110 @@ pub struct CheckpointReport {
     pub dir: PathBuf,
 }
 
-/// Refuses what this version cannot checkpoint, before anything is frozen.
-pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<(), EngineError> {
-    let pids = cgroup.pids()?;
-    if pids != [pid] {
-        let others: Vec<String> = pids.iter().filter(|&&p| p != pid).map(|p| p.to_string()).collect();
-        return Err(EngineError::Unsupported(format!(
-            "the container has {} processes (PID 1 is {pid}; also {}): process trees come in a later version",
-            pids.len(),
-            others.join(", ")
-        )));
+/// The processes of the container, PID 1 first, each parent before its children (host
+/// pids). Refuses, before anything is frozen, what this version cannot restore.
+pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<Vec<i32>, EngineError> {
+    let members = cgroup.pids()?;
+    if !members.contains(&pid) {
+        return Err(EngineError::Unsupported(format!("PID 1 ({pid}) is not in the container's cgroup")));
     }
-    let f = process::facts(pid)?;
-    if f.seccomp != 0 {
-        return Err(EngineError::Unsupported(format!(
-            "pid {pid} runs under seccomp (mode {}): not supported yet",
-            f.seccomp
-        )));
+    let pids = tree_order(pid, &members)?;
+    for &p in pids.iter().filter(|&&p| !seize::is_zombie(p)) {
+        let f = process::facts(p)?;
+        if f.seccomp != 0 {
+            return Err(EngineError::Unsupported(format!(
+                "pid {p} runs under seccomp (mode {}): not supported yet",
+                f.seccomp
+            )));
+        }
+        if f.root != "/" {
+            return Err(EngineError::Unsupported(format!(
+                "pid {p} is chrooted to {}: not supported yet",
+                f.root
+            )));
+        }
+        mm::dump_vmas(p)?;
     }
-    if f.root != "/" {
-        return Err(EngineError::Unsupported(format!(
-            "pid {pid} is chrooted to {}: not supported yet",
-            f.root
-        )));
-    }
-    files::dump(pid, external)?;
-    mm::dump_vmas(pid)?;
-    Ok(())
+    files::check(&pids, external)?;
+    Ok(pids)
 }
 
-/// Checkpoints one process into `req.dir`.
+/// The processes of the tree under `root`, depth first (each parent before its
+/// children, each subtree together): the order the restore builds them in. The tree is
+/// read from `/proc/PID/task/TID/children`, which, unlike `cgroup.procs`, also lists
+/// zombies; every live member of the cgroup must be in it.
+fn tree_order(root: i32, members: &[i32]) -> Result<Vec<i32>, EngineError> {
+    let children = |p: i32| -> Vec<i32> {
+        let mut kids: Vec<i32> = crate::seize::thread_ids(p)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| std::fs::read_to_string(format!("/proc/{p}/task/{t}/children")).ok())
+            .flat_map(|s| s.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>())
+            .collect();
+        kids.sort_unstable();
+        kids
+    };
+    let mut order = Vec::with_capacity(members.len());
+    let mut stack = vec![root];
+    while let Some(cur) = stack.pop() {
+        order.push(cur);
+        // Pushed in reverse, so the lowest pid is built first.
+        stack.extend(children(cur).into_iter().rev());
+    }
+    if let Some(stray) = members.iter().find(|p| !order.contains(p)) {
+        return Err(EngineError::Unsupported(format!(
+            "pid {stray} is in the container's cgroup but not a descendant of its PID 1 ({root})"
+        )));
+    }
+    Ok(order)
+}
+
+/// Checkpoints the container's processes into `req.dir`.
 pub fn checkpoint(
     req: CheckpointRequest<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckpointReport, EngineError> {
     let t0 = Instant::now();
-    precheck(req.pid, req.cgroup, &req.external)?;
+    let pids = precheck(req.pid, req.cgroup, &req.external)?;
     image::prepare_dir(&req.dir)?;
     progress(Progress::Phase("freeze"));
     let clocks = host::container_clocks(req.pid)?;
-    let mut seized = seize::seize(req.pid, req.cgroup, Options::empty())?;
+    let mut seized = seize::seize_all(&pids, req.cgroup, Options::empty())?;
     let frozen_at = Instant::now();
-    let result = collect_and_write(&req, &mut seized, clocks, progress);
-    let (process, written) = match result {
+    let result = collect_and_write(&req, &pids, &mut seized, clocks, progress);
+    let written = match result {
         Ok(v) => v,
         Err(e) => {
-            // The source goes on as before: threads are put back by the guard's drop.
+            // The source goes on as before: each guard puts its threads back on drop.
             drop(seized);
             let _ = std::fs::remove_dir_all(&req.dir);
             return Err(e);
         }
     };
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
-    seized.release(if req.leave_running { None } else { Some(req.cgroup) })?;
+    if !req.leave_running {
+        // Frozen before the tracer lets go, so nothing runs again until it is killed.
+        req.cgroup.freeze(std::time::Duration::from_secs(10))?;
+    }
+    for s in seized.into_iter().flatten() {
+        s.release(None)?;
+    }
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;
-    let _ = process;
     Ok(CheckpointReport { frozen_ms, total_ms: t0.elapsed().as_millis() as u64, ..written })
 }
 
-fn collect_and_write(
-    req: &CheckpointRequest<'_>,
-    seized: &mut seize::Seized,
-    clocks: migrate_proto::manifest::Clocks,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(ProcessRecord, CheckpointReport), EngineError> {
-    progress(Progress::Phase("collect"));
-    let t_collect = Instant::now();
-    let pid = req.pid;
+/// What injected calls collect from one process.
+struct Injected {
+    threads: Vec<migrate_proto::records::ThreadRecord>,
+    sigactions: Vec<migrate_proto::records::SigAction>,
+    itimers: [migrate_proto::records::ITimer; 3],
+    brk: u64,
+    shared_pending: Vec<migrate_proto::records::SigInfo>,
+    hostname: String,
+}
+
+fn inject_collect(pid: i32, seized: &mut Seized) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
-    let facts = process::facts(pid)?;
     let tids_ns = thread_ids_in_ns(pid, seized)?;
     let scratch = Scratch::map(seized.main(), gadget, None)?;
     let collected = (|| {
@@ -134,73 +171,122 @@ fn collect_and_write(
         let uts = scratch.read(&mem, pid, 65, 65)?;
         let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
             .into_owned();
-        Ok::<_, EngineError>((threads, sigactions, itimers, brk, shared_pending, hostname))
+        Ok::<_, EngineError>(Injected { threads, sigactions, itimers, brk, shared_pending, hostname })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
     let unmapped = scratch.unmap(seized.main(), gadget);
-    let (threads, sigactions, itimers, brk, shared_pending, hostname) = collected?;
+    let injected = collected?;
     unmapped?;
-    let vmas = mm::dump_vmas(pid)?;
-    let record = ProcessRecord {
-        pid: facts.pid_ns,
-        // PID 1 of its namespace: its parent (the shim) is outside it.
-        ppid: 0,
-        sid: facts.sid_ns,
-        pgid: facts.pgid_ns,
-        comm: facts.comm.clone(),
-        threads,
-        mm: mm::dump_mm(pid, brk)?,
-        vmas,
-        fds: files::dump(pid, &req.external)?,
-        creds: facts.creds,
-        rlimits: facts.rlimits,
-        cwd: facts.cwd,
-        root: facts.root,
-        umask: facts.umask,
-        sigactions,
-        shared_pending,
-        itimers,
-        personality: facts.personality,
-    };
-    migrate_proto::validate::validate_process(&record)
+    Ok(injected)
+}
+
+fn collect_and_write(
+    req: &CheckpointRequest<'_>,
+    pids: &[i32],
+    seized: &mut [Option<Seized>],
+    clocks: migrate_proto::manifest::Clocks,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CheckpointReport, EngineError> {
+    progress(Progress::Phase("collect"));
+    let t_collect = Instant::now();
+    let mut records = Vec::with_capacity(pids.len());
+    let mut hostname = req.container.hostname.clone();
+    let ns_pids: Vec<i32> = pids.iter().map(|&p| ns_pid(p)).collect::<Result<_, _>>()?;
+    for (i, (&pid, s)) in pids.iter().zip(seized.iter_mut()).enumerate() {
+        let Some(s) = s else {
+            let facts = process::zombie_facts(pid)?;
+            records.push(zombie_record(pid, &facts)?);
+            continue;
+        };
+        let facts = process::facts(pid)?;
+        let inj = inject_collect(pid, s)?;
+        if i == 0 {
+            hostname = inj.hostname.clone();
+        }
+        records.push(ProcessRecord {
+            pid: facts.pid_ns,
+            // PID 1's parent (the shim) is outside the container.
+            ppid: if i == 0 { 0 } else { facts.ppid_ns },
+            sid: facts.sid_ns,
+            pgid: facts.pgid_ns,
+            comm: facts.comm.clone(),
+            threads: inj.threads,
+            mm: Some(mm::dump_mm(pid, inj.brk)?),
+            vmas: mm::dump_vmas(pid)?,
+            fds: Vec::new(),
+            creds: facts.creds,
+            rlimits: facts.rlimits,
+            cwd: facts.cwd,
+            root: facts.root,
+            umask: facts.umask,
+            sigactions: inj.sigactions,
+            shared_pending: inj.shared_pending,
+            itimers: inj.itimers,
+            personality: facts.personality,
+            pipes: Vec::new(),
+            zombie: None,
+        });
+    }
+    let live: Vec<(i32, i32, usize)> = pids
+        .iter()
+        .zip(&ns_pids)
+        .enumerate()
+        .filter(|(_, (p, _))| !seize::is_zombie(**p))
+        .map(|(i, (&p, &n))| (p, n, i))
+        .collect();
+    let (fds, pipes) =
+        files::dump_all(&live.iter().map(|&(p, n, _)| (p, n)).collect::<Vec<_>>(), &req.external)?;
+    for ((_, _, i), (f, p)) in live.iter().zip(fds.into_iter().zip(pipes)) {
+        records[*i].fds = f;
+        records[*i].pipes = p;
+    }
+    for r in &records {
+        migrate_proto::validate::validate_process(r)
+            .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
+    }
+    migrate_proto::validate_tree(&records)
         .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
     let collect_ms = t_collect.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("memory"));
     let t_mem = Instant::now();
     let mut pages = Writer::create(&req.dir, image::PAGES)?;
-    let mut sink = |b: &migrate_proto::pages::PageBatch| {
-        pages.inner().pages(b).map_err(|source| EngineError::Image { file: image::PAGES.into(), source })
-    };
-    let mem_stats =
-        memory::dump(pid, record.pid, &record.vmas, &seized.mem, &mut sink, &mut |done, total| {
-            progress(Progress::Bytes { done, total })
-        })?;
+    let mut mem_stats = memory::MemStats::default();
+    for (i, (&pid, s)) in pids.iter().zip(seized.iter()).enumerate() {
+        let Some(s) = s else { continue };
+        let st = dump_memory(pid, &records[i], s, &mut pages, progress)?;
+        mem_stats.pages_total += st.pages_total;
+        mem_stats.pages_stored += st.pages_stored;
+        mem_stats.pages_zero += st.pages_zero;
+    }
     let pages_sum = pages.finish()?;
     let memory_ms = t_mem.elapsed().as_millis() as u64;
 
     let mut procw = Writer::create(&req.dir, image::PROCESS)?;
-    procw
-        .inner()
-        .process(&record)
-        .map_err(|source| EngineError::Image { file: image::PROCESS.into(), source })?;
+    for r in &records {
+        procw
+            .inner()
+            .process(r)
+            .map_err(|source| EngineError::Image { file: image::PROCESS.into(), source })?;
+    }
     let proc_sum = procw.finish()?;
     let stats = Stats {
-        processes: 1,
-        threads: record.threads.len() as u32,
-        vmas: record.vmas.len() as u32,
+        processes: records.len() as u32,
+        threads: records.iter().map(|r| r.threads.len() as u32).sum(),
+        vmas: records.iter().map(|r| r.vmas.len() as u32).sum(),
         pages_stored: mem_stats.pages_stored,
         pages_zero: mem_stats.pages_zero,
         pages_total: mem_stats.pages_total,
         bytes_raw: mem_stats.pages_stored * memory::PAGE,
         bytes_stored: pages_sum.size,
     };
+    let xstate = records.iter().find_map(|r| r.threads.first()).map(|t| t.xstate.as_slice()).unwrap_or(&[]);
     let manifest = Manifest {
         format_version: migrate_proto::FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_ms: host::now_ms(),
         kernel: host::kernel_id()?,
-        cpu: host::cpu_id(record.threads.first().map(|t| t.xstate.as_slice()).unwrap_or(&[])),
+        cpu: host::cpu_id(xstate),
         clocks,
         container: ContainerMeta { hostname, ..req.container.clone() },
         files: vec![proc_sum.clone(), pages_sum.clone()],
@@ -209,7 +295,7 @@ fn collect_and_write(
         auth_tag: None,
     };
     let manifest_bytes = image::write_manifest(&req.dir, &manifest)?;
-    let report = CheckpointReport {
+    Ok(CheckpointReport {
         frozen_ms: 0,
         collect_ms,
         memory_ms,
@@ -217,12 +303,61 @@ fn collect_and_write(
         stats,
         image_bytes: manifest_bytes + proc_sum.size + pages_sum.size,
         dir: req.dir.clone(),
+    })
+}
+
+/// The memory phase for one process: its page batches into `pages.img`.
+fn dump_memory(
+    pid: i32,
+    record: &ProcessRecord,
+    seized: &Seized,
+    pages: &mut Writer,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<memory::MemStats, EngineError> {
+    let mut sink = |b: &migrate_proto::pages::PageBatch| {
+        pages.inner().pages(b).map_err(|source| EngineError::Image { file: image::PAGES.into(), source })
     };
-    Ok((record, report))
+    memory::dump(pid, record.pid, &record.vmas, &seized.mem, &mut sink, &mut |done, total| {
+        progress(Progress::Bytes { done, total })
+    })
+}
+
+/// A zombie: only its ids and its wait status (field 52 of `/proc/PID/stat`).
+fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, EngineError> {
+    let stat = crate::error::read_proc(pid, "stat")?;
+    let f = crate::procfs::stat_fields(&stat).map_err(EngineError::proc(pid, "stat"))?;
+    let status = crate::procfs::stat_field(&f, 52).map_err(EngineError::proc(pid, "stat"))? as i32;
+    Ok(ProcessRecord {
+        pid: facts.pid_ns,
+        ppid: facts.ppid_ns,
+        sid: facts.sid_ns,
+        pgid: facts.pgid_ns,
+        comm: facts.comm.clone(),
+        threads: Vec::new(),
+        vmas: Vec::new(),
+        mm: None,
+        fds: Vec::new(),
+        creds: facts.creds.clone(),
+        rlimits: Vec::new(),
+        cwd: "/".into(),
+        root: "/".into(),
+        umask: 0,
+        sigactions: Vec::new(),
+        shared_pending: Vec::new(),
+        itimers: Default::default(),
+        personality: 0,
+        pipes: Vec::new(),
+        zombie: Some(status),
+    })
+}
+
+fn ns_pid(pid: i32) -> Result<i32, EngineError> {
+    let status = crate::error::read_proc(pid, "status")?;
+    crate::procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(pid, "status"))
 }
 
 /// Each seized thread's id inside the container's pid namespace (`NSpid`, last value).
-fn thread_ids_in_ns(pid: i32, seized: &seize::Seized) -> Result<Vec<i32>, EngineError> {
+fn thread_ids_in_ns(pid: i32, seized: &Seized) -> Result<Vec<i32>, EngineError> {
     seized
         .tasks
         .iter()

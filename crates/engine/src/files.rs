@@ -1,14 +1,20 @@
 //! File descriptors: regular files (position, flags), directories, harmless character
-//! devices, and the container's stdio pipes to its shim, which are *external*: on
-//! restore they are reconnected to the new shim's pipes, never compared.
+//! devices, pipes (with the bytes buffered in them), and the container's stdio pipes to
+//! its shim, which are *external*: on restore they are reconnected to the new shim's
+//! pipes, never compared.
 //!
-//! Restore opens each file in the stub itself (so paths resolve in the container's mount
-//! namespace), moves it to its number with `dup3` and seeks it to its position.
+//! Sharing is kept: fds that are one open file description (dup'ed, or inherited across
+//! fork; found with `kcmp(KCMP_FILE)`) get one `file_id` in the image. On restore the
+//! first process that needs a description creates it (opens the file, makes the pipe),
+//! and every later fd with that id is copied from there by an injected `pidfd_getfd`,
+//! so it is the same description again: one position, one set of flags.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 
-use migrate_proto::records::{FdKind, FdRecord};
+use migrate_proto::records::{FdKind, FdRecord, PipeRecord};
 
 use crate::error::{EngineError, io_err};
 use crate::inject::{Scratch, Task};
@@ -25,8 +31,21 @@ pub struct ExternalPipe {
     pub name: String,
 }
 
-/// The fds of `pid`; refuses kinds this version cannot restore, naming pid, fd and kind.
-pub fn dump(pid: i32, external: &[ExternalPipe]) -> Result<Vec<FdRecord>, EngineError> {
+/// One fd as `/proc` shows it, classified.
+struct Seen {
+    fd: i32,
+    flags: u32,
+    kind: FdKind,
+    /// The `/proc/PID/fd` link, to group candidates for `kcmp`.
+    link: String,
+}
+
+fn pipe_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The fds of one process, classified; refuses kinds this version cannot restore.
+fn classify(pid: i32, external: &[ExternalPipe]) -> Result<Vec<Seen>, EngineError> {
     let dir = format!("/proc/{pid}/fd");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
@@ -38,14 +57,13 @@ pub fn dump(pid: i32, external: &[ExternalPipe]) -> Result<Vec<FdRecord>, Engine
         let (pos, flags) =
             procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
         let refuse = |what: String| Err(EngineError::Unsupported(format!("pid {pid} fd {fd} is {what}")));
-        let kind = if let Some(ino) = link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
-            match external.iter().find(|e| Some(e.inode) == ino.parse().ok()) {
+        let kind = if let Some(ino) = pipe_inode(&link) {
+            match external.iter().find(|e| e.inode == ino) {
                 Some(e) => FdKind::External { name: e.name.clone() },
-                None => {
-                    return refuse(format!(
-                        "a pipe ({link}) that does not lead to the container's log: pipes are not supported yet"
-                    ));
-                }
+                None => FdKind::Pipe {
+                    inode: ino,
+                    write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+                },
             }
         } else if link.starts_with("socket:") {
             return refuse(format!("a socket ({link}): sockets are not supported yet"));
@@ -60,88 +78,374 @@ pub fn dump(pid: i32, external: &[ExternalPipe]) -> Result<Vec<FdRecord>, Engine
             if md.is_file() {
                 FdKind::File { file: file_id(&link, &entry.path().to_string_lossy())?, pos }
             } else if md.is_dir() {
-                FdKind::Dir { path: link, pos }
+                FdKind::Dir { path: link.clone(), pos }
             } else if md.file_type().is_char_device() && DEVICES.contains(&link.as_str()) {
-                FdKind::Device { path: link }
+                FdKind::Device { path: link.clone() }
+            } else if md.file_type().is_fifo() {
+                return refuse(format!("a FIFO ({link}): not supported yet"));
             } else {
                 return refuse(format!("{link}, a kind of file not supported yet"));
             }
         } else {
             return refuse(format!("{link}, a kind of file not supported yet"));
         };
-        out.push(FdRecord { fd, flags, kind });
+        out.push(Seen { fd, flags, kind, link });
     }
-    out.sort_by_key(|f| f.fd);
+    out.sort_by_key(|s| s.fd);
     Ok(out)
 }
 
-/// Installs every fd of the image in the stub, closing the stub's own.
+/// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,
+/// pipes whose other end is outside the container, pipes grown beyond `pipe-max-size`
+/// (recreating them needs CAP_SYS_RESOURCE).
+pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError> {
+    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
+    for &pid in pids.iter().filter(|&&p| !crate::seize::is_zombie(p)) {
+        for s in classify(pid, external)? {
+            if let FdKind::Pipe { inode, .. } = s.kind {
+                pipes.entry(inode).or_insert((pid, s.fd));
+            }
+        }
+    }
+    if pipes.is_empty() {
+        return Ok(());
+    }
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    for (&inode, &(pid, fd)) in &pipes {
+        let size = pipe_size(pid, fd)?;
+        if u64::from(size) > max {
+            return Err(EngineError::Unsupported(format!(
+                "pid {pid} fd {fd} is a pipe of {size} bytes, beyond pipe-max-size ({max}): recreating it needs CAP_SYS_RESOURCE"
+            )));
+        }
+        if let Some(outside) = holder_outside(inode, pids) {
+            return Err(EngineError::Unsupported(format!(
+                "pid {pid} fd {fd} is a pipe (pipe:[{inode}]) whose other end is held by pid {outside}, outside the container"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A process outside `inside` that holds pipe `inode`, if any.
+fn holder_outside(inode: u64, inside: &[i32]) -> Option<i32> {
+    let needle = format!("pipe:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(
+        |pid| {
+            !inside.contains(pid)
+                && std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| {
+                        d.filter_map(|e| e.ok()).any(|e| {
+                            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == needle.as_str())
+                        })
+                    })
+                    .unwrap_or(false)
+        },
+    )
+}
+
+fn take(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd, EngineError> {
+    let pidfd = migrate_sys::pidfd::PidFd::open(pid)
+        .map_err(|e| EngineError::Unsupported(format!("pid {pid}: {e}")))?;
+    pidfd.get_fd(fd).map_err(|e| EngineError::Unsupported(format!("pid {pid} fd {fd}: {e}")))
+}
+
+fn pipe_size(pid: i32, fd: i32) -> Result<u32, EngineError> {
+    let f = take(pid, fd)?;
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETPIPE_SZ).map(|v| v as u32).map_err(|e| {
+        EngineError::Proc { pid, what: format!("fd {fd}"), reason: format!("F_GETPIPE_SZ: {e}") }
+    })
+}
+
+/// The bytes buffered in a pipe, copied (not consumed) from a read end at `pid`/`fd`.
+fn pipe_data(pid: i32, fd: i32, size: u32) -> Result<Vec<u8>, EngineError> {
+    let src = take(pid, fd)?;
+    let err = |what: &str, e: std::io::Error| EngineError::Proc {
+        pid,
+        what: format!("pipe at fd {fd}"),
+        reason: format!("{what}: {e}"),
+    };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| err("pipe", e.into()))?;
+    nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size as i32))
+        .map_err(|e| err("F_SETPIPE_SZ", e.into()))?;
+    let n = migrate_sys::files::tee(src.as_fd(), w.as_fd(), size as usize).map_err(|e| err("tee", e))?;
+    let mut data = vec![0u8; n];
+    let got = nix::unistd::read(&r, &mut data).map_err(|e| err("read", e.into()))?;
+    data.truncate(got);
+    Ok(data)
+}
+
+/// For each process (in image order), the pipes it holds first.
+pub type PipesPerProcess = Vec<Vec<PipeRecord>>;
+
+/// The fds of every process (`(host pid, ns pid)`, in image order) with their
+/// description ids, and the pipes each process holds first.
+pub fn dump_all(
+    procs: &[(i32, i32)],
+    external: &[ExternalPipe],
+) -> Result<(Vec<Vec<FdRecord>>, PipesPerProcess), EngineError> {
+    let seen: Vec<Vec<Seen>> = procs.iter().map(|&(p, _)| classify(p, external)).collect::<Result<_, _>>()?;
+    // Descriptions: candidates share a link; kcmp decides.
+    let mut reps: HashMap<&str, Vec<(i32, i32, u64)>> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut fds = Vec::with_capacity(procs.len());
+    for (&(pid, _), list) in procs.iter().zip(&seen) {
+        let mut out = Vec::with_capacity(list.len());
+        for s in list {
+            let group = reps.entry(s.link.as_str()).or_default();
+            let mut id = None;
+            for &(rp, rfd, rid) in group.iter() {
+                if migrate_sys::files::same_file(rp, rfd, pid, s.fd).map_err(|e| EngineError::Proc {
+                    pid,
+                    what: format!("fd {}", s.fd),
+                    reason: format!("kcmp: {e}"),
+                })? {
+                    id = Some(rid);
+                    break;
+                }
+            }
+            let id = id.unwrap_or_else(|| {
+                let id = next_id;
+                next_id += 1;
+                group.push((pid, s.fd, id));
+                id
+            });
+            out.push(FdRecord { fd: s.fd, file_id: id, flags: s.flags, kind: s.kind.clone() });
+        }
+        fds.push(out);
+    }
+    // Each pipe's size and bytes go with the first process holding an end of it.
+    let mut pipes: Vec<Vec<PipeRecord>> = procs.iter().map(|_| Vec::new()).collect();
+    let mut done: Vec<u64> = Vec::new();
+    for (i, list) in seen.iter().enumerate() {
+        for s in list {
+            let FdKind::Pipe { inode, .. } = s.kind else { continue };
+            if done.contains(&inode) {
+                continue;
+            }
+            done.push(inode);
+            let size = pipe_size(procs[i].0, s.fd)?;
+            // Only a read end can show the bytes; with no reader left, nobody will read them.
+            let reader = seen.iter().zip(procs).find_map(|(l, &(p, _))| {
+                l.iter()
+                    .find(|x| matches!(x.kind, FdKind::Pipe { inode: n, write: false } if n == inode))
+                    .map(|x| (p, x.fd))
+            });
+            let data = match reader {
+                Some((p, fd)) => pipe_data(p, fd, size)?,
+                None => Vec::new(),
+            };
+            pipes[i].push(PipeRecord { inode, size, data });
+        }
+    }
+    Ok((fds, pipes))
+}
+
+/// What a restore knows about descriptions already rebuilt, across processes.
+#[derive(Debug, Default)]
+pub struct FdWorld {
+    /// Where each description lives now: `(ns pid, fd)`.
+    files: HashMap<u64, (i32, u64)>,
+    /// Pipes made so far: both ends, kept at spare fds of their maker.
+    pipes: HashMap<u64, (i32, u64, u64)>,
+    /// The new shim's stdout and stderr, kept at spare fds of PID 1.
+    external: HashMap<String, (i32, u64)>,
+    /// Spare fds to close once every process is restored: `(ns pid, fd)`.
+    pub spares: Vec<(i32, u64)>,
+    /// Every pipe of the image, by inode.
+    pub records: HashMap<u64, PipeRecord>,
+}
+
+/// Copies fd `fd` of process `from` (ns pid) into `task` at `target`.
+fn copy_from(
+    task: &mut Task,
+    gadget: u64,
+    from: i32,
+    fd: u64,
+    target: u64,
+    cloexec: u64,
+) -> Result<(), EngineError> {
+    let pidfd =
+        task.call(gadget, libc::SYS_pidfd_open, &[from as u64, 0], || format!("pidfd_open({from})"))?;
+    let got =
+        task.call(gadget, libc::SYS_pidfd_getfd, &[pidfd, fd, 0], || format!("pidfd_getfd({from}, {fd})"));
+    task.call(gadget, libc::SYS_close, &[pidfd], || "close".into())?;
+    let got = got?;
+    if got != target {
+        task.call(gadget, libc::SYS_dup3, &[got, target, cloexec], || format!("dup3 to fd {target}"))?;
+        task.call(gadget, libc::SYS_close, &[got], || "close".into())?;
+    }
+    Ok(())
+}
+
+/// Installs every fd of the image in the process `task` belongs to (`pid_ns`, `host`),
+/// closing whatever it had (a stub's own, or those inherited from its parent).
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     task: &mut Task,
     gadget: u64,
     mem: &File,
-    stub: i32,
+    host: i32,
+    pid_ns: i32,
     scratch: Scratch,
     fds: &[FdRecord],
+    world: &mut FdWorld,
 ) -> Result<(), EngineError> {
-    // Keep the new shim's pipes (the stub's stdout and stderr) above every image fd.
+    // Spare fds go above every fd of the image, so that installing never hits them.
     let base = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 1;
-    let mut ext = Vec::new();
-    for (fd, name) in [(1u64, "stdout"), (2, "stderr")] {
-        let copy = task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || {
-            format!("fcntl(F_DUPFD, {name})")
-        })?;
-        ext.push((name, copy));
+    if world.external.is_empty() {
+        // PID 1, a stub: its stdout and stderr are the new shim's pipes.
+        for (fd, name) in [(1u64, "stdout"), (2, "stderr")] {
+            let copy =
+                task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 16], || {
+                    format!("fcntl(F_DUPFD, {name})")
+                })?;
+            world.external.insert(name.to_string(), (pid_ns, copy));
+            world.spares.push((pid_ns, copy));
+        }
     }
-    let stub_fds: Vec<u64> = std::fs::read_dir(format!("/proc/{stub}/fd"))
-        .map_err(io_err("list", format!("/proc/{stub}/fd")))?
+    let keep: Vec<u64> = world.spares.iter().filter(|(p, _)| *p == pid_ns).map(|(_, fd)| *fd).collect();
+    let open_now: Vec<u64> = std::fs::read_dir(format!("/proc/{host}/fd"))
+        .map_err(io_err("list", format!("/proc/{host}/fd")))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| !ext.iter().any(|(_, e)| e == fd))
+        .filter(|fd| !keep.contains(fd))
         .collect();
-    for fd in stub_fds {
-        // EBADF: the fd listing itself (opened by us, not the stub) may appear.
-        let _ = task.syscall(gadget, libc::SYS_close, &[fd])?;
+    for fd in open_now {
+        task.call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
     }
     for rec in fds {
         let cloexec = if rec.flags & libc::O_CLOEXEC as u32 != 0 { libc::O_CLOEXEC as u64 } else { 0 };
         let target = rec.fd as u64;
-        let (path, pos) = match &rec.kind {
+        if let Some(&(from, fd)) = world.files.get(&rec.file_id) {
+            copy_from(task, gadget, from, fd, target, cloexec)?;
+            continue;
+        }
+        match &rec.kind {
             FdKind::External { name } => {
-                let (_, src) = ext.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                let &(from, fd) = world.external.get(name).ok_or_else(|| {
                     EngineError::Incompatible(format!("fd {}: unknown external object {name:?}", rec.fd))
                 })?;
-                task.call(gadget, libc::SYS_dup3, &[*src, target, cloexec], || {
-                    format!("dup3 of {name} to fd {target}")
-                })?;
-                continue;
+                copy_from(task, gadget, from, fd, target, cloexec)?;
             }
-            FdKind::File { file, pos } => {
-                check_file(stub, file, false)?;
-                (&file.path, *pos)
+            FdKind::Pipe { inode, write } => {
+                let (from, r, w) = match world.pipes.get(inode) {
+                    Some(&ends) => ends,
+                    None => {
+                        let ends = make_pipe(task, gadget, mem, host, pid_ns, scratch, *inode, base, world)?;
+                        world.pipes.insert(*inode, ends);
+                        ends
+                    }
+                };
+                copy_from(task, gadget, from, if *write { w } else { r }, target, cloexec)?;
+                // Status flags (O_NONBLOCK) belong to the description, set once here.
+                let status = rec.flags & (libc::O_NONBLOCK | libc::O_ASYNC) as u32;
+                task.call(
+                    gadget,
+                    libc::SYS_fcntl,
+                    &[target, libc::F_SETFL as u64, u64::from(status)],
+                    || format!("fcntl(F_SETFL) of fd {target}"),
+                )?;
             }
-            FdKind::Dir { path, pos } => (path, *pos),
-            FdKind::Device { path } => (path, 0),
-        };
-        let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
-        let at = scratch.path(mem, stub, 0, path)?;
-        let tmp = task.call(
-            gadget,
-            libc::SYS_openat,
-            &[libc::AT_FDCWD as u64, at, u64::from(rec.flags & keep) | cloexec, 0],
-            || format!("open {path} for fd {}", rec.fd),
-        )?;
-        if tmp != target {
-            task.call(gadget, libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
-            task.call(gadget, libc::SYS_close, &[tmp], || "close".into())?;
+            FdKind::File { .. } | FdKind::Dir { .. } | FdKind::Device { .. } => {
+                open_file(task, gadget, mem, host, scratch, rec, cloexec)?
+            }
         }
-        if pos != 0 {
-            task.call(gadget, libc::SYS_lseek, &[target, pos, libc::SEEK_SET as u64], || {
-                format!("lseek fd {target} to {pos}")
-            })?;
-        }
-    }
-    for (_, fd) in ext {
-        task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+        world.files.insert(rec.file_id, (pid_ns, target));
     }
     Ok(())
+}
+
+fn open_file(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    rec: &FdRecord,
+    cloexec: u64,
+) -> Result<(), EngineError> {
+    let target = rec.fd as u64;
+    let (path, pos) = match &rec.kind {
+        FdKind::File { file, pos } => {
+            check_file(host, file, false)?;
+            (&file.path, *pos)
+        }
+        FdKind::Dir { path, pos } => (path, *pos),
+        FdKind::Device { path } => (path, 0),
+        FdKind::Pipe { .. } | FdKind::External { .. } => return Ok(()),
+    };
+    let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
+    let at = scratch.path(mem, host, 0, path)?;
+    let tmp = task.call(
+        gadget,
+        libc::SYS_openat,
+        &[libc::AT_FDCWD as u64, at, u64::from(rec.flags & keep) | cloexec, 0],
+        || format!("open {path} for fd {}", rec.fd),
+    )?;
+    if tmp != target {
+        task.call(gadget, libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
+        task.call(gadget, libc::SYS_close, &[tmp], || "close".into())?;
+    }
+    if pos != 0 {
+        task.call(gadget, libc::SYS_lseek, &[target, pos, libc::SEEK_SET as u64], || {
+            format!("lseek fd {target} to {pos}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes pipe `inode` in this process, sized and filled as it was, both ends kept at
+/// spare fds for every process that holds one; returns `(ns pid, read fd, write fd)`.
+#[allow(clippy::too_many_arguments)]
+fn make_pipe(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    pid_ns: i32,
+    scratch: Scratch,
+    inode: u64,
+    base: u64,
+    world: &mut FdWorld,
+) -> Result<(i32, u64, u64), EngineError> {
+    let rec = world
+        .records
+        .get(&inode)
+        .cloned()
+        .ok_or_else(|| EngineError::Incompatible(format!("pipe:[{inode}] has no record")))?;
+    task.call(gadget, libc::SYS_pipe2, &[scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;
+    let fds = scratch.read(mem, host, 0, 8)?;
+    let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
+    let (mut r, mut w) = (end(0), end(4));
+    let mut moved = Vec::new();
+    for fd in [&mut r, &mut w] {
+        let hi =
+            task.call(gadget, libc::SYS_fcntl, &[*fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
+                "fcntl(F_DUPFD)".into()
+            })?;
+        task.call(gadget, libc::SYS_close, &[*fd], || "close".into())?;
+        *fd = hi;
+        moved.push(hi);
+    }
+    task.call(gadget, libc::SYS_fcntl, &[w, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
+        format!("fcntl(F_SETPIPE_SZ, {}) of pipe:[{inode}]", rec.size)
+    })?;
+    for chunk in rec.data.chunks(16 << 10) {
+        let at = scratch.write(mem, host, 32 << 10, chunk)?;
+        let n = task.call(gadget, libc::SYS_write, &[w, at, chunk.len() as u64], || {
+            format!("write into pipe:[{inode}]")
+        })?;
+        if n != chunk.len() as u64 {
+            return Err(EngineError::Incompatible(format!(
+                "pipe:[{inode}] took {n} of {} bytes",
+                chunk.len()
+            )));
+        }
+    }
+    world.spares.extend(moved.into_iter().map(|fd| (pid_ns, fd)));
+    Ok((pid_ns, r, w))
 }

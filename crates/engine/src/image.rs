@@ -142,12 +142,7 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
             Frame::Pages(_) => return Err(EngineError::Incompatible(format!("{PROCESS} holds page data"))),
         }
     }
-    if processes.len() != 1 {
-        return Err(EngineError::Incompatible(format!(
-            "{PROCESS} holds {} processes; this version restores exactly one",
-            processes.len()
-        )));
-    }
+    migrate_proto::validate_tree(&processes).map_err(image_err(PROCESS))?;
     Ok(Image { dir: dir.to_path_buf(), manifest, processes })
 }
 
@@ -170,25 +165,30 @@ pub fn records(dir: &Path, name: &str) -> Result<RecordReader<BufReader<File>>, 
     Ok(RecordReader::new(BufReader::with_capacity(1 << 20, file)))
 }
 
-/// How many page bytes the image stores for each VMA of its (first) process.
-pub fn stored_per_vma(img: &Image) -> Result<Vec<u64>, EngineError> {
-    let vmas = &img.processes[0].vmas;
-    let mut out = vec![0u64; vmas.len()];
+/// How many page bytes the image stores for each VMA, per process (in image order).
+pub fn stored_per_vma(img: &Image) -> Result<Vec<Vec<u64>>, EngineError> {
+    let mut out: Vec<Vec<u64>> = img.processes.iter().map(|p| vec![0u64; p.vmas.len()]).collect();
     each_batch(img, |b| {
+        let Some(pi) = img.processes.iter().position(|p| p.pid == b.pid) else { return };
+        let vmas = &img.processes[pi].vmas;
         for r in &b.runs {
             if let Some(i) = vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) {
-                out[i] += u64::from(r.npages) * migrate_proto::PAGE_SIZE;
+                out[pi][i] += u64::from(r.npages) * migrate_proto::PAGE_SIZE;
             }
         }
     })?;
     Ok(out)
 }
 
-/// The stored bytes of `[addr, addr+len)`; `None` where the image stores nothing.
-pub fn read_range(img: &Image, addr: u64, len: u64) -> Result<Vec<Option<u8>>, EngineError> {
+/// The stored bytes of `[addr, addr+len)` in process `pid`; `None` where the image
+/// stores nothing.
+pub fn read_range(img: &Image, pid: i32, addr: u64, len: u64) -> Result<Vec<Option<u8>>, EngineError> {
     let mut out = vec![None; len as usize];
     let end = addr.saturating_add(len);
     each_batch(img, |b| {
+        if b.pid != pid {
+            return;
+        }
         let mut off = 0usize;
         for r in &b.runs {
             let rlen = u64::from(r.npages) * migrate_proto::PAGE_SIZE;

@@ -307,13 +307,23 @@ pub fn set_mm(
     mm: &MmFields,
 ) -> Result<(), EngineError> {
     check_file(stub, &mm.exe, true)?;
-    let at = scratch.path(mem, stub, 1024, &mm.exe.path)?;
-    let exe_fd = task.call(
-        gadget,
-        libc::SYS_openat,
-        &[libc::AT_FDCWD as u64, at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0],
-        || format!("open {}", mm.exe.path),
-    )?;
+    // The kernel refuses (EBUSY) to replace an exe link while the old file is still
+    // mapped: a child forked from a parent with the same executable keeps the link.
+    let same = |a: &str, b: &str| {
+        let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+        x.dev() == y.dev() && x.ino() == y.ino()
+    };
+    let exe_fd = if same(&format!("/proc/{stub}/exe"), &format!("/proc/{stub}/root{}", mm.exe.path)) {
+        None
+    } else {
+        let at = scratch.path(mem, stub, 1024, &mm.exe.path)?;
+        Some(task.call(
+            gadget,
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0],
+            || format!("open {}", mm.exe.path),
+        )?)
+    };
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
     let auxv_at = scratch.write(mem, stub, 4096, &auxv)?;
     // struct prctl_mm_map (linux/prctl.h): eleven u64, the auxv pointer, its size (u32)
@@ -336,7 +346,8 @@ pub fn set_mm(
         b.extend_from_slice(&v.to_ne_bytes());
     }
     b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    // -1: keep the exe link as it is.
+    b.extend_from_slice(&exe_fd.map_or(u32::MAX, |fd| fd as u32).to_ne_bytes());
     let map_at = scratch.write(mem, stub, 0, &b)?;
     let res = task.call(
         gadget,
@@ -344,7 +355,9 @@ pub fn set_mm(
         &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_at, b.len() as u64, 0],
         || "prctl(PR_SET_MM_MAP)".into(),
     );
-    task.call(gadget, libc::SYS_close, &[exe_fd], || "close".into())?;
+    if let Some(fd) = exe_fd {
+        task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    }
     res.map(|_| ())
 }
 

@@ -127,9 +127,40 @@ pub struct ProcFacts {
     pub personality: u32,
     pub comm: String,
     pub pid_ns: i32,
+    /// The parent's pid in the container's namespace (0 if the parent is outside it).
+    pub ppid_ns: i32,
     pub sid_ns: i32,
     pub pgid_ns: i32,
     pub seccomp: u32,
+}
+
+/// The parent's pid as the container sees it: the last `NSpid` value of the parent.
+fn parent_ns_pid(status: &str) -> i32 {
+    procfs::status_field(status, "PPid")
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(|ppid| read_proc(ppid, "status").ok())
+        .and_then(|st| procfs::ns_value(&st, "NSpid").ok())
+        .unwrap_or(0)
+}
+
+/// What a zombie still tells: its ids, name and credentials.
+pub fn zombie_facts(pid: i32) -> Result<ProcFacts, EngineError> {
+    let status = read_proc(pid, "status")?;
+    let ns = |k: &str| procfs::ns_value(&status, k).map_err(EngineError::proc(pid, "status"));
+    Ok(ProcFacts {
+        creds: procfs::parse_creds(&status).map_err(EngineError::proc(pid, "credentials"))?,
+        rlimits: Vec::new(),
+        cwd: "/".into(),
+        root: "/".into(),
+        umask: 0,
+        personality: 0,
+        comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
+        pid_ns: ns("NSpid")?,
+        ppid_ns: parent_ns_pid(&status),
+        sid_ns: ns("NSsid")?,
+        pgid_ns: ns("NSpgid")?,
+        seccomp: 0,
+    })
 }
 
 pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
@@ -161,6 +192,7 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
         personality,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
         pid_ns: procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(pid, "status"))?,
+        ppid_ns: parent_ns_pid(&status),
         sid_ns: procfs::ns_value(&status, "NSsid").map_err(EngineError::proc(pid, "status"))?,
         pgid_ns: procfs::ns_value(&status, "NSpgid").map_err(EngineError::proc(pid, "status"))?,
         seccomp,

@@ -1,21 +1,30 @@
-//! `restore`: rebuild a process inside a stub, from the outside, by ptrace.
+//! `restore`: rebuild a tree of processes inside a stub, from the outside, by ptrace.
 //!
 //! The stub is PID 1 of the container's fresh namespaces (started by its shim like any
 //! container, so cgroup, network, hostname and mounts are already the container's). In
-//! it, in order: its own rseq is unregistered and its fds closed; everything but its
-//! vDSO is unmapped; the vDSO moves to the dumped address; a scratch page is mapped
-//! where the image has nothing; every VMA is mapped, memory written (each batch checked
-//! before it is written), mm fields set; fds installed; process-wide state restored;
-//! threads created with their tids (`clone3` + `set_tid`) and given their state; the
-//! scratch page unmapped; registers set last. Only then are the threads detached and
-//! run. On any error the caller kills the container: nothing half-built ever runs.
+//! it, in order: its own rseq is unregistered; everything but its vDSO is unmapped; the
+//! vDSO moves to the dumped address; a scratch page is mapped where no process of the
+//! image has anything; every VMA is mapped, memory written (each batch checked before
+//! it is written), mm fields set; fds installed; process-wide state restored. Then each
+//! child is forked from it by an injected `clone3` with `set_tid` (so it has its pid, its
+//! parent, and inherits what is shared) and rebuilt the same way, recursively; zombies
+//! are forked and made to exit with their status. Then each process's other threads are
+//! created (`clone3(CLONE_THREAD, set_tid)`) and every thread gets its state; registers
+//! last. Only when the whole tree is built are the threads detached and run. On any
+//! error the caller kills the container: nothing half-built ever runs.
 
+use std::fs::File;
+use std::io::BufReader;
 use std::time::Instant;
 
+use migrate_proto::frame::{Frame, RecordReader};
+use migrate_proto::pages::PageBatch;
+use migrate_proto::records::ProcessRecord;
 use migrate_sys::ptrace::{StoppedTracee, Tracee};
 use nix::sys::ptrace::Options;
 
 use crate::error::EngineError;
+use crate::files::FdWorld;
 use crate::image::{self, Image};
 use crate::inject::{Scratch, Task};
 use crate::seize::{self, Seized};
@@ -27,123 +36,307 @@ pub struct RestoreReport {
     pub total_ms: u64,
     pub memory_ms: u64,
     pub pages: u64,
+    /// Threads of every process.
     pub threads: usize,
+    pub processes: usize,
     /// What could not be restored exactly (e.g. an rlimit above our hard limit).
     pub warnings: Vec<String>,
 }
 
-/// Builds the image's process in the stub `stub` (its pid in our namespace) and lets it run.
+/// A process built and waiting for the others: released all together at the end.
+struct Built {
+    pid_ns: i32,
+    seized: Seized,
+    scratch: Scratch,
+}
+
+/// Everything a restore carries from one process to the next.
+struct Ctx<'a> {
+    img: &'a Image,
+    pages: PageFeed,
+    world: FdWorld,
+    /// Free in every process of the image: where the vDSO may be parked and the scratch
+    /// page lives.
+    park: u64,
+    built: Vec<Built>,
+    warnings: Vec<String>,
+    memory_ms: u64,
+}
+
+/// Builds the image's processes, PID 1 in the stub `stub` (its pid in our namespace),
+/// and lets them all run.
 pub fn restore(
     img: &Image,
     stub: i32,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
-    let rec = img
+    let root = img
         .processes
-        .first()
-        .ok_or_else(|| EngineError::Incompatible("the image holds no process".into()))?;
-    host::check_compatible(&img.manifest.kernel)?;
-    if rec.pid != 1 {
-        return Err(EngineError::Incompatible(format!(
-            "the image's process is pid {} in its namespace; this version restores PID 1",
-            rec.pid
-        )));
+        .iter()
+        .find(|p| p.pid == 1)
+        .ok_or_else(|| EngineError::Incompatible("the image has no PID 1".into()))?;
+    if root.zombie.is_some() {
+        return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
     }
+    host::check_compatible(&img.manifest.kernel)?;
     progress(Progress::Phase("seize"));
-    let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE)
+    let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
         .and_then(Tracee::interrupt)
         .map_err(EngineError::ptrace(stub, "seize the restore stub"))?;
     let mut s = seize::take(stub, vec![Task::new(stub, tracee)?])?;
-    let stub_xstate = s.main().tracee.xstate().map_err(EngineError::ptrace(stub, "read xstate"))?;
-    let want = host::xfeatures(&rec.threads[0].xstate);
-    if want & !host::xfeatures(&stub_xstate) != 0 || stub_xstate.len() != rec.threads[0].xstate.len() {
+    check_cpu(&mut s, root, stub)?;
+    let all_vmas: Vec<_> = img.processes.iter().flat_map(|p| p.vmas.iter().cloned()).collect();
+    let park = mm::find_gap(&all_vmas, 32 << 20)
+        .ok_or_else(|| EngineError::Incompatible("no free address range for the scratch page".into()))?;
+    let mut world = FdWorld::default();
+    for p in &img.processes {
+        world.records.extend(p.pipes.iter().map(|r| (r.inode, r.clone())));
+    }
+    let mut ctx = Ctx {
+        img,
+        pages: PageFeed::open(img)?,
+        world,
+        park,
+        built: Vec::new(),
+        warnings: Vec::new(),
+        memory_ms: 0,
+    };
+    build(&mut ctx, root, s, stub, None, progress)?;
+    ctx.pages.finish()?;
+
+    progress(Progress::Phase("resume"));
+    let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
+    let spares = std::mem::take(&mut ctx.world.spares);
+    for b in &mut ctx.built {
+        let gadget = b.seized.gadget;
+        for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.pid_ns) {
+            b.seized.main().call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
+        }
+        b.scratch.unmap(b.seized.main(), gadget)?;
+    }
+    for b in ctx.built {
+        resume(b.seized)?;
+    }
+    ctx.warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    Ok(RestoreReport {
+        total_ms: t0.elapsed().as_millis() as u64,
+        memory_ms: ctx.memory_ms,
+        pages: ctx.pages.pages,
+        threads,
+        processes,
+        warnings: ctx.warnings,
+    })
+}
+
+/// The image's xstate must fit this CPU (same features, same layout size).
+fn check_cpu(s: &mut Seized, root: &ProcessRecord, stub: i32) -> Result<(), EngineError> {
+    let here = s.main().tracee.xstate().map_err(EngineError::ptrace(stub, "read xstate"))?;
+    let there = &root.threads[0].xstate;
+    let want = host::xfeatures(there);
+    if want & !host::xfeatures(&here) != 0 || here.len() != there.len() {
         return Err(EngineError::Incompatible(format!(
             "the image's CPU state (xfeatures {want:#x}, {} bytes) does not fit this CPU (xfeatures {:#x}, {} bytes)",
-            rec.threads[0].xstate.len(),
-            host::xfeatures(&stub_xstate),
-            stub_xstate.len()
+            there.len(),
+            host::xfeatures(&here),
+            here.len()
         )));
     }
+    Ok(())
+}
 
+/// Builds `rec` in `s` (a stub, or a fresh fork of its parent `parent`), then its
+/// children, then its threads.
+fn build(
+    ctx: &mut Ctx<'_>,
+    rec: &ProcessRecord,
+    mut s: Seized,
+    host: i32,
+    parent: Option<&ProcessRecord>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), EngineError> {
     progress(Progress::Phase("address space"));
+    let mm_fields =
+        rec.mm.as_ref().ok_or_else(|| EngineError::Incompatible(format!("pid {} has no mm", rec.pid)))?;
     let mut gadget = s.gadget;
     thread::forget_rseq(s.main(), gadget)?;
-    mm::clear_stub(s.main(), gadget, stub)?;
-    let park = mm::find_gap(&rec.vmas, 32 << 20)
-        .ok_or_else(|| EngineError::Incompatible("no free address range for the scratch page".into()))?;
-    gadget = mm::move_vdso(s.main(), gadget, stub, &rec.vmas, park)?;
+    mm::clear_stub(s.main(), gadget, host)?;
+    gadget = mm::move_vdso(s.main(), gadget, host, &rec.vmas, ctx.park)?;
     s.gadget = gadget;
-    let scratch = Scratch::map(s.main(), gadget, Some(park + (16 << 20)))?;
-    let mem = s.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{stub}/mem")))?;
-    mm::map_vmas(s.main(), gadget, &mem, stub, scratch, &rec.vmas)?;
+    let scratch = Scratch::map(s.main(), gadget, Some(ctx.park + (16 << 20)))?;
+    let mem = s.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{host}/mem")))?;
+    mm::map_vmas(s.main(), gadget, &mem, host, scratch, &rec.vmas)?;
 
     progress(Progress::Phase("memory"));
     let t_mem = Instant::now();
-    let pages = write_memory(img, rec, &mem, stub, progress)?;
-    let memory_ms = t_mem.elapsed().as_millis() as u64;
+    ctx.pages.write_for(rec, &mem, host, progress)?;
+    ctx.memory_ms += t_mem.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("state"));
-    mm::set_mm(s.main(), gadget, &mem, stub, scratch, &rec.mm)?;
-    files::restore(s.main(), gadget, &mem, stub, scratch, &rec.fds)?;
-    let warnings = process::restore_misc(s.main(), gadget, &mem, stub, scratch, rec)?;
-    process::restore_sigactions(s.main(), gadget, &mem, stub, scratch, &rec.sigactions)?;
-    create_threads(&mut s, rec, gadget, &mem, stub, scratch)?;
-    let main_mask = thread::restore(s.main(), &rec.threads[0], rec.pid, gadget, &mem, stub, scratch)?;
+    mm::set_mm(s.main(), gadget, &mem, host, scratch, mm_fields)?;
+    if let Some(parent) = parent {
+        session_and_group(s.main(), gadget, rec, parent)?;
+    }
+    files::restore(s.main(), gadget, &mem, host, rec.pid, scratch, &rec.fds, &mut ctx.world)?;
+    ctx.warnings.extend(process::restore_misc(s.main(), gadget, &mem, host, scratch, rec)?);
+    process::restore_sigactions(s.main(), gadget, &mem, host, scratch, &rec.sigactions)?;
+
+    let children: Vec<&ProcessRecord> =
+        ctx.img.processes.iter().filter(|c| c.ppid == rec.pid && c.pid != rec.pid).collect();
+    for child in children {
+        let child_host = fork(&mut s, gadget, &mem, host, scratch, child.pid)?;
+        let tracee = StoppedTracee::adopt(child_host)
+            .map_err(EngineError::ptrace(child_host, "take the new process"))?;
+        match child.zombie {
+            Some(status) => {
+                make_zombie(Task::new(child_host, tracee)?, gadget, child_host, scratch, child, status)?
+            }
+            None => {
+                let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?;
+                build(ctx, child, cs, child_host, Some(rec), progress)?;
+            }
+        }
+    }
+
+    create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
+    let main_mask = thread::restore(s.main(), &rec.threads[0], rec.pid, gadget, &mem, host, scratch)?;
     s.masks[0] = main_mask;
     for sig in &rec.shared_pending {
-        let at = scratch.write(&mem, stub, 0, &sig.raw)?;
-        let main = s.main();
-        main.call(gadget, libc::SYS_rt_sigqueueinfo, &[rec.pid as u64, sig.signo as u64, at], || {
+        let at = scratch.write(&mem, host, 0, &sig.raw)?;
+        s.main().call(gadget, libc::SYS_rt_sigqueueinfo, &[rec.pid as u64, sig.signo as u64, at], || {
             format!("rt_sigqueueinfo(signal {})", sig.signo)
         })?;
     }
-    process::restore_itimers(s.main(), gadget, &mem, stub, scratch, &rec.itimers)?;
-    scratch.unmap(s.main(), gadget)?;
-
-    progress(Progress::Phase("resume"));
-    let threads = s.tasks.len();
-    resume(s)?;
-    warnings.iter().for_each(|w| tracing::warn!("{w}"));
-    Ok(RestoreReport { total_ms: t0.elapsed().as_millis() as u64, memory_ms, pages, threads, warnings })
+    process::restore_itimers(s.main(), gadget, &mem, host, scratch, &rec.itimers)?;
+    ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
+    Ok(())
 }
 
-fn write_memory(
-    img: &Image,
-    rec: &migrate_proto::records::ProcessRecord,
-    mem: &std::fs::File,
-    stub: i32,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<u64, EngineError> {
-    let total = img.manifest.stats.pages_stored * memory::PAGE;
-    let mut reader = image::records(&img.dir, image::PAGES)?;
-    let mut pages = 0u64;
-    while let Some(frame) =
-        reader.next().map_err(|source| EngineError::Image { file: image::PAGES.into(), source })?
-    {
-        let migrate_proto::frame::Frame::Pages(batch) = frame else {
-            return Err(EngineError::Incompatible(format!(
-                "{} holds a record that is not pages",
-                image::PAGES
-            )));
-        };
-        migrate_proto::validate::check_batch(&batch, rec)
-            .map_err(|source| EngineError::Image { file: image::PAGES.into(), source })?;
-        memory::write_batch(mem, stub, &batch)?;
-        pages += batch.runs.iter().map(|r| u64::from(r.npages)).sum::<u64>();
-        progress(Progress::Bytes { done: pages * memory::PAGE, total });
+/// Forks a child with pid `pid` (in the container's namespace) from the main thread of
+/// `s`; returns its pid in ours. The child is stopped at birth (`PTRACE_O_TRACEFORK`).
+fn fork(
+    s: &mut Seized,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    pid: i32,
+) -> Result<i32, EngineError> {
+    clone3(s, gadget, mem, host, scratch, pid, 0, libc::SIGCHLD as u64)
+}
+
+/// `clone3` with `set_tid = [tid]`, injected in the main thread of `s`.
+#[allow(clippy::too_many_arguments)]
+fn clone3(
+    s: &mut Seized,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    tid: i32,
+    flags: u64,
+    exit_signal: u64,
+) -> Result<i32, EngineError> {
+    let set_tid_at = scratch.write(mem, host, 512, &(tid as u32).to_ne_bytes())?;
+    // struct clone_args (linux/sched.h, CLONE_ARGS_SIZE_VER2 = 88 bytes): flags, pidfd,
+    // child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+    // cgroup. The new task starts on the caller's stack, but it is stopped before it runs
+    // and gets its own registers.
+    let args = [flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_at, 1, 0];
+    let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let at = scratch.write(mem, host, 0, &bytes)?;
+    let mut created = None;
+    let res = s
+        .main()
+        .syscall_cloning(gadget, libc::SYS_clone3, &[at, bytes.len() as u64], |t| created = Some(t))?;
+    let got = res.map_err(|errno| EngineError::Injected {
+        pid: host,
+        call: format!("clone3(set_tid {tid})"),
+        errno,
+    })?;
+    if got != tid as u64 {
+        return Err(EngineError::Incompatible(format!("task {tid} was created as {got}")));
     }
-    Ok(pages)
+    created.ok_or_else(|| EngineError::Incompatible(format!("no clone event for task {tid}")))
+}
+
+/// Gives a freshly forked child its session and process group.
+fn session_and_group(
+    task: &mut Task,
+    gadget: u64,
+    rec: &ProcessRecord,
+    parent: &ProcessRecord,
+) -> Result<(), EngineError> {
+    let pid = rec.pid;
+    if rec.sid == pid {
+        task.call(gadget, libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
+    } else if rec.sid != parent.sid {
+        return Err(EngineError::Incompatible(format!(
+            "pid {pid} is in session {} whose leader is gone, not its parent's ({}): not supported yet",
+            rec.sid, parent.sid
+        )));
+    }
+    let inherited = if rec.sid == pid { pid } else { parent.pgid };
+    if rec.pgid != inherited {
+        let target = if rec.pgid == pid { 0 } else { rec.pgid as u64 };
+        task.call(gadget, libc::SYS_setpgid, &[0, target], || {
+            format!("setpgid(0, {}) in pid {pid} (is the group's leader gone? not supported yet)", rec.pgid)
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes a freshly forked child exit with `status`, so that it is a zombie of its parent
+/// until the parent reaps it.
+fn make_zombie(
+    mut task: Task,
+    gadget: u64,
+    host: i32,
+    scratch: Scratch,
+    rec: &ProcessRecord,
+    status: i32,
+) -> Result<(), EngineError> {
+    let (code, sig, pid_ns) = ((status >> 8) & 0xff, status & 0x7f, rec.pid);
+    // Its own memory: the scratch page it inherited is a copy, not its parent's.
+    let mem = &crate::inject::open_mem(host)?;
+    // Its name is all `ps` still shows of it.
+    let at = scratch.path(mem, host, 0, &rec.comm)?;
+    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
+        format!("prctl(PR_SET_NAME, {:?})", rec.comm)
+    })?;
+    let mut regs = task.saved;
+    regs.rip = gadget;
+    regs.orig_rax = u64::MAX;
+    if sig == 0 {
+        regs.rax = libc::SYS_exit_group as u64;
+        regs.rdi = code as u64;
+    } else {
+        // Killed by `sig`: its default action must run, and it must not be blocked.
+        let dfl = [0u8; 32];
+        let at = scratch.write(mem, host, 0, &dfl)?;
+        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || {
+            format!("rt_sigaction({sig})")
+        })?;
+        task.tracee
+            .set_sigmask(!(1u64 << (sig - 1)))
+            .map_err(EngineError::ptrace(host, "unblock the signal"))?;
+        regs.rax = libc::SYS_tgkill as u64;
+        regs.rdi = pid_ns as u64;
+        regs.rsi = pid_ns as u64;
+        regs.rdx = sig as u64;
+    }
+    task.tracee.set_regs(regs).map_err(EngineError::ptrace(host, "set up the exit"))?;
+    task.tracee.detach().map_err(EngineError::ptrace(host, "let the zombie exit"))
 }
 
 /// Creates every thread but the main one with its tid, by `clone3(CLONE_THREAD, set_tid)`
 /// injected in the main thread, and rebuilds its state.
 fn create_threads(
     s: &mut Seized,
-    rec: &migrate_proto::records::ProcessRecord,
+    rec: &ProcessRecord,
     gadget: u64,
-    mem: &std::fs::File,
-    stub: i32,
+    mem: &File,
+    host: i32,
     scratch: Scratch,
 ) -> Result<(), EngineError> {
     for t in rec.threads.iter().skip(1) {
@@ -153,33 +346,11 @@ fn create_threads(
             | libc::CLONE_SIGHAND
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
-        let set_tid_at = scratch.write(mem, stub, 512, &(t.tid as u64).to_ne_bytes()[..4])?;
-        // struct clone_args (linux/sched.h, CLONE_ARGS_SIZE_VER2 = 88 bytes): flags,
-        // pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
-        // set_tid_size, cgroup. The new thread starts on the main thread's stack, but it
-        // is stopped before it runs and gets its own registers.
-        let args = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_at, 1, 0];
-        let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let at = scratch.write(mem, stub, 0, &bytes)?;
-        let mut created = None;
-        let main = s.main();
-        let res = main.syscall_cloning(gadget, libc::SYS_clone3, &[at, bytes.len() as u64], |tid| {
-            created = Some(tid)
-        })?;
-        let tid_ns = res.map_err(|errno| EngineError::Injected {
-            pid: stub,
-            call: format!("clone3(set_tid {})", t.tid),
-            errno,
-        })?;
-        if tid_ns != t.tid as u64 {
-            return Err(EngineError::Incompatible(format!("thread {} was created as {tid_ns}", t.tid)));
-        }
-        let host_tid = created
-            .ok_or_else(|| EngineError::Incompatible(format!("no clone event for thread {}", t.tid)))?;
+        let host_tid = clone3(s, gadget, mem, host, scratch, t.tid, flags, 0)?;
         let tracee =
             StoppedTracee::adopt(host_tid).map_err(EngineError::ptrace(host_tid, "take the new thread"))?;
         let task = s.adopt(host_tid, tracee, 0)?;
-        let mask = thread::restore(task, t, rec.pid, gadget, mem, stub, scratch)?;
+        let mask = thread::restore(task, t, rec.pid, gadget, mem, host, scratch)?;
         if let Some(m) = s.masks.last_mut() {
             *m = mask;
         }
@@ -193,4 +364,71 @@ fn resume(s: Seized) -> Result<(), EngineError> {
         t.tracee.set_sigmask(*mask).map_err(EngineError::ptrace(t.tid, "set the signal mask"))?;
     }
     s.detach_as_is()
+}
+
+/// The page batches of `pages.img`, in the image's process order, handed out process by
+/// process; each batch is checked against its process before it is written.
+struct PageFeed {
+    reader: RecordReader<BufReader<File>>,
+    pending: Option<PageBatch>,
+    total: u64,
+    pages: u64,
+}
+
+impl PageFeed {
+    fn open(img: &Image) -> Result<PageFeed, EngineError> {
+        Ok(PageFeed {
+            reader: image::records(&img.dir, image::PAGES)?,
+            pending: None,
+            total: img.manifest.stats.pages_stored * memory::PAGE,
+            pages: 0,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<PageBatch>, EngineError> {
+        if let Some(b) = self.pending.take() {
+            return Ok(Some(b));
+        }
+        match self.reader.next().map_err(|source| EngineError::Image { file: image::PAGES.into(), source })? {
+            Some(Frame::Pages(b)) => Ok(Some(b)),
+            Some(Frame::Process(_)) => {
+                Err(EngineError::Incompatible(format!("{} holds a record that is not pages", image::PAGES)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the batches of `rec` (they come together, in the image's process order).
+    fn write_for(
+        &mut self,
+        rec: &ProcessRecord,
+        mem: &File,
+        host: i32,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), EngineError> {
+        while let Some(batch) = self.next()? {
+            if batch.pid != rec.pid {
+                self.pending = Some(batch);
+                break;
+            }
+            migrate_proto::validate::check_batch(&batch, rec)
+                .map_err(|source| EngineError::Image { file: image::PAGES.into(), source })?;
+            memory::write_batch(mem, host, &batch)?;
+            self.pages += batch.runs.iter().map(|r| u64::from(r.npages)).sum::<u64>();
+            progress(Progress::Bytes { done: self.pages * memory::PAGE, total: self.total });
+        }
+        Ok(())
+    }
+
+    /// Every batch must have been written: one left over belongs to no process built.
+    fn finish(&mut self) -> Result<(), EngineError> {
+        match self.next()? {
+            None => Ok(()),
+            Some(b) => Err(EngineError::Incompatible(format!(
+                "{} holds pages of pid {} out of order, or of no process of the image",
+                image::PAGES,
+                b.pid
+            ))),
+        }
+    }
 }

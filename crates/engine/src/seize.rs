@@ -43,15 +43,31 @@ pub fn thread_ids(pid: i32) -> Result<Vec<i32>, EngineError> {
     Ok(tids)
 }
 
-/// Stops every thread of `pid`. `cgroup` is frozen while threads are seized, so that
-/// none can be created or escape in between, and thawed again after.
-pub fn seize(pid: i32, cgroup: &Cgroup, options: Options) -> Result<Seized, EngineError> {
+/// Stops every thread of every live process in `pids` (zombies, which have no threads,
+/// get `None`). `cgroup` is frozen while threads are seized, so that none can be created,
+/// exit or escape in between, and thawed again after.
+pub fn seize_all(
+    pids: &[i32],
+    cgroup: &Cgroup,
+    options: Options,
+) -> Result<Vec<Option<Seized>>, EngineError> {
     cgroup.freeze(FREEZE_TIMEOUT)?;
-    let result = seize_frozen(pid, options);
+    let result: Result<Vec<_>, _> = pids
+        .iter()
+        .map(|&pid| if is_zombie(pid) { Ok(None) } else { seize_frozen(pid, options).map(Some) })
+        .collect();
     let thawed = cgroup.thaw(FREEZE_TIMEOUT);
     let seized = result?;
     thawed?;
     Ok(seized)
+}
+
+/// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`).
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn seize_frozen(pid: i32, options: Options) -> Result<Seized, EngineError> {

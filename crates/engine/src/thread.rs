@@ -111,8 +111,10 @@ pub fn dump(
     let pending = siginfos(
         task.tracee.pending_signals(false).map_err(EngineError::ptrace(tid, "read pending signals"))?,
     );
+    let comm = crate::error::read_proc(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
     Ok(ThreadRecord {
         tid: 0, // filled in by the caller, in the container's pid namespace
+        comm,
         regs: regs_from(&task.saved),
         xstate,
         sigmask: mask,
@@ -185,6 +187,10 @@ pub fn restore(
             || format!("rt_tgsigqueueinfo(signal {})", sig.signo),
         )?;
     }
+    let at = scratch.path(mem, pid, 0, &rec.comm)?;
+    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
+        format!("prctl(PR_SET_NAME, {:?})", rec.comm)
+    })?;
     task.tracee.set_xstate(&rec.xstate).map_err(EngineError::ptrace(tid, "write xstate"))?;
     task.saved = resume_regs(&rec.regs);
     task.tracee.set_regs(task.saved).map_err(EngineError::ptrace(tid, "write registers"))?;

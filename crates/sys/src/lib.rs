@@ -5,6 +5,7 @@
 //! checkpoint is. Callers outside it are compiled with `unsafe_code = "forbid"`.
 
 pub mod clone3;
+pub mod files;
 pub mod mem;
 pub mod pagemap;
 pub mod pidfd;

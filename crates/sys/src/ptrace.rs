@@ -156,7 +156,7 @@ impl StoppedTracee {
     /// Signals must be blocked (see [`StoppedTracee::set_sigmask`]) or a signal-delivery
     /// stop could come first; one that comes anyway is an error naming the signal.
     /// `on_clone` receives the tid of a task created by the syscall (with
-    /// `PTRACE_O_TRACECLONE` set, the kernel reports it in an event stop first).
+    /// `PTRACE_O_TRACECLONE`/`TRACEFORK` set, the kernel reports it in an event stop first).
     pub fn run_syscall(
         &mut self,
         regs: libc::user_regs_struct,
@@ -167,7 +167,11 @@ impl StoppedTracee {
             ptrace::step(self.pid, None).map_err(op_err("PTRACE_SINGLESTEP", self.pid))?;
             match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
-                Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_CLONE => {
+                Ok(WaitStatus::PtraceEvent(
+                    _,
+                    _,
+                    libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK,
+                )) => {
                     let msg = ptrace::getevent(self.pid).map_err(op_err("PTRACE_GETEVENTMSG", self.pid))?;
                     on_clone(msg as i32);
                 }

@@ -78,6 +78,7 @@ pub(crate) fn regs(rip: u64) -> Regs {
 
 pub(crate) fn thread(tid: i32) -> ThreadRecord {
     ThreadRecord {
+        comm: "test".into(),
         tid,
         regs: regs(0x40_1000),
         xstate: vec![0xab; 1024],
@@ -130,7 +131,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
             vma(0x7ffc_0000_4000, 0x7ffc_0000_6000, VmaBacking::Vdso, "[vdso]"),
             Vma { growsdown: true, ..vma(0x7ffd_0000_0000, 0x7ffd_0002_0000, VmaBacking::Anon, "[stack]") },
         ],
-        mm: MmFields {
+        mm: Some(MmFields {
             start_code: 0x40_0000,
             end_code: 0x40_2000,
             start_data: 0x40_2000,
@@ -144,13 +145,18 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
             env_end: 0x7ffd_0001_f800,
             auxv: vec![6, 4096, 25, 0x7ffd_0001_f900, 0, 0],
             exe,
-        },
+        }),
         fds: vec![
-            FdRecord { fd: 0, flags: 0, kind: FdKind::Device { path: "/dev/null".into() } },
-            FdRecord { fd: 1, flags: 1, kind: FdKind::External { name: "stdout".into() } },
-            FdRecord { fd: 2, flags: 1, kind: FdKind::External { name: "stderr".into() } },
-            FdRecord { fd: 3, flags: 0o2, kind: FdKind::File { file: file_id("/data/log.txt"), pos: 4242 } },
-            FdRecord { fd: 7, flags: 0, kind: FdKind::Dir { path: "/data".into(), pos: 0 } },
+            FdRecord { fd: 0, file_id: 0, flags: 0, kind: FdKind::Device { path: "/dev/null".into() } },
+            FdRecord { fd: 1, file_id: 1, flags: 1, kind: FdKind::External { name: "stdout".into() } },
+            FdRecord { fd: 2, file_id: 2, flags: 1, kind: FdKind::External { name: "stderr".into() } },
+            FdRecord {
+                fd: 3,
+                file_id: 3,
+                flags: 0o2,
+                kind: FdKind::File { file: file_id("/data/log.txt"), pos: 4242 },
+            },
+            FdRecord { fd: 7, file_id: 7, flags: 0, kind: FdKind::Dir { path: "/data".into(), pos: 0 } },
         ],
         creds: Creds {
             uids: [0; 4],
@@ -180,6 +186,8 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         shared_pending: vec![],
         itimers: [ITimer::default(), ITimer { interval_us: 0, value_us: 0 }, ITimer::default()],
         personality: 0,
+        pipes: Vec::new(),
+        zombie: None,
     }
 }
 

@@ -68,25 +68,41 @@ fn each_check_fires_with_a_precise_message() {
         (
             "fd 9 path \"data/x\" is not absolute",
             Box::new(|p| {
-                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Device { path: "data/x".into() } })
+                p.fds.push(FdRecord {
+                    fd: 9,
+                    file_id: 9,
+                    flags: 0,
+                    kind: FdKind::Device { path: "data/x".into() },
+                })
             }),
         ),
         (
             "fd 9 path \"/a\\0b\" contains a NUL byte",
             Box::new(|p| {
-                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Dir { path: "/a\0b".into(), pos: 0 } })
+                p.fds.push(FdRecord {
+                    fd: 9,
+                    file_id: 9,
+                    flags: 0,
+                    kind: FdKind::Dir { path: "/a\0b".into(), pos: 0 },
+                })
             }),
         ),
         (
             "is 4097 bytes long, more than 4096",
             Box::new(|p| {
-                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::Dir { path: "/".repeat(4097), pos: 0 } })
+                p.fds.push(FdRecord {
+                    fd: 9,
+                    file_id: 9,
+                    flags: 0,
+                    kind: FdKind::Dir { path: "/".repeat(4097), pos: 0 },
+                })
             }),
         ),
         (
             "fd 9: position 9223372036854775808 is beyond",
             Box::new(|p| {
                 p.fds.push(FdRecord {
+                    file_id: 1,
                     fd: 9,
                     flags: 0,
                     kind: FdKind::File { file: file_id("/x"), pos: 1 << 63 },
@@ -96,12 +112,17 @@ fn each_check_fires_with_a_precise_message() {
         (
             "fd 9: external name",
             Box::new(|p| {
-                p.fds.push(FdRecord { fd: 9, flags: 0, kind: FdKind::External { name: String::new() } })
+                p.fds.push(FdRecord {
+                    fd: 9,
+                    file_id: 9,
+                    flags: 0,
+                    kind: FdKind::External { name: String::new() },
+                })
             }),
         ),
         ("cwd path \"..\" is not absolute", Box::new(|p| p.cwd = "..".into())),
         ("root path \"/..\" contains a `..` component", Box::new(|p| p.root = "/..".into())),
-        ("exe path \"\" is not absolute", Box::new(|p| p.mm.exe.path = String::new())),
+        ("exe path \"\" is not absolute", Box::new(|p| mm(p).exe.path = String::new())),
         (
             "sigaction for signal 9: SIGKILL and SIGSTOP cannot be caught",
             Box::new(|p| {
@@ -127,12 +148,18 @@ fn each_check_fires_with_a_precise_message() {
         ),
         ("rlimit 7: is listed twice", Box::new(|p| p.rlimits.push(Rlimit { resource: 7, cur: 0, max: 0 }))),
         ("rlimit 7: soft limit is above the hard limit", Box::new(|p| p.rlimits[0].cur = 5000)),
-        ("auxv: has 5 words, not pairs", Box::new(|p| p.mm.auxv.truncate(5))),
-        ("auxv: has 514 words, more than 512", Box::new(|p| p.mm.auxv = vec![0; 514])),
-        ("auxv: does not end with AT_NULL", Box::new(|p| p.mm.auxv = vec![6, 4096])),
-        ("mm: start_code 0x400000 is above end_code 0x3ff000", Box::new(|p| p.mm.end_code = 0x3f_f000)),
-        ("mm: brk 0xffffffffffffffff lies beyond user space", Box::new(|p| p.mm.brk = u64::MAX)),
-        ("mm: env_start", Box::new(|p| p.mm.env_start = p.mm.env_end + 1)),
+        ("auxv: has 5 words, not pairs", Box::new(|p| mm(p).auxv.truncate(5))),
+        ("auxv: has 514 words, more than 512", Box::new(|p| mm(p).auxv = vec![0; 514])),
+        ("auxv: does not end with AT_NULL", Box::new(|p| mm(p).auxv = vec![6, 4096])),
+        ("mm: start_code 0x400000 is above end_code 0x3ff000", Box::new(|p| mm(p).end_code = 0x3f_f000)),
+        ("mm: brk 0xffffffffffffffff lies beyond user space", Box::new(|p| mm(p).brk = u64::MAX)),
+        (
+            "mm: env_start",
+            Box::new(|p| {
+                let m = mm(p);
+                m.env_start = m.env_end + 1
+            }),
+        ),
         ("umask 0o1777 has bits beyond 0o777", Box::new(|p| p.umask = 0o1777)),
         ("creds.groups has 65537 groups", Box::new(|p| p.creds.groups = vec![0; 65537])),
     ];
@@ -177,4 +204,9 @@ fn batches_must_lie_in_dumpable_vmas() {
         let err = check_batch(&b, &p).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
         assert!(err.contains(want), "{err} (wanted {want:?})");
     }
+}
+
+/// The mm fields of a live test process.
+fn mm(p: &mut ProcessRecord) -> &mut crate::records::MmFields {
+    p.mm.as_mut().expect("a live test process has mm fields")
 }

@@ -1,0 +1,201 @@
+//! Process trees: a bash pipeline checkpointed mid-stream, a tree with sessions, groups
+//! and a zombie, and an open file shared across fork — each moved to another host.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use support::{TempDir, TestLab, wait_until};
+
+/// `pid ppid sid pgid state comm` of every process of the container, sorted, as its own
+/// `/proc` shows them (read by `exec`, whose own processes are left out).
+fn tree(lab: &TestLab, name: &str) -> anyhow::Result<Vec<String>> {
+    let script = r#"
+import os
+for p in sorted(int(x) for x in os.listdir('/proc') if x.isdigit()):
+    try:
+        s = open(f'/proc/{p}/stat').read()
+        c = s[s.rfind(')') + 2:].split()
+        print(p, c[1], c[3], c[2], c[0], s[s.find('(') + 1:s.rfind(')')])
+    except OSError:
+        pass
+"#;
+    let out = lab.ok(&["exec", name, "--", "python3", "-c", script])?;
+    // Leave out the exec'd reader itself (its parent is outside the namespace: ppid 0,
+    // and it is not PID 1).
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with("1 ") || l.split(' ').nth(1) != Some("0"))
+        .map(str::to_string)
+        .collect())
+}
+
+fn checkpoint_and_restore(lab: &TestLab, name: &str, img: &TempDir, to: &str) -> anyhow::Result<()> {
+    let dir = img.join(name);
+    lab.ok(&["checkpoint", name, "--dir", &dir])?;
+    lab.ok(&["restore", "--dir", &dir, "--host", to])?;
+    Ok(())
+}
+
+#[test]
+fn a_bash_pipeline_checkpointed_mid_stream_gives_the_same_output() -> anyhow::Result<()> {
+    let img = TempDir::new("pipeline")?;
+    let work = TempDir::new("pipeline-out")?;
+    let lab = TestLab::up(2)?;
+    let out = work.join("out");
+    let job =
+        format!("seq 1 1000000 | while read x; do echo $((x*x)); done | sort -n > {out}; echo finished");
+    lab.start("host-a", "pipe", &["bash", "-c", &job])?;
+    // Mid-stream: the loop has been going for a while, sort has not written yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(!lab.logs("pipe")?.contains("finished"), "the pipeline finished before the checkpoint");
+    let before = tree(&lab, "pipe")?;
+    ensure!(before.len() == 4, "bash, seq, the loop's bash and sort: {before:?}");
+    checkpoint_and_restore(&lab, "pipe", &img, "host-b")?;
+    ensure!(
+        tree(&lab, "pipe")?
+            .iter()
+            .map(|l| l.split(' ').take(4).collect::<Vec<_>>())
+            .eq(before.iter().map(|l| l.split(' ').take(4).collect::<Vec<_>>()))
+    );
+    ensure!(
+        wait_until(Duration::from_secs(180), || lab.logs("pipe").is_ok_and(|l| l.contains("finished"))),
+        "the restored pipeline never finished"
+    );
+    let got = std::fs::read_to_string(&out)?;
+    let mut want: Vec<u64> = (1..=1_000_000u64).map(|x| x * x).collect();
+    want.sort_unstable();
+    let want: String = want.iter().map(|v| format!("{v}\n")).collect();
+    ensure!(
+        got.len() == want.len() && got == want,
+        "out differs from an uninterrupted run ({} vs {} bytes)",
+        got.len(),
+        want.len()
+    );
+    Ok(())
+}
+
+/// PID 1 forks: a sleeper in its group, one in a session of its own, one in a group of
+/// its own, and a child that exits with 7 and stays a zombie until PID 1 is told to
+/// reap it (a trigger file).
+const TREE: &str = r#"
+import os, sys, time
+trigger = sys.argv[1]
+def child(fn):
+    pid = os.fork()
+    if pid == 0:
+        fn()
+        os._exit(0)
+    return pid
+def sleeper():
+    time.sleep(100000)
+def new_session():
+    os.setsid(); time.sleep(100000)
+def new_group():
+    os.setpgid(0, 0); time.sleep(100000)
+def quits():
+    os._exit(7)
+kids = [child(sleeper), child(new_session), child(new_group), child(quits)]
+print('kids', *kids, flush=True)
+while True:
+    if os.path.exists(trigger):
+        pid, status = os.waitpid(kids[3], 0)
+        print('reaped', pid, 'exit', os.waitstatus_to_exitcode(status), flush=True)
+        os.remove(trigger)
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
+    let img = TempDir::new("tree")?;
+    let work = TempDir::new("tree-trigger")?;
+    let lab = TestLab::up(2)?;
+    let trigger = work.join("reap");
+    lab.start("host-a", "tree", &["python3", "-u", "-c", TREE, &trigger])?;
+    let log = lab.wait_log("tree", "kids")?;
+    let kids: Vec<i32> = log
+        .split("kids")
+        .nth(1)
+        .context("kids")?
+        .split_whitespace()
+        .take(4)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(kids.len() == 4, "{log}");
+    let mut before = Vec::new();
+    ensure!(
+        wait_until(Duration::from_secs(10), || {
+            before = tree(&lab, "tree").unwrap_or_default();
+            before.iter().any(|l| l.contains(" Z "))
+        }),
+        "no zombie before the checkpoint: {before:?}"
+    );
+    // The session and group of their own, and the zombie, are really there.
+    let line =
+        |pid: i32| before.iter().find(|l| l.starts_with(&format!("{pid} "))).cloned().unwrap_or_default();
+    ensure!(line(kids[1]).starts_with(&format!("{0} 1 {0} {0} ", kids[1])), "own session: {before:?}");
+    ensure!(line(kids[2]).starts_with(&format!("{0} 1 1 {0} ", kids[2])), "own group: {before:?}");
+    ensure!(line(kids[3]).contains(" Z "), "zombie: {before:?}");
+
+    checkpoint_and_restore(&lab, "tree", &img, "host-b")?;
+    let after = tree(&lab, "tree")?;
+    ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("tree", "reaped")?;
+    ensure!(
+        log.contains(&format!("reaped {} exit 7", kids[3])),
+        "the zombie's status did not reach its parent: {log}"
+    );
+    Ok(())
+}
+
+/// A parent and its child write lines through one open file description (opened before
+/// the fork, no O_APPEND): they share its offset, so no line is ever overwritten.
+const SHARED: &str = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+who = 'child' if os.fork() == 0 else 'parent'
+i = 0
+while True:
+    os.write(fd, f'{who} {i}\n'.encode())
+    if who == 'parent' and i % 10 == 0:
+        print('wrote', i, flush=True)
+    i += 1
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn an_open_file_shared_across_fork_stays_shared() -> anyhow::Result<()> {
+    let img = TempDir::new("shared")?;
+    let work = TempDir::new("shared-out")?;
+    let lab = TestLab::up(2)?;
+    let file = work.join("lines");
+    lab.start("host-a", "share", &["python3", "-u", "-c", SHARED, &file])?;
+    lab.wait_log("share", "wrote 20")?;
+    checkpoint_and_restore(&lab, "share", &img, "host-b")?;
+    let count = |who: &str| {
+        std::fs::read_to_string(&file).map(|t| t.lines().filter(|l| l.starts_with(who)).count()).unwrap_or(0)
+    };
+    let (p0, c0) = (count("parent"), count("child"));
+    ensure!(
+        wait_until(Duration::from_secs(20), || count("parent") > p0 + 20 && count("child") > c0 + 20),
+        "the writers did not go on after the restore"
+    );
+    let text = std::fs::read_to_string(&file)?;
+    // Every line whole, and each writer's numbers consecutive: a private offset after the
+    // restore would overwrite the other's lines.
+    for who in ["parent", "child"] {
+        let nums: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix(who)?.trim().parse().ok()).collect();
+        ensure!(
+            nums.iter().enumerate().all(|(i, &n)| n == i as u64),
+            "{who}'s lines are not 0, 1, 2, …: {:?}",
+            &nums[..nums.len().min(40)]
+        );
+    }
+    ensure!(
+        text.lines().all(|l| l.starts_with("parent ") || l.starts_with("child ")),
+        "a line was overwritten"
+    );
+    Ok(())
+}
