@@ -199,3 +199,20 @@ fn an_open_file_shared_across_fork_stays_shared() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_contents_of_dev_shm_and_run_move_with_the_container() -> anyhow::Result<()> {
+    let img = TempDir::new("tmpfs")?;
+    let lab = TestLab::up(2)?;
+    let setup = "mkdir -p /run/app/sub && echo state-1 > /run/app/sub/file && chmod 600 /run/app/sub/file \
+&& ln -s sub/file /run/app/link && head -c 100000 /dev/urandom > /dev/shm/blob && echo ready && exec sleep 100000";
+    lab.start("host-a", "tmpfs", &["sh", "-c", setup])?;
+    lab.wait_log("tmpfs", "ready")?;
+    let look = "cat /run/app/link; stat -c '%a %s' /run/app/sub/file; md5sum < /dev/shm/blob; readlink /run/app/link";
+    let before = lab.ok(&["exec", "tmpfs", "--", "sh", "-c", look])?;
+    ensure!(before.starts_with("state-1\n600 8\n"), "{before}");
+    checkpoint_and_restore(&lab, "tmpfs", &img, "host-b")?;
+    let after = lab.ok(&["exec", "tmpfs", "--", "sh", "-c", look])?;
+    ensure!(after == before, "the tmpfs contents changed:\nbefore {before}\nafter  {after}");
+    Ok(())
+}

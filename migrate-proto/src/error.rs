@@ -229,6 +229,7 @@ pub enum PathOwner {
     Exe,
     Fd(i32),
     Vma { start: u64, end: u64 },
+    Tmpfs,
 }
 
 impl fmt::Display for PathOwner {
@@ -238,6 +239,7 @@ impl fmt::Display for PathOwner {
             PathOwner::Root => f.write_str("root"),
             PathOwner::Exe => f.write_str("exe"),
             PathOwner::Fd(fd) => write!(f, "fd {fd}"),
+            PathOwner::Tmpfs => f.write_str("tmpfs entry"),
             PathOwner::Vma { start, end } => write!(f, "VMA {start:#x}-{end:#x}"),
         }
     }

@@ -32,6 +32,12 @@ pub const MAX_BATCH_RUNS: usize = (MAX_BATCH_BYTES / PAGE_SIZE) as usize;
 /// compresses well even so (zero-filled tails, text, pointers).
 const ZSTD_LEVEL: i32 = 1;
 
+/// Batches of at least this many bytes are sampled before they are compressed.
+const SAMPLE_MIN: usize = 256 << 10;
+/// How many slices a sample takes, and how long each is.
+const SAMPLES: usize = 4;
+const SAMPLE_LEN: usize = 16 << 10;
+
 /// `npages` pages starting at `addr`, which is page-aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
@@ -212,6 +218,8 @@ fn bounded_runs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PageRun>, D::Err
 pub struct PageCodec {
     compressor: zstd::bulk::Compressor<'static>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Room for one compressed sample ([`PageCodec::worth_compressing`]).
+    sample: Vec<u8>,
 }
 
 impl fmt::Debug for PageCodec {
@@ -227,7 +235,8 @@ impl PageCodec {
             .map_err(|source| ProtoError::Zstd { op: "compressor setup", source })?;
         let decompressor = zstd::bulk::Decompressor::new()
             .map_err(|source| ProtoError::Zstd { op: "decompressor setup", source })?;
-        Ok(PageCodec { compressor, decompressor })
+        let sample = Vec::with_capacity(zstd::zstd_safe::compress_bound(SAMPLE_LEN));
+        Ok(PageCodec { compressor, decompressor, sample })
     }
 
     /// Appends the encoded `batch` to `out`. Refuses a batch that a reader would refuse
@@ -256,6 +265,14 @@ impl PageCodec {
             |codec| BatchHeaderRef { pid: batch.pid, round: batch.round, runs: &batch.runs, codec, raw_len };
         append_postcard(&header(Codec::Zstd), out)?;
 
+        // A large batch whose samples do not compress is stored raw without trying the
+        // whole: random or already compressed memory costs a few percent of a full pass.
+        if !self.worth_compressing(&batch.data) {
+            out.truncate(start);
+            append_postcard(&header(Codec::Raw), out)?;
+            return Ok(&batch.data);
+        }
+
         // Compress straight into `out`, behind the header. Keep the result only if it saves
         // at least 1/8; otherwise (or if zstd gives up) store the data raw.
         let limit = batch.data.len() - batch.data.len() / 8;
@@ -274,6 +291,27 @@ impl PageCodec {
                 Ok(&batch.data)
             }
         }
+    }
+
+    /// Whether compressing `data` may pay: always for a small batch; for a large one, when
+    /// [`SAMPLES`] slices of [`SAMPLE_LEN`] bytes spread over it shrink by at least 1/16
+    /// together (compressed apart, they shrink less than the whole would, hence a lower
+    /// bar than the 1/8 the whole must save to be kept).
+    fn worth_compressing(&mut self, data: &[u8]) -> bool {
+        if data.len() < SAMPLE_MIN {
+            return true;
+        }
+        let step = data.len() / SAMPLES;
+        let mut packed = 0usize;
+        for i in 0..SAMPLES {
+            let Some(slice) = data.get(i * step..i * step + SAMPLE_LEN) else { return true };
+            self.sample.clear();
+            match self.compressor.compress_to_buffer(slice, &mut self.sample) {
+                Ok(n) => packed += n,
+                Err(_) => packed += SAMPLE_LEN,
+            }
+        }
+        packed * 16 <= SAMPLES * SAMPLE_LEN * 15
     }
 
     /// Decodes one encoded batch into `batch`, reusing its buffers.

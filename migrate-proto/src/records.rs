@@ -229,6 +229,27 @@ pub struct PipeRecord {
     pub data: Vec<u8>,
 }
 
+/// One entry of a tmpfs the container's runtime mounts privately for it (`/dev/shm`,
+/// `/run`): its contents exist nowhere else, so the image carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsEntry {
+    /// Absolute, inside one of those mounts.
+    pub path: String,
+    /// `st_mode` permission bits (with sticky/setgid bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: TmpfsKind,
+}
+
+/// What a tmpfs entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TmpfsKind {
+    Dir,
+    File { data: Vec<u8> },
+    Symlink { target: String },
+}
+
 /// One process: everything but its memory contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
@@ -256,6 +277,9 @@ pub struct ProcessRecord {
     pub personality: u32,
     /// The pipes first held by this process (in the image's process order).
     pub pipes: Vec<PipeRecord>,
+    /// The contents of the container's private tmpfs mounts, in PID 1's record only
+    /// (parents before children).
+    pub tmpfs: Vec<TmpfsEntry>,
     /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
     /// fds, and stays a zombie until its parent reaps it.
     pub zombie: Option<i32>,

@@ -115,6 +115,7 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
     }
     check_fds(p)?;
     check_pipes(p)?;
+    check_tmpfs(p)?;
     if p.creds.groups.len() > NGROUPS_MAX {
         return Err(Invalid::Field {
             field: "creds.groups",
@@ -363,6 +364,35 @@ fn check_pipes(p: &ProcessRecord) -> Result<(), Invalid> {
                 pipe.data.len(),
                 pipe.size
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The mounts whose contents an image may carry.
+pub const TMPFS_MOUNTS: [&str; 2] = ["/dev/shm", "/run"];
+
+/// tmpfs entries: only PID 1 carries them, each path absolute, inside one of
+/// [`TMPFS_MOUNTS`], with no `..`, listed once.
+fn check_tmpfs(p: &ProcessRecord) -> Result<(), Invalid> {
+    if p.tmpfs.is_empty() {
+        return Ok(());
+    }
+    let bad = |problem: String| Err(Invalid::Field { field: "tmpfs", problem });
+    if p.pid != 1 {
+        return bad(format!("pid {} carries tmpfs contents; only PID 1 may", p.pid));
+    }
+    let mut seen = HashSet::with_capacity(p.tmpfs.len());
+    for e in &p.tmpfs {
+        check_path(PathOwner::Tmpfs, &e.path)?;
+        if !TMPFS_MOUNTS.iter().any(|m| e.path.strip_prefix(m).is_some_and(|rest| rest.starts_with('/'))) {
+            return bad(format!("{} is not inside {}", e.path, TMPFS_MOUNTS.join(" or ")));
+        }
+        if !seen.insert(e.path.as_str()) {
+            return bad(format!("{} is listed twice", e.path));
+        }
+        if e.mode > 0o7777 {
+            return bad(format!("{}: mode {:o} is not a permission mode", e.path, e.mode));
         }
     }
     Ok(())

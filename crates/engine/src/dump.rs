@@ -36,8 +36,23 @@ pub struct CheckpointRequest<'a> {
 pub struct CheckpointReport {
     /// From the freeze until the tasks were released (or frozen for good).
     pub frozen_ms: u64,
+    /// Checks before anything is frozen (processes, files, maps).
+    #[serde(default)]
+    pub precheck_ms: u64,
+    /// Freezing the cgroup, until the kernel says it is frozen.
+    #[serde(default)]
+    pub freeze_ms: u64,
+    /// Seizing every thread, and the thaw that follows (the tasks stay stopped).
+    #[serde(default)]
+    pub seize_ms: u64,
     pub collect_ms: u64,
     pub memory_ms: u64,
+    /// Writing the process records and the manifest, after the memory.
+    #[serde(default)]
+    pub write_ms: u64,
+    /// Freezing again (unless --leave-running) and letting go of the threads.
+    #[serde(default)]
+    pub release_ms: u64,
     pub total_ms: u64,
     pub stats: Stats,
     /// Bytes in the image directory.
@@ -109,12 +124,27 @@ pub fn checkpoint(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckpointReport, EngineError> {
     let t0 = Instant::now();
-    let pids = precheck(req.pid, req.cgroup, &req.external)?;
     image::prepare_dir(&req.dir)?;
+    // The tree is read and checked while frozen: nothing can fork or exit meanwhile. A
+    // refusal thaws at once, so the container is frozen only for that look.
     progress(Progress::Phase("freeze"));
-    let clocks = host::container_clocks(req.pid)?;
-    let mut seized = seize::seize_all(&pids, req.cgroup, Options::empty())?;
     let frozen_at = Instant::now();
+    seize::freeze_settled(req.cgroup)?;
+    let freeze_ms = frozen_at.elapsed().as_millis() as u64;
+    let t_pre = Instant::now();
+    let pids = match precheck(req.pid, req.cgroup, &req.external) {
+        Ok(p) => p,
+        Err(e) => {
+            req.cgroup.thaw(std::time::Duration::from_secs(10))?;
+            let _ = std::fs::remove_dir_all(&req.dir);
+            return Err(e);
+        }
+    };
+    let precheck_ms = t_pre.elapsed().as_millis() as u64;
+    let t_seize = Instant::now();
+    let mut seized = seize::seize_frozen(&pids, req.cgroup, Options::empty())?;
+    let seize_ms = t_seize.elapsed().as_millis() as u64;
+    let clocks = host::container_clocks(req.pid)?;
     let result = collect_and_write(&req, &pids, &mut seized, clocks, progress);
     let written = match result {
         Ok(v) => v,
@@ -126,6 +156,7 @@ pub fn checkpoint(
         }
     };
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
+    let t_release = Instant::now();
     if !req.leave_running {
         // Frozen before the tracer lets go, so nothing runs again until it is killed.
         req.cgroup.freeze(std::time::Duration::from_secs(10))?;
@@ -134,7 +165,16 @@ pub fn checkpoint(
         s.release(None)?;
     }
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;
-    Ok(CheckpointReport { frozen_ms, total_ms: t0.elapsed().as_millis() as u64, ..written })
+    let release_ms = t_release.elapsed().as_millis() as u64;
+    Ok(CheckpointReport {
+        frozen_ms,
+        precheck_ms,
+        freeze_ms,
+        seize_ms,
+        release_ms,
+        total_ms: t0.elapsed().as_millis() as u64,
+        ..written
+    })
 }
 
 /// What injected calls collect from one process.
@@ -224,6 +264,7 @@ fn collect_and_write(
             itimers: inj.itimers,
             personality: facts.personality,
             pipes: Vec::new(),
+            tmpfs: if i == 0 { crate::tmpfs::dump(pid)? } else { Vec::new() },
             zombie: None,
         });
     }
@@ -261,6 +302,7 @@ fn collect_and_write(
     }
     let pages_sum = pages.finish()?;
     let memory_ms = t_mem.elapsed().as_millis() as u64;
+    let t_write = Instant::now();
 
     let mut procw = Writer::create(&req.dir, image::PROCESS)?;
     for r in &records {
@@ -297,8 +339,13 @@ fn collect_and_write(
     let manifest_bytes = image::write_manifest(&req.dir, &manifest)?;
     Ok(CheckpointReport {
         frozen_ms: 0,
+        precheck_ms: 0,
+        freeze_ms: 0,
+        seize_ms: 0,
         collect_ms,
         memory_ms,
+        write_ms: t_write.elapsed().as_millis() as u64,
+        release_ms: 0,
         total_ms: 0,
         stats,
         image_bytes: manifest_bytes + proc_sum.size + pages_sum.size,
@@ -314,10 +361,7 @@ fn dump_memory(
     pages: &mut Writer,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<memory::MemStats, EngineError> {
-    let mut sink = |b: &migrate_proto::pages::PageBatch| {
-        pages.inner().pages(b).map_err(|source| EngineError::Image { file: image::PAGES.into(), source })
-    };
-    memory::dump(pid, record.pid, &record.vmas, &seized.mem, &mut sink, &mut |done, total| {
+    memory::dump(pid, record.pid, &record.vmas, &seized.mem, pages, &mut |done, total| {
         progress(Progress::Bytes { done, total })
     })
 }
@@ -347,6 +391,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         itimers: Default::default(),
         personality: 0,
         pipes: Vec::new(),
+        tmpfs: Vec::new(),
         zombie: Some(status),
     })
 }

@@ -12,6 +12,9 @@ pub enum EngineError {
     /// the container is frozen where possible.
     #[error("cannot checkpoint: {0}")]
     Unsupported(String),
+    /// The container's processes changed during the freeze: the caller may try again.
+    #[error("the container changed while it was frozen: {0}")]
+    Changed(String),
     #[error("pid {pid}: {op}")]
     Ptrace {
         pid: i32,

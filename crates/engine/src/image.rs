@@ -4,7 +4,7 @@
 //! before anything live is built; page batches are checked as they stream.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use migrate_proto::frame::{Frame, RecordReader, RecordWriter};
@@ -12,6 +12,7 @@ use migrate_proto::manifest::{FileSum, MAX_MANIFEST, Manifest, decode_manifest, 
 use migrate_proto::records::ProcessRecord;
 
 use crate::error::{EngineError, io_err};
+use crate::pipeline::Spool;
 
 pub const MANIFEST: &str = "manifest.img";
 pub const PROCESS: &str = "process.img";
@@ -40,11 +41,12 @@ pub fn prepare_dir(dir: &Path) -> Result<(), EngineError> {
     }
 }
 
-/// A record file being written.
+/// A record file being written; the bytes reach the file from a thread of their own
+/// ([`Spool`]), so the caller encodes the next frame while the last one is written.
 pub struct Writer {
     name: &'static str,
     path: PathBuf,
-    inner: RecordWriter<BufWriter<File>>,
+    inner: RecordWriter<Spool>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -57,10 +59,10 @@ impl Writer {
     pub fn create(dir: &Path, name: &'static str) -> Result<Writer, EngineError> {
         let path = dir.join(name);
         let file = File::create(&path).map_err(io_err("create", &path))?;
-        Ok(Writer { name, path, inner: RecordWriter::new(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(Writer { name, path, inner: RecordWriter::new(Spool::new(file)) })
     }
 
-    pub fn inner(&mut self) -> &mut RecordWriter<BufWriter<File>> {
+    pub fn inner(&mut self) -> &mut RecordWriter<Spool> {
         &mut self.inner
     }
 
@@ -71,11 +73,7 @@ impl Writer {
     /// Ends the file (END frame), syncs it, and returns its entry for the manifest.
     pub fn finish(self) -> Result<FileSum, EngineError> {
         let (out, digest) = self.inner.finish().map_err(image_err(self.name))?;
-        let file = out.into_inner().map_err(|e| EngineError::Io {
-            op: "write",
-            path: self.path.clone(),
-            source: e.into_error(),
-        })?;
+        let file = out.finish().map_err(io_err("write", &self.path))?;
         file.sync_all().map_err(io_err("sync", &self.path))?;
         Ok(digest.sum(self.name))
     }

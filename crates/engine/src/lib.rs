@@ -19,11 +19,13 @@ pub mod image;
 mod inject;
 mod memory;
 mod mm;
+mod pipeline;
 mod process;
 mod procfs;
 mod restore;
 mod seize;
 mod thread;
+mod tmpfs;
 
 pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;

@@ -93,6 +93,8 @@ pub fn restore(
     for p in &img.processes {
         world.records.extend(p.pipes.iter().map(|r| (r.inode, r.clone())));
     }
+    // Before any process: one may map a file there.
+    crate::tmpfs::restore(stub, &root.tmpfs)?;
     let mut ctx = Ctx {
         img,
         pages: PageFeed::open(img)?,
@@ -398,7 +400,36 @@ impl PageFeed {
         }
     }
 
-    /// Writes the batches of `rec` (they come together, in the image's process order).
+    /// Fills `batch` (its buffers reused) with the next batch if it belongs to `pid`;
+    /// false when there is none, or it belongs to the next process (kept for it).
+    fn next_for(&mut self, pid: i32, batch: &mut PageBatch) -> Result<bool, EngineError> {
+        if let Some(b) = self.pending.take() {
+            if b.pid != pid {
+                self.pending = Some(b);
+                return Ok(false);
+            }
+            *batch = b;
+            return Ok(true);
+        }
+        match self
+            .reader
+            .next_into(batch)
+            .map_err(|source| EngineError::Image { file: image::PAGES.into(), source })?
+        {
+            Some(migrate_proto::frame::Filled::Pages) if batch.pid == pid => Ok(true),
+            Some(migrate_proto::frame::Filled::Pages) => {
+                self.pending = Some(std::mem::take(batch));
+                Ok(false)
+            }
+            Some(migrate_proto::frame::Filled::Process(_)) => {
+                Err(EngineError::Incompatible(format!("{} holds a record that is not pages", image::PAGES)))
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Writes the batches of `rec` (they come together, in the image's process order):
+    /// read and checked here, written by worker threads ([`memory::restore_pages`]).
     fn write_for(
         &mut self,
         rec: &ProcessRecord,
@@ -406,17 +437,12 @@ impl PageFeed {
         host: i32,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), EngineError> {
-        while let Some(batch) = self.next()? {
-            if batch.pid != rec.pid {
-                self.pending = Some(batch);
-                break;
-            }
-            migrate_proto::validate::check_batch(&batch, rec)
-                .map_err(|source| EngineError::Image { file: image::PAGES.into(), source })?;
-            memory::write_batch(mem, host, &batch)?;
-            self.pages += batch.runs.iter().map(|r| u64::from(r.npages)).sum::<u64>();
-            progress(Progress::Bytes { done: self.pages * memory::PAGE, total: self.total });
-        }
+        let (total, mut done) = (self.total, self.pages);
+        let written = memory::restore_pages(host, mem, rec, &mut |b| self.next_for(rec.pid, b), &mut |n| {
+            done += n;
+            progress(Progress::Bytes { done: done * memory::PAGE, total })
+        })?;
+        self.pages += written;
         Ok(())
     }
 

@@ -44,22 +44,69 @@ pub fn thread_ids(pid: i32) -> Result<Vec<i32>, EngineError> {
 }
 
 /// Stops every thread of every live process in `pids` (zombies, which have no threads,
-/// get `None`). `cgroup` is frozen while threads are seized, so that none can be created,
-/// exit or escape in between, and thawed again after.
-pub fn seize_all(
+/// get `None`). The cgroup must be frozen ([`freeze_settled`]): every thread is seized and
+/// asked to stop while nothing can run or fork; the stops are collected after the thaw
+/// (a frozen task reaches its ptrace stop before it returns to user space).
+pub fn seize_frozen(
     pids: &[i32],
     cgroup: &Cgroup,
     options: Options,
 ) -> Result<Vec<Option<Seized>>, EngineError> {
-    cgroup.freeze(FREEZE_TIMEOUT)?;
-    let result: Result<Vec<_>, _> = pids
+    let asked: Result<Vec<Option<Asked>>, EngineError> = pids
         .iter()
-        .map(|&pid| if is_zombie(pid) { Ok(None) } else { seize_frozen(pid, options).map(Some) })
+        .map(|&pid| if is_zombie(pid) { Ok(None) } else { ask_stop(pid, options).map(Some) })
         .collect();
     let thawed = cgroup.thaw(FREEZE_TIMEOUT);
-    let seized = result?;
+    let mut seized = Vec::with_capacity(pids.len());
+    for (&pid, threads) in pids.iter().zip(asked?) {
+        let Some(threads) = threads else {
+            seized.push(None);
+            continue;
+        };
+        let mut tasks = Vec::with_capacity(threads.len());
+        for (tid, t) in threads {
+            tasks.push(Task::new(tid, t.stopped().map_err(EngineError::ptrace(tid, "seize"))?)?);
+        }
+        seized.push(Some(take(pid, tasks)?));
+    }
     thawed?;
     Ok(seized)
+}
+
+/// The threads of one process, seized and asked to stop: `(tid, tracee)`.
+type Asked = Vec<(i32, Tracee)>;
+
+fn ask_stop(pid: i32, options: Options) -> Result<Asked, EngineError> {
+    let mut out = Vec::new();
+    for tid in thread_ids(pid)? {
+        let t = Tracee::seize(tid, options).map_err(EngineError::ptrace(tid, "seize"))?;
+        t.request_stop().map_err(EngineError::ptrace(tid, "seize"))?;
+        out.push((tid, t));
+    }
+    Ok(out)
+}
+
+/// Freezes the cgroup at a moment where no task waits in vfork: ptrace cannot stop a
+/// vfork parent while its child is frozen or stopped, so such a moment is let pass.
+pub fn freeze_settled(cgroup: &Cgroup) -> Result<(), EngineError> {
+    for _ in 0..100 {
+        cgroup.freeze(FREEZE_TIMEOUT)?;
+        let in_vfork = cgroup.pids()?.iter().any(|&p| {
+            thread_ids(p).unwrap_or_default().iter().any(|t| {
+                std::fs::read_to_string(format!("/proc/{p}/task/{t}/stack"))
+                    .is_ok_and(|w| w.contains("vfork"))
+            })
+        });
+        if !in_vfork {
+            return Ok(());
+        }
+        // A vfork ends when its child execs or exits: let it run a moment.
+        cgroup.thaw(FREEZE_TIMEOUT)?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(EngineError::Unsupported(
+        "a process of the container stays in vfork (waiting for its child to exec): try again".into(),
+    ))
 }
 
 /// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`).
@@ -68,17 +115,6 @@ pub fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
         .unwrap_or(false)
-}
-
-fn seize_frozen(pid: i32, options: Options) -> Result<Seized, EngineError> {
-    let mut tasks = Vec::new();
-    for tid in thread_ids(pid)? {
-        let stopped = Tracee::seize(tid, options)
-            .and_then(Tracee::interrupt)
-            .map_err(EngineError::ptrace(tid, "seize"))?;
-        tasks.push(Task::new(tid, stopped)?);
-    }
-    take(pid, tasks)
 }
 
 /// Wraps already stopped tasks of one process (e.g. a restore stub).

@@ -89,6 +89,19 @@ impl Tracee {
         Ok(StoppedTracee { pid: self.pid, pending, armed: true })
     }
 
+    /// `PTRACE_INTERRUPT` without waiting: the task stops at its next chance (a frozen
+    /// task once it is thawed). Collect the stop with [`Tracee::stopped`].
+    pub fn request_stop(&self) -> Result<(), PtraceError> {
+        ptrace::interrupt(self.pid).map_err(op_err("PTRACE_INTERRUPT", self.pid))
+    }
+
+    /// Waits for the stop that [`Tracee::request_stop`] asked for.
+    pub fn stopped(mut self) -> Result<StoppedTracee, PtraceError> {
+        let pending = wait_stop(self.pid)?;
+        self.armed = false;
+        Ok(StoppedTracee { pid: self.pid, pending, armed: true })
+    }
+
     /// Stops the task and detaches from it.
     pub fn detach(self) -> Result<(), PtraceError> {
         self.interrupt()?.detach()
@@ -104,13 +117,32 @@ impl Drop for Tracee {
 }
 
 /// Waits until `pid` is in a ptrace stop; returns the signal of a signal-delivery stop.
+/// How long a task may take to reach a ptrace stop. A task blocked where ptrace cannot
+/// stop it (a vfork parent waiting for a frozen child, an uninterruptible sleep on a dead
+/// NFS server) would otherwise hang its tracer forever.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until `pid` is in a ptrace stop; returns the signal of a signal-delivery stop.
 fn wait_stop(pid: Pid) -> Result<Option<Signal>, PtraceError> {
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
     loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+        match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::PtraceEvent(_, _, _)) | Ok(WaitStatus::PtraceSyscall(_)) => return Ok(None),
             Ok(WaitStatus::Stopped(_, sig)) => return Ok(Some(sig)),
             Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
                 return Err(PtraceError::Gone { pid: pid.as_raw(), status: format!("{status:?}") });
+            }
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(PtraceError::UnexpectedStop {
+                        pid: pid.as_raw(),
+                        what: format!(
+                            "it did not stop within {STOP_TIMEOUT:?} (blocked where it cannot be stopped, e.g. in vfork)"
+                        ),
+                    });
+                }
+                // Stops take microseconds; this only spins while one is late.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(e) => return Err(op_err("waitpid", pid)(e)),

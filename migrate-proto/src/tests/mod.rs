@@ -187,6 +187,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         itimers: [ITimer::default(), ITimer { interval_us: 0, value_us: 0 }, ITimer::default()],
         personality: 0,
         pipes: Vec::new(),
+        tmpfs: Vec::new(),
         zombie: None,
     }
 }

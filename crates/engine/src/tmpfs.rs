@@ -1,0 +1,83 @@
+//! The contents of the tmpfs mounts the container's runtime gives it privately
+//! (`/dev/shm`, `/run`): they exist nowhere but in the container's mount namespace, so
+//! the image carries them, and a restore writes them into the new container's mounts
+//! before any process is rebuilt (a process may map a file there).
+//!
+//! Both sides go through `/proc/PID/root`, which resolves paths in the container's mount
+//! namespace from the outside.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use migrate_proto::records::{TmpfsEntry, TmpfsKind};
+use migrate_proto::validate::TMPFS_MOUNTS;
+
+use crate::error::{EngineError, io_err};
+
+/// Everything under the tmpfs mounts of `pid`'s mount namespace, parents first.
+pub fn dump(pid: i32) -> Result<Vec<TmpfsEntry>, EngineError> {
+    let root = format!("/proc/{pid}/root");
+    let mut out = Vec::new();
+    for mount in TMPFS_MOUNTS {
+        walk(Path::new(&root), Path::new(mount), &mut out)?;
+    }
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<TmpfsEntry>) -> Result<(), EngineError> {
+    let here = root.join(dir.strip_prefix("/").unwrap_or(dir));
+    let mut entries: Vec<_> = match std::fs::read_dir(&here) {
+        Ok(d) => d.filter_map(|e| e.ok()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(EngineError::Io { op: "list", path: here, source: e }),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let inside = dir.join(e.file_name());
+        let path = inside
+            .to_str()
+            .ok_or_else(|| EngineError::Unsupported(format!("{} is not UTF-8", inside.display())))?
+            .to_string();
+        let md = std::fs::symlink_metadata(e.path()).map_err(io_err("stat", e.path()))?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            TmpfsKind::Dir
+        } else if ft.is_file() {
+            TmpfsKind::File { data: std::fs::read(e.path()).map_err(io_err("read", e.path()))? }
+        } else if ft.is_symlink() {
+            let t = std::fs::read_link(e.path()).map_err(io_err("readlink", e.path()))?;
+            TmpfsKind::Symlink { target: t.to_string_lossy().into_owned() }
+        } else {
+            return Err(EngineError::Unsupported(format!(
+                "{path} in the container's tmpfs is a socket, FIFO or device: not supported yet"
+            )));
+        };
+        let is_dir = matches!(kind, TmpfsKind::Dir);
+        out.push(TmpfsEntry { path, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), kind });
+        if is_dir {
+            walk(root, &inside, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `entries` into the (fresh, empty) tmpfs mounts of `pid`'s mount namespace.
+pub fn restore(pid: i32, entries: &[TmpfsEntry]) -> Result<(), EngineError> {
+    let root = format!("/proc/{pid}/root");
+    for e in entries {
+        let at = Path::new(&root).join(e.path.trim_start_matches('/'));
+        match &e.kind {
+            TmpfsKind::Dir => std::fs::create_dir(&at).map_err(io_err("create", &at))?,
+            TmpfsKind::File { data } => std::fs::write(&at, data).map_err(io_err("write", &at))?,
+            TmpfsKind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &at).map_err(io_err("symlink", &at))?
+            }
+        }
+        if !matches!(e.kind, TmpfsKind::Symlink { .. }) {
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(e.mode))
+                .map_err(io_err("chmod", &at))?;
+        }
+        std::os::unix::fs::lchown(&at, Some(e.uid), Some(e.gid)).map_err(io_err("chown", &at))?;
+    }
+    Ok(())
+}
