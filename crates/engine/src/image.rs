@@ -34,8 +34,9 @@ pub fn prepare_dir(dir: &Path) -> Result<(), EngineError> {
             }
             Ok(())
         }
+        // Only the last component is made: a typo must not create directories at `/`.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))
+            fs::create_dir(dir).map_err(io_err("create", dir))
         }
         Err(e) => Err(EngineError::Io { op: "open", path: dir.to_path_buf(), source: e }),
     }
@@ -105,7 +106,11 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
     let mpath = dir.join(MANIFEST);
     let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            EngineError::Incompatible(format!("{} holds no image (no {MANIFEST})", dir.display()))
+            if dir.is_dir() {
+                EngineError::Incompatible(format!("{} holds no image (no {MANIFEST})", dir.display()))
+            } else {
+                EngineError::Incompatible(format!("{} does not exist", dir.display()))
+            }
         }
         _ => EngineError::Io { op: "stat", path: mpath.clone(), source: e },
     })?;
