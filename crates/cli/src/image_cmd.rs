@@ -286,7 +286,8 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 v.end,
                 mib(v.end - v.start),
                 mib(*b),
-                if v.name.starts_with('[') { v.name.as_str() } else { "" }
+                // [heap], [stack], [anon:…]; the vDSO's names are its backing already.
+                if v.name.starts_with('[') && !backing.starts_with('[') { v.name.as_str() } else { "" }
             );
         }
         println!("  files:");
