@@ -139,7 +139,7 @@ impl Agent {
     ) -> Result<Event, AgentError> {
         check_dir(&req.dir)?;
         let dir = req.dir.clone();
-        let img = tokio::task::spawn_blocking(move || migrate_engine::open_image(&dir))
+        let img = tokio::task::spawn_blocking(move || migrate_engine::open_for_restore(&dir))
             .await
             .map_err(|e| AgentError::container("(image)", "read the image", e.to_string()))?
             .map_err(|e| AgentError::Invalid {

@@ -352,13 +352,17 @@ impl WaitError {
 
 /// Waits until `done` holds for the contents of `file`, woken by inotify `IN_MODIFY`
 /// (the kernel signals every change of a cgroup's `cgroup.events` that way).
+/// How long [`wait_for_event`] re-reads the file before it waits for inotify.
+const SPIN: Duration = Duration::from_millis(3);
+
 fn wait_for_event(file: &Path, timeout: Duration, done: impl Fn(&str) -> bool) -> Result<(), WaitError> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let werr = |io: io::Error| WaitError { path: file.to_path_buf(), waited: timeout, io: Some(io) };
     let inotify =
         Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(|e| werr(e.into()))?;
     inotify.add_watch(file, AddWatchFlags::IN_MODIFY).map_err(|e| werr(e.into()))?;
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     loop {
         // Read after arming the watch, so that no change can slip between the two.
         let contents = fs::read_to_string(file).map_err(werr)?;
@@ -368,6 +372,13 @@ fn wait_for_event(file: &Path, timeout: Duration, done: impl Fn(&str) -> bool) -
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(WaitError { path: file.to_path_buf(), waited: timeout, io: None });
+        }
+        // The kernel sends at most one notification of a cgroup file per 10 ms
+        // (cgroup_file_notify), while a small cgroup freezes in well under one: look
+        // again a few times before sleeping on the event.
+        if start.elapsed() < SPIN {
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
         }
         let mut fds = [nix::poll::PollFd::new(inotify.as_fd(), nix::poll::PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);

@@ -103,6 +103,16 @@ pub struct Image {
 /// the manifest's sizes and digests, then the process records, each validated (by the
 /// reader, as it decodes each PROCESS frame).
 pub fn open(dir: &Path) -> Result<Image, EngineError> {
+    open_checked(dir, true)
+}
+
+/// [`open`] for a restore: `pages.img` is only checked for its size here; its digest is
+/// checked as the restore streams it, before anything resumes (one read instead of two).
+pub fn open_for_restore(dir: &Path) -> Result<Image, EngineError> {
+    open_checked(dir, false)
+}
+
+fn open_checked(dir: &Path, whole_pages: bool) -> Result<Image, EngineError> {
     let mpath = dir.join(MANIFEST);
     let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -129,6 +139,18 @@ pub fn open(dir: &Path) -> Result<Image, EngineError> {
     }
     for sum in &manifest.files {
         let path = dir.join(&sum.name);
+        if !whole_pages && sum.name == PAGES {
+            let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+            if size != sum.size {
+                return Err(first_bad_frame(dir, &sum.name).unwrap_or_else(|| {
+                    EngineError::Incompatible(format!(
+                        "{PAGES} is {size} bytes, the manifest says {}",
+                        sum.size
+                    ))
+                }));
+            }
+            continue;
+        }
         let file = File::open(&path).map_err(io_err("open", &path))?;
         if let Err(mismatch) = migrate_proto::verify_file(sum, BufReader::new(file)) {
             // Say which frame is damaged, if one is; else the file as a whole is wrong

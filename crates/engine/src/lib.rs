@@ -30,7 +30,7 @@ mod tmpfs;
 pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;
 pub use files::ExternalPipe;
-pub use image::{Image, open as open_image};
+pub use image::{Image, open as open_image, open_for_restore};
 pub use restore::{RestoreReport, restore};
 
 /// What a long operation is doing, for progress bars.

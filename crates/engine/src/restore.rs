@@ -372,6 +372,8 @@ fn resume(s: Seized) -> Result<(), EngineError> {
 /// process; each batch is checked against its process before it is written.
 struct PageFeed {
     reader: RecordReader<BufReader<File>>,
+    /// The manifest's entry for `pages.img`, checked once the whole file is read.
+    sum: migrate_proto::manifest::FileSum,
     pending: Option<PageBatch>,
     total: u64,
     pages: u64,
@@ -379,8 +381,12 @@ struct PageFeed {
 
 impl PageFeed {
     fn open(img: &Image) -> Result<PageFeed, EngineError> {
+        let sum = img.manifest.files.iter().find(|f| f.name == image::PAGES).cloned().ok_or_else(|| {
+            EngineError::Incompatible(format!("the manifest does not list {}", image::PAGES))
+        })?;
         Ok(PageFeed {
             reader: image::records(&img.dir, image::PAGES)?,
+            sum,
             pending: None,
             total: img.manifest.stats.pages_stored * memory::PAGE,
             pages: 0,
@@ -449,7 +455,12 @@ impl PageFeed {
     /// Every batch must have been written: one left over belongs to no process built.
     fn finish(&mut self) -> Result<(), EngineError> {
         match self.next()? {
-            None => Ok(()),
+            // Frames can each be sound and the file still wrong (reordered, swapped in
+            // from another image): its digest decides, before anything resumes.
+            None => self
+                .sum
+                .check(self.reader.digest())
+                .map_err(|source| EngineError::Image { file: image::PAGES.into(), source }),
             Some(b) => Err(EngineError::Incompatible(format!(
                 "{} holds pages of pid {} out of order, or of no process of the image",
                 image::PAGES,
