@@ -162,7 +162,7 @@ pub fn checkpoint(
         req.cgroup.freeze(std::time::Duration::from_secs(10))?;
     }
     for s in seized.into_iter().flatten() {
-        s.release(None)?;
+        s.release()?;
     }
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;
     let release_ms = t_release.elapsed().as_millis() as u64;

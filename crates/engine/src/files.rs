@@ -178,6 +178,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError>
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
+    let outside = pipes_outside(pids);
     for (&inode, &(pid, fd)) in &pipes {
         let size = pipe_size(pid, fd)?;
         if u64::from(size) > max {
@@ -185,7 +186,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError>
                 "pid {pid} fd {fd} is a pipe of {size} bytes, beyond pipe-max-size ({max}): recreating it needs CAP_SYS_RESOURCE"
             )));
         }
-        if let Some(outside) = holder_outside(inode, pids) {
+        if let Some(&outside) = outside.get(&inode) {
             return Err(EngineError::Unsupported(format!(
                 "pid {pid} fd {fd} is a pipe (pipe:[{inode}]) whose other end is held by pid {outside}, outside the container"
             )));
@@ -194,21 +195,25 @@ pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError>
     Ok(())
 }
 
-/// A process outside `inside` that holds pipe `inode`, if any.
-fn holder_outside(inode: u64, inside: &[i32]) -> Option<i32> {
-    let needle = format!("pipe:[{inode}]");
-    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(
-        |pid| {
-            !inside.contains(pid)
-                && std::fs::read_dir(format!("/proc/{pid}/fd"))
-                    .map(|d| {
-                        d.filter_map(|e| e.ok()).any(|e| {
-                            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == needle.as_str())
-                        })
-                    })
-                    .unwrap_or(false)
-        },
-    )
+/// The pipes held by processes outside `inside`, each with one such holder: one walk of
+/// `/proc` for all the container's pipes, not one per pipe.
+fn pipes_outside(inside: &[i32]) -> HashMap<u64, i32> {
+    let mut out = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for pid in procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if inside.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in fds.filter_map(|e| e.ok()) {
+            if let Some(ino) =
+                std::fs::read_link(e.path()).ok().and_then(|l| pipe_inode(&l.to_string_lossy()))
+            {
+                out.entry(ino).or_insert(pid);
+            }
+        }
+    }
+    out
 }
 
 fn take(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd, EngineError> {

@@ -147,13 +147,10 @@ impl Seized {
         &mut self.tasks[0]
     }
 
-    /// Puts every thread back (registers, signal mask) and detaches. With
-    /// `keep_frozen`, the cgroup is frozen first, so the threads stay stopped without a
-    /// tracer (until the caller kills or thaws them).
-    pub fn release(mut self, cgroup: Option<&Cgroup>) -> Result<(), EngineError> {
-        if let Some(cg) = cgroup {
-            cg.freeze(FREEZE_TIMEOUT)?;
-        }
+    /// Puts every thread back (registers, signal mask) and detaches. A caller that wants
+    /// them to stay stopped freezes their cgroup first: without a tracer, only the freezer
+    /// holds them.
+    pub fn release(mut self) -> Result<(), EngineError> {
         self.released = true;
         let tasks = std::mem::take(&mut self.tasks);
         let masks = std::mem::take(&mut self.masks);
