@@ -21,7 +21,7 @@ const FILES: [&str; 3] = ["manifest.img", "process.img", "pages.img"];
 /// A python3 program with a few MiB of data that prints `tick N` every 100 ms. With an
 /// argument it first opens something this version cannot checkpoint and prints `fd N`
 /// (or `child PID` for a child process).
-const TICKER: &str = r#"import os, socket, sys, time
+const TICKER: &str = r#"import os, select, socket, sys, time
 data = bytes(range(256)) * 20000
 kind = sys.argv[1] if len(sys.argv) > 1 else ''
 held = []
@@ -31,10 +31,10 @@ elif kind == 'fifo':
     p = sys.argv[2]; os.mkfifo(p); fd = os.open(p, os.O_RDWR); print('fd', fd, flush=True)
 elif kind == 'eventfd':
     print('fd', os.eventfd(0), flush=True)
-elif kind == 'memfd':
-    print('fd', os.memfd_create('hidden'), flush=True)
-elif kind == 'deleted':
-    p = sys.argv[2]; fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600); os.unlink(p); print('fd', fd, flush=True)
+elif kind == 'epoll':
+    e = select.epoll(); held.append(e); print('fd', e.fileno(), flush=True)
+elif kind == 'deleted-dir':
+    p = sys.argv[2]; os.mkdir(p); fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY); os.rmdir(p); print('fd', fd, flush=True)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print('child', c.pid, flush=True)
 i = 0
@@ -488,9 +488,9 @@ fn checkpoint_refuses_sockets_fifos_and_other_fds_naming_them() -> anyhow::Resul
         ("c1", vec!["socket"], "socket", &[]),
         ("c2", vec!["fifo", fifo.as_str()], "FIFO", &[]),
         ("c3", vec!["eventfd"], "eventfd", &[]),
-        // A memfd's link reads `/memfd:NAME (deleted)`, but it is no deleted file.
-        ("c4", vec!["memfd"], "memfd", &["deleted file"]),
-        ("c5", vec!["deleted", deleted.as_str()], "deleted", &[]),
+        ("c4", vec!["epoll"], "eventpoll", &[]),
+        // Its link reads `/PATH (deleted)` like a deleted file's, which is restored.
+        ("c5", vec!["deleted-dir", deleted.as_str()], "deleted directory", &[]),
     ];
     for (name, args, _, _) in &cases {
         start(&lab, "host-a", name, &ticker(args))?;

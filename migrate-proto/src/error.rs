@@ -230,6 +230,7 @@ pub enum PathOwner {
     Fd(i32),
     Vma { start: u64, end: u64 },
     Tmpfs,
+    Object(u64),
 }
 
 impl fmt::Display for PathOwner {
@@ -240,6 +241,7 @@ impl fmt::Display for PathOwner {
             PathOwner::Exe => f.write_str("exe"),
             PathOwner::Fd(fd) => write!(f, "fd {fd}"),
             PathOwner::Tmpfs => f.write_str("tmpfs entry"),
+            PathOwner::Object(id) => write!(f, "object {id}"),
             PathOwner::Vma { start, end } => write!(f, "VMA {start:#x}-{end:#x}"),
         }
     }

@@ -57,14 +57,17 @@ impl PageRun {
     }
 }
 
-/// Pages of one process: `data` holds the runs' bytes, uncompressed, back to back
-/// (`sum(npages) × 4096` bytes).
+/// Pages of one process, or of one object of the image: `data` holds the runs' bytes,
+/// uncompressed, back to back (`sum(npages) × 4096` bytes).
 ///
 /// `round` numbers pre-copy rounds (0 = the first full pass): a later round may send an
 /// address again, and the later round wins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageBatch {
     pub pid: i32,
+    /// 0: the process's memory, runs at its addresses. Otherwise the id of an object
+    /// ([`crate::records::ObjectRecord`]) that `pid` owns, runs at offsets into it.
+    pub object: u64,
     pub round: u32,
     pub runs: Vec<PageRun>,
     pub data: Vec<u8>,
@@ -121,6 +124,7 @@ pub enum Codec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchHeader {
     pub pid: i32,
+    pub object: u64,
     pub round: u32,
     #[serde(deserialize_with = "bounded_runs")]
     pub runs: Vec<PageRun>,
@@ -132,6 +136,7 @@ pub struct BatchHeader {
 #[derive(Serialize)]
 struct BatchHeaderRef<'a> {
     pid: i32,
+    object: u64,
     round: u32,
     runs: &'a [PageRun],
     codec: Codec,
@@ -261,8 +266,14 @@ impl PageCodec {
             return Err(ProtoError::batch(BatchProblem::DataLen { len, expected: raw_len }));
         }
         let start = out.len();
-        let header =
-            |codec| BatchHeaderRef { pid: batch.pid, round: batch.round, runs: &batch.runs, codec, raw_len };
+        let header = |codec| BatchHeaderRef {
+            pid: batch.pid,
+            object: batch.object,
+            round: batch.round,
+            runs: &batch.runs,
+            codec,
+            raw_len,
+        };
         append_postcard(&header(Codec::Zstd), out)?;
 
         // A large batch whose samples do not compress is stored raw without trying the
@@ -343,6 +354,7 @@ impl PageCodec {
             }
         }
         batch.pid = header.pid;
+        batch.object = header.object;
         batch.round = header.round;
         batch.runs = header.runs;
         Ok(())

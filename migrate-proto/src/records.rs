@@ -88,8 +88,14 @@ pub struct ThreadRecord {
 pub enum VmaBacking {
     /// Private anonymous memory (also `[heap]` and `[stack]`).
     Anon,
-    /// `MAP_SHARED | MAP_ANONYMOUS` (shmem): contents dumped once, from the object.
-    AnonShared,
+    /// An object whose contents only the image holds ([`ObjectRecord`]: the shmem behind
+    /// `MAP_SHARED | MAP_ANONYMOUS`, a memfd, a deleted file), mapped at `offset`. Its
+    /// contents are dumped once, from the object; a private mapping's copied-on-write
+    /// pages are the process's own.
+    Object {
+        id: u64,
+        shared: bool,
+    },
     /// A file: its contents come from the file; private copies-on-write are dumped.
     File {
         file: FileId,
@@ -175,6 +181,9 @@ pub enum FdKind {
     /// One end of a pipe (identified by its inode); its buffered bytes are in the
     /// [`PipeRecord`] of the first process that holds an end.
     Pipe { inode: u64, write: bool },
+    /// An open object of the image ([`ObjectRecord`]: a memfd, a deleted file), with its
+    /// position.
+    Object { id: u64, pos: u64 },
     /// Owned by the container's runtime and reconnected on restore, never compared:
     /// the container's stdout or stderr pipe to its shim.
     External { name: String },
@@ -229,6 +238,29 @@ pub struct PipeRecord {
     pub data: Vec<u8>,
 }
 
+/// A file whose contents exist only in the image: dumped once (its pages travel as page
+/// batches of the object, after its owner's own), recreated once by the first process
+/// that refers to it (its owner: by an fd or a mapping), and shared from there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Unique in the image; fds and VMAs name it.
+    pub id: u64,
+    pub kind: ObjectKind,
+    /// Its size in bytes (`st_size`).
+    pub size: u64,
+}
+
+/// What an [`ObjectRecord`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// The shmem object behind `MAP_SHARED | MAP_ANONYMOUS` (`/dev/zero (deleted)` in maps).
+    AnonShared,
+    /// A memfd: its name (without the `memfd:` prefix) and its seals (`F_GET_SEALS`).
+    Memfd { name: String, seals: u32 },
+    /// A file unlinked while open or mapped: where it was, its permission bits and owner.
+    Deleted { path: String, mode: u32, uid: u32, gid: u32 },
+}
+
 /// One entry of a tmpfs the container's runtime mounts privately for it (`/dev/shm`,
 /// `/run`): its contents exist nowhere else, so the image carries them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +312,12 @@ pub struct ProcessRecord {
     /// The contents of the container's private tmpfs mounts, in PID 1's record only
     /// (parents before children).
     pub tmpfs: Vec<TmpfsEntry>,
+    /// The objects this process refers to first (in the image's process order).
+    pub objects: Vec<ObjectRecord>,
+    /// Pages shared copy-on-write with the parent (same frame in both at the checkpoint),
+    /// not stored: on restore the process is forked from its rebuilt parent and keeps them.
+    /// Sorted; each run lies in a VMA the parent has identically.
+    pub inherited: Vec<crate::pages::PageRun>,
     /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
     /// fds, and stays a zombie until its parent reaps it.
     pub zombie: Option<i32>,

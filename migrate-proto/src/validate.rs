@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use crate::error::{Invalid, PathOwner, PathProblem, ProtoError, SigOwner, VmaProblem};
 use crate::pages::PageBatch;
-use crate::records::{FdKind, MmFields, ProcessRecord, SigInfo, ThreadRecord, Vma, VmaBacking};
+use crate::records::{FdKind, MmFields, ObjectKind, ProcessRecord, SigInfo, ThreadRecord, Vma, VmaBacking};
 use crate::{PAGE_SIZE, USER_END};
 
 /// The kernel's `PID_MAX_LIMIT` (2^22): no pid or tid is larger.
@@ -44,8 +44,9 @@ pub fn validate_process(record: &ProcessRecord) -> Result<(), ProtoError> {
 }
 
 /// Checks that a page batch belongs to `process` and that every run lies inside one of its
-/// VMAs that holds dumped pages (anonymous, shared anonymous, or a private file mapping).
-/// `process` should have passed [`validate_process`] (its VMAs sorted).
+/// VMAs that holds dumped pages (anonymous, or a private file or object mapping), or, for
+/// an object's batch, inside an object `process` owns. `process` should have passed
+/// [`validate_process`] (its VMAs sorted).
 pub fn check_batch(batch: &PageBatch, process: &ProcessRecord) -> Result<(), ProtoError> {
     check_batch_inner(batch, process).map_err(|problem| ProtoError::invalid(process.pid, problem))
 }
@@ -53,6 +54,23 @@ pub fn check_batch(batch: &PageBatch, process: &ProcessRecord) -> Result<(), Pro
 fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), Invalid> {
     if batch.pid != process.pid {
         return Err(Invalid::BatchPid { batch_pid: batch.pid });
+    }
+    if batch.object != 0 {
+        let Some(obj) = process.objects.iter().find(|o| o.id == batch.object) else {
+            return Err(Invalid::Field {
+                field: "pages",
+                problem: format!("a batch of object {}, which this process does not own", batch.object),
+            });
+        };
+        // Runs are sorted: the last ends furthest. A file's last page may be partial.
+        let end = batch.runs.last().and_then(|r| r.end());
+        if end.is_none_or(|e| e > obj.size.next_multiple_of(PAGE_SIZE)) {
+            return Err(Invalid::Field {
+                field: "pages",
+                problem: format!("a batch of object {} reaches beyond its {} bytes", obj.id, obj.size),
+            });
+        }
+        return Ok(());
     }
     for run in &batch.runs {
         let outside = Invalid::RunOutsideVma { addr: run.addr, npages: run.npages };
@@ -64,8 +82,11 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
             return Err(outside);
         }
         let backing = match &vma.backing {
-            VmaBacking::Anon | VmaBacking::AnonShared | VmaBacking::File { shared: false, .. } => continue,
+            VmaBacking::Anon
+            | VmaBacking::File { shared: false, .. }
+            | VmaBacking::Object { shared: false, .. } => continue,
             VmaBacking::File { shared: true, .. } => "shared file mapping",
+            VmaBacking::Object { shared: true, .. } => "shared object mapping",
             VmaBacking::Vdso => "[vdso]",
             VmaBacking::Vvar => "[vvar]",
             VmaBacking::VvarVclock => "[vvar_vclock]",
@@ -99,6 +120,8 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             || !p.fds.is_empty()
             || p.mm.is_some()
             || !p.pipes.is_empty()
+            || !p.objects.is_empty()
+            || !p.inherited.is_empty()
         {
             return Err(Invalid::Field {
                 field: "zombie",
@@ -115,6 +138,7 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
     }
     check_fds(p)?;
     check_pipes(p)?;
+    check_objects(p)?;
     check_tmpfs(p)?;
     if p.creds.groups.len() > NGROUPS_MAX {
         return Err(Invalid::Field {
@@ -250,7 +274,13 @@ fn check_vmas(vmas: &[Vma]) -> Result<(), Invalid> {
                 check_path(PathOwner::Vma { start: v.start, end: v.end }, &file.path)?;
                 None
             }
-            VmaBacking::Anon | VmaBacking::AnonShared => None,
+            VmaBacking::Object { .. } => {
+                if !v.offset.is_multiple_of(PAGE_SIZE) || v.offset.checked_add(v.end - v.start).is_none() {
+                    return Err(bad(VmaProblem::BadOffset(v.offset)));
+                }
+                None
+            }
+            VmaBacking::Anon => None,
             VmaBacking::Vdso => Some(("[vdso]", &mut vdso)),
             VmaBacking::Vvar => Some(("[vvar]", &mut vvar)),
             VmaBacking::VvarVclock => Some(("[vvar_vclock]", &mut vclock)),
@@ -331,6 +361,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 check_pos(f.fd, *pos)?;
             }
             FdKind::Device { path } => check_path(owner, path)?,
+            FdKind::Object { pos, .. } => check_pos(f.fd, *pos)?,
             FdKind::Pipe { .. } => {}
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
@@ -365,6 +396,65 @@ fn check_pipes(p: &ProcessRecord) -> Result<(), Invalid> {
                 pipe.size
             ));
         }
+    }
+    Ok(())
+}
+
+/// The largest object accepted (1 TiB): the kernel's own files are far smaller here, and
+/// a hostile size must not make a restore create a huge file.
+pub const MAX_OBJECT: u64 = 1 << 40;
+
+/// Objects: ids above 0 and listed once, sizes within [`MAX_OBJECT`], names and paths
+/// that the restore may use.
+fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
+    let mut seen = HashSet::with_capacity(p.objects.len());
+    for o in &p.objects {
+        let bad = |problem: String| Err(Invalid::Field { field: "objects", problem });
+        if o.id == 0 || !seen.insert(o.id) {
+            return bad(format!("object id {} is 0 or listed twice", o.id));
+        }
+        if o.size > MAX_OBJECT {
+            return bad(format!("object {} claims {} bytes, more than {MAX_OBJECT}", o.id, o.size));
+        }
+        match &o.kind {
+            ObjectKind::AnonShared => {}
+            ObjectKind::Memfd { name, seals } => {
+                // memfd_create: at most 249 bytes of name; F_SEAL_* are the low 6 bits.
+                if name.len() > 249 || name.contains('\0') || name.contains('/') {
+                    return bad(format!("object {}: {:?} is not a memfd name", o.id, name));
+                }
+                if seals & !0x3f != 0 {
+                    return bad(format!("object {}: seals {seals:#x} are not F_SEAL_* bits", o.id));
+                }
+            }
+            ObjectKind::Deleted { path, mode, .. } => {
+                check_path(PathOwner::Object(o.id), path)?;
+                if *mode > 0o7777 {
+                    return bad(format!("object {}: mode {mode:o} is not a permission mode", o.id));
+                }
+            }
+        }
+    }
+    let mut prev_end = 0;
+    for r in &p.inherited {
+        let bad = || {
+            Err(Invalid::Field {
+                field: "inherited",
+                problem: format!(
+                    "run {:#x}+{} pages is unsorted, overlapping or outside a VMA",
+                    r.addr, r.npages
+                ),
+            })
+        };
+        let Some(end) = r.end() else { return bad() };
+        if r.npages == 0 || !r.addr.is_multiple_of(PAGE_SIZE) || r.addr < prev_end {
+            return bad();
+        }
+        let i = p.vmas.partition_point(|v| v.end <= r.addr);
+        if p.vmas.get(i).is_none_or(|v| v.start > r.addr || end > v.end) {
+            return bad();
+        }
+        prev_end = end;
     }
     Ok(())
 }
@@ -471,6 +561,42 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
             }
         }
     }
+    let mut objects = HashSet::new();
+    for p in processes {
+        for o in &p.objects {
+            if !objects.insert(o.id) {
+                return Err(format!("object {} has two records", o.id));
+            }
+        }
+    }
+    let by_pid: HashMap<i32, &ProcessRecord> = processes.iter().map(|p| (p.pid, p)).collect();
+    for p in processes {
+        let named = p.fds.iter().filter_map(|f| match f.kind {
+            FdKind::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        let mapped = p.vmas.iter().filter_map(|v| match v.backing {
+            VmaBacking::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        if let Some(id) = named.chain(mapped).find(|id| !objects.contains(id)) {
+            return Err(format!("pid {} refers to object {id}, which has no record", p.pid));
+        }
+        if let Some(r) = p.inherited.first() {
+            let same = by_pid.get(&p.ppid).is_some_and(|parent| {
+                p.inherited.iter().all(|r| {
+                    let mine = p.vmas.iter().find(|v| v.start <= r.addr && r.addr < v.end);
+                    mine.is_some_and(|v| parent.vmas.iter().any(|w| inheritable(w, v)))
+                })
+            });
+            if !same {
+                return Err(format!(
+                    "pid {} inherits pages (at {:#x}…) from its parent (pid {}), which has no such VMA",
+                    p.pid, r.addr, p.ppid
+                ));
+            }
+        }
+    }
     let mut kinds: HashMap<u64, &FdKind> = HashMap::new();
     for p in processes {
         for f in &p.fds {
@@ -493,4 +619,13 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a child's VMA `child` is the parent's VMA `parent` carried over by fork: same
+/// range, protection, backing and flags, and not one fork leaves out (`MADV_DONTFORK`).
+/// A restore forks the child from its rebuilt parent and keeps such a VMA as it is.
+pub fn inheritable(parent: &Vma, child: &Vma) -> bool {
+    parent == child
+        && !matches!(child.backing, VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock)
+        && !child.advice.iter().any(|a| a == "dc")
 }

@@ -239,7 +239,8 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         };
         println!("    {:>6} {:>6} {:>6} {:>6}  {:<16} {state}", p.pid, p.ppid, p.sid, p.pgid, p.comm);
     }
-    let shared = shared_files(&img.processes);
+    let mut shared = shared_files(&img.processes);
+    shared.extend(shared_objects(&img.processes));
     if !shared.is_empty() {
         println!("shared objects:");
         for line in shared {
@@ -272,7 +273,13 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
             );
             let backing = match &v.backing {
                 VmaBacking::Anon => "anon".to_string(),
-                VmaBacking::AnonShared => "anon shared".to_string(),
+                VmaBacking::Object { id, shared } => {
+                    format!(
+                        "{} {}",
+                        if *shared { "shared" } else { "private" },
+                        object_name(&img.processes, *id)
+                    )
+                }
                 VmaBacking::File { file, shared } => {
                     format!("{} {}", if *shared { "shared" } else { "private" }, file.path)
                 }
@@ -297,6 +304,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 FdKind::Dir { path, .. } => format!("{path}/"),
                 FdKind::Device { path } => path.clone(),
                 FdKind::External { name } => format!("external: the container's {name}"),
+                FdKind::Object { id, pos } => format!("{} at {pos}", object_name(&img.processes, *id)),
                 FdKind::Pipe { inode, write } => {
                     let buffered = p.pipes.iter().find(|r| r.inode == *inode).map(|r| r.data.len());
                     format!(
@@ -321,6 +329,50 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
     Ok(0)
 }
 
+/// How `inspect` names object `id`: "memfd:cache (4096 bytes, seals 0x5)", "deleted
+/// /tmp/x (12 bytes)", "shared anonymous memory #3 (1 MiB)".
+fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> String {
+    use migrate_proto::records::ObjectKind;
+    let Some(o) = processes.iter().flat_map(|p| &p.objects).find(|o| o.id == id) else {
+        return format!("object {id} (no record)");
+    };
+    match &o.kind {
+        ObjectKind::AnonShared => format!("shared anonymous memory #{id} ({})", mib(o.size)),
+        ObjectKind::Memfd { name, seals } => format!("memfd:{name} ({} bytes, seals {seals:#x})", o.size),
+        ObjectKind::Deleted { path, .. } => format!("deleted {path} ({} bytes)", o.size),
+    }
+}
+
+/// The objects (shared memory, memfds, deleted files) referred to by more than one
+/// process, and by whom.
+fn shared_objects(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
+    let mut users: std::collections::BTreeMap<u64, Vec<i32>> = std::collections::BTreeMap::new();
+    for p in processes {
+        let fds = p.fds.iter().filter_map(|f| match f.kind {
+            FdKind::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        let maps = p.vmas.iter().filter_map(|v| match v.backing {
+            VmaBacking::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        for id in fds.chain(maps) {
+            let list = users.entry(id).or_default();
+            if !list.contains(&p.pid) {
+                list.push(p.pid);
+            }
+        }
+    }
+    users
+        .into_iter()
+        .filter(|(_, pids)| pids.len() > 1)
+        .map(|(id, pids)| {
+            let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+            format!("{} is shared by pids {}", object_name(processes, id), pids.join(", "))
+        })
+        .collect()
+}
+
 /// The open file descriptions held by more than one fd, and who holds them.
 fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
     let mut by_id: std::collections::BTreeMap<u64, Vec<String>> = std::collections::BTreeMap::new();
@@ -342,6 +394,7 @@ fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<Stri
                     FdKind::Dir { path, .. } | FdKind::Device { path } => path.clone(),
                     FdKind::Pipe { inode, .. } => format!("pipe:[{inode}]"),
                     FdKind::External { name } => format!("the container's {name}"),
+                    FdKind::Object { id, .. } => object_name(processes, *id),
                 })
                 .unwrap_or_default();
             format!("{kind} is one open file in pid:fd {}", holders.join(", "))

@@ -68,7 +68,8 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         return Err(EngineError::Unsupported(format!("PID 1 ({pid}) is not in the container's cgroup")));
     }
     let pids = tree_order(pid, &members)?;
-    for &p in pids.iter().filter(|&&p| !seize::is_zombie(p)) {
+    let mut objects = crate::objects::Registry::default();
+    for (i, &p) in pids.iter().enumerate().filter(|&(_, &p)| !seize::is_zombie(p)) {
         let f = process::facts(p)?;
         if f.seccomp != 0 {
             return Err(EngineError::Unsupported(format!(
@@ -82,7 +83,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
                 f.root
             )));
         }
-        mm::dump_vmas(p)?;
+        mm::dump_vmas(p, i, &mut objects)?;
     }
     files::check(&pids, external)?;
     Ok(pids)
@@ -231,7 +232,7 @@ fn collect_and_write(
     let t_collect = Instant::now();
     let mut records = Vec::with_capacity(pids.len());
     let mut hostname = req.container.hostname.clone();
-    let ns_pids: Vec<i32> = pids.iter().map(|&p| ns_pid(p)).collect::<Result<_, _>>()?;
+    let mut objects = crate::objects::Registry::default();
     for (i, (&pid, s)) in pids.iter().zip(seized.iter_mut()).enumerate() {
         let Some(s) = s else {
             let facts = process::zombie_facts(pid)?;
@@ -252,7 +253,7 @@ fn collect_and_write(
             comm: facts.comm.clone(),
             threads: inj.threads,
             mm: Some(mm::dump_mm(pid, inj.brk)?),
-            vmas: mm::dump_vmas(pid)?,
+            vmas: mm::dump_vmas(pid, i, &mut objects)?,
             fds: Vec::new(),
             creds: facts.creds,
             rlimits: facts.rlimits,
@@ -265,21 +266,20 @@ fn collect_and_write(
             personality: facts.personality,
             pipes: Vec::new(),
             tmpfs: if i == 0 { crate::tmpfs::dump(pid)? } else { Vec::new() },
+            objects: Vec::new(),
+            inherited: Vec::new(),
             zombie: None,
         });
     }
-    let live: Vec<(i32, i32, usize)> = pids
-        .iter()
-        .zip(&ns_pids)
-        .enumerate()
-        .filter(|(_, (p, _))| !seize::is_zombie(**p))
-        .map(|(i, (&p, &n))| (p, n, i))
-        .collect();
-    let (fds, pipes) =
-        files::dump_all(&live.iter().map(|&(p, n, _)| (p, n)).collect::<Vec<_>>(), &req.external)?;
-    for ((_, _, i), (f, p)) in live.iter().zip(fds.into_iter().zip(pipes)) {
+    let live: Vec<(i32, usize)> =
+        pids.iter().enumerate().filter(|(_, p)| !seize::is_zombie(**p)).map(|(i, &p)| (p, i)).collect();
+    let (fds, pipes) = files::dump_all(&live, &req.external, &mut objects)?;
+    for ((_, i), (f, p)) in live.iter().zip(fds.into_iter().zip(pipes)) {
         records[*i].fds = f;
         records[*i].pipes = p;
+    }
+    for found in &objects.found {
+        records[found.owner].objects.push(found.record.clone());
     }
     for r in &records {
         migrate_proto::validate::validate_process(r)
@@ -293,13 +293,38 @@ fn collect_and_write(
     let t_mem = Instant::now();
     let mut pages = Writer::create(&req.dir, image::PAGES)?;
     let mut mem_stats = memory::MemStats::default();
+    // Each parent's pagemap, kept until its children are dumped (they come later).
+    let mut pagemaps: std::collections::HashMap<i32, memory::Pagemaps> = Default::default();
     for (i, (&pid, s)) in pids.iter().zip(seized.iter()).enumerate() {
         let Some(s) = s else { continue };
-        let st = dump_memory(pid, &records[i], s, &mut pages, progress)?;
-        mem_stats.pages_total += st.pages_total;
-        mem_stats.pages_stored += st.pages_stored;
-        mem_stats.pages_zero += st.pages_zero;
+        let owned: Vec<memory::ObjectSource<'_>> = objects
+            .found
+            .iter()
+            .filter(|f| f.owner == i)
+            .map(|f| memory::ObjectSource { id: f.record.id, path: &f.source, size: f.record.size })
+            .collect();
+        let rec = &records[i];
+        let d = memory::dump(
+            pid,
+            rec.pid,
+            &rec.vmas,
+            &s.mem,
+            &owned,
+            pagemaps.get(&rec.ppid),
+            &mut pages,
+            &mut |done, total| progress(Progress::Bytes { done, total }),
+        )?;
+        if records.iter().any(|c| c.ppid == rec.pid && c.zombie.is_none()) {
+            pagemaps.insert(rec.pid, d.pagemaps);
+        }
+        records[i].inherited = d.inherited;
+        mem_stats.pages_total += d.stats.pages_total;
+        mem_stats.pages_stored += d.stats.pages_stored;
+        mem_stats.pages_zero += d.stats.pages_zero;
     }
+    drop(pagemaps);
+    migrate_proto::validate_tree(&records)
+        .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
     let pages_sum = pages.finish()?;
     let memory_ms = t_mem.elapsed().as_millis() as u64;
     let t_write = Instant::now();
@@ -353,19 +378,6 @@ fn collect_and_write(
     })
 }
 
-/// The memory phase for one process: its page batches into `pages.img`.
-fn dump_memory(
-    pid: i32,
-    record: &ProcessRecord,
-    seized: &Seized,
-    pages: &mut Writer,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<memory::MemStats, EngineError> {
-    memory::dump(pid, record.pid, &record.vmas, &seized.mem, pages, &mut |done, total| {
-        progress(Progress::Bytes { done, total })
-    })
-}
-
 /// A zombie: only its ids and its wait status (field 52 of `/proc/PID/stat`).
 fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, EngineError> {
     let stat = crate::error::read_proc(pid, "stat")?;
@@ -392,13 +404,10 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         personality: 0,
         pipes: Vec::new(),
         tmpfs: Vec::new(),
+        objects: Vec::new(),
+        inherited: Vec::new(),
         zombie: Some(status),
     })
-}
-
-fn ns_pid(pid: i32) -> Result<i32, EngineError> {
-    let status = crate::error::read_proc(pid, "status")?;
-    crate::procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(pid, "status"))
 }
 
 /// Each seized thread's id inside the container's pid namespace (`NSpid`, last value).

@@ -19,6 +19,7 @@ use migrate_proto::records::{FdKind, FdRecord, PipeRecord};
 use crate::error::{EngineError, io_err};
 use crate::inject::{Scratch, Task};
 use crate::mm::{check_file, file_id};
+use crate::objects::{Live, Named, Registry};
 use crate::procfs;
 
 /// Devices a container may simply open again.
@@ -107,8 +108,14 @@ fn pipe_inode(link: &str) -> Option<u64> {
     link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// The fds of one process, classified; refuses kinds this version cannot restore.
-fn classify(pid: i32, external: &[ExternalPipe]) -> Result<Vec<Seen>, EngineError> {
+/// The fds of one process (`proc` in image order), classified; refuses kinds this
+/// version cannot restore. Memfds and deleted files are registered in `objects`.
+fn classify(
+    pid: i32,
+    proc: usize,
+    external: &[ExternalPipe],
+    objects: &mut Registry,
+) -> Result<Vec<Seen>, EngineError> {
     let who = describe_process(pid);
     let dir = format!("/proc/{pid}/fd");
     let mut out = Vec::new();
@@ -133,10 +140,14 @@ fn classify(pid: i32, external: &[ExternalPipe]) -> Result<Vec<Seen>, EngineErro
             return refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             return refuse(format!("an {kind} ({link}): not supported yet"));
-        } else if link.starts_with("/memfd:") {
-            return refuse(format!("a memfd ({link}): not supported yet"));
-        } else if link.ends_with(" (deleted)") {
-            return refuse(format!("a deleted file ({link}): not supported yet"));
+        } else if let Some(named) = Named::of(&link, false) {
+            let path = entry.path().to_string_lossy().into_owned();
+            let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
+            if matches!(named, Named::Deleted(_)) && !md.is_file() {
+                let what = if md.is_dir() { "directory" } else { "special file" };
+                return refuse(format!("a deleted {what} ({link}): not supported yet"));
+            }
+            FdKind::Object { id: objects.id(proc, &path, named)?, pos }
         } else if link.starts_with('/') {
             let md = std::fs::metadata(entry.path()).map_err(io_err("stat", entry.path()))?;
             if md.is_file() {
@@ -164,8 +175,9 @@ fn classify(pid: i32, external: &[ExternalPipe]) -> Result<Vec<Seen>, EngineErro
 /// (recreating them needs CAP_SYS_RESOURCE).
 pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError> {
     let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
-    for &pid in pids.iter().filter(|&&p| !crate::seize::is_zombie(p)) {
-        for s in classify(pid, external)? {
+    let mut objects = Registry::default();
+    for (i, &pid) in pids.iter().enumerate().filter(|&(_, &p)| !crate::seize::is_zombie(p)) {
+        for s in classify(pid, i, external, &mut objects)? {
             if let FdKind::Pipe { inode, .. } = s.kind {
                 pipes.entry(inode).or_insert((pid, s.fd));
             }
@@ -216,7 +228,8 @@ fn pipes_outside(inside: &[i32]) -> HashMap<u64, i32> {
     out
 }
 
-fn take(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd, EngineError> {
+/// A copy of fd `fd` of `pid` (host pid), by `pidfd_getfd`.
+pub(crate) fn take(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd, EngineError> {
     let pidfd = migrate_sys::pidfd::PidFd::open(pid)
         .map_err(|e| EngineError::Unsupported(format!("pid {pid}: {e}")))?;
     pidfd.get_fd(fd).map_err(|e| EngineError::Unsupported(format!("pid {pid} fd {fd}: {e}")))
@@ -251,13 +264,16 @@ fn pipe_data(pid: i32, fd: i32, size: u32) -> Result<Vec<u8>, EngineError> {
 /// For each process (in image order), the pipes it holds first.
 pub type PipesPerProcess = Vec<Vec<PipeRecord>>;
 
-/// The fds of every process (`(host pid, ns pid)`, in image order) with their
-/// description ids, and the pipes each process holds first.
+/// The fds of every process (`(host pid, image index)`, in image order) with their
+/// description ids, and the pipes each process holds first; memfds and deleted files go
+/// to `objects`.
 pub fn dump_all(
-    procs: &[(i32, i32)],
+    procs: &[(i32, usize)],
     external: &[ExternalPipe],
+    objects: &mut Registry,
 ) -> Result<(Vec<Vec<FdRecord>>, PipesPerProcess), EngineError> {
-    let seen: Vec<Vec<Seen>> = procs.iter().map(|&(p, _)| classify(p, external)).collect::<Result<_, _>>()?;
+    let seen: Vec<Vec<Seen>> =
+        procs.iter().map(|&(p, i)| classify(p, i, external, objects)).collect::<Result<_, _>>()?;
     // Descriptions: candidates share a link; kcmp decides.
     let mut reps: HashMap<&str, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
@@ -327,6 +343,18 @@ pub struct FdWorld {
     pub spares: Vec<(i32, u64)>,
     /// Every pipe of the image, by inode.
     pub records: HashMap<u64, PipeRecord>,
+    /// The image's objects rebuilt so far, by id.
+    pub objects: HashMap<u64, Live>,
+}
+
+impl FdWorld {
+    /// Where the processes of the container open object `id` (its owner made it).
+    pub fn object_path(&self, id: u64) -> Result<&str, EngineError> {
+        self.objects
+            .get(&id)
+            .map(|o| o.path.as_str())
+            .ok_or_else(|| EngineError::Incompatible(format!("object {id} is used before its owner made it")))
+    }
 }
 
 /// Copies fd `fd` of process `from` (ns pid) into `task` at `target`.
@@ -419,8 +447,8 @@ pub fn restore(
                     || format!("fcntl(F_SETFL) of fd {target}"),
                 )?;
             }
-            FdKind::File { .. } | FdKind::Dir { .. } | FdKind::Device { .. } => {
-                open_file(task, gadget, mem, host, scratch, rec, cloexec)?
+            FdKind::File { .. } | FdKind::Dir { .. } | FdKind::Device { .. } | FdKind::Object { .. } => {
+                open_file(task, gadget, mem, host, scratch, rec, cloexec, world)?
             }
         }
         world.files.insert(rec.file_id, (pid_ns, target));
@@ -428,6 +456,7 @@ pub fn restore(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_file(
     task: &mut Task,
     gadget: u64,
@@ -436,15 +465,18 @@ fn open_file(
     scratch: Scratch,
     rec: &FdRecord,
     cloexec: u64,
+    world: &FdWorld,
 ) -> Result<(), EngineError> {
     let target = rec.fd as u64;
-    let (path, pos) = match &rec.kind {
+    let (path, pos): (&str, u64) = match &rec.kind {
         FdKind::File { file, pos } => {
             check_file(host, file, false)?;
             (&file.path, *pos)
         }
         FdKind::Dir { path, pos } => (path, *pos),
         FdKind::Device { path } => (path, 0),
+        // A new description of the object, opened from its anchor.
+        FdKind::Object { id, pos } => (world.object_path(*id)?, *pos),
         FdKind::Pipe { .. } | FdKind::External { .. } => return Ok(()),
     };
     let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;

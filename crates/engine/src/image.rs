@@ -194,6 +194,10 @@ pub fn records(dir: &Path, name: &str) -> Result<RecordReader<BufReader<File>>, 
 pub fn stored_per_vma(img: &Image) -> Result<Vec<Vec<u64>>, EngineError> {
     let mut out: Vec<Vec<u64>> = img.processes.iter().map(|p| vec![0u64; p.vmas.len()]).collect();
     each_batch(img, |b| {
+        // An object's pages are its own, at offsets, not at any VMA's address.
+        if b.object != 0 {
+            return;
+        }
         let Some(pi) = img.processes.iter().position(|p| p.pid == b.pid) else { return };
         let vmas = &img.processes[pi].vmas;
         for r in &b.runs {
@@ -211,7 +215,7 @@ pub fn read_range(img: &Image, pid: i32, addr: u64, len: u64) -> Result<Vec<Opti
     let mut out = vec![None; len as usize];
     let end = addr.saturating_add(len);
     each_batch(img, |b| {
-        if b.pid != pid {
+        if b.pid != pid || b.object != 0 {
             return;
         }
         let mut off = 0usize;

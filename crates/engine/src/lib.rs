@@ -19,6 +19,7 @@ pub mod image;
 mod inject;
 mod memory;
 mod mm;
+mod objects;
 mod pipeline;
 mod process;
 mod procfs;

@@ -1,8 +1,12 @@
 //! Memory contents: which pages hold data, read in batches, written in parallel.
 //!
 //! Stored: present or swapped pages of private anonymous memory; the pages of private
-//! file mappings that were copied on write (pagemap's file bit clear); shared anonymous
-//! memory once, from the object itself (`map_files` + `SEEK_DATA`), never per mapping.
+//! file mappings that were copied on write (pagemap's file bit clear); the image's objects
+//! (shared anonymous memory, memfds, deleted files: [`crate::objects`]) once, from the
+//! object itself (`SEEK_DATA` over it), never per mapping, as batches of the object. A
+//! page a child shares copy-on-write with its parent (the same frame, or the same swap
+//! slot, at the same address of a VMA fork carried over) is not stored again: the record
+//! lists it as inherited.
 //! Not stored: file pages (the file has them), the vDSO, and pages that hold only zeros —
 //! those mapping the kernel's zero page are known from the pagemap without being read,
 //! written zeros are found by a word-wise check of what was read.
@@ -15,6 +19,7 @@
 //! ([`restore_pages`]) with `process_vm_writev`, or `/proc/PID/mem` where the mapping is
 //! not writable. No ptrace request leaves the engine thread: only the memory copies do.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::fs::FileExt;
@@ -28,6 +33,7 @@ use nix::unistd::Pid;
 
 use crate::error::{EngineError, io_err};
 use crate::image::Writer;
+use crate::objects::Live;
 
 pub const PAGE: u64 = 4096;
 const PAGE_USIZE: usize = PAGE as usize;
@@ -61,30 +67,70 @@ pub struct MemStats {
 /// A range of pages to store, and where to read them from.
 #[derive(Debug, Clone, Copy)]
 struct Span {
+    /// An address of the process, or an offset into the object.
     addr: u64,
     npages: u64,
-    /// `None`: read from the process at `addr`; `Some(off)`: from the shared object's
-    /// file at `off`.
-    object_off: Option<u64>,
-    vma: usize,
+    src: Src,
 }
 
-/// Dumps the memory of `pid` (stopped; `pid_ns` is its pid in the image) into `out` as
-/// page batches. The batches are encoded and written by a second thread while this one
-/// reads the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    /// The process's memory, in its VMA of this index.
+    Vma(usize),
+    /// The object of this index of the dump's list.
+    Object(usize),
+}
+
+/// The pagemap entries of a process's private VMAs, kept while its children are dumped.
+pub type Pagemaps = Vec<(Vma, Vec<u64>)>;
+
+/// An object a process owns, dumped with it: its id, where to read it, its size.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectSource<'a> {
+    pub id: u64,
+    pub path: &'a str,
+    pub size: u64,
+}
+
+/// What a memory dump of one process found besides its pages.
+#[derive(Debug, Default)]
+pub struct Dumped {
+    pub stats: MemStats,
+    /// Pages shared copy-on-write with the parent, not stored.
+    pub inherited: Vec<PageRun>,
+    /// Its own pagemap, for its children's dumps.
+    pub pagemaps: Pagemaps,
+}
+
+/// Dumps the memory of `pid` (stopped; `pid_ns` is its pid in the image), then the
+/// objects it owns, into `out` as page batches. Pages it shares with its parent, whose
+/// pagemap is `parent`, are listed, not stored. The batches are encoded and written by a
+/// second thread while this one reads the next.
+#[allow(clippy::too_many_arguments)]
 pub fn dump(
     pid: i32,
     pid_ns: i32,
     vmas: &[Vma],
     mem: &File,
+    objects: &[ObjectSource<'_>],
+    parent: Option<&Pagemaps>,
     out: &mut Writer,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<MemStats, EngineError> {
-    let (spans, pages_total, pages_zero) = select(pid, vmas)?;
+) -> Result<Dumped, EngineError> {
+    let mut sel = select(pid, vmas, parent)?;
+    let mut files = Vec::with_capacity(objects.len());
+    for (k, o) in objects.iter().enumerate() {
+        let f = File::open(o.path).map_err(io_err("open", o.path))?;
+        object_spans(&f, o.path, o.size, k, &mut sel.spans)?;
+        sel.total += o.size.div_ceil(PAGE);
+        files.push(f);
+    }
+    let spans = std::mem::take(&mut sel.spans);
     let todo: u64 = spans.iter().map(|s| s.npages).sum::<u64>() * PAGE;
-    let mut stats = MemStats { pages_total, pages_zero, ..MemStats::default() };
+    let mut stats = MemStats { pages_total: sel.total, pages_zero: sel.zeros, ..MemStats::default() };
+    let finish = |stats| Dumped { stats, inherited: sel.inherited, pagemaps: sel.pagemaps };
     if spans.is_empty() {
-        return Ok(stats);
+        return Ok(finish(stats));
     }
     let (full_tx, full_rx) = mpsc::sync_channel::<PageBatch>(DUMP_DEPTH);
     let (free_tx, free_rx) = mpsc::channel::<PageBatch>();
@@ -100,7 +146,8 @@ pub fn dump(
                 Ok(())
             })
             .map_err(io_err("spawn a thread for", "pages.img"))?;
-        let mut reader = BatchReader { pid, vmas, mem, objects: vmas.iter().map(|_| None).collect() };
+        let ids: Vec<u64> = objects.iter().map(|o| o.id).collect();
+        let mut reader = BatchReader { pid, vmas, mem, files: &files, ids: &ids };
         let mut allocated = 0usize;
         let mut done = 0u64;
         let mut next = Cursor { span: 0, at: 0 };
@@ -115,6 +162,7 @@ pub fn dump(
                         allocated += 1;
                         PageBatch {
                             pid: pid_ns,
+                            object: 0,
                             round: 0,
                             runs: Vec::new(),
                             data: Vec::with_capacity(BATCH_BYTES),
@@ -144,7 +192,7 @@ pub fn dump(
             .unwrap_or_else(|_| Err(EngineError::Unsupported("the page writer panicked".into())));
         read.and(written)
     })?;
-    Ok(stats)
+    Ok(finish(stats))
 }
 
 /// Where the next batch starts: a span, and pages already taken from it.
@@ -154,13 +202,14 @@ struct Cursor {
     at: u64,
 }
 
-/// Reads spans of a process into batches.
+/// Reads spans of a process and its objects into batches.
 struct BatchReader<'a> {
     pid: i32,
     vmas: &'a [Vma],
     mem: &'a File,
-    /// Shared objects opened from `map_files`, by VMA.
-    objects: Vec<Option<File>>,
+    /// The objects, opened, and their ids.
+    files: &'a [File],
+    ids: &'a [u64],
 }
 
 impl BatchReader<'_> {
@@ -175,18 +224,19 @@ impl BatchReader<'_> {
     ) -> Result<u64, EngineError> {
         batch.runs.clear();
         batch.data.clear();
-        // The pieces of spans this batch takes, read into `data` back to back.
+        // The pieces of spans this batch takes, read into `data` back to back: of the
+        // process, or of one object.
+        let key = |s: &Span| match s.src {
+            Src::Vma(_) => 0,
+            Src::Object(k) => self.ids[k],
+        };
+        batch.object = key(&spans[cur.span]);
         let mut pieces: Vec<Span> = Vec::new();
         let mut npages = 0u64;
-        while npages < BATCH_PAGES && cur.span < spans.len() {
+        while npages < BATCH_PAGES && cur.span < spans.len() && key(&spans[cur.span]) == batch.object {
             let s = spans[cur.span];
             let n = (s.npages - cur.at).min(BATCH_PAGES - npages);
-            pieces.push(Span {
-                addr: s.addr + cur.at * PAGE,
-                npages: n,
-                object_off: s.object_off.map(|o| o + cur.at * PAGE),
-                vma: s.vma,
-            });
+            pieces.push(Span { addr: s.addr + cur.at * PAGE, npages: n, src: s.src });
             npages += n;
             cur.at += n;
             if cur.at == s.npages {
@@ -196,9 +246,11 @@ impl BatchReader<'_> {
         batch.data.resize((npages * PAGE) as usize, 0);
         let mut off = 0usize;
         let mut i = 0;
+        let readable =
+            |s: &Span| matches!(s.src, Src::Vma(v) if self.vmas[v].prot & libc::PROT_READ as u32 != 0);
         while i < pieces.len() {
             let p = pieces[i];
-            if p.object_off.is_some() || self.vmas[p.vma].prot & libc::PROT_READ as u32 == 0 {
+            if !readable(&p) {
                 let len = (p.npages * PAGE) as usize;
                 self.read_slow(p, &mut batch.data[off..off + len])?;
                 off += len;
@@ -209,11 +261,7 @@ impl BatchReader<'_> {
             let mut j = i;
             let mut remote = Vec::new();
             let mut len = 0usize;
-            while j < pieces.len()
-                && remote.len() < MAX_IOV
-                && pieces[j].object_off.is_none()
-                && self.vmas[pieces[j].vma].prot & libc::PROT_READ as u32 != 0
-            {
+            while j < pieces.len() && remote.len() < MAX_IOV && readable(&pieces[j]) {
                 let l = (pieces[j].npages * PAGE) as usize;
                 remote.push(RemoteIoVec { base: pieces[j].addr as usize, len: l });
                 len += l;
@@ -252,7 +300,7 @@ impl BatchReader<'_> {
         let mut kept = 0usize;
         let mut src = 0usize;
         // A run never spans two VMAs.
-        let mut last_vma = usize::MAX;
+        let mut last_src = None;
         for p in &pieces {
             for k in 0..p.npages {
                 let page = src..src + PAGE_USIZE;
@@ -268,25 +316,24 @@ impl BatchReader<'_> {
                 stats.pages_stored += 1;
                 let addr = p.addr + k * PAGE;
                 match batch.runs.last_mut() {
-                    Some(r) if r.addr + u64::from(r.npages) * PAGE == addr && p.vma == last_vma => {
+                    Some(r) if r.addr + u64::from(r.npages) * PAGE == addr && Some(p.src) == last_src => {
                         r.npages += 1
                     }
                     _ => batch.runs.push(PageRun { addr, npages: 1 }),
                 }
-                last_vma = p.vma;
+                last_src = Some(p.src);
             }
         }
         batch.data.truncate(kept);
         Ok(npages)
     }
 
-    /// Reads a piece through `/proc/PID/mem` or the shared object's file.
+    /// Reads a piece through `/proc/PID/mem` or the object's file (zeros past its end:
+    /// its last page may be partial).
     fn read_slow(&mut self, p: Span, buf: &mut [u8]) -> Result<(), EngineError> {
-        match p.object_off {
-            None => self.mem.read_exact_at(buf, p.addr),
-            Some(off) => {
-                object(&mut self.objects, p.vma, self.pid, &self.vmas[p.vma])?.read_exact_at(buf, off)
-            }
+        match p.src {
+            Src::Vma(_) => self.mem.read_exact_at(buf, p.addr),
+            Src::Object(k) => read_full_at(&self.files[k], buf, p.addr),
         }
         .map_err(|source| EngineError::Memory { pid: self.pid, addr: p.addr, op: "read", source })
     }
@@ -298,13 +345,16 @@ fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
-fn object<'a>(objects: &'a mut [Option<File>], i: usize, pid: i32, v: &Vma) -> Result<&'a File, EngineError> {
-    let slot = &mut objects[i];
-    if slot.is_none() {
-        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-        *slot = Some(File::open(&path).map_err(io_err("open", path))?);
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
     }
-    slot.as_ref().ok_or_else(|| EngineError::Unsupported("shared object vanished".into()))
+    buf[got..].fill(0);
+    Ok(())
 }
 
 /// The page frame number of the kernel's shared zero page, as pagemap shows it to us
@@ -321,113 +371,132 @@ fn zero_pfn() -> Option<u64> {
     })
 }
 
-/// Which pages hold data, per VMA; how many pages the dumpable VMAs span; and how many of
-/// them map the zero page (skipped without being read).
-fn select(pid: i32, vmas: &[Vma]) -> Result<(Vec<Span>, u64, u64), EngineError> {
+/// What [`select`] finds.
+#[derive(Debug, Default)]
+struct Selection {
+    spans: Vec<Span>,
+    /// Pages the dumpable VMAs span.
+    total: u64,
+    /// Of those, pages mapping the zero page (skipped without being read).
+    zeros: u64,
+    inherited: Vec<PageRun>,
+    pagemaps: Pagemaps,
+}
+
+/// Whether two pagemap entries are one page: the same frame, or the same swap slot.
+fn same_page(a: u64, b: u64) -> bool {
+    let kind = PM_PRESENT | PM_SWAPPED;
+    a & kind != 0 && a & kind == b & kind && a & PM_PFN != 0 && a & PM_PFN == b & PM_PFN
+}
+
+/// Which pages of the process hold data, per VMA, and which of those it shares with its
+/// parent (`parent`: the parent's pagemaps).
+fn select(pid: i32, vmas: &[Vma], parent: Option<&Pagemaps>) -> Result<Selection, EngineError> {
     let pm_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pm_path).map_err(io_err("open", &pm_path))?;
     let zero = zero_pfn();
-    let mut spans = Vec::new();
-    let mut total = 0;
-    let mut zeros = 0;
+    let mut sel = Selection::default();
     let mut raw = Vec::new();
     for (i, v) in vmas.iter().enumerate() {
         let npages = (v.end - v.start) / PAGE;
-        match &v.backing {
-            VmaBacking::Vdso
-            | VmaBacking::Vvar
-            | VmaBacking::VvarVclock
-            | VmaBacking::File { shared: true, .. } => {}
-            VmaBacking::AnonShared => {
-                total += npages;
-                shared_spans(pid, i, v, &mut spans)?;
-            }
-            VmaBacking::Anon | VmaBacking::File { shared: false, .. } => {
-                total += npages;
-                let anon = matches!(v.backing, VmaBacking::Anon);
-                raw.resize((npages * 8) as usize, 0);
-                pagemap.read_exact_at(&mut raw, v.start / PAGE * 8).map_err(|source| {
-                    EngineError::Memory { pid, addr: v.start, op: "read the pagemap", source }
-                })?;
-                let mut run: Option<(u64, u64)> = None;
-                for (p, e) in raw.chunks_exact(8).enumerate() {
-                    let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
-                    let present = e & PM_PRESENT != 0;
-                    let is_zero_page = present && zero.is_some_and(|z| e & PM_PFN == z);
-                    zeros += u64::from(is_zero_page);
-                    let keep =
-                        !is_zero_page && (e & PM_SWAPPED != 0 || (present && (anon || e & PM_FILE == 0)));
-                    let addr = v.start + p as u64 * PAGE;
-                    run = match (run, keep) {
-                        (Some((s, n)), true) => Some((s, n + 1)),
-                        (None, true) => Some((addr, 1)),
-                        (Some((s, n)), false) => {
-                            spans.push(Span { addr: s, npages: n, object_off: None, vma: i });
-                            None
-                        }
-                        (None, false) => None,
-                    };
-                }
-                if let Some((s, n)) = run {
-                    spans.push(Span { addr: s, npages: n, object_off: None, vma: i });
+        let anon = match &v.backing {
+            VmaBacking::Anon => true,
+            VmaBacking::File { shared: false, .. } | VmaBacking::Object { shared: false, .. } => false,
+            // Shared mappings' pages are their file's or object's; the vDSO is the kernel's.
+            _ => continue,
+        };
+        sel.total += npages;
+        raw.resize((npages * 8) as usize, 0);
+        pagemap.read_exact_at(&mut raw, v.start / PAGE * 8).map_err(|source| EngineError::Memory {
+            pid,
+            addr: v.start,
+            op: "read the pagemap",
+            source,
+        })?;
+        let entries: Vec<u64> =
+            raw.chunks_exact(8).map(|e| u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]))).collect();
+        let from_parent = parent
+            .and_then(|pm| pm.iter().find(|(pv, _)| migrate_proto::validate::inheritable(pv, v)))
+            .map(|(_, e)| e.as_slice());
+        let mut run: Option<(u64, u64)> = None;
+        let mut shared: Option<PageRun> = None;
+        for (p, &e) in entries.iter().enumerate() {
+            let present = e & PM_PRESENT != 0;
+            let is_zero_page = present && zero.is_some_and(|z| e & PM_PFN == z);
+            sel.zeros += u64::from(is_zero_page);
+            let mut keep = !is_zero_page && (e & PM_SWAPPED != 0 || (present && (anon || e & PM_FILE == 0)));
+            let addr = v.start + p as u64 * PAGE;
+            if keep && from_parent.is_some_and(|pe| pe.get(p).is_some_and(|&pe| same_page(pe, e))) {
+                keep = false;
+                match shared.as_mut() {
+                    Some(r) if r.end() == Some(addr) && r.npages < u32::MAX => r.npages += 1,
+                    _ => sel.inherited.extend(shared.replace(PageRun { addr, npages: 1 })),
                 }
             }
+            run = match (run, keep) {
+                (Some((s, n)), true) => Some((s, n + 1)),
+                (None, true) => Some((addr, 1)),
+                (Some((s, n)), false) => {
+                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i) });
+                    None
+                }
+                (None, false) => None,
+            };
         }
+        if let Some((s, n)) = run {
+            sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i) });
+        }
+        sel.inherited.extend(shared);
+        sel.pagemaps.push((v.clone(), entries));
     }
-    Ok((spans, total, zeros))
+    Ok(sel)
 }
 
-/// The data ranges of a shared anonymous object, found with `SEEK_DATA`/`SEEK_HOLE`.
-fn shared_spans(pid: i32, i: usize, v: &Vma, spans: &mut Vec<Span>) -> Result<(), EngineError> {
-    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-    let mut f = File::open(&path).map_err(io_err("open", &path))?;
-    let len = v.end - v.start;
-    let mut pos = v.offset;
-    let end = v.offset + len;
-    while pos < end {
-        let data = match seek_data(&mut f, pos) {
-            Ok(Some(d)) if d < end => d,
+/// The data ranges of object `k` (the file `f` at `path`, `size` bytes), found with
+/// `SEEK_DATA`/`SEEK_HOLE`, as spans at their offsets.
+fn object_spans(f: &File, path: &str, size: u64, k: usize, spans: &mut Vec<Span>) -> Result<(), EngineError> {
+    let mut pos = 0;
+    while pos < size {
+        let data = match seek_data(f, pos) {
+            Ok(Some(d)) if d < size => d,
             Ok(_) => break,
             Err(e) => return Err(EngineError::Io { op: "SEEK_DATA in", path: path.into(), source: e }),
         };
-        let hole = seek_hole(&mut f, data).map_err(io_err("SEEK_HOLE in", &path))?.min(end);
+        let hole = seek_hole(f, data).map_err(io_err("SEEK_HOLE in", path))?.min(size);
         let start = data / PAGE * PAGE;
         let stop = hole.next_multiple_of(PAGE);
-        spans.push(Span {
-            addr: v.start + (start - v.offset),
-            npages: (stop - start) / PAGE,
-            object_off: Some(start),
-            vma: i,
-        });
+        spans.push(Span { addr: start, npages: (stop - start) / PAGE, src: Src::Object(k) });
         pos = stop;
     }
     Ok(())
 }
 
-fn seek_data(f: &mut File, from: u64) -> std::io::Result<Option<u64>> {
-    match nix::unistd::lseek(&*f, from as i64, nix::unistd::Whence::SeekData) {
+fn seek_data(f: &File, from: u64) -> std::io::Result<Option<u64>> {
+    match nix::unistd::lseek(f, from as i64, nix::unistd::Whence::SeekData) {
         Ok(off) => Ok(Some(off as u64)),
         Err(nix::errno::Errno::ENXIO) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-fn seek_hole(f: &mut File, from: u64) -> std::io::Result<u64> {
-    nix::unistd::lseek(&*f, from as i64, nix::unistd::Whence::SeekHole).map(|o| o as u64).map_err(Into::into)
+fn seek_hole(f: &File, from: u64) -> std::io::Result<u64> {
+    nix::unistd::lseek(f, from as i64, nix::unistd::Whence::SeekHole).map(|o| o as u64).map_err(Into::into)
 }
 
 /// Batches in flight per restore worker (queued or being written).
 const RESTORE_DEPTH: usize = 2;
 
 /// Writes the page batches of one process into `host`'s memory (its VMAs already
-/// mapped). `next` fills a batch (its buffers reused) with the process's next batch and
-/// returns false when there is none; each batch is checked against `rec` here, on the
-/// calling thread, before a worker writes it. `progress` hears of each batch's pages.
-/// Returns the pages written, once every one of them is in place.
+/// mapped), and those of the objects it owns into `objects`. `next` fills a batch (its
+/// buffers reused) with the process's next batch and returns false when there is none;
+/// each batch is checked against `rec` here, on the calling thread, before a worker
+/// writes it (an object's batch is written here). `progress` hears of each batch's
+/// pages. Returns the pages written, once every one of them is in place.
 pub fn restore_pages(
     host: i32,
     mem: &File,
     rec: &ProcessRecord,
+    objects: &HashMap<u64, Live>,
     next: &mut dyn FnMut(&mut PageBatch) -> Result<bool, EngineError>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, EngineError> {
@@ -457,8 +526,9 @@ pub fn restore_pages(
         drop(free_tx);
         let mut allocated = 0usize;
         let mut turn = 0usize;
+        let mut spare: Option<PageBatch> = None;
         loop {
-            let mut batch = match free_rx.try_recv() {
+            let mut batch = match spare.take().map(Ok).unwrap_or_else(|| free_rx.try_recv()) {
                 Ok(b) => b,
                 Err(_) if allocated < workers * (RESTORE_DEPTH + 1) + 1 => {
                     allocated += 1;
@@ -476,6 +546,18 @@ pub fn restore_pages(
             migrate_proto::validate::check_batch(&batch, rec)
                 .map_err(|source| EngineError::Image { file: crate::image::PAGES.into(), source })?;
             let n: u64 = batch.runs.iter().map(|r| u64::from(r.npages)).sum();
+            if batch.object != 0 {
+                let obj = objects.get(&batch.object).ok_or_else(|| {
+                    EngineError::Incompatible(format!("pages of object {}, which was not made", batch.object))
+                })?;
+                for (run, data) in batch.chunks() {
+                    obj.write(run.addr, data)?;
+                }
+                pages += n;
+                progress(n);
+                spare = Some(batch);
+                continue;
+            }
             if queues[turn % workers].send(batch).is_err() {
                 break;
             }

@@ -11,7 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
 
 use crate::error::{EngineError, read_proc};
+use crate::files::FdWorld;
 use crate::inject::{Scratch, Task};
+use crate::objects::{Named, Registry};
 use crate::procfs::{self, MapEntry};
 
 /// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.
@@ -29,15 +31,16 @@ pub fn file_id(shown: &str, path: &str) -> Result<FileId, EngineError> {
     })
 }
 
-/// The VMAs of `pid`, classified; refuses kinds this version cannot restore.
-pub fn dump_vmas(pid: i32) -> Result<Vec<Vma>, EngineError> {
+/// The VMAs of `pid` (`proc` in image order), classified; refuses kinds this version
+/// cannot restore. Shared memory, memfds and deleted files are registered in `objects`.
+pub fn dump_vmas(pid: i32, proc: usize, objects: &mut Registry) -> Result<Vec<Vma>, EngineError> {
     let maps = procfs::parse_smaps(&read_proc(pid, "smaps")?).map_err(EngineError::proc(pid, "smaps"))?;
     let mut out = Vec::new();
     for m in &maps {
         if m.name == "[vsyscall]" {
             continue; // the kernel provides it everywhere
         }
-        let backing = backing(pid, m)?;
+        let backing = backing(pid, proc, m, objects)?;
         out.push(Vma {
             start: m.start,
             end: m.end,
@@ -52,7 +55,7 @@ pub fn dump_vmas(pid: i32) -> Result<Vec<Vma>, EngineError> {
     Ok(out)
 }
 
-fn backing(pid: i32, m: &MapEntry) -> Result<VmaBacking, EngineError> {
+fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Result<VmaBacking, EngineError> {
     let unsupported = |what: &str| {
         Err(EngineError::Unsupported(format!(
             "pid {pid}: VMA {:#x}-{:#x} is {what}, not supported yet",
@@ -65,10 +68,11 @@ fn backing(pid: i32, m: &MapEntry) -> Result<VmaBacking, EngineError> {
         "[vvar_vclock]" => VmaBacking::VvarVclock,
         "" | "[heap]" | "[stack]" if !m.shared() => VmaBacking::Anon,
         n if n.starts_with("[anon:") && !m.shared() => VmaBacking::Anon,
-        "/dev/zero (deleted)" if m.shared() => VmaBacking::AnonShared,
-        n if n.starts_with("/memfd:") => return unsupported(&format!("a memfd ({n})")),
         n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
-        n if n.ends_with(" (deleted)") => return unsupported(&format!("a deleted file ({n})")),
+        n if let Some(named) = Named::of(n, m.shared()) => {
+            let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            VmaBacking::Object { id: objects.id(proc, &via, named)?, shared: m.shared() }
+        }
         n if n.starts_with('/') => {
             // map_files names the very file mapped, whatever its path now resolves to.
             let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -134,13 +138,66 @@ fn special(m: &MapEntry) -> bool {
     matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
 }
 
-/// Unmaps everything of the stub but its vDSO and vvar pages.
-pub fn clear_stub(task: &mut Task, gadget: u64, stub: i32) -> Result<(), EngineError> {
+/// Unmaps everything of the stub but its vDSO and vvar pages and the ranges `keep`
+/// (sorted, disjoint: VMAs a child keeps from the parent it was forked from).
+pub fn clear_stub(task: &mut Task, gadget: u64, stub: i32, keep: &[&Vma]) -> Result<(), EngineError> {
     let maps = procfs::parse_smaps(&read_proc(stub, "smaps")?).map_err(EngineError::proc(stub, "smaps"))?;
     for m in maps.iter().filter(|m| !special(m)) {
-        task.call(gadget, libc::SYS_munmap, &[m.start, m.end - m.start], || {
-            format!("munmap({:#x})", m.start)
-        })?;
+        for (start, end) in subtract(m.start, m.end, keep.iter().map(|v| (v.start, v.end))) {
+            task.call(gadget, libc::SYS_munmap, &[start, end - start], || format!("munmap({start:#x})"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The parts of `[start, end)` outside the sorted, disjoint ranges `holes`.
+pub fn subtract(start: u64, end: u64, holes: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in holes {
+        if e <= at || s >= end {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+/// The VMAs of `child` it keeps from `parent`, whose fork it is: those fork carried over
+/// unchanged ([`migrate_proto::validate::inheritable`]), pages and sharing included.
+pub fn kept<'a>(child: &'a [Vma], parent: &[Vma]) -> Vec<&'a Vma> {
+    child.iter().filter(|v| parent.iter().any(|p| migrate_proto::validate::inheritable(p, v))).collect()
+}
+
+/// In the private VMAs a child kept, drops every page that is not one it inherits (its
+/// own are written next; the rest were zero or absent at the checkpoint).
+pub fn drop_uninherited(
+    task: &mut Task,
+    gadget: u64,
+    kept: &[&Vma],
+    inherited: &[migrate_proto::pages::PageRun],
+) -> Result<(), EngineError> {
+    for v in kept {
+        let private = match v.backing {
+            VmaBacking::Anon => true,
+            VmaBacking::File { shared, .. } | VmaBacking::Object { shared, .. } => !shared,
+            _ => false,
+        };
+        if !private {
+            continue;
+        }
+        let runs = inherited.iter().filter_map(|r| Some((r.addr, r.end()?)));
+        for (start, end) in subtract(v.start, v.end, runs) {
+            task.call(gadget, libc::SYS_madvise, &[start, end - start, libc::MADV_DONTNEED as u64], || {
+                format!("madvise(DONTNEED) of {start:#x}-{end:#x}")
+            })?;
+        }
     }
     Ok(())
 }
@@ -231,8 +288,10 @@ pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
     (candidate + len <= 0x7fff_0000_0000).then_some(candidate)
 }
 
-/// Maps every non-vDSO VMA of the image in the stub. Files are opened by the stub itself
-/// (in the container's mount namespace) and closed again.
+/// Maps every non-vDSO VMA of the image in the stub but those it keeps. Files are opened
+/// by the stub itself (in the container's mount namespace) and closed again; objects are
+/// opened where their owner keeps them (`world`).
+#[allow(clippy::too_many_arguments)]
 pub fn map_vmas(
     task: &mut Task,
     gadget: u64,
@@ -240,8 +299,10 @@ pub fn map_vmas(
     stub: i32,
     scratch: Scratch,
     vmas: &[Vma],
+    kept: &[&Vma],
+    world: &FdWorld,
 ) -> Result<(), EngineError> {
-    for v in vmas {
+    for v in vmas.iter().filter(|v| !kept.iter().any(|k| k.start == v.start)) {
         let len = v.end - v.start;
         let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (fd, offset) = match &v.backing {
@@ -250,24 +311,27 @@ pub fn map_vmas(
                 flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
                 (None, 0)
             }
-            VmaBacking::AnonShared => {
-                flags |= libc::MAP_SHARED | libc::MAP_ANONYMOUS;
-                (None, 0)
-            }
-            VmaBacking::File { file, shared } => {
-                check_file(stub, file, true)?;
-                flags |= if *shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-                let mode = if *shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+            backing => {
+                let (path, shared) = match backing {
+                    VmaBacking::File { file, shared } => {
+                        check_file(stub, file, true)?;
+                        (file.path.as_str(), *shared)
+                    }
+                    VmaBacking::Object { id, shared } => (world.object_path(*id)?, *shared),
+                    _ => continue,
+                };
+                flags |= if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY
                 };
-                let at = scratch.path(mem, stub, 0, &file.path)?;
+                let at = scratch.path(mem, stub, 0, path)?;
                 let fd = task.call(
                     gadget,
                     libc::SYS_openat,
                     &[libc::AT_FDCWD as u64, at, (mode | libc::O_CLOEXEC) as u64, 0],
-                    || format!("open {}", file.path),
+                    || format!("open {path}"),
                 )?;
                 (Some(fd), v.offset)
             }
@@ -376,6 +440,15 @@ mod tests {
             growsdown: false,
             advice: vec![],
         }
+    }
+
+    #[test]
+    fn subtracting_ranges_leaves_the_gaps() {
+        assert_eq!(subtract(0, 100, [].into_iter()), [(0, 100)]);
+        assert_eq!(subtract(0, 100, [(10, 20), (50, 60)].into_iter()), [(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(subtract(10, 20, [(0, 15), (18, 30)].into_iter()), [(15, 18)]);
+        assert_eq!(subtract(10, 20, [(0, 30)].into_iter()), []);
+        assert_eq!(subtract(10, 20, [(20, 30)].into_iter()), [(10, 20)]);
     }
 
     #[test]

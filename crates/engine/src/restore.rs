@@ -13,6 +13,7 @@
 //! last. Only when the whole tree is built are the threads detached and run. On any
 //! error the caller kills the container: nothing half-built ever runs.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::time::Instant;
@@ -28,7 +29,7 @@ use crate::files::FdWorld;
 use crate::image::{self, Image};
 use crate::inject::{Scratch, Task};
 use crate::seize::{self, Seized};
-use crate::{Progress, files, host, memory, mm, process, thread};
+use crate::{Progress, files, host, memory, mm, objects, process, thread};
 
 /// What a restore did and how long it took.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -107,6 +108,10 @@ pub fn restore(
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
 
+    // Seals last: a write seal would refuse the contents, and mappings made after it.
+    for o in ctx.world.objects.values() {
+        o.seal()?;
+    }
     progress(Progress::Phase("resume"));
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
     let spares = std::mem::take(&mut ctx.world.spares);
@@ -162,16 +167,27 @@ fn build(
         rec.mm.as_ref().ok_or_else(|| EngineError::Incompatible(format!("pid {} has no mm", rec.pid)))?;
     let mut gadget = s.gadget;
     thread::forget_rseq(s.main(), gadget)?;
-    mm::clear_stub(s.main(), gadget, host)?;
+    // A child keeps what fork carried over unchanged from its parent: the pages it
+    // shares copy-on-write, and shared mappings.
+    let kept = parent.map(|p| mm::kept(&rec.vmas, &p.vmas)).unwrap_or_default();
+    mm::clear_stub(s.main(), gadget, host, &kept)?;
     gadget = mm::move_vdso(s.main(), gadget, host, &rec.vmas, ctx.park)?;
     s.gadget = gadget;
     let scratch = Scratch::map(s.main(), gadget, Some(ctx.park + (16 << 20)))?;
     let mem = s.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{host}/mem")))?;
-    mm::map_vmas(s.main(), gadget, &mem, host, scratch, &rec.vmas)?;
+    // Spare fds above every fd of the image (see files::restore).
+    let base = rec.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 48;
+    for o in &rec.objects {
+        let (anchor, live) = objects::create(s.main(), gadget, &mem, host, rec.pid, scratch, o, base)?;
+        ctx.world.spares.push((rec.pid, anchor));
+        ctx.world.objects.insert(o.id, live);
+    }
+    mm::map_vmas(s.main(), gadget, &mem, host, scratch, &rec.vmas, &kept, &ctx.world)?;
+    mm::drop_uninherited(s.main(), gadget, &kept, &rec.inherited)?;
 
     progress(Progress::Phase("memory"));
     let t_mem = Instant::now();
-    ctx.pages.write_for(rec, &mem, host, progress)?;
+    ctx.pages.write_for(rec, &mem, host, &ctx.world.objects, progress)?;
     ctx.memory_ms += t_mem.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("state"));
@@ -180,7 +196,6 @@ fn build(
         session_and_group(s.main(), gadget, rec, parent)?;
     }
     files::restore(s.main(), gadget, &mem, host, rec.pid, scratch, &rec.fds, &mut ctx.world)?;
-    ctx.warnings.extend(process::restore_misc(s.main(), gadget, &mem, host, scratch, rec)?);
     process::restore_sigactions(s.main(), gadget, &mem, host, scratch, &rec.sigactions)?;
 
     let children: Vec<&ProcessRecord> =
@@ -200,6 +215,9 @@ fn build(
         }
     }
 
+    // Credentials after the children: they are forked with the stub's (root's), which
+    // every step of building them needs, and each sets its own.
+    ctx.warnings.extend(process::restore_misc(s.main(), gadget, &mem, host, scratch, rec)?);
     create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
     let main_mask = thread::restore(s.main(), &rec.threads[0], rec.pid, gadget, &mem, host, scratch)?;
     s.masks[0] = main_mask;
@@ -441,13 +459,15 @@ impl PageFeed {
         rec: &ProcessRecord,
         mem: &File,
         host: i32,
+        objects: &HashMap<u64, objects::Live>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), EngineError> {
         let (total, mut done) = (self.total, self.pages);
-        let written = memory::restore_pages(host, mem, rec, &mut |b| self.next_for(rec.pid, b), &mut |n| {
-            done += n;
-            progress(Progress::Bytes { done: done * memory::PAGE, total })
-        })?;
+        let written =
+            memory::restore_pages(host, mem, rec, objects, &mut |b| self.next_for(rec.pid, b), &mut |n| {
+                done += n;
+                progress(Progress::Bytes { done: done * memory::PAGE, total })
+            })?;
         self.pages += written;
         Ok(())
     }

@@ -129,16 +129,16 @@ fn with_version(bytes: &[u8], version: u32) -> Vec<u8> {
 #[test]
 fn manifest_newer_version_says_upgrade() -> Result {
     let bytes = encode_manifest(&manifest())?;
-    let err = decode_manifest(&with_version(&bytes, 2)).err().ok_or("accepted")?;
+    let err = decode_manifest(&with_version(&bytes, 3)).err().ok_or("accepted")?;
     assert_eq!(
         err.to_string(),
-        "image format version 2 is newer than this migrate understands (1): upgrade migrate"
+        "image format version 3 is newer than this migrate understands (2): upgrade migrate"
     );
 
     // A newer format may frame its manifest differently: the version error still wins.
     let mut reframed = with_version(&bytes, 7);
     reframed.extend_from_slice(b"new trailer");
-    assert!(matches!(decode_manifest(&reframed), Err(ProtoError::NewerFormat { found: 7, ours: 1 })));
+    assert!(matches!(decode_manifest(&reframed), Err(ProtoError::NewerFormat { found: 7, ours: 2 })));
     let mut short = b"MIGRATE\0".to_vec();
     short.extend_from_slice(&9u32.to_le_bytes());
     assert!(matches!(decode_manifest(&short), Err(ProtoError::NewerFormat { found: 9, .. })));
@@ -150,14 +150,14 @@ fn manifest_older_version_is_refused_clearly() -> Result {
     let bytes = encode_manifest(&manifest())?;
     let err = decode_manifest(&with_version(&bytes, 0)).err().ok_or("accepted")?;
     assert!(matches!(err, ProtoError::OlderFormat { found: 0, ours: FORMAT_VERSION }));
-    assert!(err.to_string().starts_with("image format version 0 is older than this migrate understands (1)"));
+    assert!(err.to_string().starts_with("image format version 0 is older than this migrate understands (2)"));
     Ok(())
 }
 
 #[test]
 fn manifest_header_and_payload_must_agree() {
     let mut m = manifest();
-    m.format_version = 2;
+    m.format_version = FORMAT_VERSION + 1;
     assert!(encode_manifest(&m).is_err());
 }
 

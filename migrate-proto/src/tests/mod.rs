@@ -9,8 +9,8 @@ mod validation;
 use crate::manifest::{Clocks, ContainerMeta, CpuId, FileSum, KernelId, Manifest, Stats};
 use crate::pages::{PageBatch, PageRun};
 use crate::records::{
-    AltStack, Creds, FdKind, FdRecord, FileId, ITimer, MmFields, ProcessRecord, Regs, Rlimit, Rseq,
-    SigAction, SigInfo, ThreadRecord, Vma, VmaBacking,
+    AltStack, Creds, FdKind, FdRecord, FileId, ITimer, MmFields, ObjectKind, ObjectRecord, ProcessRecord,
+    Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadRecord, Vma, VmaBacking,
 };
 use crate::{FORMAT_VERSION, PAGE_SIZE};
 
@@ -117,7 +117,12 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
             },
             vma(0x60_0000, 0x60_4000, VmaBacking::Anon, "[heap]"),
             vma(0x7f00_0000_0000, 0x7f00_0000_2000, VmaBacking::Anon, ""),
-            vma(0x7f00_0000_2000, 0x7f00_0000_3000, VmaBacking::AnonShared, "/dev/zero (deleted)"),
+            vma(
+                0x7f00_0000_2000,
+                0x7f00_0000_3000,
+                VmaBacking::Object { id: 1, shared: true },
+                "/dev/zero (deleted)",
+            ),
             Vma {
                 advice: vec!["dd".into()],
                 ..vma(
@@ -188,6 +193,8 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         personality: 0,
         pipes: Vec::new(),
         tmpfs: Vec::new(),
+        objects: vec![ObjectRecord { id: 1, kind: ObjectKind::AnonShared, size: 4096 }],
+        inherited: Vec::new(),
         zombie: None,
     }
 }
@@ -210,7 +217,7 @@ pub(crate) fn batch(pid: i32, random: Option<u64>) -> PageBatch {
             }
         }
     }
-    PageBatch { pid, round: 0, runs, data }
+    PageBatch { pid, object: 0, round: 0, runs, data }
 }
 
 pub(crate) fn manifest() -> Manifest {

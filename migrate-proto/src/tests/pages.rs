@@ -8,7 +8,7 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Encodes a header followed by `data`, bypassing the encoder's checks.
 fn hand_encoded(runs: &[PageRun], codec: Codec, raw_len: u64, data: &[u8]) -> Vec<u8> {
-    let header = BatchHeader { pid: 1, round: 0, runs: runs.to_vec(), codec, raw_len };
+    let header = BatchHeader { pid: 1, object: 0, round: 0, runs: runs.to_vec(), codec, raw_len };
     let mut out = postcard::to_allocvec(&header).unwrap_or_default();
     out.extend_from_slice(data);
     out
@@ -36,8 +36,13 @@ fn round_trip_and_codec_choice() -> Result {
         assert_eq!(back, b);
     }
     // Decoding a small batch into a buffer that held a bigger one reuses it.
-    let small =
-        PageBatch { pid: 5, round: 1, runs: vec![PageRun { addr: 0x1000, npages: 1 }], data: vec![7; 4096] };
+    let small = PageBatch {
+        pid: 5,
+        object: 0,
+        round: 1,
+        runs: vec![PageRun { addr: 0x1000, npages: 1 }],
+        data: vec![7; 4096],
+    };
     out.clear();
     small.encode_into(&mut out)?;
     codec.decode_into(&out, &mut back)?;
@@ -143,15 +148,20 @@ fn largest_batch_round_trips() -> Result {
     let mut data = vec![0u8; MAX_BATCH_BYTES as usize];
     // Random enough that it is stored raw: the frame's 80 MiB cap must hold it.
     XorShift::new(9).fill(&mut data);
-    let b = PageBatch { pid: 1, round: 0, runs: vec![PageRun { addr: 0x10_0000, npages }], data };
+    let b = PageBatch { pid: 1, object: 0, round: 0, runs: vec![PageRun { addr: 0x10_0000, npages }], data };
     let mut w = crate::RecordWriter::new(Vec::new());
     w.pages(&b)?;
     let (bytes, _) = w.finish()?;
     let mut r = crate::RecordReader::new(bytes.as_slice());
     assert_eq!(r.next()?, Some(crate::Frame::Pages(b)));
     // One page more is refused by the writer.
-    let over =
-        PageBatch { pid: 1, round: 0, runs: vec![PageRun { addr: 0, npages: npages + 1 }], data: vec![] };
+    let over = PageBatch {
+        pid: 1,
+        object: 0,
+        round: 0,
+        runs: vec![PageRun { addr: 0, npages: npages + 1 }],
+        data: vec![],
+    };
     assert!(crate::RecordWriter::new(Vec::new()).pages(&over).is_err());
     Ok(())
 }

@@ -183,8 +183,12 @@ fn batches_must_lie_in_dumpable_vmas() {
     };
     // Private file mapping: its copied-on-write pages are dumped.
     assert!(check_batch(&run(0x40_0000, 2), &p).is_ok());
-    // Shared anonymous memory: dumped once.
-    assert!(check_batch(&run(0x7f00_0000_2000, 1), &p).is_ok());
+    // Shared anonymous memory is dumped once, as its object's pages, not the mapping's.
+    assert!(check_batch(&run(0x7f00_0000_2000, 1), &p).is_err());
+    let object = |id, offset, npages| crate::PageBatch { object: id, ..run(offset, npages) };
+    assert!(check_batch(&object(1, 0, 1), &p).is_ok());
+    assert!(check_batch(&object(1, 0x1000, 1), &p).is_err(), "beyond the object's 4096 bytes");
+    assert!(check_batch(&object(2, 0, 1), &p).is_err(), "an object the process does not own");
 
     let cases = [
         (

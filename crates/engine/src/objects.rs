@@ -1,0 +1,276 @@
+//! Objects whose contents only the image holds: the shmem behind `MAP_SHARED |
+//! MAP_ANONYMOUS`, memfds (name, size, seals, contents) and files deleted while open or
+//! mapped.
+//!
+//! Dump: each object is found through whatever refers to it (a `map_files` link of a
+//! mapping, an `fd` link) and known by its inode; it gets one id in the image, one
+//! [`ObjectRecord`] in the record of the first process (image order) that refers to it —
+//! its owner — and its data ranges (`SEEK_DATA`/`SEEK_HOLE`) travel once, as page batches
+//! of the object after the owner's own ([`crate::memory`]).
+//!
+//! Restore: the owner, built first, creates the object by injected syscalls and keeps
+//! it at a spare fd (the *anchor*) until the whole tree is built; every mapping and fd of
+//! it, in any process, is opened from `/proc/OWNER/fd/ANCHOR` (a new description of the
+//! same inode), so all of them share it again. The agent takes its own copy of the
+//! anchor with `pidfd_getfd` to write the contents and, at the very end, the seals.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use migrate_proto::records::{ObjectKind, ObjectRecord};
+
+use crate::error::{EngineError, io_err};
+use crate::inject::{Scratch, Task};
+
+/// `F_SEAL_SEAL`: no more seals; a memfd made without `MFD_ALLOW_SEALING` has just this.
+const F_SEAL_SEAL: u32 = 0x1;
+/// `F_SEAL_EXEC`: the mode's exec bits are fixed (`MFD_NOEXEC_SEAL` sets it at birth).
+const F_SEAL_EXEC: u32 = 0x20;
+const MFD_CLOEXEC: u64 = 0x1;
+const MFD_ALLOW_SEALING: u64 = 0x2;
+const MFD_NOEXEC_SEAL: u64 = 0x8;
+const MFD_EXEC: u64 = 0x10;
+
+/// One object found by a dump.
+#[derive(Debug)]
+pub struct Found {
+    pub record: ObjectRecord,
+    /// Index (image order) of the first process that refers to it.
+    pub owner: usize,
+    /// A path the dump can open to read its contents (`/proc/PID/map_files/…` or
+    /// `/proc/PID/fd/N`).
+    pub source: String,
+}
+
+/// The objects of one dump, by inode.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_inode: HashMap<(u64, u64), usize>,
+    pub found: Vec<Found>,
+}
+
+/// What kind of object a `maps` name or an fd link names, with the name it shows.
+#[derive(Debug)]
+pub enum Named<'a> {
+    AnonShared,
+    Memfd(&'a str),
+    Deleted(&'a str),
+}
+
+impl<'a> Named<'a> {
+    /// Classifies a `maps` name or an fd link; `None` for anything else.
+    pub fn of(link: &'a str, shared_mapping: bool) -> Option<Named<'a>> {
+        if link == "/dev/zero (deleted)" && shared_mapping {
+            return Some(Named::AnonShared);
+        }
+        if let Some(rest) = link.strip_prefix("/memfd:") {
+            return Some(Named::Memfd(rest.strip_suffix(" (deleted)").unwrap_or(rest)));
+        }
+        link.strip_suffix(" (deleted)").filter(|p| p.starts_with('/')).map(Named::Deleted)
+    }
+}
+
+impl Registry {
+    /// The id of the object `named`, reached through `path` (a magic link of process
+    /// `proc`, image order), registering it the first time.
+    pub fn id(&mut self, proc: usize, path: &str, named: Named<'_>) -> Result<u64, EngineError> {
+        let md = std::fs::metadata(path).map_err(io_err("stat", path))?;
+        let key = (md.dev(), md.ino());
+        if let Some(&i) = self.by_inode.get(&key) {
+            let f = &mut self.found[i];
+            f.owner = f.owner.min(proc);
+            return Ok(f.record.id);
+        }
+        let kind = match named {
+            Named::AnonShared => ObjectKind::AnonShared,
+            Named::Memfd(name) => {
+                let f = File::open(path).map_err(io_err("open", path))?;
+                let seals = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GET_SEALS).map_err(|e| {
+                    EngineError::Io { op: "F_GET_SEALS of", path: path.into(), source: e.into() }
+                })?;
+                if md.nlink() != 0 && name.is_empty() {
+                    return Err(EngineError::Unsupported(format!("{path}: an unnamed memfd with links")));
+                }
+                ObjectKind::Memfd { name: name.to_string(), seals: seals as u32 }
+            }
+            Named::Deleted(p) => deleted(p, &md, path)?,
+        };
+        let id = self.found.len() as u64 + 1;
+        self.by_inode.insert(key, self.found.len());
+        self.found.push(Found {
+            record: ObjectRecord { id, kind, size: md.size() },
+            owner: proc,
+            source: path.to_string(),
+        });
+        Ok(id)
+    }
+}
+
+fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<ObjectKind, EngineError> {
+    if !md.is_file() {
+        return Err(EngineError::Unsupported(format!(
+            "{path} is a deleted {}, not a regular file: not supported yet",
+            if md.is_dir() { "directory" } else { "special file" }
+        )));
+    }
+    Ok(ObjectKind::Deleted {
+        path: shown.to_string(),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+    })
+}
+
+/// One object rebuilt by a restore.
+#[derive(Debug)]
+pub struct Live {
+    /// Where processes of the container open it: `/proc/OWNER/fd/ANCHOR`.
+    pub path: String,
+    /// The agent's copy, for contents and seals.
+    pub file: File,
+    pub record: ObjectRecord,
+}
+
+/// Creates `rec` in the process `task` belongs to (`host`, `pid_ns` in the container),
+/// keeping it at a spare fd at or above `base`; returns the spare fd and the object.
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    pid_ns: i32,
+    scratch: Scratch,
+    rec: &ObjectRecord,
+    base: u64,
+) -> Result<(u64, Live), EngineError> {
+    let id = rec.id;
+    let fd = match &rec.kind {
+        ObjectKind::AnonShared => {
+            // The kernel makes this shmem only for a shared anonymous mmap: make one,
+            // open it through map_files (root may), and let the mapping go.
+            let len = rec.size.next_multiple_of(4096).max(4096);
+            let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+            let at = task.call(gadget, libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0], || {
+                format!("mmap of shared memory (object {id})")
+            })?;
+            let link = format!("/proc/self/map_files/{at:x}-{:x}", at + len);
+            let p = scratch.path(mem, host, 0, &link)?;
+            let fd = task.call(
+                gadget,
+                libc::SYS_openat,
+                &[libc::AT_FDCWD as u64, p, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0],
+                || format!("open {link}"),
+            );
+            task.call(gadget, libc::SYS_munmap, &[at, len], || "munmap".into())?;
+            fd?
+        }
+        ObjectKind::Memfd { name, seals } => {
+            let p = scratch.path(mem, host, 0, name)?;
+            let exec = if seals & F_SEAL_EXEC != 0 { MFD_NOEXEC_SEAL } else { MFD_EXEC };
+            // One with only F_SEAL_SEAL was made without MFD_ALLOW_SEALING: so is this.
+            let sealing = if *seals == F_SEAL_SEAL { 0 } else { MFD_ALLOW_SEALING };
+            let fd = match task.syscall(gadget, libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing | exec])? {
+                Ok(fd) => fd,
+                // A kernel before 6.3 knows neither exec flag.
+                Err(nix::errno::Errno::EINVAL) => {
+                    task.call(gadget, libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing], || {
+                        format!("memfd_create({name:?})")
+                    })?
+                }
+                Err(errno) => {
+                    return Err(EngineError::Injected {
+                        pid: host,
+                        call: format!("memfd_create({name:?})"),
+                        errno,
+                    });
+                }
+            };
+            task.call(gadget, libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
+            fd
+        }
+        ObjectKind::Deleted { path, mode, .. } => {
+            // Made where it was, then unlinked: /proc shows it as it showed the original.
+            // If that name is taken again, beside it.
+            let flags = (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC) as u64;
+            let mut made = None;
+            for name in [path.clone(), format!("{path}.migrate-deleted-{id}")] {
+                let p = scratch.path(mem, host, 0, &name)?;
+                match task.syscall(
+                    gadget,
+                    libc::SYS_openat,
+                    &[libc::AT_FDCWD as u64, p, flags, u64::from(*mode)],
+                )? {
+                    Ok(fd) => {
+                        made = Some((fd, p));
+                        break;
+                    }
+                    Err(nix::errno::Errno::EEXIST) => continue,
+                    Err(errno) => {
+                        return Err(EngineError::Injected {
+                            pid: host,
+                            call: format!("create {name} (a file deleted while open)"),
+                            errno,
+                        });
+                    }
+                }
+            }
+            let (fd, p) = made.ok_or_else(|| {
+                EngineError::Incompatible(format!("cannot recreate deleted file {path}: its names are taken"))
+            })?;
+            task.call(gadget, libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || {
+                format!("unlink {path}")
+            })?;
+            task.call(gadget, libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
+            fd
+        }
+    };
+    let anchor = task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || {
+        "fcntl(F_DUPFD)".into()
+    })?;
+    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    let file = File::from(crate::files::take(host, anchor as i32)?);
+    if let ObjectKind::Deleted { uid, gid, mode, .. } = &rec.kind {
+        let err = |op| {
+            move |e: nix::errno::Errno| EngineError::Io {
+                op,
+                path: format!("object {id}").into(),
+                source: e.into(),
+            }
+        };
+        nix::unistd::fchown(file.as_fd(), Some((*uid).into()), Some((*gid).into())).map_err(err("fchown"))?;
+        // The umask trimmed the mode given to open.
+        nix::sys::stat::fchmod(file.as_fd(), nix::sys::stat::Mode::from_bits_truncate(*mode))
+            .map_err(err("fchmod"))?;
+    }
+    Ok((anchor, Live { path: format!("/proc/{pid_ns}/fd/{anchor}"), file, record: rec.clone() }))
+}
+
+impl Live {
+    /// Writes `data` at `offset`, not past the object's size (its last page may be
+    /// partial).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), EngineError> {
+        let room = self.record.size.saturating_sub(offset).min(data.len() as u64) as usize;
+        self.file.write_all_at(&data[..room], offset).map_err(|source| EngineError::Memory {
+            pid: 0,
+            addr: offset,
+            op: "write object",
+            source,
+        })
+    }
+
+    /// Adds the seals the object had (a memfd's), once everything is written and mapped.
+    pub fn seal(&self) -> Result<(), EngineError> {
+        let ObjectKind::Memfd { seals, name } = &self.record.kind else { return Ok(()) };
+        if *seals == F_SEAL_SEAL || *seals == 0 {
+            return Ok(());
+        }
+        let flags = nix::fcntl::SealFlag::from_bits_truncate(*seals as i32);
+        nix::fcntl::fcntl(&self.file, nix::fcntl::FcntlArg::F_ADD_SEALS(flags)).map(|_| ()).map_err(|e| {
+            EngineError::Io { op: "F_ADD_SEALS on", path: format!("memfd:{name}").into(), source: e.into() }
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! Memory and files shared between processes: shared anonymous memory, a sealed memfd,
+//! deleted files (open, and only mapped), pages shared copy-on-write after fork, and a
+//! python multiprocessing pool built on all of that — each moved to another host.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use support::{TempDir, TestLab, compile_c, wait_until};
+
+fn checkpoint_and_restore(lab: &TestLab, name: &str, img: &TempDir, to: &str) -> anyhow::Result<()> {
+    let dir = img.join(name);
+    lab.ok(&["checkpoint", name, "--dir", &dir])?;
+    lab.ok(&["restore", "--dir", &dir, "--host", to])?;
+    Ok(())
+}
+
+/// The value of `key=` in a status line of `tests/programs/shared.c`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn shared_memory_a_sealed_memfd_and_deleted_files_stay_shared() -> anyhow::Result<()> {
+    let bin = TempDir::new("shared-bin")?;
+    let Some(exe) = compile_c("shared", &["-O2"], &bin.path)? else { return Ok(()) };
+    let work = TempDir::new("shared-work")?;
+    let img = TempDir::new("shared-img")?;
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "shm", &[&exe, &work.path.to_string_lossy()])?;
+    lab.wait_log("shm", "status")?;
+    // The file was unlinked: nothing of it is left to see but the open fd.
+    ensure!(std::fs::read_dir(&work.path)?.next().is_none(), "the deleted file is still there");
+    let before: u64 = lab
+        .logs("shm")?
+        .lines()
+        .filter_map(|l| field(l, "anon")?.parse().ok())
+        .next_back()
+        .context("no status line")?;
+    checkpoint_and_restore(&lab, "shm", &img, "host-b")?;
+    // The child's counters keep moving in the parent's view, and every check holds.
+    let moved =
+        |l: &str| field(l, "anon").and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v > before + 50);
+    ensure!(
+        wait_until(Duration::from_secs(20), || lab.logs("shm").is_ok_and(|t| t.lines().any(moved))),
+        "the child's writes are not seen by the parent after the restore: {}",
+        lab.logs("shm")?
+    );
+    let log = lab.logs("shm")?;
+    for line in log.lines().filter(|l| l.starts_with("status")) {
+        ensure!(
+            ["echo", "memfd", "deleted"].iter().all(|k| field(line, k) == Some("ok"))
+                && field(line, "anon") == field(line, "shm"),
+            "a check failed: {line}\n{log}"
+        );
+    }
+    ensure!(std::fs::read_dir(&work.path)?.next().is_none(), "the restore left the deleted file behind");
+    Ok(())
+}
+
+/// The sum of `Pss` over the container's processes, in KiB (its own `/proc`, leaving out
+/// the reader that `exec` starts).
+fn pss_kib(lab: &TestLab, name: &str) -> anyhow::Result<u64> {
+    let script = r#"
+import os
+total = 0
+for p in (x for x in os.listdir('/proc') if x.isdigit()):
+    try:
+        if int(p) == os.getpid():
+            continue
+        for line in open(f'/proc/{p}/smaps_rollup'):
+            if line.startswith('Pss:'):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+print(total)
+"#;
+    let out = lab.ok(&["exec", name, "--", "python3", "-c", script])?;
+    out.trim().parse().with_context(|| format!("Pss sum: {out}"))
+}
+
+/// 200 MB written, then four children forked: every page shared five ways.
+const COW_TREE: &str = r#"
+import os, time
+data = bytearray(os.urandom(1 << 20) * 200)
+kids = []
+for i in range(4):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            time.sleep(1)
+    kids.append(pid)
+print('forked', *kids, flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn pages_shared_copy_on_write_are_stored_once_and_shared_again() -> anyhow::Result<()> {
+    let img = TempDir::new("cow-img")?;
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "cow", &["python3", "-c", COW_TREE])?;
+    lab.wait_log("cow", "forked")?;
+    let before = pss_kib(&lab, "cow")?;
+    ensure!(before > 200 << 10, "the tree holds {before} KiB, less than its 200 MB");
+    let dir = img.join("cow");
+    let report = lab.json(&["checkpoint", "cow", "--dir", &dir, "--json"])?;
+    let stored = report["report"]["stats"]["pages_stored"].as_u64().context("pages_stored")? * 4096;
+    ensure!(stored < 260 << 20, "the image stores {} MiB for 200 MB shared by five processes", stored >> 20);
+    lab.ok(&["restore", "--dir", &dir, "--host", "host-b"])?;
+    let after = pss_kib(&lab, "cow")?;
+    let ratio = after as f64 / before as f64;
+    ensure!(
+        (0.9..=1.1).contains(&ratio),
+        "Pss of the tree: {before} KiB before, {after} KiB after the restore (×{ratio:.2})"
+    );
+    Ok(())
+}
+
+/// A pool of four workers squaring numbers, results gathered through the pool's queues
+/// (pipes) and guarded by its locks (POSIX semaphores: unlinked files of /dev/shm).
+const POOL: &str = r#"
+import multiprocessing as mp, time
+def square(x):
+    time.sleep(0.004)
+    return x * x
+if __name__ == '__main__':
+    with mp.get_context('fork').Pool(4) as pool:
+        got = []
+        for i, r in enumerate(pool.imap(square, range(4000), chunksize=2)):
+            got.append(r)
+            if i % 200 == 0:
+                print('progress', i, flush=True)
+    print('done', len(got), 'correct' if got == [x * x for x in range(4000)] else 'WRONG', flush=True)
+"#;
+
+#[test]
+fn a_python_multiprocessing_pool_finishes_its_work_after_a_move() -> anyhow::Result<()> {
+    let img = TempDir::new("pool-img")?;
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "pool", &["python3", "-c", POOL])?;
+    lab.wait_log("pool", "progress 400")?;
+    ensure!(!lab.logs("pool")?.contains("done"), "the pool finished before the checkpoint");
+    checkpoint_and_restore(&lab, "pool", &img, "host-b")?;
+    ensure!(
+        wait_until(Duration::from_secs(60), || lab.logs("pool").is_ok_and(|l| l.contains("done"))),
+        "the pool did not finish after the restore: {}",
+        lab.logs("pool")?
+    );
+    let log = lab.logs("pool")?;
+    ensure!(log.contains("done 4000 correct"), "{log}");
+    Ok(())
+}
