@@ -111,6 +111,10 @@ fn pages_shared_copy_on_write_are_stored_once_and_shared_again() -> anyhow::Resu
     lab.ok(&["restore", "--dir", &dir, "--host", "host-b"])?;
     let after = pss_kib(&lab, "cow")?;
     let ratio = after as f64 / before as f64;
+    eprintln!(
+        "CoW tree: image stores {} MiB; Pss {before} KiB before, {after} KiB after (×{ratio:.3})",
+        stored >> 20
+    );
     ensure!(
         (0.9..=1.1).contains(&ratio),
         "Pss of the tree: {before} KiB before, {after} KiB after the restore (×{ratio:.2})"

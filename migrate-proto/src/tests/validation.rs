@@ -2,7 +2,9 @@
 
 use super::{batch, file_id, process, thread};
 use crate::pages::PageRun;
-use crate::records::{FdKind, FdRecord, ProcessRecord, Rlimit, SigAction, SigInfo, VmaBacking};
+use crate::records::{
+    FdKind, FdRecord, ObjectKind, ObjectRecord, ProcessRecord, Rlimit, SigAction, SigInfo, VmaBacking,
+};
 use crate::validate::{check_batch, validate_process};
 
 type Mutation = Box<dyn Fn(&mut ProcessRecord)>;
@@ -162,6 +164,41 @@ fn each_check_fires_with_a_precise_message() {
         ),
         ("umask 0o1777 has bits beyond 0o777", Box::new(|p| p.umask = 0o1777)),
         ("creds.groups has 65537 groups", Box::new(|p| p.creds.groups = vec![0; 65537])),
+        ("object id 1 is 0 or listed twice", Box::new(|p| p.objects.push(p.objects[0].clone()))),
+        ("object 1 claims 1099511627777 bytes", Box::new(|p| p.objects[0].size = (1 << 40) + 1)),
+        (
+            "object 2: \"a/b\" is not a memfd name",
+            Box::new(|p| {
+                let kind = ObjectKind::Memfd { name: "a/b".into(), seals: 0 };
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+            }),
+        ),
+        (
+            "object 2: seals 0x40 are not F_SEAL_* bits",
+            Box::new(|p| {
+                let kind = ObjectKind::Memfd { name: "m".into(), seals: 0x40 };
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+            }),
+        ),
+        (
+            "object 2 path \"/tmp/../etc/passwd\" contains a `..` component",
+            Box::new(|p| {
+                let kind =
+                    ObjectKind::Deleted { path: "/tmp/../etc/passwd".into(), mode: 0o600, uid: 0, gid: 0 };
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+            }),
+        ),
+        (
+            "inherited run 0x500000+1 pages is unsorted, overlapping or outside a VMA",
+            Box::new(|p| p.inherited = vec![PageRun { addr: 0x50_0000, npages: 1 }]),
+        ),
+        (
+            "inherited run 0x600000+1 pages is unsorted",
+            Box::new(|p| {
+                p.inherited =
+                    vec![PageRun { addr: 0x60_1000, npages: 1 }, PageRun { addr: 0x60_0000, npages: 1 }]
+            }),
+        ),
     ];
     for (want, mutate) in cases {
         let mut p = process(1);
@@ -213,4 +250,36 @@ fn batches_must_lie_in_dumpable_vmas() {
 /// The mm fields of a live test process.
 fn mm(p: &mut ProcessRecord) -> &mut crate::records::MmFields {
     p.mm.as_mut().expect("a live test process has mm fields")
+}
+
+#[test]
+fn a_tree_names_only_objects_it_records_and_inherits_only_what_the_parent_has() {
+    let root = process(1);
+    let mut child = process(2);
+    child.ppid = 1;
+    child.threads = vec![thread(2)];
+    child.objects.clear();
+    // Its parent's object, and pages of the heap both have identically.
+    child.inherited = vec![PageRun { addr: 0x60_0000, npages: 2 }];
+    assert!(crate::validate_tree(&[root.clone(), child.clone()]).is_ok());
+
+    let mut orphan = child.clone();
+    orphan.vmas[3].backing = VmaBacking::Object { id: 9, shared: true };
+    let err = crate::validate_tree(&[root.clone(), orphan]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("pid 2 refers to object 9, which has no record"), "{err}");
+
+    let mut grown = child.clone();
+    grown.vmas[1].end = 0x60_8000;
+    let err = crate::validate_tree(&[root.clone(), grown]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("pid 2 inherits pages (at 0x600000…) from its parent (pid 1), which has no such VMA"),
+        "{err}"
+    );
+
+    let twice = process(2);
+    let err = crate::validate_tree(&[root, ProcessRecord { ppid: 1, ..twice }])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("object 1 has two records"), "{err}");
 }
