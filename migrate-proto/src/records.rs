@@ -242,12 +242,14 @@ pub struct TmpfsEntry {
     pub kind: TmpfsKind,
 }
 
-/// What a tmpfs entry is.
+/// What a tmpfs entry is. A FIFO is only the node: bytes buffered in it travel in its
+/// [`PipeRecord`], if it is open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TmpfsKind {
     Dir,
     File { data: Vec<u8> },
     Symlink { target: String },
+    Fifo,
 }
 
 /// One process: everything but its memory contents.
