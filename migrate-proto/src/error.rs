@@ -228,8 +228,13 @@ pub enum PathOwner {
     Root,
     Exe,
     Fd(i32),
-    Vma { start: u64, end: u64 },
+    Vma {
+        start: u64,
+        end: u64,
+    },
     Tmpfs,
+    /// The FIFO of the pipe record with this key.
+    Fifo(u64),
 }
 
 impl fmt::Display for PathOwner {
@@ -240,6 +245,7 @@ impl fmt::Display for PathOwner {
             PathOwner::Exe => f.write_str("exe"),
             PathOwner::Fd(fd) => write!(f, "fd {fd}"),
             PathOwner::Tmpfs => f.write_str("tmpfs entry"),
+            PathOwner::Fifo(key) => write!(f, "FIFO of pipe:[{key}]"),
             PathOwner::Vma { start, end } => write!(f, "VMA {start:#x}-{end:#x}"),
         }
     }
