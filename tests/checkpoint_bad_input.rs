@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use migrate_proto::frame::{Frame, RecordReader};
+use migrate_proto::frame::{Frame, RecordReader, RecordWriter};
 use migrate_proto::{decode_manifest, digest_reader, encode_manifest};
 use support::{TempDir, TestLab, wait_until};
 
@@ -482,29 +482,79 @@ fn checkpoint_refuses_sockets_fifos_and_other_fds_naming_them() -> anyhow::Resul
     let lab = TestLab::up(1)?;
     let deleted = tmp.join("gone");
     let fifo = tmp.join("fifo");
-    // (container, what it holds, the kind its refusal must name, what it must not say)
-    let cases: [(&str, Vec<&str>, &str, &[&str]); 5] = [
+    let me = format!("pid {} (", std::process::id());
+    // (container, what it holds, what its refusal must name, what it must not say)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>, &'a [&'a str]);
+    let cases: [Case; 5] = [
         // Names that do not hold the kind: the kind must come from the message.
-        ("c1", vec!["socket"], "socket", &[]),
-        ("c2", vec!["fifo", fifo.as_str()], "FIFO", &[]),
-        ("c3", vec!["eventfd"], "eventfd", &[]),
-        ("c4", vec!["epoll"], "eventpoll", &[]),
+        ("c1", vec!["socket"], vec!["socket"], &[]),
+        // A FIFO is fine, unless a process outside the container (this test) holds it too.
+        ("c2", vec!["fifo", fifo.as_str()], vec!["FIFO", &me, "outside the container"], &[]),
+        ("c3", vec!["eventfd"], vec!["eventfd"], &[]),
+        ("c4", vec!["epoll"], vec!["eventpoll"], &[]),
         // Its link reads `/PATH (deleted)` like a deleted file's, which is restored.
-        ("c5", vec!["deleted-dir", deleted.as_str()], "deleted directory", &[]),
+        ("c5", vec!["deleted-dir", deleted.as_str()], vec!["deleted directory"], &[]),
     ];
     for (name, args, _, _) in &cases {
         start(&lab, "host-a", name, &ticker(args))?;
     }
+    // Read-write: opening a FIFO that way never waits for the other side.
+    let _outside = std::fs::OpenOptions::new().read(true).write(true).open(&fifo)?;
     let mut problems = Vec::new();
-    for (name, _, kind, forbid) in &cases {
+    for (name, _, kinds, forbid) in &cases {
         let pid = lab.container(name)?["pid"].to_string();
         let fds = logged(&lab, name, "fd")?;
         // The first of them is the one found first.
-        let needles = vec![format!("pid {pid}"), format!("fd {}", fds[0]), kind.to_string()];
+        let mut needles = vec![format!("pid {pid}"), format!("fd {}", fds[0])];
+        needles.extend(kinds.iter().map(|k| k.to_string()));
         problems.extend(refuses_checkpoint(&lab, &img, name, &needles, forbid));
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&["c1", "c2", "c3", "c4", "c5"])?;
+    Ok(())
+}
+
+/// An image whose FIFO record names a regular file (a forgery: every checksum holds): the
+/// restore refuses it, naming the path, and writes nothing into the file.
+#[test]
+fn a_fifo_record_naming_a_regular_file_is_refused_at_restore() -> anyhow::Result<()> {
+    let img = TempDir::new("fifo-forged")?;
+    let tmp = TempDir::new("fifo-forged-tmp")?;
+    let lab = TestLab::up(2)?;
+    let (fifo, victim) = (tmp.join("fifo"), tmp.join("victim"));
+    std::fs::write(&victim, b"precious")?;
+    start(&lab, "host-a", "src", &ticker(&["fifo", &fifo]))?;
+    let good = img.path.join("good");
+    lab.ok(&["checkpoint", "src", "--dir", &good.to_string_lossy()])?;
+    let dir = img.path.join("case");
+    copy_image(&good, &dir)?;
+    let bytes = std::fs::read(dir.join("process.img"))?;
+    let mut reader = RecordReader::new(&bytes[..]);
+    let mut writer = RecordWriter::new(Vec::new());
+    let mut forged = 0;
+    while let Some(frame) = reader.next()? {
+        let Frame::Process(mut rec) = frame else { anyhow::bail!("process.img holds pages") };
+        for pipe in &mut rec.pipes {
+            if let Some(f) = &mut pipe.fifo {
+                f.path = victim.clone();
+                pipe.data = b"overwritten".to_vec();
+                forged += 1;
+            }
+        }
+        writer.process(&rec)?;
+    }
+    ensure!(forged == 1, "the image holds {forged} FIFOs, not 1");
+    let (bytes, digest) = writer.finish()?;
+    std::fs::write(dir.join("process.img"), &bytes)?;
+    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
+    for f in m.files.iter_mut().filter(|f| f.name == "process.img") {
+        *f = digest.sum("process.img");
+    }
+    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    let problems = refused(&lab, "a FIFO that is a file", &dir, &[victim.as_str(), "FIFO"], &[], false);
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    ensure!(std::fs::read(&victim)? == b"precious", "the restore wrote into {victim}");
+    lab.down_expecting(&[])?;
     Ok(())
 }
 

@@ -228,9 +228,14 @@ pub enum PathOwner {
     Root,
     Exe,
     Fd(i32),
-    Vma { start: u64, end: u64 },
+    Vma {
+        start: u64,
+        end: u64,
+    },
     Tmpfs,
     Object(u64),
+    /// The FIFO of the pipe record with this key.
+    Fifo(u64),
 }
 
 impl fmt::Display for PathOwner {
@@ -242,6 +247,7 @@ impl fmt::Display for PathOwner {
             PathOwner::Fd(fd) => write!(f, "fd {fd}"),
             PathOwner::Tmpfs => f.write_str("tmpfs entry"),
             PathOwner::Object(id) => write!(f, "object {id}"),
+            PathOwner::Fifo(key) => write!(f, "FIFO of pipe:[{key}]"),
             PathOwner::Vma { start, end } => write!(f, "VMA {start:#x}-{end:#x}"),
         }
     }

@@ -178,8 +178,11 @@ pub enum FdKind {
     /// A character device the container may open anew (`/dev/null`, `/dev/zero`,
     /// `/dev/urandom`, `/dev/random`).
     Device { path: String },
-    /// One end of a pipe (identified by its inode); its buffered bytes are in the
-    /// [`PipeRecord`] of the first process that holds an end.
+    /// One end of a pipe or FIFO; its buffered bytes (and a FIFO's path) are in the
+    /// [`PipeRecord`] of the first process that holds an end. `inode` is a pipe's inode
+    /// number (below 2^32: pipefs numbers are 32-bit); for a FIFO, a key with bit 63 set
+    /// derived from its device and inode number, unique in the image. `write` is an
+    /// `O_WRONLY` end (a FIFO may also be open `O_RDWR`: `flags` has its access mode).
     Pipe { inode: u64, write: bool },
     /// An open object of the image ([`ObjectRecord`]: a memfd, a deleted file), with its
     /// position.
@@ -229,13 +232,24 @@ pub struct ITimer {
     pub value_us: u64,
 }
 
-/// A pipe: its capacity and the bytes buffered in it at the checkpoint.
+/// A pipe or FIFO: its capacity and the bytes buffered in it at the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeRecord {
     pub inode: u64,
     /// `F_GETPIPE_SZ`.
     pub size: u32,
     pub data: Vec<u8>,
+    /// A FIFO (named pipe): where it is. `None` for a pipe.
+    pub fifo: Option<Fifo>,
+}
+
+/// Where a FIFO is, in the container's view, and the permission bits to create it with
+/// if it is gone at restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fifo {
+    pub path: String,
+    /// `st_mode` permission bits (with sticky/setgid bits).
+    pub mode: u32,
 }
 
 /// A file whose contents exist only in the image: dumped once (its pages travel as page
@@ -274,12 +288,14 @@ pub struct TmpfsEntry {
     pub kind: TmpfsKind,
 }
 
-/// What a tmpfs entry is.
+/// What a tmpfs entry is. A FIFO is only the node: bytes buffered in it travel in its
+/// [`PipeRecord`], if it is open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TmpfsKind {
     Dir,
     File { data: Vec<u8> },
     Symlink { target: String },
+    Fifo,
 }
 
 /// One process: everything but its memory contents.

@@ -377,7 +377,8 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
 }
 
 /// Pipes: at most 1 GiB of capacity (the kernel's own ceiling is far below), no more
-/// bytes buffered than fit, each inode once.
+/// bytes buffered than fit, each inode once; a FIFO's path is one the restore may open,
+/// its mode permission bits only.
 fn check_pipes(p: &ProcessRecord) -> Result<(), Invalid> {
     let mut seen = HashSet::with_capacity(p.pipes.len());
     for pipe in &p.pipes {
@@ -395,6 +396,12 @@ fn check_pipes(p: &ProcessRecord) -> Result<(), Invalid> {
                 pipe.data.len(),
                 pipe.size
             ));
+        }
+        if let Some(fifo) = &pipe.fifo {
+            check_path(PathOwner::Fifo(pipe.inode), &fifo.path)?;
+            if fifo.mode > 0o7777 {
+                return bad(format!("the FIFO {}: mode {:o} is not a permission mode", fifo.path, fifo.mode));
+            }
         }
     }
     Ok(())

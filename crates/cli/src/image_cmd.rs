@@ -307,9 +307,15 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 FdKind::Object { id, pos } => format!("{} at {pos}", object_name(&img.processes, *id)),
                 FdKind::Pipe { inode, write } => {
                     let buffered = p.pipes.iter().find(|r| r.inode == *inode).map(|r| r.data.len());
+                    // O_ACCMODE is 3, O_RDWR 2: a FIFO may be open both ways.
+                    let end = match f.flags & 3 {
+                        2 => "read-write",
+                        _ if *write => "write",
+                        _ => "read",
+                    };
                     format!(
-                        "pipe:[{inode}] {} end{}",
-                        if *write { "write" } else { "read" },
+                        "{} {end} end{}",
+                        pipe_name(&img.processes, *inode),
                         buffered.map_or(String::new(), |n| format!(", {n} bytes buffered"))
                     )
                 }
@@ -373,6 +379,14 @@ fn shared_objects(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<St
         .collect()
 }
 
+/// `pipe:[N]`, or `FIFO /path` for a FIFO.
+fn pipe_name(processes: &[migrate_proto::records::ProcessRecord], inode: u64) -> String {
+    match processes.iter().flat_map(|p| &p.pipes).find(|r| r.inode == inode).and_then(|r| r.fifo.as_ref()) {
+        Some(fifo) => format!("FIFO {}", fifo.path),
+        None => format!("pipe:[{inode}]"),
+    }
+}
+
 /// The open file descriptions held by more than one fd, and who holds them.
 fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
     let mut by_id: std::collections::BTreeMap<u64, Vec<String>> = std::collections::BTreeMap::new();
@@ -392,7 +406,7 @@ fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<Stri
                 .map(|f| match &f.kind {
                     FdKind::File { file, .. } => file.path.clone(),
                     FdKind::Dir { path, .. } | FdKind::Device { path } => path.clone(),
-                    FdKind::Pipe { inode, .. } => format!("pipe:[{inode}]"),
+                    FdKind::Pipe { inode, .. } => pipe_name(processes, *inode),
                     FdKind::External { name } => format!("the container's {name}"),
                     FdKind::Object { id, .. } => object_name(processes, *id),
                 })

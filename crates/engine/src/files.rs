@@ -1,7 +1,7 @@
 //! File descriptors: regular files (position, flags), directories, harmless character
-//! devices, pipes (with the bytes buffered in them), and the container's stdio pipes to
-//! its shim, which are *external*: on restore they are reconnected to the new shim's
-//! pipes, never compared.
+//! devices, pipes and FIFOs (with the bytes buffered in them; what a FIFO's name adds is
+//! in [`crate::fifo`]), and the container's stdio pipes to its shim, which are
+//! *external*: on restore they are reconnected to the new shim's pipes, never compared.
 //!
 //! Sharing is kept: fds that are one open file description (dup'ed, or inherited across
 //! fork; found with `kcmp(KCMP_FILE)`) get one `file_id` in the image. On restore the
@@ -42,7 +42,7 @@ struct Seen {
 }
 
 /// "PID 1 (python3, host pid 4242)": how the container and the host both name it.
-fn describe_process(pid: i32) -> String {
+pub(crate) fn describe_process(pid: i32) -> String {
     let status = crate::error::read_proc(pid, "status").unwrap_or_default();
     let ns = procfs::ns_value(&status, "NSpid").map_or_else(|_| "?".to_string(), |p| p.to_string());
     let comm = procfs::status_field(&status, "Name").unwrap_or("?");
@@ -128,13 +128,11 @@ fn classify(
         let (pos, flags) =
             procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
         let refuse = |what: String| Err(EngineError::Unsupported(format!("{who} fd {fd} is {what}")));
+        let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
         let kind = if let Some(ino) = pipe_inode(&link) {
             match external.iter().find(|e| e.inode == ino) {
                 Some(e) => FdKind::External { name: e.name.clone() },
-                None => FdKind::Pipe {
-                    inode: ino,
-                    write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
-                },
+                None => FdKind::Pipe { inode: ino, write },
             }
         } else if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
             return refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
@@ -157,7 +155,7 @@ fn classify(
             } else if md.file_type().is_char_device() && DEVICES.contains(&link.as_str()) {
                 FdKind::Device { path: link.clone() }
             } else if md.file_type().is_fifo() {
-                return refuse(format!("a FIFO ({link}): not supported yet"));
+                FdKind::Pipe { inode: crate::fifo::key(&md), write }
             } else {
                 return refuse(format!("{link}, a kind of file not supported yet"));
             }
@@ -171,21 +169,27 @@ fn classify(
 }
 
 /// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,
-/// pipes whose other end is outside the container, pipes grown beyond `pipe-max-size`
-/// (recreating them needs CAP_SYS_RESOURCE).
+/// pipes and FIFOs whose other end is outside the container, pipes grown beyond
+/// `pipe-max-size` (recreating them needs CAP_SYS_RESOURCE).
 pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError> {
     let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
     let mut objects = Registry::default();
+    let mut fifos = Vec::new();
     for (i, &pid) in pids.iter().enumerate().filter(|&(_, &p)| !crate::seize::is_zombie(p)) {
         for s in classify(pid, i, external, &mut objects)? {
             if let FdKind::Pipe { inode, .. } = s.kind {
                 pipes.entry(inode).or_insert((pid, s.fd));
+                if crate::fifo::is_fifo(inode) {
+                    fifos.push((pid, s.fd, inode));
+                }
             }
         }
     }
     if pipes.is_empty() {
         return Ok(());
     }
+    // A FIFO's key is never a pipe's inode number: the pipes' check below passes it.
+    crate::fifo::check(pids, &fifos)?;
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -242,9 +246,9 @@ fn pipe_size(pid: i32, fd: i32) -> Result<u32, EngineError> {
     })
 }
 
-/// The bytes buffered in a pipe, copied (not consumed) from a read end at `pid`/`fd`.
-fn pipe_data(pid: i32, fd: i32, size: u32) -> Result<Vec<u8>, EngineError> {
-    let src = take(pid, fd)?;
+/// The bytes buffered in a pipe, copied (not consumed) from `src`, a read end (at
+/// `pid`/`fd`, or of the same FIFO).
+fn pipe_data(pid: i32, fd: i32, src: std::os::fd::OwnedFd, size: u32) -> Result<Vec<u8>, EngineError> {
     let err = |what: &str, e: std::io::Error| EngineError::Proc {
         pid,
         what: format!("pipe at fd {fd}"),
@@ -314,17 +318,22 @@ pub fn dump_all(
             }
             done.push(inode);
             let size = pipe_size(procs[i].0, s.fd)?;
-            // Only a read end can show the bytes; with no reader left, nobody will read them.
+            // Only a read end can show the bytes. With no reader left, nobody will read a
+            // pipe's; a FIFO's, a reader that opens it later would.
             let reader = seen.iter().zip(procs).find_map(|(l, &(p, _))| {
                 l.iter()
                     .find(|x| matches!(x.kind, FdKind::Pipe { inode: n, write: false } if n == inode))
                     .map(|x| (p, x.fd))
             });
+            let fifo = crate::fifo::record(procs[i].0, s.fd, &s.link)?;
             let data = match reader {
-                Some((p, fd)) => pipe_data(p, fd, size)?,
+                Some((p, fd)) => pipe_data(p, fd, take(p, fd)?, size)?,
+                None if fifo.is_some() => {
+                    pipe_data(procs[i].0, s.fd, crate::fifo::reader(procs[i].0, s.fd)?, size)?
+                }
                 None => Vec::new(),
             };
-            pipes[i].push(PipeRecord { inode, size, data });
+            pipes[i].push(PipeRecord { inode, size, data, fifo });
         }
     }
     Ok((fds, pipes))
@@ -437,7 +446,11 @@ pub fn restore(
                         ends
                     }
                 };
-                copy_from(task, gadget, from, if *write { w } else { r }, target, cloexec)?;
+                match world.records.get(inode).and_then(|p| p.fifo.clone()) {
+                    // A FIFO's ends are opened anew, each its own description.
+                    Some(f) => crate::fifo::open_end(task, gadget, mem, host, scratch, &f, rec, cloexec)?,
+                    None => copy_from(task, gadget, from, if *write { w } else { r }, target, cloexec)?,
+                }
                 // Status flags (O_NONBLOCK) belong to the description, set once here.
                 let status = rec.flags & (libc::O_NONBLOCK | libc::O_ASYNC) as u32;
                 task.call(
@@ -518,6 +531,11 @@ fn make_pipe(
         .get(&inode)
         .cloned()
         .ok_or_else(|| EngineError::Incompatible(format!("pipe:[{inode}] has no record")))?;
+    if let Some(fifo) = &rec.fifo {
+        let spare =
+            crate::fifo::make(task, gadget, mem, host, pid_ns, scratch, &rec, fifo, base, &mut world.spares)?;
+        return Ok((pid_ns, spare, spare));
+    }
     task.call(gadget, libc::SYS_pipe2, &[scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;
     let fds = scratch.read(mem, host, 0, 8)?;
     let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));

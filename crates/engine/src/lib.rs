@@ -3,7 +3,8 @@
 //!
 //! Each kind of kernel object has one module that both dumps and restores it, as
 //! Firecracker keeps `persist.rs` beside each device: [`thread`], [`mm`] (layout),
-//! [`memory`] (contents), [`files`], [`process`] (signals, timers, credentials, limits).
+//! [`memory`] (contents), [`files`] (with [`fifo`] for named pipes), [`process`] (signals,
+//! timers, credentials, limits), [`tmpfs`] (the container's private `/run`, `/dev/shm`).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
 //! reads and writes image directories through `migrate-proto`.
 //!
@@ -13,6 +14,7 @@
 
 mod dump;
 pub mod error;
+mod fifo;
 pub mod files;
 pub mod host;
 pub mod image;

@@ -3,10 +3,13 @@
 //! the image carries them, and a restore writes them into the new container's mounts
 //! before any process is rebuilt (a process may map a file there).
 //!
+//! A FIFO there is recreated as a node; the bytes buffered in it, if it is open, travel
+//! with its pipe record (see `fifo.rs`).
+//!
 //! Both sides go through `/proc/PID/root`, which resolves paths in the container's mount
 //! namespace from the outside.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use migrate_proto::records::{TmpfsEntry, TmpfsKind};
@@ -47,9 +50,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<TmpfsEntry>) -> Result<(), Engine
         } else if ft.is_symlink() {
             let t = std::fs::read_link(e.path()).map_err(io_err("readlink", e.path()))?;
             TmpfsKind::Symlink { target: t.to_string_lossy().into_owned() }
+        } else if ft.is_fifo() {
+            TmpfsKind::Fifo
         } else {
             return Err(EngineError::Unsupported(format!(
-                "{path} in the container's tmpfs is a socket, FIFO or device: not supported yet"
+                "{path} in the container's tmpfs is a socket or device: not supported yet"
             )));
         };
         let is_dir = matches!(kind, TmpfsKind::Dir);
@@ -72,6 +77,9 @@ pub fn restore(pid: i32, entries: &[TmpfsEntry]) -> Result<(), EngineError> {
             TmpfsKind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &at).map_err(io_err("symlink", &at))?
             }
+            // Its mode is set below, past the umask.
+            TmpfsKind::Fifo => nix::unistd::mkfifo(&at, nix::sys::stat::Mode::empty())
+                .map_err(|e| EngineError::Io { op: "mkfifo", path: at.clone(), source: e.into() })?,
         }
         if !matches!(e.kind, TmpfsKind::Symlink { .. }) {
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(e.mode))

@@ -3,7 +3,8 @@
 use super::{batch, file_id, process, thread};
 use crate::pages::PageRun;
 use crate::records::{
-    FdKind, FdRecord, ObjectKind, ObjectRecord, ProcessRecord, Rlimit, SigAction, SigInfo, VmaBacking,
+    FdKind, FdRecord, Fifo, ObjectKind, ObjectRecord, PipeRecord, ProcessRecord, Rlimit, SigAction, SigInfo,
+    VmaBacking,
 };
 use crate::validate::{check_batch, validate_process};
 
@@ -121,6 +122,14 @@ fn each_check_fires_with_a_precise_message() {
                     kind: FdKind::External { name: String::new() },
                 })
             }),
+        ),
+        (
+            "FIFO of pipe:[9223372036854775809] path \"/run/../etc/shadow\" contains a `..` component",
+            Box::new(|p| p.pipes.push(fifo("/run/../etc/shadow", 0o600))),
+        ),
+        (
+            "the FIFO /run/q: mode 10000 is not a permission mode",
+            Box::new(|p| p.pipes.push(fifo("/run/q", 0o10000))),
         ),
         ("cwd path \"..\" is not absolute", Box::new(|p| p.cwd = "..".into())),
         ("root path \"/..\" contains a `..` component", Box::new(|p| p.root = "/..".into())),
@@ -248,6 +257,16 @@ fn batches_must_lie_in_dumpable_vmas() {
 }
 
 /// The mm fields of a live test process.
+/// A FIFO's pipe record, its key with bit 63 set.
+fn fifo(path: &str, mode: u32) -> PipeRecord {
+    PipeRecord {
+        inode: 1 << 63 | 1,
+        size: 4096,
+        data: Vec::new(),
+        fifo: Some(Fifo { path: path.into(), mode }),
+    }
+}
+
 fn mm(p: &mut ProcessRecord) -> &mut crate::records::MmFields {
     p.mm.as_mut().expect("a live test process has mm fields")
 }

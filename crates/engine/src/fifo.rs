@@ -1,0 +1,287 @@
+//! FIFOs (named pipes), with the bytes buffered in them.
+//!
+//! To the kernel an open FIFO is a pipe: `F_GETPIPE_SZ`, `tee` and `pidfd_getfd` work on
+//! its fds as on a pipe's ends, so [`crate::files`] dumps it as one (its bytes copied with
+//! `tee` from a read end, consuming nothing). This module adds what the name changes.
+//!
+//! Dump:
+//! - its key in the image ([`key`]): a pipe is named by its pipefs inode number, which is
+//!   32-bit (`get_next_ino`); a FIFO by a key with bit 63 set, mixed from its device and
+//!   inode number, since FIFOs on different filesystems may share an inode number (the
+//!   container's `/run` and `/dev/shm` are two tmpfs mounts, each numbering from 1).
+//!   [`check`] refuses two FIFOs with one key;
+//! - a FIFO held open by a process outside the container is refused ([`check`]), as a pipe
+//!   is: after a move one side would lose its peer. It has no `pipe:[N]` link, so holders
+//!   are found by device and inode;
+//! - its path and permission bits ([`record`]); when the container holds only write ends,
+//!   its bytes are copied from a read end the dumper opens itself ([`reader`]): a process
+//!   that opened the FIFO later would still read them.
+//!
+//! Restore: the first process that needs the FIFO makes sure it exists at its path in its
+//! own view (a FIFO in `/run` or `/dev/shm` was already recreated from the image's tmpfs
+//! entries; one on a host path may have gone: it is created with its mode), then opens it
+//! `O_RDWR` at a spare fd ([`make`]). On Linux that open never blocks (fifo(7)), and that
+//! one description is both reader and writer, so the FIFO's buffer lives (sized and filled
+//! through it) until the restore ends and the spares are closed, and every end can be
+//! opened anew, with its own access mode and `O_NONBLOCK`, without blocking or `ENXIO`
+//! ([`open_end`]). Each end of a FIFO is an open file description of its own; fds that
+//! share one are copied from its first holder by [`crate::files`], as for any file.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+use migrate_proto::records::{FdRecord, Fifo, PipeRecord};
+use nix::errno::Errno;
+
+use crate::error::{EngineError, io_err};
+use crate::files::describe_process;
+use crate::inject::{Scratch, Task};
+
+/// Set in every FIFO's key, never in a pipe's inode number (32-bit).
+const KEY_BIT: u64 = 1 << 63;
+
+/// Where in the scratch page `stat` buffers and chunks of data go (the path is at 0).
+const STAT_AT: u64 = 8 << 10;
+const DATA_AT: u64 = 32 << 10;
+const CHUNK: usize = 16 << 10;
+
+/// The image's key for the FIFO `md` describes.
+pub fn key(md: &Metadata) -> u64 {
+    KEY_BIT | mix(mix(md.dev()) ^ md.ino()) >> 1
+}
+
+/// Whether a pipe key of the image names a FIFO.
+pub fn is_fifo(key: u64) -> bool {
+    key & KEY_BIT != 0
+}
+
+/// splitmix64's finalizer: every input bit changes about half of the output bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What fd `fd` of `pid` is open on (`stat` through the `/proc` link, which opens nothing).
+fn stat(pid: i32, fd: i32) -> Result<Metadata, EngineError> {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    std::fs::metadata(&link).map_err(io_err("stat", link))
+}
+
+/// Refuses, before anything is seized, FIFOs that cannot be moved: one also held open by a
+/// process outside `inside` (the container's pids), and two FIFOs with one key. `fifos`
+/// holds `(pid, fd, key)` for every FIFO fd of the container.
+pub fn check(inside: &[i32], fifos: &[(i32, i32, u64)]) -> Result<(), EngineError> {
+    if fifos.is_empty() {
+        return Ok(());
+    }
+    let mut objects: HashMap<(u64, u64), (i32, i32)> = HashMap::new();
+    let mut keys: HashMap<u64, (u64, u64)> = HashMap::new();
+    for &(pid, fd, key) in fifos {
+        let md = stat(pid, fd)?;
+        let id = (md.dev(), md.ino());
+        if keys.insert(key, id).is_some_and(|other| other != id) {
+            return Err(EngineError::Unsupported(format!(
+                "{} fd {fd} is a FIFO whose key {key:#x} is another FIFO's: not supported",
+                describe_process(pid)
+            )));
+        }
+        objects.entry(id).or_insert((pid, fd));
+    }
+    // One walk of /proc for all of them. Only links that are paths can be FIFOs.
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Ok(()) };
+    for holder in procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if inside.contains(&holder) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{holder}/fd")) else { continue };
+        for e in fds.filter_map(|e| e.ok()) {
+            if !std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with("/")) {
+                continue;
+            }
+            let Ok(md) = std::fs::metadata(e.path()) else { continue };
+            if !md.file_type().is_fifo() {
+                continue;
+            }
+            if let Some(&(pid, fd)) = objects.get(&(md.dev(), md.ino())) {
+                let path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let comm = std::fs::read_to_string(format!("/proc/{holder}/comm")).unwrap_or_default();
+                return Err(EngineError::Unsupported(format!(
+                    "{} fd {fd} is the FIFO {path}, also held open by pid {holder} ({}), outside the container",
+                    describe_process(pid),
+                    comm.trim_end()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The FIFO behind fd `fd` of `pid`, whose `/proc` link reads `link`; `None` for a pipe.
+pub fn record(pid: i32, fd: i32, link: &str) -> Result<Option<Fifo>, EngineError> {
+    if !link.starts_with('/') {
+        return Ok(None);
+    }
+    let md = stat(pid, fd)?;
+    Ok(md.file_type().is_fifo().then(|| Fifo { path: link.to_string(), mode: md.mode() & 0o7777 }))
+}
+
+/// A read end of the FIFO behind fd `fd` of `pid`, opened by the dumper through its
+/// `/proc` link: for a FIFO the container holds only write ends of. `O_NONBLOCK`, so the
+/// open does not wait for a writer.
+pub fn reader(pid: i32, fd: i32) -> Result<OwnedFd, EngineError> {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&link)
+        .map_err(io_err("open a read end through", link))?;
+    Ok(f.into())
+}
+
+/// Makes the FIFO of `rec` ready in this process (`host` in our pid namespace, `pid_ns`
+/// in the container's): there at its path, created with its mode if gone; open
+/// read-write at a spare fd above `base` (pushed to `spares`, closed when the restore
+/// ends); sized and filled with its bytes. Returns the spare.
+#[allow(clippy::too_many_arguments)]
+pub fn make(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    pid_ns: i32,
+    scratch: Scratch,
+    rec: &PipeRecord,
+    fifo: &Fifo,
+    base: u64,
+    spares: &mut Vec<(i32, u64)>,
+) -> Result<u64, EngineError> {
+    let path = fifo.path.as_str();
+    let at = scratch.path(mem, host, 0, path)?;
+    let statbuf = scratch.addr + STAT_AT;
+    let nofollow = libc::AT_SYMLINK_NOFOLLOW as u64;
+    match task.syscall(gadget, libc::SYS_newfstatat, &[libc::AT_FDCWD as u64, at, statbuf, nofollow])? {
+        Ok(_) => {
+            let off = std::mem::offset_of!(libc::stat, st_mode);
+            let raw = scratch.read(mem, host, STAT_AT + off as u64, 4)?;
+            let mode = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            if mode & libc::S_IFMT != libc::S_IFIFO {
+                return Err(EngineError::Incompatible(format!(
+                    "the FIFO {path} is no FIFO here (mode {mode:o})"
+                )));
+            }
+        }
+        Err(Errno::ENOENT) => {
+            task.call(
+                gadget,
+                libc::SYS_mknodat,
+                &[libc::AT_FDCWD as u64, at, u64::from(libc::S_IFIFO | fifo.mode), 0],
+                || format!("mknodat({path}, S_IFIFO | {:o})", fifo.mode),
+            )?;
+            // mknodat applied the umask.
+            task.call(
+                gadget,
+                libc::SYS_fchmodat,
+                &[libc::AT_FDCWD as u64, at, u64::from(fifo.mode)],
+                || format!("chmod {:o} {path}", fifo.mode),
+            )?;
+        }
+        Err(errno) => return Err(EngineError::Injected { pid: host, call: format!("stat {path}"), errno }),
+    }
+    let flags = (libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    let fd = task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
+        format!("open {path} read-write")
+    })?;
+    let spare = task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
+        format!("fcntl(F_DUPFD) of {path}")
+    })?;
+    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    spares.push((pid_ns, spare));
+    // What was opened, not what the path named a moment before.
+    ensure_fifo(host, spare, path)?;
+    task.call(gadget, libc::SYS_ioctl, &[spare, libc::FIONREAD, statbuf], || format!("FIONREAD of {path}"))?;
+    let raw = scratch.read(mem, host, STAT_AT, 4)?;
+    let queued = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    if queued != 0 {
+        return Err(EngineError::Incompatible(format!(
+            "the FIFO {path} already holds {queued} bytes: something outside the container has it open"
+        )));
+    }
+    task.call(gadget, libc::SYS_fcntl, &[spare, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
+        format!("fcntl(F_SETPIPE_SZ, {}) of {path}", rec.size)
+    })?;
+    let mut done = 0;
+    for chunk in rec.data.chunks(CHUNK) {
+        let at = scratch.write(mem, host, DATA_AT, chunk)?;
+        let n = task.call(gadget, libc::SYS_write, &[spare, at, chunk.len() as u64], || {
+            format!("write into {path}")
+        })?;
+        done += n;
+        if n != chunk.len() as u64 {
+            return Err(EngineError::Incompatible(format!(
+                "the FIFO {path} took {done} of {} bytes",
+                rec.data.len()
+            )));
+        }
+    }
+    Ok(spare)
+}
+
+/// Opens an end of `fifo` anew at fd `rec.fd` of this process, with the end's access mode
+/// and `O_NONBLOCK` (the spare of [`make`] is a reader and a writer, so neither side
+/// waits nor fails with `ENXIO`). The caller sets the end's status flags.
+#[allow(clippy::too_many_arguments)]
+pub fn open_end(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    fifo: &Fifo,
+    rec: &FdRecord,
+    cloexec: u64,
+) -> Result<(), EngineError> {
+    let (path, target) = (fifo.path.as_str(), rec.fd as u64);
+    let at = scratch.path(mem, host, 0, path)?;
+    let access = u64::from(rec.flags & libc::O_ACCMODE as u32);
+    let flags = access | (libc::O_NONBLOCK | libc::O_NOFOLLOW) as u64 | cloexec;
+    let tmp = task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
+        format!("open {path} for fd {target}")
+    })?;
+    if tmp != target {
+        task.call(gadget, libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
+        task.call(gadget, libc::SYS_close, &[tmp], || "close".into())?;
+    }
+    ensure_fifo(host, target, path)
+}
+
+/// Fd `fd` of `host` must be open on a FIFO.
+fn ensure_fifo(host: i32, fd: u64, path: &str) -> Result<(), EngineError> {
+    let md = stat(host, fd as i32)?;
+    if md.file_type().is_fifo() {
+        Ok(())
+    } else {
+        Err(EngineError::Incompatible(format!("pid {host} fd {fd}: {path} is not a FIFO")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_never_look_like_pipes() -> std::io::Result<()> {
+        let dir = std::env::temp_dir();
+        let md = std::fs::metadata(&dir)?;
+        let k = key(&md);
+        assert!(is_fifo(k) && k == key(&md));
+        assert!(!is_fifo(u64::from(u32::MAX)));
+        // One inode number on two devices: two keys.
+        assert_ne!(mix(mix(1) ^ 5) >> 1, mix(mix(2) ^ 5) >> 1);
+        Ok(())
+    }
+}
