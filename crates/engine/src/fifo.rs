@@ -42,10 +42,9 @@ use crate::inject::{Scratch, Task};
 /// Set in every FIFO's key, never in a pipe's inode number (32-bit).
 const KEY_BIT: u64 = 1 << 63;
 
-/// Where in the scratch page `stat` buffers and chunks of data go (the path is at 0).
+/// Where in the scratch page `stat` buffers go (the path is at 0; data from 32 KiB, see
+/// `files::fill_pipe`).
 const STAT_AT: u64 = 8 << 10;
-const DATA_AT: u64 = 32 << 10;
-const CHUNK: usize = 16 << 10;
 
 /// The image's key for the FIFO `md` describes.
 pub fn key(md: &Metadata) -> u64 {
@@ -211,23 +210,7 @@ pub fn make(
             "the FIFO {path} already holds {queued} bytes: something outside the container has it open"
         )));
     }
-    task.call(gadget, libc::SYS_fcntl, &[spare, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
-        format!("fcntl(F_SETPIPE_SZ, {}) of {path}", rec.size)
-    })?;
-    let mut done = 0;
-    for chunk in rec.data.chunks(CHUNK) {
-        let at = scratch.write(mem, host, DATA_AT, chunk)?;
-        let n = task.call(gadget, libc::SYS_write, &[spare, at, chunk.len() as u64], || {
-            format!("write into {path}")
-        })?;
-        done += n;
-        if n != chunk.len() as u64 {
-            return Err(EngineError::Incompatible(format!(
-                "the FIFO {path} took {done} of {} bytes",
-                rec.data.len()
-            )));
-        }
-    }
+    crate::files::fill_pipe(task, gadget, mem, host, scratch, spare, rec, &format!("the FIFO {path}"))?;
     Ok(spare)
 }
 

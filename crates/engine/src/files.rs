@@ -512,6 +512,35 @@ fn open_file(
     Ok(())
 }
 
+/// Gives the pipe or FIFO whose write end (or read-write end) is `fd` its capacity and
+/// the bytes buffered in it; `what` names it in errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fill_pipe(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    fd: u64,
+    rec: &PipeRecord,
+    what: &str,
+) -> Result<(), EngineError> {
+    task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
+        format!("fcntl(F_SETPIPE_SZ, {}) of {what}", rec.size)
+    })?;
+    let mut done = 0;
+    for chunk in rec.data.chunks(16 << 10) {
+        let at = scratch.write(mem, host, 32 << 10, chunk)?;
+        let n = task
+            .call(gadget, libc::SYS_write, &[fd, at, chunk.len() as u64], || format!("write into {what}"))?;
+        done += n;
+        if n != chunk.len() as u64 {
+            return Err(EngineError::Incompatible(format!("{what} took {done} of {} bytes", rec.data.len())));
+        }
+    }
+    Ok(())
+}
+
 /// Makes pipe `inode` in this process, sized and filled as it was, both ends kept at
 /// spare fds for every process that holds one; returns `(ns pid, read fd, write fd)`.
 #[allow(clippy::too_many_arguments)]
@@ -550,21 +579,7 @@ fn make_pipe(
         *fd = hi;
         moved.push(hi);
     }
-    task.call(gadget, libc::SYS_fcntl, &[w, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
-        format!("fcntl(F_SETPIPE_SZ, {}) of pipe:[{inode}]", rec.size)
-    })?;
-    for chunk in rec.data.chunks(16 << 10) {
-        let at = scratch.write(mem, host, 32 << 10, chunk)?;
-        let n = task.call(gadget, libc::SYS_write, &[w, at, chunk.len() as u64], || {
-            format!("write into pipe:[{inode}]")
-        })?;
-        if n != chunk.len() as u64 {
-            return Err(EngineError::Incompatible(format!(
-                "pipe:[{inode}] took {n} of {} bytes",
-                chunk.len()
-            )));
-        }
-    }
+    fill_pipe(task, gadget, mem, host, scratch, w, &rec, &format!("pipe:[{inode}]"))?;
     world.spares.extend(moved.into_iter().map(|fd| (pid_ns, fd)));
     Ok((pid_ns, r, w))
 }
