@@ -298,6 +298,21 @@ pub enum TmpfsKind {
     Fifo,
 }
 
+impl ProcessRecord {
+    /// The ids of the objects its fds and mappings refer to (with repeats).
+    pub fn object_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let fds = self.fds.iter().filter_map(|f| match f.kind {
+            FdKind::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        let maps = self.vmas.iter().filter_map(|v| match v.backing {
+            VmaBacking::Object { id, .. } => Some(id),
+            _ => None,
+        });
+        fds.chain(maps)
+    }
+}
+
 /// One process: everything but its memory contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {

@@ -578,15 +578,7 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
     }
     let by_pid: HashMap<i32, &ProcessRecord> = processes.iter().map(|p| (p.pid, p)).collect();
     for p in processes {
-        let named = p.fds.iter().filter_map(|f| match f.kind {
-            FdKind::Object { id, .. } => Some(id),
-            _ => None,
-        });
-        let mapped = p.vmas.iter().filter_map(|v| match v.backing {
-            VmaBacking::Object { id, .. } => Some(id),
-            _ => None,
-        });
-        if let Some(id) = named.chain(mapped).find(|id| !objects.contains(id)) {
+        if let Some(id) = p.object_ids().find(|id| !objects.contains(id)) {
             return Err(format!("pid {} refers to object {id}, which has no record", p.pid));
         }
         if let Some(r) = p.inherited.first() {

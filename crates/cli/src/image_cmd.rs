@@ -354,15 +354,7 @@ fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> 
 fn shared_objects(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
     let mut users: std::collections::BTreeMap<u64, Vec<i32>> = std::collections::BTreeMap::new();
     for p in processes {
-        let fds = p.fds.iter().filter_map(|f| match f.kind {
-            FdKind::Object { id, .. } => Some(id),
-            _ => None,
-        });
-        let maps = p.vmas.iter().filter_map(|v| match v.backing {
-            VmaBacking::Object { id, .. } => Some(id),
-            _ => None,
-        });
-        for id in fds.chain(maps) {
+        for id in p.object_ids() {
             let list = users.entry(id).or_default();
             if !list.contains(&p.pid) {
                 list.push(p.pid);
