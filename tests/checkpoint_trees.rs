@@ -9,7 +9,9 @@ use anyhow::{Context, ensure};
 use support::{TempDir, TestLab, wait_until};
 
 /// `pid ppid sid pgid state comm` of every process of the container, sorted, as its own
-/// `/proc` shows them (read by `exec`, whose own processes are left out).
+/// `/proc` shows them (read by `exec`, whose own processes are left out). A live process
+/// shows `S` whether it was running (R), asleep or in a disk wait (D) at that instant:
+/// which one is luck, only a zombie (Z) or a stopped process (T, t) is a state to keep.
 fn tree(lab: &TestLab, name: &str) -> anyhow::Result<Vec<String>> {
     let script = r#"
 import os
@@ -17,7 +19,8 @@ for p in sorted(int(x) for x in os.listdir('/proc') if x.isdigit()):
     try:
         s = open(f'/proc/{p}/stat').read()
         c = s[s.rfind(')') + 2:].split()
-        print(p, c[1], c[3], c[2], c[0], s[s.find('(') + 1:s.rfind(')')])
+        state = 'S' if c[0] in 'RD' else c[0]
+        print(p, c[1], c[3], c[2], state, s[s.find('(') + 1:s.rfind(')')])
     except OSError:
         pass
 "#;
@@ -97,11 +100,12 @@ def new_group():
 def quits():
     os._exit(7)
 kids = [child(sleeper), child(new_session), child(new_group), child(quits)]
-print('kids', *kids, flush=True)
+# One write per line: under -u, print() writes each argument on its own.
+print(' '.join(['kids', *map(str, kids)]), flush=True)
 while True:
     if os.path.exists(trigger):
         pid, status = os.waitpid(kids[3], 0)
-        print('reaped', pid, 'exit', os.waitstatus_to_exitcode(status), flush=True)
+        print(f'reaped {pid} exit {os.waitstatus_to_exitcode(status)}', flush=True)
         os.remove(trigger)
     time.sleep(0.05)
 "#;
