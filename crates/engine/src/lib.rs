@@ -5,7 +5,8 @@
 //! Firecracker keeps `persist.rs` beside each device: [`thread`], [`mm`] (layout),
 //! [`memory`] (contents), [`files`], [`process`] (signals, timers, credentials, limits).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
-//! reads and writes image directories through `migrate-proto`.
+//! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
+//! sessions and process groups whose leader has exited.
 //!
 //! All ptrace requests of one checkpoint or restore must come from one thread: call
 //! [`checkpoint`] and [`restore`] from a dedicated thread, never from an async runtime's
@@ -24,6 +25,7 @@ mod process;
 mod procfs;
 mod restore;
 mod seize;
+mod session;
 mod thread;
 mod tmpfs;
 
