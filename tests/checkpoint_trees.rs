@@ -1,5 +1,6 @@
 //! Process trees: a bash pipeline checkpointed mid-stream, a tree with sessions, groups
-//! and a zombie, and an open file shared across fork — each moved to another host.
+//! and a zombie, bash jobs whose session or group leader has exited, and an open file
+//! shared across fork — each moved to another host.
 
 mod support;
 
@@ -9,7 +10,9 @@ use anyhow::{Context, ensure};
 use support::{TempDir, TestLab, wait_until};
 
 /// `pid ppid sid pgid state comm` of every process of the container, sorted, as its own
-/// `/proc` shows them (read by `exec`, whose own processes are left out).
+/// `/proc` shows them (read by `exec`, whose own processes are left out). A live process
+/// shows `S` whether it was running (R), asleep or in a disk wait (D) at that instant:
+/// which one is luck, only a zombie (Z) or a stopped process (T, t) is a state to keep.
 fn tree(lab: &TestLab, name: &str) -> anyhow::Result<Vec<String>> {
     let script = r#"
 import os
@@ -17,7 +20,8 @@ for p in sorted(int(x) for x in os.listdir('/proc') if x.isdigit()):
     try:
         s = open(f'/proc/{p}/stat').read()
         c = s[s.rfind(')') + 2:].split()
-        print(p, c[1], c[3], c[2], c[0], s[s.find('(') + 1:s.rfind(')')])
+        state = 'S' if c[0] in 'RD' else c[0]
+        print(p, c[1], c[3], c[2], state, s[s.find('(') + 1:s.rfind(')')])
     except OSError:
         pass
 "#;
@@ -97,11 +101,12 @@ def new_group():
 def quits():
     os._exit(7)
 kids = [child(sleeper), child(new_session), child(new_group), child(quits)]
-print('kids', *kids, flush=True)
+# One write per line: under -u, print() writes each argument on its own.
+print(' '.join(['kids', *map(str, kids)]), flush=True)
 while True:
     if os.path.exists(trigger):
         pid, status = os.waitpid(kids[3], 0)
-        print('reaped', pid, 'exit', os.waitstatus_to_exitcode(status), flush=True)
+        print(f'reaped {pid} exit {os.waitstatus_to_exitcode(status)}', flush=True)
         os.remove(trigger)
     time.sleep(0.05)
 "#;
@@ -142,26 +147,207 @@ fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
 
     checkpoint_and_restore(&lab, "tree", &img, "host-b")?;
     let after = tree(&lab, "tree")?;
-    // Running or sleeping is a matter of the moment; a zombie must stay one.
-    let ids = |t: &[String]| -> Vec<String> {
-        t.iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                let zombie = f.get(4) == Some(&"Z");
-                format!(
-                    "{} {}{}",
-                    f[..4.min(f.len())].join(" "),
-                    if zombie { "Z " } else { "" },
-                    f[5..].join(" ")
-                )
-            })
-            .collect()
-    };
-    ensure!(ids(&after) == ids(&before), "the tree changed:\nbefore {before:?}\nafter  {after:?}");
+    ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("tree", "reaped")?;
     ensure!(
         log.contains(&format!("reaped {} exit 7", kids[3])),
+        "the zombie's status did not reach its parent: {log}"
+    );
+    Ok(())
+}
+
+/// bash as PID 1, with job control (`set -m`: each background job gets a group of its
+/// own): a job; a session whose leader exited (`setsid -f bash -c …` leaves two sleepers
+/// in it, one in the session's group, one in a group whose leader, a subshell, exited
+/// too); a group whose leader exited (a subshell job leaves two sleepers in it); and a
+/// keeper with a zombie child in a group of its own. bash reaps every child the moment it
+/// exits, so the zombie needs a parent that does not: the keeper reaps it when the trigger
+/// file appears, prints its status and exits with it, for bash to print in turn.
+const DEAD_LEADERS: &str = r#"
+set -m
+sleep 100000 &
+setsid -f bash -c 'sleep 100000 & set -m; (sleep 100000 &); exit'
+( sleep 100000 & sleep 100000 & )
+python3 -c '
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os._exit(7)
+print("zombie", pid, flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+p, status = os.waitpid(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+print("reaped", p, "exit", code, flush=True)
+sys.exit(code)
+' "$1" &
+wait $!
+echo "keeper exited $?"
+wait
+"#;
+
+/// One line of [`tree`]: `pid ppid sid pgid state comm`.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    sid: i32,
+    pgid: i32,
+    state: String,
+    comm: String,
+}
+
+fn parse_tree(lines: &[String]) -> Vec<Proc> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.splitn(6, ' ').collect();
+            Some(Proc {
+                pid: f.first()?.parse().ok()?,
+                ppid: f.get(1)?.parse().ok()?,
+                sid: f.get(2)?.parse().ok()?,
+                pgid: f.get(3)?.parse().ok()?,
+                state: f.get(4)?.to_string(),
+                comm: f.get(5)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the tree is what [`DEAD_LEADERS`] makes once it has settled: why not, if not.
+fn dead_leaders_settled(lines: &[String]) -> Result<i32, String> {
+    let procs = parse_tree(lines);
+    let pids: std::collections::HashSet<i32> = procs.iter().map(|p| p.pid).collect();
+    let sleepers: Vec<&Proc> = procs.iter().filter(|p| p.comm == "sleep").collect();
+    if procs.len() != 8 || sleepers.len() != 5 || sleepers.iter().any(|p| p.ppid != 1) {
+        return Err("not yet bash, five sleepers under it, the keeper and the zombie".into());
+    }
+    // The job: a group of its own in bash's session.
+    if sleepers.iter().filter(|p| p.sid == 1 && p.pgid == p.pid).count() != 1 {
+        return Err("no job sleeper in a group of its own".into());
+    }
+    // The session whose leader exited: its id is no process's; one sleeper is in the
+    // session's own group, one in a group whose leader exited too.
+    let in_dead_session: Vec<&&Proc> = sleepers.iter().filter(|p| p.sid != 1).collect();
+    match in_dead_session[..] {
+        [a, b] if a.sid == b.sid && !pids.contains(&a.sid) => {
+            let groups = [a.pgid, b.pgid];
+            let other = if a.pgid == a.sid { b.pgid } else { a.pgid };
+            if !groups.contains(&a.sid) || other == a.sid || pids.contains(&other) {
+                return Err(format!("the dead session's groups are {groups:?}"));
+            }
+        }
+        _ => return Err("not two sleepers in one session whose leader exited".into()),
+    }
+    // The group whose leader exited, in bash's session.
+    let in_dead_group: Vec<&&Proc> =
+        sleepers.iter().filter(|p| p.sid == 1 && p.pgid != p.pid && !pids.contains(&p.pgid)).collect();
+    match in_dead_group[..] {
+        [a, b] if a.pgid == b.pgid => {}
+        _ => return Err("not two sleepers in one group whose leader exited".into()),
+    }
+    let keeper = procs.iter().find(|p| p.comm == "python3" && p.ppid == 1).ok_or("no keeper")?;
+    let zombie = procs
+        .iter()
+        .find(|p| p.state == "Z" && p.ppid == keeper.pid && p.sid == 1 && p.pgid == p.pid)
+        .ok_or("no zombie of the keeper in a group of its own")?;
+    Ok(zombie.pid)
+}
+
+#[test]
+fn bash_jobs_whose_session_or_group_leader_exited_survive_a_move() -> anyhow::Result<()> {
+    let img = TempDir::new("dead-leaders")?;
+    let work = TempDir::new("dead-leaders-trigger")?;
+    let lab = TestLab::up(2)?;
+    let trigger = work.join("reap");
+    lab.start("host-a", "jobs", &["bash", "-c", DEAD_LEADERS, "bash", &trigger])?;
+    let mut before = Vec::new();
+    let mut why = String::new();
+    let settled = wait_until(Duration::from_secs(20), || {
+        before = tree(&lab, "jobs").unwrap_or_default();
+        dead_leaders_settled(&before).map_err(|e| why = e).is_ok()
+    });
+    ensure!(settled, "{why}: {before:?}");
+    let zombie = dead_leaders_settled(&before).map_err(anyhow::Error::msg)?;
+
+    checkpoint_and_restore(&lab, "jobs", &img, "host-b")?;
+    let after = tree(&lab, "jobs")?;
+    ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("jobs", "keeper exited")?;
+    ensure!(
+        log.contains(&format!("reaped {zombie} exit 7")) && log.contains("keeper exited 7"),
+        "the zombie's status did not reach its parent and bash: {log}"
+    );
+    Ok(())
+}
+
+/// A child subreaper (not PID 1) that reaps nothing until told: `setsid -f bash -c …`
+/// leaves it the session's leader as a zombie (exit 3) and two sleepers in that session,
+/// one in a group whose leader exited; a subshell job leaves it two sleepers in a group
+/// whose leader exited, in its own session.
+const SUBREAPER: &str = r#"
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+os.system("setsid -f bash -c 'sleep 100000 & set -m; (sleep 100000 &); exit 3'")
+os.system("bash -c 'set -m; (sleep 100000 & sleep 100000 &)'")
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+# Its only child that has exited: the session's leader.
+pid, status = os.waitpid(-1, os.WNOHANG)
+print(f'reaped {pid} exit {os.waitstatus_to_exitcode(status)}', flush=True)
+time.sleep(100000)
+"#;
+
+/// Whether the tree is what [`SUBREAPER`] makes once it has settled; the zombie's pid.
+fn subreaper_settled(lines: &[String]) -> Result<i32, String> {
+    let procs = parse_tree(lines);
+    let pids: std::collections::HashSet<i32> = procs.iter().map(|p| p.pid).collect();
+    let reaper = procs.iter().find(|p| p.comm == "python3" && p.ppid == 1).ok_or("no subreaper")?;
+    let leader = procs
+        .iter()
+        .find(|p| p.state == "Z" && p.ppid == reaper.pid && p.sid == p.pid && p.pgid == p.pid)
+        .ok_or("no zombie session leader under the subreaper")?;
+    let sleepers: Vec<&Proc> = procs.iter().filter(|p| p.comm == "sleep" && p.ppid == reaper.pid).collect();
+    if procs.len() != 7 || sleepers.len() != 4 {
+        return Err("not yet bash, the subreaper, its zombie and four sleepers under it".into());
+    }
+    let in_session: Vec<i32> = sleepers.iter().filter(|p| p.sid == leader.pid).map(|p| p.pgid).collect();
+    let dead = |g: &i32| *g != leader.pid && !pids.contains(g);
+    if in_session.len() != 2 || !in_session.contains(&leader.pid) || !in_session.iter().any(dead) {
+        return Err(format!("the zombie's session holds sleepers in groups {in_session:?}"));
+    }
+    match sleepers.iter().filter(|p| p.sid == 1).map(|p| p.pgid).collect::<Vec<_>>()[..] {
+        [a, b] if a == b && dead(&a) => Ok(leader.pid),
+        _ => Err("not two sleepers in one group whose leader exited".into()),
+    }
+}
+
+#[test]
+fn a_subreaper_keeps_a_zombie_session_leader_and_its_orphans() -> anyhow::Result<()> {
+    let img = TempDir::new("subreaper")?;
+    let work = TempDir::new("subreaper-trigger")?;
+    let lab = TestLab::up(2)?;
+    let trigger = work.join("reap");
+    // bash as PID 1 runs the script ($0) with the trigger ($1) and waits.
+    lab.start("host-a", "reaper", &["bash", "-c", r#"python3 -c "$0" "$1" & wait"#, SUBREAPER, &trigger])?;
+    let mut before = Vec::new();
+    let mut why = String::new();
+    let settled = wait_until(Duration::from_secs(20), || {
+        before = tree(&lab, "reaper").unwrap_or_default();
+        subreaper_settled(&before).map_err(|e| why = e).is_ok()
+    });
+    ensure!(settled, "{why}: {before:?}");
+    let zombie = subreaper_settled(&before).map_err(anyhow::Error::msg)?;
+
+    checkpoint_and_restore(&lab, "reaper", &img, "host-b")?;
+    let after = tree(&lab, "reaper")?;
+    ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("reaper", "reaped")?;
+    ensure!(
+        log.contains(&format!("reaped {zombie} exit 3")),
         "the zombie's status did not reach its parent: {log}"
     );
     Ok(())

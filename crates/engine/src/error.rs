@@ -25,6 +25,10 @@ pub enum EngineError {
     /// An injected syscall failed in the task.
     #[error("pid {pid}: injected {call} failed: {errno}")]
     Injected { pid: i32, call: String, errno: nix::errno::Errno },
+    /// A helper task, made to recreate a session or group whose leader is gone, did not
+    /// do its part.
+    #[error("helper for {what}: {problem}")]
+    Helper { what: String, problem: String },
     #[error("pid {pid}: reading {what}: {reason}")]
     Proc { pid: i32, what: String, reason: String },
     #[error("{op} {path}")]

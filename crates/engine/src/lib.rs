@@ -6,7 +6,8 @@
 //! [`memory`] (contents), [`files`] (with [`fifo`] for named pipes), [`process`] (signals,
 //! timers, credentials, limits), [`tmpfs`] (the container's private `/run`, `/dev/shm`).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
-//! reads and writes image directories through `migrate-proto`.
+//! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
+//! sessions and process groups whose leader has exited.
 //!
 //! All ptrace requests of one checkpoint or restore must come from one thread: call
 //! [`checkpoint`] and [`restore`] from a dedicated thread, never from an async runtime's
@@ -27,6 +28,7 @@ mod process;
 mod procfs;
 mod restore;
 mod seize;
+mod session;
 mod thread;
 mod tmpfs;
 

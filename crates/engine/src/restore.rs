@@ -8,10 +8,12 @@
 //! it is written), mm fields set; fds installed; process-wide state restored. Then each
 //! child is forked from it by an injected `clone3` with `set_tid` (so it has its pid, its
 //! parent, and inherits what is shared) and rebuilt the same way, recursively; zombies
-//! are forked and made to exit with their status. Then each process's other threads are
-//! created (`clone3(CLONE_THREAD, set_tid)`) and every thread gets its state; registers
-//! last. Only when the whole tree is built are the threads detached and run. On any
-//! error the caller kills the container: nothing half-built ever runs.
+//! are forked and made to exit with their status. Sessions and groups whose leader has
+//! exited are made again by short-lived helper tasks ([`crate::session`]). Then each
+//! process's other threads are created (`clone3(CLONE_THREAD, set_tid)`) and every thread
+//! gets its state; registers last. Only when the whole tree is built are the threads
+//! detached and run. On any error the caller kills the container: nothing half-built ever
+//! runs.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +31,7 @@ use crate::files::FdWorld;
 use crate::image::{self, Image};
 use crate::inject::{Scratch, Task};
 use crate::seize::{self, Seized};
+use crate::session::{Forks, Sessions};
 use crate::{Progress, files, host, memory, mm, objects, process, thread};
 
 /// What a restore did and how long it took.
@@ -60,6 +63,7 @@ struct Ctx<'a> {
     /// page lives.
     park: u64,
     built: Vec<Built>,
+    sessions: Sessions,
     warnings: Vec<String>,
     memory_ms: u64,
 }
@@ -80,6 +84,7 @@ pub fn restore(
     if root.zombie.is_some() {
         return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
     }
+    let sessions = Sessions::check(&img.processes)?;
     host::check_compatible(&img.manifest.kernel)?;
     progress(Progress::Phase("seize"));
     let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
@@ -102,6 +107,7 @@ pub fn restore(
         world,
         park,
         built: Vec::new(),
+        sessions,
         warnings: Vec::new(),
         memory_ms: 0,
     };
@@ -193,20 +199,28 @@ fn build(
     progress(Progress::Phase("state"));
     mm::set_mm(s.main(), gadget, &mem, host, scratch, mm_fields)?;
     if let Some(parent) = parent {
-        session_and_group(s.main(), gadget, rec, parent)?;
+        ctx.sessions.settle(s.main(), gadget, &mem, scratch, rec, parent)?;
     }
     files::restore(s.main(), gadget, &mem, host, rec.pid, scratch, &rec.fds, &mut ctx.world)?;
     process::restore_sigactions(s.main(), gadget, &mem, host, scratch, &rec.sigactions)?;
 
     let children: Vec<&ProcessRecord> =
         ctx.img.processes.iter().filter(|c| c.ppid == rec.pid && c.pid != rec.pid).collect();
+    let mut forks = Forks::new(rec, host, &children);
     for child in children {
-        let child_host = fork(&mut s, gadget, &mem, host, scratch, child.pid)?;
+        let Some(child_host) = forks.fork(s.main(), gadget, &mem, scratch, &mut ctx.sessions, child)? else {
+            continue;
+        };
         let tracee = StoppedTracee::adopt(child_host)
             .map_err(EngineError::ptrace(child_host, "take the new process"))?;
         match child.zombie {
             Some(status) => {
-                make_zombie(Task::new(child_host, tracee)?, gadget, child_host, scratch, child, status)?
+                // Put in its session and group while it can still run calls: a zombie
+                // keeps them, and may be what keeps its group alive.
+                let mut task = Task::new(child_host, tracee)?;
+                let zmem = crate::inject::open_mem(child_host)?;
+                ctx.sessions.settle(&mut task, gadget, &zmem, scratch, child, rec)?;
+                make_zombie(task, gadget, child_host, scratch, child, status)?
             }
             None => {
                 let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?;
@@ -214,6 +228,7 @@ fn build(
             }
         }
     }
+    forks.finish(s.main(), gadget, scratch)?;
 
     // Credentials after the children: they are forked with the stub's (root's), which
     // every step of building them needs, and each sets its own.
@@ -232,23 +247,24 @@ fn build(
     Ok(())
 }
 
-/// Forks a child with pid `pid` (in the container's namespace) from the main thread of
-/// `s`; returns its pid in ours. The child is stopped at birth (`PTRACE_O_TRACEFORK`).
-fn fork(
-    s: &mut Seized,
+/// Forks a child with pid `pid` (in the container's namespace) from `task`, the main
+/// thread of `host`; returns its pid in ours. The child is stopped at birth
+/// (`PTRACE_O_TRACEFORK`).
+pub(crate) fn fork(
+    task: &mut Task,
     gadget: u64,
     mem: &File,
     host: i32,
     scratch: Scratch,
     pid: i32,
 ) -> Result<i32, EngineError> {
-    clone3(s, gadget, mem, host, scratch, pid, 0, libc::SIGCHLD as u64)
+    clone3(task, gadget, mem, host, scratch, pid, 0, libc::SIGCHLD as u64)
 }
 
-/// `clone3` with `set_tid = [tid]`, injected in the main thread of `s`.
+/// `clone3` with `set_tid = [tid]`, injected in `task` (a thread of `host`).
 #[allow(clippy::too_many_arguments)]
-fn clone3(
-    s: &mut Seized,
+pub(crate) fn clone3(
+    task: &mut Task,
     gadget: u64,
     mem: &File,
     host: i32,
@@ -266,9 +282,8 @@ fn clone3(
     let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
     let at = scratch.write(mem, host, 0, &bytes)?;
     let mut created = None;
-    let res = s
-        .main()
-        .syscall_cloning(gadget, libc::SYS_clone3, &[at, bytes.len() as u64], |t| created = Some(t))?;
+    let res =
+        task.syscall_cloning(gadget, libc::SYS_clone3, &[at, bytes.len() as u64], |t| created = Some(t))?;
     let got = res.map_err(|errno| EngineError::Injected {
         pid: host,
         call: format!("clone3(set_tid {tid})"),
@@ -280,35 +295,9 @@ fn clone3(
     created.ok_or_else(|| EngineError::Incompatible(format!("no clone event for task {tid}")))
 }
 
-/// Gives a freshly forked child its session and process group.
-fn session_and_group(
-    task: &mut Task,
-    gadget: u64,
-    rec: &ProcessRecord,
-    parent: &ProcessRecord,
-) -> Result<(), EngineError> {
-    let pid = rec.pid;
-    if rec.sid == pid {
-        task.call(gadget, libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
-    } else if rec.sid != parent.sid {
-        return Err(EngineError::Incompatible(format!(
-            "pid {pid} is in session {} whose leader is gone, not its parent's ({}): not supported yet",
-            rec.sid, parent.sid
-        )));
-    }
-    let inherited = if rec.sid == pid { pid } else { parent.pgid };
-    if rec.pgid != inherited {
-        let target = if rec.pgid == pid { 0 } else { rec.pgid as u64 };
-        task.call(gadget, libc::SYS_setpgid, &[0, target], || {
-            format!("setpgid(0, {}) in pid {pid} (is the group's leader gone? not supported yet)", rec.pgid)
-        })?;
-    }
-    Ok(())
-}
-
 /// Makes a freshly forked child exit with `status`, so that it is a zombie of its parent
 /// until the parent reaps it.
-fn make_zombie(
+pub(crate) fn make_zombie(
     mut task: Task,
     gadget: u64,
     host: i32,
@@ -366,7 +355,7 @@ fn create_threads(
             | libc::CLONE_SIGHAND
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
-        let host_tid = clone3(s, gadget, mem, host, scratch, t.tid, flags, 0)?;
+        let host_tid = clone3(s.main(), gadget, mem, host, scratch, t.tid, flags, 0)?;
         let tracee =
             StoppedTracee::adopt(host_tid).map_err(EngineError::ptrace(host_tid, "take the new thread"))?;
         let task = s.adopt(host_tid, tracee, 0)?;
