@@ -104,6 +104,14 @@ fn pages_shared_copy_on_write_are_stored_once_and_shared_again() -> anyhow::Resu
     lab.wait_log("cow", "forked")?;
     let before = pss_kib(&lab, "cow")?;
     ensure!(before > 200 << 10, "the tree holds {before} KiB, less than its 200 MB");
+    // Reading the pages must not unshare them in the source (a pinning read would).
+    let live = img.join("cow-live");
+    lab.ok(&["checkpoint", "cow", "--dir", &live, "--leave-running"])?;
+    let still = pss_kib(&lab, "cow")?;
+    ensure!(
+        (still as f64) < before as f64 * 1.1,
+        "the checkpoint broke the copy-on-write sharing of the source: Pss {before} KiB before, {still} KiB after"
+    );
     let dir = img.join("cow");
     let report = lab.json(&["checkpoint", "cow", "--dir", &dir, "--json"])?;
     let stored = report["report"]["stats"]["pages_stored"].as_u64().context("pages_stored")? * 4096;

@@ -51,6 +51,7 @@ const MAX_IOV: usize = 1024;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+const PM_EXCLUSIVE: u64 = 1 << 56;
 const PM_PFN: u64 = (1 << 55) - 1;
 
 /// Counts of a memory dump.
@@ -71,6 +72,11 @@ struct Span {
     addr: u64,
     npages: u64,
     src: Src,
+    /// Pages the process shares with another (copy-on-write after fork): read through
+    /// `/proc/PID/mem`. `process_vm_readv` pins what it reads, and since Linux 5.19 a pin
+    /// of a shared anonymous page makes the kernel give the process a copy of its own:
+    /// the dump would break the sharing and double the container's memory.
+    shared: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +242,7 @@ impl BatchReader<'_> {
         while npages < BATCH_PAGES && cur.span < spans.len() && key(&spans[cur.span]) == batch.object {
             let s = spans[cur.span];
             let n = (s.npages - cur.at).min(BATCH_PAGES - npages);
-            pieces.push(Span { addr: s.addr + cur.at * PAGE, npages: n, src: s.src });
+            pieces.push(Span { addr: s.addr + cur.at * PAGE, npages: n, ..s });
             npages += n;
             cur.at += n;
             if cur.at == s.npages {
@@ -246,8 +252,9 @@ impl BatchReader<'_> {
         batch.data.resize((npages * PAGE) as usize, 0);
         let mut off = 0usize;
         let mut i = 0;
-        let readable =
-            |s: &Span| matches!(s.src, Src::Vma(v) if self.vmas[v].prot & libc::PROT_READ as u32 != 0);
+        let readable = |s: &Span| {
+            !s.shared && matches!(s.src, Src::Vma(v) if self.vmas[v].prot & libc::PROT_READ as u32 != 0)
+        };
         while i < pieces.len() {
             let p = pieces[i];
             if !readable(&p) {
@@ -418,7 +425,8 @@ fn select(pid: i32, vmas: &[Vma], parent: Option<&Pagemaps>) -> Result<Selection
         let from_parent = parent
             .and_then(|pm| pm.iter().find(|(pv, _)| migrate_proto::validate::inheritable(pv, v)))
             .map(|(_, e)| e.as_slice());
-        let mut run: Option<(u64, u64)> = None;
+        // (start, pages, shared with another process)
+        let mut run: Option<(u64, u64, bool)> = None;
         let mut shared: Option<PageRun> = None;
         for (p, &e) in entries.iter().enumerate() {
             let present = e & PM_PRESENT != 0;
@@ -433,18 +441,23 @@ fn select(pid: i32, vmas: &[Vma], parent: Option<&Pagemaps>) -> Result<Selection
                     _ => sel.inherited.extend(shared.replace(PageRun { addr, npages: 1 })),
                 }
             }
+            let not_mine = present && e & PM_EXCLUSIVE == 0;
             run = match (run, keep) {
-                (Some((s, n)), true) => Some((s, n + 1)),
-                (None, true) => Some((addr, 1)),
-                (Some((s, n)), false) => {
-                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i) });
+                (Some((s, n, sh)), true) if sh == not_mine => Some((s, n + 1, sh)),
+                (Some((s, n, sh)), true) => {
+                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
+                    Some((addr, 1, not_mine))
+                }
+                (None, true) => Some((addr, 1, not_mine)),
+                (Some((s, n, sh)), false) => {
+                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
                     None
                 }
                 (None, false) => None,
             };
         }
-        if let Some((s, n)) = run {
-            sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i) });
+        if let Some((s, n, sh)) = run {
+            sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
         }
         sel.inherited.extend(shared);
         sel.pagemaps.push((v.clone(), entries));
@@ -465,7 +478,7 @@ fn object_spans(f: &File, path: &str, size: u64, k: usize, spans: &mut Vec<Span>
         let hole = seek_hole(f, data).map_err(io_err("SEEK_HOLE in", path))?.min(size);
         let start = data / PAGE * PAGE;
         let stop = hole.next_multiple_of(PAGE);
-        spans.push(Span { addr: start, npages: (stop - start) / PAGE, src: Src::Object(k) });
+        spans.push(Span { addr: start, npages: (stop - start) / PAGE, src: Src::Object(k), shared: false });
         pos = stop;
     }
     Ok(())

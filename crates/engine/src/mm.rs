@@ -134,6 +134,13 @@ pub fn check_file(stub: i32, id: &FileId, exact: bool) -> Result<(), EngineError
     Ok(())
 }
 
+/// The stub's mappings from `maps`: ranges and names are all a restore needs of them,
+/// and `smaps` would walk every page table (milliseconds for a child that inherited a
+/// large parent).
+fn stub_maps(stub: i32) -> Result<Vec<MapEntry>, EngineError> {
+    procfs::parse_smaps(&read_proc(stub, "maps")?).map_err(EngineError::proc(stub, "maps"))
+}
+
 fn special(m: &MapEntry) -> bool {
     matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
 }
@@ -141,7 +148,7 @@ fn special(m: &MapEntry) -> bool {
 /// Unmaps everything of the stub but its vDSO and vvar pages and the ranges `keep`
 /// (sorted, disjoint: VMAs a child keeps from the parent it was forked from).
 pub fn clear_stub(task: &mut Task, gadget: u64, stub: i32, keep: &[&Vma]) -> Result<(), EngineError> {
-    let maps = procfs::parse_smaps(&read_proc(stub, "smaps")?).map_err(EngineError::proc(stub, "smaps"))?;
+    let maps = stub_maps(stub)?;
     for m in maps.iter().filter(|m| !special(m)) {
         for (start, end) in subtract(m.start, m.end, keep.iter().map(|v| (v.start, v.end))) {
             task.call(gadget, libc::SYS_munmap, &[start, end - start], || format!("munmap({start:#x})"))?;
@@ -211,7 +218,7 @@ pub fn move_vdso(
     image: &[Vma],
     free_at: u64,
 ) -> Result<u64, EngineError> {
-    let maps = procfs::parse_smaps(&read_proc(stub, "smaps")?).map_err(EngineError::proc(stub, "smaps"))?;
+    let maps = stub_maps(stub)?;
     let mut moves = Vec::new();
     for (name, kind) in [
         ("[vvar]", VmaBacking::Vvar),

@@ -34,7 +34,7 @@ impl MapEntry {
     }
 }
 
-/// Parses `/proc/PID/smaps` (a `maps` line per mapping, then its fields).
+/// Parses `/proc/PID/smaps` (a `maps` line per mapping, then its fields), or `maps`.
 pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in text.lines() {
