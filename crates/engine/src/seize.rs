@@ -163,6 +163,19 @@ impl Seized {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Kills the process while its threads are still stopped (none of them runs again)
+    /// and lets go of them.
+    pub fn kill(mut self) -> Result<(), EngineError> {
+        self.released = true;
+        let Some(main) = self.tasks.first() else { return Ok(()) };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(main.tid), nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| EngineError::Proc {
+                pid: main.tid,
+                what: "the process".into(),
+                reason: format!("SIGKILL: {e}"),
+            })
+    }
+
     /// Detaches every thread with the registers and masks the caller has set.
     pub fn detach_as_is(mut self) -> Result<(), EngineError> {
         self.released = true;
