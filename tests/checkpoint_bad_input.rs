@@ -37,6 +37,21 @@ elif kind == 'deleted-dir':
     p = sys.argv[2]; os.mkdir(p); fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY); os.rmdir(p); print('fd', fd, flush=True)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print('child', c.pid, flush=True)
+elif kind == 'stopped':
+    import signal, subprocess; c = subprocess.Popen(['sleep', '100000']); os.kill(c.pid, signal.SIGSTOP)
+    print('child', c.pid, flush=True)
+elif kind == 'traced':
+    import ctypes, subprocess; c = subprocess.Popen(['sleep', '100000'])
+    if ctypes.CDLL(None).ptrace(0x4206, c.pid, 0, 0) != 0:  # PTRACE_SEIZE
+        sys.exit('ptrace failed')
+    print('child', c.pid, flush=True)
+elif kind == 'lonely':
+    # A child whose main thread leaves by the raw exit syscall while another thread runs.
+    import subprocess
+    prog = 'import ctypes, threading, time; threading.Thread(target=time.sleep, args=(100000,)).start(); ctypes.CDLL(None).syscall(60, 0)'
+    c = subprocess.Popen(['python3', '-c', prog]); print('child', c.pid, flush=True)
+elif kind == 'nested':
+    import subprocess; c = subprocess.Popen(['unshare', '--pid', '--fork', 'sleep', '100000']); print('child', c.pid, flush=True)
 i = 0
 while True:
     print('tick', i, flush=True)
@@ -555,6 +570,35 @@ fn a_fifo_record_naming_a_regular_file_is_refused_at_restore() -> anyhow::Result
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     ensure!(std::fs::read(&victim)? == b"precious", "the restore wrote into {victim}");
     lab.down_expecting(&[])?;
+    Ok(())
+}
+
+#[test]
+fn checkpoint_refuses_stopped_traced_and_nested_processes_naming_them() -> anyhow::Result<()> {
+    let img = TempDir::new("states")?;
+    let lab = TestLab::up(1)?;
+    // (container, what it runs, what the refusal must name besides the child's pid)
+    let cases = [
+        ("s1", "stopped", "is stopped"),
+        ("s2", "traced", "is traced by PID 1 (python3"),
+        ("s3", "lonely", "has exited its main thread while its other threads run"),
+        ("s4", "nested", "runs in a pid namespace of its own"),
+    ];
+    for (name, kind, _) in &cases {
+        start(&lab, "host-a", name, &ticker(&[kind]))?;
+    }
+    let mut problems = Vec::new();
+    for (name, kind, what) in &cases {
+        let child = logged(&lab, name, "child")?;
+        // The nested sleeper is the unshare's child: its pid is not the one printed.
+        let mut needles = vec![what.to_string()];
+        if *kind != "nested" {
+            needles.push(format!("PID {} (", child[0]));
+        }
+        problems.extend(refuses_checkpoint(&lab, &img, name, &needles, &[]));
+    }
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["s1", "s2", "s3", "s4"])?;
     Ok(())
 }
 

@@ -79,6 +79,10 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         return Err(EngineError::Unsupported(format!("PID 1 ({pid}) is not in the container's cgroup")));
     }
     let pids = tree_order(pid, &members)?;
+    let levels = pid_levels(pid)?;
+    for &p in &pids {
+        check_state(p, levels)?;
+    }
     let mut objects = crate::objects::Registry::default();
     let mut vmas = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
@@ -104,6 +108,50 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     }
     files::check(&pids, external)?;
     Ok(Prechecked { pids, vmas, objects })
+}
+
+/// How many pid namespaces `pid` is in (the values of `NSpid`).
+fn pid_levels(pid: i32) -> Result<usize, EngineError> {
+    let status = crate::error::read_proc(pid, "status")?;
+    Ok(crate::procfs::status_field(&status, "NSpid").map_or(1, |v| v.split_whitespace().count()))
+}
+
+/// Refuses a process this version cannot dump for what it is doing: stopped, traced, in
+/// a pid namespace of its own, or with a main thread that exited while others run.
+fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
+    let who = crate::files::describe_process(pid);
+    let status = crate::error::read_proc(pid, "status")?;
+    let field = |k| crate::procfs::status_field(&status, k).unwrap_or("");
+    let refuse = |what: String| Err(EngineError::Unsupported(format!("{who} {what}")));
+    let tracer: i32 = field("TracerPid").parse().unwrap_or(0);
+    if tracer != 0 {
+        let by = crate::files::describe_process(tracer);
+        return refuse(format!("is traced by {by}: a process has one tracer; stop that one first"));
+    }
+    match field("State").chars().next() {
+        Some('T') => {
+            return refuse(
+                "is stopped (SIGSTOP or job control): stopped processes are not supported yet".into(),
+            );
+        }
+        Some('Z') if seize::thread_ids(pid).is_ok_and(|t| t.len() > 1) => {
+            return refuse(
+                "has exited its main thread while its other threads run: not supported yet".into(),
+            );
+        }
+        _ => {}
+    }
+    let nspids: Vec<&str> = field("NSpid").split_whitespace().collect();
+    if nspids.len() != levels {
+        // Named as the container sees it, not as its own namespace does.
+        let outer = nspids.get(levels.saturating_sub(1)).unwrap_or(&"?");
+        let inner = nspids.last().unwrap_or(&"?");
+        return Err(EngineError::Unsupported(format!(
+            "PID {outer} ({}, host pid {pid}) runs in a pid namespace of its own (as pid {inner}), nested in the container's: not supported yet",
+            field("Name")
+        )));
+    }
+    Ok(())
 }
 
 /// The processes of the tree under `root`, depth first (each parent before its
@@ -160,10 +208,16 @@ pub fn checkpoint(
     };
     let precheck_ms = t_pre.elapsed().as_millis() as u64;
     let t_seize = Instant::now();
-    let mut seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty())?;
+    let mut seized = match seize::seize_frozen(&pre.pids, req.cgroup, Options::empty()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&req.dir);
+            return Err(e);
+        }
+    };
     let seize_ms = t_seize.elapsed().as_millis() as u64;
-    let clocks = host::container_clocks(req.pid)?;
-    let result = collect_and_write(&req, pre, &mut seized, clocks, progress);
+    let result = host::container_clocks(req.pid)
+        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, clocks, progress));
     let written = match result {
         Ok(v) => v,
         Err(e) => {
