@@ -459,6 +459,17 @@ time.sleep(100000)
         .collect();
     ensure!(ascii.contains("MIGRATE-MARKER-MIGRATE-MARKER-"), "the hexdump lacks the marker:\n{dump}");
     ensure!(dump.contains("4d 49 47 52 41 54 45"), "the hexdump shows no bytes of the marker:\n{dump}");
+    // Ranges beyond user space, processes the image lacks, no image at all: errors.
+    for (args, says) in [
+        (vec!["--hexdump", "0xffffffffffffffff:256"], "beyond user space"),
+        (vec!["--hexdump", "0x1000", "--pid", "77"], "--pid 77: no such process in the image"),
+    ] {
+        let err = lab.fails(&[&["inspect", image.as_str()][..], &args].concat())?;
+        ensure!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let missing = format!("{image}-missing");
+    let err = lab.fails(&["inspect", &missing])?;
+    ensure!(err.contains("does not exist") && !err.contains("cannot restore"), "{err}");
     lab.down_expecting(&[])?;
     Ok(())
 }

@@ -274,11 +274,8 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
             let backing = match &v.backing {
                 VmaBacking::Anon => "anon".to_string(),
                 VmaBacking::Object { id, shared } => {
-                    format!(
-                        "{} {}",
-                        if *shared { "shared" } else { "private" },
-                        object_name(&img.processes, *id)
-                    )
+                    let name = object_name(&img.processes, *id);
+                    if *shared { name } else { format!("private {name}") }
                 }
                 VmaBacking::File { file, shared } => {
                     format!("{} {}", if *shared { "shared" } else { "private" }, file.path)
@@ -420,6 +417,14 @@ fn hex(img: &migrate_engine::Image, spec: &str, pid: i32) -> anyhow::Result<i32>
         .with_context(|| format!("--hexdump {spec}: ADDR must be hexadecimal"))?;
     if len == 0 || len > 1 << 20 {
         bail!("--hexdump {spec}: LEN must be between 1 and 1048576");
+    }
+    if addr.checked_add(len).is_none_or(|end| end > migrate_proto::USER_END) {
+        bail!("--hexdump {spec}: the range ends beyond user space ({:#x})", migrate_proto::USER_END);
+    }
+    if !img.processes.iter().any(|p| p.pid == pid && p.zombie.is_none()) {
+        let pids: Vec<String> =
+            img.processes.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid.to_string()).collect();
+        bail!("--pid {pid}: no such process in the image (its processes: {})", pids.join(", "));
     }
     let bytes = migrate_engine::image::read_range(img, pid, addr, len)?;
     for (i, chunk) in bytes.chunks(16).enumerate() {

@@ -44,6 +44,9 @@ pub enum EngineError {
         #[source]
         source: migrate_proto::ProtoError,
     },
+    /// There is no image where one was named, or not all of it.
+    #[error("{0}")]
+    NoImage(String),
     /// The image is well-formed but cannot be restored here.
     #[error("cannot restore: {0}")]
     Incompatible(String),

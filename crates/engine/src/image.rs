@@ -36,8 +36,18 @@ pub fn prepare_dir(dir: &Path) -> Result<(), EngineError> {
         }
         // Only the last component is made: a typo must not create directories at `/`.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir(dir).map_err(io_err("create", dir))
+            fs::create_dir(dir).map_err(|e| match (e.kind(), dir.parent()) {
+                (std::io::ErrorKind::NotFound, Some(parent)) => EngineError::Unsupported(format!(
+                    "{} does not exist: the image directory is made, not its parents",
+                    parent.display()
+                )),
+                _ => EngineError::Io { op: "create", path: dir.to_path_buf(), source: e },
+            })
         }
+        Err(_) if dir.exists() && !dir.is_dir() => Err(EngineError::Unsupported(format!(
+            "{} is a file: give a new or empty directory",
+            dir.display()
+        ))),
         Err(e) => Err(EngineError::Io { op: "open", path: dir.to_path_buf(), source: e }),
     }
 }
@@ -117,9 +127,9 @@ fn open_checked(dir: &Path, whole_pages: bool) -> Result<Image, EngineError> {
     let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             if dir.is_dir() {
-                EngineError::Incompatible(format!("{} holds no image (no {MANIFEST})", dir.display()))
+                EngineError::NoImage(format!("{} holds no image (no {MANIFEST})", dir.display()))
             } else {
-                EngineError::Incompatible(format!("{} does not exist", dir.display()))
+                EngineError::NoImage(format!("{} does not exist", dir.display()))
             }
         }
         _ => EngineError::Io { op: "stat", path: mpath.clone(), source: e },
@@ -139,6 +149,13 @@ fn open_checked(dir: &Path, whole_pages: bool) -> Result<Image, EngineError> {
     }
     for sum in &manifest.files {
         let path = dir.join(&sum.name);
+        if !path.exists() {
+            return Err(EngineError::NoImage(format!(
+                "{} lacks {}, which its manifest lists: the image is incomplete",
+                dir.display(),
+                sum.name
+            )));
+        }
         if !whole_pages && sum.name == PAGES {
             let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
             if size != sum.size {
