@@ -304,12 +304,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 FdKind::Object { id, pos } => format!("{} at {pos}", object_name(&img.processes, *id)),
                 FdKind::Pipe { inode, write } => {
                     let buffered = p.pipes.iter().find(|r| r.inode == *inode).map(|r| r.data.len());
-                    // O_ACCMODE is 3, O_RDWR 2: a FIFO may be open both ways.
-                    let end = match f.flags & 3 {
-                        2 => "read-write",
-                        _ if *write => "write",
-                        _ => "read",
-                    };
+                    let end = pipe_end(f.flags, *write);
                     format!(
                         "{} {end} end{}",
                         pipe_name(&img.processes, *inode),
@@ -368,6 +363,16 @@ fn shared_objects(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<St
         .collect()
 }
 
+/// Which end of a pipe an fd with these flags holds.
+fn pipe_end(flags: u32, write: bool) -> &'static str {
+    // O_ACCMODE is 3, O_RDWR 2: a FIFO may be open both ways.
+    match flags & 3 {
+        2 => "read-write",
+        _ if write => "write",
+        _ => "read",
+    }
+}
+
 /// `pipe:[N]`, or `FIFO /path` for a FIFO.
 fn pipe_name(processes: &[migrate_proto::records::ProcessRecord], inode: u64) -> String {
     match processes.iter().flat_map(|p| &p.pipes).find(|r| r.inode == inode).and_then(|r| r.fifo.as_ref()) {
@@ -395,7 +400,9 @@ fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<Stri
                 .map(|f| match &f.kind {
                     FdKind::File { file, .. } => file.path.clone(),
                     FdKind::Dir { path, .. } | FdKind::Device { path } => path.clone(),
-                    FdKind::Pipe { inode, .. } => pipe_name(processes, *inode),
+                    FdKind::Pipe { inode, write } => {
+                        format!("{} ({} end)", pipe_name(processes, *inode), pipe_end(f.flags, *write))
+                    }
                     FdKind::External { name } => format!("the container's {name}"),
                     FdKind::Object { id, .. } => object_name(processes, *id),
                 })
