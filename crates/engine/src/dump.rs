@@ -176,9 +176,10 @@ fn tree_order(root: i32, members: &[i32]) -> Result<Vec<i32>, EngineError> {
         // Pushed in reverse, so the lowest pid is built first.
         stack.extend(children(cur).into_iter().rev());
     }
-    if let Some(stray) = members.iter().find(|p| !order.contains(p)) {
+    if let Some(&stray) = members.iter().find(|p| !order.contains(p)) {
         return Err(EngineError::Unsupported(format!(
-            "pid {stray} is in the container's cgroup but not a descendant of its PID 1 ({root})"
+            "{} is in the container's cgroup but not a descendant of its PID 1 (host pid {root}): a process `migrate exec` started? Let it end first",
+            crate::files::describe_process(stray)
         )));
     }
     Ok(order)
