@@ -145,9 +145,21 @@ fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
     ensure!(line(kids[2]).starts_with(&format!("{0} 1 1 {0} ", kids[2])), "own group: {before:?}");
     ensure!(line(kids[3]).contains(" Z "), "zombie: {before:?}");
 
+    // The pid a new process gets: after every pid handed out so far, here and there.
+    let next_pid = || -> anyhow::Result<i32> {
+        let out = lab.ok(&["exec", "tree", "--", "sh", "-c", "echo $$"])?;
+        out.trim().parse().with_context(|| format!("a pid: {out:?}"))
+    };
+    let last_before = next_pid()?;
+
     checkpoint_and_restore(&lab, "tree", &img, "host-b")?;
     let after = tree(&lab, "tree")?;
     ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
+    let first_after = next_pid()?;
+    ensure!(
+        first_after > last_before,
+        "a new process got pid {first_after} after the restore, not one above {last_before}"
+    );
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("tree", "reaped")?;
     ensure!(

@@ -56,6 +56,9 @@ pub struct Manifest {
     pub cpu: CpuId,
     /// The clocks at the freeze.
     pub clocks: Clocks,
+    /// The last pid the container's pid namespace handed out (`ns_last_pid`): a restore
+    /// sets it again, so new processes do not get the pids of processes just gone.
+    pub last_pid: i32,
     pub container: ContainerMeta,
     /// Size and XXH3 digest of every other file of the image.
     pub files: Vec<FileSum>,
@@ -268,6 +271,9 @@ fn check_manifest(m: &Manifest) -> Result<(), ManifestProblem> {
     }
     for flag in &m.cpu.flags {
         text("cpu.flags entry", flag, 64)?;
+    }
+    if !(0..=crate::validate::PID_MAX).contains(&m.last_pid) {
+        return Err(field("last_pid", format!("{} is not a pid", m.last_pid)));
     }
     check_container(&m.container)?;
     check_files(&m.files)?;

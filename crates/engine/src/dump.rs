@@ -256,9 +256,11 @@ struct Injected {
     brk: u64,
     shared_pending: Vec<migrate_proto::records::SigInfo>,
     hostname: String,
+    /// The pid namespace's `ns_last_pid`, read by PID 1 (`root`) only.
+    last_pid: i32,
 }
 
-fn inject_collect(pid: i32, seized: &mut Seized) -> Result<Injected, EngineError> {
+fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
     let tids_ns = thread_ids_in_ns(pid, seized)?;
     let scratch = Scratch::map(seized.main(), gadget, None)?;
@@ -282,7 +284,16 @@ fn inject_collect(pid: i32, seized: &mut Seized) -> Result<Injected, EngineError
         let uts = scratch.read(&mem, pid, 65, 65)?;
         let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
             .into_owned();
-        Ok::<_, EngineError>(Injected { threads, sigactions, itimers, brk, shared_pending, hostname })
+        let last_pid = if root { process::dump_last_pid(main, gadget, &mem, pid, scratch)? } else { 0 };
+        Ok::<_, EngineError>(Injected {
+            threads,
+            sigactions,
+            itimers,
+            brk,
+            shared_pending,
+            hostname,
+            last_pid,
+        })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
     let unmapped = scratch.unmap(seized.main(), gadget);
@@ -303,6 +314,7 @@ fn collect_and_write(
     let Prechecked { pids, mut vmas, mut objects } = pre;
     let mut records = Vec::with_capacity(pids.len());
     let mut hostname = req.container.hostname.clone();
+    let mut last_pid = 0;
     for (i, (&pid, s)) in pids.iter().zip(seized.iter_mut()).enumerate() {
         let Some(s) = s else {
             let facts = process::zombie_facts(pid)?;
@@ -310,9 +322,10 @@ fn collect_and_write(
             continue;
         };
         let facts = process::facts(pid)?;
-        let inj = inject_collect(pid, s)?;
+        let inj = inject_collect(pid, s, i == 0)?;
         if i == 0 {
             hostname = inj.hostname.clone();
+            last_pid = inj.last_pid;
         }
         records.push(ProcessRecord {
             pid: facts.pid_ns,
@@ -425,6 +438,7 @@ fn collect_and_write(
         kernel: host::kernel_id()?,
         cpu: host::cpu_id(xstate),
         clocks,
+        last_pid,
         container: ContainerMeta { hostname, ..req.container.clone() },
         files: vec![proc_sum.clone(), pages_sum.clone()],
         stats,

@@ -10,6 +10,63 @@ use crate::error::{EngineError, read_proc};
 use crate::inject::{Scratch, Task};
 use crate::procfs;
 
+/// The pid namespace's last allocated pid, as its processes see it.
+const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+/// The last pid the container's pid namespace handed out: read by `task` (in that
+/// namespace, with the container's `/proc`) through injected calls.
+pub fn dump_last_pid(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+) -> Result<i32, EngineError> {
+    let at = scratch.path(mem, pid, 0, NS_LAST_PID)?;
+    let fd =
+        task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, libc::O_RDONLY as u64, 0], || {
+            format!("open {NS_LAST_PID}")
+        })?;
+    let n =
+        task.call(gadget, libc::SYS_read, &[fd, scratch.addr + 1024, 32], || format!("read {NS_LAST_PID}"));
+    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    let text = scratch.read(mem, pid, 1024, n? as usize)?;
+    String::from_utf8_lossy(&text).trim().parse().map_err(|_| {
+        EngineError::proc(pid, "ns_last_pid")(format!("{:?} is not a pid", String::from_utf8_lossy(&text)))
+    })
+}
+
+/// Sets the last pid of the restored namespace, so that new processes get pids after it
+/// as they would have at the source, not pids just freed; returns a warning if the
+/// kernel refuses (it needs CAP_SYS_ADMIN, which the container's PID 1 may have dropped).
+pub fn restore_last_pid(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    pid: i32,
+    scratch: Scratch,
+    last: i32,
+) -> Result<Option<String>, EngineError> {
+    let at = scratch.path(mem, pid, 0, NS_LAST_PID)?;
+    let value = last.to_string();
+    let buf = scratch.write(mem, pid, 1024, value.as_bytes())?;
+    let fd = match task.syscall(
+        gadget,
+        libc::SYS_openat,
+        &[libc::AT_FDCWD as u64, at, libc::O_WRONLY as u64, 0],
+    )? {
+        Ok(fd) => fd,
+        Err(errno) => {
+            return Ok(Some(format!(
+                "the pid counter was not restored (open {NS_LAST_PID}: {errno}): new processes may get low pids again"
+            )));
+        }
+    };
+    let wrote = task.syscall(gadget, libc::SYS_write, &[fd, buf, value.len() as u64])?;
+    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    Ok(wrote.err().map(|errno| format!("the pid counter was not restored (write {NS_LAST_PID}: {errno}): new processes may get low pids again")))
+}
+
 /// Signals whose disposition cannot be changed.
 fn settable(sig: i32) -> bool {
     sig != libc::SIGKILL && sig != libc::SIGSTOP

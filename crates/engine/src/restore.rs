@@ -121,6 +121,14 @@ pub fn restore(
     progress(Progress::Phase("resume"));
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
     let spares = std::mem::take(&mut ctx.world.spares);
+    // After every clone3(set_tid), which leave the counter where the stub left it.
+    if let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == 1) {
+        let (gadget, scratch) = (b.seized.gadget, b.scratch);
+        let mem =
+            b.seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{stub}/mem")))?;
+        let last = img.manifest.last_pid.max(img.processes.iter().map(|p| p.pid).max().unwrap_or(1));
+        ctx.warnings.extend(process::restore_last_pid(b.seized.main(), gadget, &mem, stub, scratch, last)?);
+    }
     for b in &mut ctx.built {
         let gadget = b.seized.gadget;
         for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.pid_ns) {

@@ -189,6 +189,7 @@ fn manifest_semantic_checks() -> Result {
         ("not a plain name", Box::new(|m| m.container.name = "a/b".into())),
         ("zero pages of only", Box::new(|m| m.stats.pages_zero = u64::MAX)),
         ("NUL", Box::new(|m| m.kernel.release = "6.8\0".into())),
+        ("last_pid -1 is not a pid", Box::new(|m| m.last_pid = -1)),
     ];
     let good = encode_manifest(&manifest())?;
     for (want, mutate) in cases {

@@ -225,6 +225,7 @@ pub(crate) fn manifest() -> Manifest {
         format_version: FORMAT_VERSION,
         tool_version: "0.1.0".into(),
         created_ms: 1_760_000_000_000,
+        last_pid: 4242,
         kernel: KernelId {
             release: "6.8.0-lab".into(),
             version: "#1 SMP PREEMPT_DYNAMIC".into(),
