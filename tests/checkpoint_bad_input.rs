@@ -117,8 +117,9 @@ fn read_image(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 
 fn copy_image(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
-    for f in FILES {
-        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        std::fs::copy(e.path(), to.join(e.file_name())).with_context(|| format!("copying {:?}", e.path()))?;
     }
     Ok(())
 }
@@ -241,10 +242,23 @@ fn damaged_images_are_refused_naming_the_file_and_the_frame() -> anyhow::Result<
             problems.extend(refused(&lab, &what, &dir, all, any, true));
         }
     }
-    // The undamaged image restores: the refusals above were for the damage.
+    // The container's log it carries: any change is caught by the manifest's digest.
+    let dir = img.path.join("case-log");
+    copy_image(&good, &dir)?;
+    let mut bytes = std::fs::read(dir.join("stdio.log"))?;
+    ensure!(bytes.starts_with(b"tick 0"), "the image's log: {:?}", String::from_utf8_lossy(&bytes));
+    bytes[0] ^= 0x40;
+    std::fs::write(dir.join("stdio.log"), bytes)?;
+    problems.extend(refused(&lab, "stdio.log with byte 0 flipped", &dir, &["stdio.log"], &["digest"], true));
+    // The undamaged image restores: the refusals above were for the damage. Its log goes
+    // on from the source's.
     if problems.is_empty() {
         lab.ok(&["restore", "--dir", &good.to_string_lossy(), "--host", "host-b"])?;
-        lab.wait_log("src", "tick")?;
+        let carried = last_tick(&lab, "src")?;
+        ensure!(
+            wait_until(Duration::from_secs(20), || last_tick(&lab, "src").is_ok_and(|t| t > carried + 2)),
+            "the restored container does not tick on from {carried}"
+        );
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&["src"])?;

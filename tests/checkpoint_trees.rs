@@ -156,6 +156,9 @@ fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
     let after = tree(&lab, "tree")?;
     ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
     let first_after = next_pid()?;
+    // The log goes on from the source's: what was printed before the checkpoint is there.
+    let log = lab.logs("tree")?;
+    ensure!(log.starts_with("kids "), "the restored container's log lost its past:\n{log}");
     ensure!(
         first_after > last_before,
         "a new process got pid {first_after} after the restore, not one above {last_before}"

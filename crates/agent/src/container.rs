@@ -73,9 +73,9 @@ impl Rollback {
 pub enum Launch {
     /// The spec's command, as `migrate run` starts it.
     Command,
-    /// A stub that the checkpoint engine rebuilds into the image's process; the clocks
-    /// and hostname are the image's.
-    Restore { hostname: String, timens_offsets: (i64, i64) },
+    /// A stub that the checkpoint engine rebuilds into the image's process; the clocks,
+    /// hostname and the log so far are the image's.
+    Restore { hostname: String, timens_offsets: (i64, i64), log: Option<std::path::PathBuf> },
 }
 
 /// Starts a container from a validated spec.
@@ -231,7 +231,7 @@ fn start_shim(
     let dir = &rec.dir;
     let (hostname, cmd, timens_offsets) = match launch {
         Launch::Command => (rec.name.clone(), rec.cmd.clone(), None),
-        Launch::Restore { hostname, timens_offsets } => {
+        Launch::Restore { hostname, timens_offsets, .. } => {
             let stub = vec![config.migrate_bin.to_string_lossy().into_owned(), "__restore-stub".to_string()];
             (hostname.clone(), stub, Some(*timens_offsets))
         }
@@ -247,7 +247,14 @@ fn start_shim(
     let bytes = serde_json::to_vec_pretty(&shim_config)
         .map_err(|e| AgentError::container(&rec.name, "encode shim config", e))?;
     fs::write(&cfg_path, bytes).map_err(io_err("write", &cfg_path))?;
-    fs::File::create(shim::log_path(dir)).map_err(io_err("create", &shim::log_path(dir)))?;
+    let log = shim::log_path(dir);
+    match launch {
+        // The shim appends: the restored container's log goes on from the image's.
+        Launch::Restore { log: Some(from), .. } => {
+            fs::copy(from, &log).map(|_| ()).map_err(io_err("copy", from))?
+        }
+        _ => drop(fs::File::create(&log).map_err(io_err("create", &log))?),
+    }
     let shim_log_path = dir.join("shim.log");
     let shim_log = fs::File::create(&shim_log_path).map_err(io_err("create", &shim_log_path))?;
 

@@ -104,6 +104,7 @@ impl Agent {
                 external,
                 container: meta,
                 dir,
+                log: Some(shim::log_path(&r.dir)),
                 leave_running,
             };
             migrate_engine::checkpoint(ereq, &mut progress_sender(tx))
@@ -164,8 +165,11 @@ impl Agent {
             cmd: m.cmd.clone(),
         };
         let (mono, boot) = migrate_engine::host::offsets_for(&img.manifest.clocks);
-        let launch =
-            Launch::Restore { hostname: m.hostname.clone(), timens_offsets: (mono as i64, boot as i64) };
+        let launch = Launch::Restore {
+            hostname: m.hostname.clone(),
+            timens_offsets: (mono as i64, boot as i64),
+            log: migrate_engine::image::log_of(&img),
+        };
         let mut containers = self.containers.lock().await;
         let this = Arc::clone(self);
         let rec: Record =

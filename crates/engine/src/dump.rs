@@ -27,6 +27,8 @@ pub struct CheckpointRequest<'a> {
     pub external: Vec<ExternalPipe>,
     pub container: ContainerMeta,
     pub dir: PathBuf,
+    /// The container's stdout/stderr log: the image carries its tail ([`image::LOG_CAP`]).
+    pub log: Option<PathBuf>,
     /// Let the container run on afterwards; otherwise its processes are killed (the caller
     /// removes what is left of it).
     pub leave_running: bool,
@@ -420,6 +422,14 @@ fn collect_and_write(
             .map_err(|source| EngineError::Image { file: image::PROCESS.into(), source })?;
     }
     let proc_sum = procw.finish()?;
+    let mut files = vec![proc_sum.clone(), pages_sum.clone()];
+    // While frozen, so the log ends where the memory was taken.
+    let mut log_bytes = 0;
+    if let Some(log) = &req.log {
+        let sum = image::carry_log(&req.dir, log)?;
+        log_bytes = sum.size;
+        files.push(sum);
+    }
     let stats = Stats {
         processes: records.len() as u32,
         threads: records.iter().map(|r| r.threads.len() as u32).sum(),
@@ -440,7 +450,7 @@ fn collect_and_write(
         clocks,
         last_pid,
         container: ContainerMeta { hostname, ..req.container.clone() },
-        files: vec![proc_sum.clone(), pages_sum.clone()],
+        files,
         stats,
         parent: None,
         auth_tag: None,
@@ -457,7 +467,7 @@ fn collect_and_write(
         release_ms: 0,
         total_ms: 0,
         stats,
-        image_bytes: manifest_bytes + proc_sum.size + pages_sum.size,
+        image_bytes: manifest_bytes + proc_sum.size + pages_sum.size + log_bytes,
         dir: req.dir.clone(),
     })
 }

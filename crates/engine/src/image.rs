@@ -17,6 +17,37 @@ use crate::pipeline::Spool;
 pub const MANIFEST: &str = "manifest.img";
 pub const PROCESS: &str = "process.img";
 pub const PAGES: &str = "pages.img";
+/// The container's stdout and stderr up to the checkpoint (its last [`LOG_CAP`] bytes),
+/// so that its log goes on where it is restored.
+pub const STDIO_LOG: &str = "stdio.log";
+/// How much of a container's log an image carries.
+pub const LOG_CAP: u64 = 16 << 20;
+
+/// Copies the last [`LOG_CAP`] bytes of `log` (from a line start, if cut) into the image
+/// directory as [`STDIO_LOG`]; returns its entry for the manifest.
+pub fn carry_log(dir: &Path, log: &Path) -> Result<FileSum, EngineError> {
+    use std::io::{BufRead, Read, Seek};
+    let mut src = File::open(log).map_err(io_err("open", log))?;
+    let len = src.metadata().map_err(io_err("stat", log))?.len();
+    let mut reader = BufReader::new(&mut src);
+    if len > LOG_CAP {
+        reader.seek(std::io::SeekFrom::Start(len - LOG_CAP)).map_err(io_err("seek", log))?;
+        // The rest of a cut line.
+        reader.read_until(b'\n', &mut Vec::new()).map_err(io_err("read", log))?;
+    }
+    let path = dir.join(STDIO_LOG);
+    let mut out = std::io::BufWriter::new(File::create(&path).map_err(io_err("create", &path))?);
+    std::io::copy(&mut reader.take(LOG_CAP), &mut out).map_err(io_err("copy into", &path))?;
+    out.flush().map_err(io_err("write", &path))?;
+    let digest = migrate_proto::digest_reader(File::open(&path).map_err(io_err("open", &path))?)
+        .map_err(io_err("read", &path))?;
+    Ok(FileSum { name: STDIO_LOG.into(), size: digest.size, xxh3: digest.xxh3 })
+}
+
+/// The image's copy of the container's log, if it carries one (checked with the image).
+pub fn log_of(img: &Image) -> Option<PathBuf> {
+    img.manifest.files.iter().any(|f| f.name == STDIO_LOG).then(|| img.dir.join(STDIO_LOG))
+}
 
 fn image_err(file: &str) -> impl FnOnce(migrate_proto::ProtoError) -> EngineError + '_ {
     move |source| EngineError::Image { file: file.to_string(), source }
@@ -170,9 +201,12 @@ fn open_checked(dir: &Path, whole_pages: bool) -> Result<Image, EngineError> {
         }
         let file = File::open(&path).map_err(io_err("open", &path))?;
         if let Err(mismatch) = migrate_proto::verify_file(sum, BufReader::new(file)) {
-            // Say which frame is damaged, if one is; else the file as a whole is wrong
-            // (frames reordered, swapped or missing).
-            return Err(first_bad_frame(dir, &sum.name)
+            // In a record file, say which frame is damaged, if one is; else the file as a
+            // whole is wrong (frames reordered, swapped or missing; a plain file changed).
+            let frame =
+                [PROCESS, PAGES].contains(&sum.name.as_str()).then(|| first_bad_frame(dir, &sum.name));
+            return Err(frame
+                .flatten()
                 .unwrap_or(EngineError::Image { file: sum.name.clone(), source: mismatch }));
         }
     }
