@@ -37,6 +37,12 @@ elif kind == 'deleted-dir':
     p = sys.argv[2]; os.mkdir(p); fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY); os.rmdir(p); print('fd', fd, flush=True)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print('child', c.pid, flush=True)
+elif kind == 'several':
+    # Two refusals at once, in two processes: a socket here, an eventfd in a child.
+    import subprocess
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); held.append(s)
+    c = subprocess.Popen(['python3', '-c', 'import os, time; e = os.eventfd(0); time.sleep(100000)'])
+    print('child', c.pid, flush=True)
 elif kind == 'stopped':
     import signal, subprocess; c = subprocess.Popen(['sleep', '100000']); os.kill(c.pid, signal.SIGSTOP)
     print('child', c.pid, flush=True)
@@ -597,6 +603,7 @@ fn checkpoint_refuses_stopped_traced_and_nested_processes_naming_them() -> anyho
         ("s2", "traced", "is traced by PID 1 (python3"),
         ("s3", "lonely", "has exited its main thread while its other threads run"),
         ("s4", "nested", "runs in a pid namespace of its own"),
+        ("s5", "several", "2 things stand in the way"),
     ];
     for (name, kind, _) in &cases {
         start(&lab, "host-a", name, &ticker(&[kind]))?;
@@ -609,10 +616,13 @@ fn checkpoint_refuses_stopped_traced_and_nested_processes_naming_them() -> anyho
         if *kind != "nested" {
             needles.push(format!("PID {} (", child[0]));
         }
+        if *kind == "several" {
+            needles.extend(["PID 1 (python3".to_string(), "is a socket".into(), "eventfd".into()]);
+        }
         problems.extend(refuses_checkpoint(&lab, &img, name, &needles, &[]));
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
-    lab.down_expecting(&["s1", "s2", "s3", "s4"])?;
+    lab.down_expecting(&["s1", "s2", "s3", "s4", "s5"])?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use migrate_proto::manifest::{ContainerMeta, Manifest, Stats};
 use migrate_proto::records::ProcessRecord;
 use nix::sys::ptrace::Options;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, Refusals};
 use crate::files::{self, ExternalPipe};
 use crate::host;
 use crate::image::{self, Writer};
@@ -82,8 +82,10 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     }
     let pids = tree_order(pid, &members)?;
     let levels = pid_levels(pid)?;
+    // Every refusal, not only the first: see `Refusals`.
+    let mut refusals = Refusals::default();
     for &p in &pids {
-        check_state(p, levels)?;
+        refusals.gather(check_state(p, levels))?;
     }
     let mut objects = crate::objects::Registry::default();
     let mut vmas = Vec::with_capacity(pids.len());
@@ -93,22 +95,18 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
             continue;
         }
         let f = process::facts(p)?;
+        let who = || crate::files::describe_process(p);
         if f.seccomp != 0 {
-            return Err(EngineError::Unsupported(format!(
-                "pid {p} runs under seccomp (mode {}): not supported yet",
-                f.seccomp
-            )));
+            refusals.push(format!("{} runs under seccomp (mode {}): not supported yet", who(), f.seccomp));
         }
         if f.root != "/" {
-            return Err(EngineError::Unsupported(format!(
-                "pid {p} is chrooted to {}: not supported yet",
-                f.root
-            )));
+            refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
         // Read once, here: smaps costs ~12 ms per GiB mapped, all of it frozen time.
-        vmas.push(Some(mm::dump_vmas(p, i, &mut objects)?));
+        vmas.push(refusals.gather(mm::dump_vmas(p, i, &mut objects))?);
     }
-    files::check(&pids, external)?;
+    files::check(&pids, external, &mut refusals)?;
+    refusals.into_result()?;
     Ok(Prechecked { pids, vmas, objects })
 }
 

@@ -91,3 +91,38 @@ pub fn read_proc(pid: i32, name: &str) -> Result<String, EngineError> {
     let path = format!("/proc/{pid}/{name}");
     std::fs::read_to_string(&path).map_err(io_err("read", path))
 }
+
+/// Everything that stands in the way of a checkpoint, gathered so that one refusal names
+/// all of it: a user fixes them together, not one per attempt.
+#[derive(Debug, Default)]
+pub struct Refusals(Vec<String>);
+
+impl Refusals {
+    /// `r`'s value; a refusal is kept (`None`), any other error passes through.
+    pub fn gather<T>(&mut self, r: Result<T, EngineError>) -> Result<Option<T>, EngineError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(EngineError::Unsupported(what)) => {
+                self.0.push(what);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn push(&mut self, what: String) {
+        self.0.push(what);
+    }
+
+    /// One [`EngineError::Unsupported`] naming every refusal, if there was any.
+    pub fn into_result(self) -> Result<(), EngineError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(EngineError::Unsupported(self.0.concat())),
+            n => Err(EngineError::Unsupported(format!(
+                "{n} things stand in the way:\n  - {}",
+                self.0.join("\n  - ")
+            ))),
+        }
+    }
+}

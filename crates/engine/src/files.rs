@@ -16,7 +16,7 @@ use std::os::unix::fs::FileTypeExt;
 
 use migrate_proto::records::{FdKind, FdRecord, PipeRecord};
 
-use crate::error::{EngineError, io_err};
+use crate::error::{EngineError, Refusals, io_err};
 use crate::inject::{Scratch, Task};
 use crate::mm::{check_file, file_id};
 use crate::objects::{Live, Named, Registry};
@@ -115,6 +115,7 @@ fn classify(
     proc: usize,
     external: &[ExternalPipe],
     objects: &mut Registry,
+    refusals: &mut Refusals,
 ) -> Result<Vec<Seen>, EngineError> {
     let who = describe_process(pid);
     let dir = format!("/proc/{pid}/fd");
@@ -127,7 +128,7 @@ fn classify(
         let info = crate::error::read_proc(pid, &format!("fdinfo/{fd}"))?;
         let (pos, flags) =
             procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
-        let refuse = |what: String| Err(EngineError::Unsupported(format!("{who} fd {fd} is {what}")));
+        let mut refuse = |what: String| refusals.push(format!("{who} fd {fd} is {what}"));
         let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
         let kind = if let Some(ino) = pipe_inode(&link) {
             match external.iter().find(|e| e.inode == ino) {
@@ -135,15 +136,18 @@ fn classify(
                 None => FdKind::Pipe { inode: ino, write },
             }
         } else if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-            return refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
+            refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
+            continue;
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
-            return refuse(format!("an {kind} ({link}): not supported yet"));
+            refuse(format!("an {kind} ({link}): not supported yet"));
+            continue;
         } else if let Some(named) = Named::of(&link, false) {
             let path = entry.path().to_string_lossy().into_owned();
             let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
             if matches!(named, Named::Deleted(_)) && !md.is_file() {
                 let what = if md.is_dir() { "directory" } else { "special file" };
-                return refuse(format!("a deleted {what} ({link}): not supported yet"));
+                refuse(format!("a deleted {what} ({link}): not supported yet"));
+                continue;
             }
             FdKind::Object { id: objects.id(proc, &path, named)?, pos }
         } else if link.starts_with('/') {
@@ -157,10 +161,12 @@ fn classify(
             } else if md.file_type().is_fifo() {
                 FdKind::Pipe { inode: crate::fifo::key(&md), write }
             } else {
-                return refuse(format!("{link}, a kind of file not supported yet"));
+                refuse(format!("{link}, a kind of file not supported yet"));
+                continue;
             }
         } else {
-            return refuse(format!("{link}, a kind of file not supported yet"));
+            refuse(format!("{link}, a kind of file not supported yet"));
+            continue;
         };
         out.push(Seen { fd, flags, kind, link });
     }
@@ -171,12 +177,12 @@ fn classify(
 /// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,
 /// pipes and FIFOs whose other end is outside the container, pipes grown beyond
 /// `pipe-max-size` (recreating them needs CAP_SYS_RESOURCE).
-pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError> {
+pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -> Result<(), EngineError> {
     let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
     let mut objects = Registry::default();
     let mut fifos = Vec::new();
     for (i, &pid) in pids.iter().enumerate().filter(|&(_, &p)| !crate::seize::is_zombie(p)) {
-        for s in classify(pid, i, external, &mut objects)? {
+        for s in classify(pid, i, external, &mut objects, refusals)? {
             if let FdKind::Pipe { inode, .. } = s.kind {
                 pipes.entry(inode).or_insert((pid, s.fd));
                 if crate::fifo::is_fifo(inode) {
@@ -189,7 +195,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError>
         return Ok(());
     }
     // A FIFO's key is never a pipe's inode number: the pipes' check below passes it.
-    crate::fifo::check(pids, &fifos)?;
+    refusals.gather(crate::fifo::check(pids, &fifos))?;
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -197,15 +203,17 @@ pub fn check(pids: &[i32], external: &[ExternalPipe]) -> Result<(), EngineError>
     let outside = pipes_outside(pids);
     for (&inode, &(pid, fd)) in &pipes {
         let size = pipe_size(pid, fd)?;
+        let who = describe_process(pid);
         if u64::from(size) > max {
-            return Err(EngineError::Unsupported(format!(
-                "pid {pid} fd {fd} is a pipe of {size} bytes, beyond pipe-max-size ({max}): recreating it needs CAP_SYS_RESOURCE"
-            )));
+            refusals.push(format!(
+                "{who} fd {fd} is a pipe of {size} bytes, beyond pipe-max-size ({max}): recreating it needs CAP_SYS_RESOURCE"
+            ));
         }
         if let Some(&outside) = outside.get(&inode) {
-            return Err(EngineError::Unsupported(format!(
-                "pid {pid} fd {fd} is a pipe (pipe:[{inode}]) whose other end is held by pid {outside}, outside the container"
-            )));
+            refusals.push(format!(
+                "{who} fd {fd} is a pipe (pipe:[{inode}]) whose other end is held by pid {outside} ({}), outside the container",
+                std::fs::read_to_string(format!("/proc/{outside}/comm")).unwrap_or_default().trim()
+            ));
         }
     }
     Ok(())
@@ -276,8 +284,13 @@ pub fn dump_all(
     external: &[ExternalPipe],
     objects: &mut Registry,
 ) -> Result<(Vec<Vec<FdRecord>>, PipesPerProcess), EngineError> {
-    let seen: Vec<Vec<Seen>> =
-        procs.iter().map(|&(p, i)| classify(p, i, external, objects)).collect::<Result<_, _>>()?;
+    let mut refusals = Refusals::default();
+    let seen: Vec<Vec<Seen>> = procs
+        .iter()
+        .map(|&(p, i)| classify(p, i, external, objects, &mut refusals))
+        .collect::<Result<_, _>>()?;
+    // The precheck refused these already; something changed since.
+    refusals.into_result()?;
     // Descriptions: candidates share a link; kcmp decides.
     let mut reps: HashMap<&str, Vec<(i32, i32, u64)>> = HashMap::new();
     let mut next_id = 1u64;
