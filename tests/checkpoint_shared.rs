@@ -164,3 +164,68 @@ fn a_python_multiprocessing_pool_finishes_its_work_after_a_move() -> anyhow::Res
     ensure!(log.contains("done 4000 correct"), "{log}");
     Ok(())
 }
+
+/// A parent holds a POSIX lock on all of `a`, a shared `flock` on `b` (its child shares
+/// the description) and an OFD write lock on bytes 10–29 of `c`; the child holds a POSIX
+/// read lock on bytes 100–104 of `e`.
+const LOCKS: &str = r#"
+import fcntl, os, struct, sys, time
+d = sys.argv[1]
+a = open(f'{d}/a', 'w'); fcntl.lockf(a, fcntl.LOCK_EX)
+b = open(f'{d}/b', 'w'); fcntl.flock(b, fcntl.LOCK_SH)
+c = open(f'{d}/c', 'w'); fcntl.fcntl(c, 37, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 10, 20, 0))  # F_OFD_SETLK
+if os.fork() == 0:
+    e = open(f'{d}/e', 'w+'); fcntl.lockf(e, fcntl.LOCK_SH, 5, 100)
+    print('child locked', flush=True)
+    while True:
+        time.sleep(1)
+print('locked', flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+/// Which of the container's locks a process of the host finds taken: `a b c e` for each
+/// conflicting request that fails, and `free` checks of ranges nobody locked.
+const PROBE: &str = r#"
+import fcntl, struct, sys
+d = sys.argv[1]
+def taken(f, how):
+    try:
+        how(f)
+        return False
+    except BlockingIOError:
+        return True
+a, b, c, e = (open(f'{d}/{n}', 'r+') for n in 'abce')
+out = []
+out.append('a' if taken(a, lambda f: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)) else '-')
+out.append('b' if taken(b, lambda f: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)) else '-')
+ofd = lambda start, n: lambda f: fcntl.fcntl(f, 37, struct.pack('hhqqi', fcntl.F_WRLCK, 0, start, n, 0))
+out.append('c' if taken(c, ofd(10, 20)) else '-')
+out.append('e' if taken(e, lambda f: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 100)) else '-')
+free = not taken(c, ofd(30, 10)) and not taken(e, lambda f: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 200))
+print(''.join(out), 'free' if free else 'busy')
+"#;
+
+#[test]
+fn file_locks_are_released_with_the_source_and_taken_again_on_restore() -> anyhow::Result<()> {
+    let work = TempDir::new("locks-work")?;
+    let img = TempDir::new("locks-img")?;
+    let lab = TestLab::up(2)?;
+    let dir = work.path.to_string_lossy().into_owned();
+    lab.start("host-a", "locks", &["python3", "-c", LOCKS, &dir])?;
+    lab.wait_log("locks", "child locked")?;
+    lab.wait_log("locks", "locked")?;
+    let probe = || -> anyhow::Result<String> {
+        let out = std::process::Command::new("python3").args(["-c", PROBE, &dir]).output()?;
+        ensure!(out.status.success(), "probe: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    ensure!(probe()? == "abce free", "before the checkpoint: {}", probe()?);
+    let image = img.join("locks");
+    lab.ok(&["checkpoint", "locks", "--dir", &image])?;
+    // The source is gone, and its locks with it.
+    ensure!(probe()? == "---- free", "after the checkpoint: {}", probe()?);
+    lab.ok(&["restore", "--dir", &image, "--host", "host-b"])?;
+    ensure!(probe()? == "abce free", "after the restore: {}", probe()?);
+    Ok(())
+}

@@ -166,6 +166,31 @@ pub struct FdRecord {
     /// `flags` of `/proc/PID/fdinfo/FD` (access mode, `O_APPEND`, `O_NONBLOCK`, `O_CLOEXEC`, …).
     pub flags: u32,
     pub kind: FdKind,
+    /// The file locks held through it: POSIX record locks of this process (set through
+    /// this fd), and `flock`/OFD locks of its description (listed with every fd of it).
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (`/proc/PID/fdinfo/FD`'s `lock:` lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    /// An exclusive (write) lock; else shared (read).
+    pub write: bool,
+    /// The byte range, `end` inclusive; `None` to the end of the file (`flock`: the whole file).
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+/// Who owns a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `fcntl(F_SETLK)`: the process.
+    Posix,
+    /// `fcntl(F_OFD_SETLK)`: the open file description.
+    Ofd,
+    /// `flock(2)`: the open file description, the whole file.
+    Flock,
 }
 
 /// What an fd refers to.

@@ -350,6 +350,14 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
         if !fds.insert(f.fd) {
             return Err(Invalid::DuplicateFd { fd: f.fd });
         }
+        for l in &f.locks {
+            if l.end.is_some_and(|e| e < l.start) || i64::try_from(l.end.unwrap_or(l.start)).is_err() {
+                return Err(Invalid::Fd {
+                    fd: f.fd,
+                    problem: format!("lock range {}..{:?} is not a file range", l.start, l.end),
+                });
+            }
+        }
         let owner = PathOwner::Fd(f.fd);
         match &f.kind {
             FdKind::File { file, pos } => {

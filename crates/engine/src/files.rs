@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 
-use migrate_proto::records::{FdKind, FdRecord, PipeRecord};
+use migrate_proto::records::{FdKind, FdRecord, FileLock, LockKind, PipeRecord};
 
 use crate::error::{EngineError, Refusals, io_err};
 use crate::inject::{Scratch, Task};
@@ -39,6 +39,7 @@ struct Seen {
     kind: FdKind,
     /// The `/proc/PID/fd` link, to group candidates for `kcmp`.
     link: String,
+    locks: Vec<FileLock>,
 }
 
 /// "PID 1 (python3, host pid 4242)": how the container and the host both name it.
@@ -129,6 +130,13 @@ fn classify(
         let (pos, flags) =
             procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
         let mut refuse = |what: String| refusals.push(format!("{who} fd {fd} is {what}"));
+        let locks = match procfs::parse_locks(&info, pid) {
+            Ok(l) => l,
+            Err(what) => {
+                refusals.push(format!("{who} fd {fd} ({link}) {what}"));
+                continue;
+            }
+        };
         let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
         let kind = if let Some(ino) = pipe_inode(&link) {
             match external.iter().find(|e| e.inode == ino) {
@@ -168,7 +176,7 @@ fn classify(
             refuse(format!("{link}, a kind of file not supported yet"));
             continue;
         };
-        out.push(Seen { fd, flags, kind, link });
+        out.push(Seen { fd, flags, kind, link, locks });
     }
     out.sort_by_key(|s| s.fd);
     Ok(out)
@@ -316,7 +324,13 @@ pub fn dump_all(
                 group.push((pid, s.fd, id));
                 id
             });
-            out.push(FdRecord { fd: s.fd, file_id: id, flags: s.flags, kind: s.kind.clone() });
+            out.push(FdRecord {
+                fd: s.fd,
+                file_id: id,
+                flags: s.flags,
+                kind: s.kind.clone(),
+                locks: s.locks.clone(),
+            });
         }
         fds.push(out);
     }
@@ -436,6 +450,8 @@ pub fn restore(
     for fd in open_now {
         task.call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
     }
+    // Descriptions made here, not copied: their flock and OFD locks are taken here.
+    let mut made = Vec::new();
     for rec in fds {
         let cloexec = if rec.flags & libc::O_CLOEXEC as u32 != 0 { libc::O_CLOEXEC as u64 } else { 0 };
         let target = rec.fd as u64;
@@ -443,6 +459,7 @@ pub fn restore(
             copy_from(task, gadget, from, fd, target, cloexec)?;
             continue;
         }
+        made.push(rec.file_id);
         match &rec.kind {
             FdKind::External { name } => {
                 let &(from, fd) = world.external.get(name).ok_or_else(|| {
@@ -479,7 +496,58 @@ pub fn restore(
         }
         world.files.insert(rec.file_id, (pid_ns, target));
     }
+    for rec in fds {
+        for lock in &rec.locks {
+            if lock.kind == LockKind::Posix || made.contains(&rec.file_id) {
+                take_lock(task, gadget, mem, host, scratch, rec, lock)?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Takes `lock` again through fd `rec.fd`, without waiting: a conflicting lock here
+/// (held by a process outside the container) is an error, not a wait.
+fn take_lock(
+    task: &mut Task,
+    gadget: u64,
+    mem: &File,
+    host: i32,
+    scratch: Scratch,
+    rec: &FdRecord,
+    lock: &FileLock,
+) -> Result<(), EngineError> {
+    let fd = rec.fd as u64;
+    let what = || format!("{:?} {} lock on fd {fd}", lock.kind, if lock.write { "write" } else { "read" });
+    let res = match lock.kind {
+        LockKind::Flock => {
+            let op = if lock.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+            task.syscall(gadget, libc::SYS_flock, &[fd, op as u64])?
+        }
+        LockKind::Posix | LockKind::Ofd => {
+            // struct flock (x86-64): short l_type, short l_whence, off_t l_start,
+            // off_t l_len (0: to the end of the file), pid_t l_pid (0 for OFD locks).
+            let ty = if lock.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+            let len = lock.end.map_or(0, |e| e - lock.start + 1);
+            let mut b = Vec::with_capacity(32);
+            b.extend_from_slice(&ty.to_ne_bytes());
+            b.extend_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&lock.start.to_ne_bytes());
+            b.extend_from_slice(&len.to_ne_bytes());
+            b.extend_from_slice(&[0; 8]);
+            let at = scratch.write(mem, host, 0, &b)?;
+            let cmd = if lock.kind == LockKind::Ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+            task.syscall(gadget, libc::SYS_fcntl, &[fd, cmd as u64, at])?
+        }
+    };
+    res.map(|_| ()).map_err(|errno| match errno {
+        nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES => EngineError::Incompatible(format!(
+            "the {} cannot be taken again: a process outside the container holds a conflicting lock on the file",
+            what()
+        )),
+        errno => EngineError::Injected { pid: host, call: what(), errno },
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

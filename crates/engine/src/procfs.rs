@@ -1,7 +1,7 @@
 //! Parsers for the `/proc/PID/*` files the dump reads. Pure functions over text, so
 //! that each is tested on fixed input; the callers do the reading.
 
-use migrate_proto::records::{Creds, Rlimit};
+use migrate_proto::records::{Creds, FileLock, LockKind, Rlimit};
 
 /// One mapping from `/proc/PID/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,38 @@ pub fn parse_fdinfo(text: &str) -> Result<(u64, u32), String> {
     Ok((pos, flags))
 }
 
+/// The locks of an fdinfo's `lock:` lines that belong with this fd in process `pid` (as
+/// this process's namespace numbers it): `flock` and OFD locks (the description's), and
+/// POSIX locks owned by `pid` (another process's lock shows up here when it set it through
+/// a description both share). Waiters (`->`) are not locks. A lease is an error.
+pub fn parse_locks(text: &str, pid: i32) -> Result<Vec<FileLock>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("lock:")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) == Some(&"->") {
+            continue;
+        }
+        let bad = || format!("unexpected lock line {line:?}");
+        let [_, kind, _mode, access, owner, _inode, start, end, ..] = f.as_slice() else { return Err(bad()) };
+        let kind = match *kind {
+            "POSIX" if owner.parse::<i32>().ok() == Some(pid) => LockKind::Posix,
+            "POSIX" => continue,
+            "OFDLCK" => LockKind::Ofd,
+            "FLOCK" => LockKind::Flock,
+            other => return Err(format!("holds a {other} lock, not supported yet")),
+        };
+        let write = match *access {
+            "WRITE" => true,
+            "READ" => false,
+            _ => return Err(bad()),
+        };
+        let start = start.parse().map_err(|_| bad())?;
+        let end = if *end == "EOF" { None } else { Some(end.parse().map_err(|_| bad())?) };
+        out.push(FileLock { kind, write, start, end });
+    }
+    Ok(out)
+}
+
 /// `/proc/PID/auxv`: native-endian u64 pairs.
 pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]))).collect()
@@ -158,6 +190,26 @@ pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locks_of_this_fd_and_process() {
+        let info = "pos:\t0\nflags:\t02\nlock:\t1: POSIX  ADVISORY  WRITE 42 fe:00:7 0 EOF
+lock:\t2: POSIX  ADVISORY  READ 43 fe:00:7 0 9
+lock:\t3: OFDLCK ADVISORY  READ -1 fe:00:7 10 29
+lock:\t4: FLOCK  ADVISORY  WRITE 43 fe:00:7 0 EOF
+lock:\t1: -> POSIX  ADVISORY  WRITE 44 fe:00:7 0 EOF\n";
+        let got = parse_locks(info, 42).unwrap_or_default();
+        let lock = |kind, write, start, end| FileLock { kind, write, start, end };
+        assert_eq!(
+            got,
+            [
+                lock(LockKind::Posix, true, 0, None),
+                lock(LockKind::Ofd, false, 10, Some(29)),
+                lock(LockKind::Flock, true, 0, None)
+            ]
+        );
+        assert!(parse_locks("lock:\t1: LEASE  ACTIVE    READ 42 fe:00:7 0 EOF", 42).is_err());
+    }
 
     const SMAPS: &str = "55d0c0a00000-55d0c0a02000 r--p 00000000 fe:01 1234 /usr/bin/python3.11
 Size:                  8 kB

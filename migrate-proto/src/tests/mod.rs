@@ -9,8 +9,8 @@ mod validation;
 use crate::manifest::{Clocks, ContainerMeta, CpuId, FileSum, KernelId, Manifest, Stats};
 use crate::pages::{PageBatch, PageRun};
 use crate::records::{
-    AltStack, Creds, FdKind, FdRecord, FileId, ITimer, MmFields, ObjectKind, ObjectRecord, ProcessRecord,
-    Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadRecord, Vma, VmaBacking,
+    AltStack, Creds, FdKind, FdRecord, FileId, FileLock, ITimer, LockKind, MmFields, ObjectKind,
+    ObjectRecord, ProcessRecord, Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadRecord, Vma, VmaBacking,
 };
 use crate::{FORMAT_VERSION, PAGE_SIZE};
 
@@ -152,16 +152,41 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
             exe,
         }),
         fds: vec![
-            FdRecord { fd: 0, file_id: 0, flags: 0, kind: FdKind::Device { path: "/dev/null".into() } },
-            FdRecord { fd: 1, file_id: 1, flags: 1, kind: FdKind::External { name: "stdout".into() } },
-            FdRecord { fd: 2, file_id: 2, flags: 1, kind: FdKind::External { name: "stderr".into() } },
+            FdRecord {
+                fd: 0,
+                file_id: 0,
+                flags: 0,
+                kind: FdKind::Device { path: "/dev/null".into() },
+                locks: vec![],
+            },
+            FdRecord {
+                fd: 1,
+                file_id: 1,
+                flags: 1,
+                kind: FdKind::External { name: "stdout".into() },
+                locks: vec![],
+            },
+            FdRecord {
+                fd: 2,
+                file_id: 2,
+                flags: 1,
+                kind: FdKind::External { name: "stderr".into() },
+                locks: vec![],
+            },
             FdRecord {
                 fd: 3,
                 file_id: 3,
                 flags: 0o2,
                 kind: FdKind::File { file: file_id("/data/log.txt"), pos: 4242 },
+                locks: vec![FileLock { kind: LockKind::Posix, write: true, start: 0, end: None }],
             },
-            FdRecord { fd: 7, file_id: 7, flags: 0, kind: FdKind::Dir { path: "/data".into(), pos: 0 } },
+            FdRecord {
+                fd: 7,
+                file_id: 7,
+                flags: 0,
+                kind: FdKind::Dir { path: "/data".into(), pos: 0 },
+                locks: vec![],
+            },
         ],
         creds: Creds {
             uids: [0; 4],

@@ -3,8 +3,8 @@
 use super::{batch, file_id, process, thread};
 use crate::pages::PageRun;
 use crate::records::{
-    FdKind, FdRecord, Fifo, ObjectKind, ObjectRecord, PipeRecord, ProcessRecord, Rlimit, SigAction, SigInfo,
-    VmaBacking,
+    FdKind, FdRecord, Fifo, FileLock, LockKind, ObjectKind, ObjectRecord, PipeRecord, ProcessRecord, Rlimit,
+    SigAction, SigInfo, VmaBacking,
 };
 use crate::validate::{check_batch, validate_process};
 
@@ -76,6 +76,7 @@ fn each_check_fires_with_a_precise_message() {
                     file_id: 9,
                     flags: 0,
                     kind: FdKind::Device { path: "data/x".into() },
+                    locks: vec![],
                 })
             }),
         ),
@@ -87,6 +88,7 @@ fn each_check_fires_with_a_precise_message() {
                     file_id: 9,
                     flags: 0,
                     kind: FdKind::Dir { path: "/a\0b".into(), pos: 0 },
+                    locks: vec![],
                 })
             }),
         ),
@@ -98,6 +100,7 @@ fn each_check_fires_with_a_precise_message() {
                     file_id: 9,
                     flags: 0,
                     kind: FdKind::Dir { path: "/".repeat(4097), pos: 0 },
+                    locks: vec![],
                 })
             }),
         ),
@@ -109,6 +112,7 @@ fn each_check_fires_with_a_precise_message() {
                     fd: 9,
                     flags: 0,
                     kind: FdKind::File { file: file_id("/x"), pos: 1 << 63 },
+                    locks: vec![],
                 })
             }),
         ),
@@ -120,6 +124,7 @@ fn each_check_fires_with_a_precise_message() {
                     file_id: 9,
                     flags: 0,
                     kind: FdKind::External { name: String::new() },
+                    locks: vec![],
                 })
             }),
         ),
@@ -173,6 +178,12 @@ fn each_check_fires_with_a_precise_message() {
         ),
         ("umask 0o1777 has bits beyond 0o777", Box::new(|p| p.umask = 0o1777)),
         ("creds.groups has 65537 groups", Box::new(|p| p.creds.groups = vec![0; 65537])),
+        (
+            "fd 3: lock range 10..Some(5) is not a file range",
+            Box::new(|p| {
+                p.fds[3].locks[0] = FileLock { kind: LockKind::Ofd, write: false, start: 10, end: Some(5) }
+            }),
+        ),
         ("object id 1 is 0 or listed twice", Box::new(|p| p.objects.push(p.objects[0].clone()))),
         ("object 1 claims 1099511627777 bytes", Box::new(|p| p.objects[0].size = (1 << 40) + 1)),
         (
