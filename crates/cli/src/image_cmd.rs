@@ -312,7 +312,20 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                     )
                 }
             };
-            println!("    fd {:<4} flags {:#o}  {what}", f.fd, f.flags);
+            let locks: Vec<String> = f
+                .locks
+                .iter()
+                .map(|l| {
+                    let range = match l.end {
+                        Some(end) => format!("{}-{end}", l.start),
+                        None => format!("{}-EOF", l.start),
+                    };
+                    format!("{:?} {} {range}", l.kind, if l.write { "write" } else { "read" })
+                })
+                .collect();
+            let locks =
+                if locks.is_empty() { String::new() } else { format!("; locks: {}", locks.join(", ")) };
+            println!("    fd {:<4} flags {:#o}  {what}{locks}", f.fd, f.flags);
         }
     }
     let s = &m.stats;
