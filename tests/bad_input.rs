@@ -174,6 +174,19 @@ fn bad_values_name_the_option_and_the_form() -> anyhow::Result<()> {
     let out = std::process::Command::new(support::BIN).args(["ps"]).env("MIGRATE_LAB", "nolab").output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.code() == Some(1) && err.starts_with("error: lab nolab is not up"), "{err}");
+    // Asked for JSON, the error is JSON too, and stdout stays empty.
+    for args in [&["ps", "--json"][..], &["inspect", "/nonexistent/image", "--json"]] {
+        let out = std::process::Command::new(support::BIN).args(args).env("MIGRATE_LAB", "nolab").output()?;
+        let err: serde_json::Value = serde_json::from_slice(&out.stderr).with_context(|| {
+            format!("migrate {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))
+        })?;
+        ensure!(out.status.code() == Some(1) && out.stdout.is_empty(), "migrate {}: {out:?}", args.join(" "));
+        ensure!(
+            err["error"].as_str().is_some() && err["causes"].is_array(),
+            "migrate {}: {err}",
+            args.join(" ")
+        );
+    }
     Ok(())
 }
 

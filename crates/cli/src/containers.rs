@@ -100,6 +100,18 @@ migrate run --name small --memory-max 256M --pids-max 64 -- sleep 600")]
 }
 
 impl ContainerCmd {
+    /// Whether the command was asked for machine-readable output.
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            ContainerCmd::Run { json: true, .. }
+                | ContainerCmd::Ps { json: true, .. }
+                | ContainerCmd::Stop { json: true, .. }
+        )
+    }
+}
+
+impl ContainerCmd {
     pub fn verb(&self) -> &'static str {
         match self {
             ContainerCmd::Run { .. } => "run",

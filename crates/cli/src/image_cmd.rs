@@ -71,6 +71,18 @@ migrate inspect /var/tmp/web.img --json\n  migrate inspect /var/tmp/web.img --he
 }
 
 impl ImageCmd {
+    /// Whether the command was asked for machine-readable output.
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            ImageCmd::Checkpoint { json: true, .. }
+                | ImageCmd::Restore { json: true, .. }
+                | ImageCmd::Inspect { json: true, .. }
+        )
+    }
+}
+
+impl ImageCmd {
     pub fn verb(&self) -> &'static str {
         match self {
             ImageCmd::Checkpoint { .. } => "checkpoint",

@@ -72,6 +72,13 @@ pub enum LabCmd {
 }
 
 impl LabCmd {
+    /// Whether the command was asked for machine-readable output.
+    pub fn json(&self) -> bool {
+        matches!(self, LabCmd::Status { json: true, .. })
+    }
+}
+
+impl LabCmd {
     pub fn verb(&self) -> &'static str {
         match self {
             LabCmd::Up { .. } => "up",

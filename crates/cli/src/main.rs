@@ -114,10 +114,17 @@ fn main() {
         }
     }
     init_tracing(cli.verbose);
+    let json = match &cli.cmd {
+        Cmd::Lab(c) => c.json(),
+        Cmd::Containers(c) => c.json(),
+        Cmd::Images(c) => c.json(),
+        Cmd::Doctor { json } => *json,
+        _ => false,
+    };
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            output::print_error(&err);
+            output::print_error(&err, json);
             output::exit_code(&err)
         }
     };

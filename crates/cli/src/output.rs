@@ -4,8 +4,15 @@
 use std::fmt::Write as _;
 
 /// Prints an error and its chain of causes, once, at the edge. The first line starts
-/// with `error:` like clap's usage errors, so that every failure reads the same way.
-pub fn print_error(err: &anyhow::Error) {
+/// with `error:` like clap's usage errors, so that every failure reads the same way; with
+/// `--json`, the same as one JSON object `{"error", "causes"}`.
+pub fn print_error(err: &anyhow::Error, json: bool) {
+    if json {
+        // For a program that asked for JSON: one object on stderr, stdout left empty.
+        let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+        eprintln!("{}", serde_json::json!({ "error": err.to_string(), "causes": causes }));
+        return;
+    }
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
         eprintln!("  because: {cause}");
