@@ -13,7 +13,7 @@ use crate::error::{EngineError, Refusals};
 use crate::files::{self, ExternalPipe};
 use crate::host;
 use crate::image::{self, Writer};
-use crate::inject::Scratch;
+use crate::inject::{Remote, Scratch};
 use crate::seize::Seized;
 use crate::{Progress, memory, mm, process, seize, thread};
 
@@ -268,23 +268,26 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let mem = seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{pid}/mem")))?;
         let mut threads = Vec::new();
         for ((task, &mask), &tid_ns) in seized.tasks.iter_mut().zip(&seized.masks).zip(&tids_ns) {
-            let mut t = thread::dump(task, mask, gadget, &mem, pid, scratch)?;
+            let mut t = thread::dump(&mut Remote { task, gadget, mem: &mem, pid, scratch }, mask)?;
             t.tid = tid_ns;
             threads.push(t);
         }
-        let main = seized.main();
-        let sigactions = process::dump_sigactions(main, gadget, &mem, pid, scratch)?;
-        let itimers = process::dump_itimers(main, gadget, &mem, pid, scratch)?;
-        let brk = main.call(gadget, libc::SYS_brk, &[0], || "brk(0)".into())?;
+        let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
+        let sigactions = process::dump_sigactions(&mut main)?;
+        let itimers = process::dump_itimers(&mut main)?;
+        let brk = main.call(libc::SYS_brk, &[0], || "brk(0)".into())?;
         let shared_pending = thread::siginfos(
-            main.tracee.pending_signals(true).map_err(EngineError::ptrace(pid, "read pending signals"))?,
+            main.task
+                .tracee
+                .pending_signals(true)
+                .map_err(EngineError::ptrace(pid, "read pending signals"))?,
         );
         // struct utsname: six 65-byte fields; the nodename is the second.
-        main.call(gadget, libc::SYS_uname, &[scratch.addr], || "uname".into())?;
-        let uts = scratch.read(&mem, pid, 65, 65)?;
+        main.call(libc::SYS_uname, &[scratch.addr], || "uname".into())?;
+        let uts = main.read(65, 65)?;
         let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
             .into_owned();
-        let last_pid = if root { process::dump_last_pid(main, gadget, &mem, pid, scratch)? } else { 0 };
+        let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,

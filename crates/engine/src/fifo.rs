@@ -28,7 +28,7 @@
 //! share one are copied from its first holder by [`crate::files`], as for any file.
 
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
@@ -37,7 +37,7 @@ use nix::errno::Errno;
 
 use crate::error::{EngineError, io_err};
 use crate::files::describe_process;
-use crate::inject::{Scratch, Task};
+use crate::inject::Remote;
 
 /// Set in every FIFO's key, never in a pipe's inode number (32-bit).
 const KEY_BIT: u64 = 1 << 63;
@@ -142,31 +142,26 @@ pub fn reader(pid: i32, fd: i32) -> Result<OwnedFd, EngineError> {
     Ok(f.into())
 }
 
-/// Makes the FIFO of `rec` ready in this process (`host` in our pid namespace, `pid_ns`
-/// in the container's): there at its path, created with its mode if gone; open
-/// read-write at a spare fd above `base` (pushed to `spares`, closed when the restore
-/// ends); sized and filled with its bytes. Returns the spare.
-#[allow(clippy::too_many_arguments)]
+/// Makes the FIFO of `rec` ready in the process `remote` (`pid_ns` in the container):
+/// there at its path, created with its mode if gone; open read-write at a spare fd above
+/// `base` (pushed to `spares`, closed when the restore ends); sized and filled with its
+/// bytes. Returns the spare.
 pub fn make(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
+    remote: &mut Remote<'_>,
     pid_ns: i32,
-    scratch: Scratch,
     rec: &PipeRecord,
     fifo: &Fifo,
     base: u64,
     spares: &mut Vec<(i32, u64)>,
 ) -> Result<u64, EngineError> {
-    let path = fifo.path.as_str();
-    let at = scratch.path(mem, host, 0, path)?;
-    let statbuf = scratch.addr + STAT_AT;
+    let (path, host) = (fifo.path.as_str(), remote.pid);
+    let at = remote.path(0, path)?;
+    let statbuf = remote.scratch.addr + STAT_AT;
     let nofollow = libc::AT_SYMLINK_NOFOLLOW as u64;
-    match task.syscall(gadget, libc::SYS_newfstatat, &[libc::AT_FDCWD as u64, at, statbuf, nofollow])? {
+    match remote.syscall(libc::SYS_newfstatat, &[libc::AT_FDCWD as u64, at, statbuf, nofollow])? {
         Ok(_) => {
             let off = std::mem::offset_of!(libc::stat, st_mode);
-            let raw = scratch.read(mem, host, STAT_AT + off as u64, 4)?;
+            let raw = remote.read(STAT_AT + off as u64, 4)?;
             let mode = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
             if mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(EngineError::Incompatible(format!(
@@ -175,71 +170,62 @@ pub fn make(
             }
         }
         Err(Errno::ENOENT) => {
-            task.call(
-                gadget,
+            remote.call(
                 libc::SYS_mknodat,
                 &[libc::AT_FDCWD as u64, at, u64::from(libc::S_IFIFO | fifo.mode), 0],
                 || format!("mknodat({path}, S_IFIFO | {:o})", fifo.mode),
             )?;
             // mknodat applied the umask.
-            task.call(
-                gadget,
-                libc::SYS_fchmodat,
-                &[libc::AT_FDCWD as u64, at, u64::from(fifo.mode)],
-                || format!("chmod {:o} {path}", fifo.mode),
-            )?;
+            remote.call(libc::SYS_fchmodat, &[libc::AT_FDCWD as u64, at, u64::from(fifo.mode)], || {
+                format!("chmod {:o} {path}", fifo.mode)
+            })?;
         }
         Err(errno) => return Err(EngineError::Injected { pid: host, call: format!("stat {path}"), errno }),
     }
     let flags = (libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
-    let fd = task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
+    let fd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
         format!("open {path} read-write")
     })?;
-    let spare = task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
+    let spare = remote.call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
         format!("fcntl(F_DUPFD) of {path}")
     })?;
-    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    remote.call(libc::SYS_close, &[fd], || "close".into())?;
     spares.push((pid_ns, spare));
     // What was opened, not what the path named a moment before.
     ensure_fifo(host, spare, path)?;
-    task.call(gadget, libc::SYS_ioctl, &[spare, libc::FIONREAD, statbuf], || format!("FIONREAD of {path}"))?;
-    let raw = scratch.read(mem, host, STAT_AT, 4)?;
+    remote.call(libc::SYS_ioctl, &[spare, libc::FIONREAD, statbuf], || format!("FIONREAD of {path}"))?;
+    let raw = remote.read(STAT_AT, 4)?;
     let queued = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
     if queued != 0 {
         return Err(EngineError::Incompatible(format!(
             "the FIFO {path} already holds {queued} bytes: something outside the container has it open"
         )));
     }
-    crate::files::fill_pipe(task, gadget, mem, host, scratch, spare, rec, &format!("the FIFO {path}"))?;
+    crate::files::fill_pipe(remote, spare, rec, &format!("the FIFO {path}"))?;
     Ok(spare)
 }
 
-/// Opens an end of `fifo` anew at fd `rec.fd` of this process, with the end's access mode
-/// and `O_NONBLOCK` (the spare of [`make`] is a reader and a writer, so neither side
-/// waits nor fails with `ENXIO`). The caller sets the end's status flags.
-#[allow(clippy::too_many_arguments)]
+/// Opens an end of `fifo` anew at fd `rec.fd` of the process `remote`, with the end's
+/// access mode and `O_NONBLOCK` (the spare of [`make`] is a reader and a writer, so
+/// neither side waits nor fails with `ENXIO`). The caller sets the end's status flags.
 pub fn open_end(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     fifo: &Fifo,
     rec: &FdRecord,
     cloexec: u64,
 ) -> Result<(), EngineError> {
     let (path, target) = (fifo.path.as_str(), rec.fd as u64);
-    let at = scratch.path(mem, host, 0, path)?;
+    let at = remote.path(0, path)?;
     let access = u64::from(rec.flags & libc::O_ACCMODE as u32);
     let flags = access | (libc::O_NONBLOCK | libc::O_NOFOLLOW) as u64 | cloexec;
-    let tmp = task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
+    let tmp = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
         format!("open {path} for fd {target}")
     })?;
     if tmp != target {
-        task.call(gadget, libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
-        task.call(gadget, libc::SYS_close, &[tmp], || "close".into())?;
+        remote.call(libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
+        remote.call(libc::SYS_close, &[tmp], || "close".into())?;
     }
-    ensure_fifo(host, target, path)
+    ensure_fifo(remote.pid, target, path)
 }
 
 /// Fd `fd` of `host` must be open on a FIFO.

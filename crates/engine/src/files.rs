@@ -10,14 +10,13 @@
 //! so it is the same description again: one position, one set of flags.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 
 use migrate_proto::records::{FdKind, FdRecord, FileLock, LockKind, PipeRecord};
 
 use crate::error::{EngineError, Refusals, io_err};
-use crate::inject::{Scratch, Task};
+use crate::inject::{Remote, Task};
 use crate::mm::{check_file, file_id};
 use crate::objects::{Live, Named, Registry};
 use crate::procfs;
@@ -415,16 +414,11 @@ fn copy_from(
     Ok(())
 }
 
-/// Installs every fd of the image in the process `task` belongs to (`pid_ns`, `host`),
+/// Installs every fd of the image in the process `remote` (`pid_ns` in the container),
 /// closing whatever it had (a stub's own, or those inherited from its parent).
-#[allow(clippy::too_many_arguments)]
 pub fn restore(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
+    remote: &mut Remote<'_>,
     pid_ns: i32,
-    scratch: Scratch,
     fds: &[FdRecord],
     world: &mut FdWorld,
 ) -> Result<(), EngineError> {
@@ -434,7 +428,7 @@ pub fn restore(
         // PID 1, a stub: its stdout and stderr are the new shim's pipes.
         for (fd, name) in [(1u64, "stdout"), (2, "stderr")] {
             let copy =
-                task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 16], || {
+                remote.call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 16], || {
                     format!("fcntl(F_DUPFD, {name})")
                 })?;
             world.external.insert(name.to_string(), (pid_ns, copy));
@@ -442,13 +436,14 @@ pub fn restore(
         }
     }
     let keep: Vec<u64> = world.spares.iter().filter(|(p, _)| *p == pid_ns).map(|(_, fd)| *fd).collect();
+    let host = remote.pid;
     let open_now: Vec<u64> = std::fs::read_dir(format!("/proc/{host}/fd"))
         .map_err(io_err("list", format!("/proc/{host}/fd")))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|fd| !keep.contains(fd))
         .collect();
     for fd in open_now {
-        task.call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
+        remote.call(libc::SYS_close, &[fd], || format!("close({fd})"))?;
     }
     // Descriptions made here, not copied: their flock and OFD locks are taken here.
     let mut made = Vec::new();
@@ -456,7 +451,7 @@ pub fn restore(
         let cloexec = if rec.flags & libc::O_CLOEXEC as u32 != 0 { libc::O_CLOEXEC as u64 } else { 0 };
         let target = rec.fd as u64;
         if let Some(&(from, fd)) = world.files.get(&rec.file_id) {
-            copy_from(task, gadget, from, fd, target, cloexec)?;
+            copy_from(remote.task, remote.gadget, from, fd, target, cloexec)?;
             continue;
         }
         made.push(rec.file_id);
@@ -465,33 +460,33 @@ pub fn restore(
                 let &(from, fd) = world.external.get(name).ok_or_else(|| {
                     EngineError::Incompatible(format!("fd {}: unknown external object {name:?}", rec.fd))
                 })?;
-                copy_from(task, gadget, from, fd, target, cloexec)?;
+                copy_from(remote.task, remote.gadget, from, fd, target, cloexec)?;
             }
             FdKind::Pipe { inode, write } => {
                 let (from, r, w) = match world.pipes.get(inode) {
                     Some(&ends) => ends,
                     None => {
-                        let ends = make_pipe(task, gadget, mem, host, pid_ns, scratch, *inode, base, world)?;
+                        let ends = make_pipe(remote, pid_ns, *inode, base, world)?;
                         world.pipes.insert(*inode, ends);
                         ends
                     }
                 };
                 match world.records.get(inode).and_then(|p| p.fifo.clone()) {
                     // A FIFO's ends are opened anew, each its own description.
-                    Some(f) => crate::fifo::open_end(task, gadget, mem, host, scratch, &f, rec, cloexec)?,
-                    None => copy_from(task, gadget, from, if *write { w } else { r }, target, cloexec)?,
+                    Some(f) => crate::fifo::open_end(remote, &f, rec, cloexec)?,
+                    None => {
+                        let end = if *write { w } else { r };
+                        copy_from(remote.task, remote.gadget, from, end, target, cloexec)?
+                    }
                 }
                 // Status flags (O_NONBLOCK) belong to the description, set once here.
                 let status = rec.flags & (libc::O_NONBLOCK | libc::O_ASYNC) as u32;
-                task.call(
-                    gadget,
-                    libc::SYS_fcntl,
-                    &[target, libc::F_SETFL as u64, u64::from(status)],
-                    || format!("fcntl(F_SETFL) of fd {target}"),
-                )?;
+                remote.call(libc::SYS_fcntl, &[target, libc::F_SETFL as u64, u64::from(status)], || {
+                    format!("fcntl(F_SETFL) of fd {target}")
+                })?;
             }
             FdKind::File { .. } | FdKind::Dir { .. } | FdKind::Device { .. } | FdKind::Object { .. } => {
-                open_file(task, gadget, mem, host, scratch, rec, cloexec, world)?
+                open_file(remote, rec, cloexec, world)?
             }
         }
         world.files.insert(rec.file_id, (pid_ns, target));
@@ -499,7 +494,7 @@ pub fn restore(
     for rec in fds {
         for lock in &rec.locks {
             if lock.kind == LockKind::Posix || made.contains(&rec.file_id) {
-                take_lock(task, gadget, mem, host, scratch, rec, lock)?;
+                take_lock(remote, rec, lock)?;
             }
         }
     }
@@ -508,21 +503,13 @@ pub fn restore(
 
 /// Takes `lock` again through fd `rec.fd`, without waiting: a conflicting lock here
 /// (held by a process outside the container) is an error, not a wait.
-fn take_lock(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
-    rec: &FdRecord,
-    lock: &FileLock,
-) -> Result<(), EngineError> {
+fn take_lock(remote: &mut Remote<'_>, rec: &FdRecord, lock: &FileLock) -> Result<(), EngineError> {
     let fd = rec.fd as u64;
     let what = || format!("{:?} {} lock on fd {fd}", lock.kind, if lock.write { "write" } else { "read" });
     let res = match lock.kind {
         LockKind::Flock => {
             let op = if lock.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
-            task.syscall(gadget, libc::SYS_flock, &[fd, op as u64])?
+            remote.syscall(libc::SYS_flock, &[fd, op as u64])?
         }
         LockKind::Posix | LockKind::Ofd => {
             // struct flock (x86-64): short l_type, short l_whence, off_t l_start,
@@ -536,9 +523,9 @@ fn take_lock(
             b.extend_from_slice(&lock.start.to_ne_bytes());
             b.extend_from_slice(&len.to_ne_bytes());
             b.extend_from_slice(&[0; 8]);
-            let at = scratch.write(mem, host, 0, &b)?;
+            let at = remote.write(0, &b)?;
             let cmd = if lock.kind == LockKind::Ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
-            task.syscall(gadget, libc::SYS_fcntl, &[fd, cmd as u64, at])?
+            remote.syscall(libc::SYS_fcntl, &[fd, cmd as u64, at])?
         }
     };
     res.map(|_| ()).map_err(|errno| match errno {
@@ -546,17 +533,12 @@ fn take_lock(
             "the {} cannot be taken again: a process outside the container holds a conflicting lock on the file",
             what()
         )),
-        errno => EngineError::Injected { pid: host, call: what(), errno },
+        errno => EngineError::Injected { pid: remote.pid, call: what(), errno },
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn open_file(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     rec: &FdRecord,
     cloexec: u64,
     world: &FdWorld,
@@ -564,7 +546,7 @@ fn open_file(
     let target = rec.fd as u64;
     let (path, pos): (&str, u64) = match &rec.kind {
         FdKind::File { file, pos } => {
-            check_file(host, file, false)?;
+            check_file(remote.pid, file, false)?;
             (&file.path, *pos)
         }
         FdKind::Dir { path, pos } => (path, *pos),
@@ -574,19 +556,18 @@ fn open_file(
         FdKind::Pipe { .. } | FdKind::External { .. } => return Ok(()),
     };
     let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
-    let at = scratch.path(mem, host, 0, path)?;
-    let tmp = task.call(
-        gadget,
+    let at = remote.path(0, path)?;
+    let tmp = remote.call(
         libc::SYS_openat,
         &[libc::AT_FDCWD as u64, at, u64::from(rec.flags & keep) | cloexec, 0],
         || format!("open {path} for fd {}", rec.fd),
     )?;
     if tmp != target {
-        task.call(gadget, libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
-        task.call(gadget, libc::SYS_close, &[tmp], || "close".into())?;
+        remote.call(libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
+        remote.call(libc::SYS_close, &[tmp], || "close".into())?;
     }
     if pos != 0 {
-        task.call(gadget, libc::SYS_lseek, &[target, pos, libc::SEEK_SET as u64], || {
+        remote.call(libc::SYS_lseek, &[target, pos, libc::SEEK_SET as u64], || {
             format!("lseek fd {target} to {pos}")
         })?;
     }
@@ -595,25 +576,20 @@ fn open_file(
 
 /// Gives the pipe or FIFO whose write end (or read-write end) is `fd` its capacity and
 /// the bytes buffered in it; `what` names it in errors.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn fill_pipe(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     fd: u64,
     rec: &PipeRecord,
     what: &str,
 ) -> Result<(), EngineError> {
-    task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
+    remote.call(libc::SYS_fcntl, &[fd, libc::F_SETPIPE_SZ as u64, u64::from(rec.size)], || {
         format!("fcntl(F_SETPIPE_SZ, {}) of {what}", rec.size)
     })?;
     let mut done = 0;
     for chunk in rec.data.chunks(16 << 10) {
-        let at = scratch.write(mem, host, 32 << 10, chunk)?;
-        let n = task
-            .call(gadget, libc::SYS_write, &[fd, at, chunk.len() as u64], || format!("write into {what}"))?;
+        let at = remote.write(32 << 10, chunk)?;
+        let n =
+            remote.call(libc::SYS_write, &[fd, at, chunk.len() as u64], || format!("write into {what}"))?;
         done += n;
         if n != chunk.len() as u64 {
             return Err(EngineError::Incompatible(format!("{what} took {done} of {} bytes", rec.data.len())));
@@ -624,14 +600,9 @@ pub(crate) fn fill_pipe(
 
 /// Makes pipe `inode` in this process, sized and filled as it was, both ends kept at
 /// spare fds for every process that holds one; returns `(ns pid, read fd, write fd)`.
-#[allow(clippy::too_many_arguments)]
 fn make_pipe(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
+    remote: &mut Remote<'_>,
     pid_ns: i32,
-    scratch: Scratch,
     inode: u64,
     base: u64,
     world: &mut FdWorld,
@@ -642,25 +613,23 @@ fn make_pipe(
         .cloned()
         .ok_or_else(|| EngineError::Incompatible(format!("pipe:[{inode}] has no record")))?;
     if let Some(fifo) = &rec.fifo {
-        let spare =
-            crate::fifo::make(task, gadget, mem, host, pid_ns, scratch, &rec, fifo, base, &mut world.spares)?;
+        let spare = crate::fifo::make(remote, pid_ns, &rec, fifo, base, &mut world.spares)?;
         return Ok((pid_ns, spare, spare));
     }
-    task.call(gadget, libc::SYS_pipe2, &[scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;
-    let fds = scratch.read(mem, host, 0, 8)?;
+    remote.call(libc::SYS_pipe2, &[remote.scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;
+    let fds = remote.read(0, 8)?;
     let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
     let (mut r, mut w) = (end(0), end(4));
     let mut moved = Vec::new();
     for fd in [&mut r, &mut w] {
-        let hi =
-            task.call(gadget, libc::SYS_fcntl, &[*fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
-                "fcntl(F_DUPFD)".into()
-            })?;
-        task.call(gadget, libc::SYS_close, &[*fd], || "close".into())?;
+        let hi = remote.call(libc::SYS_fcntl, &[*fd, libc::F_DUPFD_CLOEXEC as u64, base + 32], || {
+            "fcntl(F_DUPFD)".into()
+        })?;
+        remote.call(libc::SYS_close, &[*fd], || "close".into())?;
         *fd = hi;
         moved.push(hi);
     }
-    fill_pipe(task, gadget, mem, host, scratch, w, &rec, &format!("pipe:[{inode}]"))?;
+    fill_pipe(remote, w, &rec, &format!("pipe:[{inode}]"))?;
     world.spares.extend(moved.into_iter().map(|fd| (pid_ns, fd)));
     Ok((pid_ns, r, w))
 }

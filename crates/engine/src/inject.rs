@@ -8,7 +8,8 @@
 //! registers restores its restart state too.
 //!
 //! Calls that take or return memory use a scratch mapping in the task (mapped and
-//! unmapped by injection, never part of a dump).
+//! unmapped by injection, never part of a dump). [`Remote`] holds a process's task,
+//! gadget, memory and scratch page together, for the code that works inside it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -83,6 +84,59 @@ impl Task {
             call: call(),
             errno,
         })
+    }
+}
+
+/// A stopped process we act inside: the thread that runs injected calls, the `syscall`
+/// gadget it runs them through, its memory, its pid (in our namespace) and a scratch page.
+///
+/// Every step of a restore, and the injected part of a dump, needs all five: bundled, a
+/// step's signature shows only what is its own. `pid` is the process's, not necessarily
+/// `task`'s thread id: a new thread is rebuilt through a task of its own, in the same
+/// process, memory and scratch page.
+#[derive(Debug)]
+pub struct Remote<'a> {
+    pub task: &'a mut Task,
+    pub gadget: u64,
+    pub mem: &'a File,
+    pub pid: i32,
+    pub scratch: Scratch,
+}
+
+impl Remote<'_> {
+    /// [`Task::syscall`] through the gadget.
+    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<Result<u64, Errno>, EngineError> {
+        self.task.syscall(self.gadget, nr, args)
+    }
+
+    /// [`Task::syscall_cloning`] through the gadget.
+    pub fn syscall_cloning(
+        &mut self,
+        nr: i64,
+        args: &[u64],
+        on_clone: impl FnMut(i32),
+    ) -> Result<Result<u64, Errno>, EngineError> {
+        self.task.syscall_cloning(self.gadget, nr, args, on_clone)
+    }
+
+    /// [`Task::call`] through the gadget.
+    pub fn call(&mut self, nr: i64, args: &[u64], call: impl FnOnce() -> String) -> Result<u64, EngineError> {
+        self.task.call(self.gadget, nr, args, call)
+    }
+
+    /// [`Scratch::write`] into this process's scratch page.
+    pub fn write(&self, off: u64, bytes: &[u8]) -> Result<u64, EngineError> {
+        self.scratch.write(self.mem, self.pid, off, bytes)
+    }
+
+    /// [`Scratch::read`] from this process's scratch page.
+    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
+        self.scratch.read(self.mem, self.pid, off, len)
+    }
+
+    /// [`Scratch::path`] into this process's scratch page.
+    pub fn path(&self, off: u64, path: &str) -> Result<u64, EngineError> {
+        self.scratch.path(self.mem, self.pid, off, path)
     }
 }
 

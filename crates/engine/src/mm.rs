@@ -5,14 +5,13 @@
 //! the dumped addresses (same kernel build required), each VMA is mapped at its address
 //! with its protection, and one `prctl(PR_SET_MM_MAP)` sets the mm fields.
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
 
 use crate::error::{EngineError, read_proc};
 use crate::files::FdWorld;
-use crate::inject::{Scratch, Task};
+use crate::inject::{Remote, Task};
 use crate::objects::{Named, Registry};
 use crate::procfs::{self, MapEntry};
 
@@ -295,16 +294,11 @@ pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
     (candidate + len <= 0x7fff_0000_0000).then_some(candidate)
 }
 
-/// Maps every non-vDSO VMA of the image in the stub but those it keeps. Files are opened
-/// by the stub itself (in the container's mount namespace) and closed again; objects are
-/// opened where their owner keeps them (`world`).
-#[allow(clippy::too_many_arguments)]
+/// Maps every non-vDSO VMA of the image in the stub `remote` but those it keeps. Files
+/// are opened by the stub itself (in the container's mount namespace) and closed again;
+/// objects are opened where their owner keeps them (`world`).
 pub fn map_vmas(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    stub: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     vmas: &[Vma],
     kept: &[&Vma],
     world: &FdWorld,
@@ -321,7 +315,7 @@ pub fn map_vmas(
             backing => {
                 let (path, shared) = match backing {
                     VmaBacking::File { file, shared } => {
-                        check_file(stub, file, true)?;
+                        check_file(remote.pid, file, true)?;
                         (file.path.as_str(), *shared)
                     }
                     VmaBacking::Object { id, shared } => (world.object_path(*id)?, *shared),
@@ -333,9 +327,8 @@ pub fn map_vmas(
                 } else {
                     libc::O_RDONLY
                 };
-                let at = scratch.path(mem, stub, 0, path)?;
-                let fd = task.call(
-                    gadget,
+                let at = remote.path(0, path)?;
+                let fd = remote.call(
                     libc::SYS_openat,
                     &[libc::AT_FDCWD as u64, at, (mode | libc::O_CLOEXEC) as u64, 0],
                     || format!("open {path}"),
@@ -343,14 +336,13 @@ pub fn map_vmas(
                 (Some(fd), v.offset)
             }
         };
-        let res = task.call(
-            gadget,
+        let res = remote.call(
             libc::SYS_mmap,
             &[v.start, len, u64::from(v.prot), flags as u64, fd.unwrap_or(u64::MAX), offset],
             || format!("mmap of VMA {:#x}-{:#x} ({})", v.start, v.end, v.name),
         );
         if let Some(fd) = fd {
-            task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+            remote.call(libc::SYS_close, &[fd], || "close".into())?;
         }
         let addr = res?;
         if addr != v.start {
@@ -358,7 +350,7 @@ pub fn map_vmas(
         }
         for (flag, advice) in ADVICE {
             if v.advice.iter().any(|a| a == flag) {
-                task.call(gadget, libc::SYS_madvise, &[v.start, len, advice as u64], || {
+                remote.call(libc::SYS_madvise, &[v.start, len, advice as u64], || {
                     format!("madvise({flag}) of {:#x}", v.start)
                 })?;
             }
@@ -369,14 +361,8 @@ pub fn map_vmas(
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP)`: code/data/brk/stack/arg/env boundaries, auxv and the
 /// exe link, in one call (it needs CAP_CHECKPOINT_RESTORE, not CAP_SYS_RESOURCE).
-pub fn set_mm(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    stub: i32,
-    scratch: Scratch,
-    mm: &MmFields,
-) -> Result<(), EngineError> {
+pub fn set_mm(remote: &mut Remote<'_>, mm: &MmFields) -> Result<(), EngineError> {
+    let stub = remote.pid;
     check_file(stub, &mm.exe, true)?;
     // The kernel refuses (EBUSY) to replace an exe link while the old file is still
     // mapped: a child forked from a parent with the same executable keeps the link.
@@ -387,16 +373,15 @@ pub fn set_mm(
     let exe_fd = if same(&format!("/proc/{stub}/exe"), &format!("/proc/{stub}/root{}", mm.exe.path)) {
         None
     } else {
-        let at = scratch.path(mem, stub, 1024, &mm.exe.path)?;
-        Some(task.call(
-            gadget,
+        let at = remote.path(1024, &mm.exe.path)?;
+        Some(remote.call(
             libc::SYS_openat,
             &[libc::AT_FDCWD as u64, at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0],
             || format!("open {}", mm.exe.path),
         )?)
     };
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let auxv_at = scratch.write(mem, stub, 4096, &auxv)?;
+    let auxv_at = remote.write(4096, &auxv)?;
     // struct prctl_mm_map (linux/prctl.h): eleven u64, the auxv pointer, its size (u32)
     // and the exe fd (u32) = 104 bytes.
     let mut b = Vec::with_capacity(104);
@@ -419,15 +404,14 @@ pub fn set_mm(
     b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
     // -1: keep the exe link as it is.
     b.extend_from_slice(&exe_fd.map_or(u32::MAX, |fd| fd as u32).to_ne_bytes());
-    let map_at = scratch.write(mem, stub, 0, &b)?;
-    let res = task.call(
-        gadget,
+    let map_at = remote.write(0, &b)?;
+    let res = remote.call(
         libc::SYS_prctl,
         &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_at, b.len() as u64, 0],
         || "prctl(PR_SET_MM_MAP)".into(),
     );
     if let Some(fd) = exe_fd {
-        task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+        remote.call(libc::SYS_close, &[fd], || "close".into())?;
     }
     res.map(|_| ())
 }

@@ -22,7 +22,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use migrate_proto::records::{ObjectKind, ObjectRecord};
 
 use crate::error::{EngineError, io_err};
-use crate::inject::{Scratch, Task};
+use crate::inject::Remote;
 
 /// `F_SEAL_SEAL`: no more seals; a memfd made without `MFD_ALLOW_SEALING` has just this.
 const F_SEAL_SEAL: u32 = 0x1;
@@ -133,20 +133,15 @@ pub struct Live {
     pub record: ObjectRecord,
 }
 
-/// Creates `rec` in the process `task` belongs to (`host`, `pid_ns` in the container),
-/// keeping it at a spare fd at or above `base`; returns the spare fd and the object.
-#[allow(clippy::too_many_arguments)]
+/// Creates `rec` in the process `remote` (`pid_ns` in the container), keeping it at a
+/// spare fd at or above `base`; returns the spare fd and the object.
 pub fn create(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
+    remote: &mut Remote<'_>,
     pid_ns: i32,
-    scratch: Scratch,
     rec: &ObjectRecord,
     base: u64,
 ) -> Result<(u64, Live), EngineError> {
-    let id = rec.id;
+    let (id, host) = (rec.id, remote.pid);
     let fd = match &rec.kind {
         ObjectKind::AnonShared => {
             // The kernel makes this shmem only for a shared anonymous mmap: make one,
@@ -154,30 +149,29 @@ pub fn create(
             let len = rec.size.next_multiple_of(4096).max(4096);
             let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
             let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-            let at = task.call(gadget, libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0], || {
+            let at = remote.call(libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0], || {
                 format!("mmap of shared memory (object {id})")
             })?;
             let link = format!("/proc/self/map_files/{at:x}-{:x}", at + len);
-            let p = scratch.path(mem, host, 0, &link)?;
-            let fd = task.call(
-                gadget,
+            let p = remote.path(0, &link)?;
+            let fd = remote.call(
                 libc::SYS_openat,
                 &[libc::AT_FDCWD as u64, p, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0],
                 || format!("open {link}"),
             );
-            task.call(gadget, libc::SYS_munmap, &[at, len], || "munmap".into())?;
+            remote.call(libc::SYS_munmap, &[at, len], || "munmap".into())?;
             fd?
         }
         ObjectKind::Memfd { name, seals } => {
-            let p = scratch.path(mem, host, 0, name)?;
+            let p = remote.path(0, name)?;
             let exec = if seals & F_SEAL_EXEC != 0 { MFD_NOEXEC_SEAL } else { MFD_EXEC };
             // One with only F_SEAL_SEAL was made without MFD_ALLOW_SEALING: so is this.
             let sealing = if *seals == F_SEAL_SEAL { 0 } else { MFD_ALLOW_SEALING };
-            let fd = match task.syscall(gadget, libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing | exec])? {
+            let fd = match remote.syscall(libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing | exec])? {
                 Ok(fd) => fd,
                 // A kernel before 6.3 knows neither exec flag.
                 Err(nix::errno::Errno::EINVAL) => {
-                    task.call(gadget, libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing], || {
+                    remote.call(libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing], || {
                         format!("memfd_create({name:?})")
                     })?
                 }
@@ -189,7 +183,7 @@ pub fn create(
                     });
                 }
             };
-            task.call(gadget, libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
+            remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
             fd
         }
         ObjectKind::Deleted { path, mode, .. } => {
@@ -198,12 +192,10 @@ pub fn create(
             let flags = (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC) as u64;
             let mut made = None;
             for name in [path.clone(), format!("{path}.migrate-deleted-{id}")] {
-                let p = scratch.path(mem, host, 0, &name)?;
-                match task.syscall(
-                    gadget,
-                    libc::SYS_openat,
-                    &[libc::AT_FDCWD as u64, p, flags, u64::from(*mode)],
-                )? {
+                let p = remote.path(0, &name)?;
+                match remote
+                    .syscall(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, flags, u64::from(*mode)])?
+                {
                     Ok(fd) => {
                         made = Some((fd, p));
                         break;
@@ -221,17 +213,14 @@ pub fn create(
             let (fd, p) = made.ok_or_else(|| {
                 EngineError::Incompatible(format!("cannot recreate deleted file {path}: its names are taken"))
             })?;
-            task.call(gadget, libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || {
-                format!("unlink {path}")
-            })?;
-            task.call(gadget, libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
+            remote.call(libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || format!("unlink {path}"))?;
+            remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
             fd
         }
     };
-    let anchor = task.call(gadget, libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || {
-        "fcntl(F_DUPFD)".into()
-    })?;
-    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    let anchor = remote
+        .call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || "fcntl(F_DUPFD)".into())?;
+    remote.call(libc::SYS_close, &[fd], || "close".into())?;
     let file = File::from(crate::files::take(host, anchor as i32)?);
     if let ObjectKind::Deleted { uid, gid, mode, .. } = &rec.kind {
         let err = |op| {

@@ -2,59 +2,42 @@
 //! timers, credentials, rlimits, cwd, umask, personality — dumped from `/proc` or by
 //! injected calls, restored by injected calls.
 
-use std::fs::File;
-
 use migrate_proto::records::{Creds, ITimer, Rlimit, SigAction};
 
 use crate::error::{EngineError, read_proc};
-use crate::inject::{Scratch, Task};
+use crate::inject::Remote;
 use crate::procfs;
 
 /// The pid namespace's last allocated pid, as its processes see it.
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
-/// The last pid the container's pid namespace handed out: read by `task` (in that
+/// The last pid the container's pid namespace handed out: read by `remote` (in that
 /// namespace, with the container's `/proc`) through injected calls.
-pub fn dump_last_pid(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-) -> Result<i32, EngineError> {
-    let at = scratch.path(mem, pid, 0, NS_LAST_PID)?;
-    let fd =
-        task.call(gadget, libc::SYS_openat, &[libc::AT_FDCWD as u64, at, libc::O_RDONLY as u64, 0], || {
-            format!("open {NS_LAST_PID}")
-        })?;
+pub fn dump_last_pid(remote: &mut Remote<'_>) -> Result<i32, EngineError> {
+    let at = remote.path(0, NS_LAST_PID)?;
+    let fd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, libc::O_RDONLY as u64, 0], || {
+        format!("open {NS_LAST_PID}")
+    })?;
     let n =
-        task.call(gadget, libc::SYS_read, &[fd, scratch.addr + 1024, 32], || format!("read {NS_LAST_PID}"));
-    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
-    let text = scratch.read(mem, pid, 1024, n? as usize)?;
+        remote.call(libc::SYS_read, &[fd, remote.scratch.addr + 1024, 32], || format!("read {NS_LAST_PID}"));
+    remote.call(libc::SYS_close, &[fd], || "close".into())?;
+    let text = remote.read(1024, n? as usize)?;
     String::from_utf8_lossy(&text).trim().parse().map_err(|_| {
-        EngineError::proc(pid, "ns_last_pid")(format!("{:?} is not a pid", String::from_utf8_lossy(&text)))
+        EngineError::proc(remote.pid, "ns_last_pid")(format!(
+            "{:?} is not a pid",
+            String::from_utf8_lossy(&text)
+        ))
     })
 }
 
 /// Sets the last pid of the restored namespace, so that new processes get pids after it
 /// as they would have at the source, not pids just freed; returns a warning if the
 /// kernel refuses (it needs CAP_SYS_ADMIN, which the container's PID 1 may have dropped).
-pub fn restore_last_pid(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-    last: i32,
-) -> Result<Option<String>, EngineError> {
-    let at = scratch.path(mem, pid, 0, NS_LAST_PID)?;
+pub fn restore_last_pid(remote: &mut Remote<'_>, last: i32) -> Result<Option<String>, EngineError> {
+    let at = remote.path(0, NS_LAST_PID)?;
     let value = last.to_string();
-    let buf = scratch.write(mem, pid, 1024, value.as_bytes())?;
-    let fd = match task.syscall(
-        gadget,
-        libc::SYS_openat,
-        &[libc::AT_FDCWD as u64, at, libc::O_WRONLY as u64, 0],
-    )? {
+    let buf = remote.write(1024, value.as_bytes())?;
+    let fd = match remote.syscall(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, libc::O_WRONLY as u64, 0])? {
         Ok(fd) => fd,
         Err(errno) => {
             return Ok(Some(format!(
@@ -62,8 +45,8 @@ pub fn restore_last_pid(
             )));
         }
     };
-    let wrote = task.syscall(gadget, libc::SYS_write, &[fd, buf, value.len() as u64])?;
-    task.call(gadget, libc::SYS_close, &[fd], || "close".into())?;
+    let wrote = remote.syscall(libc::SYS_write, &[fd, buf, value.len() as u64])?;
+    remote.call(libc::SYS_close, &[fd], || "close".into())?;
     Ok(wrote.err().map(|errno| format!("the pid counter was not restored (write {NS_LAST_PID}: {errno}): new processes may get low pids again")))
 }
 
@@ -77,19 +60,13 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 }
 
 /// Every signal's disposition, by injected `rt_sigaction(sig, NULL, &old)`.
-pub fn dump_sigactions(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-) -> Result<Vec<SigAction>, EngineError> {
+pub fn dump_sigactions(remote: &mut Remote<'_>) -> Result<Vec<SigAction>, EngineError> {
     let mut out = Vec::new();
     for sig in (1..=64).filter(|&s| settable(s)) {
-        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, 0, scratch.addr, 8], || {
+        remote.call(libc::SYS_rt_sigaction, &[sig as u64, 0, remote.scratch.addr, 8], || {
             format!("rt_sigaction({sig})")
         })?;
-        let b = scratch.read(mem, pid, 0, 32)?;
+        let b = remote.read(0, 32)?;
         out.push(SigAction {
             signo: sig,
             handler: u64_at(&b, 0),
@@ -101,14 +78,7 @@ pub fn dump_sigactions(
     Ok(out)
 }
 
-pub fn restore_sigactions(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-    acts: &[SigAction],
-) -> Result<(), EngineError> {
+pub fn restore_sigactions(remote: &mut Remote<'_>, acts: &[SigAction]) -> Result<(), EngineError> {
     // Signals the image does not mention get their default, not the stub's handler.
     for sig in (1..=64).filter(|&s| settable(s)) {
         let act = acts.iter().find(|a| a.signo == sig).copied().unwrap_or(SigAction {
@@ -122,42 +92,27 @@ pub fn restore_sigactions(
         for v in [act.handler, act.flags, act.restorer, act.mask] {
             b.extend_from_slice(&v.to_ne_bytes());
         }
-        let at = scratch.write(mem, pid, 0, &b)?;
-        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || {
-            format!("rt_sigaction({sig})")
-        })?;
+        let at = remote.write(0, &b)?;
+        remote.call(libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || format!("rt_sigaction({sig})"))?;
     }
     Ok(())
 }
 
 /// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, by injected `getitimer`.
-pub fn dump_itimers(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-) -> Result<[ITimer; 3], EngineError> {
+pub fn dump_itimers(remote: &mut Remote<'_>) -> Result<[ITimer; 3], EngineError> {
     let mut out = [ITimer::default(); 3];
     for (which, t) in out.iter_mut().enumerate() {
-        task.call(gadget, libc::SYS_getitimer, &[which as u64, scratch.addr], || {
+        remote.call(libc::SYS_getitimer, &[which as u64, remote.scratch.addr], || {
             format!("getitimer({which})")
         })?;
-        let b = scratch.read(mem, pid, 0, 32)?;
+        let b = remote.read(0, 32)?;
         let us = |i: usize| u64_at(&b, i).saturating_mul(1_000_000).saturating_add(u64_at(&b, i + 8));
         *t = ITimer { interval_us: us(0), value_us: us(16) };
     }
     Ok(out)
 }
 
-pub fn restore_itimers(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-    timers: &[ITimer; 3],
-) -> Result<(), EngineError> {
+pub fn restore_itimers(remote: &mut Remote<'_>, timers: &[ITimer; 3]) -> Result<(), EngineError> {
     for (which, t) in timers.iter().enumerate() {
         if t.value_us == 0 {
             continue;
@@ -167,8 +122,8 @@ pub fn restore_itimers(
             b.extend_from_slice(&(us / 1_000_000).to_ne_bytes());
             b.extend_from_slice(&(us % 1_000_000).to_ne_bytes());
         }
-        let at = scratch.write(mem, pid, 0, &b)?;
-        task.call(gadget, libc::SYS_setitimer, &[which as u64, at, 0], || format!("setitimer({which})"))?;
+        let at = remote.write(0, &b)?;
+        remote.call(libc::SYS_setitimer, &[which as u64, at, 0], || format!("setitimer({which})"))?;
     }
     Ok(())
 }
@@ -258,25 +213,20 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
 
 /// Restores what the stub does not already have; returns warnings for what the kernel
 /// refused (an rlimit above our own hard limit needs CAP_SYS_RESOURCE).
-#[allow(clippy::too_many_arguments)]
 pub fn restore_misc(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     rec: &migrate_proto::records::ProcessRecord,
 ) -> Result<Vec<String>, EngineError> {
     let mut warnings = Vec::new();
-    task.call(gadget, libc::SYS_personality, &[u64::from(rec.personality)], || "personality".into())?;
-    task.call(gadget, libc::SYS_umask, &[u64::from(rec.umask)], || "umask".into())?;
-    let at = scratch.path(mem, pid, 0, &rec.cwd)?;
-    task.call(gadget, libc::SYS_chdir, &[at], || format!("chdir({})", rec.cwd))?;
+    remote.call(libc::SYS_personality, &[u64::from(rec.personality)], || "personality".into())?;
+    remote.call(libc::SYS_umask, &[u64::from(rec.umask)], || "umask".into())?;
+    let at = remote.path(0, &rec.cwd)?;
+    remote.call(libc::SYS_chdir, &[at], || format!("chdir({})", rec.cwd))?;
     for l in &rec.rlimits {
         let mut b = l.cur.to_ne_bytes().to_vec();
         b.extend_from_slice(&l.max.to_ne_bytes());
-        let at = scratch.write(mem, pid, 0, &b)?;
-        if let Err(errno) = task.syscall(gadget, libc::SYS_prlimit64, &[0, u64::from(l.resource), at, 0])? {
+        let at = remote.write(0, &b)?;
+        if let Err(errno) = remote.syscall(libc::SYS_prlimit64, &[0, u64::from(l.resource), at, 0])? {
             warnings.push(format!(
                 "rlimit {} ({}/{}) not restored: {errno} (raising a hard limit needs CAP_SYS_RESOURCE)",
                 l.resource,
@@ -285,10 +235,11 @@ pub fn restore_misc(
             ));
         }
     }
+    let pid = remote.pid;
     let stub =
         procfs::parse_creds(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "credentials"))?;
     if stub != rec.creds {
-        restore_creds(task, gadget, mem, pid, scratch, &rec.creds)?;
+        restore_creds(remote, &rec.creds)?;
     }
     Ok(warnings)
 }
@@ -298,33 +249,24 @@ fn fmt_limit(v: u64) -> String {
 }
 
 /// Groups, gids, uids, then capabilities: each step needs the privileges the next drops.
-fn restore_creds(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-    c: &Creds,
-) -> Result<(), EngineError> {
+fn restore_creds(remote: &mut Remote<'_>, c: &Creds) -> Result<(), EngineError> {
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    let at = scratch.write(mem, pid, 0, &groups)?;
-    task.call(gadget, libc::SYS_setgroups, &[c.groups.len() as u64, at], || "setgroups".into())?;
-    task.call(gadget, libc::SYS_setresgid, &[c.gids[0].into(), c.gids[1].into(), c.gids[2].into()], || {
+    let at = remote.write(0, &groups)?;
+    remote.call(libc::SYS_setgroups, &[c.groups.len() as u64, at], || "setgroups".into())?;
+    remote.call(libc::SYS_setresgid, &[c.gids[0].into(), c.gids[1].into(), c.gids[2].into()], || {
         "setresgid".into()
     })?;
-    task.call(gadget, libc::SYS_setfsgid, &[c.gids[3].into()], || "setfsgid".into())?;
+    remote.call(libc::SYS_setfsgid, &[c.gids[3].into()], || "setfsgid".into())?;
     // Keep the permitted set across the uid change; capset below sets the real sets.
-    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1], || {
-        "prctl(PR_SET_KEEPCAPS)".into()
-    })?;
-    task.call(gadget, libc::SYS_setresuid, &[c.uids[0].into(), c.uids[1].into(), c.uids[2].into()], || {
+    remote.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1], || "prctl(PR_SET_KEEPCAPS)".into())?;
+    remote.call(libc::SYS_setresuid, &[c.uids[0].into(), c.uids[1].into(), c.uids[2].into()], || {
         "setresuid".into()
     })?;
-    task.call(gadget, libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
+    remote.call(libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
     for cap in 0..64u64 {
         if c.cap_bounding & (1 << cap) == 0 {
             // Fails with EINVAL for capabilities the kernel does not know: fine.
-            let _ = task.syscall(gadget, libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap])?;
+            let _ = remote.syscall(libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap])?;
         }
     }
     // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
@@ -337,13 +279,11 @@ fn restore_creds(
             b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
         }
     }
-    let hdr = scratch.write(mem, pid, 0, &b)?;
-    task.call(gadget, libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
-    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || {
-        "prctl(PR_SET_KEEPCAPS)".into()
-    })?;
+    let hdr = remote.write(0, &b)?;
+    remote.call(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
+    remote.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || "prctl(PR_SET_KEEPCAPS)".into())?;
     if c.no_new_privs {
-        task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
             "prctl(PR_SET_NO_NEW_PRIVS)".into()
         })?;
     }

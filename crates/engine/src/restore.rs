@@ -29,7 +29,7 @@ use nix::sys::ptrace::Options;
 use crate::error::EngineError;
 use crate::files::FdWorld;
 use crate::image::{self, Image};
-use crate::inject::{Scratch, Task};
+use crate::inject::{Remote, Scratch, Task};
 use crate::seize::{self, Seized};
 use crate::session::{Forks, Sessions};
 use crate::{Progress, files, host, memory, mm, objects, process, thread};
@@ -127,7 +127,8 @@ pub fn restore(
         let mem =
             b.seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{stub}/mem")))?;
         let last = img.manifest.last_pid.max(img.processes.iter().map(|p| p.pid).max().unwrap_or(1));
-        ctx.warnings.extend(process::restore_last_pid(b.seized.main(), gadget, &mem, stub, scratch, last)?);
+        let mut remote = Remote { task: b.seized.main(), gadget, mem: &mem, pid: stub, scratch };
+        ctx.warnings.extend(process::restore_last_pid(&mut remote, last)?);
     }
     for b in &mut ctx.built {
         let gadget = b.seized.gadget;
@@ -188,16 +189,18 @@ fn build(
     gadget = mm::move_vdso(s.main(), gadget, host, &rec.vmas, ctx.park)?;
     s.gadget = gadget;
     let scratch = Scratch::map(s.main(), gadget, Some(ctx.park + (16 << 20)))?;
+    // A handle of its own: `remote` borrows all of `s`, through `s.main()`.
     let mem = s.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{host}/mem")))?;
+    let mut remote = Remote { task: s.main(), gadget, mem: &mem, pid: host, scratch };
     // Spare fds above every fd of the image (see files::restore).
     let base = rec.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 48;
     for o in &rec.objects {
-        let (anchor, live) = objects::create(s.main(), gadget, &mem, host, rec.pid, scratch, o, base)?;
+        let (anchor, live) = objects::create(&mut remote, rec.pid, o, base)?;
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);
     }
-    mm::map_vmas(s.main(), gadget, &mem, host, scratch, &rec.vmas, &kept, &ctx.world)?;
-    mm::drop_uninherited(s.main(), gadget, &kept, &rec.inherited)?;
+    mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world)?;
+    mm::drop_uninherited(remote.task, gadget, &kept, &rec.inherited)?;
 
     progress(Progress::Phase("memory"));
     let t_mem = Instant::now();
@@ -205,18 +208,18 @@ fn build(
     ctx.memory_ms += t_mem.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("state"));
-    mm::set_mm(s.main(), gadget, &mem, host, scratch, mm_fields)?;
+    mm::set_mm(&mut remote, mm_fields)?;
     if let Some(parent) = parent {
-        ctx.sessions.settle(s.main(), gadget, &mem, scratch, rec, parent)?;
+        ctx.sessions.settle(&mut remote, rec, parent)?;
     }
-    files::restore(s.main(), gadget, &mem, host, rec.pid, scratch, &rec.fds, &mut ctx.world)?;
-    process::restore_sigactions(s.main(), gadget, &mem, host, scratch, &rec.sigactions)?;
+    files::restore(&mut remote, rec.pid, &rec.fds, &mut ctx.world)?;
+    process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
     let children: Vec<&ProcessRecord> =
         ctx.img.processes.iter().filter(|c| c.ppid == rec.pid && c.pid != rec.pid).collect();
     let mut forks = Forks::new(rec, host, &children);
     for child in children {
-        let Some(child_host) = forks.fork(s.main(), gadget, &mem, scratch, &mut ctx.sessions, child)? else {
+        let Some(child_host) = forks.fork(&mut remote, &mut ctx.sessions, child)? else {
             continue;
         };
         let tracee = StoppedTracee::adopt(child_host)
@@ -227,7 +230,8 @@ fn build(
                 // keeps them, and may be what keeps its group alive.
                 let mut task = Task::new(child_host, tracee)?;
                 let zmem = crate::inject::open_mem(child_host)?;
-                ctx.sessions.settle(&mut task, gadget, &zmem, scratch, child, rec)?;
+                let mut zombie = Remote { task: &mut task, gadget, mem: &zmem, pid: child_host, scratch };
+                ctx.sessions.settle(&mut zombie, child, rec)?;
                 make_zombie(task, gadget, child_host, scratch, child, status)?
             }
             None => {
@@ -236,64 +240,52 @@ fn build(
             }
         }
     }
-    forks.finish(s.main(), gadget, scratch)?;
+    forks.finish(remote.task, gadget, scratch)?;
 
     // Credentials after the children: they are forked with the stub's (root's), which
     // every step of building them needs, and each sets its own.
-    ctx.warnings.extend(process::restore_misc(s.main(), gadget, &mem, host, scratch, rec)?);
+    ctx.warnings.extend(process::restore_misc(&mut remote, rec)?);
     create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
-    let main_mask = thread::restore(s.main(), &rec.threads[0], rec.pid, gadget, &mem, host, scratch)?;
-    s.masks[0] = main_mask;
+    // The main thread by field, not by `main()`: its mask is set beside it.
+    let mut remote = Remote { task: &mut s.tasks[0], gadget, mem: &mem, pid: host, scratch };
+    s.masks[0] = thread::restore(&mut remote, &rec.threads[0], rec.pid)?;
     for sig in &rec.shared_pending {
-        let at = scratch.write(&mem, host, 0, &sig.raw)?;
-        s.main().call(gadget, libc::SYS_rt_sigqueueinfo, &[rec.pid as u64, sig.signo as u64, at], || {
+        let at = remote.write(0, &sig.raw)?;
+        remote.call(libc::SYS_rt_sigqueueinfo, &[rec.pid as u64, sig.signo as u64, at], || {
             format!("rt_sigqueueinfo(signal {})", sig.signo)
         })?;
     }
-    process::restore_itimers(s.main(), gadget, &mem, host, scratch, &rec.itimers)?;
+    process::restore_itimers(&mut remote, &rec.itimers)?;
     ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
     Ok(())
 }
 
-/// Forks a child with pid `pid` (in the container's namespace) from `task`, the main
-/// thread of `host`; returns its pid in ours. The child is stopped at birth
+/// Forks a child with pid `pid` (in the container's namespace) from `remote.task`, the
+/// main thread of `remote`; returns its pid in ours. The child is stopped at birth
 /// (`PTRACE_O_TRACEFORK`).
-pub(crate) fn fork(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
-    pid: i32,
-) -> Result<i32, EngineError> {
-    clone3(task, gadget, mem, host, scratch, pid, 0, libc::SIGCHLD as u64)
+pub(crate) fn fork(remote: &mut Remote<'_>, pid: i32) -> Result<i32, EngineError> {
+    clone3(remote, pid, 0, libc::SIGCHLD as u64)
 }
 
-/// `clone3` with `set_tid = [tid]`, injected in `task` (a thread of `host`).
-#[allow(clippy::too_many_arguments)]
+/// `clone3` with `set_tid = [tid]`, injected in `remote.task` (a thread of `remote`).
 pub(crate) fn clone3(
-    task: &mut Task,
-    gadget: u64,
-    mem: &File,
-    host: i32,
-    scratch: Scratch,
+    remote: &mut Remote<'_>,
     tid: i32,
     flags: u64,
     exit_signal: u64,
 ) -> Result<i32, EngineError> {
-    let set_tid_at = scratch.write(mem, host, 512, &(tid as u32).to_ne_bytes())?;
+    let set_tid_at = remote.write(512, &(tid as u32).to_ne_bytes())?;
     // struct clone_args (linux/sched.h, CLONE_ARGS_SIZE_VER2 = 88 bytes): flags, pidfd,
     // child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
     // cgroup. The new task starts on the caller's stack, but it is stopped before it runs
     // and gets its own registers.
     let args = [flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_at, 1, 0];
     let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let at = scratch.write(mem, host, 0, &bytes)?;
+    let at = remote.write(0, &bytes)?;
     let mut created = None;
-    let res =
-        task.syscall_cloning(gadget, libc::SYS_clone3, &[at, bytes.len() as u64], |t| created = Some(t))?;
+    let res = remote.syscall_cloning(libc::SYS_clone3, &[at, bytes.len() as u64], |t| created = Some(t))?;
     let got = res.map_err(|errno| EngineError::Injected {
-        pid: host,
+        pid: remote.pid,
         call: format!("clone3(set_tid {tid})"),
         errno,
     })?;
@@ -316,12 +308,13 @@ pub(crate) fn make_zombie(
     let (code, sig, pid_ns) = ((status >> 8) & 0xff, status & 0x7f, rec.pid);
     // Its own memory: the scratch page it inherited is a copy, not its parent's.
     let mem = &crate::inject::open_mem(host)?;
+    let mut remote = Remote { task: &mut task, gadget, mem, pid: host, scratch };
     // Its name is all `ps` still shows of it.
-    let at = scratch.path(mem, host, 0, &rec.comm)?;
-    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
+    let at = remote.path(0, &rec.comm)?;
+    remote.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
         format!("prctl(PR_SET_NAME, {:?})", rec.comm)
     })?;
-    let mut regs = task.saved;
+    let mut regs = remote.task.saved;
     regs.rip = gadget;
     regs.orig_rax = u64::MAX;
     if sig == 0 {
@@ -330,11 +323,11 @@ pub(crate) fn make_zombie(
     } else {
         // Killed by `sig`: its default action must run, and it must not be blocked.
         let dfl = [0u8; 32];
-        let at = scratch.write(mem, host, 0, &dfl)?;
-        task.call(gadget, libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || {
-            format!("rt_sigaction({sig})")
-        })?;
-        task.tracee
+        let at = remote.write(0, &dfl)?;
+        remote.call(libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || format!("rt_sigaction({sig})"))?;
+        remote
+            .task
+            .tracee
             .set_sigmask(!(1u64 << (sig - 1)))
             .map_err(EngineError::ptrace(host, "unblock the signal"))?;
         regs.rax = libc::SYS_tgkill as u64;
@@ -363,11 +356,13 @@ fn create_threads(
             | libc::CLONE_SIGHAND
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
-        let host_tid = clone3(s.main(), gadget, mem, host, scratch, t.tid, flags, 0)?;
+        let host_tid =
+            clone3(&mut Remote { task: s.main(), gadget, mem, pid: host, scratch }, t.tid, flags, 0)?;
         let tracee =
             StoppedTracee::adopt(host_tid).map_err(EngineError::ptrace(host_tid, "take the new thread"))?;
+        // The new thread is rebuilt through itself, in the same process.
         let task = s.adopt(host_tid, tracee, 0)?;
-        let mask = thread::restore(task, t, rec.pid, gadget, mem, host, scratch)?;
+        let mask = thread::restore(&mut Remote { task, gadget, mem, pid: host, scratch }, t, rec.pid)?;
         if let Some(m) = s.masks.last_mut() {
             *m = mask;
         }

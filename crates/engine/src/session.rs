@@ -40,7 +40,7 @@ use migrate_sys::pidfd::PidFd;
 use migrate_sys::ptrace::StoppedTracee;
 
 use crate::error::{EngineError, read_proc};
-use crate::inject::{Scratch, Task, open_mem};
+use crate::inject::{Remote, Scratch, Task, open_mem};
 use crate::procfs;
 use crate::restore::clone3;
 
@@ -104,29 +104,26 @@ impl Sessions {
     }
 
     /// Moves `rec`, just forked (from `parent`, or from its session's helper, see
-    /// [`Forks`]), into its session and group by calls injected in `task`, its main
-    /// thread; a group whose leader is gone and that no member has made yet is made here,
-    /// by a helper forked from `rec`. `mem` and `scratch` are `rec`'s.
+    /// [`Forks`]), into its session and group by calls injected in `remote`, `rec` here
+    /// (its main thread); a group whose leader is gone and that no member has made yet is
+    /// made here, by a helper forked from `rec`.
     pub(crate) fn settle(
         &mut self,
-        task: &mut Task,
-        gadget: u64,
-        mem: &File,
-        scratch: Scratch,
+        remote: &mut Remote<'_>,
         rec: &ProcessRecord,
         parent: &ProcessRecord,
     ) -> Result<(), EngineError> {
         let (me, up) = (Ids::of(rec), Ids::of(parent));
         let (pid, group) = (me.pid, me.pgid);
         if me.sid == pid {
-            task.call(gadget, libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
+            remote.call(libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
         }
         if group == me.born_in(&up) {
             // Inherited, or made by its session's helper or its own setsid().
         } else if group == pid {
-            task.call(gadget, libc::SYS_setpgid, &[0, 0], || format!("setpgid(0, 0) in pid {pid}"))?;
+            remote.call(libc::SYS_setpgid, &[0, 0], || format!("setpgid(0, 0) in pid {pid}"))?;
         } else if self.groups.contains(&group) {
-            task.call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
+            remote.call(libc::SYS_setpgid, &[0, group as u64], || {
                 format!("setpgid(0, {group}) in pid {pid}")
             })?;
         } else if self.ids.contains_key(&group) {
@@ -137,12 +134,12 @@ impl Sessions {
             )));
         } else {
             // No exit signal: its exit queues no SIGCHLD in `rec`.
-            let mut helper = Helper::fork(task, gadget, mem, scratch, group, "group", 0)?;
+            let mut helper = Helper::fork(remote, group, "group", 0)?;
             helper.call(libc::SYS_setpgid, &[0, 0], "setpgid(0, 0)")?;
-            task.call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
+            remote.call(libc::SYS_setpgid, &[0, group as u64], || {
                 format!("setpgid(0, {group}) in pid {pid}")
             })?;
-            helper.reap(task, gadget)?;
+            helper.reap(remote.task, remote.gadget)?;
         }
         self.groups.insert(group);
         Ok(())
@@ -191,29 +188,25 @@ impl<'a> Forks<'a> {
         Forks { parent, host, zombie_leaders, helpers: Vec::new(), subreaper: false }
     }
 
-    /// Forks `child` with its pid, from `parent` (the parent's main thread; `mem` and
-    /// `scratch` are the parent's) or from its session's helper; returns its pid here.
-    /// `None`: `child` is a zombie kept as its session's helper, made a zombie by
-    /// [`Forks::finish`].
+    /// Forks `child` with its pid, from `parent` (the parent here, through its main
+    /// thread) or from its session's helper; returns its pid here. `None`: `child` is a
+    /// zombie kept as its session's helper, made a zombie by [`Forks::finish`].
     pub(crate) fn fork(
         &mut self,
-        parent: &mut Task,
-        gadget: u64,
-        mem: &File,
-        scratch: Scratch,
+        parent: &mut Remote<'_>,
         sessions: &mut Sessions,
         child: &ProcessRecord,
     ) -> Result<Option<i32>, EngineError> {
         if self.zombie_leaders.iter().any(|z| z.pid == child.pid) {
-            self.helper(parent, gadget, mem, scratch, sessions, child.pid)?;
+            self.helper(parent, sessions, child.pid)?;
             return Ok(None);
         }
         if !Ids::of(child).needs_session_helper(&Ids::of(self.parent)) {
-            return crate::restore::fork(parent, gadget, mem, self.host, scratch, child.pid).map(Some);
+            return crate::restore::fork(parent, child.pid).map(Some);
         }
-        let i = self.helper(parent, gadget, mem, scratch, sessions, child.sid)?;
+        let i = self.helper(parent, sessions, child.sid)?;
         let h = &mut self.helpers[i];
-        let child_host = h.helper.fork_member(scratch, child.pid)?;
+        let child_host = h.helper.fork_member(parent.scratch, child.pid)?;
         h.born.push(child_host);
         Ok(Some(child_host))
     }
@@ -222,10 +215,7 @@ impl<'a> Forks<'a> {
     /// time; its index in `helpers`.
     fn helper(
         &mut self,
-        parent: &mut Task,
-        gadget: u64,
-        mem: &File,
-        scratch: Scratch,
+        parent: &mut Remote<'_>,
         sessions: &mut Sessions,
         sid: i32,
     ) -> Result<usize, EngineError> {
@@ -235,14 +225,14 @@ impl<'a> Forks<'a> {
         if self.parent.pid != 1 && !self.subreaper {
             // Set before the helper is forked: the kernel looks for subreapers only above
             // tasks born below one (`has_child_subreaper`).
-            subreaper(parent, gadget, 1)?;
+            subreaper(parent.task, parent.gadget, 1)?;
             self.subreaper = true;
         }
         let zombie = self.zombie_leaders.iter().find(|z| z.pid == sid).and_then(|z| Some((*z, z.zombie?)));
         // A zombie of the image is reaped by its parent's own wait(), which sees only
         // children with SIGCHLD as their exit signal.
         let exit_signal = if zombie.is_some() { libc::SIGCHLD as u64 } else { 0 };
-        let mut helper = Helper::fork(parent, gadget, mem, scratch, sid, "session", exit_signal)?;
+        let mut helper = Helper::fork(parent, sid, "session", exit_signal)?;
         helper.call(libc::SYS_setsid, &[], "setsid()")?;
         sessions.groups.insert(sid);
         self.helpers.push(SessionHelper { helper, zombie, born: Vec::new() });
@@ -308,18 +298,16 @@ struct Helper {
 }
 
 impl Helper {
-    /// Forks a helper with pid `pid` from `from`, stopped at birth.
+    /// Forks a helper with pid `pid` from `from`, stopped at birth; it runs its calls
+    /// through `from`'s gadget, which it inherits at the same address.
     fn fork(
-        from: &mut Task,
-        gadget: u64,
-        mem: &File,
-        scratch: Scratch,
+        from: &mut Remote<'_>,
         pid: i32,
         kind: &'static str,
         exit_signal: u64,
     ) -> Result<Helper, EngineError> {
-        let from_host = from.tid;
-        let host = clone3(from, gadget, mem, from_host, scratch, pid, 0, exit_signal)?;
+        let gadget = from.gadget;
+        let host = clone3(from, pid, 0, exit_signal)?;
         // Opened while it is stopped: its pid cannot be anybody else's yet.
         let pidfd = PidFd::open(host).map_err(|e| EngineError::Helper {
             what: format!("{kind} {pid} (pid {host} here)"),
@@ -348,11 +336,12 @@ impl Helper {
         Ok(())
     }
 
-    /// Forks a member of its session with pid `pid`; returns its pid here.
+    /// Forks a member of its session with pid `pid`; returns its pid here. `scratch` is
+    /// the page it inherited from its parent.
     fn fork_member(&mut self, scratch: Scratch, pid: i32) -> Result<i32, EngineError> {
         let (gadget, host, what) = (self.gadget, self.pidfd.pid(), self.what());
         let task = self.task.as_mut().ok_or_else(|| gone(what))?;
-        crate::restore::fork(task, gadget, &self.mem, host, scratch, pid)
+        crate::restore::fork(&mut Remote { task, gadget, mem: &self.mem, pid: host, scratch }, pid)
     }
 
     /// Lets it exit and reaps it by `wait4(pid, NULL, __WALL, NULL)` injected in `parent`.

@@ -6,12 +6,10 @@
 //! through `restart_syscall` (`-ERESTART_RESTARTBLOCK`, e.g. `nanosleep`) cannot carry
 //! that state to another kernel and gets `EINTR` instead, as in CRIU.
 
-use std::fs::File;
-
 use migrate_proto::records::{AltStack, Regs, Rseq, SigInfo, ThreadRecord};
 
 use crate::error::EngineError;
-use crate::inject::{Scratch, Task};
+use crate::inject::{Remote, Task};
 
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
@@ -82,40 +80,36 @@ pub fn resume_regs(r: &Regs) -> libc::user_regs_struct {
     out
 }
 
-/// Dumps the thread `task` (signals blocked, `mask` its real mask).
-pub fn dump(
-    task: &mut Task,
-    mask: u64,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-) -> Result<ThreadRecord, EngineError> {
-    let tid = task.tid;
-    let xstate = task.tracee.xstate().map_err(EngineError::ptrace(tid, "read xstate"))?;
-    let rseq = task
-        .tracee
+/// Dumps the thread `remote.task` (signals blocked, `mask` its real mask).
+pub fn dump(remote: &mut Remote<'_>, mask: u64) -> Result<ThreadRecord, EngineError> {
+    let (tid, pid) = (remote.task.tid, remote.pid);
+    let tracee = &remote.task.tracee;
+    let xstate = tracee.xstate().map_err(EngineError::ptrace(tid, "read xstate"))?;
+    let rseq = tracee
         .rseq()
         .map_err(EngineError::ptrace(tid, "read the rseq registration"))?
         .map(|(addr, len, signature)| Rseq { addr, len, signature });
-    let robust_list =
-        task.tracee.robust_list().map_err(EngineError::ptrace(tid, "read the robust futex list"))?;
-    task.call(gadget, libc::SYS_prctl, &[PR_GET_TID_ADDRESS, scratch.addr], || {
+    let robust_list = tracee.robust_list().map_err(EngineError::ptrace(tid, "read the robust futex list"))?;
+    remote.call(libc::SYS_prctl, &[PR_GET_TID_ADDRESS, remote.scratch.addr], || {
         "prctl(PR_GET_TID_ADDRESS)".into()
     })?;
-    let clear_child_tid = u64::from_ne_bytes(scratch.read(mem, pid, 0, 8)?.try_into().unwrap_or([0; 8]));
-    task.call(gadget, libc::SYS_sigaltstack, &[0, scratch.addr], || "sigaltstack".into())?;
-    let ss = scratch.read(mem, pid, 0, 24)?;
+    let clear_child_tid = u64::from_ne_bytes(remote.read(0, 8)?.try_into().unwrap_or([0; 8]));
+    remote.call(libc::SYS_sigaltstack, &[0, remote.scratch.addr], || "sigaltstack".into())?;
+    let ss = remote.read(0, 24)?;
     let word = |i: usize| u64::from_ne_bytes(ss[i..i + 8].try_into().unwrap_or([0; 8]));
     let altstack = AltStack { sp: word(0), flags: word(8) as i32, size: word(16) };
     let pending = siginfos(
-        task.tracee.pending_signals(false).map_err(EngineError::ptrace(tid, "read pending signals"))?,
+        remote
+            .task
+            .tracee
+            .pending_signals(false)
+            .map_err(EngineError::ptrace(tid, "read pending signals"))?,
     );
     let comm = crate::error::read_proc(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
     Ok(ThreadRecord {
         tid: 0, // filled in by the caller, in the container's pid namespace
         comm,
-        regs: regs_from(&task.saved),
+        regs: regs_from(&remote.task.saved),
         xstate,
         sigmask: mask,
         rseq,
@@ -148,24 +142,16 @@ pub fn forget_rseq(task: &mut Task, gadget: u64) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Rebuilds a thread's state in `task` (signals blocked); returns the mask to resume
-/// with. `tid_in_ns` and `tgid_in_ns` are as the container sees them.
-pub fn restore(
-    task: &mut Task,
-    rec: &ThreadRecord,
-    tgid_in_ns: i32,
-    gadget: u64,
-    mem: &File,
-    pid: i32,
-    scratch: Scratch,
-) -> Result<u64, EngineError> {
-    let tid = task.tid;
-    task.call(gadget, libc::SYS_set_robust_list, &[rec.robust_list.0, rec.robust_list.1], || {
+/// Rebuilds a thread's state in `remote.task` (signals blocked); returns the mask to
+/// resume with. `rec.tid` and `tgid_in_ns` are as the container sees them.
+pub fn restore(remote: &mut Remote<'_>, rec: &ThreadRecord, tgid_in_ns: i32) -> Result<u64, EngineError> {
+    let tid = remote.task.tid;
+    remote.call(libc::SYS_set_robust_list, &[rec.robust_list.0, rec.robust_list.1], || {
         format!("set_robust_list({:#x})", rec.robust_list.0)
     })?;
-    task.call(gadget, libc::SYS_set_tid_address, &[rec.clear_child_tid], || "set_tid_address".into())?;
+    remote.call(libc::SYS_set_tid_address, &[rec.clear_child_tid], || "set_tid_address".into())?;
     if let Some(r) = rec.rseq {
-        task.call(gadget, libc::SYS_rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.signature)], || {
+        remote.call(libc::SYS_rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.signature)], || {
             format!("rseq({:#x})", r.addr)
         })?;
     }
@@ -176,21 +162,21 @@ pub fn restore(
     ss.extend_from_slice(&a.sp.to_ne_bytes());
     ss.extend_from_slice(&flags.to_ne_bytes());
     ss.extend_from_slice(&a.size.to_ne_bytes());
-    let at = scratch.write(mem, pid, 0, &ss)?;
-    task.call(gadget, libc::SYS_sigaltstack, &[at, 0], || format!("sigaltstack({:#x})", a.sp))?;
+    let at = remote.write(0, &ss)?;
+    remote.call(libc::SYS_sigaltstack, &[at, 0], || format!("sigaltstack({:#x})", a.sp))?;
     for sig in &rec.pending {
-        let at = scratch.write(mem, pid, 0, &sig.raw)?;
-        task.call(
-            gadget,
+        let at = remote.write(0, &sig.raw)?;
+        remote.call(
             libc::SYS_rt_tgsigqueueinfo,
             &[tgid_in_ns as u64, rec.tid as u64, sig.signo as u64, at],
             || format!("rt_tgsigqueueinfo(signal {})", sig.signo),
         )?;
     }
-    let at = scratch.path(mem, pid, 0, &rec.comm)?;
-    task.call(gadget, libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
+    let at = remote.path(0, &rec.comm)?;
+    remote.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
         format!("prctl(PR_SET_NAME, {:?})", rec.comm)
     })?;
+    let task = &mut *remote.task;
     task.tracee.set_xstate(&rec.xstate).map_err(EngineError::ptrace(tid, "write xstate"))?;
     task.saved = resume_regs(&rec.regs);
     task.tracee.set_regs(task.saved).map_err(EngineError::ptrace(tid, "write registers"))?;
