@@ -299,7 +299,7 @@ fn kill_dir(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
 
 /// `create_dir_all` that survives a concurrent removal of an empty parent (another
 /// lab's clean-up may remove the shared `migrate` directory between our two `mkdir`s).
-fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
+pub fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
     let mut tries = 0;
     loop {
         match fs::create_dir_all(dir) {

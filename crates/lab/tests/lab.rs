@@ -227,7 +227,8 @@ fn spawn_container(name: &LabName, lab: &Lab) -> Option<(std::process::Child, St
     let rel = lab.hosts[0].cgroup_parent.clone();
     assert_eq!(rel, name.cgroup_parent("host-a"));
     let dir = v2.join(&rel).join("ctr");
-    std::fs::create_dir_all(&dir).expect("create container cgroup");
+    // Another test's lab may remove the shared, empty `migrate` parent meanwhile.
+    migrate_cgroup::create_dir_all(&dir).expect("create container cgroup");
     let steps = vec![
         migrate_sys::process::Step::join_cgroup(&dir.join("cgroup.procs")).expect("cgroup.procs"),
         migrate_sys::process::Step::Unshare { flags: nix::libc::CLONE_NEWNET },
