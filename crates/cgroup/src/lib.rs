@@ -297,16 +297,9 @@ fn kill_dir(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     }
 }
 
-/// `create_dir_all` that survives a concurrent removal of an empty parent (another
-/// lab's clean-up may remove the shared `migrate` directory between our two `mkdir`s).
+/// Creates a cgroup directory and its parents ([`migrate_sys::files::create_dir_all`]).
 pub fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
-    let mut tries = 0;
-    loop {
-        match fs::create_dir_all(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
-            other => return other.map_err(io_err("create", dir)),
-        }
-    }
+    migrate_sys::files::create_dir_all(dir).map_err(io_err("create", dir))
 }
 
 /// Removes an (emptied) cgroup directory. The kernel refuses with EBUSY for a moment

@@ -170,7 +170,7 @@ impl LabLock {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(LabError::io("create", dir))?;
+                migrate_sys::files::create_dir_all(dir).map_err(LabError::io("create", dir))?;
             }
             let file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
             {

@@ -246,7 +246,7 @@ fn up_clears_leftovers_of_a_crash() {
     // A crash left a namespace of this lab (one `up` never made: host-c) and a directory.
     let stale = name.host_netns("host-c");
     drop(NetNs::register(&stale).expect("register stale netns"));
-    std::fs::create_dir_all(name.dir().join("host-a")).expect("stale dir");
+    migrate_sys::files::create_dir_all(&name.dir().join("host-a")).expect("stale dir");
     let report = block_on(up(&name, Some(1), &fake_agent())).expect("up");
     let cleared = report.cleared.expect("leftovers were cleared");
     assert!(cleared.netns_removed.contains(&stale), "{cleared:#?}");
