@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{TestLab, cgroup2_mount, http_server, netns_names};
+use support::{TestLab, cgroup_mounts, http_server, netns_names};
 
 fn lab_json(lab: &TestLab) -> anyhow::Result<serde_json::Value> {
     let path = format!("/run/migrate/labs/{}/lab.json", lab.name);
@@ -109,11 +109,12 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
         args.extend(server.iter().map(String::as_str));
         lab.ok(&args)?;
     }
-    let pids: Vec<i64> = lab
-        .ps()?
-        .iter()
-        .flat_map(|c| [c["pid"].as_i64().unwrap_or(0), c["shim_pid"].as_i64().unwrap_or(0)])
-        .collect();
+    let mut pids: Vec<i64> = Vec::new();
+    for c in lab.ps()? {
+        for key in ["pid", "shim_pid"] {
+            pids.push(c[key].as_i64().with_context(|| format!("{key} of {c}"))?);
+        }
+    }
     let agents = [agent_pid(&lab, 0)?, agent_pid(&lab, 1)?];
     // Kill one agent halfway, and lose the lab's own record of itself.
     sigkill_and_wait(agents[0])?;
@@ -130,10 +131,9 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
     for pid in pids.iter().chain(agents.iter().map(|p| i64::from(*p)).collect::<Vec<_>>().iter()) {
         ensure!(!alive(*pid), "process {pid} survived lab down");
     }
-    let cg2 = cgroup2_mount().context("cgroup2 mount")?;
-    for root in [cg2.as_str(), "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"] {
+    for root in cgroup_mounts() {
         for host in ["host-a", "host-b"] {
-            let dir = Path::new(root).join("migrate").join(format!("{}-{host}", lab.name));
+            let dir = Path::new(&root).join("migrate").join(format!("{}-{host}", lab.name));
             ensure!(!dir.exists(), "cgroup left: {}", dir.display());
         }
     }

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use support::{TempDir, TestLab, compile_c, wait_until};
+use support::{TempDir, TestLab, compile_c, log_in_image, wait_until};
 
 /// A python3 program that appends 0, 1, 2, … (one line every 100 ms) to `counter` through
 /// an O_APPEND fd. With `dict_entries` > 0 it first builds a dict of that many entries
@@ -28,7 +28,7 @@ def checksum():
     for k, v in data.items():
         h.update(b'%d=%s;' % (k, v.encode()))
     return h.hexdigest()
-print('checksum 0', checksum(), flush=True)
+print(f'checksum 0 {{checksum()}}', flush=True)
 fd = os.open(os.path.join(d, 'counter'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 i = 0
 n = 1
@@ -36,7 +36,7 @@ while True:
     os.write(fd, b'%d\n' % i)
     i += 1
     if os.path.exists(os.path.join(d, 'check-%d' % n)):
-        print('checksum', n, checksum(), flush=True)
+        print(f'checksum {{n}} {{checksum()}}', flush=True)
         n += 1
     time.sleep(0.1)
 "#,
@@ -54,7 +54,9 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn counter_lines(path: &str) -> anyhow::Result<Vec<u64>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    // A last line without its newline may still be being written.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    for (i, line) in whole.lines().enumerate() {
         let v: u64 =
             line.parse().with_context(|| format!("{path} line {}: {line:?} is not a number", i + 1))?;
         if v != i as u64 {
@@ -90,45 +92,6 @@ fn checksum(log: &str, n: u32) -> anyhow::Result<String> {
         .with_context(|| format!("no {prefix:?} line in the log:\n{log}"))
 }
 
-/// `migrate checkpoint NAME --dir DIR --json [EXTRA]`, parsed; prints its times.
-fn checkpoint(lab: &TestLab, name: &str, dir: &str, extra: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let mut args = vec!["checkpoint", name, "--dir", dir, "--json"];
-    args.extend_from_slice(extra);
-    let out = lab.json(&args)?;
-    let r = &out["report"];
-    eprintln!(
-        "checkpoint {name}: total {} ms, frozen {} ms (collect {} ms, memory {} ms), {} bytes of memory, image {} bytes",
-        r["total_ms"],
-        r["frozen_ms"],
-        r["collect_ms"],
-        r["memory_ms"],
-        r["stats"]["bytes_raw"],
-        r["image_bytes"]
-    );
-    ensure!(out["container"]["name"] == name, "checkpoint --json names another container: {out}");
-    Ok(out)
-}
-
-/// `migrate restore --dir DIR --host HOST --json`, parsed; prints its times.
-fn restore(lab: &TestLab, dir: &str, host: &str) -> anyhow::Result<serde_json::Value> {
-    let out = lab.json(&["restore", "--dir", dir, "--host", host, "--json"])?;
-    let r = &out["report"];
-    eprintln!(
-        "restore on {host}: total {} ms (memory {} ms), {} pages, {} threads, warnings {}",
-        r["total_ms"], r["memory_ms"], r["pages"], r["threads"], r["warnings"]
-    );
-    ensure!(out["container"]["host"] == host, "restored on the wrong host: {out}");
-    ensure!(out["container"]["state"] == "running", "restore returned before the container runs: {out}");
-    Ok(out)
-}
-
-/// Requires that `name` is not in `ps` any more.
-fn ensure_gone(lab: &TestLab, name: &str) -> anyhow::Result<()> {
-    let ps = lab.ps()?;
-    ensure!(ps.iter().all(|c| c["name"] != name), "{name} is still listed after checkpoint: {ps:?}");
-    Ok(())
-}
-
 #[test]
 fn a_200_mb_python_dict_moves_to_another_host_intact() -> anyhow::Result<()> {
     let dir = TempDir::new("dict")?;
@@ -142,14 +105,14 @@ fn a_200_mb_python_dict_moves_to_another_host_intact() -> anyhow::Result<()> {
     let ip = lab.container("dict")?["ip"].clone();
 
     let image = img.join("image");
-    let ck = checkpoint(&lab, "dict", &image, &[])?;
+    let ck = lab.checkpoint("dict", &image, &[])?;
     let raw = ck["report"]["stats"]["bytes_raw"].as_u64().context("stats.bytes_raw")?;
     ensure!(raw >= 150 << 20, "the image holds only {raw} bytes of memory: the dict alone is ~200 MB");
-    ensure_gone(&lab, "dict")?;
+    lab.ensure_gone("dict")?;
     // Frozen and then killed: the counter stopped where the image holds it.
     let at_checkpoint = counter_lines(&counter)?.len();
 
-    let rs = restore(&lab, &image, "host-b")?;
+    let rs = lab.restore(&image, "host-b")?;
     ensure!(
         rs["container"]["ip"] == ip,
         "the restored container has another IP: {} vs {ip}",
@@ -199,7 +162,7 @@ fn threads_with_locks_futexes_sleeps_avx_and_altstacks_survive_a_move() -> anyho
     }
     let bin = TempDir::new("threads-bin")?;
     let img = TempDir::new("threads-img")?;
-    let Some(exe) = compile_c("threads", &["-O2", "-pthread", "-mavx2"], &bin.path)? else { return Ok(()) };
+    let exe = compile_c("threads", &["-O2", "-pthread", "-mavx2"], &bin.path)?;
     let lab = TestLab::up(2)?;
     lab.start("host-a", "thr", &[&exe])?;
     // Every thread has beaten at least twice.
@@ -214,8 +177,8 @@ fn threads_with_locks_futexes_sleeps_avx_and_altstacks_survive_a_move() -> anyho
     );
     let tids_before = lab.ok(&["exec", "thr", "--", "ls", "/proc/1/task"])?;
     ensure!(tids_before.lines().count() == THREADS.len(), "threads before: {tids_before}");
-    let pre = lab.logs("thr")?;
-    ensure!(errors(&pre).is_empty(), "errors before the checkpoint:\n{pre}");
+    let early = lab.logs("thr")?;
+    ensure!(errors(&early).is_empty(), "errors before the checkpoint:\n{early}");
 
     // Checkpoint while the avx thread is inside its loop (running, not sleeping), so that
     // its ymm registers hold live values. Best effort: it runs ~80% of the time.
@@ -229,22 +192,24 @@ fn threads_with_locks_futexes_sleeps_avx_and_altstacks_survive_a_move() -> anyho
         }
         None
     };
-    wait_until(Duration::from_secs(5), || avx_running() == Some(true));
+    if !wait_until(Duration::from_secs(5), || avx_running() == Some(true)) {
+        eprintln!("the avx thread was not seen running: it is checkpointed asleep");
+    }
     let image = img.join("image");
-    let ck = checkpoint(&lab, "thr", &image, &[])?;
+    let ck = lab.checkpoint("thr", &image, &[])?;
     ensure!(ck["report"]["stats"]["threads"] == THREADS.len(), "{ck}");
-    ensure_gone(&lab, "thr")?;
-    let rs = restore(&lab, &image, "host-b")?;
+    lab.ensure_gone("thr")?;
+    let rs = lab.restore(&image, "host-b")?;
     ensure!(rs["report"]["threads"] == THREADS.len(), "{rs}");
 
-    // The restored log may or may not carry the old one: judge only what was printed
-    // after `pre`.
+    // Judge only what was printed after the freeze: the image's log is everything before.
+    let pre = log_in_image(&image)?;
     let pre_max: BTreeMap<String, u64> =
         heartbeats(&pre).into_iter().map(|(k, v)| (k, v.last().copied().unwrap_or(0))).collect();
     let new_part = |log: &str| log.strip_prefix(pre.as_str()).unwrap_or(log).to_string();
     ensure!(
         wait_until(Duration::from_secs(20), || {
-            log = lab.logs("thr").unwrap_or_default();
+            log = lab.logs("thr").unwrap_or_else(|e| format!("{e:#}"));
             let hb = heartbeats(&new_part(&log));
             THREADS
                 .iter()
@@ -274,7 +239,7 @@ fn open_files_go_on_from_their_positions_and_keep_o_append() -> anyhow::Result<(
     let bin = TempDir::new("files-bin")?;
     let dir = TempDir::new("files")?;
     let img = TempDir::new("files-img")?;
-    let Some(exe) = compile_c("files", &["-O2"], &bin.path)? else { return Ok(()) };
+    let exe = compile_c("files", &["-O2"], &bin.path)?;
     let numbers: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
     std::fs::write(dir.path.join("numbers.txt"), numbers)?;
     let lab = TestLab::up(2)?;
@@ -283,13 +248,13 @@ fn open_files_go_on_from_their_positions_and_keep_o_append() -> anyhow::Result<(
     let log_path = dir.join("append.log");
 
     let image = img.join("image");
-    checkpoint(&lab, "files", &image, &[])?;
-    ensure_gone(&lab, "files")?;
+    lab.checkpoint("files", &image, &[])?;
+    lab.ensure_gone("files")?;
     let pre = append_log_check(&std::fs::read_to_string(&log_path)?, None)?;
     // Someone else appends while the container is away: an fd that lost O_APPEND would
     // overwrite this line.
     std::fs::OpenOptions::new().append(true).open(&log_path)?.write_all(b"MARK\n")?;
-    restore(&lab, &image, "host-b")?;
+    lab.restore(&image, "host-b")?;
     ensure!(
         wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log_path)
             .is_ok_and(|t| t.lines().count() >= pre as usize + 1 + 50)),
@@ -342,10 +307,10 @@ fn a_container_moves_to_host_b_and_back() -> anyhow::Result<()> {
         let check = round as u32 + 1;
         ensure!(lab.container("pp")?["host"] == *from);
         let image = img.join(&format!("round-{round}"));
-        checkpoint(&lab, "pp", &image, &[])?;
-        ensure_gone(&lab, "pp")?;
+        lab.checkpoint("pp", &image, &[])?;
+        lab.ensure_gone("pp")?;
         let at = counter_lines(&counter)?.len();
-        let rs = restore(&lab, &image, to)?;
+        let rs = lab.restore(&image, to)?;
         ensure!(rs["container"]["ip"] == ip, "round {round}: IP {} instead of {ip}", rs["container"]["ip"]);
         wait_counter(&counter, at + 5)?;
         counter_lines(&counter).with_context(|| format!("after the move {from} → {to}"))?;
@@ -370,7 +335,7 @@ fn leave_running_keeps_the_original_and_the_image_restores_after_it_is_removed()
     let before_call = counter_len(&counter);
 
     let image = img.join("image");
-    let ck = checkpoint(&lab, "keep", &image, &["--leave-running"])?;
+    let ck = lab.checkpoint("keep", &image, &["--leave-running"])?;
     let after_call = counter_len(&counter);
     // The original goes on: same process, still counting, no gap.
     let now = lab.container("keep")?;
@@ -383,7 +348,7 @@ fn leave_running_keeps_the_original_and_the_image_restores_after_it_is_removed()
     lab.ok(&["stop", "keep"])?;
     lab.ok(&["rm", "keep"])?;
     let stopped_at = counter_len(&counter);
-    let rs = restore(&lab, &image, "host-b")?;
+    let rs = lab.restore(&image, "host-b")?;
     ensure!(rs["container"]["name"] == "keep" && rs["container"]["ip"] == orig["ip"], "{rs}");
     wait_counter(&counter, stopped_at + 10)?;
     // The restored process goes on from the value it had at the checkpoint: somewhere
@@ -414,7 +379,7 @@ fn inspect_shows_threads_memory_and_files_and_dumps_bytes() -> anyhow::Result<()
 marker = b'MIGRATE-MARKER-' * 200
 fd = os.open({path:?}, os.O_RDONLY)
 threading.Thread(target=lambda: time.sleep(100000), daemon=True).start()
-print('addr', hex(id(marker)), flush=True)
+print(f'addr {{hex(id(marker))}}', flush=True)
 time.sleep(100000)
 "#,
         path = dir.join("held.txt")
@@ -426,7 +391,7 @@ time.sleep(100000)
     // CPython's bytes object: a 32-byte header, then the bytes.
     let data = u64::from_str_radix(addr, 16)? + 32;
     let image = img.join("image");
-    checkpoint(&lab, "insp", &image, &[])?;
+    lab.checkpoint("insp", &image, &[])?;
 
     let human = lab.ok(&["inspect", &image])?;
     for needle in

@@ -49,12 +49,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 # MADV_PAGEOUT = 21 (Linux 5.4): reclaim these pages now, to swap.
 rc = libc.madvise(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(n), 21)
 swap = [l for l in open('/proc/self/status') if l.startswith('VmSwap')][0].split()[1]
-print('paged out', rc, 'swap_kb', swap, 'sum', h, flush=True)
+print(f'paged out {rc} swap_kb {swap} sum {h}', flush=True)
 check = '/tmp/migrate-swap-check-' + os.environ['HOSTNAME']
 while True:
     if os.path.exists(check):
         os.remove(check)
-        print('check', hashlib.sha256(m).hexdigest(), flush=True)
+        print(f'check {hashlib.sha256(m).hexdigest()}', flush=True)
     time.sleep(0.05)
 "#;
 

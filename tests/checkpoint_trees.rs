@@ -35,13 +35,6 @@ for p in sorted(int(x) for x in os.listdir('/proc') if x.isdigit()):
         .collect())
 }
 
-fn checkpoint_and_restore(lab: &TestLab, name: &str, img: &TempDir, to: &str) -> anyhow::Result<()> {
-    let dir = img.join(name);
-    lab.ok(&["checkpoint", name, "--dir", &dir])?;
-    lab.ok(&["restore", "--dir", &dir, "--host", to])?;
-    Ok(())
-}
-
 #[test]
 fn a_bash_pipeline_checkpointed_mid_stream_gives_the_same_output() -> anyhow::Result<()> {
     let img = TempDir::new("pipeline")?;
@@ -51,12 +44,19 @@ fn a_bash_pipeline_checkpointed_mid_stream_gives_the_same_output() -> anyhow::Re
     let job =
         format!("seq 1 1000000 | while read x; do echo $((x*x)); done | sort -n > {out}; echo finished");
     lab.start("host-a", "pipe", &["bash", "-c", &job])?;
-    // Mid-stream: the loop has been going for a while, sort has not written yet.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mid-stream: every stage is running and bytes are on their way through the pipes;
+    // sort has not written yet.
+    let mut before = Vec::new();
+    ensure!(
+        wait_until(Duration::from_secs(20), || {
+            before = tree(&lab, "pipe").unwrap_or_default();
+            before.len() == 4
+        }),
+        "bash, seq, the loop's bash and sort: {before:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
     ensure!(!lab.logs("pipe")?.contains("finished"), "the pipeline finished before the checkpoint");
-    let before = tree(&lab, "pipe")?;
-    ensure!(before.len() == 4, "bash, seq, the loop's bash and sort: {before:?}");
-    checkpoint_and_restore(&lab, "pipe", &img, "host-b")?;
+    lab.checkpoint_and_restore("pipe", &img.join("pipe"), "host-b")?;
     ensure!(
         tree(&lab, "pipe")?
             .iter()
@@ -77,6 +77,7 @@ fn a_bash_pipeline_checkpointed_mid_stream_gives_the_same_output() -> anyhow::Re
         got.len(),
         want.len()
     );
+    lab.down_after_exit("pipe")?;
     Ok(())
 }
 
@@ -152,7 +153,7 @@ fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
     };
     let last_before = next_pid()?;
 
-    checkpoint_and_restore(&lab, "tree", &img, "host-b")?;
+    lab.checkpoint_and_restore("tree", &img.join("tree"), "host-b")?;
     let after = tree(&lab, "tree")?;
     ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
     let first_after = next_pid()?;
@@ -169,6 +170,7 @@ fn sessions_groups_and_a_zombie_survive_a_move() -> anyhow::Result<()> {
         log.contains(&format!("reaped {} exit 7", kids[3])),
         "the zombie's status did not reach its parent: {log}"
     );
+    lab.down_expecting(&["tree"])?;
     Ok(())
 }
 
@@ -190,12 +192,12 @@ pid = os.fork()
 if pid == 0:
     os.setpgid(0, 0)
     os._exit(7)
-print("zombie", pid, flush=True)
+print(f"zombie {pid}", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
 p, status = os.waitpid(pid, 0)
 code = os.waitstatus_to_exitcode(status)
-print("reaped", p, "exit", code, flush=True)
+print(f"reaped {p} exit {code}", flush=True)
 sys.exit(code)
 ' "$1" &
 wait $!
@@ -286,7 +288,7 @@ fn bash_jobs_whose_session_or_group_leader_exited_survive_a_move() -> anyhow::Re
     ensure!(settled, "{why}: {before:?}");
     let zombie = dead_leaders_settled(&before).map_err(anyhow::Error::msg)?;
 
-    checkpoint_and_restore(&lab, "jobs", &img, "host-b")?;
+    lab.checkpoint_and_restore("jobs", &img.join("jobs"), "host-b")?;
     let after = tree(&lab, "jobs")?;
     ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
     std::fs::write(&trigger, b"")?;
@@ -295,6 +297,7 @@ fn bash_jobs_whose_session_or_group_leader_exited_survive_a_move() -> anyhow::Re
         log.contains(&format!("reaped {zombie} exit 7")) && log.contains("keeper exited 7"),
         "the zombie's status did not reach its parent and bash: {log}"
     );
+    lab.down_expecting(&["jobs"])?;
     Ok(())
 }
 
@@ -356,7 +359,7 @@ fn a_subreaper_keeps_a_zombie_session_leader_and_its_orphans() -> anyhow::Result
     ensure!(settled, "{why}: {before:?}");
     let zombie = subreaper_settled(&before).map_err(anyhow::Error::msg)?;
 
-    checkpoint_and_restore(&lab, "reaper", &img, "host-b")?;
+    lab.checkpoint_and_restore("reaper", &img.join("reaper"), "host-b")?;
     let after = tree(&lab, "reaper")?;
     ensure!(after == before, "the tree changed:\nbefore {before:?}\nafter  {after:?}");
     std::fs::write(&trigger, b"")?;
@@ -378,7 +381,7 @@ i = 0
 while True:
     os.write(fd, f'{who} {i}\n'.encode())
     if who == 'parent' and i % 10 == 0:
-        print('wrote', i, flush=True)
+        print(f'wrote {i}', flush=True)
     i += 1
     time.sleep(0.02)
 "#;
@@ -391,7 +394,7 @@ fn an_open_file_shared_across_fork_stays_shared() -> anyhow::Result<()> {
     let file = work.join("lines");
     lab.start("host-a", "share", &["python3", "-u", "-c", SHARED, &file])?;
     lab.wait_log("share", "wrote 20")?;
-    checkpoint_and_restore(&lab, "share", &img, "host-b")?;
+    lab.checkpoint_and_restore("share", &img.join("share"), "host-b")?;
     let count = |who: &str| {
         std::fs::read_to_string(&file).map(|t| t.lines().filter(|l| l.starts_with(who)).count()).unwrap_or(0)
     };
@@ -415,6 +418,7 @@ fn an_open_file_shared_across_fork_stays_shared() -> anyhow::Result<()> {
         text.lines().all(|l| l.starts_with("parent ") || l.starts_with("child ")),
         "a line was overwritten"
     );
+    lab.down_expecting(&["share"])?;
     Ok(())
 }
 
@@ -429,7 +433,7 @@ fn the_contents_of_dev_shm_and_run_move_with_the_container() -> anyhow::Result<(
     let look = "cat /run/app/link; stat -c '%a %s' /run/app/sub/file; md5sum < /dev/shm/blob; readlink /run/app/link";
     let before = lab.ok(&["exec", "tmpfs", "--", "sh", "-c", look])?;
     ensure!(before.starts_with("state-1\n600 8\n"), "{before}");
-    checkpoint_and_restore(&lab, "tmpfs", &img, "host-b")?;
+    lab.checkpoint_and_restore("tmpfs", &img.join("tmpfs"), "host-b")?;
     let after = lab.ok(&["exec", "tmpfs", "--", "sh", "-c", look])?;
     ensure!(after == before, "the tmpfs contents changed:\nbefore {before}\nafter  {after}");
     Ok(())
@@ -541,5 +545,6 @@ fn fifos_keep_their_bytes_across_a_move() -> anyhow::Result<()> {
     ] {
         ensure!(log.lines().any(|l| l == line), "no {line:?} in the log:\n{log}");
     }
+    lab.down_after_exit("fifo")?;
     Ok(())
 }

@@ -84,7 +84,7 @@ fn a_container_sees_only_itself() -> anyhow::Result<()> {
     let lab = TestLab::up(1)?;
     let script = "import os,socket,time\n\
 pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n\
-print('pid', os.getpid(), 'host', socket.gethostname(), 'nets', ','.join(sorted(os.listdir('/sys/class/net'))), 'procs', pids, flush=True)\n\
+print(' '.join(['pid', str(os.getpid()), 'host', socket.gethostname(), 'nets', ','.join(sorted(os.listdir('/sys/class/net'))), 'procs', str(pids)]), flush=True)\n\
 time.sleep(600)\n";
     let cmd = vec!["python3".to_string(), "-c".to_string(), script.to_string()];
     lab.ok(&run_args("host-a", "box", &[], &cmd))?;
@@ -139,13 +139,13 @@ fn memory_and_pids_limits_are_in_force() -> anyhow::Result<()> {
     let hog = vec![
         "python3".to_string(),
         "-c".to_string(),
-        "import time\nchunks = []\nfor i in range(64):\n    chunks.append(bytes([1]) * (8 << 20))\n    print('allocated', (i + 1) * 8, 'MiB', flush=True)\ntime.sleep(600)\n".to_string(),
+        "import time\nchunks = []\nfor i in range(64):\n    chunks.append(bytes([1]) * (8 << 20))\n    print(f'allocated {(i + 1) * 8} MiB', flush=True)\ntime.sleep(600)\n".to_string(),
     ];
     lab.ok(&run_args("host-a", "hog", &["--memory-max", "64M"], &hog))?;
     let forker = vec![
         "python3".to_string(),
         "-c".to_string(),
-        "import subprocess,time\nok = 0\nfor i in range(20):\n    try:\n        subprocess.Popen(['sleep', '600']); ok += 1\n    except OSError as e:\n        print('refused', e.errno, flush=True)\n        break\nprint('started', ok, flush=True)\ntime.sleep(600)\n".to_string(),
+        "import subprocess,time\nok = 0\nfor i in range(20):\n    try:\n        subprocess.Popen(['sleep', '600']); ok += 1\n    except OSError as e:\n        print(f'refused {e.errno}', flush=True)\n        break\nprint(f'started {ok}', flush=True)\ntime.sleep(600)\n".to_string(),
     ];
     lab.ok(&run_args("host-a", "forker", &["--pids-max", "6"], &forker))?;
     // 64 MiB cannot hold 512 MiB: the kernel kills it (SIGKILL, by the OOM killer).

@@ -19,18 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void say(const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
-    buf[n++] = '\n';
-    ssize_t w = write(1, buf, n);
-    (void)w;
-}
+#include "say.h"
 
 static int must_open(const char *path, int flags) {
     int fd = open(path, flags, 0644);

@@ -1,4 +1,4 @@
-/* Memory and files shared between a parent and its child, for tests/checkpoint_trees.rs.
+/* Memory and files shared between a parent and its child, for tests/checkpoint_shared.rs.
  *
  * Usage: shared DIR   (DIR: a directory of the host's filesystem the test owns)
  *

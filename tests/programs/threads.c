@@ -28,19 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void say(const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
-    buf[n++] = '\n';
-    /* One write per line: lines of different threads never interleave. */
-    ssize_t w = write(1, buf, n);
-    (void)w;
-}
+#include "say.h"
 
 static uint64_t now_ns(void) {
     struct timespec ts;

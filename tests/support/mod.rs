@@ -96,14 +96,75 @@ impl TestLab {
 
     /// Waits until the container's log contains `needle`; returns the log.
     pub fn wait_log(&self, name: &str, needle: &str) -> anyhow::Result<String> {
-        let mut last = String::new();
-        if wait_until(Duration::from_secs(20), || {
-            last = self.logs(name).unwrap_or_default();
-            last.contains(needle)
+        self.wait_log_for(name, needle, Duration::from_secs(20))
+    }
+
+    /// [`TestLab::wait_log`] with a time limit of its own.
+    pub fn wait_log_for(&self, name: &str, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        let mut last = Ok(String::new());
+        if wait_until(limit, || {
+            last = self.logs(name);
+            last.as_ref().is_ok_and(|l| l.contains(needle))
         }) {
-            return Ok(last);
+            return last;
         }
-        bail!("log of {name} never showed {needle:?}; it holds:\n{last}")
+        match last {
+            Ok(log) => bail!("log of {name} never showed {needle:?}; it holds:\n{log}"),
+            Err(e) => Err(e.context(format!("waiting for {needle:?} in the log of {name}"))),
+        }
+    }
+
+    /// `migrate checkpoint NAME --dir DIR --json [EXTRA]`, parsed; prints its times.
+    pub fn checkpoint(&self, name: &str, dir: &str, extra: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut args = vec!["checkpoint", name, "--dir", dir, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.json(&args)?;
+        let r = &out["report"];
+        eprintln!(
+            "checkpoint {name}: total {} ms, frozen {} ms (collect {} ms, memory {} ms), {} bytes of memory, image {} bytes",
+            r["total_ms"],
+            r["frozen_ms"],
+            r["collect_ms"],
+            r["memory_ms"],
+            r["stats"]["bytes_raw"],
+            r["image_bytes"]
+        );
+        anyhow::ensure!(out["container"]["name"] == name, "checkpoint --json names another container: {out}");
+        Ok(out)
+    }
+
+    /// `migrate restore --dir DIR --host HOST --json`, parsed; prints its times.
+    pub fn restore(&self, dir: &str, host: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self.json(&["restore", "--dir", dir, "--host", host, "--json"])?;
+        let r = &out["report"];
+        eprintln!(
+            "restore on {host}: total {} ms (memory {} ms), {} pages, {} threads, warnings {}",
+            r["total_ms"], r["memory_ms"], r["pages"], r["threads"], r["warnings"]
+        );
+        anyhow::ensure!(out["container"]["host"] == host, "restored on the wrong host: {out}");
+        anyhow::ensure!(
+            out["container"]["state"] == "running",
+            "restore returned before the container runs: {out}"
+        );
+        Ok(out)
+    }
+
+    /// Requires that `name` is not in `ps` any more.
+    pub fn ensure_gone(&self, name: &str) -> anyhow::Result<()> {
+        let ps = self.ps()?;
+        anyhow::ensure!(
+            ps.iter().all(|c| c["name"] != name),
+            "{name} is still listed after checkpoint: {ps:?}"
+        );
+        Ok(())
+    }
+
+    /// Checkpoints `name` into `dir`, requires it gone, and restores it on `to`.
+    pub fn checkpoint_and_restore(&self, name: &str, dir: &str, to: &str) -> anyhow::Result<()> {
+        self.checkpoint(name, dir, &[])?;
+        self.ensure_gone(name)?;
+        self.restore(dir, to)?;
+        Ok(())
     }
 
     /// An HTTP GET from the lab's client netns; returns the body.
@@ -187,28 +248,31 @@ impl Drop for TempDir {
     }
 }
 
-/// Compiles `tests/programs/NAME.c` with `cc FLAGS` into `out`; `None` (with the reason
-/// printed) when there is no C compiler.
-pub fn compile_c(name: &str, flags: &[&str], out: &std::path::Path) -> anyhow::Result<Option<String>> {
+/// The image's copy of the container's log up to the checkpoint: what it printed before
+/// the freeze (a restored container's log goes on from it).
+pub fn log_in_image(dir: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(dir).join("stdio.log");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Compiles `tests/programs/NAME.c` with `cc FLAGS` into `out` (`scripts/install-deps`
+/// installs the compiler: a missing one is an error).
+pub fn compile_c(name: &str, flags: &[&str], out: &std::path::Path) -> anyhow::Result<String> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/programs")
         .join(format!("{name}.c"));
     let exe = out.join(name);
-    let result = Command::new("cc").args(flags).arg("-o").arg(&exe).arg(&src).output();
-    match result {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: no C compiler (cc) to build {}: install gcc (scripts/install-deps)",
-                src.display()
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e).context("running cc"),
-        Ok(o) if !o.status.success() => {
-            bail!("cc {} failed:\n{}", src.display(), String::from_utf8_lossy(&o.stderr))
-        }
-        Ok(_) => Ok(Some(exe.to_string_lossy().into_owned())),
+    let o = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .context("running cc (scripts/install-deps installs gcc)")?;
+    if !o.status.success() {
+        bail!("cc {} failed:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
     }
+    Ok(exe.to_string_lossy().into_owned())
 }
 
 /// The cgroup hierarchies of this machine (v2 and v1), from mountinfo.
@@ -262,6 +326,16 @@ impl TestLab {
 }
 
 impl TestLab {
+    /// For a container whose program has ended: waits until it is listed as exited (its
+    /// shim gone), then [`TestLab::down_expecting`] no shim at all.
+    pub fn down_after_exit(&self, name: &str) -> anyhow::Result<()> {
+        let exited = wait_until(Duration::from_secs(20), || {
+            self.container(name).is_ok_and(|c| c["state"] == "exited")
+        });
+        anyhow::ensure!(exited, "{name} did not exit: {}", self.container(name)?);
+        self.down_expecting(&[])
+    }
+
     /// `migrate lab down`, required to succeed and to find exactly the container shims
     /// `shims` (by name) and no other process: nothing was left behind. The drop that
     /// follows finds nothing to remove.

@@ -36,15 +36,35 @@ fn limits_freeze_kill_remove() -> Result<(), Box<dyn std::error::Error>> {
             assert!(a.warning.is_some());
         }
     }
-    let mut child = Command::new("sleep").arg("60").spawn()?;
+    // A busy loop: while frozen it uses no CPU time at all, thawed it does again.
+    let mut child = Command::new("sh").args(["-c", "while :; do :; done"]).spawn()?;
     for procs in cg.procs_files() {
         std::fs::write(&procs, child.id().to_string())?;
     }
     assert_eq!(cg.pids()?, vec![child.id() as i32]);
+    let cpu = || -> std::io::Result<u64> {
+        // utime + stime: fields 14 and 15 of /proc/PID/stat, 11 and 12 after the name.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
+        let f: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(field(11) + field(12))
+    };
+    let runs_on = |from: u64, what: &str| -> std::io::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cpu()? == from {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    // Running first, so that the check after the thaw means something.
+    runs_on(cpu()?, "the busy loop never ran")?;
     cg.freeze(Duration::from_secs(5))?;
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
-    assert!(state.contains(") S ") || state.contains(") D "), "frozen task state: {state}");
+    let frozen_at = cpu()?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cpu()?, frozen_at, "a frozen task used CPU time");
     cg.thaw(Duration::from_secs(5))?;
+    runs_on(cpu()?, "the thawed task never ran again")?;
     cg.remove(Duration::from_secs(5))?;
     assert!(!cg.v2.exists());
     let status = child.wait()?;

@@ -207,18 +207,19 @@ fn killed_agent_is_restarted_and_a_broken_lab_still_goes_down() {
     std::fs::remove_file(lab.dir.join("lab.json")).expect("remove lab.json");
     let report = block_on(down(&name)).expect("down");
     assert_eq!(report.netns_removed.len(), 3, "{report:#?}");
-    if let Some((mut child, rel)) = container {
+    if let Some((mut child, rel, dir)) = container {
         assert!(report.cgroups_removed.contains(&rel), "{report:#?}");
         let status = child.wait().expect("wait container");
         assert_eq!(status.signal(), Some(9), "the container was killed with its cgroup");
-        assert!(!Path::new("/sys/fs/cgroup/unified").join(&rel).exists());
+        assert!(!dir.exists(), "{} is still there", dir.display());
     }
     assert_gone(&name);
 }
 
-/// Starts `sleep` in a new netns, in the v2 cgroup `<cgroup parent>/ctr`; `None` (with a
-/// printed reason) if there is no cgroup v2 here.
-fn spawn_container(name: &LabName, lab: &Lab) -> Option<(std::process::Child, String)> {
+/// Starts `sleep` in a new netns, in the v2 cgroup `<cgroup parent>/ctr`; returns it with
+/// the cgroup parent (relative, and as a path of the v2 mount); `None` (with a printed
+/// reason) if there is no cgroup v2 here.
+fn spawn_container(name: &LabName, lab: &Lab) -> Option<(std::process::Child, String, std::path::PathBuf)> {
     let mounts = migrate_cgroup::Mounts::discover().expect("cgroup mounts");
     let Some(v2) = mounts.v2 else {
         eprintln!("no cgroup v2 mount: skipping the container-cgroup part of {}", module_path!());
@@ -235,7 +236,7 @@ fn spawn_container(name: &LabName, lab: &Lab) -> Option<(std::process::Child, St
     ];
     let child =
         migrate_sys::process::spawn(Command::new("sleep").arg("600"), steps).expect("spawn container");
-    Some((child, rel))
+    Some((child, rel.clone(), v2.join(&rel)))
 }
 
 #[test]
