@@ -390,7 +390,7 @@ fn text(name: &'static str, value: &str, max: usize) -> Result<(), ManifestProbl
 }
 
 /// At most the first 64 bytes of `s`, cut at a character boundary, for messages.
-fn truncated(s: &str) -> &str {
+pub(crate) fn truncated(s: &str) -> &str {
     let mut end = s.len().min(64);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -14,8 +14,13 @@ use std::collections::HashSet;
 
 use crate::error::{Invalid, PathOwner, PathProblem, ProtoError, SigOwner, VmaProblem};
 use crate::pages::PageBatch;
-use crate::records::{FdKind, MmFields, ObjectKind, ProcessRecord, SigInfo, ThreadRecord, Vma, VmaBacking};
+use crate::records::{
+    FdKind, MmFields, ObjectKind, ProcessRecord, SigInfo, ThreadRecord, TmpfsKind, Vma, VmaBacking,
+};
 use crate::{PAGE_SIZE, USER_END};
+
+/// The character devices an fd may name: a container may simply open them again.
+pub const DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 /// The kernel's `PID_MAX_LIMIT` (2^22): no pid or tid is larger.
 pub const PID_MAX: i32 = 1 << 22;
@@ -368,7 +373,18 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 check_path(owner, path)?;
                 check_pos(f.fd, *pos)?;
             }
-            FdKind::Device { path } => check_path(owner, path)?,
+            // Only these: a restore opens the path, and another one (a FIFO) could block it.
+            FdKind::Device { path } if DEVICES.contains(&path.as_str()) => {}
+            FdKind::Device { path } => {
+                return Err(Invalid::Fd {
+                    fd: f.fd,
+                    problem: format!(
+                        "device {:?} is not one of {}",
+                        crate::manifest::truncated(path),
+                        DEVICES.join(", ")
+                    ),
+                });
+            }
             FdKind::Object { pos, .. } => check_pos(f.fd, *pos)?,
             FdKind::Pipe { .. } => {}
             FdKind::External { name } => {
@@ -488,6 +504,7 @@ fn check_tmpfs(p: &ProcessRecord) -> Result<(), Invalid> {
         return bad(format!("pid {} carries tmpfs contents; only PID 1 may", p.pid));
     }
     let mut seen = HashSet::with_capacity(p.tmpfs.len());
+    let mut dirs: HashSet<&str> = TMPFS_MOUNTS.into_iter().collect();
     for e in &p.tmpfs {
         check_path(PathOwner::Tmpfs, &e.path)?;
         if !TMPFS_MOUNTS.iter().any(|m| e.path.strip_prefix(m).is_some_and(|rest| rest.starts_with('/'))) {
@@ -495,6 +512,15 @@ fn check_tmpfs(p: &ProcessRecord) -> Result<(), Invalid> {
         }
         if !seen.insert(e.path.as_str()) {
             return bad(format!("{} is listed twice", e.path));
+        }
+        // Made in a directory made just before (or a mount's root), never through a
+        // symlink: one pointing at `/etc` would have the restore write on the host.
+        let parent = e.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        if !dirs.contains(parent) {
+            return bad(format!("{}: its parent {parent} is not a directory listed before it", e.path));
+        }
+        if e.kind == TmpfsKind::Dir {
+            dirs.insert(e.path.as_str());
         }
         if e.mode > 0o7777 {
             return bad(format!("{}: mode {:o} is not a permission mode", e.path, e.mode));

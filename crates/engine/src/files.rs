@@ -21,9 +21,6 @@ use crate::mm::{check_file, file_id};
 use crate::objects::{Live, Named, Registry};
 use crate::procfs;
 
-/// Devices a container may simply open again.
-const DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
-
 /// A pipe owned by the container's runtime: its inode and role (`stdout`, `stderr`).
 #[derive(Debug, Clone)]
 pub struct ExternalPipe {
@@ -163,7 +160,9 @@ fn classify(
                 FdKind::File { file: file_id(&link, &entry.path().to_string_lossy())?, pos }
             } else if md.is_dir() {
                 FdKind::Dir { path: link.clone(), pos }
-            } else if md.file_type().is_char_device() && DEVICES.contains(&link.as_str()) {
+            } else if md.file_type().is_char_device()
+                && migrate_proto::validate::DEVICES.contains(&link.as_str())
+            {
                 FdKind::Device { path: link.clone() }
             } else if md.file_type().is_fifo() {
                 FdKind::Pipe { inode: crate::fifo::key(&md), write }

@@ -69,13 +69,13 @@ fn each_check_fires_with_a_precise_message() {
         ("fd -1 is out of range", Box::new(|p| p.fds[4].fd = -1)),
         ("fd 3 is listed twice", Box::new(|p| p.fds[4].fd = 3)),
         (
-            "fd 9 path \"data/x\" is not absolute",
+            "fd 9: device \"/run/fifo\" is not one of /dev/null",
             Box::new(|p| {
                 p.fds.push(FdRecord {
                     fd: 9,
                     file_id: 9,
                     flags: 0,
-                    kind: FdKind::Device { path: "data/x".into() },
+                    kind: FdKind::Device { path: "/run/fifo".into() },
                     locks: vec![],
                 })
             }),
@@ -312,4 +312,27 @@ fn a_tree_names_only_objects_it_records_and_inherits_only_what_the_parent_has() 
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("object 1 has two records"), "{err}");
+}
+
+#[test]
+fn tmpfs_entries_are_made_in_directories_listed_before_them() {
+    use crate::records::{TmpfsEntry, TmpfsKind};
+    let entry = |path: &str, kind| TmpfsEntry { path: path.into(), mode: 0o755, uid: 0, gid: 0, kind };
+    let mut p = process(1);
+    p.tmpfs = vec![
+        entry("/run/app", TmpfsKind::Dir),
+        entry("/run/app/state", TmpfsKind::File { data: b"1".to_vec() }),
+        entry("/run/link", TmpfsKind::Symlink { target: "/etc".into() }),
+    ];
+    assert!(validate_process(&p).is_ok());
+    // Through the symlink, the restore would write the host's /etc.
+    p.tmpfs.push(entry("/run/link/cron.d", TmpfsKind::Dir));
+    let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("/run/link/cron.d: its parent /run/link is not a directory listed before it"),
+        "{err}"
+    );
+    // A child listed before its directory.
+    p.tmpfs = vec![entry("/run/a/b", TmpfsKind::Fifo), entry("/run/a", TmpfsKind::Dir)];
+    assert!(validate_process(&p).is_err());
 }
