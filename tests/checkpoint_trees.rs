@@ -548,3 +548,58 @@ fn fifos_keep_their_bytes_across_a_move() -> anyhow::Result<()> {
     lab.down_after_exit("fifo")?;
     Ok(())
 }
+
+/// Zombies of children killed by SIGKILL and by SIGSEGV (which would dump core) stay
+/// zombies, and their parent reaps the same statuses after the move.
+const KILLED: &str = r#"
+import os, signal, sys, time
+kids = []
+for sig in (signal.SIGKILL, signal.SIGSEGV):
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), sig)
+    kids.append(pid)
+print(' '.join(['kids', *map(str, kids)]), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+for pid in kids:
+    _, status = os.waitpid(pid, 0)
+    print(f'reaped {pid} signal {os.WTERMSIG(status)}', flush=True)
+time.sleep(100000)
+"#;
+
+#[test]
+fn zombies_killed_by_a_signal_keep_their_status() -> anyhow::Result<()> {
+    let img = TempDir::new("killed")?;
+    let work = TempDir::new("killed-trigger")?;
+    let lab = TestLab::up(2)?;
+    let trigger = work.join("reap");
+    lab.start("host-a", "killed", &["python3", "-c", KILLED, &trigger])?;
+    let log = lab.wait_log("killed", "kids ")?;
+    let kids: Vec<String> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("kids "))
+        .context("kids")?
+        .split(' ')
+        .map(String::from)
+        .collect();
+    ensure!(
+        wait_until(Duration::from_secs(10), || tree(&lab, "killed").is_ok_and(|t| t
+            .iter()
+            .filter(|l| l.contains(" Z "))
+            .count()
+            == 2)),
+        "two zombies before the checkpoint: {:?}",
+        tree(&lab, "killed")?
+    );
+    lab.checkpoint_and_restore("killed", &img.join("killed"), "host-b")?;
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("killed", &format!("reaped {} signal", kids[1]))?;
+    ensure!(
+        log.contains(&format!("reaped {} signal 9", kids[0]))
+            && log.contains(&format!("reaped {} signal 11", kids[1])),
+        "{log}"
+    );
+    lab.down_expecting(&["killed"])?;
+    Ok(())
+}

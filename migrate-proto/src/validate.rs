@@ -118,7 +118,18 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             problem: format!("is {} bytes, more than 64", p.comm.len()),
         });
     }
-    if p.zombie.is_some() {
+    if let Some(status) = p.zombie {
+        // The wait status of an exit: `code << 8`, or a signal (1..=64, maybe with the
+        // core-dump bit 0x80) and no code.
+        let (code, core_sig) = (status >> 8, status & 0xff);
+        let exited = (0..=0xff).contains(&code) && core_sig == 0;
+        let killed = code == 0 && (1..=SIGRTMAX).contains(&(core_sig & 0x7f));
+        if !exited && !killed {
+            return Err(Invalid::Field {
+                field: "zombie",
+                problem: format!("{status:#x} is not the wait status of an exit"),
+            });
+        }
         // A zombie is only an exit status waiting for its parent.
         if !p.threads.is_empty()
             || !p.vmas.is_empty()

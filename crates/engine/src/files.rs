@@ -409,6 +409,11 @@ fn copy_from(
     if got != target {
         task.call(gadget, libc::SYS_dup3, &[got, target, cloexec], || format!("dup3 to fd {target}"))?;
         task.call(gadget, libc::SYS_close, &[got], || "close".into())?;
+    } else if cloexec == 0 {
+        // pidfd_getfd always sets FD_CLOEXEC; landing on the right number keeps it.
+        task.call(gadget, libc::SYS_fcntl, &[target, libc::F_SETFD as u64, 0], || {
+            format!("fcntl(F_SETFD) of fd {target}")
+        })?;
     }
     Ok(())
 }

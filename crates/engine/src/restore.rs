@@ -321,10 +321,18 @@ pub(crate) fn make_zombie(
         regs.rax = libc::SYS_exit_group as u64;
         regs.rdi = code as u64;
     } else {
-        // Killed by `sig`: its default action must run, and it must not be blocked.
-        let dfl = [0u8; 32];
-        let at = remote.write(0, &dfl)?;
-        remote.call(libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || format!("rt_sigaction({sig})"))?;
+        // Killed by `sig`: its default action must run, and it must not be blocked (SIGKILL
+        // cannot be either). No core file here: the process died at the source.
+        if sig != libc::SIGKILL {
+            let dfl = [0u8; 32];
+            let at = remote.write(0, &dfl)?;
+            remote
+                .call(libc::SYS_rt_sigaction, &[sig as u64, at, 0, 8], || format!("rt_sigaction({sig})"))?;
+        }
+        let no_core = remote.write(0, &[0u8; 16])?;
+        remote.call(libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, no_core, 0], || {
+            "prlimit64(RLIMIT_CORE, 0)".into()
+        })?;
         remote
             .task
             .tracee

@@ -336,3 +336,23 @@ fn tmpfs_entries_are_made_in_directories_listed_before_them() {
     p.tmpfs = vec![entry("/run/a/b", TmpfsKind::Fifo), entry("/run/a", TmpfsKind::Dir)];
     assert!(validate_process(&p).is_err());
 }
+
+#[test]
+fn a_zombie_carries_the_wait_status_of_an_exit() {
+    let zombie = |status| ProcessRecord {
+        zombie: Some(status),
+        threads: vec![],
+        vmas: vec![],
+        mm: None,
+        fds: vec![],
+        objects: vec![],
+        ..process(2)
+    };
+    for ok in [0, 7 << 8, 9, 0x80 | 11] {
+        assert!(validate_process(&zombie(ok)).is_ok(), "{ok:#x}");
+    }
+    for bad in [0x7f, 65, 0x1_0000, (7 << 8) | 9, -1] {
+        let err = validate_process(&zombie(bad)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("is not the wait status of an exit"), "{bad:#x}: {err}");
+    }
+}
