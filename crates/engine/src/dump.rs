@@ -192,6 +192,10 @@ pub fn checkpoint(
 ) -> Result<CheckpointReport, EngineError> {
     let t0 = Instant::now();
     image::prepare_dir(&req.dir)?;
+    // Until the image is complete, a failure removes the directory; until the seize takes
+    // the tasks over (it thaws the cgroup itself), a failure thaws the container.
+    let mut dir = DirGuard { dir: &req.dir, keep: false };
+    let mut frozen = ThawGuard(Some(req.cgroup));
     // The tree is read and checked while frozen: nothing can fork or exit meanwhile. A
     // refusal thaws at once, so the container is frozen only for that look.
     progress(Progress::Phase("freeze"));
@@ -199,41 +203,30 @@ pub fn checkpoint(
     seize::freeze_settled(req.cgroup)?;
     let freeze_ms = frozen_at.elapsed().as_millis() as u64;
     let t_pre = Instant::now();
-    let pre = match precheck(req.pid, req.cgroup, &req.external) {
-        Ok(p) => p,
-        Err(e) => {
-            req.cgroup.thaw(std::time::Duration::from_secs(10))?;
-            let _ = std::fs::remove_dir_all(&req.dir);
-            return Err(e);
-        }
-    };
+    let pre = precheck(req.pid, req.cgroup, &req.external)?;
     let precheck_ms = t_pre.elapsed().as_millis() as u64;
     let t_seize = Instant::now();
-    let mut seized = match seize::seize_frozen(&pre.pids, req.cgroup, Options::empty()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&req.dir);
-            return Err(e);
-        }
-    };
+    frozen.0 = None;
+    let mut seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty())?;
     let seize_ms = t_seize.elapsed().as_millis() as u64;
-    let result = host::container_clocks(req.pid)
-        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, clocks, progress));
-    let written = match result {
-        Ok(v) => v,
-        Err(e) => {
-            // The source goes on as before: each guard puts its threads back on drop.
-            drop(seized);
-            let _ = std::fs::remove_dir_all(&req.dir);
-            return Err(e);
-        }
-    };
+    // On an error the source goes on as before: each guard puts its threads back on drop.
+    let written = host::container_clocks(req.pid)
+        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, clocks, progress))?;
+    dir.keep = true;
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
     let t_release = Instant::now();
+    // Every process is let go (or killed) even if one of them fails.
+    let mut failed = None;
     for s in seized.into_iter().flatten() {
         // Killed where they stand, still stopped: quicker than freezing them again, and
         // nothing runs after the image was taken.
-        if req.leave_running { s.release()? } else { s.kill()? }
+        let done = if req.leave_running { s.release() } else { s.kill() };
+        if let Err(e) = done {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;
     let release_ms = t_release.elapsed().as_millis() as u64;
@@ -246,6 +239,33 @@ pub fn checkpoint(
         total_ms: t0.elapsed().as_millis() as u64,
         ..written
     })
+}
+
+/// Removes a checkpoint's image directory on drop, unless the image was completed.
+struct DirGuard<'a> {
+    dir: &'a std::path::Path,
+    keep: bool,
+}
+
+impl Drop for DirGuard<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(self.dir);
+        }
+    }
+}
+
+/// Thaws the container on drop, unless the seize took it over.
+struct ThawGuard<'a>(Option<&'a Cgroup>);
+
+impl Drop for ThawGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0
+            && let Err(e) = cg.thaw(std::time::Duration::from_secs(10))
+        {
+            tracing::warn!(error = %migrate_sys::error_chain(&e), "thawing the container after a failed checkpoint");
+        }
+    }
 }
 
 /// What injected calls collect from one process.

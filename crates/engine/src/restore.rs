@@ -90,7 +90,7 @@ pub fn restore(
     let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
         .and_then(Tracee::interrupt)
         .map_err(EngineError::ptrace(stub, "seize the restore stub"))?;
-    let mut s = seize::take(stub, vec![Task::new(stub, tracee)?])?;
+    let mut s = seize::take(stub, vec![Task::new(stub, tracee)?])?.kill_on_drop();
     check_cpu(&mut s, root, stub)?;
     let all_vmas: Vec<_> = img.processes.iter().flat_map(|p| p.vmas.iter().cloned()).collect();
     let park = mm::find_gap(&all_vmas, 32 << 20)
@@ -235,7 +235,7 @@ fn build(
                 make_zombie(task, gadget, child_host, scratch, child, status)?
             }
             None => {
-                let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?;
+                let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?.kill_on_drop();
                 build(ctx, child, cs, child_host, Some(rec), progress)?;
             }
         }

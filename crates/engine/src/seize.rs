@@ -5,7 +5,8 @@
 //! ptrace stop. Signals are blocked in every thread while we work, so that no signal
 //! delivery can interleave with injected calls; the masks are put back on release.
 //! Dropping a [`Seized`] without releasing it puts every thread back as it was and
-//! detaches: a failed dump leaves the source running as before.
+//! detaches: a failed dump leaves the source running as before. A process being built by
+//! a restore is killed instead ([`Seized::kill_on_drop`]): nothing half-built runs.
 
 use std::fs::File;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct Seized {
     /// A `syscall` instruction in the process's vDSO.
     pub gadget: u64,
     released: bool,
+    /// Dropped unreleased, the process is killed rather than put back.
+    kill_on_drop: bool,
 }
 
 /// The thread ids of `pid`, main thread first.
@@ -124,7 +127,7 @@ pub fn take(pid: i32, tasks: Vec<Task>) -> Result<Seized, EngineError> {
         EngineError::Unsupported(format!("pid {pid} has no [vdso]: cannot inject syscalls"))
     })?;
     let gadget = find_gadget(&mem, pid, vdso)?;
-    let mut seized = Seized { tasks, masks: Vec::new(), mem, gadget, released: false };
+    let mut seized = Seized { tasks, masks: Vec::new(), mem, gadget, released: false, kill_on_drop: false };
     for t in &seized.tasks {
         let mask = t.tracee.sigmask().map_err(EngineError::ptrace(t.tid, "read the signal mask"))?;
         t.tracee.set_sigmask(!0).map_err(EngineError::ptrace(t.tid, "block signals"))?;
@@ -147,6 +150,13 @@ impl Seized {
         &mut self.tasks[0]
     }
 
+    /// A process a restore builds: if it is dropped before the restore lets it go, it is
+    /// killed while still stopped, never put back to run half-built.
+    pub fn kill_on_drop(mut self) -> Self {
+        self.kill_on_drop = true;
+        self
+    }
+
     /// Puts every thread back (registers, signal mask) and detaches. A caller that wants
     /// them to stay stopped freezes their cgroup first: without a tracer, only the freezer
     /// holds them.
@@ -167,6 +177,10 @@ impl Seized {
     /// and lets go of them.
     pub fn kill(mut self) -> Result<(), EngineError> {
         self.released = true;
+        self.sigkill()
+    }
+
+    fn sigkill(&self) -> Result<(), EngineError> {
         let Some(main) = self.tasks.first() else { return Ok(()) };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(main.tid), nix::sys::signal::Signal::SIGKILL)
             .map_err(|e| EngineError::Proc {
@@ -206,6 +220,12 @@ fn put_back(t: Task, mask: Option<u64>) -> Result<(), EngineError> {
 impl Drop for Seized {
     fn drop(&mut self) {
         if self.released {
+            return;
+        }
+        if self.kill_on_drop {
+            if let Err(e) = self.sigkill() {
+                tracing::warn!(error = %e, "killing a half-built process failed");
+            }
             return;
         }
         let masks = std::mem::take(&mut self.masks);
