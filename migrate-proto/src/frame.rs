@@ -486,7 +486,8 @@ fn read_payload<R: Read>(r: &mut R, buf: &mut Vec<u8>, want: u64) -> io::Result<
     let mut got: u64 = 0;
     while got < want {
         let chunk = (want - got).min(got.max(FIRST_CHUNK));
-        buf.reserve(usize::try_from(chunk).unwrap_or(usize::MAX));
+        // Exactly: `reserve` would round up to a power of two and keep twice the payload.
+        buf.reserve_exact(usize::try_from(chunk).unwrap_or(usize::MAX));
         let n = r.take(chunk).read_to_end(buf)? as u64;
         got += n;
         if n < chunk {

@@ -69,7 +69,7 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
         };
         // Runs are sorted: the last ends furthest. A file's last page may be partial.
         let end = batch.runs.last().and_then(|r| r.end());
-        if end.is_none_or(|e| e > obj.size.next_multiple_of(PAGE_SIZE)) {
+        if end.is_none_or(|e| obj.size.checked_next_multiple_of(PAGE_SIZE).is_none_or(|room| e > room)) {
             return Err(Invalid::Field {
                 field: "pages",
                 problem: format!("a batch of object {} reaches beyond its {} bytes", obj.id, obj.size),
@@ -79,13 +79,7 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
     }
     for run in &batch.runs {
         let outside = Invalid::RunOutsideVma { addr: run.addr, npages: run.npages };
-        let Some(end) = run.end() else { return Err(outside) };
-        // The first VMA that ends above the run's start is the only one that can hold it.
-        let idx = process.vmas.partition_point(|v| v.end <= run.addr);
-        let Some(vma) = process.vmas.get(idx) else { return Err(outside) };
-        if run.npages == 0 || vma.start > run.addr || end > vma.end {
-            return Err(outside);
-        }
+        let Some(vma) = vma_holding(&process.vmas, run) else { return Err(outside) };
         let backing = match &vma.backing {
             VmaBacking::Anon
             | VmaBacking::File { shared: false, .. }
@@ -489,11 +483,7 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
             })
         };
         let Some(end) = r.end() else { return bad() };
-        if r.npages == 0 || !r.addr.is_multiple_of(PAGE_SIZE) || r.addr < prev_end {
-            return bad();
-        }
-        let i = p.vmas.partition_point(|v| v.end <= r.addr);
-        if p.vmas.get(i).is_none_or(|v| v.start > r.addr || end > v.end) {
+        if !r.addr.is_multiple_of(PAGE_SIZE) || r.addr < prev_end || vma_holding(&p.vmas, r).is_none() {
             return bad();
         }
         prev_end = end;
@@ -594,16 +584,22 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
     if roots != [1] {
         return Err(format!("the tree must have exactly one root, pid 1, but its roots are {roots:?}"));
     }
+    // Walking up must reach the root within as many steps as there are processes; a pid
+    // known to reach it ends the walk early, so that a long chain costs one pass.
+    let mut reach_root: HashSet<i32> = HashSet::with_capacity(processes.len());
     for p in processes {
-        // Walking up must reach the root within as many steps as there are processes.
-        let (mut cur, mut steps) = (p.pid, 0);
+        let (mut cur, mut path) = (p.pid, Vec::new());
         while let Some(&up) = parent_of.get(&cur) {
+            if reach_root.contains(&cur) {
+                break;
+            }
+            path.push(cur);
             cur = up;
-            steps += 1;
-            if steps > processes.len() {
+            if path.len() > processes.len() {
                 return Err(format!("pid {} is in a cycle of parents", p.pid));
             }
         }
+        reach_root.extend(path);
     }
     let mut pipes = HashSet::new();
     for p in processes {
@@ -627,10 +623,13 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
             return Err(format!("pid {} refers to object {id}, which has no record", p.pid));
         }
         if let Some(r) = p.inherited.first() {
+            // Binary searches: a hostile record may hold millions of runs and VMAs.
             let same = by_pid.get(&p.ppid).is_some_and(|parent| {
                 p.inherited.iter().all(|r| {
-                    let mine = p.vmas.iter().find(|v| v.start <= r.addr && r.addr < v.end);
-                    mine.is_some_and(|v| parent.vmas.iter().any(|w| inheritable(w, v)))
+                    vma_holding(&p.vmas, r).is_some_and(|v| {
+                        let i = parent.vmas.partition_point(|w| w.start < v.start);
+                        parent.vmas.get(i).is_some_and(|w| inheritable(w, v))
+                    })
                 })
             });
             if !same {
@@ -663,6 +662,14 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The VMA of `vmas` (sorted, as [`validate_process`] requires) that holds all of `run`.
+pub fn vma_holding<'a>(vmas: &'a [Vma], run: &crate::pages::PageRun) -> Option<&'a Vma> {
+    let end = run.end()?;
+    // The first VMA that ends above the run's start is the only one that can hold it.
+    let vma = vmas.get(vmas.partition_point(|v| v.end <= run.addr))?;
+    (run.npages > 0 && vma.start <= run.addr && end <= vma.end).then_some(vma)
 }
 
 /// Whether a child's VMA `child` is the parent's VMA `parent` carried over by fork: same

@@ -252,8 +252,8 @@ pub fn stored_per_vma(img: &Image) -> Result<Vec<Vec<u64>>, EngineError> {
         let Some(pi) = img.processes.iter().position(|p| p.pid == b.pid) else { return };
         let vmas = &img.processes[pi].vmas;
         for r in &b.runs {
-            if let Some(i) = vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) {
-                out[pi][i] += u64::from(r.npages) * migrate_proto::PAGE_SIZE;
+            if migrate_proto::validate::vma_holding(vmas, r).is_some() {
+                out[pi][vmas.partition_point(|v| v.end <= r.addr)] += r.bytes();
             }
         }
     })?;
@@ -271,8 +271,9 @@ pub fn read_range(img: &Image, pid: i32, addr: u64, len: u64) -> Result<Vec<Opti
         }
         let mut off = 0usize;
         for r in &b.runs {
-            let rlen = u64::from(r.npages) * migrate_proto::PAGE_SIZE;
-            let (s, e) = (r.addr.max(addr), (r.addr + rlen).min(end));
+            let rlen = r.bytes();
+            // Runs were checked on decode (no overflow), but not against a process.
+            let (s, e) = (r.addr.max(addr), r.end().unwrap_or(u64::MAX).min(end));
             for a in s..e {
                 out[(a - addr) as usize] = b.data.get(off + (a - r.addr) as usize).copied();
             }

@@ -25,7 +25,8 @@ pub fn file_id(shown: &str, path: &str) -> Result<FileId, EngineError> {
     Ok(FileId {
         path: shown.to_string(),
         size: md.size(),
-        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        // Saturating: a file dated beyond 2262 must not overflow (it compares unequal anyway).
+        mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
         mode: md.mode(),
     })
 }

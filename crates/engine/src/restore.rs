@@ -406,7 +406,7 @@ impl PageFeed {
             reader: image::records(&img.dir, image::PAGES)?,
             sum,
             pending: None,
-            total: img.manifest.stats.pages_stored * memory::PAGE,
+            total: img.manifest.stats.pages_stored.saturating_mul(memory::PAGE),
             pages: 0,
         })
     }
