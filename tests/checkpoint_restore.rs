@@ -438,3 +438,42 @@ time.sleep(100000)
     lab.down_expecting(&[])?;
     Ok(())
 }
+
+/// A process that is not root, with a smaller bounding set, an inheritable and ambient
+/// capability, and no_new_privs, keeps all of it (`setpriv`, from util-linux).
+#[test]
+fn credentials_and_capabilities_of_a_non_root_process_survive_a_move() -> anyhow::Result<()> {
+    let img = TempDir::new("creds-img")?;
+    let lab = TestLab::up(2)?;
+    let setpriv = [
+        "setpriv",
+        "--reuid=1000",
+        "--regid=1000",
+        "--groups=1000,1001",
+        "--inh-caps=+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+        "--bounding-set=-sys_admin,-net_raw",
+        "--no-new-privs",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100000",
+    ];
+    lab.start("host-a", "creds", &setpriv)?;
+    lab.wait_log("creds", "ready")?;
+    let creds = || -> anyhow::Result<String> {
+        let status = lab.ok(&["exec", "creds", "--", "cat", "/proc/1/status"])?;
+        let keys = ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"];
+        Ok(status
+            .lines()
+            .filter(|l| keys.iter().any(|k| l.starts_with(&format!("{k}:"))))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    let before = creds()?;
+    ensure!(before.contains("CapAmb:\t0000000000000400") && before.contains("Uid:\t1000"), "{before}");
+    lab.checkpoint_and_restore("creds", &img.join("creds"), "host-b")?;
+    let after = creds()?;
+    ensure!(after == before, "credentials changed:\nbefore\n{before}\nafter\n{after}");
+    lab.down_expecting(&["creds"])?;
+    Ok(())
+}

@@ -239,7 +239,7 @@ pub fn restore_misc(
     let stub =
         procfs::parse_creds(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "credentials"))?;
     if stub != rec.creds {
-        restore_creds(remote, &rec.creds)?;
+        restore_creds(remote, &stub, &rec.creds)?;
     }
     Ok(warnings)
 }
@@ -248,8 +248,17 @@ fn fmt_limit(v: u64) -> String {
     if v == u64::MAX { "unlimited".into() } else { v.to_string() }
 }
 
-/// Groups, gids, uids, then capabilities: each step needs the privileges the next drops.
-fn restore_creds(remote: &mut Remote<'_>, c: &Creds) -> Result<(), EngineError> {
+/// The bounding set, groups, gids, uids, then capabilities and the ambient set: each step
+/// needs the privileges the next drops.
+fn restore_creds(remote: &mut Remote<'_>, stub: &Creds, c: &Creds) -> Result<(), EngineError> {
+    // The bounding set first, while the stub is still root (dropping needs CAP_SETPCAP),
+    // and only what the image lacks.
+    let drop = stub.cap_bounding & !c.cap_bounding;
+    for cap in (0..64u64).filter(|cap| drop & (1 << cap) != 0) {
+        remote.call(libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap], || {
+            format!("prctl(PR_CAPBSET_DROP, {cap})")
+        })?;
+    }
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let at = remote.write(0, &groups)?;
     remote.call(libc::SYS_setgroups, &[c.groups.len() as u64, at], || "setgroups".into())?;
@@ -263,12 +272,6 @@ fn restore_creds(remote: &mut Remote<'_>, c: &Creds) -> Result<(), EngineError> 
         "setresuid".into()
     })?;
     remote.call(libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
-    for cap in 0..64u64 {
-        if c.cap_bounding & (1 << cap) == 0 {
-            // Fails with EINVAL for capabilities the kernel does not know: fine.
-            let _ = remote.syscall(libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap])?;
-        }
-    }
     // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
     // then two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
     let mut b = Vec::new();
@@ -282,6 +285,14 @@ fn restore_creds(remote: &mut Remote<'_>, c: &Creds) -> Result<(), EngineError> 
     let hdr = remote.write(0, &b)?;
     remote.call(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
     remote.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || "prctl(PR_SET_KEEPCAPS)".into())?;
+    // Ambient capabilities last: each must be permitted and inheritable already.
+    for cap in (0..64u64).filter(|cap| c.cap_ambient & (1 << cap) != 0) {
+        remote.call(
+            libc::SYS_prctl,
+            &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0],
+            || format!("prctl(PR_CAP_AMBIENT_RAISE, {cap})"),
+        )?;
+    }
     if c.no_new_privs {
         remote.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
             "prctl(PR_SET_NO_NEW_PRIVS)".into()
