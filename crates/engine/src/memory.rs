@@ -87,8 +87,9 @@ enum Src {
     Object(usize),
 }
 
-/// The pagemap entries of a process's private VMAs, kept while its children are dumped.
-pub type Pagemaps = Vec<(Vma, Vec<u64>)>;
+/// The pagemap entries of the pages a process's private VMAs hold, `(addr, entry)` sorted
+/// per VMA, kept while its children are dumped.
+pub type Pagemaps = Vec<(Vma, Vec<(u64, u64)>)>;
 
 /// An object a process owns, dumped with it: its id, where to read it, its size.
 #[derive(Debug, Clone, Copy)]
@@ -399,68 +400,83 @@ fn same_page(a: u64, b: u64) -> bool {
 /// Which pages of the process hold data, per VMA, and which of those it shares with its
 /// parent (`parent`: the parent's pagemaps).
 fn select(pid: i32, vmas: &[Vma], parent: Option<&Pagemaps>) -> Result<Selection, EngineError> {
-    let pm_path = format!("/proc/{pid}/pagemap");
-    let pagemap = File::open(&pm_path).map_err(io_err("open", &pm_path))?;
+    let pagemap = migrate_sys::pagemap::Pagemap::open(Some(pid)).map_err(|e| EngineError::Proc {
+        pid,
+        what: "pagemap".into(),
+        reason: migrate_sys::error_chain(&e),
+    })?;
+    let pm_err = |addr| {
+        move |e: migrate_sys::pagemap::PagemapError| EngineError::Memory {
+            pid,
+            addr,
+            op: "read the pagemap",
+            source: std::io::Error::other(migrate_sys::error_chain(&e)),
+        }
+    };
     let zero = zero_pfn();
     let mut sel = Selection::default();
     let mut raw = Vec::new();
     for (i, v) in vmas.iter().enumerate() {
-        let npages = (v.end - v.start) / PAGE;
         let anon = match &v.backing {
             VmaBacking::Anon => true,
             VmaBacking::File { shared: false, .. } | VmaBacking::Object { shared: false, .. } => false,
             // Shared mappings' pages are their file's or object's; the vDSO is the kernel's.
             _ => continue,
         };
-        sel.total += npages;
-        raw.resize((npages * 8) as usize, 0);
-        pagemap.read_exact_at(&mut raw, v.start / PAGE * 8).map_err(|source| EngineError::Memory {
-            pid,
-            addr: v.start,
-            op: "read the pagemap",
-            source,
-        })?;
-        let entries: Vec<u64> =
-            raw.chunks_exact(8).map(|e| u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]))).collect();
+        sel.total += (v.end - v.start) / PAGE;
+        // What the parent holds in the same VMA, if fork carried it over: (addr, entry),
+        // sorted, walked along with this VMA's pages.
         let from_parent = parent
             .and_then(|pm| pm.iter().find(|(pv, _)| migrate_proto::validate::inheritable(pv, v)))
-            .map(|(_, e)| e.as_slice());
-        // (start, pages, shared with another process)
-        let mut run: Option<(u64, u64, bool)> = None;
-        let mut shared: Option<PageRun> = None;
-        for (p, &e) in entries.iter().enumerate() {
-            let present = e & PM_PRESENT != 0;
-            let is_zero_page = present && zero.is_some_and(|z| e & PM_PFN == z);
-            sel.zeros += u64::from(is_zero_page);
-            let mut keep = !is_zero_page && (e & PM_SWAPPED != 0 || (present && (anon || e & PM_FILE == 0)));
-            let addr = v.start + p as u64 * PAGE;
-            if keep && from_parent.is_some_and(|pe| pe.get(p).is_some_and(|&pe| same_page(pe, e))) {
-                keep = false;
-                match shared.as_mut() {
-                    Some(r) if r.end() == Some(addr) && r.npages < u32::MAX => r.npages += 1,
-                    _ => sel.inherited.extend(shared.replace(PageRun { addr, npages: 1 })),
+            .map_or(&[][..], |(_, e)| e.as_slice());
+        let mut in_parent = from_parent.iter().peekable();
+        let mut kept = Vec::new();
+        // Only the populated runs: a reservation of terabytes costs nothing here.
+        for (start, end) in pagemap.populated(v.start, v.end).map_err(pm_err(v.start))? {
+            pagemap.entries(start, end, &mut raw).map_err(pm_err(start))?;
+            // (start, pages, shared with another process); runs end with the region.
+            let mut run: Option<(u64, u64, bool)> = None;
+            let mut shared: Option<PageRun> = None;
+            for (p, &e) in raw.iter().enumerate() {
+                let addr = start + p as u64 * PAGE;
+                let present = e & PM_PRESENT != 0;
+                let is_zero_page = present && zero.is_some_and(|z| e & PM_PFN == z);
+                sel.zeros += u64::from(is_zero_page);
+                let mut keep =
+                    !is_zero_page && (e & PM_SWAPPED != 0 || (present && (anon || e & PM_FILE == 0)));
+                while in_parent.next_if(|(a, _)| *a < addr).is_some() {}
+                let inherited = in_parent.peek().is_some_and(|&&(a, pe)| a == addr && same_page(pe, e));
+                if keep {
+                    kept.push((addr, e));
                 }
+                if keep && inherited {
+                    keep = false;
+                    match shared.as_mut() {
+                        Some(r) if r.end() == Some(addr) && r.npages < u32::MAX => r.npages += 1,
+                        _ => sel.inherited.extend(shared.replace(PageRun { addr, npages: 1 })),
+                    }
+                }
+                let not_mine = present && e & PM_EXCLUSIVE == 0;
+                run = match (run, keep) {
+                    (Some((s, n, sh)), true) if sh == not_mine => Some((s, n + 1, sh)),
+                    (Some((s, n, sh)), true) => {
+                        sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
+                        Some((addr, 1, not_mine))
+                    }
+                    (None, true) => Some((addr, 1, not_mine)),
+                    (Some((s, n, sh)), false) => {
+                        sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
+                        None
+                    }
+                    (None, false) => None,
+                };
             }
-            let not_mine = present && e & PM_EXCLUSIVE == 0;
-            run = match (run, keep) {
-                (Some((s, n, sh)), true) if sh == not_mine => Some((s, n + 1, sh)),
-                (Some((s, n, sh)), true) => {
-                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
-                    Some((addr, 1, not_mine))
-                }
-                (None, true) => Some((addr, 1, not_mine)),
-                (Some((s, n, sh)), false) => {
-                    sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
-                    None
-                }
-                (None, false) => None,
-            };
+            if let Some((s, n, sh)) = run {
+                sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
+            }
+            sel.inherited.extend(shared);
         }
-        if let Some((s, n, sh)) = run {
-            sel.spans.push(Span { addr: s, npages: n, src: Src::Vma(i), shared: sh });
-        }
-        sel.inherited.extend(shared);
-        sel.pagemaps.push((v.clone(), entries));
+        sel.pagemaps.push((v.clone(), kept));
     }
     Ok(sel)
 }

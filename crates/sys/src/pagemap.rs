@@ -197,6 +197,46 @@ impl Pagemap {
         Ok(PagemapEntry(u64::from_ne_bytes(buf)))
     }
 
+    /// The raw entries of the pages of `start..end` (page-aligned), into `out` (cleared).
+    pub fn entries(&self, start: u64, end: u64, out: &mut Vec<u64>) -> Result<(), PagemapError> {
+        let page = crate::mem::page_size() as u64;
+        let n = usize::try_from((end.saturating_sub(start)) / page).unwrap_or(0);
+        let mut raw = vec![0u8; n * 8];
+        self.file.read_exact_at(&mut raw, start / page * 8).map_err(|source| PagemapError::Read {
+            path: self.path.clone(),
+            addr: start,
+            source,
+        })?;
+        out.clear();
+        out.extend(
+            raw.chunks_exact(8).map(|e| u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]])),
+        );
+        Ok(())
+    }
+
+    /// The runs of `start..end` whose pages hold something (present or swapped): one
+    /// `PAGEMAP_SCAN` walk, which skips empty page tables, where reading every entry would
+    /// cost 8 bytes per page of a reservation however large.
+    pub fn populated(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, PagemapError> {
+        let held = category::PRESENT | category::SWAPPED;
+        let req = ScanRequest {
+            start,
+            end,
+            category_anyof_mask: held,
+            return_mask: held,
+            ..ScanRequest::default()
+        };
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for r in self.scan_all(&req)? {
+            // The kernel splits runs by category; adjacent ones are one range here.
+            match runs.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => runs.push((r.start, r.end)),
+            }
+        }
+        Ok(runs)
+    }
+
     /// One `PAGEMAP_SCAN` call that returns at most `max_regions` runs. The walk stops
     /// early when they are used up; continue from `walk_end` (or use [`Self::scan_all`]).
     pub fn scan(&self, req: &ScanRequest, max_regions: usize) -> Result<ScanOutcome, PagemapError> {
