@@ -101,7 +101,7 @@ impl Cgroup {
         check_rel(rel)?;
         let v2root = mounts.v2.as_ref().ok_or(CgroupError::NoCgroup2)?;
         let v2 = v2root.join(rel);
-        create_dir_all(&v2)?;
+        fs::create_dir_all(&v2).map_err(io_err("create", &v2))?;
         let mut cg = Cgroup { rel: rel.to_path_buf(), v2, v1: Vec::new() };
         match cg.place_limits(mounts, limits) {
             Ok(applied) => Ok((cg, applied)),
@@ -131,7 +131,7 @@ impl Cgroup {
                 // Processes join every v1 hierarchy we create, so accounting works even
                 // without a limit; only hierarchies we know of are touched.
                 let dir = root.join(&self.rel);
-                create_dir_all(&dir)?;
+                fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                 self.v1.push((controller.to_string(), dir.clone()));
                 Some(dir.join(v1file))
             } else {
@@ -295,11 +295,6 @@ fn kill_dir(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
         // but a v1 hierarchy has no event to wait on, so poll briefly.
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Creates a cgroup directory and its parents ([`migrate_sys::files::create_dir_all`]).
-pub fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
-    migrate_sys::files::create_dir_all(dir).map_err(io_err("create", dir))
 }
 
 /// Removes an (emptied) cgroup directory. The kernel refuses with EBUSY for a moment

@@ -42,8 +42,8 @@ pub(crate) fn running_agent(host: &HostInfo) -> Option<i32> {
 
 /// Starts the agent of `host` and returns its pid.
 pub(crate) fn start(lab: &Lab, host: &HostInfo) -> Result<i32, LabError> {
-    migrate_sys::files::create_dir_all(&host.state_dir).map_err(LabError::io("create", &host.state_dir))?;
-    migrate_sys::files::create_dir_all(&lab.lease_dir).map_err(LabError::io("create", &lab.lease_dir))?;
+    std::fs::create_dir_all(&host.state_dir).map_err(LabError::io("create", &host.state_dir))?;
+    std::fs::create_dir_all(&lab.lease_dir).map_err(LabError::io("create", &lab.lease_dir))?;
     // A socket left by a killed agent: nobody listens on it any more.
     match std::fs::remove_file(&host.socket) {
         Ok(()) => {}

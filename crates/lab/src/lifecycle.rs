@@ -169,7 +169,7 @@ pub async fn up(name: &LabName, hosts: Option<usize>, migrate_bin: &Path) -> Res
             // Whatever is left of an earlier lab goes first, by the same path as `down`.
             cleared = Some(teardown(name, None)?);
             let lab = Lab::plan(name, size, &migrate_bin);
-            migrate_sys::files::create_dir_all(&lab.dir).map_err(LabError::io("create", &lab.dir))?;
+            std::fs::create_dir_all(&lab.dir).map_err(LabError::io("create", &lab.dir))?;
             match topology::build(&lab) {
                 Ok(done) => created = done,
                 Err(e) => {

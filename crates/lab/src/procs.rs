@@ -170,13 +170,11 @@ impl LabLock {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(dir) = path.parent() {
-                migrate_sys::files::create_dir_all(dir).map_err(LabError::io("create", dir))?;
+                std::fs::create_dir_all(dir).map_err(LabError::io("create", dir))?;
             }
             let file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
             {
                 Ok(file) => file,
-                // The directory was removed by a concurrent `down` of another lab.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(LabError::io("open", path)(e)),
             };
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

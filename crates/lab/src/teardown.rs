@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::LabError;
 use crate::model::Lab;
-use crate::name::{LABS_DIR, LabName, MAX_HOSTS, host_name};
+use crate::name::{LabName, MAX_HOSTS, host_name};
 use crate::procs::{self, KilledProcess, LabLock};
 
 /// How long killed processes get to disappear.
@@ -97,10 +97,6 @@ pub(crate) fn teardown(name: &LabName, lock: Option<&LabLock>) -> Result<DownRep
                     Err(source) => errors.push(LabError::Cgroup { rel, source }),
                 }
             }
-            for root in &roots {
-                // Only if empty: other labs and the agents' own containers may use it.
-                let _ = std::fs::remove_dir(root.join("migrate"));
-            }
         }
         Err(e) => errors.push(LabError::CgroupMounts(e)),
     }
@@ -126,11 +122,6 @@ pub(crate) fn teardown(name: &LabName, lock: Option<&LabLock>) -> Result<DownRep
             Ok(true) => report.paths_removed.push(name.lock_path()),
             Ok(false) => {}
             Err(e) => errors.push(e),
-        }
-        // Only if empty (other labs may be up); a concurrent `up` recreates them.
-        let _ = std::fs::remove_dir(LABS_DIR);
-        if let Some(parent) = Path::new(LABS_DIR).parent() {
-            let _ = std::fs::remove_dir(parent);
         }
     }
 

@@ -228,8 +228,7 @@ fn spawn_container(name: &LabName, lab: &Lab) -> Option<(std::process::Child, St
     let rel = lab.hosts[0].cgroup_parent.clone();
     assert_eq!(rel, name.cgroup_parent("host-a"));
     let dir = v2.join(&rel).join("ctr");
-    // Another test's lab may remove the shared, empty `migrate` parent meanwhile.
-    migrate_cgroup::create_dir_all(&dir).expect("create container cgroup");
+    std::fs::create_dir_all(&dir).expect("create container cgroup");
     let steps = vec![
         migrate_sys::process::Step::join_cgroup(&dir.join("cgroup.procs")).expect("cgroup.procs"),
         migrate_sys::process::Step::Unshare { flags: nix::libc::CLONE_NEWNET },
@@ -247,7 +246,7 @@ fn up_clears_leftovers_of_a_crash() {
     // A crash left a namespace of this lab (one `up` never made: host-c) and a directory.
     let stale = name.host_netns("host-c");
     drop(NetNs::register(&stale).expect("register stale netns"));
-    migrate_sys::files::create_dir_all(&name.dir().join("host-a")).expect("stale dir");
+    std::fs::create_dir_all(name.dir().join("host-a")).expect("stale dir");
     let report = block_on(up(&name, Some(1), &fake_agent())).expect("up");
     let cleared = report.cleared.expect("leftovers were cleared");
     assert!(cleared.netns_removed.contains(&stale), "{cleared:#?}");

@@ -1,22 +1,9 @@
 //! Comparing and copying the kernel objects behind file descriptors of other processes:
 //! `kcmp(KCMP_FILE)` (are two fds one open file description?) and `tee` (copy a pipe's
-//! buffered bytes without consuming them); and directories shared between labs.
+//! buffered bytes without consuming them).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-
-/// `create_dir_all` that survives a concurrent removal of an empty parent: labs share
-/// parents (`/run/migrate/labs`, the cgroup `migrate`), and one lab's clean-up may remove
-/// such a parent, empty, between two of our `mkdir`s.
-pub fn create_dir_all(dir: &std::path::Path) -> io::Result<()> {
-    let mut tries = 0;
-    loop {
-        match std::fs::create_dir_all(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
-            other => return other,
-        }
-    }
-}
 
 /// `KCMP_FILE` (linux/kcmp.h).
 const KCMP_FILE: libc::c_int = 0;
