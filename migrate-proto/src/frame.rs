@@ -359,10 +359,6 @@ impl<R: Read> RecordReader<R> {
         FileDigest { size: self.offset, xxh3: self.file.digest() }
     }
 
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
     fn fail(&self, problem: FrameProblem) -> ProtoError {
         ProtoError::frame(self.index, self.offset, problem)
     }

@@ -7,9 +7,6 @@ use std::path::PathBuf;
 use migrate_cgroup::{AppliedLimit, Cgroup};
 use serde::{Deserialize, Serialize};
 
-/// API version prefix of every route.
-pub const PREFIX: &str = "/v1";
-
 /// `POST /v1/containers`: start a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRequest {

@@ -1,6 +1,6 @@
 //! A client of the agent's API, used by the CLI (and by tests).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -49,10 +49,6 @@ pub struct Client {
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client { socket: socket.into() }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     fn protocol(&self, reason: impl std::fmt::Display) -> ClientError {

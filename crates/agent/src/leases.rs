@@ -57,7 +57,11 @@ impl Leases {
         let parent = path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(io_err("create", parent))?;
         match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => f.write_all(owner.0.as_bytes()).map_err(io_err("write", &path)),
+            Ok(mut f) => f.write_all(owner.0.as_bytes()).map_err(|e| {
+                // An empty lease would have no owner to ever release it.
+                let _ = fs::remove_file(&path);
+                AgentError::Io { op: "write", path: path.clone(), source: e }
+            }),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 let holder = holder.lines().next().filter(|l| !l.is_empty()).unwrap_or("another container");

@@ -21,7 +21,4 @@ pub mod server;
 pub mod shim;
 pub mod spec;
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use migrate_engine::host::now_ms;

@@ -152,8 +152,11 @@ fn start(dir: &Path) -> Result<(std::process::Child, OwnedFd, OwnedFd), String> 
     write_atomic(&stdio_path(dir), &serde_json::to_vec(&stdio).unwrap_or_default())
         .map_err(|e| format!("write {}: {e}", stdio_path(dir).display()))?;
     let steps = container_steps(&config, netns).map_err(|e| format!("preparing PID 1: {e}"))?;
-    let mut cmd = Command::new(&config.cmd[0]);
-    cmd.args(&config.cmd[1..])
+    let Some((program, args)) = config.cmd.split_first() else {
+        return Err(format!("{} names no program to run", config_path(dir).display()));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .env("PATH", CONTAINER_PATH)
         .env("HOSTNAME", &config.hostname)
@@ -164,7 +167,7 @@ fn start(dir: &Path) -> Result<(std::process::Child, OwnedFd, OwnedFd), String> 
         .stderr(Stdio::from(err_w));
     let child = spawn(&mut cmd, steps).map_err(|e| match &e.step {
         Some(_) => format!("{e}: {}", e.source),
-        None => format!("cannot run {:?}: {}", config.cmd[0], e.source),
+        None => format!("cannot run {program:?}: {}", e.source),
     })?;
     // Drop our copies of the write ends (held by `cmd`), or the pipes never reach EOF.
     drop(cmd);

@@ -72,11 +72,6 @@ impl EngineError {
         let what = what.into();
         move |reason| EngineError::Proc { pid, what, reason }
     }
-
-    /// The task died under us (it was killed or exited): not the engine's failure.
-    pub fn is_gone(&self) -> bool {
-        matches!(self, EngineError::Ptrace { source, .. } if source.is_gone())
-    }
 }
 
 pub fn io_err<'a>(

@@ -25,13 +25,7 @@ use crate::error::{EngineError, io_err};
 use crate::inject::Remote;
 
 /// `F_SEAL_SEAL`: no more seals; a memfd made without `MFD_ALLOW_SEALING` has just this.
-const F_SEAL_SEAL: u32 = 0x1;
-/// `F_SEAL_EXEC`: the mode's exec bits are fixed (`MFD_NOEXEC_SEAL` sets it at birth).
-const F_SEAL_EXEC: u32 = 0x20;
-const MFD_CLOEXEC: u64 = 0x1;
-const MFD_ALLOW_SEALING: u64 = 0x2;
-const MFD_NOEXEC_SEAL: u64 = 0x8;
-const MFD_EXEC: u64 = 0x10;
+const F_SEAL_SEAL: u32 = libc::F_SEAL_SEAL as u32;
 
 /// One object found by a dump.
 #[derive(Debug)]
@@ -164,16 +158,17 @@ pub fn create(
         }
         ObjectKind::Memfd { name, seals } => {
             let p = remote.path(0, name)?;
-            let exec = if seals & F_SEAL_EXEC != 0 { MFD_NOEXEC_SEAL } else { MFD_EXEC };
+            // F_SEAL_EXEC: the mode's exec bits are fixed (MFD_NOEXEC_SEAL sets it at birth).
+            let exec =
+                if seals & libc::F_SEAL_EXEC as u32 != 0 { libc::MFD_NOEXEC_SEAL } else { libc::MFD_EXEC };
             // One with only F_SEAL_SEAL was made without MFD_ALLOW_SEALING: so is this.
-            let sealing = if *seals == F_SEAL_SEAL { 0 } else { MFD_ALLOW_SEALING };
-            let fd = match remote.syscall(libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing | exec])? {
+            let sealing = if *seals == F_SEAL_SEAL { 0 } else { libc::MFD_ALLOW_SEALING };
+            let flags = u64::from(libc::MFD_CLOEXEC | sealing);
+            let fd = match remote.syscall(libc::SYS_memfd_create, &[p, flags | u64::from(exec)])? {
                 Ok(fd) => fd,
                 // A kernel before 6.3 knows neither exec flag.
                 Err(nix::errno::Errno::EINVAL) => {
-                    remote.call(libc::SYS_memfd_create, &[p, MFD_CLOEXEC | sealing], || {
-                        format!("memfd_create({name:?})")
-                    })?
+                    remote.call(libc::SYS_memfd_create, &[p, flags], || format!("memfd_create({name:?})"))?
                 }
                 Err(errno) => {
                     return Err(EngineError::Injected {

@@ -86,11 +86,6 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    /// The underlying rtnetlink handle, for operations this type does not wrap.
-    pub fn handle(&self) -> &rtnetlink::Handle {
-        &self.handle
-    }
-
     /// The label of the namespace this connection acts on.
     pub fn netns(&self) -> &str {
         &self.ns
@@ -187,12 +182,6 @@ impl Netlink {
     pub async fn set_up(&self, link: &str) -> Result<(), NetError> {
         let index = self.index(link).await?;
         self.set(LinkUnspec::new_with_index(index).up().build(), "bring up", link).await
-    }
-
-    /// Brings `link` administratively down.
-    pub async fn set_down(&self, link: &str) -> Result<(), NetError> {
-        let index = self.index(link).await?;
-        self.set(LinkUnspec::new_with_index(index).down().build(), "bring down", link).await
     }
 
     /// Brings the loopback device up.

@@ -62,11 +62,6 @@ impl NetNs {
         NetNs::open_labeled(&registered_path(name), name.to_string())
     }
 
-    /// Opens the network namespace of process `pid`.
-    pub fn of_pid(pid: i32) -> Result<NetNs, NetError> {
-        NetNs::open_labeled(&PathBuf::from(format!("/proc/{pid}/ns/net")), format!("pid {pid}"))
-    }
-
     /// Creates a new namespace that no name refers to: it dies with the last handle.
     pub fn new_anonymous() -> Result<NetNs, NetError> {
         let fd = std::thread::scope(|s| {

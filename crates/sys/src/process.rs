@@ -9,10 +9,9 @@
 //! When a step fails, the child reports which one through a pipe, so the error that
 //! reaches the user names the step and not just an errno.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -131,11 +130,6 @@ impl Step {
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string holds a NUL byte"))
-}
-
-/// Turns an `OsStr` into a `CString`, refusing interior NUL bytes.
-pub fn os_cstring(s: &OsStr) -> io::Result<CString> {
-    cstring(s.as_bytes())
 }
 
 /// The error of a failed [`spawn`]: which step failed, and why.

@@ -154,15 +154,6 @@ pub fn set_repair_window(sock: BorrowedFd<'_>, w: &RepairWindow) -> Result<(), S
     set(sock, n::TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW", &raw)
 }
 
-/// `TCP_REPAIR_OPTIONS`: restores negotiated options, `(TCPOPT_* code, value)` pairs
-/// (MSS, window scale, SACK permitted, timestamps).
-pub fn set_repair_options(sock: BorrowedFd<'_>, opts: &[(u32, u32)]) -> Result<(), SockoptError> {
-    for &(opt_code, opt_val) in opts {
-        set(sock, n::TCP_REPAIR_OPTIONS, "TCP_REPAIR_OPTIONS", &n::tcp_repair_opt { opt_code, opt_val })?;
-    }
-    Ok(())
-}
-
 /// A `sockaddr_in`/`sockaddr_in6` for `addr`, and its length.
 fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data for which all-zero bytes are valid.

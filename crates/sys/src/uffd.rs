@@ -144,12 +144,6 @@ impl Userfaultfd {
         Ok(Userfaultfd { fd: unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) } })
     }
 
-    /// Wraps a userfaultfd received from elsewhere (e.g. taken from a target process
-    /// with `pidfd_getfd`). Its address space is the one of the process that created it.
-    pub fn from_owned(fd: OwnedFd) -> Userfaultfd {
-        Userfaultfd { fd }
-    }
-
     /// The features this kernel offers, asked on a throwaway fd (an fd accepts
     /// `UFFDIO_API` only once, so the real fd cannot be asked first).
     pub fn available_features(user_mode_only: bool) -> Result<u64, UffdError> {
