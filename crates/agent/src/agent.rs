@@ -69,7 +69,7 @@ impl Agent {
                 Ok(rec) => {
                     tracing::warn!(name = %rec.name, "removing a container whose creation was interrupted");
                     if let Err(e) = container::remove(&config, &rec) {
-                        tracing::warn!(name = %rec.name, error = %e, "cleanup failed");
+                        tracing::warn!(name = %rec.name, error = %migrate_sys::error_chain(&e), "cleanup failed");
                     }
                 }
                 Err(e) => {

@@ -52,7 +52,7 @@ impl Rollback {
         let mut failed = Vec::new();
         while let Some((what, f)) = self.undo.pop() {
             if let Err(e) = f() {
-                failed.push(format!("{what}: {e}"));
+                failed.push(format!("{what}: {}", migrate_sys::error_chain(&e)));
             }
         }
         if failed.is_empty() {

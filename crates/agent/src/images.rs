@@ -199,9 +199,10 @@ impl Agent {
                 .await;
                 match cleanup {
                     Ok(Ok(())) => Err(e),
-                    Ok(Err(c)) => {
-                        Err(AgentError::Rollback { cause: Box::new(e), cleanup: vec![c.to_string()] })
-                    }
+                    Ok(Err(c)) => Err(AgentError::Rollback {
+                        cause: Box::new(e),
+                        cleanup: vec![migrate_sys::error_chain(&c)],
+                    }),
                     Err(j) => Err(AgentError::Rollback { cause: Box::new(e), cleanup: vec![j.to_string()] }),
                 }
             }

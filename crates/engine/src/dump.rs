@@ -387,12 +387,6 @@ fn collect_and_write(
     for found in &objects.found {
         records[found.owner].objects.push(found.record.clone());
     }
-    for r in &records {
-        migrate_proto::validate::validate_process(r)
-            .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
-    }
-    migrate_proto::validate_tree(&records)
-        .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
     let collect_ms = t_collect.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("memory"));
@@ -429,6 +423,7 @@ fn collect_and_write(
         mem_stats.pages_zero += d.stats.pages_zero;
     }
     drop(pagemaps);
+    // Once, with the inherited pages known; each record is checked again as it is written.
     migrate_proto::validate_tree(&records)
         .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
     let pages_sum = pages.finish()?;
