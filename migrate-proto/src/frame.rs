@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     2  kind      u16 LE: 1 PROCESS, 2 PAGES, 3 END (0 and others: refused)
-//!      2     2  flags     u16 LE: 0 in format v1 (anything else: refused)
+//!      2     2  flags     u16 LE: 0 in format v2 (anything else: refused)
 //!      4     4  len       u32 LE: payload bytes; ≤ 64 MiB (PAGES: ≤ 80 MiB)
 //!      8   len  payload   PROCESS: postcard ProcessRecord; PAGES: an encoded PageBatch;
 //!                         END: postcard { frames: u64 }, the number of frames before it

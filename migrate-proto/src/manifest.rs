@@ -63,7 +63,7 @@ pub struct Manifest {
     /// Size and XXH3 digest of every other file of the image.
     pub files: Vec<FileSum>,
     pub stats: Stats,
-    /// The image this one is incremental on (room for incremental images; `None` in v1).
+    /// The image this one is incremental on (room for incremental images; `None` so far).
     pub parent: Option<String>,
     /// An authentication tag over the image, keyed by the cluster CA (room for it: `None`
     /// until cluster keys exist, and restore says so).

@@ -12,8 +12,8 @@
 //! written zeros are found by a word-wise check of what was read.
 //!
 //! Dump: the engine thread reads batches with `process_vm_readv` (many runs per call,
-//! straight into the batch's buffer) while a second thread encodes, checksums and writes
-//! the previous batch ([`dump`]); `/proc/PID/mem` serves what `process_vm_readv` may not
+//! straight into the batch's buffer) while a second thread encodes and checksums the
+//! previous batch and a third writes it (`pipeline.rs`) ([`dump`]); `/proc/PID/mem` serves what `process_vm_readv` may not
 //! read (PROT_NONE and other unreadable pages), as a debugger does. Restore: the engine
 //! thread reads and checks batches while worker threads write them into the new process
 //! ([`restore_pages`]) with `process_vm_writev`, or `/proc/PID/mem` where the mapping is

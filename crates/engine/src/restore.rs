@@ -4,16 +4,17 @@
 //! container, so cgroup, network, hostname and mounts are already the container's). In
 //! it, in order: its own rseq is unregistered; everything but its vDSO is unmapped; the
 //! vDSO moves to the dumped address; a scratch page is mapped where no process of the
-//! image has anything; every VMA is mapped, memory written (each batch checked before
-//! it is written), mm fields set; fds installed; process-wide state restored. Then each
-//! child is forked from it by an injected `clone3` with `set_tid` (so it has its pid, its
-//! parent, and inherits what is shared) and rebuilt the same way, recursively; zombies
-//! are forked and made to exit with their status. Sessions and groups whose leader has
-//! exited are made again by short-lived helper tasks ([`crate::session`]). Then each
-//! process's other threads are created (`clone3(CLONE_THREAD, set_tid)`) and every thread
-//! gets its state; registers last. Only when the whole tree is built are the threads
-//! detached and run. On any error the caller kills the container: nothing half-built ever
-//! runs.
+//! image has anything; the objects it owns are made; every VMA is mapped, memory written
+//! (each batch checked before it is written), mm fields set; fds installed; sigactions
+//! set. Then each child is forked from it by an injected `clone3` with `set_tid` (so it
+//! has its pid, its parent, and inherits what is shared) and rebuilt the same way,
+//! recursively (a child keeps the VMAs fork carried over); zombies are forked and made to
+//! exit with their status. Sessions and groups whose leader has exited are made again by
+//! short-lived helper tasks ([`crate::session`]). Then rlimits and credentials, the
+//! process's other threads (`clone3(CLONE_THREAD, set_tid)`) and every thread's state;
+//! registers last. Only when the whole tree is built are the threads detached and run.
+//! On any error each process being built is killed while still stopped, and the caller
+//! removes the container: nothing half-built ever runs.
 
 use std::collections::HashMap;
 use std::fs::File;

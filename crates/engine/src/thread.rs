@@ -1,5 +1,5 @@
 //! One thread: dumped from its ptrace stop, rebuilt in a task created by an injected
-//! `clone3` (or in the restore stub itself, for the main thread).
+//! `clone3` (or, for a main thread, in the restore stub or the forked child itself).
 //!
 //! Registers and xstate travel as the kernel gives them. A thread stopped inside an
 //! interrupted syscall is set up to restart it; one that the kernel would restart
