@@ -3,8 +3,10 @@
 //! The registry is a map in memory guarded by one async mutex, mirrored on disk by
 //! [`Record`]s; the disk is the truth at start-up. Container operations are blocking
 //! (netlink in a namespace thread, waiting for the shim) and run on tokio's blocking
-//! pool while the mutex is held, which serialises them per host: starting or stopping a
-//! container takes milliseconds, and a second request on the same host simply waits.
+//! pool. Those that change the registry (run, rm, checkpoint, restore) hold the mutex
+//! meanwhile, which serialises them per host; a second request on the same host waits
+//! (during a long checkpoint, `ps` and `logs` too). `stop` only reads the registry and
+//! lets go of it before it waits for the container to end.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -117,8 +119,9 @@ impl Agent {
     }
 
     pub async fn stop(self: &Arc<Self>, name: &str, timeout_s: u64) -> Result<StopReport, AgentError> {
-        let containers = self.containers.lock().await;
-        let rec = containers.get(name).cloned().ok_or_else(|| AgentError::NotFound(name.to_string()))?;
+        // Not held while stopping (up to the timeout): ps, logs and the others go on.
+        let rec = self.containers.lock().await.get(name).cloned();
+        let rec = rec.ok_or_else(|| AgentError::NotFound(name.to_string()))?;
         blocking(move || container::stop(&rec, std::time::Duration::from_secs(timeout_s))).await
     }
 
