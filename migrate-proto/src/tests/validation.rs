@@ -70,64 +70,21 @@ fn each_check_fires_with_a_precise_message() {
         ("fd 3 is listed twice", Box::new(|p| p.fds[4].fd = 3)),
         (
             "fd 9: device \"/run/fifo\" is not one of /dev/null",
-            Box::new(|p| {
-                p.fds.push(FdRecord {
-                    fd: 9,
-                    file_id: 9,
-                    flags: 0,
-                    kind: FdKind::Device { path: "/run/fifo".into() },
-                    locks: vec![],
-                })
-            }),
+            Box::new(|p| p.fds.push(fd9(FdKind::Device { path: "/run/fifo".into() }))),
         ),
         (
             "fd 9 path \"/a\\0b\" contains a NUL byte",
-            Box::new(|p| {
-                p.fds.push(FdRecord {
-                    fd: 9,
-                    file_id: 9,
-                    flags: 0,
-                    kind: FdKind::Dir { path: "/a\0b".into(), pos: 0 },
-                    locks: vec![],
-                })
-            }),
+            Box::new(|p| p.fds.push(fd9(FdKind::Dir { path: "/a\0b".into(), pos: 0 }))),
         ),
         (
             "is 4097 bytes long, more than 4096",
-            Box::new(|p| {
-                p.fds.push(FdRecord {
-                    fd: 9,
-                    file_id: 9,
-                    flags: 0,
-                    kind: FdKind::Dir { path: "/".repeat(4097), pos: 0 },
-                    locks: vec![],
-                })
-            }),
+            Box::new(|p| p.fds.push(fd9(FdKind::Dir { path: "/".repeat(4097), pos: 0 }))),
         ),
         (
             "fd 9: position 9223372036854775808 is beyond",
-            Box::new(|p| {
-                p.fds.push(FdRecord {
-                    file_id: 1,
-                    fd: 9,
-                    flags: 0,
-                    kind: FdKind::File { file: file_id("/x"), pos: 1 << 63 },
-                    locks: vec![],
-                })
-            }),
+            Box::new(|p| p.fds.push(fd9(FdKind::File { file: file_id("/x"), pos: 1 << 63 }))),
         ),
-        (
-            "fd 9: external name",
-            Box::new(|p| {
-                p.fds.push(FdRecord {
-                    fd: 9,
-                    file_id: 9,
-                    flags: 0,
-                    kind: FdKind::External { name: String::new() },
-                    locks: vec![],
-                })
-            }),
-        ),
+        ("fd 9: external name", Box::new(|p| p.fds.push(fd9(FdKind::External { name: String::new() })))),
         (
             "FIFO of pipe:[9223372036854775809] path \"/run/../etc/shadow\" contains a `..` component",
             Box::new(|p| p.pipes.push(fifo("/run/../etc/shadow", 0o600))),
@@ -355,4 +312,9 @@ fn a_zombie_carries_the_wait_status_of_an_exit() {
         let err = validate_process(&zombie(bad)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("is not the wait status of an exit"), "{bad:#x}: {err}");
     }
+}
+
+/// Fd 9 of the given kind, a description of its own.
+fn fd9(kind: FdKind) -> FdRecord {
+    FdRecord { fd: 9, file_id: 9, flags: 0, kind, locks: vec![] }
 }
