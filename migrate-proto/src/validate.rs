@@ -392,6 +392,10 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
             }
             FdKind::Object { pos, .. } => check_pos(f.fd, *pos)?,
             FdKind::Pipe { .. } => {}
+            FdKind::EventFd(e) if e.count == u64::MAX => {
+                return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
+            }
+            FdKind::EventFd(_) => {}
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

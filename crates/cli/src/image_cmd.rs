@@ -323,6 +323,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                         buffered.map_or(String::new(), |n| format!(", {n} bytes buffered"))
                     )
                 }
+                other => kernel_object(other),
             };
             let locks: Vec<String> = f
                 .locks
@@ -406,6 +407,21 @@ fn pipe_name(processes: &[migrate_proto::records::ProcessRecord], inode: u64) ->
     }
 }
 
+/// An fd of a kind of `engine/src/objects/` (eventfd, …), with its state.
+fn kernel_object(kind: &FdKind) -> String {
+    match kind {
+        FdKind::EventFd(e) => {
+            format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
+        }
+        FdKind::File { .. }
+        | FdKind::Dir { .. }
+        | FdKind::Device { .. }
+        | FdKind::External { .. }
+        | FdKind::Object { .. }
+        | FdKind::Pipe { .. } => format!("{kind:?}"),
+    }
+}
+
 /// The open file descriptions held by more than one fd, and who holds them.
 fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<String> {
     let mut by_id: std::collections::BTreeMap<u64, Vec<String>> = std::collections::BTreeMap::new();
@@ -430,6 +446,7 @@ fn shared_files(processes: &[migrate_proto::records::ProcessRecord]) -> Vec<Stri
                     }
                     FdKind::External { name } => format!("the container's {name}"),
                     FdKind::Object { id, .. } => object_name(processes, *id),
+                    other => kernel_object(other),
                 })
                 .unwrap_or_default();
             format!("{kind} is one open file in pid:fd {}", holders.join(", "))

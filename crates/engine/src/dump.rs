@@ -71,7 +71,7 @@ pub struct Prechecked {
     pub pids: Vec<i32>,
     /// Each live process's VMAs (`None` for a zombie), and the objects they map.
     vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
-    objects: crate::objects::Registry,
+    objects: crate::objects::shmem::Registry,
 }
 
 /// Finds the container's processes and refuses what this version cannot restore.
@@ -87,7 +87,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     for &p in &pids {
         refusals.gather(check_state(p, levels))?;
     }
-    let mut objects = crate::objects::Registry::default();
+    let mut objects = crate::objects::shmem::Registry::default();
     let mut vmas = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
         if seize::is_zombie(p) {
@@ -371,7 +371,7 @@ fn collect_and_write(
             itimers: inj.itimers,
             personality: facts.personality,
             pipes: Vec::new(),
-            tmpfs: if i == 0 { crate::tmpfs::dump(pid)? } else { Vec::new() },
+            tmpfs: if i == 0 { crate::objects::tmpfs::dump(pid)? } else { Vec::new() },
             objects: Vec::new(),
             inherited: Vec::new(),
             zombie: None,

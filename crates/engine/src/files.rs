@@ -1,6 +1,6 @@
 //! File descriptors: regular files (position, flags), directories, harmless character
 //! devices, pipes and FIFOs (with the bytes buffered in them; what a FIFO's name adds is
-//! in [`crate::fifo`]), and the container's stdio pipes to its shim, which are
+//! in [`crate::objects::fifo`]), and the container's stdio pipes to its shim, which are
 //! *external*: on restore they are reconnected to the new shim's pipes, never compared.
 //!
 //! Sharing is kept: fds that are one open file description (dup'ed, or inherited across
@@ -18,7 +18,8 @@ use migrate_proto::records::{FdKind, FdRecord, FileLock, LockKind, PipeRecord};
 use crate::error::{EngineError, Refusals, io_err};
 use crate::inject::{Remote, Task};
 use crate::mm::{check_file, file_id};
-use crate::objects::{Live, Named, Registry};
+use crate::objects::FdSeen;
+use crate::objects::shmem::{Live, Named, Registry};
 use crate::procfs;
 
 /// A pipe owned by the container's runtime: its inode and role (`stdout`, `stderr`).
@@ -142,9 +143,14 @@ fn classify(
         } else if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
             refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
             continue;
-        } else if let Some(kind) = link.strip_prefix("anon_inode:") {
-            refuse(format!("an {kind} ({link}): not supported yet"));
-            continue;
+        } else if link.starts_with("anon_inode:") {
+            match crate::objects::classify(&FdSeen { pid, fd, link: &link, info: &info })? {
+                Ok(kind) => kind,
+                Err(what) => {
+                    refuse(what);
+                    continue;
+                }
+            }
         } else if let Some(named) = Named::of(&link, false) {
             let path = entry.path().to_string_lossy().into_owned();
             let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
@@ -165,7 +171,7 @@ fn classify(
             {
                 FdKind::Device { path: link.clone() }
             } else if md.file_type().is_fifo() {
-                FdKind::Pipe { inode: crate::fifo::key(&md), write }
+                FdKind::Pipe { inode: crate::objects::fifo::key(&md), write }
             } else {
                 refuse(format!("{link}, a kind of file not supported yet"));
                 continue;
@@ -191,7 +197,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -
         for s in classify(pid, i, external, &mut objects, refusals)? {
             if let FdKind::Pipe { inode, .. } = s.kind {
                 pipes.entry(inode).or_insert((pid, s.fd));
-                if crate::fifo::is_fifo(inode) {
+                if crate::objects::fifo::is_fifo(inode) {
                     fifos.push((pid, s.fd, inode));
                 }
             }
@@ -201,7 +207,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -
         return Ok(());
     }
     // A FIFO's key is never a pipe's inode number: the pipes' check below passes it.
-    refusals.gather(crate::fifo::check(pids, &fifos))?;
+    refusals.gather(crate::objects::fifo::check(pids, &fifos))?;
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -350,11 +356,11 @@ pub fn dump_all(
                     .find(|x| matches!(x.kind, FdKind::Pipe { inode: n, write: false } if n == inode))
                     .map(|x| (p, x.fd))
             });
-            let fifo = crate::fifo::record(procs[i].0, s.fd, &s.link)?;
+            let fifo = crate::objects::fifo::record(procs[i].0, s.fd, &s.link)?;
             let data = match reader {
                 Some((p, fd)) => pipe_data(p, fd, take(p, fd)?, size)?,
                 None if fifo.is_some() => {
-                    pipe_data(procs[i].0, s.fd, crate::fifo::reader(procs[i].0, s.fd)?, size)?
+                    pipe_data(procs[i].0, s.fd, crate::objects::fifo::reader(procs[i].0, s.fd)?, size)?
                 }
                 None => Vec::new(),
             };
@@ -477,7 +483,7 @@ pub fn restore(
                 };
                 match world.records.get(inode).and_then(|p| p.fifo.clone()) {
                     // A FIFO's ends are opened anew, each its own description.
-                    Some(f) => crate::fifo::open_end(remote, &f, rec, cloexec)?,
+                    Some(f) => crate::objects::fifo::open_end(remote, &f, rec, cloexec)?,
                     None => {
                         let end = if *write { w } else { r };
                         copy_from(remote.task, remote.gadget, from, end, target, cloexec)?
@@ -492,6 +498,7 @@ pub fn restore(
             FdKind::File { .. } | FdKind::Dir { .. } | FdKind::Device { .. } | FdKind::Object { .. } => {
                 open_file(remote, rec, cloexec, world)?
             }
+            _ => crate::objects::restore(remote, rec, cloexec, world)?,
         }
         world.files.insert(rec.file_id, (pid_ns, target));
     }
@@ -557,7 +564,7 @@ fn open_file(
         FdKind::Device { path } => (path, 0),
         // A new description of the object, opened from its anchor.
         FdKind::Object { id, pos } => (world.object_path(*id)?, *pos),
-        FdKind::Pipe { .. } | FdKind::External { .. } => return Ok(()),
+        _ => return Ok(()),
     };
     let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
     let at = remote.path(0, path)?;
@@ -566,10 +573,7 @@ fn open_file(
         &[libc::AT_FDCWD as u64, at, u64::from(rec.flags & keep) | cloexec, 0],
         || format!("open {path} for fd {}", rec.fd),
     )?;
-    if tmp != target {
-        remote.call(libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
-        remote.call(libc::SYS_close, &[tmp], || "close".into())?;
-    }
+    crate::objects::install(remote, tmp, target, cloexec)?;
     if pos != 0 {
         remote.call(libc::SYS_lseek, &[target, pos, libc::SEEK_SET as u64], || {
             format!("lseek fd {target} to {pos}")
@@ -617,7 +621,7 @@ fn make_pipe(
         .cloned()
         .ok_or_else(|| EngineError::Incompatible(format!("pipe:[{inode}] has no record")))?;
     if let Some(fifo) = &rec.fifo {
-        let spare = crate::fifo::make(remote, pid_ns, &rec, fifo, base, &mut world.spares)?;
+        let spare = crate::objects::fifo::make(remote, pid_ns, &rec, fifo, base, &mut world.spares)?;
         return Ok((pid_ns, spare, spare));
     }
     remote.call(libc::SYS_pipe2, &[remote.scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;

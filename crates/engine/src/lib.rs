@@ -3,8 +3,9 @@
 //!
 //! Each kind of kernel object has one module that both dumps and restores it, as
 //! Firecracker keeps `persist.rs` beside each device: [`thread`], [`mm`] (layout),
-//! [`memory`] (contents), [`files`] (with [`fifo`] for named pipes), [`process`] (signals,
-//! timers, credentials, limits), [`tmpfs`] (the container's private `/run`, `/dev/shm`).
+//! [`memory`] (contents), [`files`] (the fd table, regular files and pipes),
+//! [`process`] (signals, timers, credentials, limits), and one file per kind of kernel
+//! object in [`objects`] (eventfd, FIFOs, shared memory, the private tmpfs mounts, …).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
 //! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
 //! sessions and process groups whose leader has exited.
@@ -15,7 +16,6 @@
 
 mod dump;
 pub mod error;
-mod fifo;
 pub mod files;
 pub mod host;
 pub mod image;
@@ -30,7 +30,6 @@ mod restore;
 mod seize;
 mod session;
 mod thread;
-mod tmpfs;
 
 pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;

@@ -2,7 +2,7 @@
 //!
 //! Stored: present or swapped pages of private anonymous memory; the pages of private
 //! file mappings that were copied on write (pagemap's file bit clear); the image's objects
-//! (shared anonymous memory, memfds, deleted files: [`crate::objects`]) once, from the
+//! (shared anonymous memory, memfds, deleted files: [`crate::objects::shmem`]) once, from the
 //! object itself (`SEEK_DATA` over it), never per mapping, as batches of the object. A
 //! page a child shares copy-on-write with its parent (the same frame, or the same swap
 //! slot, at the same address of a VMA fork carried over) is not stored again: the record
@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 
 use crate::error::{EngineError, io_err};
 use crate::image::Writer;
-use crate::objects::Live;
+use crate::objects::shmem::Live;
 
 pub const PAGE: u64 = 4096;
 const PAGE_USIZE: usize = PAGE as usize;

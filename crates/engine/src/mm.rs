@@ -12,7 +12,7 @@ use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
 use crate::error::{EngineError, read_proc};
 use crate::files::FdWorld;
 use crate::inject::{Remote, Task};
-use crate::objects::{Named, Registry};
+use crate::objects::shmem::{Named, Registry};
 use crate::procfs::{self, MapEntry};
 
 /// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.

@@ -101,7 +101,7 @@ pub fn restore(
         world.records.extend(p.pipes.iter().map(|r| (r.inode, r.clone())));
     }
     // Before any process: one may map a file there.
-    crate::tmpfs::restore(stub, &root.tmpfs)?;
+    crate::objects::tmpfs::restore(stub, &root.tmpfs)?;
     let mut ctx = Ctx {
         img,
         pages: PageFeed::open(img)?,
@@ -196,7 +196,7 @@ fn build(
     // Spare fds above every fd of the image (see files::restore).
     let base = rec.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 48;
     for o in &rec.objects {
-        let (anchor, live) = objects::create(&mut remote, rec.pid, o, base)?;
+        let (anchor, live) = objects::shmem::create(&mut remote, rec.pid, o, base)?;
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);
     }
@@ -460,7 +460,7 @@ impl PageFeed {
         rec: &ProcessRecord,
         mem: &File,
         host: i32,
-        objects: &HashMap<u64, objects::Live>,
+        objects: &HashMap<u64, objects::shmem::Live>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), EngineError> {
         let (total, mut done) = (self.total, self.pages);

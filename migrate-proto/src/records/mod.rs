@@ -7,6 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod anon;
+
+pub use anon::EventFd;
+
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Regs {
@@ -215,6 +219,8 @@ pub enum FdKind {
     /// Owned by the container's runtime and reconnected on restore, never compared:
     /// the container's stdout or stderr pipe to its shim.
     External { name: String },
+    /// An eventfd ([`EventFd`]).
+    EventFd(EventFd),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.
