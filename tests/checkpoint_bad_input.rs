@@ -20,28 +20,32 @@ const FILES: [&str; 3] = ["manifest.img", "process.img", "pages.img"];
 
 /// A python3 program with a few MiB of data that prints `tick N` every 100 ms. With an
 /// argument it first opens something this version cannot checkpoint and prints `fd N`
-/// (or `child PID` for a child process).
-const TICKER: &str = r#"import os, select, socket, sys, time
+/// (or `child PID` for a child process). The kinds it opens are ones no version is
+/// expected to carry soon (a netlink socket, a userfaultfd, io_uring).
+const TICKER: &str = r#"import ctypes, os, socket, sys, time
+def uffd():
+    # userfaultfd(UFFD_USER_MODE_ONLY)
+    return ctypes.CDLL(None).syscall(323, 1)
 data = bytes(range(256)) * 20000
 kind = sys.argv[1] if len(sys.argv) > 1 else ''
 held = []
 if kind == 'socket':
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); held.append(s); print(f'fd {s.fileno()}', flush=True)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); held.append(s); print(f'fd {s.fileno()}', flush=True)
 elif kind == 'fifo':
     p = sys.argv[2]; os.mkfifo(p); fd = os.open(p, os.O_RDWR); print('fd', fd, flush=True)
-elif kind == 'eventfd':
-    print(f'fd {os.eventfd(0)}', flush=True)
-elif kind == 'epoll':
-    e = select.epoll(); held.append(e); print(f'fd {e.fileno()}', flush=True)
+elif kind == 'userfaultfd':
+    print(f'fd {uffd()}', flush=True)
+elif kind == 'io_uring':
+    print(f'fd {ctypes.CDLL(None).syscall(425, 4, ctypes.create_string_buffer(120))}', flush=True)
 elif kind == 'deleted-dir':
     p = sys.argv[2]; os.mkdir(p); fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY); os.rmdir(p); print('fd', fd, flush=True)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print(f'child {c.pid}', flush=True)
 elif kind == 'several':
-    # Two refusals at once, in two processes: a socket here, an eventfd in a child.
+    # Two refusals at once, in two processes: a socket here, a userfaultfd in a child.
     import subprocess
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); held.append(s)
-    c = subprocess.Popen(['python3', '-c', 'import os, time; e = os.eventfd(0); time.sleep(100000)'])
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); held.append(s)
+    c = subprocess.Popen(['python3', '-c', 'import ctypes, time; ctypes.CDLL(None).syscall(323, 1); time.sleep(100000)'])
     print(f'child {c.pid}', flush=True)
 elif kind == 'stopped':
     import signal, subprocess; c = subprocess.Popen(['sleep', '100000']); os.kill(c.pid, signal.SIGSTOP)
@@ -531,8 +535,8 @@ fn checkpoint_refuses_sockets_fifos_and_other_fds_naming_them() -> anyhow::Resul
         ("c1", vec!["socket"], vec!["socket"], &[]),
         // A FIFO is fine, unless a process outside the container (this test) holds it too.
         ("c2", vec!["fifo", fifo.as_str()], vec!["FIFO", &me, "outside the container"], &[]),
-        ("c3", vec!["eventfd"], vec!["eventfd"], &[]),
-        ("c4", vec!["epoll"], vec!["eventpoll"], &[]),
+        ("c3", vec!["userfaultfd"], vec!["userfaultfd"], &[]),
+        ("c4", vec!["io_uring"], vec!["io_uring"], &[]),
         // Its link reads `/PATH (deleted)` like a deleted file's, which is restored.
         ("c5", vec!["deleted-dir", deleted.as_str()], vec!["deleted directory"], &["deleted file"]),
     ];
@@ -625,7 +629,7 @@ fn checkpoint_refuses_stopped_traced_and_nested_processes_naming_them() -> anyho
             needles.push(format!("PID {child} ("));
         }
         if *kind == "several" {
-            needles.extend(["PID 1 (python3".to_string(), "is a socket".into(), "eventfd".into()]);
+            needles.extend(["PID 1 (python3".to_string(), "is a socket".into(), "userfaultfd".into()]);
         }
         problems.extend(refuses_checkpoint(&lab, &img, name, &needles, &[]));
     }

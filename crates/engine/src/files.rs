@@ -47,61 +47,6 @@ pub(crate) fn describe_process(pid: i32) -> String {
     format!("PID {ns} ({comm}, host pid {pid})")
 }
 
-/// What kind of socket inode `ino` of `pid` is, from the process's own `/proc/PID/net`
-/// tables (its network namespace's): e.g. "a TCP socket listening on 0.0.0.0:80".
-fn describe_socket(pid: i32, ino: &str) -> String {
-    const STATES: [&str; 12] = [
-        "",
-        "connected to",
-        "SYN_SENT",
-        "SYN_RECV",
-        "FIN_WAIT1",
-        "FIN_WAIT2",
-        "TIME_WAIT",
-        "closed",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "listening on",
-        "CLOSING",
-    ];
-    for (table, proto) in [("tcp", "TCP"), ("tcp6", "TCP"), ("udp", "UDP"), ("udp6", "UDP")] {
-        let text = crate::error::read_proc(pid, &format!("net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(9) != Some(&ino) {
-                continue;
-            }
-            let local = f.get(1).map_or_else(String::new, |a| hex_addr(a));
-            let remote = f.get(2).map_or_else(String::new, |a| hex_addr(a));
-            let state = f.get(3).and_then(|s| usize::from_str_radix(s, 16).ok()).unwrap_or(0);
-            return match (proto, state) {
-                ("TCP", 10) => format!("a TCP socket listening on {local}"),
-                ("TCP", 1) => format!("a TCP connection {local} ↔ {remote}"),
-                ("TCP", s) => format!("a TCP socket {local} ({})", STATES.get(s).unwrap_or(&"?")),
-                _ => format!("a UDP socket on {local}"),
-            };
-        }
-    }
-    if crate::error::read_proc(pid, "net/unix")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(6) == Some(ino))
-    {
-        return "a unix socket".into();
-    }
-    "a socket".into()
-}
-
-/// `0100007F:0050` (little-endian IPv4, hex port) as `127.0.0.1:80`; IPv6 as given.
-fn hex_addr(a: &str) -> String {
-    let Some((ip, port)) = a.split_once(':') else { return a.to_string() };
-    let port = u16::from_str_radix(port, 16).unwrap_or(0);
-    match u32::from_str_radix(ip, 16) {
-        Ok(v) if ip.len() == 8 => format!("{}:{port}", std::net::Ipv4Addr::from(v.swap_bytes())),
-        _ => format!("[{ip}]:{port}"),
-    }
-}
-
 fn pipe_inode(link: &str) -> Option<u64> {
     link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
@@ -140,10 +85,7 @@ fn classify(
                 Some(e) => FdKind::External { name: e.name.clone() },
                 None => FdKind::Pipe { inode: ino, write },
             }
-        } else if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-            refuse(format!("{} ({link}): sockets are not supported yet", describe_socket(pid, ino)));
-            continue;
-        } else if link.starts_with("anon_inode:") {
+        } else if link.starts_with("anon_inode:") || link.starts_with("socket:[") {
             match crate::objects::classify(&FdSeen { pid, fd, link: &link, info: &info })? {
                 Ok(kind) => kind,
                 Err(what) => {
@@ -647,9 +589,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_addresses_read_as_people_write_them() {
-        assert_eq!(hex_addr("0100007F:0050"), "127.0.0.1:80");
-        assert_eq!(hex_addr("00000000:1F90"), "0.0.0.0:8080");
+    fn pipe_inodes_from_links() {
         assert_eq!(pipe_inode("pipe:[42]"), Some(42));
         assert_eq!(pipe_inode("socket:[42]"), None);
     }

@@ -8,6 +8,8 @@
 //! | [`fifo`] | named pipes (what their name adds to a pipe) |
 //! | [`tmpfs`] | the contents of the container's private `/run` and `/dev/shm` |
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
+//! | [`unix`] | unix sockets (refused for now) |
+//! | [`inet`] | TCP and UDP sockets (refused for now) |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
 //! of open file descriptions between fds and processes — are [`crate::files`].
@@ -25,10 +27,15 @@
 
 pub mod eventfd;
 pub mod fifo;
+pub mod inet;
 pub mod shmem;
 pub mod tmpfs;
+pub mod unix;
+
+use std::os::fd::AsRawFd;
 
 use migrate_proto::records::{FdKind, FdRecord};
+use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
 
 use crate::error::EngineError;
 use crate::files::FdWorld;
@@ -63,9 +70,21 @@ impl FdSeen<'_> {
 /// refusal's text completes "PID 1 (redis-server, host pid 42) fd 5 is …").
 pub type Classified = Result<FdKind, String>;
 
-/// Classifies an fd that is neither a file, a pipe nor an object of [`shmem`].
+/// Classifies an fd that is neither a file, a pipe nor an object of [`shmem`]: an
+/// `anon_inode:` or a `socket:`.
 pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     let link = seen.link;
+    if link.starts_with("socket:[") {
+        // The family decides; a copy of the socket tells it (an unbound socket too).
+        let sock = crate::files::take(seen.pid, seen.fd)?;
+        let family = getsockname::<SockaddrStorage>(sock.as_raw_fd()).ok().and_then(|a| a.family());
+        return match family {
+            Some(AddressFamily::Unix) => unix::dump(seen, &sock),
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => inet::dump(seen, &sock),
+            Some(other) => Ok(Err(format!("a socket of family {other:?} ({link}): not supported"))),
+            None => Ok(Err(format!("a socket of an unknown family ({link}): not supported"))),
+        };
+    }
     match link.strip_prefix("anon_inode:") {
         Some("[eventfd]") => eventfd::dump(seen),
         Some(kind) => Ok(Err(format!("an {kind} ({link}): not supported yet"))),
