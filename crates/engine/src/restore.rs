@@ -114,6 +114,15 @@ pub fn restore(
     };
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
+    // pidfds once every process and thread they may refer to exists.
+    let mut pidfds = objects::pidfd::Made::new();
+    for p in &img.processes {
+        let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == p.pid) else { continue };
+        let (gadget, scratch, host) = (b.seized.gadget, b.scratch, b.seized.tasks[0].tid);
+        let mut remote =
+            Remote { task: &mut b.seized.tasks[0], gadget, mem: &b.seized.mem, pid: host, scratch };
+        objects::pidfd::restore(&mut remote, p.pid, &p.fds, &mut pidfds)?;
+    }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
     for o in ctx.world.objects.values() {

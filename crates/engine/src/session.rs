@@ -387,7 +387,7 @@ impl Drop for Helper {
 }
 
 /// Points a helper at `exit_group(0)` and detaches it: that is all it runs.
-fn exit(task: Task, gadget: u64) -> Result<(), EngineError> {
+pub(crate) fn exit(task: Task, gadget: u64) -> Result<(), EngineError> {
     let mut regs = task.saved;
     regs.rip = gadget;
     regs.orig_rax = u64::MAX;
@@ -398,7 +398,7 @@ fn exit(task: Task, gadget: u64) -> Result<(), EngineError> {
 }
 
 /// Waits until the task of `pidfd` has exited (a zombie, for its parent to reap).
-fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
+pub(crate) fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
     let deadline = Instant::now() + EXIT_TIMEOUT;
     loop {
         let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
