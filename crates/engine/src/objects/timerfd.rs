@@ -54,7 +54,14 @@ fn ns_of(t: &libc::timespec) -> u64 {
 /// `clock` now, as the container reads it: the host's, plus its time namespace's offset
 /// for the monotonic and boot-time clocks.
 fn container_now(pid: i32, clock: i32) -> Result<u64, EngineError> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(clock)).map_err(|e| {
+    // An alarm clock reads as its base clock (and clock_gettime refuses it without an
+    // RTC, as here).
+    let base = match clock {
+        libc::CLOCK_REALTIME_ALARM => libc::CLOCK_REALTIME,
+        libc::CLOCK_BOOTTIME_ALARM => libc::CLOCK_BOOTTIME,
+        other => other,
+    };
+    let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(base)).map_err(|e| {
         EngineError::Proc { pid, what: format!("clock {clock}"), reason: format!("clock_gettime: {e}") }
     })?;
     let now = now.tv_sec() as i128 * NS as i128 + now.tv_nsec() as i128;
