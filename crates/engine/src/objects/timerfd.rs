@@ -27,8 +27,10 @@
 //! - an absolute timer on `CLOCK_REALTIME(_ALARM)` keeps its wall-clock expiry, and
 //!   wall-clock time went on meanwhile: an expiry that passed fires at once, and an
 //!   interval timer counts the periods missed into its ticks, as if the program had run.
+//!
 //! A timer cancelled by a wall-clock change (`TFD_TIMER_CANCEL_ON_SET`) but not yet read
-//! is not seen: it comes back armed.
+//! is not seen (nothing shows it short of a read, which would consume it): it comes back
+//! armed.
 
 use std::os::fd::AsFd;
 use std::sync::OnceLock;
