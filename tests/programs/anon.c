@@ -14,11 +14,13 @@
  *             the process, SIGRTMIN+2 queued twice with value 42, SIGUSR2 (not in the
  *             mask) to the thread. After: the signalfd reads SIGUSR1, 42, 42, then nothing.
  *   inotify   DIR/w/a and DIR/w/b; watches: a (IN_MODIFY, then IN_MASK_ADD IN_CLOSE_WRITE)
- *             wd 1; b wd 2, removed; DIR/w (IN_CREATE | IN_ONESHOT) wd 3. After: a new
- *             watch gets wd 4; creating DIR/w/c gives wd 3 IN_CREATE "c" then IN_IGNORED
+ *             wd 1; b wd 2, removed; DIR/w (IN_CREATE | IN_ONESHOT) wd 3; /run/anon-watched
+ *             (IN_ATTRIB) wd 4. After: a new watch gets wd 5; chmod of /run/anon-watched
+ *             gives wd 4 IN_ATTRIB; creating DIR/w/c gives wd 3 IN_CREATE "c" then IN_IGNORED
  *             (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
- *             one of a child already exited and reaped. After: poll and waitid(P_PIDFD)
+ *             one of a child already exited and reaped, both inherited by a third child.
+ *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
  *             give the live child's exit, the reaped one's fdinfo says Pid -1 and
  *             pidfd_send_signal says ESRCH.
  *   refused   an inotify with an event queued, and a fanotify group; prints "tick N"
@@ -34,6 +36,7 @@
 #include <string.h>
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
+#include <linux/kcmp.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -208,10 +211,17 @@ static void watches(void) {
     struct inotify_event ev;
     CHECK(next_event(fd, &ev, name) && ev.wd == wb && (ev.mask & IN_IGNORED), "no IN_IGNORED for b");
     int ww = inotify_add_watch(fd, w, IN_CREATE | IN_ONESHOT);
-    say("ready wd a=%d b=%d w=%d", wa, wb, ww);
+    /* On the container's own /run, a tmpfs no other mount namespace sees. */
+    int r = open("/run/anon-watched", O_WRONLY | O_CREAT, 0600);
+    if (r < 0) die("/run/anon-watched");
+    close(r);
+    int wr = inotify_add_watch(fd, "/run/anon-watched", IN_ATTRIB);
+    say("ready wd a=%d b=%d w=%d run=%d", wa, wb, ww, wr);
     wait_go();
     int wx = inotify_add_watch(fd, b, IN_DELETE_SELF);
-    CHECK(wx == 4, "a new watch got wd %d, not 4", wx);
+    CHECK(wx == 5, "a new watch got wd %d, not 5", wx);
+    chmod("/run/anon-watched", 0640);
+    CHECK(next_event(fd, &ev, name) && ev.wd == wr && (ev.mask & IN_ATTRIB), "chmod gave wd %d mask %#x", ev.wd, ev.mask);
     touch("c", NULL);
     CHECK(next_event(fd, &ev, name) && ev.wd == ww && (ev.mask & IN_CREATE) && !strcmp(name, "c"),
           "creating c gave wd %d mask %#x name %s", ev.wd, ev.mask, name);
@@ -237,8 +247,19 @@ static void pidfds(void) {
     if (pl < 0 || pg < 0) die("pidfd_open");
     siginfo_t si;
     if (waitid(P_PIDFD, pg, &si, WEXITED)) die("waitid gone");
+    /* Inherits both: the same descriptions as its parent's, after the move too. */
+    pid_t sharer = fork();
+    if (sharer == 0) {
+        wait_go();
+        int same = syscall(SYS_kcmp, getppid(), getpid(), KCMP_FILE, pl, pl) == 0 &&
+                   syscall(SYS_kcmp, getppid(), getpid(), KCMP_FILE, pg, pg) == 0;
+        _exit(same ? 0 : 1);
+    }
     say("ready");
     wait_go();
+    int status = -1;
+    CHECK(waitpid(sharer, &status, 0) == sharer && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the child that inherited the pidfds does not share them (status %#x)", status);
     struct pollfd p = {pl, POLLIN, 0};
     CHECK(poll(&p, 1, 10000) == 1, "the live child's pidfd never became readable");
     memset(&si, 0, sizeof si);

@@ -414,7 +414,11 @@ fn kernel_object(kind: &FdKind) -> String {
             format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
         }
         FdKind::TimerFd(t) => {
-            let secs = |ns: u64| format!("{} s", ns as f64 / 1e9);
+            // Milliseconds at most: "1.5 s", "2 s".
+            let secs = |ns: u64| {
+                let v = format!("{:.3}", ns as f64 / 1e9);
+                format!("{} s", v.trim_end_matches('0').trim_end_matches('.'))
+            };
             let clock = t.clock_name();
             let when = match (t.left_ns, t.abs_ns) {
                 (0, _) => "disarmed".to_string(),
@@ -428,7 +432,8 @@ fn kernel_object(kind: &FdKind) -> String {
             };
             let every =
                 if t.interval_ns > 0 { format!(", every {}", secs(t.interval_ns)) } else { String::new() };
-            format!("timerfd {clock}, {when}{every}, {} ticks unread", t.ticks)
+            let s = if t.ticks == 1 { "" } else { "s" };
+            format!("timerfd {clock}, {when}{every}, {} tick{s} unread", t.ticks)
         }
         FdKind::SignalFd(sf) => {
             let sigs: Vec<String> =
