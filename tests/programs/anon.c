@@ -21,8 +21,8 @@
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
  *             one of a child already exited and reaped, both inherited by a third child.
  *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
- *             give the live child's exit, the reaped one's fdinfo says Pid -1 and
- *             pidfd_send_signal says ESRCH.
+ *             give the live child's exit, the reaped one's fdinfo says Pid -1,
+ *             pidfd_send_signal says ESRCH and PIDFD_GET_INFO its exit status 3.
  *   refused   an inotify with an event queued, and a fanotify group; prints "tick N"
  *             every 100 ms forever. */
 #define _GNU_SOURCE
@@ -36,6 +36,7 @@
 #include <string.h>
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <linux/kcmp.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -273,6 +274,18 @@ static void pidfds(void) {
     if (f < 0 || read(f, info, sizeof info - 1) < 0) die(path);
     CHECK(strstr(info, "Pid:\t-1"), "the reaped child's pidfd: %s", info);
     CHECK(syscall(SYS_pidfd_send_signal, pg, 0, NULL, 0) < 0 && errno == ESRCH, "pidfd_send_signal to the reaped child");
+    /* struct pidfd_info (linux/pidfd.h, 6.15; newer than this libc's headers): the exit
+     * status the kernel keeps for a reaped process's pidfds. */
+    struct {
+        uint64_t mask, cgroupid;
+        uint32_t ids[11];
+        int32_t exit_code;
+    } pi = {.mask = 1 << 3};
+    if (ioctl(pg, _IOWR(0xFF, 11, pi), &pi) == 0)
+        CHECK((pi.mask & (1 << 3)) && pi.exit_code == 0x300, "the reaped child's exit status is %#x, not 0x300",
+              pi.exit_code);
+    else
+        CHECK(errno == ENOTTY, "PIDFD_GET_INFO: %s", strerror(errno));
     verdict("pidfd");
 }
 

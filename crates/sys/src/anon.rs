@@ -1,7 +1,8 @@
 //! What the dump of fds behind anonymous inodes needs from the kernel, run on the
 //! agent's own copy of such an fd: a timerfd's time (`timerfd_gettime`), the bytes
 //! queued in an fd (`FIONREAD`), whether this kernel can set a timerfd's unread ticks
-//! (`TFD_IOC_SET_TICKS`), and a file named by a handle (`open_by_handle_at`).
+//! (`TFD_IOC_SET_TICKS`), a file named by a handle (`open_by_handle_at`), and how the
+//! process of a pidfd ended (`PIDFD_GET_INFO`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -89,6 +90,50 @@ pub fn open_by_handle(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) ->
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `struct pidfd_info` (linux/pidfd.h, kernel 6.15; `PIDFD_INFO_SIZE_VER0`), written
+/// out here because neither `libc` nor `linux-raw-sys` 0.12 has it.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+
+/// `PIDFD_GET_INFO`: `_IOWR(0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: u64 = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+/// `PIDFD_INFO_EXIT`: ask for the exit status of a reaped process.
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// The wait status of the reaped process of pidfd `fd`, as the kernel keeps it for
+/// pidfds (6.15 on); `None` where this kernel does not tell.
+pub fn pidfd_exit_status(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..PidfdInfo::default() };
+    // SAFETY: the ioctl writes at most 64 bytes (its size is in the command) into `info`,
+    // which is that large and lives through the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +150,16 @@ mod tests {
         let (r, w) = nix::unistd::pipe()?;
         nix::unistd::write(&w, b"abc")?;
         assert_eq!(queued_bytes(r.as_fd())?, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reaped_process_pidfd_tells_its_exit_status() -> io::Result<()> {
+        let mut child = std::process::Command::new("sh").args(["-c", "exit 3"]).spawn()?;
+        let pidfd = crate::pidfd::PidFd::open(child.id() as i32).map_err(io::Error::other)?;
+        child.wait()?;
+        // Kernels before 6.15 do not tell.
+        assert!(matches!(pidfd_exit_status(pidfd.as_fd())?, Some(0x300) | None));
         Ok(())
     }
 }

@@ -91,6 +91,9 @@ pub struct PidFd {
     pub pid: Option<i32>,
     /// `PIDFD_THREAD`: it refers to one thread, not a whole process.
     pub thread: bool,
+    /// For a reaped process, its wait status as the kernel keeps it for pidfds
+    /// (`PIDFD_GET_INFO`, 6.15 on): an exit code (`code << 8`) or SIGKILL (9).
+    pub status: Option<i32>,
 }
 
 fn bad(fd: i32, problem: String) -> Result<(), Invalid> {
@@ -146,6 +149,14 @@ pub(crate) fn check_pidfd(fd: i32, p: &PidFd) -> Result<(), Invalid> {
         && !(1..crate::validate::PID_MAX).contains(&pid)
     {
         return bad(fd, format!("pidfd of pid {pid}, out of range"));
+    }
+    if let Some(status) = p.status
+        && (p.pid.is_some() || !(status == 9 || (status & 0xff == 0 && (0..=0xffff).contains(&status))))
+    {
+        return bad(
+            fd,
+            format!("pidfd exit status {status:#x} is not an exit code or SIGKILL of a reaped process"),
+        );
     }
     Ok(())
 }

@@ -130,7 +130,19 @@ fn each_check_fires_with_a_precise_message() {
         ),
         (
             "fd 9: pidfd of pid 0, out of range",
-            Box::new(|p| p.fds.push(fd9(FdKind::PidFd(PidFd { pid: Some(0), thread: false })))),
+            Box::new(|p| p.fds.push(fd9(FdKind::PidFd(PidFd { pid: Some(0), thread: false, status: None })))),
+        ),
+        (
+            "fd 9: pidfd exit status 0xf is not an exit code or SIGKILL",
+            Box::new(|p| {
+                p.fds.push(fd9(FdKind::PidFd(PidFd { pid: None, thread: false, status: Some(15) })))
+            }),
+        ),
+        (
+            "fd 9: pidfd exit status 0x300 is not",
+            Box::new(|p| {
+                p.fds.push(fd9(FdKind::PidFd(PidFd { pid: Some(2), thread: false, status: Some(0x300) })))
+            }),
         ),
         (
             "FIFO of pipe:[9223372036854775809] path \"/run/../etc/shadow\" contains a `..` component",

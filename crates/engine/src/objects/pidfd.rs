@@ -17,9 +17,14 @@
 //! forks a child by an injected `clone` with no exit signal (no SIGCHLD for anybody),
 //! opens a pidfd of it while it is stopped, lets it `exit_group(0)`, and reaps it with
 //! `wait4(…, __WALL)`; the pidfd then refers to a process that has exited and was
-//! reaped, as before (its exit status, which only `PIDFD_GET_INFO` would show, is 0).
+//! reaped, as before. The kernel keeps such a process's wait status for its pidfds
+//! (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`, 6.15 on): the dump reads it, and the helper
+//! ends the same way, by `exit_group(code)` or a SIGKILL of itself; one killed by
+//! another signal is refused (making a helper die of it would run its handler, or dump
+//! core).
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 
 use migrate_proto::records::{FdKind, FdRecord, PidFd};
 use migrate_sys::ptrace::StoppedTracee;
@@ -64,10 +69,25 @@ pub fn dump(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     })?;
     let thread = flags & PIDFD_THREAD != 0;
     if host <= 0 {
-        return Ok(Ok(FdKind::PidFd(PidFd { pid: None, thread })));
+        let copy = crate::files::take(seen.pid, seen.fd)?;
+        let status = migrate_sys::anon::pidfd_exit_status(copy.as_fd()).map_err(|e| EngineError::Proc {
+            pid: seen.pid,
+            what: format!("pidfd at fd {}", seen.fd),
+            reason: format!("PIDFD_GET_INFO: {e}"),
+        })?;
+        if let Some(s) = status
+            && s & 0x7f != 0
+            && s != libc::SIGKILL
+        {
+            return Ok(Err(format!(
+                "a pidfd of a process that was killed by signal {} and reaped: the restore can only make one that exited or was killed by SIGKILL",
+                s & 0x7f
+            )));
+        }
+        return Ok(Ok(FdKind::PidFd(PidFd { pid: None, thread, status })));
     }
     Ok(match in_container(seen.pid, host) {
-        Some(pid) => Ok(FdKind::PidFd(PidFd { pid: Some(pid), thread })),
+        Some(pid) => Ok(FdKind::PidFd(PidFd { pid: Some(pid), thread, status: None })),
         None => {
             let comm = std::fs::read_to_string(format!("/proc/{host}/comm")).unwrap_or_default();
             Err(format!(
@@ -103,7 +123,7 @@ pub fn restore(
             Some(pid) => remote.call(libc::SYS_pidfd_open, &[pid as u64, flags], || {
                 format!("pidfd_open({pid}) for fd {target}")
             })?,
-            None => of_reaped(remote, flags, target)?,
+            None => of_reaped(remote, flags, target, p.status)?,
         };
         install(remote, fd, target, cloexec)?;
         if cloexec == 0 {
@@ -117,9 +137,14 @@ pub fn restore(
     Ok(())
 }
 
-/// A pidfd, in `remote`, of a process that has exited and was reaped: a helper child,
-/// forked, opened, let exit and reaped.
-fn of_reaped(remote: &mut Remote<'_>, flags: u64, target: u64) -> Result<u64, EngineError> {
+/// A pidfd, in `remote`, of a process that has exited (with `status`) and was reaped: a
+/// helper child, forked, opened, let exit and reaped.
+fn of_reaped(
+    remote: &mut Remote<'_>,
+    flags: u64,
+    target: u64,
+    status: Option<i32>,
+) -> Result<u64, EngineError> {
     let what = || format!("the exited process of pidfd fd {target}");
     let mut born = None;
     // clone(flags 0: no exit signal, a copy of everything; the stack is the holder's,
@@ -136,7 +161,11 @@ fn of_reaped(remote: &mut Remote<'_>, flags: u64, target: u64) -> Result<u64, En
     let fd =
         remote.call(libc::SYS_pidfd_open, &[child, flags], || format!("pidfd_open({child}) for fd {target}"));
     // It exits whatever happened above: it must never run the holder's code.
-    crate::session::exit(task, remote.gadget)?;
+    let (nr, args) = match status {
+        Some(libc::SIGKILL) => (libc::SYS_kill, [child, libc::SIGKILL as u64]),
+        status => (libc::SYS_exit_group, [status.unwrap_or(0) as u64 >> 8, 0]),
+    };
+    crate::session::last_call(task, remote.gadget, nr, &args)?;
     let ours = ours?;
     crate::session::wait_exit(&ours).map_err(|problem| EngineError::Helper { what: what(), problem })?;
     let got = remote.call(libc::SYS_wait4, &[child, 0, libc::__WALL as u64, 0], || {
