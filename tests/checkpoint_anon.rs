@@ -1,7 +1,7 @@
 //! Fds behind anonymous inodes — timerfd, signalfd, inotify, pidfd — each in a small
 //! program of ours (`tests/programs/anon.c`, one mode per kind) that is moved to another
-//! host and then checks itself; and what is refused (an inotify with events queued, a
-//! fanotify group), with the container running on.
+//! host and then checks itself; and what is refused (an inotify with events queued or
+//! watching a deleted file, a fanotify group), with the container running on.
 
 mod support;
 
@@ -77,7 +77,8 @@ fn pidfds_of_a_live_child_and_of_a_reaped_one_work_after_the_move() -> anyhow::R
 }
 
 #[test]
-fn queued_inotify_events_and_fanotify_are_refused_and_the_container_runs_on() -> anyhow::Result<()> {
+fn queued_inotify_events_a_deleted_watch_and_fanotify_are_refused_and_the_container_runs_on()
+-> anyhow::Result<()> {
     let work = TempDir::new("refused")?;
     let img = TempDir::new("refused-img")?;
     let exe = compile_c("anon", &["-O2", "-Wall"], &work.path)?;
@@ -85,7 +86,8 @@ fn queued_inotify_events_and_fanotify_are_refused_and_the_container_runs_on() ->
     lab.start("host-a", "refused", &[&exe, "refused", &work.path.to_string_lossy()])?;
     let log = lab.wait_log("refused", "tick 2")?;
     let fds = log.lines().find(|l| l.starts_with("inotify fd ")).unwrap_or_default().to_string();
-    let (inotify, fanotify) = (fds.split(' ').nth(2).unwrap_or("?"), fds.split(' ').nth(5).unwrap_or("?"));
+    let nth = |i: usize| fds.split(' ').nth(i).unwrap_or("?").to_string();
+    let (inotify, fanotify, deleted) = (nth(2), nth(5), nth(8));
     let err = lab.fails(&["checkpoint", "refused", "--dir", &img.join("refused")])?;
     ensure!(
         err.contains("PID 1 (anon, host pid ")
@@ -96,6 +98,10 @@ fn queued_inotify_events_and_fanotify_are_refused_and_the_container_runs_on() ->
     ensure!(
         err.contains(&format!("fd {fanotify} is a fanotify group (anon_inode:[fanotify]) is not supported")),
         "the refusal does not name the fanotify fd {fanotify}: {err}"
+    );
+    ensure!(
+        err.contains(&format!("fd {deleted} is an inotify instance watching what cannot be found again: wd 1: its file or directory (inode ")),
+        "the refusal does not name the watch on a deleted file (fd {deleted}): {err}"
     );
     let c = lab.container("refused")?;
     ensure!(c["state"] == "running", "the refused container does not run: {c}");

@@ -23,7 +23,8 @@
  *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
  *             give the live child's exit, the reaped one's fdinfo says Pid -1,
  *             pidfd_send_signal says ESRCH and PIDFD_GET_INFO its exit status 3.
- *   refused   an inotify with an event queued, and a fanotify group; prints "tick N"
+ *   refused   an inotify with an event queued, one watching a file deleted while open,
+ *             and a fanotify group; prints "tick N"
  *             every 100 ms forever. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -296,9 +297,15 @@ static void refused(void) {
     int fd = inotify_init1(IN_CLOEXEC);
     if (fd < 0 || inotify_add_watch(fd, w, IN_CREATE) < 0) die("inotify");
     touch("queued", NULL);
+    /* A watch on a file deleted while open: its inode lives on, no path leads to it. */
+    char gone[512];
+    snprintf(gone, sizeof gone, "%s/gone", dir);
+    int held = open(gone, O_RDWR | O_CREAT, 0600);
+    int fd2 = inotify_init1(IN_CLOEXEC);
+    if (held < 0 || fd2 < 0 || inotify_add_watch(fd2, gone, IN_MODIFY) < 0 || unlink(gone)) die("deleted watch");
     int fan = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
     if (fan < 0) die("fanotify_init");
-    say("inotify fd %d fanotify fd %d", fd, fan);
+    say("inotify fd %d fanotify fd %d deleted fd %d", fd, fan, fd2);
     for (int i = 0;; i++) {
         say("tick %d", i);
         sleep_ms(100);

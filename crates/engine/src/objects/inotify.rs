@@ -26,8 +26,8 @@
 //! further (a watch removed above it): new watches get other numbers than they would
 //! have, none that is in use.
 
-use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use migrate_proto::records::{FdKind, FdRecord, Inotify, InotifyWatch};
 
@@ -81,20 +81,24 @@ fn resolve(pid: i32, w: &Line) -> Result<String, String> {
         if *dev != format!("{major}:{minor}") {
             continue;
         }
-        // fdinfo-style escapes (\040 for a space) in mount points are left alone: such
-        // a mount is skipped, another may serve.
-        let Ok(mount) = std::fs::File::open(format!("{root}{at}")) else { continue };
-        let Ok(file) = migrate_sys::anon::open_by_handle(mount.as_fd(), w.handle_type, &w.handle) else {
-            continue;
-        };
-        let Ok(path) =
-            std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)))
+        // Mount points with mountinfo's escapes (\040 for a space) do not open: another
+        // mount of the device may serve. Directories only: opening anything else bind-
+        // mounted (a device, a FIFO) could block or act; open_by_handle_at needs an fd
+        // opened for real, not O_PATH.
+        let Ok(mount) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(format!("{root}{at}"))
         else {
             continue;
         };
+        let Ok(file) = migrate_sys::anon::open_by_handle(mount.as_fd(), w.handle_type, &w.handle) else {
+            continue;
+        };
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let Ok(path) = std::fs::read_link(&link) else { continue };
         let path = path.to_string_lossy().into_owned();
-        let md = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
-        if path.ends_with(" (deleted)") || md.is_ok_and(|m| m.nlink() == 0) {
+        if path.ends_with(" (deleted)") || std::fs::metadata(&link).is_ok_and(|m| m.nlink() == 0) {
             deleted = true;
             continue;
         }
