@@ -45,6 +45,7 @@ fn a_timerfd_keeps_its_clock_time_left_period_and_unread_ticks() -> anyhow::Resu
             "timerfd CLOCK_BOOTTIME, ",
             "timerfd CLOCK_REALTIME_ALARM",
             "cancel on set",
+            "timerfd CLOCK_MONOTONIC, disarmed, 1 tick unread",
         ],
     )?;
     ensure!(verdict == "timerfd ok", "{verdict}");

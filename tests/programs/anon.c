@@ -7,16 +7,18 @@
  *   timerfd   A: CLOCK_MONOTONIC, first expiry after 50 ms, then every 1000 s (one tick
  *             unread at the checkpoint); B: CLOCK_BOOTTIME absolute, 600 s on; C:
  *             CLOCK_REALTIME_ALARM absolute with TFD_TIMER_CANCEL_ON_SET, 900 s on; D:
- *             CLOCK_MONOTONIC every 2 s. After: A reads 1 tick, A, B and C expire when
- *             they were set to (in their clock, within 1 s; the monotonic clocks continue
- *             from the checkpoint), D fires within 3 s, then again 2 s later.
+ *             CLOCK_MONOTONIC every 2 s; E: CLOCK_MONOTONIC one-shot, expired, unread.
+ *             After: A reads 1 tick, A, B and C expire when they were set to (in their
+ *             clock, within 1 s; the monotonic clocks continue from the checkpoint), D
+ *             fires within 3 s, then again 2 s later, E reads 1 tick and stays disarmed.
  *   signalfd  SIGUSR1 and SIGRTMIN+2 blocked, read through a signalfd; SIGUSR1 sent to
  *             the process, SIGRTMIN+2 queued twice with value 42, SIGUSR2 (not in the
  *             mask) to the thread. After: the signalfd reads SIGUSR1, 42, 42, then nothing.
  *   inotify   DIR/w/a and DIR/w/b; watches: a (IN_MODIFY, then IN_MASK_ADD IN_CLOSE_WRITE)
  *             wd 1; b wd 2, removed; DIR/w (IN_CREATE | IN_ONESHOT) wd 3; /run/anon-watched
  *             (IN_ATTRIB) wd 4. After: a new watch gets wd 5; chmod of /run/anon-watched
- *             gives wd 4 IN_ATTRIB; creating DIR/w/c gives wd 3 IN_CREATE "c" then IN_IGNORED
+ *             gives wd 4 IN_ATTRIB; creating DIR/w/c gives wd 3 IN_CREATE "c", then
+ *             IN_IGNORED
  *             (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
  *             one of a child already exited and reaped, both inherited by a third child.
@@ -108,6 +110,7 @@ static void timers(void) {
     double c_at = now(CLOCK_REALTIME) + 900;
     int c = timer(CLOCK_REALTIME_ALARM, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, c_at, 0);
     int d = timer(CLOCK_MONOTONIC, 0, 2, 2);
+    int e = timer(CLOCK_MONOTONIC, 0, 0.01, 0);
     sleep_ms(300);
     say("ready");
     wait_go();
@@ -123,6 +126,11 @@ static void timers(void) {
     CHECK(at > b_at - 1 && at < b_at + 1, "B expires at %.3f, not %.3f", at, b_at);
     at = now(CLOCK_REALTIME) + left(c, NULL);
     CHECK(at > c_at - 1 && at < c_at + 1, "C expires at %.3f, not %.3f", at, c_at);
+    /* E: expired once, unread, disarmed since. */
+    ticks = 0;
+    fcntl(e, F_SETFL, O_NONBLOCK);
+    CHECK(read(e, &ticks, 8) == 8 && ticks == 1, "E read %llu ticks, not 1", (unsigned long long)ticks);
+    CHECK(left(e, NULL) == 0, "E is armed again");
     /* D: ticks it had are read away; then it fires within its period. */
     fcntl(d, F_SETFL, O_NONBLOCK);
     if (read(d, &ticks, 8) < 0 && errno != EAGAIN) CHECK(0, "D read: %s", strerror(errno));

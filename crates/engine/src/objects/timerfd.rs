@@ -11,7 +11,8 @@
 //!
 //! Restore, inside the task: `timerfd_create` with the clock, `timerfd_settime` with the
 //! flags, then the unread ticks with the `TFD_IOC_SET_TICKS` ioctl (settime zeroes
-//! them). That ioctl exists only with `CONFIG_CHECKPOINT_RESTORE`: the dump probes it
+//! them; an expiry in between, which the ioctl overwrote, shows in the fdinfo as an
+//! expired timer with exactly those ticks, and is counted again). That ioctl exists only with `CONFIG_CHECKPOINT_RESTORE`: the dump probes it
 //! once, and refuses a timerfd with ticks unread where it is missing.
 //! `CLOCK_REALTIME_ALARM` and `CLOCK_BOOTTIME_ALARM` need CAP_WAKE_ALARM, which the
 //! restore has (fds are made before the process's own credentials are set).
@@ -151,10 +152,24 @@ pub fn restore(
         })?;
     }
     if t.ticks > 0 {
-        let at = remote.write(0, &t.ticks.to_ne_bytes())?;
-        remote.call(libc::SYS_ioctl, &[target, migrate_sys::anon::TFD_IOC_SET_TICKS, at], || {
-            format!("ioctl(TFD_IOC_SET_TICKS, {}) of fd {target}", t.ticks)
-        })?;
+        set_ticks(remote, target, t.ticks)?;
+        // An expiry between settime and the ioctl was counted, then overwritten. An
+        // expired timer stays expired (0 left) until it is read, so no other expiry
+        // can come while this looks.
+        let info = crate::error::read_proc(remote.pid, &format!("fdinfo/{target}"))?;
+        let expired = crate::procfs::status_field(&info, "it_value") == Some("(0, 0)");
+        let now = crate::procfs::status_field(&info, "ticks").and_then(|v| v.parse::<u64>().ok());
+        if t.left_ns > 0 && expired && now == Some(t.ticks) {
+            set_ticks(remote, target, t.ticks + 1)?;
+        }
     }
+    Ok(())
+}
+
+fn set_ticks(remote: &mut Remote<'_>, fd: u64, ticks: u64) -> Result<(), EngineError> {
+    let at = remote.write(0, &ticks.to_ne_bytes())?;
+    remote.call(libc::SYS_ioctl, &[fd, migrate_sys::anon::TFD_IOC_SET_TICKS, at], || {
+        format!("ioctl(TFD_IOC_SET_TICKS, {ticks}) of fd {fd}")
+    })?;
     Ok(())
 }
