@@ -18,8 +18,7 @@
  *             wd 1; b wd 2, removed; DIR/w (IN_CREATE | IN_ONESHOT) wd 3; /run/anon-watched
  *             (IN_ATTRIB) wd 4. After: a new watch gets wd 5; chmod of /run/anon-watched
  *             gives wd 4 IN_ATTRIB; creating DIR/w/c gives wd 3 IN_CREATE "c", then
- *             IN_IGNORED
- *             (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
+ *             IN_IGNORED (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
  *             one of a child already exited and reaped, both inherited by a third child.
  *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
