@@ -12,7 +12,9 @@
 //! exit with their status. Sessions and groups whose leader has exited are made again by
 //! short-lived helper tasks ([`crate::session`]). Then rlimits and credentials, the
 //! process's other threads (`clone3(CLONE_THREAD, set_tid)`) and every thread's state;
-//! registers last. Only when the whole tree is built are the threads detached and run.
+//! registers last. Then the pidfds, whose processes all exist only now
+//! ([`crate::objects::pidfd`]). Only when the whole tree is built are the threads
+//! detached and run.
 //! On any error each process being built is killed while still stopped, and the caller
 //! removes the container: nothing half-built ever runs.
 
