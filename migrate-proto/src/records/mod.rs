@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) mod anon;
 
-pub use anon::{EventFd, Inotify, InotifyWatch, PidFd, SignalFd, TimerFd};
+pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

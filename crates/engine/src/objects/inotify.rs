@@ -29,7 +29,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-use migrate_proto::records::{FdKind, FdRecord, Inotify, InotifyWatch};
+use migrate_proto::records::{FdKind, FdRecord, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD};
 
 use super::{Classified, FdSeen, install};
 use crate::error::EngineError;
@@ -141,12 +141,24 @@ pub fn dump(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
                 reason: format!("inotify line {line:?}"),
             });
         };
+        if w.wd > MAX_WD {
+            return Ok(Err(format!(
+                "an inotify instance with watch descriptor {}, beyond {MAX_WD}: reaching it again would take as many throwaway watches",
+                w.wd
+            )));
+        }
         match resolve(seen.pid, &w) {
             Ok(path) => watches.push(InotifyWatch { wd: w.wd, path, mask: w.mask }),
             Err(why) => {
                 return Ok(Err(format!("an inotify instance watching what cannot be found again: {why}")));
             }
         }
+    }
+    if watches.len() > MAX_WATCHES {
+        return Ok(Err(format!(
+            "an inotify instance with {} watches, more than {MAX_WATCHES}",
+            watches.len()
+        )));
     }
     watches.sort_by_key(|w| w.wd);
     Ok(Ok(FdKind::Inotify(Inotify { watches })))
