@@ -20,10 +20,12 @@
  *             gives wd 4 IN_ATTRIB; creating DIR/w/c gives wd 3 IN_CREATE "c", then
  *             IN_IGNORED (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
- *             one of a child already exited and reaped, both inherited by a third child.
+ *             one of a child already exited and reaped, both inherited by a third child,
+ *             and one of a thread (PIDFD_THREAD).
  *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
  *             give the live child's exit, the reaped one's fdinfo says Pid -1,
- *             pidfd_send_signal says ESRCH and PIDFD_GET_INFO its exit status 3.
+ *             pidfd_send_signal says ESRCH and PIDFD_GET_INFO its exit status 3; the
+ *             thread's names it, with PIDFD_THREAD.
  *   refused   an inotify with an event queued, one watching a file deleted while open,
  *             and a fanotify group; prints "tick N"
  *             every 100 ms forever. */
@@ -31,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -243,6 +246,26 @@ static void watches(void) {
     verdict("inotify");
 }
 
+static volatile pid_t thread_tid;
+
+static void *idle(void *arg) {
+    (void)arg;
+    thread_tid = gettid();
+    for (;;) pause();
+    return NULL;
+}
+
+/* The value of "key:" in this process's fdinfo of fd, or -2. */
+static long fdinfo_field(int fd, const char *key, int base) {
+    char path[64], info[1024] = {0};
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    int f = open(path, O_RDONLY);
+    if (f < 0 || read(f, info, sizeof info - 1) < 0) die(path);
+    close(f);
+    char *at = strstr(info, key);
+    return at ? strtol(at + strlen(key), NULL, base) : -2;
+}
+
 static void pidfds(void) {
     pid_t live = fork();
     if (live == 0) {
@@ -264,8 +287,18 @@ static void pidfds(void) {
                    syscall(SYS_kcmp, getppid(), getpid(), KCMP_FILE, pg, pg) == 0;
         _exit(same ? 0 : 1);
     }
+    /* A pidfd of one thread (PIDFD_THREAD, which is O_EXCL). */
+    pthread_t th;
+    if (pthread_create(&th, NULL, idle, NULL)) die("pthread_create");
+    while (!thread_tid) sleep_ms(10);
+    int pt = syscall(SYS_pidfd_open, thread_tid, O_EXCL);
+    if (pt < 0) die("pidfd_open(PIDFD_THREAD)");
     say("ready");
     wait_go();
+    CHECK(fdinfo_field(pt, "Pid:", 10) == thread_tid, "the thread's pidfd names pid %ld, not %d",
+          fdinfo_field(pt, "Pid:", 10), thread_tid);
+    CHECK(fdinfo_field(pt, "flags:", 8) & O_EXCL, "the thread's pidfd lost PIDFD_THREAD");
+    CHECK(syscall(SYS_pidfd_send_signal, pt, 0, NULL, 0) == 0, "pidfd_send_signal to the thread: %s", strerror(errno));
     int status = -1;
     CHECK(waitpid(sharer, &status, 0) == sharer && WIFEXITED(status) && WEXITSTATUS(status) == 0,
           "the child that inherited the pidfds does not share them (status %#x)", status);
@@ -276,11 +309,7 @@ static void pidfds(void) {
     CHECK(si.si_pid == live && si.si_code == CLD_EXITED && si.si_status == 7, "waitid gave pid %d code %d status %d",
           si.si_pid, si.si_code, si.si_status);
     CHECK(fcntl(pl, F_GETFL) & O_NONBLOCK, "the live pidfd lost PIDFD_NONBLOCK");
-    char path[64], info[512] = {0};
-    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pg);
-    int f = open(path, O_RDONLY);
-    if (f < 0 || read(f, info, sizeof info - 1) < 0) die(path);
-    CHECK(strstr(info, "Pid:\t-1"), "the reaped child's pidfd: %s", info);
+    CHECK(fdinfo_field(pg, "Pid:", 10) == -1, "the reaped child's pidfd names pid %ld", fdinfo_field(pg, "Pid:", 10));
     CHECK(syscall(SYS_pidfd_send_signal, pg, 0, NULL, 0) < 0 && errno == ESRCH, "pidfd_send_signal to the reaped child");
     /* struct pidfd_info (linux/pidfd.h, 6.15; newer than this libc's headers): the exit
      * status the kernel keeps for a reaped process's pidfds. */

@@ -37,23 +37,24 @@ use crate::procfs;
 /// `PIDFD_THREAD` (linux/pidfd.h): `O_EXCL`.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 
-/// The container's pid of `target` (ours), if it is in the same tree as `holder`: its
-/// pid namespace, and every ancestor's up to that namespace's PID 1.
+/// The container's pid of `target` (ours; a thread's tid for a thread's pidfd), if it is
+/// in the same tree as `holder`: its process and every ancestor up to PID 1 of
+/// `holder`'s pid namespace are in that namespace.
 fn in_container(holder: i32, target: i32) -> Option<i32> {
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     let home = ns(holder)?;
-    let mut cur = target;
-    let mut ns_pid = None;
+    let status = crate::error::read_proc(target, "status").ok()?;
+    let ns_pid = procfs::ns_value(&status, "NSpid").ok()?;
+    // From its process: a thread's PPid is its process's parent.
+    let mut cur: i32 = procfs::status_field(&status, "Tgid")?.parse().ok()?;
     // A tree is at most PID_MAX deep; a loop would mean a /proc that changes under us.
     for _ in 0..migrate_proto::validate::PID_MAX {
         if ns(cur).as_ref() != Some(&home) {
             return None;
         }
         let status = crate::error::read_proc(cur, "status").ok()?;
-        let here = procfs::ns_value(&status, "NSpid").ok()?;
-        ns_pid.get_or_insert(here);
-        if here == 1 {
-            return ns_pid;
+        if procfs::ns_value(&status, "NSpid").ok()? == 1 {
+            return Some(ns_pid);
         }
         cur = procfs::status_field(&status, "PPid")?.parse().ok()?;
     }
