@@ -71,9 +71,11 @@ fn inotify_watches_keep_their_numbers_and_see_events_after_the_move() -> anyhow:
 }
 
 #[test]
-fn pidfds_of_a_live_child_a_reaped_one_and_a_thread_work_after_the_move() -> anyhow::Result<()> {
-    let verdict =
-        moved("pidfd", &["pidfd of pid 2", "pidfd of a process that has exited", "pidfd of thread "])?;
+fn pidfds_of_a_live_a_zombie_and_a_reaped_child_and_of_a_thread_work_after_the_move() -> anyhow::Result<()> {
+    let verdict = moved(
+        "pidfd",
+        &["pidfd of pid 2", "pidfd of a process that has exited", "pidfd of pid 4", "pidfd of thread "],
+    )?;
     ensure!(verdict == "pidfd ok", "{verdict}");
     Ok(())
 }

@@ -21,11 +21,11 @@
  *             IN_IGNORED (one shot); writing a gives wd 1 IN_MODIFY and IN_CLOSE_WRITE.
  *   pidfd     a pidfd (PIDFD_NONBLOCK) of a child that exits with 7 once DIR/go exists, and
  *             one of a child already exited and reaped, both inherited by a third child,
- *             and one of a thread (PIDFD_THREAD).
+ *             one of a zombie child (exit 5), and one of a thread (PIDFD_THREAD).
  *             After: the third child shares both (kcmp); poll and waitid(P_PIDFD)
  *             give the live child's exit, the reaped one's fdinfo says Pid -1,
  *             pidfd_send_signal says ESRCH and PIDFD_GET_INFO its exit status 3; the
- *             thread's names it, with PIDFD_THREAD.
+ *             thread's names it, with PIDFD_THREAD; waitid on the zombie's gives 5.
  *   refused   an inotify with an event queued, one watching a file deleted while open,
  *             and a fanotify group; prints "tick N"
  *             every 100 ms forever. */
@@ -279,6 +279,11 @@ static void pidfds(void) {
     if (pl < 0 || pg < 0) die("pidfd_open");
     siginfo_t si;
     if (waitid(P_PIDFD, pg, &si, WEXITED)) die("waitid gone");
+    /* A zombie: exited, not waited for. */
+    pid_t zombie = fork();
+    if (zombie == 0) _exit(5);
+    int pz = syscall(SYS_pidfd_open, zombie, 0);
+    if (pz < 0 || waitid(P_PIDFD, pz, &si, WEXITED | WNOWAIT)) die("zombie");
     /* Inherits both: the same descriptions as its parent's, after the move too. */
     pid_t sharer = fork();
     if (sharer == 0) {
@@ -309,6 +314,9 @@ static void pidfds(void) {
     CHECK(si.si_pid == live && si.si_code == CLD_EXITED && si.si_status == 7, "waitid gave pid %d code %d status %d",
           si.si_pid, si.si_code, si.si_status);
     CHECK(fcntl(pl, F_GETFL) & O_NONBLOCK, "the live pidfd lost PIDFD_NONBLOCK");
+    memset(&si, 0, sizeof si);
+    CHECK(waitid(P_PIDFD, pz, &si, WEXITED) == 0 && si.si_pid == zombie && si.si_status == 5,
+          "the zombie's pidfd: waitid gave pid %d status %d (%s)", si.si_pid, si.si_status, strerror(errno));
     CHECK(fdinfo_field(pg, "Pid:", 10) == -1, "the reaped child's pidfd names pid %ld", fdinfo_field(pg, "Pid:", 10));
     CHECK(syscall(SYS_pidfd_send_signal, pg, 0, NULL, 0) < 0 && errno == ESRCH, "pidfd_send_signal to the reaped child");
     /* struct pidfd_info (linux/pidfd.h, 6.15; newer than this libc's headers): the exit
