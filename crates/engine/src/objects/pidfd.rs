@@ -14,10 +14,10 @@
 //! `pidfd_open(pid, flags)` — the tasks have their old pids — in the first process
 //! holding the description, copied from there to every other holder (`pidfd_getfd`),
 //! so it stays shared (an epoll set watching a pidfd must be rebuilt after this). A
-//! zombie of the image is still a process here: `pidfd_open` takes it. A pidfd of a reaped process is made on a helper: the holder
-//! forks a child by an injected `clone` with no exit signal (no SIGCHLD for anybody),
-//! opens a pidfd of it while it is stopped, lets it end, and reaps it with
-//! `wait4(…, __WALL)`; the pidfd then refers to a process that has exited and was
+//! zombie of the image is still a process here: `pidfd_open` takes it. A pidfd of a
+//! reaped process is made on a helper: the holder forks a child by an injected `clone`
+//! with no exit signal (no SIGCHLD for anybody), opens a pidfd of it while it is
+//! stopped, lets it end, and reaps it with `wait4(…, __WALL)`; the pidfd then refers to a process that has exited and was
 //! reaped, as before. The kernel keeps such a process's wait status for its pidfds
 //! (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`, 6.15 on): the dump reads it, and the helper
 //! ends the same way, by `exit_group(code)` or a SIGKILL of itself; one killed by
