@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use crate::error::{Invalid, PathOwner, PathProblem, ProtoError, SigOwner, VmaProblem};
 use crate::pages::PageBatch;
 use crate::records::{
-    FdKind, MmFields, ObjectKind, ProcessRecord, SigInfo, ThreadRecord, TmpfsKind, Vma, VmaBacking,
+    FdKind, MmFields, ObjectKind, ProcessRecord, SigInfo, ThreadRecord, TmpfsKind, Vma, VmaBacking, anon,
 };
 use crate::{PAGE_SIZE, USER_END};
 
@@ -396,6 +396,10 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
             }
             FdKind::EventFd(_) => {}
+            FdKind::TimerFd(t) => anon::check_timerfd(f.fd, t)?,
+            FdKind::SignalFd(s) => anon::check_signalfd(f.fd, s)?,
+            FdKind::Inotify(i) => anon::check_inotify(f.fd, i)?,
+            FdKind::PidFd(p) => anon::check_pidfd(f.fd, p)?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {
@@ -544,7 +548,7 @@ fn check_pos(fd: i32, pos: u64) -> Result<(), Invalid> {
 
 /// A path the restore may open or map: absolute, no NUL, no `..` component (so that, resolved
 /// inside the container's root, it cannot climb out of it), at most [`PATH_MAX`] bytes.
-fn check_path(owner: PathOwner, path: &str) -> Result<(), Invalid> {
+pub(crate) fn check_path(owner: PathOwner, path: &str) -> Result<(), Invalid> {
     let problem = if path.len() > PATH_MAX {
         Some(PathProblem::TooLong(path.len()))
     } else if !path.starts_with('/') {

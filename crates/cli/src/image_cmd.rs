@@ -413,6 +413,42 @@ fn kernel_object(kind: &FdKind) -> String {
         FdKind::EventFd(e) => {
             format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
         }
+        FdKind::TimerFd(t) => {
+            // Milliseconds at most: "1.5 s", "2 s".
+            let secs = |ns: u64| {
+                let v = format!("{:.3}", ns as f64 / 1e9);
+                format!("{} s", v.trim_end_matches('0').trim_end_matches('.'))
+            };
+            let clock = t.clock_name();
+            let when = match (t.left_ns, t.abs_ns) {
+                (0, _) => "disarmed".to_string(),
+                (left, Some(at)) => format!(
+                    "{} left (absolute: at {}{})",
+                    secs(left),
+                    secs(at),
+                    if t.cancel_on_set { ", cancel on set" } else { "" }
+                ),
+                (left, None) => format!("{} left", secs(left)),
+            };
+            let every =
+                if t.interval_ns > 0 { format!(", every {}", secs(t.interval_ns)) } else { String::new() };
+            let s = if t.ticks == 1 { "" } else { "s" };
+            format!("timerfd {clock}, {when}{every}, {} tick{s} unread", t.ticks)
+        }
+        FdKind::SignalFd(sf) => {
+            let sigs: Vec<String> =
+                (1..=64).filter(|n| sf.mask & (1u64 << (n - 1)) != 0).map(|n: u64| n.to_string()).collect();
+            format!("signalfd, signals {}", sigs.join(" "))
+        }
+        FdKind::Inotify(i) => {
+            let w: Vec<String> =
+                i.watches.iter().map(|w| format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask)).collect();
+            format!("inotify, {} watches: {}", w.len(), w.join(", "))
+        }
+        FdKind::PidFd(p) => match p.pid {
+            Some(pid) => format!("pidfd of {} {pid}", if p.thread { "thread" } else { "pid" }),
+            None => "pidfd of a process that has exited".to_string(),
+        },
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

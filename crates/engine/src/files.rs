@@ -340,7 +340,7 @@ impl FdWorld {
 }
 
 /// Copies fd `fd` of process `from` (ns pid) into `task` at `target`.
-fn copy_from(
+pub(crate) fn copy_from(
     task: &mut Task,
     gadget: u64,
     from: i32,
@@ -402,6 +402,10 @@ pub fn restore(
     for rec in fds {
         let cloexec = if rec.flags & libc::O_CLOEXEC as u32 != 0 { libc::O_CLOEXEC as u64 } else { 0 };
         let target = rec.fd as u64;
+        if matches!(rec.kind, FdKind::PidFd(_)) {
+            // Made once every process exists (objects::pidfd).
+            continue;
+        }
         if let Some(&(from, fd)) = world.files.get(&rec.file_id) {
             copy_from(remote.task, remote.gadget, from, fd, target, cloexec)?;
             continue;

@@ -12,7 +12,9 @@
 //! exit with their status. Sessions and groups whose leader has exited are made again by
 //! short-lived helper tasks ([`crate::session`]). Then rlimits and credentials, the
 //! process's other threads (`clone3(CLONE_THREAD, set_tid)`) and every thread's state;
-//! registers last. Only when the whole tree is built are the threads detached and run.
+//! registers last. Then the pidfds, whose processes all exist only now
+//! ([`crate::objects::pidfd`]). Only when the whole tree is built are the threads
+//! detached and run.
 //! On any error each process being built is killed while still stopped, and the caller
 //! removes the container: nothing half-built ever runs.
 
@@ -114,6 +116,15 @@ pub fn restore(
     };
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
+    // pidfds once every process and thread they may refer to exists.
+    let mut pidfds = objects::pidfd::Made::new();
+    for p in &img.processes {
+        let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == p.pid) else { continue };
+        let (gadget, scratch, host) = (b.seized.gadget, b.scratch, b.seized.tasks[0].tid);
+        let mut remote =
+            Remote { task: &mut b.seized.tasks[0], gadget, mem: &b.seized.mem, pid: host, scratch };
+        objects::pidfd::restore(&mut remote, p.pid, &p.fds, &mut pidfds)?;
+    }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
     for o in ctx.world.objects.values() {

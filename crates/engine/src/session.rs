@@ -348,7 +348,7 @@ impl Helper {
     fn reap(mut self, parent: &mut Task, gadget: u64) -> Result<(), EngineError> {
         let (pid, what) = (self.pid, self.what());
         let task = self.task.take().ok_or_else(|| gone(what.clone()))?;
-        exit(task, self.gadget)?;
+        last_call(task, self.gadget, libc::SYS_exit_group, &[0])?;
         // Wait from here first: an injected wait4 for a helper that never exits would
         // block its parent, and us, for good.
         wait_exit(&self.pidfd).map_err(|problem| EngineError::Helper { what: what.clone(), problem })?;
@@ -379,26 +379,28 @@ fn gone(what: String) -> EngineError {
 impl Drop for Helper {
     fn drop(&mut self) {
         if let Some(task) = self.task.take()
-            && let Err(e) = exit(task, self.gadget)
+            && let Err(e) = last_call(task, self.gadget, libc::SYS_exit_group, &[0])
         {
             tracing::warn!(error = %e, "a helper task could not be let exit");
         }
     }
 }
 
-/// Points a helper at `exit_group(0)` and detaches it: that is all it runs.
-fn exit(task: Task, gadget: u64) -> Result<(), EngineError> {
+/// Points a helper at one last call, the one that ends it (`exit_group`, or a `kill` of
+/// itself), and detaches it: that is all it runs.
+pub(crate) fn last_call(task: Task, gadget: u64, nr: i64, args: &[u64]) -> Result<(), EngineError> {
     let mut regs = task.saved;
     regs.rip = gadget;
     regs.orig_rax = u64::MAX;
-    regs.rax = libc::SYS_exit_group as u64;
-    regs.rdi = 0;
+    regs.rax = nr as u64;
+    regs.rdi = args.first().copied().unwrap_or(0);
+    regs.rsi = args.get(1).copied().unwrap_or(0);
     task.tracee.set_regs(regs).map_err(EngineError::ptrace(task.tid, "set up the helper's exit"))?;
     task.tracee.detach().map_err(EngineError::ptrace(task.tid, "let the helper exit"))
 }
 
 /// Waits until the task of `pidfd` has exited (a zombie, for its parent to reap).
-fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
+pub(crate) fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
     let deadline = Instant::now() + EXIT_TIMEOUT;
     loop {
         let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];

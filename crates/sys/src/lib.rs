@@ -4,6 +4,7 @@
 //! Nothing in this crate holds policy: it does not know what a container, a lab or a
 //! checkpoint is. Callers outside it are compiled with `unsafe_code = "forbid"`.
 
+pub mod anon;
 pub mod clone3;
 pub mod files;
 pub mod mem;

@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-mod anon;
+pub(crate) mod anon;
 
-pub use anon::EventFd;
+pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +221,14 @@ pub enum FdKind {
     External { name: String },
     /// An eventfd ([`EventFd`]).
     EventFd(EventFd),
+    /// A timerfd ([`TimerFd`]).
+    TimerFd(TimerFd),
+    /// A signalfd ([`SignalFd`]).
+    SignalFd(SignalFd),
+    /// An inotify instance ([`Inotify`]).
+    Inotify(Inotify),
+    /// A pidfd ([`PidFd`]).
+    PidFd(PidFd),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -3,8 +3,8 @@
 use super::{batch, file_id, process, thread};
 use crate::pages::PageRun;
 use crate::records::{
-    FdKind, FdRecord, Fifo, FileLock, LockKind, ObjectKind, ObjectRecord, PipeRecord, ProcessRecord, Rlimit,
-    SigAction, SigInfo, VmaBacking,
+    FdKind, FdRecord, Fifo, FileLock, Inotify, InotifyWatch, LockKind, ObjectKind, ObjectRecord, PidFd,
+    PipeRecord, ProcessRecord, Rlimit, SigAction, SigInfo, SignalFd, TimerFd, VmaBacking,
 };
 use crate::validate::{check_batch, validate_process};
 
@@ -85,6 +85,65 @@ fn each_check_fires_with_a_precise_message() {
             Box::new(|p| p.fds.push(fd9(FdKind::File { file: file_id("/x"), pos: 1 << 63 }))),
         ),
         ("fd 9: external name", Box::new(|p| p.fds.push(fd9(FdKind::External { name: String::new() })))),
+        (
+            "fd 9: timerfd clock 3 is not one",
+            Box::new(|p| p.fds.push(fd9(FdKind::TimerFd(timer(|t| t.clock = 3))))),
+        ),
+        (
+            "fd 9: timerfd time beyond the kernel's range",
+            Box::new(|p| p.fds.push(fd9(FdKind::TimerFd(timer(|t| t.interval_ns = u64::MAX))))),
+        ),
+        (
+            "fd 9: timerfd TFD_TIMER_CANCEL_ON_SET without an absolute CLOCK_REALTIME timer",
+            Box::new(|p| p.fds.push(fd9(FdKind::TimerFd(timer(|t| t.cancel_on_set = true))))),
+        ),
+        (
+            "fd 9: timerfd ticks beyond",
+            Box::new(|p| p.fds.push(fd9(FdKind::TimerFd(timer(|t| t.ticks = u64::MAX))))),
+        ),
+        (
+            "fd 9: signalfd mask 0x100 holds SIGKILL or SIGSTOP",
+            Box::new(|p| p.fds.push(fd9(FdKind::SignalFd(SignalFd { mask: 0x100 })))),
+        ),
+        (
+            "fd 9: inotify wd 1 is out of order or beyond 65536",
+            Box::new(|p| p.fds.push(fd9(FdKind::Inotify(watches(&[(2, "/a", 2), (1, "/b", 2)]))))),
+        ),
+        (
+            "fd 9: inotify wd 0 is out of order",
+            Box::new(|p| p.fds.push(fd9(FdKind::Inotify(watches(&[(0, "/a", 2)]))))),
+        ),
+        (
+            "fd 9: inotify wd 1: mask 0x1000000 is not a watch's mask",
+            Box::new(|p| p.fds.push(fd9(FdKind::Inotify(watches(&[(1, "/a", 0x100_0000)]))))),
+        ),
+        (
+            "fd 9 path \"/run/../etc\" contains a `..` component",
+            Box::new(|p| p.fds.push(fd9(FdKind::Inotify(watches(&[(1, "/run/../etc", 2)]))))),
+        ),
+        (
+            "fd 9: inotify has 65537 watches",
+            Box::new(|p| {
+                let many: Vec<(i32, &str, u32)> = (1..=65537).map(|wd| (wd, "/a", 2)).collect();
+                p.fds.push(fd9(FdKind::Inotify(watches(&many))))
+            }),
+        ),
+        (
+            "fd 9: pidfd of pid 0, out of range",
+            Box::new(|p| p.fds.push(fd9(FdKind::PidFd(PidFd { pid: Some(0), thread: false, status: None })))),
+        ),
+        (
+            "fd 9: pidfd exit status 0xf is not an exit code or SIGKILL",
+            Box::new(|p| {
+                p.fds.push(fd9(FdKind::PidFd(PidFd { pid: None, thread: false, status: Some(15) })))
+            }),
+        ),
+        (
+            "fd 9: pidfd exit status 0x300 is not",
+            Box::new(|p| {
+                p.fds.push(fd9(FdKind::PidFd(PidFd { pid: Some(2), thread: false, status: Some(0x300) })))
+            }),
+        ),
         (
             "FIFO of pipe:[9223372036854775809] path \"/run/../etc/shadow\" contains a `..` component",
             Box::new(|p| p.pipes.push(fifo("/run/../etc/shadow", 0o600))),
@@ -312,6 +371,20 @@ fn a_zombie_carries_the_wait_status_of_an_exit() {
         let err = validate_process(&zombie(bad)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("is not the wait status of an exit"), "{bad:#x}: {err}");
     }
+}
+
+/// A relative CLOCK_MONOTONIC timerfd, changed by `change`.
+fn timer(change: impl Fn(&mut TimerFd)) -> TimerFd {
+    let mut t =
+        TimerFd { clock: 1, left_ns: 1, interval_ns: 0, abs_ns: None, cancel_on_set: false, ticks: 0 };
+    change(&mut t);
+    t
+}
+
+/// An inotify instance with these `(wd, path, mask)` watches.
+fn watches(list: &[(i32, &str, u32)]) -> Inotify {
+    let watches = list.iter().map(|&(wd, path, mask)| InotifyWatch { wd, path: path.into(), mask }).collect();
+    Inotify { watches }
 }
 
 /// Fd 9 of the given kind, a description of its own.

@@ -8,6 +8,10 @@
 //! | [`fifo`] | named pipes (what their name adds to a pipe) |
 //! | [`tmpfs`] | the contents of the container's private `/run` and `/dev/shm` |
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
+//! | [`timerfd`] | timerfd: clock, time left, period, absolute or not, unread ticks |
+//! | [`signalfd`] | signalfd: its signal mask |
+//! | [`inotify`] | inotify: each watch's path, mask and wd (no queued events) |
+//! | [`pidfd`] | pidfd: its process, live or reaped (made after the whole tree) |
 //! | [`unix`] | unix sockets (refused for now) |
 //! | [`inet`] | TCP and UDP sockets (refused for now) |
 //!
@@ -28,7 +32,11 @@
 pub mod eventfd;
 pub mod fifo;
 pub mod inet;
+pub mod inotify;
+pub mod pidfd;
 pub mod shmem;
+pub mod signalfd;
+pub mod timerfd;
 pub mod tmpfs;
 pub mod unix;
 
@@ -87,6 +95,13 @@ pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     }
     match link.strip_prefix("anon_inode:") {
         Some("[eventfd]") => eventfd::dump(seen),
+        Some("[timerfd]") => timerfd::dump(seen),
+        Some("[signalfd]") => signalfd::dump(seen),
+        Some("inotify") => inotify::dump(seen),
+        Some("[pidfd]") => pidfd::dump(seen),
+        Some("[fanotify]") => Ok(Err(format!(
+            "a fanotify group ({link}) is not supported: its marks name filesystems and mounts of the host, and the permission events it answers would stall the restored container"
+        ))),
         Some(kind) => Ok(Err(format!("an {kind} ({link}): not supported yet"))),
         None => Ok(Err(format!("{link}, a kind of file not supported yet"))),
     }
@@ -102,6 +117,9 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
+        FdKind::TimerFd(t) => timerfd::restore(remote, rec, t, cloexec),
+        FdKind::SignalFd(s) => signalfd::restore(remote, rec, s, cloexec),
+        FdKind::Inotify(i) => inotify::restore(remote, rec, i, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }
