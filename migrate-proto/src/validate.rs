@@ -396,6 +396,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
             }
             FdKind::EventFd(_) => {}
+            FdKind::Epoll(e) => e.check(f.fd, f.file_id)?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {
@@ -665,7 +666,7 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    crate::records::check_epoll_tree(processes)
 }
 
 /// The VMA of `vmas` (sorted, as [`validate_process`] requires) that holds all of `run`.

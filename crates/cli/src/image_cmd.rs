@@ -413,6 +413,18 @@ fn kernel_object(kind: &FdKind) -> String {
         FdKind::EventFd(e) => {
             format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
         }
+        FdKind::Epoll(e) => {
+            let regs: Vec<String> = e
+                .targets
+                .iter()
+                .map(|t| {
+                    // Every registration watches EPOLLERR and EPOLLHUP: not worth a word.
+                    let events = migrate_proto::records::event_names(t.events & !0x18);
+                    format!("fd {} {events} (data {:#x})", t.fd, t.data)
+                })
+                .collect();
+            format!("epoll: {}", if regs.is_empty() { "nothing registered".into() } else { regs.join(", ") })
+        }
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

@@ -8,8 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 mod anon;
+mod epoll;
 
 pub use anon::EventFd;
+pub(crate) use epoll::check_tree as check_epoll_tree;
+pub use epoll::{Epoll, EpollTarget, MAX_EPOLL_TARGETS, disarmed, event_names};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +224,8 @@ pub enum FdKind {
     External { name: String },
     /// An eventfd ([`EventFd`]).
     EventFd(EventFd),
+    /// An epoll instance and its registrations ([`Epoll`]).
+    Epoll(Epoll),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -8,6 +8,7 @@
 //! | [`fifo`] | named pipes (what their name adds to a pipe) |
 //! | [`tmpfs`] | the contents of the container's private `/run` and `/dev/shm` |
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
+//! | [`epoll`] | epoll: every registration (events, data, the file), re-added from inside the tasks |
 //! | [`unix`] | unix sockets (refused for now) |
 //! | [`inet`] | TCP and UDP sockets (refused for now) |
 //!
@@ -25,6 +26,7 @@
 //! easier set from outside (a counter, a socket option), the kind takes a copy of the new
 //! fd with [`crate::files::take`] and works on that: it is the same open file.
 
+pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod inet;
@@ -87,6 +89,7 @@ pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     }
     match link.strip_prefix("anon_inode:") {
         Some("[eventfd]") => eventfd::dump(seen),
+        Some("[eventpoll]") => epoll::dump(seen),
         Some(kind) => Ok(Err(format!("an {kind} ({link}): not supported yet"))),
         None => Ok(Err(format!("{link}, a kind of file not supported yet"))),
     }
@@ -102,6 +105,7 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
+        FdKind::Epoll(_) => epoll::restore(remote, rec, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }
