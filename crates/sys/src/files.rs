@@ -89,4 +89,20 @@ mod tests {
         assert!(!same_file(me, r.as_raw_fd(), me, w.as_raw_fd())?);
         Ok(())
     }
+
+    #[test]
+    fn kcmp_finds_the_file_of_an_epoll_registration_after_its_number_closed() -> io::Result<()> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        let (r, w) = nix::unistd::pipe()?;
+        let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        ep.add(&r, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
+        let (me, epfd, tfd) = (std::process::id() as i32, ep.0.as_raw_fd(), r.as_raw_fd());
+        let moved = r.try_clone()?;
+        drop(r);
+        assert!(same_epoll_target(me, moved.as_raw_fd(), me, epfd, tfd, 0)?);
+        assert!(!same_epoll_target(me, w.as_raw_fd(), me, epfd, tfd, 0)?);
+        // No second registration with that number.
+        assert!(same_epoll_target(me, moved.as_raw_fd(), me, epfd, tfd, 1).is_err());
+        Ok(())
+    }
 }

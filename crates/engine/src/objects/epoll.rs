@@ -130,8 +130,10 @@ struct Fds {
 }
 
 impl Fds {
+    /// Every fd of `pids`; with no epoll among them, the inodes are not looked up.
     fn read(pids: &[i32]) -> Result<Fds, EngineError> {
         let mut fds = Fds { by_ino: HashMap::new(), epolls: Vec::new() };
+        let mut all = Vec::new();
         for &pid in pids {
             let dir = format!("/proc/{pid}/fd");
             for entry in std::fs::read_dir(&dir).map_err(crate::error::io_err("list", &dir))? {
@@ -139,26 +141,32 @@ impl Fds {
                 let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                     continue;
                 };
-                let md =
-                    std::fs::metadata(entry.path()).map_err(crate::error::io_err("stat", entry.path()))?;
-                fds.by_ino.entry(md.ino()).or_default().push((pid, fd));
                 if std::fs::read_link(entry.path()).is_ok_and(|l| l.as_os_str() == LINK) {
                     fds.epolls.push((pid, fd));
                 }
+                all.push((pid, fd, entry.path()));
             }
+        }
+        if fds.epolls.is_empty() {
+            return Ok(fds);
+        }
+        for (pid, fd, path) in all {
+            let md = std::fs::metadata(&path).map_err(crate::error::io_err("stat", &path))?;
+            fds.by_ino.entry(md.ino()).or_default().push((pid, fd));
         }
         Ok(fds)
     }
 
     /// An fd that holds the file of registration `line` (the `toff`-th with its number)
     /// of the epoll at `epoll`: the registered number itself if it still names the file,
-    /// else the first on the same inode, processes of `first` before the others.
+    /// else the first on the same inode, in the order of the processes of `ranked` (the
+    /// epoll's holders, in build order), then of any other.
     fn locate(
         &self,
         epoll: (i32, i32),
         line: &Line,
         toff: u32,
-        first: &[i32],
+        ranked: &[i32],
     ) -> Result<Option<(i32, i32)>, EngineError> {
         let (pid, epfd) = epoll;
         let is = |(p, f): (i32, i32)| {
@@ -170,7 +178,7 @@ impl Fds {
         if candidates.contains(&(pid, line.tfd)) && is((pid, line.tfd))? {
             return Ok(Some((pid, line.tfd)));
         }
-        candidates.sort_by_key(|(p, _)| !first.contains(p));
+        candidates.sort_by_key(|(p, _)| ranked.iter().position(|q| q == p).unwrap_or(usize::MAX));
         for c in candidates {
             if is(c)? {
                 return Ok(Some(c));
@@ -251,6 +259,13 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
                         "{what} is a disarmed EPOLLONESHOT registration on a file with no event ready: it cannot be made disarmed again"
                     ))
                 }
+                // Made disarmed by collecting its event: only safe where nothing else of
+                // the epoll is registered yet, in the epoll's first holder.
+                Some((p, _)) if disarmed(line.events) && p != pid => refusals.push(format!(
+                    "{what} is a disarmed EPOLLONESHOT registration on a file that {} holds, but not {}, the epoll's first holder: not supported",
+                    describe_process(p),
+                    describe_process(pid)
+                )),
                 Some(_) => {}
             }
         }
