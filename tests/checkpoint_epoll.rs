@@ -121,3 +121,39 @@ fn registrations_that_cannot_come_back_are_refused_by_name() -> anyhow::Result<(
     lab.down_expecting(&["epr"])?;
     Ok(())
 }
+
+/// node's event loop (libuv: epolls, eventfds, pipes, a thread pool): a timer reads a
+/// file through the thread pool, whose answer comes back through an eventfd the loop's
+/// epoll watches.
+const NODE: &str = r#"
+const fs = require('fs');
+let i = 0;
+setInterval(() => {
+  const n = i++;
+  fs.readFile('/proc/self/stat', (err, data) => {
+    console.log(err ? `tick ${n} failed ${err}` : `tick ${n} read ${data.length > 0}`);
+  });
+}, 50);
+"#;
+
+#[test]
+fn a_node_event_loop_runs_on_after_the_move() -> anyhow::Result<()> {
+    let img = TempDir::new("node-img")?;
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "node", &["node", "-e", NODE])?;
+    lab.wait_log("node", "tick 3 read true")?;
+    let image = img.join("node");
+    lab.checkpoint_and_restore("node", &image, "host-b")?;
+    ensure!(lab.ok(&["inspect", &image])?.contains("epoll: fd "), "inspect shows no epoll");
+    let before = log_in_image(&image)?;
+    let last = before
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    // Ten more answers from the thread pool, each through the loop's epoll.
+    let log = lab.wait_log("node", &format!("tick {} read true", last + 10))?;
+    ensure!(!log.contains("failed"), "{log}");
+    lab.down_expecting(&["node"])?;
+    Ok(())
+}
