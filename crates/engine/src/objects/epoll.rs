@@ -281,10 +281,12 @@ pub fn resolve(procs: &[(i32, usize)], fds: &mut [Vec<FdRecord>]) -> Result<(), 
     }
     let pids: Vec<i32> = procs.iter().map(|p| p.0).collect();
     let table = Fds::read(&pids)?;
-    let id_of = |fds: &[Vec<FdRecord>], pid: i32, fd: i32| {
-        let k = pids.iter().position(|&p| p == pid)?;
-        fds[k].iter().find(|f| f.fd == fd).map(|f| f.file_id)
-    };
+    // Looked up once per registration: a server may hold tens of thousands.
+    let ids: HashMap<(i32, i32), u64> = pids
+        .iter()
+        .zip(fds.iter())
+        .flat_map(|(&p, l)| l.iter().map(move |f| ((p, f.fd), f.file_id)))
+        .collect();
     let mut made: HashMap<u64, Epoll> = HashMap::new();
     for k in 0..fds.len() {
         for j in 0..fds[k].len() {
@@ -309,7 +311,7 @@ pub fn resolve(procs: &[(i32, usize)], fds: &mut [Vec<FdRecord>]) -> Result<(), 
                 let file = table
                     .locate((pid, fd), &line, toff, &holding)?
                     .filter(|(p, _)| holding.contains(p))
-                    .and_then(|(p, f)| id_of(fds, p, f))
+                    .and_then(|at| ids.get(&at).copied())
                     .ok_or_else(|| {
                         EngineError::Changed(format!(
                             "pid {pid} epoll fd {fd}: the file registered as fd {} is no longer where the precheck found it",
@@ -368,6 +370,7 @@ pub fn register(
     for f in fds {
         here.entry(f.file_id).or_insert(f);
     }
+    let numbers: HashMap<i32, u64> = fds.iter().map(|f| (f.fd, f.file_id)).collect();
     let mut epolls: Vec<(&FdRecord, &Epoll)> = here
         .values()
         .filter_map(|f| match &f.kind {
@@ -389,11 +392,10 @@ pub fn register(
         for i in todo {
             let t = &e.targets[i];
             // The registered number itself if it holds the file, else its first fd here.
-            let at = fds
-                .iter()
-                .find(|f| f.fd == t.fd && f.file_id == t.file)
-                .or_else(|| here.get(&t.file).copied())
-                .map_or(t.fd, |f| f.fd);
+            let at = match numbers.get(&t.fd) {
+                Some(&id) if id == t.file => t.fd,
+                _ => here.get(&t.file).map_or(t.fd, |f| f.fd),
+            };
             add(remote, rec.fd, t, at)?;
             done.insert((rec.file_id, i));
         }
