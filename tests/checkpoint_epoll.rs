@@ -86,7 +86,8 @@ fn a_python_selector_loop_wakes_up_after_the_move() -> anyhow::Result<()> {
 }
 
 /// Registrations a restore cannot make again: a disarmed EPOLLONESHOT one on a pipe with
-/// nothing to read, and one on a pipe only a child holds, which closed its epoll.
+/// nothing to read; one on a pipe only a child holds, which closed its epoll; a disarmed
+/// one that a second child added to the shared epoll, on a pipe of its own.
 const REFUSED: &str = r#"
 import os, select, time
 ep = select.epoll()
@@ -95,10 +96,18 @@ ep.register(r, select.EPOLLIN | select.EPOLLONESHOT)
 os.write(w, b'x'); ep.poll(0); os.read(r, 1)
 r2, w2 = os.pipe()
 ep.register(r2, select.EPOLLIN)
+sr, sw = os.pipe()
 if os.fork() == 0:
     ep.close()
-    time.sleep(100000)
+    os.write(sw, b'1'); time.sleep(100000)
+if os.fork() == 0:
+    r3, w3 = os.pipe()
+    os.close(r2)
+    ep.register(r3, select.EPOLLIN | select.EPOLLONESHOT)
+    os.write(w3, b'x'); ep.poll(0)
+    os.write(sw, b'1'); time.sleep(100000)
 os.close(r2)
+os.read(sr, 1); os.read(sr, 1)
 print("ready", flush=True)
 time.sleep(100000)
 "#;
@@ -116,6 +125,9 @@ fn registrations_that_cannot_come_back_are_refused_by_name() -> anyhow::Result<(
         "fd 3 is an epoll whose registration of fd 6",
         "names a file that only PID 2 (python3",
         "a process without the epoll",
+        "fd 3 is an epoll whose registration of fd 10",
+        "is a disarmed EPOLLONESHOT registration on a file that PID 3 (python3",
+        "but not PID 1 (python3",
     ] {
         ensure!(err.contains(want), "the refusal lacks {want:?}: {err}");
     }
