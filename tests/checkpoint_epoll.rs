@@ -35,13 +35,14 @@ fn every_registration_of_an_epoll_comes_back() -> anyhow::Result<()> {
         "epoll: fd 11 in (data 0x11)",
         "fd 19 in (data 0xc1)",
         "fd 22 in (data 0x91)",
+        "fd 4 in (data 0x52)",
     ] {
         ensure!(inspect.contains(want), "inspect does not show {want:?}:\n{inspect}");
     }
     ensure!(!log_in_image(&image)?.contains("verdict"), "the checks ran before the checkpoint");
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("ep", "done")?;
-    ensure!(log.contains("child verdict ok (51,c1)"), "the shared epoll, in the child:\n{log}");
+    ensure!(log.contains("child verdict ok (51,52,c1)"), "the shared epoll, in the child:\n{log}");
     ensure!(log.contains("verdict ok\n"), "the parent's epolls:\n{log}");
     lab.down_after_exit("ep")?;
     Ok(())

@@ -13,7 +13,8 @@
  *   91  pipe Q, registered as fd QNUM, then dup'ed to fd 41, and `ep` itself moved to
  *       QNUM (its only fd).
  * A second epoll `ep2` is shared with a forked child: the parent registered pipe S (51)
- * before the fork, the child a pipe C of its own (c1) after it.
+ * before the fork; the child a pipe C of its own (c1) after it, and S again (52) as the
+ * number that is A's write end in the parent.
  *
  * After TRIGGER exists, each side checks that exactly the expected events arrive:
  *   phase 1 (nothing written): b1 (the pending edge);
@@ -22,7 +23,7 @@
  *   phase 4: EPOLL_CTL_MOD re-arms e2, which fires; the inner epoll reports 11; the
  *   registration of D is still keyed by DNUM (EPOLL_CTL_DEL through DNUM finds it);
  * and prints "verdict ok" or "verdict BAD …"; the child prints "child verdict …" for
- * ep2 (51 and c1, after it writes into S and C). Build: cc -O2 epoll.c */
+ * ep2 (51, 52 and c1, after it writes into S and C). Build: cc -O2 epoll.c */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -136,6 +137,9 @@ int main(int argc, char **argv) {
         int c[2];
         if (pipe(c)) die("pipe");
         add(ep2, c[0], EPOLLIN, 0xc1);
+        /* S again, keyed by a number that names A's write end in the parent. */
+        if (dup2(s[0], a[1]) != a[1]) die("dup2");
+        add(ep2, a[1], EPOLLIN, 0x52);
         close(sync[0]);
         close(sync[1]); /* the parent's read sees EOF: set up */
         wait_for(trigger);
@@ -143,7 +147,7 @@ int main(int argc, char **argv) {
         put(s[1]);
         char got[128];
         collect(ep2, got, sizeof got);
-        say("child verdict %s (%s)", strcmp(got, "51,c1") ? "BAD" : "ok", got);
+        say("child verdict %s (%s)", strcmp(got, "51,52,c1") ? "BAD" : "ok", got);
         return 0;
     }
     close(sync[1]);
