@@ -1,7 +1,7 @@
 //! epoll (`anon_inode:[eventpoll]`): the instance and every registration in it.
 //!
-//! **Dump.** The fdinfo of an epoll lists one line per registration (kernel ≥ 3.8,
-//! `fs/eventpoll.c`, `ep_show_fdinfo`), in the order of its red-black tree:
+//! **Dump.** The fdinfo of an epoll lists one line per registration (`fs/eventpoll.c`,
+//! `ep_show_fdinfo`; checked on 6.18), in the order of its red-black tree:
 //! `tfd: N events: X data: D  pos:P ino:I sdev:S` — the fd number it was added with,
 //! the event mask in hex (with `EPOLLET`, `EPOLLONESHOT`, `EPOLLEXCLUSIVE`, `EPOLLWAKEUP`;
 //! `EPOLL_CTL_ADD` and `_MOD` always add `EPOLLERR | EPOLLHUP`), the 64-bit data in hex,
@@ -11,14 +11,14 @@
 //!
 //! The kernel keys a registration by (file, fd number), and the number says nothing of
 //! where the file is now: it may have been closed (the registration lives as long as the
-//! file does) or dup'ed over by another file. `kcmp(KCMP_EPOLL_TFD)` compares an fd of
-//! any process with the file of a registration (the `toff`-th with that number, in the
-//! same tree order as the fdinfo), so each registration is found among the container's
-//! fds — first at its own number in the epoll's process, else among fds on the same
-//! inode — and recorded by that fd's `file_id`. A registration whose file no process of
-//! the container holds (kept open by a mapping, or by a process outside), one whose file
-//! is held only by processes that do not hold the epoll, and a disarmed one on a file
-//! with no event ready (see below) are refused at precheck.
+//! file does) or dup'ed over by another file. `kcmp(KCMP_EPOLL_TFD)` (Linux 4.13, with
+//! `CONFIG_CHECKPOINT_RESTORE`) compares an fd of any process with the file of a
+//! registration (the `toff`-th with that number, in the fdinfo's tree order), so each
+//! registration is found among the container's fds — first at its own number in the
+//! epoll's process, else among fds on the same inode — and recorded by that fd's
+//! `file_id`. Refused at precheck: a registration whose file no process of the container
+//! holds (kept open by a mapping, or by a process outside), one whose file only processes
+//! without the epoll hold, and a disarmed one that cannot be made again (see below).
 //!
 //! **Restore.** The first holder makes the instance (`epoll_create1`). The registrations
 //! are added from *inside* the tasks by injected `epoll_ctl`, once every fd of a process
@@ -29,15 +29,18 @@
 //! now names another file, or none, the registered file is put there for the call
 //! (`dup3` from where it is) and the number is given back as it was. Inner epolls get
 //! their registrations before an outer one adds them. A disarmed registration is added
-//! with one event the file has ready now and collected at once by `epoll_wait` (with
-//! nothing else ready yet: disarmed ones come first), which leaves it disarmed exactly as
-//! the kernel left it. Once complete, each epoll's fdinfo is read back and must list
-//! what the image does.
+//! with one event the file has ready now and collected at once by `epoll_wait`, which
+//! leaves it disarmed exactly as the kernel left it. Nothing else of the epoll may be
+//! ready then: disarmed ones come first, so the epoll's first holder must add them — a
+//! disarmed one only a later holder could add, and one on a file with no event ready,
+//! are refused. Once complete, each epoll's fdinfo is read back and must list what the
+//! image does.
 //!
 //! **Readiness.** Adding a registration polls its file: level-triggered readiness comes
 //! back by itself. An edge-triggered event that had fired but not yet been collected
 //! comes back too, as long as the file is still ready (the add queues it, as a fresh
-//! edge); an edge on a file no longer ready was already spurious for the program. An
+//! edge); one whose file is no longer ready would not have been delivered at the source
+//! either (`epoll_wait` polls each queued file again before it reports it). An
 //! `EPOLLET` registration on a file that is ready but whose edge had been collected
 //! before the checkpoint reports one edge more after the restore: a program using
 //! edge-triggered epoll must read until `EAGAIN`, which is then what it does.
