@@ -135,10 +135,17 @@ pub(crate) fn check_tree(processes: &[super::ProcessRecord]) -> Result<(), Strin
             if !done.insert(f.file_id) {
                 continue;
             }
-            let epoll = holds.get(&f.file_id).map(Vec::as_slice).unwrap_or_default();
+            let epoll: HashSet<usize> = holds.get(&f.file_id).into_iter().flatten().copied().collect();
+            // Each file once: a crafted record may register one file under millions of numbers.
+            let mut fine = HashSet::new();
             for t in &e.targets {
+                if fine.contains(&t.file) {
+                    continue;
+                }
                 let target = holds.get(&t.file).map(Vec::as_slice).unwrap_or_default();
-                if !target.iter().any(|i| epoll.contains(i)) {
+                if target.iter().any(|i| epoll.contains(i)) {
+                    fine.insert(t.file);
+                } else {
                     return Err(format!(
                         "pid {} fd {}: the epoll's registration of fd {} names file {}, which no process holding the epoll holds",
                         p.pid, f.fd, t.fd, t.file
