@@ -12,7 +12,7 @@ mod epoll;
 
 pub use anon::EventFd;
 pub(crate) use epoll::check_tree as check_epoll_tree;
-pub use epoll::{Epoll, EpollTarget, MAX_EPOLL_TARGETS, disarmed, event_names};
+pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
