@@ -7,6 +7,7 @@
  *   b1  pipe B, EPOLLET, with one byte written and its edge not collected;
  *   e1  eventfd E1, EPOLLONESHOT, armed;
  *   e2  eventfd E2, EPOLLONESHOT, fired and collected (disarmed), counter 1;
+ *   f1  pipe F, EPOLLONESHOT, fired, collected and read empty (disarmed, nothing ready);
  *   d1  pipe D, registered as fd DNUM, then dup'ed to fd 40 and DNUM made /dev/null;
  *   3e  pipe X, EPOLLEXCLUSIVE;
  *   1e  an inner epoll (nested), which watches pipe N (11);
@@ -18,9 +19,9 @@
  *
  * After TRIGGER exists, each side checks that exactly the expected events arrive:
  *   phase 1 (nothing written): b1 (the pending edge);
- *   phase 2 (one write into every target): a1 b1 e1 d1 3e 1e 91 — not e2 (disarmed);
+ *   phase 2 (one write into every target): a1 b1 e1 d1 3e 1e 91 — not e2, f1 (disarmed);
  *   phase 3 (nothing more): the level-triggered ones a1 d1 3e 1e 91;
- *   phase 4: EPOLL_CTL_MOD re-arms e2, which fires; the inner epoll reports 11; the
+ *   phase 4: EPOLL_CTL_MOD re-arms e2 and f1, which fire; the inner epoll reports 11; the
  *   registration of D is still keyed by DNUM (EPOLL_CTL_DEL through DNUM finds it);
  * and prints "verdict ok" or "verdict BAD …"; the child prints "child verdict …" for
  * ep2 (51, 52 and c1, after it writes into S and C); then "done", and it waits to be
@@ -122,11 +123,16 @@ int main(int argc, char **argv) {
     if (dup2(q[0], 41) != 41 || dup2(ep, q[0]) != q[0]) die("dup2");
     close(ep);
     ep = q[0];
-    /* E2 fires once and is collected: disarmed, its counter left at 1. */
+    /* E2 fires once and is collected: disarmed, its counter left at 1. F too, and is
+     * then read empty: disarmed, with nothing ready. */
+    int f[2];
+    if (pipe(f)) die("pipe");
+    add(ep, f[0], EPOLLIN | EPOLLONESHOT, 0xf1);
     bump(e2);
+    put(f[1]);
     char buf[128];
-    if (strcmp(collect(ep, buf, sizeof buf), "e2")) {
-        say("setup: collected [%s], not e2", buf);
+    if (strcmp(collect(ep, buf, sizeof buf), "e2,f1") || read(f[0], buf, 1) != 1) {
+        say("setup: collected [%s], not e2,f1", buf);
         return 1;
     }
     put(b[1]); /* an edge nobody collects before the checkpoint */
@@ -167,11 +173,14 @@ int main(int argc, char **argv) {
     put(x[1]);
     put(n[1]);
     put(q[1]);
+    put(f[1]);
     ok &= check("phase 2", collect(ep, got, sizeof got), "1e,3e,91,a1,b1,d1,e1", why, sizeof why);
     ok &= check("phase 3", collect(ep, got, sizeof got), "1e,3e,91,a1,d1", why, sizeof why);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 0xe2};
     if (epoll_ctl(ep, EPOLL_CTL_MOD, e2, &ev)) die("epoll_ctl MOD");
-    ok &= check("phase 4", collect(ep, got, sizeof got), "1e,3e,91,a1,d1,e2", why, sizeof why);
+    ev.data.u64 = 0xf1;
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, f[0], &ev)) die("epoll_ctl MOD");
+    ok &= check("phase 4", collect(ep, got, sizeof got), "1e,3e,91,a1,d1,e2,f1", why, sizeof why);
     ok &= check("inner", collect(inner, got, sizeof got), "11", why, sizeof why);
     /* The key is (file, DNUM): put the file back at DNUM and delete through it. */
     int keep = dup(dnum);

@@ -30,11 +30,14 @@
 //! (`dup3` from where it is) and the number is given back as it was. Inner epolls get
 //! their registrations before an outer one adds them. A disarmed registration is added
 //! with one event the file has ready now and collected at once by `epoll_wait`, which
-//! leaves it disarmed exactly as the kernel left it. Nothing else of the epoll may be
-//! ready then: disarmed ones come first, so the epoll's first holder must add them — a
-//! disarmed one only a later holder could add, and one on a file with no event ready,
-//! are refused. Once complete, each epoll's fdinfo is read back and must list what the
-//! image does.
+//! leaves it disarmed exactly as the kernel left it. An empty pipe or FIFO is made ready
+//! by one byte, written through a write end of our own (opened from the reader's `/proc`
+//! link) and read back at once: nothing else runs, and an epoll polls a file again before
+//! it reports it, so no other watcher sees it. Nothing else of the epoll may be ready
+//! then: disarmed ones come first, so the epoll's first holder must add them — a disarmed
+//! one only a later holder could add, and one on another kind of file with no event
+//! ready, are refused. Once complete, each epoll's fdinfo is read back and must list what
+//! the image does.
 //!
 //! **Readiness.** Adding a registration polls its file: level-triggered readiness comes
 //! back by itself. An edge-triggered event that had fired but not yet been collected
@@ -51,7 +54,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use migrate_proto::records::{Epoll, EpollTarget, FdKind, FdRecord, disarmed};
 
@@ -227,6 +230,52 @@ fn trigger(ready: u32) -> Option<u32> {
     if events != 0 { Some(1 << events.trailing_zeros()) } else { (ready != 0).then_some(0) }
 }
 
+/// Whether fd `fd` of `pid` is the read end of a pipe or FIFO: one byte written into it
+/// makes it ready, and is read back ([`Fed`]).
+fn feedable(pid: i32, fd: i32) -> Result<bool, EngineError> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let md = std::fs::metadata(&path).map_err(crate::error::io_err("stat", &path))?;
+    let info = crate::error::read_proc(pid, &format!("fdinfo/{fd}"))?;
+    let (_, flags) =
+        crate::procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
+    Ok(md.file_type().is_fifo() && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32)
+}
+
+/// One byte put into an empty pipe so that its reader is ready (see the module doc);
+/// [`Fed::take_back`] reads it out.
+struct Fed {
+    pid: i32,
+    fd: i32,
+}
+
+impl Fed {
+    fn put(pid: i32, fd: i32) -> Result<Fed, EngineError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(crate::error::io_err("open for writing", &path))?;
+        w.write_all(b"\0").map_err(crate::error::io_err("write a byte into", &path))?;
+        Ok(Fed { pid, fd })
+    }
+
+    fn take_back(self) -> Result<(), EngineError> {
+        let r = crate::files::take(self.pid, self.fd)?;
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&r, &mut byte) {
+            Ok(1) => Ok(()),
+            other => Err(EngineError::Proc {
+                pid: self.pid,
+                what: format!("pipe at fd {}", self.fd),
+                reason: format!("reading back the byte put there: {other:?}"),
+            }),
+        }
+    }
+}
+
 /// Refuses the registrations a restore cannot make again (see the module doc).
 pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
     let live: Vec<i32> = pids.iter().copied().filter(|&p| !crate::seize::is_zombie(p)).collect();
@@ -257,7 +306,9 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
                     "{what} names a file that only {} fd {f} holds, a process without the epoll: not supported",
                     describe_process(p)
                 )),
-                Some((p, f)) if disarmed(line.events) && trigger(ready(p, f)?).is_none() => {
+                Some((p, f))
+                    if disarmed(line.events) && trigger(ready(p, f)?).is_none() && !feedable(p, f)? =>
+                {
                     refusals.push(format!(
                         "{what} is a disarmed EPOLLONESHOT registration on a file with no event ready: it cannot be made disarmed again"
                     ))
@@ -452,14 +503,21 @@ fn add(remote: &mut Remote<'_>, epfd: i32, t: &EpollTarget, at: i32) -> Result<(
 /// its file (at `at`) has ready, and collected at once.
 fn ctl(remote: &mut Remote<'_>, ep: u64, t: &EpollTarget, at: i32) -> Result<(), EngineError> {
     let off = disarmed(t.events);
+    let mut fed = None;
     let events = if off {
-        let ready = ready(remote.pid, at)?;
-        let bit = trigger(ready).ok_or_else(|| {
-            EngineError::Incompatible(format!(
-                "the disarmed EPOLLONESHOT registration of fd {} has no event ready to disarm it with",
-                t.fd
-            ))
-        })?;
+        let bit = match trigger(ready(remote.pid, at)?) {
+            Some(bit) => bit,
+            None if feedable(remote.pid, at)? => {
+                fed = Some(Fed::put(remote.pid, at)?);
+                libc::EPOLLIN as u32
+            }
+            None => {
+                return Err(EngineError::Incompatible(format!(
+                    "the disarmed EPOLLONESHOT registration of fd {} has no event ready to disarm it with",
+                    t.fd
+                )));
+            }
+        };
         t.events | bit
     } else {
         t.events
@@ -479,6 +537,9 @@ fn ctl(remote: &mut Remote<'_>, ep: u64, t: &EpollTarget, at: i32) -> Result<(),
             remote.call(libc::SYS_epoll_wait, &[ep, buf, 1, 0], || format!("epoll_wait on epoll fd {ep}"))?;
         let got = remote.read(64, 12)?;
         let data = got.get(4..12).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
+        if let Some(fed) = fed {
+            fed.take_back()?;
+        }
         if n != 1 || data != Some(t.data) {
             return Err(EngineError::Incompatible(format!(
                 "epoll fd {ep}: disarming the registration of fd {} collected another event",
