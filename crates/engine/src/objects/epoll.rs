@@ -238,7 +238,9 @@ fn feedable(pid: i32, fd: i32) -> Result<bool, EngineError> {
     let info = crate::error::read_proc(pid, &format!("fdinfo/{fd}"))?;
     let (_, flags) =
         crate::procfs::parse_fdinfo(&info).map_err(EngineError::proc(pid, format!("fdinfo of fd {fd}")))?;
-    Ok(md.file_type().is_fifo() && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32)
+    // O_ASYNC: the byte would send its owner a SIGIO.
+    let quiet = flags & libc::O_ASYNC as u32 == 0;
+    Ok(md.file_type().is_fifo() && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32 && quiet)
 }
 
 /// One byte put into an empty pipe so that its reader is ready (see the module doc);
