@@ -400,6 +400,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
             FdKind::SignalFd(s) => anon::check_signalfd(f.fd, s)?,
             FdKind::Inotify(i) => anon::check_inotify(f.fd, i)?,
             FdKind::PidFd(p) => anon::check_pidfd(f.fd, p)?,
+            FdKind::Epoll(e) => e.check(f.fd, f.file_id)?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {
@@ -669,7 +670,7 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    crate::records::check_epoll_tree(processes)
 }
 
 /// The VMA of `vmas` (sorted, as [`validate_process`] requires) that holds all of `run`.

@@ -449,6 +449,18 @@ fn kernel_object(kind: &FdKind) -> String {
             Some(pid) => format!("pidfd of {} {pid}", if p.thread { "thread" } else { "pid" }),
             None => "pidfd of a process that has exited".to_string(),
         },
+        FdKind::Epoll(e) => {
+            let regs: Vec<String> = e
+                .targets
+                .iter()
+                .map(|t| {
+                    // Every registration watches EPOLLERR and EPOLLHUP: not worth a word.
+                    let events = migrate_proto::records::event_names(t.events & !0x18);
+                    format!("fd {} {events} (data {:#x})", t.fd, t.data)
+                })
+                .collect();
+            format!("epoll: {}", if regs.is_empty() { "nothing registered".into() } else { regs.join(", ") })
+        }
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

@@ -9,7 +9,7 @@
 //! and every later fd with that id is copied from there by an injected `pidfd_getfd`,
 //! so it is the same description again: one position, one set of flags.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 
@@ -145,6 +145,7 @@ pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -
             }
         }
     }
+    crate::objects::epoll::check(pids, refusals)?;
     if pipes.is_empty() {
         return Ok(());
     }
@@ -280,6 +281,7 @@ pub fn dump_all(
         }
         fds.push(out);
     }
+    crate::objects::epoll::resolve(procs, &mut fds)?;
     // Each pipe's size and bytes go with the first process holding an end of it.
     let mut pipes: Vec<Vec<PipeRecord>> = procs.iter().map(|_| Vec::new()).collect();
     let mut done: Vec<u64> = Vec::new();
@@ -327,6 +329,8 @@ pub struct FdWorld {
     pub records: HashMap<u64, PipeRecord>,
     /// The image's objects rebuilt so far, by id.
     pub objects: HashMap<u64, Live>,
+    /// Epoll registrations added so far: `(epoll file_id, index)`.
+    pub epoll_done: HashSet<(u64, usize)>,
 }
 
 impl FdWorld {
@@ -448,6 +452,8 @@ pub fn restore(
         }
         world.files.insert(rec.file_id, (pid_ns, target));
     }
+    // Before the locks: registering moves fds around, and a close drops POSIX locks.
+    crate::objects::epoll::register(remote, fds, &mut world.epoll_done)?;
     for rec in fds {
         for lock in &rec.locks {
             if lock.kind == LockKind::Posix || made.contains(&rec.file_id) {

@@ -8,8 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod anon;
+mod epoll;
 
 pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
+pub(crate) use epoll::check_tree as check_epoll_tree;
+pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +232,8 @@ pub enum FdKind {
     Inotify(Inotify),
     /// A pidfd ([`PidFd`]).
     PidFd(PidFd),
+    /// An epoll instance and its registrations ([`Epoll`]).
+    Epoll(Epoll),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -391,3 +391,40 @@ fn watches(list: &[(i32, &str, u32)]) -> Inotify {
 fn fd9(kind: FdKind) -> FdRecord {
     FdRecord { fd: 9, file_id: 9, flags: 0, kind, locks: vec![] }
 }
+
+/// An epoll at fd 9 watching `targets`: (fd, events, file).
+fn epoll9(targets: &[(i32, u32, u64)]) -> FdRecord {
+    use crate::records::{Epoll, EpollTarget};
+    let targets =
+        targets.iter().map(|&(fd, events, file)| EpollTarget { fd, events, data: 7, file }).collect();
+    fd9(FdKind::Epoll(Epoll { targets }))
+}
+
+#[test]
+fn epoll_registrations_are_checked() {
+    let cases: [(&str, FdRecord); 5] = [
+        ("fd 9: epoll registration of fd -1 is out of range", epoll9(&[(-1, 1, 1)])),
+        ("fd 9: epoll registration of fd 1: unknown event bits 0x4001", epoll9(&[(1, 0x4001, 1)])),
+        ("fd 9: epoll registration of fd 1: EPOLLEXCLUSIVE with 0x40000000", epoll9(&[(1, 0x5000_0001, 1)])),
+        ("fd 9: epoll registration of fd 9 is the epoll itself", epoll9(&[(9, 1, 9)])),
+        ("fd 9: epoll registration of fd 1 (file 1) is listed twice", epoll9(&[(1, 1, 1), (1, 4, 1)])),
+    ];
+    for (want, fd) in cases {
+        let mut p = process(1);
+        p.fds.push(fd);
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
+        assert!(err.contains(want), "{err} (wanted {want:?})");
+    }
+    // The same file at two numbers, and a disarmed ONESHOT (only its private bits).
+    let mut p = process(1);
+    p.fds.push(epoll9(&[(1, 0x19, 1), (5, 0x19, 1), (3, 0x4000_0000, 3)]));
+    assert!(validate_process(&p).is_ok());
+    assert!(crate::validate_tree(std::slice::from_ref(&p)).is_ok());
+    // A file no holder of the epoll holds.
+    p.fds[5] = epoll9(&[(4, 0x19, 44)]);
+    let err = crate::validate_tree(&[p]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("pid 1 fd 9: the epoll's registration of fd 4 names file 44, which no process holding the epoll holds"),
+        "{err}"
+    );
+}

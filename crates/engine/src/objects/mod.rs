@@ -12,6 +12,7 @@
 //! | [`signalfd`] | signalfd: its signal mask |
 //! | [`inotify`] | inotify: each watch's path, mask and wd (no queued events) |
 //! | [`pidfd`] | pidfd: its process, live or reaped (made after the whole tree) |
+//! | [`epoll`] | epoll: every registration (events, data, the file), re-added from inside the tasks |
 //! | [`unix`] | unix sockets (refused for now) |
 //! | [`inet`] | TCP and UDP sockets (refused for now) |
 //!
@@ -29,6 +30,7 @@
 //! easier set from outside (a counter, a socket option), the kind takes a copy of the new
 //! fd with [`crate::files::take`] and works on that: it is the same open file.
 
+pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod inet;
@@ -102,6 +104,7 @@ pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
         Some("[fanotify]") => Ok(Err(format!(
             "a fanotify group ({link}) is not supported: its marks name filesystems and mounts of the host, and the permission events it answers would stall the restored container"
         ))),
+        Some("[eventpoll]") => epoll::dump(seen),
         Some(kind) => Ok(Err(format!("an {kind} ({link}): not supported yet"))),
         None => Ok(Err(format!("{link}, a kind of file not supported yet"))),
     }
@@ -120,6 +123,7 @@ pub fn restore(
         FdKind::TimerFd(t) => timerfd::restore(remote, rec, t, cloexec),
         FdKind::SignalFd(s) => signalfd::restore(remote, rec, s, cloexec),
         FdKind::Inotify(i) => inotify::restore(remote, rec, i, cloexec),
+        FdKind::Epoll(_) => epoll::restore(remote, rec, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }
