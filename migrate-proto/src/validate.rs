@@ -396,6 +396,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
             }
             FdKind::EventFd(_) => {}
+            FdKind::Inet(s) => s.check().map_err(|problem| Invalid::Fd { fd: f.fd, problem })?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 mod anon;
+mod inet;
 
 pub use anon::EventFd;
+pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +223,8 @@ pub enum FdKind {
     External { name: String },
     /// An eventfd ([`EventFd`]).
     EventFd(EventFd),
+    /// A TCP or UDP socket ([`InetSocket`]).
+    Inet(InetSocket),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -9,7 +9,7 @@
 //! | [`tmpfs`] | the contents of the container's private `/run` and `/dev/shm` |
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
 //! | [`unix`] | unix sockets (refused for now) |
-//! | [`inet`] | TCP and UDP sockets (refused for now) |
+//! | [`inet`] | TCP sockets listening, bound or unbound; UDP sockets; their options |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
 //! of open file descriptions between fds and processes — are [`crate::files`].
@@ -102,6 +102,7 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
+        FdKind::Inet(s) => inet::restore(remote, rec, s, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }
