@@ -33,3 +33,59 @@ fn python_http_server_serves_after_the_move() -> anyhow::Result<()> {
     lab.down_expecting(&[])?;
     Ok(())
 }
+
+/// The lab's client, after the move: a TCP exchange with the IPv4 listener, then a
+/// datagram to the bound UDP socket, whose answer and the connected socket's "hello"
+/// it prints with the port each came from.
+const CLIENT: &str = r#"
+import socket
+s = socket.create_connection(("10.77.1.30", 7000), 10)
+s.sendall(b"hi")
+print(s.recv(100).decode(), flush=True)
+s.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 9000))
+u.settimeout(10)
+u.sendto(b"ping", ("10.77.1.30", 7001))
+for _ in range(2):
+    data, addr = u.recvfrom(100)
+    print(data.decode(), "from", addr[1], flush=True)
+"#;
+
+/// An IPv4 and an IPv6 (v6only) listener sharing a port, a bound and a connected UDP
+/// socket, each with options set: after the move every option answers as before, the
+/// listeners accept, and the UDP sockets exchange datagrams with the lab's client.
+#[test]
+fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()> {
+    let work = TempDir::new("inet")?;
+    let img = TempDir::new("inet-img")?;
+    let exe = support::compile_c("inet", &["-O2"], &work.path)?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(2)?;
+    let cmd = [exe.as_str(), "7000", "7001", "10.77.0.2", "9000", &trigger];
+    let mut args = vec!["run", "--host", "host-a", "--name", "inet", "--ip", "10.77.1.30", "--"];
+    args.extend_from_slice(&cmd);
+    lab.ok(&args)?;
+    lab.wait_log("inet", "ready")?;
+    let image = img.join("inet");
+    lab.checkpoint_and_restore("inet", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    for want in [
+        "TCP listening on 0.0.0.0:7000 (backlog 77, reuseaddr, keepalive, nodelay, freebind, defer_accept 7, fastopen 16, linger 3s)",
+        "TCP listening on [::]:7000 (v6only, backlog 33, reuseaddr, reuseport)",
+        "UDP 0.0.0.0:7001 (broadcast)",
+        "UDP 10.77.1.30:7002 → 10.77.0.2:9000",
+    ] {
+        ensure!(inspect.contains(want), "inspect does not show {want:?}: {inspect}");
+    }
+    std::fs::write(&trigger, b"")?;
+    let client = lab.ok(&["lab", "exec", "client", "--", "python3", "-c", CLIENT])?;
+    let log = lab.wait_log("inet", "done")?;
+    ensure!(log.contains("options same"), "the options after the move: {log}");
+    ensure!(log.contains("v6 accept ok"), "the IPv6 listener: {log}");
+    ensure!(client.contains("tcp ok hi"), "the IPv4 listener's answer: {client}");
+    ensure!(client.contains("pong ping from 7001"), "the bound UDP socket's answer: {client}");
+    ensure!(client.contains("hello from 7002"), "the connected UDP socket: {client}");
+    lab.down_after_exit("inet")?;
+    Ok(())
+}
