@@ -89,3 +89,121 @@ fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()
     lab.down_after_exit("inet")?;
     Ok(())
 }
+
+/// Holds a TCP connection to the container open from the lab's client, until its
+/// standard input closes.
+const HOLD: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 10)
+print("connected", flush=True)
+sys.stdin.read()
+"#;
+
+/// An established connection is refused by its 4-tuple, before anything is touched:
+/// the server goes on serving.
+#[test]
+fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let site = TempDir::new("inet-est-site")?;
+    let img = TempDir::new("inet-est-img")?;
+    std::fs::write(site.path.join("page.txt"), b"still serving\n")?;
+    let lab = TestLab::up(1)?;
+    let dir = site.join("");
+    let cmd = ["python3", "-u", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", &dir];
+    let mut args = vec!["run", "--host", "host-a", "--name", "web", "--ip", "10.77.1.40", "--"];
+    args.extend_from_slice(&cmd);
+    lab.ok(&args)?;
+    lab.wait_log("web", "Serving HTTP")?;
+    let mut hold = lab
+        .cmd(&["lab", "exec", "client", "--", "python3", "-c", HOLD, "10.77.1.40", "8000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = hold.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let refused = (|| {
+        ensure!(line.trim() == "connected", "the client did not connect: {line:?}");
+        let err = lab.fails(&["checkpoint", "web", "--dir", &img.join("web")])?;
+        ensure!(
+            err.contains("is a TCP connection 10.77.1.40:8000 ↔ 10.77.0.2:")
+                && err.contains("(ESTABLISHED): established connections are carried by a later version (the network issue)"),
+            "the refusal does not name the connection: {err}"
+        );
+        ensure!(lab.container("web")?["state"] == "running", "the refused container stopped");
+        ensure!(
+            lab.http_get_from_client("http://10.77.1.40:8000/page.txt")? == "still serving\n",
+            "it no longer serves"
+        );
+        Ok(())
+    })();
+    drop(hold.stdin.take());
+    hold.wait()?;
+    refused?;
+    lab.ok(&["stop", "web"])?;
+    lab.down_expecting(&[])?;
+    Ok(())
+}
+
+/// Listens without accepting and binds a UDP socket; once TRIGGER exists, accepts and
+/// reads what waited.
+const QUEUED: &str = r#"
+import os, socket, sys, time
+l = socket.socket()
+l.bind(("0.0.0.0", 8001))
+l.listen(4)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 8002))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+c, _ = l.accept()
+print("accepted", c.recv(10).decode(), "and received", u.recv(10).decode(), flush=True)
+"#;
+
+/// A connection waiting in a listener's accept queue and datagrams waiting in a UDP
+/// socket are refused by name; the program then takes them, as it would have.
+#[test]
+fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> {
+    let work = TempDir::new("inet-queued")?;
+    let img = TempDir::new("inet-queued-img")?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(1)?;
+    let args = [
+        "run",
+        "--host",
+        "host-a",
+        "--name",
+        "q",
+        "--ip",
+        "10.77.1.41",
+        "--",
+        "python3",
+        "-c",
+        QUEUED,
+        &trigger,
+    ];
+    lab.ok(&args)?;
+    lab.wait_log("q", "ready")?;
+    let send = "import socket; s = socket.create_connection(('10.77.1.41', 8001), 10); s.sendall(b'knock'); \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'datagram', ('10.77.1.41', 8002))";
+    lab.ok(&["lab", "exec", "client", "--", "python3", "-c", send])?;
+    let err = lab.fails(&["checkpoint", "q", "--dir", &img.join("q")])?;
+    ensure!(
+        err.contains(
+            "is a TCP socket listening on 0.0.0.0:8001 with 1 connection(s) waiting in its accept queue: \
+             established connections are carried by a later version (the network issue)"
+        ),
+        "the refusal does not name the listener: {err}"
+    );
+    ensure!(
+        err.contains("is a UDP socket on 0.0.0.0:8002 with datagrams waiting in its receive queue ("),
+        "the refusal does not name the UDP socket: {err}"
+    );
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("q", "accepted")?;
+    ensure!(log.contains("accepted knock and received datagram"), "after the refusal: {log}");
+    lab.down_after_exit("q")?;
+    Ok(())
+}
