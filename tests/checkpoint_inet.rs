@@ -146,8 +146,8 @@ fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Listens without accepting and binds a UDP socket; once TRIGGER exists, accepts and
-/// reads what waited.
+/// Listens without accepting, binds a UDP socket and joins a multicast group with
+/// another; once TRIGGER exists, accepts and reads what waited.
 const QUEUED: &str = r#"
 import os, socket, sys, time
 l = socket.socket()
@@ -155,6 +155,9 @@ l.bind(("0.0.0.0", 8001))
 l.listen(4)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.bind(("0.0.0.0", 8002))
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+m.bind(("0.0.0.0", 5353))
+m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("10.77.1.41"))
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
@@ -162,8 +165,9 @@ c, _ = l.accept()
 print("accepted", c.recv(10).decode(), "and received", u.recv(10).decode(), flush=True)
 "#;
 
-/// A connection waiting in a listener's accept queue and datagrams waiting in a UDP
-/// socket are refused by name; the program then takes them, as it would have.
+/// A connection waiting in a listener's accept queue, datagrams waiting in a UDP socket
+/// and a multicast membership are refused by name; the program then takes what waited,
+/// as it would have.
 #[test]
 fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> {
     let work = TempDir::new("inet-queued")?;
@@ -200,6 +204,12 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
     ensure!(
         err.contains("is a UDP socket on 0.0.0.0:8002 with datagrams waiting in its receive queue ("),
         "the refusal does not name the UDP socket: {err}"
+    );
+    ensure!(
+        err.contains(
+            "is a UDP socket on 0.0.0.0:5353 in a network namespace where multicast group 239.1.2.3 is joined"
+        ),
+        "the refusal does not name the multicast group: {err}"
     );
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("q", "accepted")?;

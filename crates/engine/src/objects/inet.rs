@@ -16,7 +16,9 @@
 //! state (an established connection, SYN_SENT, CLOSE_WAIT, …: carried by a later
 //! version, with TCP repair), a listener with connections in its accept queue (they are
 //! established connections), a UDP socket with unread datagrams (a new socket cannot be
-//! given them with their source addresses), other protocols (raw, SCTP, ICMP), and
+//! given them with their source addresses), a UDP socket in a network namespace where
+//! a multicast group is joined (no option tells which socket joined it, so none is
+//! carried), other protocols (raw, SCTP, ICMP), and
 //! state no option reads back: a socket filter, `SO_RCVTIMEO`/`SO_SNDTIMEO`, IP
 //! options, an upper-layer protocol (`TCP_ULP`, kTLS).
 //!
@@ -33,10 +35,10 @@
 //!
 //! Known limits: a UDP socket that was bound implicitly (by `connect` or a first send)
 //! comes back bound explicitly to the same address, which only shows if it later
-//! disconnects (it keeps its port); a reuseport group's BPF program and multicast
-//! memberships cannot be read from a socket and are not carried.
+//! disconnects (it keeps its port); a reuseport group's BPF program cannot be read
+//! from a socket and is not carried.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use migrate_proto::records::{
@@ -206,6 +208,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
                     show(local)
                 )));
             }
+            let table = |name| crate::error::read_proc(seen.pid, name).unwrap_or_default();
+            if let Some(group) = joined_groups(&table("net/igmp"), &table("net/igmp6")).first() {
+                return Ok(Err(format!(
+                    "a UDP socket on {} in a network namespace where multicast group {group} is joined: \
+                     memberships cannot be read from a socket and are not carried",
+                    show(local)
+                )));
+            }
             match (local, peer) {
                 (Some(local), Some(peer)) => InetState::Connected { local, peer },
                 (Some(local), None) => InetState::Bound { local },
@@ -291,6 +301,44 @@ fn udp_queue(pid: i32, v6: bool, ino: &str) -> u64 {
         .find(|f| f.get(9) == Some(&ino))
         .and_then(|f| u64::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok())
         .unwrap_or(0)
+}
+
+/// The multicast groups joined in a network namespace beyond those the
+/// kernel joins itself (all-hosts `224.0.0.1`, `ff01::1`, `ff02::1`, all-routers
+/// `ff02::2`, and each address's solicited-node group `ff02::1:ffXX:XXXX`), from
+/// `/proc/PID/net/igmp` (group lines start with a tab; the group is the `__be32` printed
+/// as a number of this little-endian machine) and `igmp6` (the third field, 32 hex
+/// digits). No socket option tells which socket joined a group.
+fn joined_groups(igmp: &str, igmp6: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in igmp.lines() {
+        let group = line.starts_with('\t').then(|| line.split_whitespace().next()).flatten();
+        if let Some(g) = group.and_then(|g| u32::from_str_radix(g, 16).ok()) {
+            let ip = Ipv4Addr::from(g.to_le_bytes());
+            if ip != Ipv4Addr::new(224, 0, 0, 1) {
+                out.push(IpAddr::V4(ip));
+            }
+        }
+    }
+    for line in igmp6.lines() {
+        let Some(g) = line.split_whitespace().nth(2).and_then(|g| u128::from_str_radix(g, 16).ok()) else {
+            continue;
+        };
+        let ip = Ipv6Addr::from(g);
+        let seg = ip.segments();
+        let solicited = seg[..6] == [0xff02, 0, 0, 0, 0, 1] && seg[6] >> 8 == 0xff;
+        if !solicited
+            && ![
+                Ipv6Addr::new(0xff01, 0, 0, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2),
+            ]
+            .contains(&ip)
+        {
+            out.push(IpAddr::V6(ip));
+        }
+    }
+    out
 }
 
 pub fn restore(
@@ -398,6 +446,21 @@ fn set_int(fd: BorrowedFd<'_>, o: &IntOption) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_the_kernel_joins_itself_are_not_memberships() {
+        let igmp = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter\n\
+                    4\teth0      :     2      V3\n\
+                    \t\t\t\t010000E0     1 0:00000000\t\t0\n\
+                    \t\t\t\t030201EF     1 0:00000000\t\t0\n";
+        let igmp6 = "4    eth0            ff0200000000000000000001ff000002     1 00000004 0\n\
+                     4    eth0            ff020000000000000000000000000001     1 0000000C 0\n\
+                     4    eth0            ff010000000000000000000000000001     1 00000008 0\n\
+                     4    eth0            ff050000000000000000000000010003     1 00000004 0\n";
+        let want = vec![IpAddr::from([239, 1, 2, 3]), Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 1, 3).into()];
+        assert_eq!(joined_groups(igmp, igmp6), want);
+        assert!(joined_groups(igmp.lines().take(3).collect::<Vec<_>>().join("\n").as_str(), "").is_empty());
+    }
 
     #[test]
     fn every_option_has_a_distinct_level_and_number() {
