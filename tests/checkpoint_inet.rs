@@ -34,6 +34,63 @@ fn python_http_server_serves_after_the_move() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A prefork server, as nginx's master and workers: one listener, made before the
+/// fork, accepted on by two workers.
+const PREFORK: &str = r#"
+import os, socket
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 8080))
+l.listen(64)
+for _ in range(2):
+    if os.fork() == 0:
+        while True:
+            c, _ = l.accept()
+            c.recv(1000)
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nworker")
+            c.close()
+print("ready", flush=True)
+while True:
+    os.wait()
+"#;
+
+/// The listener of a prefork server is still one socket shared by the workers after
+/// the move, and they serve from it.
+#[test]
+fn a_listener_shared_by_workers_stays_shared() -> anyhow::Result<()> {
+    let img = TempDir::new("inet-prefork-img")?;
+    let lab = TestLab::up(2)?;
+    lab.ok(&[
+        "run",
+        "--host",
+        "host-a",
+        "--name",
+        "pre",
+        "--ip",
+        "10.77.1.21",
+        "--",
+        "python3",
+        "-c",
+        PREFORK,
+    ])?;
+    lab.wait_log("pre", "ready")?;
+    let image = img.join("pre");
+    lab.checkpoint_and_restore("pre", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    ensure!(
+        inspect.contains(
+            "TCP listening on 0.0.0.0:8080 (backlog 64, reuseaddr) is one open file in pid:fd 1:3, 2:3, 3:3"
+        ),
+        "inspect does not show the shared listener: {inspect}"
+    );
+    for _ in 0..4 {
+        ensure!(lab.http_get_from_client("http://10.77.1.21:8080/")? == "worker");
+    }
+    lab.ok(&["stop", "pre"])?;
+    lab.down_expecting(&[])?;
+    Ok(())
+}
+
 /// The lab's client, after the move: a TCP exchange with the IPv4 listener, then a
 /// datagram to the bound UDP socket, whose answer and the connected socket's "hello"
 /// it prints with the port each came from.
