@@ -110,7 +110,7 @@ for _ in range(2):
 "#;
 
 /// An IPv4 and an IPv6 (v6only) listener sharing a port, a bound and a connected UDP
-/// socket, each with options set: after the move every option answers as before, the
+/// socket, an unbound and a bound TCP socket, each with options set: after the move every option answers as before, the
 /// listeners accept, and the UDP sockets exchange datagrams with the lab's client.
 #[test]
 fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()> {
@@ -132,6 +132,8 @@ fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()
         "TCP listening on [::]:7000 (v6only, backlog 33, reuseaddr, reuseport)",
         "UDP 0.0.0.0:7001 (broadcast)",
         "UDP 10.77.1.30:7002 → 10.77.0.2:9000",
+        "TCP unbound (nodelay)",
+        "TCP bound to 0.0.0.0:7003",
     ] {
         ensure!(inspect.contains(want), "inspect does not show {want:?}: {inspect}");
     }
@@ -203,10 +205,11 @@ fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Listens without accepting, binds a UDP socket and joins a multicast group with
-/// another; once TRIGGER exists, accepts and reads what waited.
+/// Listens without accepting, binds a UDP socket, joins a multicast group with another
+/// and gives a third a receive timeout; once TRIGGER exists, accepts and reads what
+/// waited.
 const QUEUED: &str = r#"
-import os, socket, sys, time
+import os, socket, struct, sys, time
 l = socket.socket()
 l.bind(("0.0.0.0", 8001))
 l.listen(4)
@@ -215,6 +218,8 @@ u.bind(("0.0.0.0", 8002))
 m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 m.bind(("0.0.0.0", 5353))
 m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("10.77.1.41"))
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
@@ -222,8 +227,8 @@ c, _ = l.accept()
 print("accepted", c.recv(10).decode(), "and received", u.recv(10).decode(), flush=True)
 "#;
 
-/// A connection waiting in a listener's accept queue, datagrams waiting in a UDP socket
-/// and a multicast membership are refused by name; the program then takes what waited,
+/// A connection waiting in a listener's accept queue, datagrams waiting in a UDP
+/// socket, a multicast membership and an option not carried are refused by name; the program then takes what waited,
 /// as it would have.
 #[test]
 fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> {
@@ -267,6 +272,10 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
             "is a UDP socket on 0.0.0.0:5353 in a network namespace where multicast group 239.1.2.3 is joined"
         ),
         "the refusal does not name the multicast group: {err}"
+    );
+    ensure!(
+        err.contains("is a TCP socket on (unbound), which has a timeout (SO_RCVTIMEO): not supported"),
+        "the refusal does not name the timeout: {err}"
     );
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("q", "accepted")?;

@@ -6,7 +6,8 @@
  *  - an IPv4 TCP listener on 0.0.0.0:PORT (backlog 77);
  *  - an IPv6 TCP listener on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port;
  *  - a UDP socket bound to 0.0.0.0:UDPPORT;
- *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT.
+ *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT;
+ *  - an IPv6 TCP socket, unbound, and an IPv4 one bound to 0.0.0.0:PORT+3, not listening.
  * It reads back every option it set (and a few it did not) and keeps the answers. Once
  * TRIGGER exists (after the move) it prints
  *     options same | option FD/NAME was A now B
@@ -59,7 +60,7 @@ static const struct opt OPTS[] = {
     {IPPROTO_IPV6, IPV6_TCLASS, "IPV6_TCLASS"},     {IPPROTO_IPV6, IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
-#define NSOCK 4
+#define NSOCK 6
 #define STRS 3
 
 struct answers {
@@ -196,7 +197,15 @@ int main(int argc, char **argv) {
     if (inet_pton(AF_INET, argv[3], &peer.sin_addr) != 1) die("CLIENTIP");
     if (connect(uc, (void *)&peer, sizeof peer) < 0) die("connect udp");
 
-    int fds[NSOCK] = {v4, v6, ub, uc};
+    int tu = socket(AF_INET6, SOCK_STREAM, 0);
+    if (tu < 0) die("socket unbound");
+    set(tu, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+    int tb = socket(AF_INET, SOCK_STREAM, 0);
+    if (tb < 0) die("socket bound");
+    struct sockaddr_in ab = {.sin_family = AF_INET, .sin_port = htons(port + 3)};
+    if (bind(tb, (void *)&ab, sizeof ab) < 0) die("bind tcp");
+
+    int fds[NSOCK] = {v4, v6, ub, uc, tu, tb};
     static struct answers was[NSOCK], now[NSOCK];
     for (int i = 0; i < NSOCK; i++) read_all(fds[i], &was[i]);
     say("ready");

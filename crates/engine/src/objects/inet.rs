@@ -223,7 +223,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
     };
-    if let Some(what) = unreadable(fd) {
+    let (_, flags) = crate::procfs::parse_fdinfo(seen.info)
+        .map_err(EngineError::proc(seen.pid, format!("fdinfo of fd {}", seen.fd)))?;
+    let unreadable = if flags & libc::O_ASYNC as u32 != 0 {
+        Some("signal-driven I/O (O_ASYNC)".to_string())
+    } else {
+        unreadable(fd)
+    };
+    if let Some(what) = unreadable {
         return Ok(Err(format!("{} on {}, which has {what}: not supported", proto_name(proto), show(local))));
     }
     let options = SockOpt::ALL
