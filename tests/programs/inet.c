@@ -4,7 +4,8 @@
  *
  * Before "ready" it makes, each with options set away from their defaults:
  *  - an IPv4 TCP listener on 0.0.0.0:PORT (backlog 77);
- *  - an IPv6 TCP listener on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port;
+ *  - an IPv6 TCP listener on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port,
+ *    owned by uid 4242 (made while the fsuid is 4242);
  *  - a UDP socket bound to 0.0.0.0:UDPPORT;
  *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT;
  *  - an IPv6 TCP socket, unbound, and an IPv4 one bound to 0.0.0.0:PORT+3, not listening.
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,6 +69,7 @@ struct answers {
     int value[NOPTS];
     int ok[NOPTS];
     struct linger linger;
+    unsigned owner;
     char cc[16], local[64], peer[64];
 };
 
@@ -91,6 +94,8 @@ static void read_all(int fd, struct answers *a) {
         socklen_t len = sizeof(int);
         a->ok[i] = getsockopt(fd, OPTS[i].level, OPTS[i].opt, &a->value[i], &len) == 0;
     }
+    struct stat st;
+    a->owner = fstat(fd, &st) == 0 ? st.st_uid : ~0u;
     socklen_t len = sizeof a->linger;
     getsockopt(fd, SOL_SOCKET, SO_LINGER, &a->linger, &len);
     len = sizeof a->cc;
@@ -113,6 +118,10 @@ static int compare(int fd, const struct answers *was, const struct answers *now)
                 was->ok[i] ? "ok" : "err", now->value[i], now->ok[i] ? "ok" : "err");
             diffs++;
         }
+    }
+    if (was->owner != now->owner) {
+        say("option %d/owner was %u now %u", fd, was->owner, now->owner);
+        diffs++;
     }
     if (was->linger.l_onoff != now->linger.l_onoff || was->linger.l_linger != now->linger.l_linger) {
         say("option %d/SO_LINGER was %d,%d now %d,%d", fd, was->linger.l_onoff, was->linger.l_linger,
@@ -169,8 +178,10 @@ int main(int argc, char **argv) {
     if (bind(v4, (void *)&a4, sizeof a4) < 0) die("bind v4");
     if (listen(v4, 77) < 0) die("listen v4");
 
+    setfsuid(4242);
     int v6 = socket(AF_INET6, SOCK_STREAM, 0);
     if (v6 < 0) die("socket v6");
+    setfsuid(0);
     set(v6, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
     set(v6, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
     set(v6, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");

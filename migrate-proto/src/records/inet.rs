@@ -13,6 +13,10 @@ pub struct InetSocket {
     pub v6: bool,
     pub proto: InetProto,
     pub state: InetState,
+    /// The socket's owner (`st_uid`, the kernel's `sk_uid`: the creator's fsuid): what
+    /// `SO_REUSEPORT` compares before it lets sockets share a port, what
+    /// `/proc/net/tcp` shows.
+    pub owner: u32,
     /// Integer options, each as `getsockopt` answered (`SO_RCVBUF`, `SO_SNDBUF`: the
     /// doubled value the kernel reports), each option at most once.
     pub options: Vec<IntOption>,

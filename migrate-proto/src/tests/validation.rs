@@ -328,6 +328,7 @@ fn inet_sockets_are_checked() {
         v6: true,
         proto: InetProto::Tcp,
         state: InetState::Listening { local: addr("::", 80), backlog: 511 },
+        owner: 0,
         options: vec![IntOption { opt: SockOpt::Ipv6V6Only, value: 1 }],
         linger: None,
         congestion: Some("cubic".into()),

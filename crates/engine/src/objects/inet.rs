@@ -24,7 +24,8 @@
 //!
 //! Restore: an injected `socket()` makes the socket inside the task (so it belongs to
 //! the container's network namespace), installed at its fd. The rest is done from here
-//! on a copy of it. Options are compared with those of the new socket and set only
+//! on a copy of it: its owner (`fchown`, which sets the kernel's `sk_uid`: reuseport
+//! groups need one owner), options. Options are compared with those of the new socket and set only
 //! where they differ: an option the program never set stays unset (a TCP buffer size
 //! set by hand locks it, one left alone is tuned by the kernel). Then `bind`, `listen`,
 //! and a UDP `connect`. Options go before `bind`, so `IPV6_V6ONLY`, `SO_REUSEADDR` and
@@ -249,6 +250,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         v6,
         proto,
         state,
+        owner: nix::sys::stat::fstat(fd).map_err(|e| proc_err("fstat")(e.into()))?.st_uid,
         options,
         linger: sockopt::linger(fd).map_err(proc_err("SO_LINGER"))?,
         congestion: if proto == InetProto::Tcp {
@@ -371,6 +373,9 @@ pub fn restore(
     let pid = remote.pid;
     let err = |what: String| EngineError::Incompatible(format!("pid {pid} fd {}: {what}", rec.fd));
     set_options(fd, s).map_err(err)?;
+    // Made by the task as whoever it is now (root, while it is being restored).
+    let owner = nix::unistd::Uid::from_raw(s.owner);
+    nix::unistd::fchown(fd, Some(owner), None).map_err(|e| err(format!("fchown to uid {owner}: {e}")))?;
     let sockaddr = |a: &InetAddr| match a.ip {
         IpAddr::V4(ip) => SocketAddr::new(IpAddr::V4(ip), a.port),
         IpAddr::V6(ip) => SocketAddr::V6(std::net::SocketAddrV6::new(ip, a.port, 0, a.scope_id)),
