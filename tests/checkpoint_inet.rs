@@ -131,7 +131,7 @@ fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()
         "TCP listening on 0.0.0.0:7000 (backlog 77, reuseaddr, keepalive, nodelay, freebind, defer_accept 7, fastopen 16, linger 3s)",
         "TCP listening on [::]:7000 (v6only, backlog 33, reuseaddr, reuseport)",
         "UDP 0.0.0.0:7001 (broadcast)",
-        "UDP 10.77.1.30:7002 → 10.77.0.2:9000",
+        "UDP 10.77.1.30:7002 → 10.77.0.2:9000 (rcvtimeo 2500ms)",
         "TCP unbound (nodelay)",
         "TCP bound to 0.0.0.0:7003",
     ] {
@@ -206,10 +206,9 @@ fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
 }
 
 /// Listens without accepting, binds a UDP socket, joins a multicast group with another
-/// and gives a third a receive timeout; once TRIGGER exists, accepts and reads what
-/// waited.
+/// and gives a third IP options; once TRIGGER exists, accepts and reads what waited.
 const QUEUED: &str = r#"
-import os, socket, struct, sys, time
+import os, socket, sys, time
 l = socket.socket()
 l.bind(("0.0.0.0", 8001))
 l.listen(4)
@@ -219,7 +218,7 @@ m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 m.bind(("0.0.0.0", 5353))
 m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("10.77.1.41"))
 t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+t.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
@@ -274,8 +273,8 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
         "the refusal does not name the multicast group: {err}"
     );
     ensure!(
-        err.contains("is a TCP socket on (unbound), which has a timeout (SO_RCVTIMEO): not supported"),
-        "the refusal does not name the timeout: {err}"
+        err.contains("is a TCP socket on (unbound), which has IP options (IP_OPTIONS): not supported"),
+        "the refusal does not name the IP options: {err}"
     );
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("q", "accepted")?;

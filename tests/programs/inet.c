@@ -7,7 +7,8 @@
  *  - an IPv6 TCP listener on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port,
  *    owned by uid 4242 (made while the fsuid is 4242);
  *  - a UDP socket bound to 0.0.0.0:UDPPORT;
- *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT;
+ *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT, with
+ *    a receive timeout of 2.5 s;
  *  - an IPv6 TCP socket, unbound, and an IPv4 one bound to 0.0.0.0:PORT+3, not listening.
  * It reads back every option it set (and a few it did not) and keeps the answers. Once
  * TRIGGER exists (after the move) it prints
@@ -28,6 +29,7 @@
 #include <sys/fsuid.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "say.h"
@@ -70,6 +72,7 @@ struct answers {
     int ok[NOPTS];
     struct linger linger;
     unsigned owner;
+    struct timeval rcvtimeo;
     char cc[16], local[64], peer[64];
 };
 
@@ -96,7 +99,9 @@ static void read_all(int fd, struct answers *a) {
     }
     struct stat st;
     a->owner = fstat(fd, &st) == 0 ? st.st_uid : ~0u;
-    socklen_t len = sizeof a->linger;
+    socklen_t len = sizeof a->rcvtimeo;
+    getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &a->rcvtimeo, &len);
+    len = sizeof a->linger;
     getsockopt(fd, SOL_SOCKET, SO_LINGER, &a->linger, &len);
     len = sizeof a->cc;
     getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, a->cc, &len);
@@ -118,6 +123,11 @@ static int compare(int fd, const struct answers *was, const struct answers *now)
                 was->ok[i] ? "ok" : "err", now->value[i], now->ok[i] ? "ok" : "err");
             diffs++;
         }
+    }
+    if (was->rcvtimeo.tv_sec != now->rcvtimeo.tv_sec || was->rcvtimeo.tv_usec != now->rcvtimeo.tv_usec) {
+        say("option %d/SO_RCVTIMEO was %ld.%06ld now %ld.%06ld", fd, (long)was->rcvtimeo.tv_sec,
+            (long)was->rcvtimeo.tv_usec, (long)now->rcvtimeo.tv_sec, (long)now->rcvtimeo.tv_usec);
+        diffs++;
     }
     if (was->owner != now->owner) {
         say("option %d/owner was %u now %u", fd, was->owner, now->owner);
@@ -202,6 +212,8 @@ int main(int argc, char **argv) {
     int uc = socket(AF_INET, SOCK_DGRAM, 0);
     if (uc < 0) die("socket udp connected");
     set(uc, IPPROTO_IP, IP_TOS, 0x08, "IP_TOS");
+    struct timeval tv = {2, 500000};
+    if (setsockopt(uc, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) die("SO_RCVTIMEO");
     struct sockaddr_in ac = {.sin_family = AF_INET, .sin_port = htons(uport + 1)};
     if (bind(uc, (void *)&ac, sizeof ac) < 0) die("bind udp connected");
     struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(cport)};

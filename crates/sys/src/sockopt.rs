@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
 
 /// `getsockopt(sock, level, opt)` of an `int` option.
 pub fn get_int(sock: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
@@ -104,6 +105,50 @@ pub struct TcpState {
     pub backlog: u32,
 }
 
+/// `SO_RCVTIMEO` or `SO_SNDTIMEO` (`opt`): `None` when the socket waits for ever.
+pub fn timeout(sock: BorrowedFd<'_>, opt: i32) -> io::Result<Option<Duration>> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` is a live timeval and `len` its size; the kernel writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let d = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// Sets `SO_RCVTIMEO` or `SO_SNDTIMEO` (`opt`); `None` waits for ever.
+pub fn set_timeout(sock: BorrowedFd<'_>, opt: i32, d: Option<Duration>) -> io::Result<()> {
+    let d = d.unwrap_or_default();
+    let tv = libc::timeval {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
+    };
+    // SAFETY: `tv` is a live timeval and its exact size is passed; the kernel only reads it.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A TCP socket's state, from `TCP_INFO`.
 pub fn tcp_state(sock: BorrowedFd<'_>) -> io::Result<TcpState> {
     // SAFETY: tcp_info is plain old data for which all-zero bytes are valid.
@@ -191,6 +236,9 @@ mod tests {
         assert_eq!(linger(fd.as_fd())?, None);
         set_linger(fd.as_fd(), Some(7))?;
         assert_eq!(linger(fd.as_fd())?, Some(7));
+        assert_eq!(timeout(fd.as_fd(), libc::SO_RCVTIMEO)?, None);
+        set_timeout(fd.as_fd(), libc::SO_RCVTIMEO, Some(Duration::from_millis(2500)))?;
+        assert_eq!(timeout(fd.as_fd(), libc::SO_RCVTIMEO)?, Some(Duration::from_millis(2500)));
         assert_eq!(tcp_state(fd.as_fd())?.state, 7);
         crate::tcp::bind(fd.as_fd(), "[::1]:0".parse()?)?;
         nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(77)?)?;

@@ -22,6 +22,9 @@ pub struct InetSocket {
     pub options: Vec<IntOption>,
     /// `SO_LINGER`: seconds, when on.
     pub linger: Option<i32>,
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO` in microseconds, when set.
+    pub rcv_timeout_us: Option<u64>,
+    pub snd_timeout_us: Option<u64>,
     /// `TCP_CONGESTION` (TCP only): the algorithm's name.
     pub congestion: Option<String>,
     /// `SO_BINDTODEVICE`: an interface name of the container's network namespace.
@@ -203,6 +206,11 @@ impl std::fmt::Display for InetSocket {
         }
         if let Some(secs) = self.linger {
             notes.push(format!("linger {secs}s"));
+        }
+        for (t, note) in [(self.rcv_timeout_us, "rcvtimeo"), (self.snd_timeout_us, "sndtimeo")] {
+            if let Some(us) = t {
+                notes.push(format!("{note} {}ms", us / 1000));
+            }
         }
         if let Some(dev) = &self.bind_device {
             notes.push(format!("device {dev}"));

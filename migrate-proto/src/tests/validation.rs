@@ -331,6 +331,8 @@ fn inet_sockets_are_checked() {
         owner: 0,
         options: vec![IntOption { opt: SockOpt::Ipv6V6Only, value: 1 }],
         linger: None,
+        rcv_timeout_us: None,
+        snd_timeout_us: None,
         congestion: Some("cubic".into()),
         bind_device: None,
     };

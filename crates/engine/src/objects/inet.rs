@@ -6,7 +6,7 @@
 //! `SO_PROTOCOL`), the local address (`getsockname`), a UDP socket's peer
 //! (`getpeername`), a TCP socket's state (`tcpi_state` of `TCP_INFO`), and every
 //! integer option of [`SockOpt`] that the kernel answers for this socket, plus
-//! `SO_LINGER`, `TCP_CONGESTION` and `SO_BINDTODEVICE`. For a listener `TCP_INFO` also
+//! `SO_LINGER`, `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_CONGESTION` and `SO_BINDTODEVICE`. For a listener `TCP_INFO` also
 //! gives `listen`'s backlog (`sk_max_ack_backlog`, in `tcpi_sacked`) and the
 //! connections waiting to be accepted (`sk_ack_backlog`, in `tcpi_unacked`). For a UDP
 //! socket the bytes of unread datagrams are `rx_queue` of its line (by inode) in the
@@ -19,8 +19,8 @@
 //! given them with their source addresses), a UDP socket in a network namespace where
 //! a multicast group is joined (no option tells which socket joined it, so none is
 //! carried), other protocols (raw, SCTP, ICMP), and
-//! state no option reads back: a socket filter, `SO_RCVTIMEO`/`SO_SNDTIMEO`, IP
-//! options, an upper-layer protocol (`TCP_ULP`, kTLS).
+//! state no option of the record reads back: a socket filter, IP options, an
+//! upper-layer protocol (`TCP_ULP`, kTLS), signal-driven I/O (`O_ASYNC`).
 //!
 //! Restore: an injected `socket()` makes the socket inside the task (so it belongs to
 //! the container's network namespace), installed at its fd. The rest is done from here
@@ -253,6 +253,8 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         owner: nix::sys::stat::fstat(fd).map_err(|e| proc_err("fstat")(e.into()))?.st_uid,
         options,
         linger: sockopt::linger(fd).map_err(proc_err("SO_LINGER"))?,
+        rcv_timeout_us: micros(sockopt::timeout(fd, libc::SO_RCVTIMEO).map_err(proc_err("SO_RCVTIMEO"))?),
+        snd_timeout_us: micros(sockopt::timeout(fd, libc::SO_SNDTIMEO).map_err(proc_err("SO_SNDTIMEO"))?),
         congestion: if proto == InetProto::Tcp {
             string(libc::IPPROTO_TCP, libc::TCP_CONGESTION)
         } else {
@@ -260,6 +262,10 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         },
         bind_device: string(libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
     })))
+}
+
+fn micros(d: Option<std::time::Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn proto_name(p: InetProto) -> &'static str {
@@ -276,11 +282,6 @@ fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
         |level, opt| sockopt::get_bytes(fd, level, opt, 64).is_ok_and(|b| b.iter().any(|&c| c != 0));
     if sockopt::get_int(fd, libc::SOL_SOCKET, SO_GET_FILTER).is_ok_and(|n| n > 0) {
         return Some("a socket filter (SO_ATTACH_FILTER)".into());
-    }
-    for (opt, name) in [(libc::SO_RCVTIMEO, "SO_RCVTIMEO"), (libc::SO_SNDTIMEO, "SO_SNDTIMEO")] {
-        if nonzero(libc::SOL_SOCKET, opt) {
-            return Some(format!("a timeout ({name})"));
-        }
     }
     if sockopt::get_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|b| !b.is_empty()) {
         return Some("IP options (IP_OPTIONS)".into());
@@ -426,6 +427,15 @@ fn set_options(fd: BorrowedFd<'_>, s: &InetSocket) -> Result<(), String> {
     }
     if sockopt::linger(fd).map_err(|e| format!("SO_LINGER: {e}"))? != s.linger {
         sockopt::set_linger(fd, s.linger).map_err(|e| format!("SO_LINGER: {e}"))?;
+    }
+    for (opt, name, us) in [
+        (libc::SO_RCVTIMEO, "SO_RCVTIMEO", s.rcv_timeout_us),
+        (libc::SO_SNDTIMEO, "SO_SNDTIMEO", s.snd_timeout_us),
+    ] {
+        if us.is_some() {
+            let d = us.map(std::time::Duration::from_micros);
+            sockopt::set_timeout(fd, opt, d).map_err(|e| format!("{name}: {e}"))?;
+        }
     }
     for (level, opt, name, value) in [
         (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", &s.congestion),
