@@ -109,9 +109,10 @@ for _ in range(2):
     print(data.decode(), "from", addr[1], flush=True)
 "#;
 
-/// An IPv4 and an IPv6 (v6only) listener sharing a port, a bound and a connected UDP
-/// socket, an unbound and a bound TCP socket, each with options set: after the move every option answers as before, the
-/// listeners accept, and the UDP sockets exchange datagrams with the lab's client.
+/// An IPv4 and two IPv6 (v6only, a reuseport group) listeners sharing a port, a bound
+/// and a connected UDP socket, an unbound and a bound TCP socket, each with options
+/// set: after the move every option answers as before, the listeners accept, and the
+/// UDP sockets exchange datagrams with the lab's client.
 #[test]
 fn listeners_and_udp_sockets_keep_their_options_and_serve() -> anyhow::Result<()> {
     let work = TempDir::new("inet")?;

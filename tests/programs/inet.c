@@ -4,8 +4,9 @@
  *
  * Before "ready" it makes, each with options set away from their defaults:
  *  - an IPv4 TCP listener on 0.0.0.0:PORT (backlog 77);
- *  - an IPv6 TCP listener on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port,
- *    owned by uid 4242 (made while the fsuid is 4242);
+ *  - two IPv6 TCP listeners on [::]:PORT, IPV6_V6ONLY (backlog 33), sharing the port
+ *    with the first and, by SO_REUSEPORT, with each other; owned by uid 4242 (made
+ *    while the fsuid is 4242), as a reuseport group must be;
  *  - a UDP socket bound to 0.0.0.0:UDPPORT;
  *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT, with
  *    a receive timeout of 2.5 s;
@@ -15,7 +16,7 @@
  *     options same | option FD/NAME was A now B
  * then serves, in this order: one TCP connection on the IPv4 listener (reads a word,
  * answers "tcp ok WORD"), one connection it makes itself to [::1]:PORT, accepted on
- * the IPv6 listener ("v6 accept ok"), one datagram on the bound UDP socket (answered
+ * whichever IPv6 listener the kernel chose ("v6 accept ok"), one datagram on the bound UDP socket (answered
  * "pong WORD" to its sender), after which it sends "hello" on the connected one, and
  * prints "done". Build: cc -O2 inet.c */
 #define _GNU_SOURCE
@@ -64,7 +65,7 @@ static const struct opt OPTS[] = {
     {IPPROTO_IPV6, IPV6_TCLASS, "IPV6_TCLASS"},     {IPPROTO_IPV6, IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
-#define NSOCK 6
+#define NSOCK 7
 #define STRS 3
 
 struct answers {
@@ -188,18 +189,22 @@ int main(int argc, char **argv) {
     if (bind(v4, (void *)&a4, sizeof a4) < 0) die("bind v4");
     if (listen(v4, 77) < 0) die("listen v4");
 
-    setfsuid(4242);
-    int v6 = socket(AF_INET6, SOCK_STREAM, 0);
-    if (v6 < 0) die("socket v6");
-    setfsuid(0);
-    set(v6, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
-    set(v6, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
-    set(v6, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
-    set(v6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS");
-    set(v6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9, "IPV6_UNICAST_HOPS");
-    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any};
-    if (bind(v6, (void *)&a6, sizeof a6) < 0) die("bind v6");
-    if (listen(v6, 33) < 0) die("listen v6");
+    int v6s[2];
+    for (int i = 0; i < 2; i++) {
+        setfsuid(4242);
+        int v6 = socket(AF_INET6, SOCK_STREAM, 0);
+        if (v6 < 0) die("socket v6");
+        setfsuid(0);
+        set(v6, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
+        set(v6, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+        set(v6, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+        set(v6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS");
+        set(v6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9, "IPV6_UNICAST_HOPS");
+        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any};
+        if (bind(v6, (void *)&a6, sizeof a6) < 0) die("bind v6");
+        if (listen(v6, 33) < 0) die("listen v6");
+        v6s[i] = v6;
+    }
 
     int ub = socket(AF_INET, SOCK_DGRAM, 0);
     if (ub < 0) die("socket udp");
@@ -228,7 +233,7 @@ int main(int argc, char **argv) {
     struct sockaddr_in ab = {.sin_family = AF_INET, .sin_port = htons(port + 3)};
     if (bind(tb, (void *)&ab, sizeof ab) < 0) die("bind tcp");
 
-    int fds[NSOCK] = {v4, v6, ub, uc, tu, tb};
+    int fds[NSOCK] = {v4, v6s[0], v6s[1], ub, uc, tu, tb};
     static struct answers was[NSOCK], now[NSOCK];
     for (int i = 0; i < NSOCK; i++) read_all(fds[i], &was[i]);
     say("ready");
@@ -258,8 +263,9 @@ int main(int argc, char **argv) {
     struct sockaddr_in6 lo = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_loopback};
     if (connect(self, (void *)&lo, sizeof lo) < 0) die("connect [::1]");
     if (write(self, "x", 1) != 1) die("write [::1]");
-    if (!wait_readable(v6)) die("no connection on the IPv6 listener");
-    c = accept(v6, NULL, NULL);
+    struct pollfd p6[2] = {{v6s[0], POLLIN, 0}, {v6s[1], POLLIN, 0}};
+    if (poll(p6, 2, 20000) < 1) die("no connection on the IPv6 listeners");
+    c = accept(p6[0].revents ? v6s[0] : v6s[1], NULL, NULL);
     if (c < 0) die("accept v6");
     say("v6 accept ok");
     close(c);
