@@ -79,7 +79,8 @@ pub struct IntOption {
     pub value: i32,
 }
 
-/// Declares [`SockOpt`] with each option's name as the kernel headers spell it.
+/// Declares [`SockOpt`] with each option's name as the kernel headers spell it. Append
+/// only: an image holds each option as the index of its variant.
 macro_rules! sock_opts {
     ($($v:ident = $name:literal,)*) => {
         /// The integer options carried, by name; the engine maps each to its level and
@@ -237,6 +238,10 @@ impl InetSocket {
             if a.ip.is_ipv6() != self.v6 || (!self.v6 && a.scope_id != 0) {
                 return Err(format!("address {a} is not of the socket's family"));
             }
+            // Binding it would pick a port: that socket was unbound.
+            if a.port == 0 && a.ip.is_unspecified() {
+                return Err(format!("bound to {a}, which binds nothing"));
+            }
             Ok(())
         };
         match &self.state {
@@ -244,6 +249,9 @@ impl InetSocket {
             InetState::Bound { local } => family(local)?,
             InetState::Listening { local, backlog } => {
                 family(local)?;
+                if local.port == 0 {
+                    return Err(format!("listening on {local}, without a port"));
+                }
                 if self.proto != InetProto::Tcp || *backlog > i32::MAX as u32 {
                     return Err(format!("a listener must be TCP with a backlog below 2^31, not {backlog}"));
                 }

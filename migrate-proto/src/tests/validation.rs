@@ -356,6 +356,14 @@ fn inet_sockets_are_checked() {
             "only a UDP socket is carried connected",
             Box::new(|s| s.state = InetState::Connected { local: addr("::1", 80), peer: addr("::1", 81) }),
         ),
+        (
+            "bound to [::]:0, which binds nothing",
+            Box::new(|s| s.state = InetState::Bound { local: addr("::", 0) }),
+        ),
+        (
+            "listening on [::1]:0, without a port",
+            Box::new(|s| s.state = InetState::Listening { local: addr("::1", 0), backlog: 1 }),
+        ),
         ("option IPV6_V6ONLY recorded twice", Box::new(|s| s.options.push(s.options[0]))),
         (
             "the congestion algorithm's name must be 1 to 15 bytes",
