@@ -10,7 +10,8 @@
  *  - a UDP socket bound to 0.0.0.0:UDPPORT;
  *  - a UDP socket bound to 0.0.0.0:UDPPORT+1 and connected to CLIENTIP:CLIENTPORT, with
  *    a receive timeout of 2.5 s;
- *  - an IPv6 TCP socket, unbound, and an IPv4 one bound to 0.0.0.0:PORT+3, not listening.
+ *  - an IPv6 TCP socket, unbound, and an IPv4 one bound to 0.0.0.0:PORT+3, not listening,
+ *    its receive buffer forced beyond rmem_max.
  * It reads back every option it set (and a few it did not) and keeps the answers. Once
  * TRIGGER exists (after the move) it prints
  *     options same | option FD/NAME was A now B
@@ -150,6 +151,14 @@ static int compare(int fd, const struct answers *was, const struct answers *now)
     return diffs;
 }
 
+static int rmem_max(void) {
+    int v = 0;
+    FILE *f = fopen("/proc/sys/net/core/rmem_max", "r");
+    if (!f || fscanf(f, "%d", &v) != 1) die("rmem_max");
+    fclose(f);
+    return v;
+}
+
 static int wait_readable(int fd) {
     struct pollfd p = {fd, POLLIN, 0};
     return poll(&p, 1, 20000) == 1;
@@ -231,6 +240,7 @@ int main(int argc, char **argv) {
     int tb = socket(AF_INET, SOCK_STREAM, 0);
     if (tb < 0) die("socket bound");
     struct sockaddr_in ab = {.sin_family = AF_INET, .sin_port = htons(port + 3)};
+    set(tb, SOL_SOCKET, SO_RCVBUFFORCE, rmem_max() + (1 << 20), "SO_RCVBUFFORCE");
     if (bind(tb, (void *)&ab, sizeof ab) < 0) die("bind tcp");
 
     int fds[NSOCK] = {v4, v6s[0], v6s[1], ub, uc, tu, tb};
