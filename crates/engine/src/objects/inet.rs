@@ -4,13 +4,14 @@
 //! Dump, from a `pidfd_getfd` copy of the socket (nothing is read from its queues, so
 //! nothing is consumed): family, type and protocol (`SO_DOMAIN`, `SO_TYPE`,
 //! `SO_PROTOCOL`), the local address (`getsockname`), a UDP socket's peer
-//! (`getpeername`), a TCP socket's state (`tcpi_state` of `TCP_INFO`), and every
-//! integer option of [`SockOpt`] that the kernel answers for this socket, plus
-//! `SO_LINGER`, `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_CONGESTION` and `SO_BINDTODEVICE`. For a listener `TCP_INFO` also
-//! gives `listen`'s backlog (`sk_max_ack_backlog`, in `tcpi_sacked`) and the
-//! connections waiting to be accepted (`sk_ack_backlog`, in `tcpi_unacked`). For a UDP
-//! socket the bytes of unread datagrams are `rx_queue` of its line (by inode) in the
-//! kernel's table of its network namespace, `/proc/PID/net/udp` or `udp6`.
+//! (`getpeername`), a TCP socket's state (`tcpi_state` of `TCP_INFO`), its owner
+//! (`st_uid`), every integer option of [`SockOpt`] that the kernel answers for this
+//! socket, and `SO_LINGER`, `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_CONGESTION`,
+//! `SO_BINDTODEVICE`. For a listener `TCP_INFO` also gives `listen`'s backlog
+//! (`sk_max_ack_backlog`, in `tcpi_sacked`) and the connections waiting to be accepted
+//! (`sk_ack_backlog`, in `tcpi_unacked`). For a UDP socket the bytes of unread
+//! datagrams are `rx_queue` of its line (by inode) in the kernel's table of its network
+//! namespace, `/proc/PID/net/udp` or `udp6`.
 //!
 //! Refused (at precheck, where the same classification runs): TCP sockets in any other
 //! state (an established connection, SYN_SENT, CLOSE_WAIT, …: carried by a later
@@ -18,26 +19,32 @@
 //! established connections), a UDP socket with unread datagrams (a new socket cannot be
 //! given them with their source addresses), a UDP socket in a network namespace where
 //! a multicast group is joined (no option tells which socket joined it, so none is
-//! carried), other protocols (raw, SCTP, ICMP), and
-//! state no option of the record reads back: a socket filter, IP options, an
-//! upper-layer protocol (`TCP_ULP`, kTLS), signal-driven I/O (`O_ASYNC`).
+//! carried), other protocols (raw, SCTP, ICMP), and state that nothing in the record
+//! reads back: a socket filter, IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
+//! signal-driven I/O (`O_ASYNC`).
 //!
 //! Restore: an injected `socket()` makes the socket inside the task (so it belongs to
 //! the container's network namespace), installed at its fd. The rest is done from here
-//! on a copy of it: its owner (`fchown`, which sets the kernel's `sk_uid`: reuseport
-//! groups need one owner), options. Options are compared with those of the new socket and set only
+//! on a copy of it. Options are compared with those of the new socket and set only
 //! where they differ: an option the program never set stays unset (a TCP buffer size
-//! set by hand locks it, one left alone is tuned by the kernel). Then `bind`, `listen`,
-//! and a UDP `connect`. Options go before `bind`, so `IPV6_V6ONLY`, `SO_REUSEADDR` and
+//! set by hand locks it, one left alone is tuned by the kernel). Then its owner
+//! (`fchown`, which sets the kernel's `sk_uid`), `bind`, `listen`, and a UDP `connect`.
+//! Options and owner go before `bind`, so `IPV6_V6ONLY`, `SO_REUSEADDR` and
 //! `SO_REUSEPORT` decide, as they did, whether an IPv4 and an IPv6 socket, or the
-//! sockets of a reuseport group, share a port: then the order in which sockets are
-//! rebuilt does not matter (nginx's and redis's `0.0.0.0` + `[::]` v6only pairs, a
-//! reuseport group of workers). Every option is read back and must answer as it did.
+//! sockets of a reuseport group (which must have one owner), share a port: then the
+//! order in which sockets are rebuilt does not matter (nginx's and redis's `0.0.0.0` +
+//! `[::]` v6only pairs, a reuseport group of workers). Every integer option is read
+//! back and must answer as it did.
 //!
 //! Known limits: a UDP socket that was bound implicitly (by `connect` or a first send)
 //! comes back bound explicitly to the same address, which only shows if it later
-//! disconnects (it keeps its port); a reuseport group's BPF program cannot be read
-//! from a socket and is not carried.
+//! disconnects (it keeps its port); a buffer size set by hand to exactly its default
+//! comes back unlocked; a reuseport group's BPF program cannot be read from a socket
+//! and is not carried; each socket is bound and listens as it is rebuilt, so a socket
+//! that could only bind because another had not listened yet fails the restore;
+//! half-open connections (SYN received, not yet in the accept queue) are not carried,
+//! and connections that arrive between the dump and the end of the source are lost
+//! until the container's link is locked during a checkpoint (design §7).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
