@@ -15,20 +15,20 @@ fn python_http_server_serves_after_the_move() -> anyhow::Result<()> {
     let img = TempDir::new("inet-http-img")?;
     std::fs::write(site.path.join("page.txt"), b"moved and serving\n")?;
     let lab = TestLab::up(2)?;
-    let cmd = ["python3", "-u", "-m", "http.server", "8000", "--directory", &site.join("")];
+    let cmd = ["python3", "-u", "-m", "http.server", "80", "--directory", &site.join("")];
     let mut args = vec!["run", "--host", "host-a", "--name", "web", "--ip", "10.77.1.20", "--"];
     args.extend_from_slice(&cmd);
     lab.ok(&args)?;
     lab.wait_log("web", "Serving HTTP")?;
-    ensure!(lab.http_get_from_client("http://10.77.1.20:8000/page.txt")? == "moved and serving\n");
+    ensure!(lab.http_get_from_client("http://10.77.1.20/page.txt")? == "moved and serving\n");
     let image = img.join("web");
     lab.checkpoint_and_restore("web", &image, "host-b")?;
     let inspect = lab.ok(&["inspect", &image])?;
     ensure!(
-        inspect.contains("TCP listening on 0.0.0.0:8000 (backlog 5, reuseaddr)"),
+        inspect.contains("TCP listening on 0.0.0.0:80 (backlog 5, reuseaddr)"),
         "inspect does not show the listener: {inspect}"
     );
-    ensure!(lab.http_get_from_client("http://10.77.1.20:8000/page.txt")? == "moved and serving\n");
+    ensure!(lab.http_get_from_client("http://10.77.1.20/page.txt")? == "moved and serving\n");
     lab.ok(&["stop", "web"])?;
     lab.down_expecting(&[])?;
     Ok(())
@@ -255,7 +255,13 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
     let send = "import socket; s = socket.create_connection(('10.77.1.41', 8001), 10); s.sendall(b'knock'); \
                 socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'datagram', ('10.77.1.41', 8002))";
     lab.ok(&["lab", "exec", "client", "--", "python3", "-c", send])?;
-    let err = lab.fails(&["checkpoint", "q", "--dir", &img.join("q")])?;
+    // The connection and the datagram reach the container's queues a moment after the
+    // client is done: the first refusals may not see them yet.
+    let mut err = String::new();
+    support::wait_until(std::time::Duration::from_secs(10), || {
+        err = lab.fails(&["checkpoint", "q", "--dir", &img.join("q")]).unwrap_or_else(|e| e.to_string());
+        err.contains("accept queue") && err.contains("receive queue")
+    });
     ensure!(
         err.contains(
             "is a TCP socket listening on 0.0.0.0:8001 with 1 connection(s) waiting in its accept queue: \
