@@ -257,9 +257,11 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
     lab.ok(&["lab", "exec", "client", "--", "python3", "-c", send])?;
     // The connection and the datagram reach the container's queues a moment after the
     // client is done: the first refusals may not see them yet.
-    let mut err = String::new();
+    let (mut err, mut tries) = (String::new(), 0);
     support::wait_until(std::time::Duration::from_secs(10), || {
-        err = lab.fails(&["checkpoint", "q", "--dir", &img.join("q")]).unwrap_or_else(|e| e.to_string());
+        tries += 1;
+        let dir = img.join(&format!("q{tries}"));
+        err = lab.fails(&["checkpoint", "q", "--dir", &dir]).unwrap_or_else(|e| e.to_string());
         err.contains("accept queue") && err.contains("receive queue")
     });
     ensure!(
