@@ -105,6 +105,31 @@ pub struct TcpState {
     pub backlog: u32,
 }
 
+/// The number of instructions of the classic BPF filter attached to the socket
+/// (`SO_ATTACH_FILTER`); 0 without one.
+pub fn filter_len(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    // With a length of 0 the kernel writes no filter, only its length into `len`. With
+    // any other length it compares it, in instructions, with the filter's, and then
+    // copies the filter in bytes: a buffer sized in bytes could overflow.
+    let mut dummy = 0u8;
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: `len` is 0, so the kernel writes nothing through the (valid) pointer; it
+    // writes the filter's length into `len`, a live socklen_t.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&mut dummy as *mut u8).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(len)
+}
+
 /// `SO_RCVTIMEO` or `SO_SNDTIMEO` (`opt`): `None` when the socket waits for ever.
 pub fn timeout(sock: BorrowedFd<'_>, opt: i32) -> io::Result<Option<Duration>> {
     let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
@@ -236,6 +261,22 @@ mod tests {
         assert_eq!(linger(fd.as_fd())?, None);
         set_linger(fd.as_fd(), Some(7))?;
         assert_eq!(linger(fd.as_fd())?, Some(7));
+        assert_eq!(filter_len(fd.as_fd())?, 0);
+        // Accept everything: `ret 0xffffffff`, twice.
+        let ins = libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX };
+        let prog = libc::sock_fprog { len: 2, filter: [ins, ins].as_ptr().cast_mut() };
+        // SAFETY: `prog` points at two live instructions; the kernel copies them.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(ret, 0, "{}", io::Error::last_os_error());
+        assert_eq!(filter_len(fd.as_fd())?, 2);
         assert_eq!(timeout(fd.as_fd(), libc::SO_RCVTIMEO)?, None);
         set_timeout(fd.as_fd(), libc::SO_RCVTIMEO, Some(Duration::from_millis(2500)))?;
         assert_eq!(timeout(fd.as_fd(), libc::SO_RCVTIMEO)?, Some(Duration::from_millis(2500)));

@@ -60,8 +60,6 @@ use crate::inject::Remote;
 
 /// `TCP_ULP` (Linux 4.13), not in `libc`.
 const TCP_ULP: i32 = 31;
-/// `SO_GET_FILTER`, not in `libc`: the length of an attached classic BPF filter.
-const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
 
 /// Each option's level and number.
 fn raw(opt: SockOpt) -> (i32, i32) {
@@ -287,7 +285,7 @@ fn proto_name(p: InetProto) -> &'static str {
 fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
     let nonzero =
         |level, opt| sockopt::get_bytes(fd, level, opt, 64).is_ok_and(|b| b.iter().any(|&c| c != 0));
-    if sockopt::get_int(fd, libc::SOL_SOCKET, SO_GET_FILTER).is_ok_and(|n| n > 0) {
+    if sockopt::filter_len(fd).is_ok_and(|n| n > 0) {
         return Some("a socket filter (SO_ATTACH_FILTER)".into());
     }
     if sockopt::get_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|b| !b.is_empty()) {
