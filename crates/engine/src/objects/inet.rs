@@ -58,9 +58,6 @@ use super::{Classified, FdSeen, create_flags, install};
 use crate::error::EngineError;
 use crate::inject::Remote;
 
-/// `TCP_ULP` (Linux 4.13), not in `libc`.
-const TCP_ULP: i32 = 31;
-
 /// Each option's level and number.
 fn raw(opt: SockOpt) -> (i32, i32) {
     use SockOpt as O;
@@ -283,15 +280,14 @@ fn proto_name(p: InetProto) -> &'static str {
 /// State of the socket that no option of the record reads back, when it is not at its
 /// default: what it is, for the refusal.
 fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
-    let nonzero =
-        |level, opt| sockopt::get_bytes(fd, level, opt, 64).is_ok_and(|b| b.iter().any(|&c| c != 0));
     if sockopt::filter_len(fd).is_ok_and(|n| n > 0) {
         return Some("a socket filter (SO_ATTACH_FILTER)".into());
     }
     if sockopt::get_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|b| !b.is_empty()) {
         return Some("IP options (IP_OPTIONS)".into());
     }
-    if nonzero(libc::IPPROTO_TCP, TCP_ULP) {
+    // The ULP's name, empty without one.
+    if sockopt::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_ULP, 16).is_ok_and(|b| b.iter().any(|&c| c != 0)) {
         return Some("an upper-layer protocol (TCP_ULP, e.g. kTLS)".into());
     }
     None
