@@ -401,6 +401,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
             FdKind::Inotify(i) => anon::check_inotify(f.fd, i)?,
             FdKind::PidFd(p) => anon::check_pidfd(f.fd, p)?,
             FdKind::Epoll(e) => e.check(f.fd, f.file_id)?,
+            FdKind::Inet(s) => s.check().map_err(|problem| Invalid::Fd { fd: f.fd, problem })?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

@@ -461,6 +461,7 @@ fn kernel_object(kind: &FdKind) -> String {
                 .collect();
             format!("epoll: {}", if regs.is_empty() { "nothing registered".into() } else { regs.join(", ") })
         }
+        FdKind::Inet(s) => s.to_string(),
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

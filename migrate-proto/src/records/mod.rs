@@ -13,6 +13,9 @@ mod epoll;
 pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
 pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
+mod inet;
+
+pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +237,8 @@ pub enum FdKind {
     PidFd(PidFd),
     /// An epoll instance and its registrations ([`Epoll`]).
     Epoll(Epoll),
+    /// A TCP or UDP socket ([`InetSocket`]).
+    Inet(InetSocket),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -428,3 +428,65 @@ fn epoll_registrations_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn inet_sockets_are_checked() {
+    use crate::records::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
+    let addr =
+        |ip: &str, port| InetAddr { ip: ip.parse().unwrap_or_else(|e| panic!("{e}")), port, scope_id: 0 };
+    let listener = InetSocket {
+        v6: true,
+        proto: InetProto::Tcp,
+        state: InetState::Listening { local: addr("::", 80), backlog: 511 },
+        owner: 0,
+        options: vec![IntOption { opt: SockOpt::Ipv6V6Only, value: 1 }],
+        linger: None,
+        rcv_timeout_us: None,
+        snd_timeout_us: None,
+        congestion: Some("cubic".into()),
+        bind_device: None,
+    };
+    let mut p = process(1);
+    p.fds.push(fd9(FdKind::Inet(listener.clone())));
+    assert!(validate_process(&p).is_ok(), "{:?}", validate_process(&p));
+    type Change<'a> = Box<dyn Fn(&mut InetSocket) + 'a>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "address 10.0.0.1:80 is not of the socket's family",
+            Box::new(|s| s.state = InetState::Bound { local: addr("10.0.0.1", 80) }),
+        ),
+        (
+            "a listener must be TCP",
+            Box::new(|s| {
+                s.proto = InetProto::Udp;
+                s.congestion = None
+            }),
+        ),
+        (
+            "only a UDP socket is carried connected",
+            Box::new(|s| s.state = InetState::Connected { local: addr("::1", 80), peer: addr("::1", 81) }),
+        ),
+        (
+            "bound to [::]:0, which binds nothing",
+            Box::new(|s| s.state = InetState::Bound { local: addr("::", 0) }),
+        ),
+        (
+            "listening on [::1]:0, without a port",
+            Box::new(|s| s.state = InetState::Listening { local: addr("::1", 0), backlog: 1 }),
+        ),
+        ("option IPV6_V6ONLY recorded twice", Box::new(|s| s.options.push(s.options[0]))),
+        (
+            "the congestion algorithm's name must be 1 to 15 bytes",
+            Box::new(|s| s.congestion = Some("x".repeat(16))),
+        ),
+        ("the interface name must be", Box::new(|s| s.bind_device = Some("../eth0".into()))),
+    ];
+    for (want, mutate) in cases {
+        let mut s = listener.clone();
+        mutate(&mut s);
+        let mut p = process(1);
+        p.fds.push(fd9(FdKind::Inet(s)));
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
+        assert!(err.contains("fd 9: ") && err.contains(want), "{err} (wanted {want:?})");
+    }
+}

@@ -14,7 +14,7 @@
 //! | [`pidfd`] | pidfd: its process, live or reaped (made after the whole tree) |
 //! | [`epoll`] | epoll: every registration (events, data, the file), re-added from inside the tasks |
 //! | [`unix`] | unix sockets (refused for now) |
-//! | [`inet`] | TCP and UDP sockets (refused for now) |
+//! | [`inet`] | TCP sockets listening, bound or unbound; UDP sockets; their options |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
 //! of open file descriptions between fds and processes — are [`crate::files`].
@@ -124,6 +124,7 @@ pub fn restore(
         FdKind::SignalFd(s) => signalfd::restore(remote, rec, s, cloexec),
         FdKind::Inotify(i) => inotify::restore(remote, rec, i, cloexec),
         FdKind::Epoll(_) => epoll::restore(remote, rec, cloexec),
+        FdKind::Inet(s) => inet::restore(remote, rec, s, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }
