@@ -238,3 +238,26 @@ fn a_closed_stdout_is_not_a_panic() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `--help` says what exists; commands a user will plausibly try point to what to use
+/// instead; clap never suggests an internal command.
+#[test]
+fn unknown_commands_point_to_what_exists() -> anyhow::Result<()> {
+    let help = std::process::Command::new(support::BIN).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    ensure!(help.contains("Live migration over the network is not there yet"), "{help}");
+    ensure!(!help.contains("live-migrate"), "{help}");
+    let cases =
+        [("send", "migrate checkpoint NAME --dir DIR"), ("migrate", "live migration is not there yet")];
+    for (word, tip) in cases {
+        let out = std::process::Command::new(support::BIN).args(["-v", word]).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(2), "migrate {word}: {:?}", out.status);
+        ensure!(err.starts_with(&format!("error: unrecognized subcommand '{word}'")), "{err}");
+        ensure!(err.contains("tip: ") && err.contains(tip) && err.contains("Usage:"), "{err}");
+    }
+    let out = std::process::Command::new(support::BIN).arg("frob").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(2) && !err.contains("__"), "{err}");
+    Ok(())
+}
