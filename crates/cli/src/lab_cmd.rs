@@ -171,21 +171,16 @@ fn print_up(r: &UpReport) {
     println!();
     println!("  LAN: bridge {} in netns {}, {}", lab.lan_bridge, lab.lan_netns, lab.subnet);
     println!("  state: {}", lab.dir.display());
-    // Only programs install-deps provides: a fresh machine has no ping or curl.
+    // Only programs install-deps provides (python3, curl); the same steps as the
+    // README's, which `run --wait-port` makes safe to paste: the first request is served.
     if let Some(host) = lab.hosts.first() {
         let ip = "10.77.1.10";
         println!(
-            "  try:   migrate run --host {} --name web --ip {ip} -- python3 -m http.server 80",
+            "  try:   migrate run --host {} --name web --ip {ip} --wait-port 80 -- python3 -m http.server 80",
             host.name
         );
-        println!("         migrate lab exec client -- python3 -c {}", hint_get(&format!("http://{ip}/")));
+        println!("         migrate lab exec client -- curl -sI http://{ip}/");
     }
-}
-
-/// A python3 one-liner that prints the HTTP status of a GET of `url`, single-quoted for
-/// a shell.
-fn hint_get(url: &str) -> String {
-    format!("'import urllib.request as u; print(u.urlopen(\"{url}\").status)'")
 }
 
 fn print_status(s: &LabStatus) {
@@ -316,11 +311,5 @@ mod tests {
             killed_summary(&[k(4, ProcessKind::Other, None), k(5, ProcessKind::Other, None)]),
             "2 other processes (bash, pid 4; bash, pid 5)"
         );
-    }
-
-    #[test]
-    fn the_hint_is_one_shell_word() {
-        let hint = hint_get("http://10.77.1.10/");
-        assert!(hint.starts_with('\'') && hint.ends_with('\'') && hint.matches('\'').count() == 2, "{hint}");
     }
 }
