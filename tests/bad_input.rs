@@ -111,6 +111,15 @@ fn lab_up_twice_changes_nothing() -> anyhow::Result<()> {
     ensure!(ours() == ns_before);
     let err = lab.fails(&["lab", "up", "--hosts", "2"])?;
     ensure!(err.contains("is up with 3 hosts, not 2"), "a lab of another shape is refused clearly: {err}");
+    // Both ends of a lab's life speak JSON too.
+    let up: serde_json::Value = serde_json::from_str(&lab.ok(&["lab", "up", "--json"])?)?;
+    ensure!(
+        up["lab"]["hosts"].as_array().is_some_and(|h| h.len() == 3) && up["created"] == serde_json::json!([]),
+        "{up}"
+    );
+    let down: serde_json::Value = serde_json::from_str(&lab.ok(&["lab", "down", "--json"])?)?;
+    ensure!(down["netns_removed"].as_array().is_some_and(|n| n.len() == 5), "{down}");
+    ensure!(ours().is_empty());
     Ok(())
 }
 

@@ -205,7 +205,8 @@ fn exited_containers_stay_listed_until_removed() -> anyhow::Result<()> {
     let out = lab.ok(&["stop", "deaf"])?;
     ensure!(out.contains("SIGKILL") && out.contains("no SIGTERM handler"), "{out}");
     // rm frees the name and the address.
-    lab.ok(&["rm", "quick"])?;
+    let removed: serde_json::Value = serde_json::from_str(&lab.ok(&["rm", "quick", "--json"])?)?;
+    ensure!(removed["name"] == "quick" && removed["exit"]["code"] == 7, "{removed}");
     ensure!(lab.container("quick").is_err());
     lab.ok(&run_args("host-a", "quick", &[], &quick))?;
     // rm refuses a running container unless forced.

@@ -32,6 +32,9 @@ pub enum State {
     Exited,
     /// Its process is gone but nobody recorded how it ended (its shim was killed).
     Unknown,
+    /// Dumped to an image and gone from its host (only in `checkpoint`'s answer: the
+    /// agent killed the frozen processes after the dump, which is not how they ended).
+    Checkpointed,
 }
 
 impl std::fmt::Display for State {
@@ -40,6 +43,7 @@ impl std::fmt::Display for State {
             State::Running => "running",
             State::Exited => "exited",
             State::Unknown => "unknown",
+            State::Checkpointed => "checkpointed",
         })
     }
 }

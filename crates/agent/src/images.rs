@@ -11,7 +11,7 @@ use migrate_proto::manifest::ContainerMeta;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest};
+use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest, State};
 use crate::container::{self, Launch};
 use crate::error::AgentError;
 use crate::record::Record;
@@ -120,7 +120,7 @@ impl Agent {
             let info = tokio::task::spawn_blocking(move || {
                 r.cgroup.kill(Duration::from_secs(10))?;
                 container::wait_shim_gone(&r, Duration::from_secs(10));
-                let info = r.info();
+                let info = ContainerInfo { state: State::Checkpointed, exit: None, ..r.info() };
                 container::remove(&this.config, &r)?;
                 Ok::<_, AgentError>(info)
             })

@@ -110,6 +110,9 @@ migrate run --name small --memory-max 256M --pids-max 64 -- sleep 600")]
         /// Kill it first if it is running.
         #[arg(short, long)]
         force: bool,
+        /// Print the removed container as JSON (the fields of `ps --json`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -121,6 +124,7 @@ impl ContainerCmd {
             ContainerCmd::Run { json: true, .. }
                 | ContainerCmd::Ps { json: true, .. }
                 | ContainerCmd::Stop { json: true, .. }
+                | ContainerCmd::Rm { json: true, .. }
         )
     }
 }
@@ -300,9 +304,13 @@ argument: put migrate's options before `--`"
             }
             Ok(0)
         }
-        ContainerCmd::Rm { name, force } => {
+        ContainerCmd::Rm { name, force, json } => {
             let (client, _) = find(lab, &name).await?;
             let info = client.remove(&name, force).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+                return Ok(0);
+            }
             println!("{} removed from {} (ip {} and name released)", info.name, info.host, info.ip);
             Ok(0)
         }
