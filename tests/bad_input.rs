@@ -86,6 +86,23 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
         let err = lab.fails(verb)?;
         ensure!(err.contains("no container named \"ghost\""), "{err}");
     }
+    // A name in use says how to get another; restore names its directory once, and a
+    // file given as the image gets the same plain words as checkpoint gives it.
+    let err = lab.fails(&["run", "--name", "web", "--", "sleep", "1"])?;
+    ensure!(err.contains("choose another with --name") && err.contains("`migrate rm web`"), "{err}");
+    let tmp = support::TempDir::new("bad-restore")?;
+    let file = tmp.join("file");
+    std::fs::write(&file, "not an image")?;
+    let missing = tmp.join("missing.img");
+    let cases = [
+        (missing.as_str(), format!("invalid image: {missing} does not exist")),
+        (file.as_str(), format!("invalid image: {file} is a file: give the image's directory")),
+    ];
+    for (dir, expected) in cases {
+        let err = lab.fails(&["restore", "--dir", dir])?;
+        ensure!(err.contains(&expected) && err.matches(dir).count() == 1, "{err}");
+        ensure!(!err.contains("os error"), "{err}");
+    }
     Ok(())
 }
 

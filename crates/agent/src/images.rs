@@ -139,13 +139,25 @@ impl Agent {
         tx: mpsc::Sender<Event>,
     ) -> Result<Event, AgentError> {
         check_dir(&req.dir)?;
+        if req.dir.exists() && !req.dir.is_dir() {
+            return Err(AgentError::Invalid {
+                field: "image",
+                reason: format!(
+                    "{} is a file: give the image's directory (the one `checkpoint --dir` wrote)",
+                    req.dir.display()
+                ),
+            });
+        }
         let dir = req.dir.clone();
         let img = tokio::task::spawn_blocking(move || migrate_engine::open_for_restore(&dir))
             .await
             .map_err(|e| AgentError::container("(image)", "read the image", e.to_string()))?
-            .map_err(|e| AgentError::Invalid {
-                field: "image",
-                reason: format!("{}: {}", req.dir.display(), migrate_sys::error_chain(&e)),
+            .map_err(|e| {
+                // Name the directory once: most of the engine's messages already do.
+                let chain = migrate_sys::error_chain(&e);
+                let dir = req.dir.display().to_string();
+                let reason = if chain.contains(&dir) { chain } else { format!("{dir}: {chain}") };
+                AgentError::Invalid { field: "image", reason }
             })?;
         migrate_engine::host::check_compatible(&img.manifest.kernel)
             .map_err(|e| AgentError::Invalid { field: "image", reason: migrate_sys::error_chain(&e) })?;
