@@ -57,12 +57,21 @@ pub fn describe_socket(pid: i32, ino: &str) -> String {
     "a socket".into()
 }
 
-/// `0100007F:0050` (little-endian IPv4, hex port) as `127.0.0.1:80`; IPv6 as given.
+/// `0100007F:0050` (IPv4, hex port) as `127.0.0.1:80`; IPv6 as `[::1]:80`. The kernel
+/// prints each 32-bit word of an address as a host-order (little-endian) number, so the
+/// bytes of each 8-digit group come reversed.
 fn hex_addr(a: &str) -> String {
     let Some((ip, port)) = a.split_once(':') else { return a.to_string() };
     let port = u16::from_str_radix(port, 16).unwrap_or(0);
-    match u32::from_str_radix(ip, 16) {
-        Ok(v) if ip.len() == 8 => format!("{}:{port}", std::net::Ipv4Addr::from(v.swap_bytes())),
+    let words: Option<Vec<[u8; 4]>> = (0..ip.len() / 8)
+        .map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()).map(u32::to_le_bytes))
+        .collect();
+    match (ip.len(), words) {
+        (8, Some(w)) => format!("{}:{port}", std::net::Ipv4Addr::from(w[0])),
+        (32, Some(w)) => {
+            let bytes: [u8; 16] = std::array::from_fn(|i| w[i / 4][i % 4]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(bytes))
+        }
         _ => format!("[{ip}]:{port}"),
     }
 }
@@ -75,5 +84,9 @@ mod tests {
     fn socket_addresses_read_as_people_write_them() {
         assert_eq!(hex_addr("0100007F:0050"), "127.0.0.1:80");
         assert_eq!(hex_addr("00000000:1F90"), "0.0.0.0:8080");
+        assert_eq!(hex_addr("00000000000000000000000000000000:18EB"), "[::]:6379");
+        assert_eq!(hex_addr("00000000000000000000000001000000:0050"), "[::1]:80");
+        assert_eq!(hex_addr("0000000000000000FFFF00000100007F:0016"), "[::ffff:127.0.0.1]:22");
+        assert_eq!(hex_addr("B80D0120000000000000000001000000:01BB"), "[2001:db8::1]:443");
     }
 }
