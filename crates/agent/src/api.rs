@@ -73,8 +73,12 @@ pub struct ContainerInfo {
     pub prefix: u8,
     pub mac: String,
     pub cmd: Vec<String>,
-    /// Unix time in milliseconds.
+    /// When `run` created the container, Unix time in milliseconds; a restored container
+    /// keeps the time of its first creation.
     pub created_ms: u64,
+    /// Where and when it was restored, if it was.
+    #[serde(default)]
+    pub restored: Option<Restored>,
     pub exit: Option<ExitInfo>,
     pub limits: Vec<AppliedLimit>,
     pub cgroup: Cgroup,
@@ -82,6 +86,19 @@ pub struct ContainerInfo {
     pub host_if: String,
     /// The container's stdout and stderr.
     pub log: PathBuf,
+}
+
+/// Where a restored container comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// When it was restored, Unix time in milliseconds.
+    pub restored_ms: u64,
+    /// The image directory it was restored from.
+    pub image: PathBuf,
+    /// The host it was checkpointed on (empty if the image does not say).
+    pub from_host: String,
+    /// When it was checkpointed, Unix time in milliseconds.
+    pub checkpointed_ms: u64,
 }
 
 /// `GET /v1/info`: the agent itself.

@@ -11,7 +11,7 @@ use migrate_proto::manifest::ContainerMeta;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest, State};
+use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest, Restored, State};
 use crate::container::{self, Launch};
 use crate::error::AgentError;
 use crate::record::Record;
@@ -93,6 +93,8 @@ impl Agent {
             cmd: rec.cmd.clone(),
             memory_max: rec.limits.iter().find(|l| l.limit == "memory_max").map(|l| l.value),
             pids_max: rec.limits.iter().find(|l| l.limit == "pids_max").map(|l| l.value),
+            created_ms: rec.first_created_ms.unwrap_or(rec.created_ms),
+            host: rec.host.clone(),
         };
         let r = rec.clone();
         let leave_running = req.leave_running;
@@ -181,6 +183,13 @@ impl Agent {
             hostname: m.hostname.clone(),
             timens_offsets: (mono as i64, boot as i64),
             log: migrate_engine::image::log_of(&img),
+            created_ms: m.created_ms,
+            restored: Restored {
+                restored_ms: crate::now_ms(),
+                image: req.dir.clone(),
+                from_host: m.host.clone(),
+                checkpointed_ms: img.manifest.created_ms,
+            },
         };
         let mut containers = self.containers.lock().await;
         let this = Arc::clone(self);

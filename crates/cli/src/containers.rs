@@ -422,21 +422,40 @@ fn exit_text(c: &ContainerInfo) -> String {
 /// The most characters of a command line `ps` shows (`--json` has it all).
 const COMMAND_WIDTH: usize = 60;
 
+/// The table of `ps`; a RESTORED column (when and from which host) only when a
+/// container was restored.
 fn print_ps(all: &[ContainerInfo]) {
-    let mut rows =
-        vec![["NAME", "HOST", "STATE", "PID", "IP", "CREATED", "COMMAND"].map(String::from).to_vec()];
+    let any_restored = all.iter().any(|c| c.restored.is_some());
+    let mut header = vec!["NAME", "HOST", "STATE", "PID", "IP", "CREATED"];
+    if any_restored {
+        header.push("RESTORED");
+    }
+    header.push("COMMAND");
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for c in all {
-        rows.push(vec![
+        let mut row = vec![
             c.name.clone(),
             c.host.clone(),
             format!("{}{}", c.state, exit_text(c)),
             if c.state == State::Running { c.pid.to_string() } else { "-".into() },
             c.ip.clone(),
             ago(c.created_ms),
-            output::command_cell(&c.cmd, COMMAND_WIDTH),
-        ]);
+        ];
+        if any_restored {
+            row.push(c.restored.as_ref().map_or_else(|| "-".into(), restored_text));
+        }
+        row.push(output::command_cell(&c.cmd, COMMAND_WIDTH));
+        rows.push(row);
     }
     table(&rows);
+}
+
+/// "5s ago from host-a".
+pub(crate) fn restored_text(r: &migrate_agent::api::Restored) -> String {
+    match r.from_host.as_str() {
+        "" => ago(r.restored_ms),
+        host => format!("{} from {host}", ago(r.restored_ms)),
+    }
 }
 
 #[cfg(test)]

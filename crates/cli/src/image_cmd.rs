@@ -184,6 +184,15 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
                 container.mac,
                 container.pid
             );
+            if let Some(r) = &container.restored {
+                let host =
+                    if r.from_host.is_empty() { String::new() } else { format!(" on {}", r.from_host) };
+                println!(
+                    "  checkpointed{host} {}, created {}",
+                    crate::output::ago(r.checkpointed_ms),
+                    crate::output::ago(container.created_ms)
+                );
+            }
             for w in &report.warnings {
                 println!("  warning: {w}");
             }
@@ -223,6 +232,12 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
     println!(
         "  container {} (hostname {}), ip {}/{}, mac {}",
         m.container.name, m.container.hostname, m.container.ip, m.container.prefix, m.container.mac
+    );
+    println!(
+        "  taken     {} on {}, of a container created {}",
+        crate::output::ago(m.created_ms),
+        if m.container.host.is_empty() { "an unnamed host" } else { &m.container.host },
+        crate::output::ago(m.container.created_ms)
     );
     println!("  command   {}", m.container.cmd.join(" "));
     println!(
