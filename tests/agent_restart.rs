@@ -131,6 +131,10 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
     for pid in pids.iter().chain(agents.iter().map(|p| i64::from(*p)).collect::<Vec<_>>().iter()) {
         ensure!(!alive(*pid), "process {pid} survived lab down");
     }
+    // Not even a zombie waiting to be reaped: `down` returns once they are gone.
+    for c in [&pids[0], &pids[2]] {
+        ensure!(!Path::new(&format!("/proc/{c}")).exists(), "container PID 1 {c} is still in /proc");
+    }
     for root in cgroup_mounts() {
         for host in ["host-a", "host-b"] {
             let dir = Path::new(&root).join("migrate").join(format!("{}-{host}", lab.name));
