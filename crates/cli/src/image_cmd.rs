@@ -239,7 +239,7 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         if m.container.host.is_empty() { "an unnamed host" } else { &m.container.host },
         crate::output::ago(m.container.created_ms)
     );
-    println!("  command   {}", m.container.cmd.join(" "));
+    println!("  command   {}", crate::output::command_cell(&m.container.cmd, usize::MAX));
     println!(
         "  kernel    {} {} ({}), vDSO {}",
         m.kernel.release, m.kernel.machine, m.kernel.version, m.kernel.vdso_digest
