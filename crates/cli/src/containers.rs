@@ -338,6 +338,17 @@ async fn watch_start(client: &Client, info: ContainerInfo) -> anyhow::Result<Con
         tokio::time::sleep(Duration::from_millis(50)).await;
         info = client.get(&info.name).await?;
     }
+    ended(client, info).await
+}
+
+/// For a container whose PID 1 is gone: waits (up to a second) for its shim to record
+/// how it ended, which it does right after reaping it.
+async fn ended(client: &Client, mut info: ContainerInfo) -> anyhow::Result<ContainerInfo> {
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while info.state == State::Unknown && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        info = client.get(&info.name).await?;
+    }
     Ok(info)
 }
 
@@ -354,6 +365,7 @@ async fn wait_listening(client: &Client, info: &ContainerInfo, port: u16) -> any
         }
         let now = client.get(&info.name).await?;
         if now.state != State::Running {
+            let now = ended(client, now).await?;
             bail!(
                 "{} ended before it listened on port {port}{}: see `migrate logs {}`",
                 info.name,
