@@ -273,6 +273,13 @@ fn unknown_commands_point_to_what_exists() -> anyhow::Result<()> {
     let help = String::from_utf8_lossy(&help.stdout);
     ensure!(help.contains("Live migration over the network is not there yet"), "{help}");
     ensure!(!help.contains("live-migrate"), "{help}");
+    // That containers see the host's files is said where a user starts one.
+    let run = std::process::Command::new(support::BIN).args(["run", "--help"]).output()?;
+    let run = String::from_utf8_lossy(&run.stdout);
+    ensure!(
+        run.contains("root filesystem") && run.contains("the host's files") && run.contains("--wait-port"),
+        "{run}"
+    );
     let cases =
         [("send", "migrate checkpoint NAME --dir DIR"), ("migrate", "live migration is not there yet")];
     for (word, tip) in cases {

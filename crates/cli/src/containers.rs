@@ -25,6 +25,8 @@ pub enum ContainerCmd {
     /// starts in, which is `/`: the host's files.
     ///
     /// migrate's options go before `--`; everything after the program's name is its own.
+    /// At a terminal (or when one of run's options follows the program's name), run
+    /// watches the program for a second and warns if it ends.
     #[command(after_help = "Examples:\n  \
 migrate run --host host-a --name web --wait-port 80 -- python3 -m http.server 80\n  \
 migrate run --name web2 --ip 10.77.1.20/16 -- python3 -m http.server 80\n  \
