@@ -131,6 +131,10 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
     for pid in pids.iter().chain(agents.iter().map(|p| i64::from(*p)).collect::<Vec<_>>().iter()) {
         ensure!(!alive(*pid), "process {pid} survived lab down");
     }
+    // Not even a zombie waiting to be reaped: `down` returns once they are gone.
+    for c in [&pids[0], &pids[2]] {
+        ensure!(!Path::new(&format!("/proc/{c}")).exists(), "container PID 1 {c} is still in /proc");
+    }
     for root in cgroup_mounts() {
         for host in ["host-a", "host-b"] {
             let dir = Path::new(&root).join("migrate").join(format!("{}-{host}", lab.name));
@@ -140,5 +144,39 @@ fn lab_down_leaves_nothing_even_after_an_agent_was_killed() -> anyhow::Result<()
     ensure!(!Path::new(&format!("/run/migrate/labs/{}", lab.name)).exists(), "lab state dir left");
     // A second down of a lab that is gone is fine.
     lab.ok(&["lab", "down"])?;
+    Ok(())
+}
+
+/// A restored container keeps the time `run` created it, and says when it was restored
+/// and from where — in `restore`'s answer, `ps`, and after its agent restarts; the image
+/// shows sizes in units that fit and open-file flags by name; `checkpoint --json` reports
+/// the container as checkpointed, not as killed.
+#[test]
+fn a_restored_container_keeps_its_creation_time() -> anyhow::Result<()> {
+    let lab = TestLab::up(2)?;
+    let tmp = support::TempDir::new("restored-time")?;
+    let (log, image) = (tmp.join("appended"), tmp.join("counter.img"));
+    let script = format!("exec 3>>{log}; i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done");
+    lab.ok(&["run", "--host", "host-a", "--name", "counter", "--", "sh", "-c", &script])?;
+    lab.wait_log("counter", "3")?;
+    let created = lab.container("counter")?["created_ms"].clone();
+    ensure!(created.as_u64().is_some(), "{created}");
+    let ck = lab.checkpoint("counter", &image, &[])?;
+    ensure!(ck["container"]["state"] == "checkpointed" && ck["container"]["exit"].is_null(), "{ck}");
+    let shown = lab.ok(&["inspect", &image])?;
+    ensure!(shown.contains("O_WRONLY|O_APPEND") && !shown.contains("flags 0o"), "{shown}");
+    ensure!(shown.contains(" KiB") && !shown.contains("0.0 MiB"), "{shown}");
+    ensure!(shown.contains("taken ") && shown.contains(" on host-a, of a container created "), "{shown}");
+    let rs = lab.restore(&image, "host-b")?;
+    let c = &rs["container"];
+    ensure!(c["created_ms"] == created, "restore keeps the creation time: {rs}");
+    ensure!(c["restored"]["from_host"] == "host-a" && c["restored"]["image"] == image.as_str(), "{rs}");
+    let ps = lab.ok(&["ps"])?;
+    ensure!(ps.contains("RESTORED") && ps.contains("ago from host-a"), "{ps}");
+    // The record of host-b's agent carries it across a restart.
+    sigkill_and_wait(agent_pid(&lab, 1)?)?;
+    lab.ok(&["lab", "up"])?;
+    let again = lab.container("counter")?;
+    ensure!(again["created_ms"] == created && again["restored"] == c["restored"], "{again}");
     Ok(())
 }

@@ -86,6 +86,23 @@ fn bad_run_requests_are_refused_and_create_nothing() -> anyhow::Result<()> {
         let err = lab.fails(verb)?;
         ensure!(err.contains("no container named \"ghost\""), "{err}");
     }
+    // A name in use says how to get another; restore names its directory once, and a
+    // file given as the image gets the same plain words as checkpoint gives it.
+    let err = lab.fails(&["run", "--name", "web", "--", "sleep", "1"])?;
+    ensure!(err.contains("choose another with --name") && err.contains("`migrate rm web`"), "{err}");
+    let tmp = support::TempDir::new("bad-restore")?;
+    let file = tmp.join("file");
+    std::fs::write(&file, "not an image")?;
+    let missing = tmp.join("missing.img");
+    let cases = [
+        (missing.as_str(), format!("invalid image: {missing} does not exist")),
+        (file.as_str(), format!("invalid image: {file} is a file: give the image's directory")),
+    ];
+    for (dir, expected) in cases {
+        let err = lab.fails(&["restore", "--dir", dir])?;
+        ensure!(err.contains(&expected) && err.matches(dir).count() == 1, "{err}");
+        ensure!(!err.contains("os error"), "{err}");
+    }
     Ok(())
 }
 
@@ -111,6 +128,15 @@ fn lab_up_twice_changes_nothing() -> anyhow::Result<()> {
     ensure!(ours() == ns_before);
     let err = lab.fails(&["lab", "up", "--hosts", "2"])?;
     ensure!(err.contains("is up with 3 hosts, not 2"), "a lab of another shape is refused clearly: {err}");
+    // Both ends of a lab's life speak JSON too.
+    let up: serde_json::Value = serde_json::from_str(&lab.ok(&["lab", "up", "--json"])?)?;
+    ensure!(
+        up["lab"]["hosts"].as_array().is_some_and(|h| h.len() == 3) && up["created"] == serde_json::json!([]),
+        "{up}"
+    );
+    let down: serde_json::Value = serde_json::from_str(&lab.ok(&["lab", "down", "--json"])?)?;
+    ensure!(down["netns_removed"].as_array().is_some_and(|n| n.len() == 5), "{down}");
+    ensure!(ours().is_empty());
     Ok(())
 }
 
@@ -236,5 +262,35 @@ fn a_closed_stdout_is_not_a_panic() -> anyhow::Result<()> {
         );
         ensure!(err.is_empty(), "migrate {} says nothing: {err}", args.join(" "));
     }
+    Ok(())
+}
+
+/// `--help` says what exists; commands a user will plausibly try point to what to use
+/// instead; clap never suggests an internal command.
+#[test]
+fn unknown_commands_point_to_what_exists() -> anyhow::Result<()> {
+    let help = std::process::Command::new(support::BIN).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    ensure!(help.contains("Live migration over the network is not there yet"), "{help}");
+    ensure!(!help.contains("live-migrate"), "{help}");
+    // That containers see the host's files is said where a user starts one.
+    let run = std::process::Command::new(support::BIN).args(["run", "--help"]).output()?;
+    let run = String::from_utf8_lossy(&run.stdout);
+    ensure!(
+        run.contains("root filesystem") && run.contains("the host's files") && run.contains("--wait-port"),
+        "{run}"
+    );
+    let cases =
+        [("send", "migrate checkpoint NAME --dir DIR"), ("migrate", "live migration is not there yet")];
+    for (word, tip) in cases {
+        let out = std::process::Command::new(support::BIN).args(["-v", word]).output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(2), "migrate {word}: {:?}", out.status);
+        ensure!(err.starts_with(&format!("error: unrecognized subcommand '{word}'")), "{err}");
+        ensure!(err.contains("tip: ") && err.contains(tip) && err.contains("Usage:"), "{err}");
+    }
+    let out = std::process::Command::new(support::BIN).arg("frob").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(2) && !err.contains("__"), "{err}");
     Ok(())
 }

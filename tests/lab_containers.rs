@@ -50,7 +50,8 @@ fn http_servers_on_two_hosts_answer_the_client_and_each_other() -> anyhow::Resul
     Ok(())
 }
 
-/// The next step `lab up` suggests works on a fresh machine (only python3 is needed).
+/// The next steps `lab up` suggests work on a fresh machine (python3 and curl, which
+/// install-deps brings), pasted at once: `run --wait-port` waits until the server listens.
 #[test]
 fn the_hint_of_lab_up_works() -> anyhow::Result<()> {
     let lab = TestLab::up(1)?;
@@ -70,12 +71,14 @@ fn the_hint_of_lab_up_works() -> anyhow::Result<()> {
     };
     let started = shell(hint[0])?;
     ensure!(started.status.success(), "{}: {}", hint[0], String::from_utf8_lossy(&started.stderr));
-    let mut last = String::new();
-    let answered = wait_until(Duration::from_secs(20), || {
-        last = shell(hint[1]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        last.trim() == "200"
-    });
-    ensure!(answered, "{}: {last}", hint[1]);
+    // `run --wait-port` returns once the server listens: the first request is answered.
+    let got = shell(hint[1])?;
+    let head = String::from_utf8_lossy(&got.stdout);
+    ensure!(got.status.success() && head.starts_with("HTTP/1.0 200 OK"), "{}: {head}", hint[1]);
+    // A program that ends before it listens fails the run, and says how it ended.
+    let err =
+        lab.fails(&["run", "--name", "gone", "--wait-port", "81", "--", "sh", "-c", "sleep 0.2; exit 4"])?;
+    ensure!(err.contains("gone ended before it listened on port 81 (exit code 4)"), "{err}");
     Ok(())
 }
 
@@ -179,6 +182,13 @@ fn exited_containers_stay_listed_until_removed() -> anyhow::Result<()> {
     let log = lab.logs("quick")?;
     ensure!(log.contains("bye") && log.contains("oops"), "{log}");
     ensure!(lab.ok(&["ps"])?.contains("exit code 7"));
+    // migrate's own option after the program's name goes to the program: a program that
+    // then ends within a second of `run` is reported, and the option named.
+    let out = lab.run(&["run", "--name", "typo", "--", "sh", "-c", "exit 2", "--json"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{err}");
+    ensure!(err.contains("typo exited within a second of its start (exit code 2)"), "{err}");
+    ensure!(err.contains("--json came after the program's name"), "{err}");
     // A PID 1 that handles SIGTERM gets it; one that does not is killed at once.
     let polite = vec![
         "sh".to_string(),
@@ -195,7 +205,8 @@ fn exited_containers_stay_listed_until_removed() -> anyhow::Result<()> {
     let out = lab.ok(&["stop", "deaf"])?;
     ensure!(out.contains("SIGKILL") && out.contains("no SIGTERM handler"), "{out}");
     // rm frees the name and the address.
-    lab.ok(&["rm", "quick"])?;
+    let removed: serde_json::Value = serde_json::from_str(&lab.ok(&["rm", "quick", "--json"])?)?;
+    ensure!(removed["name"] == "quick" && removed["exit"]["code"] == 7, "{removed}");
     ensure!(lab.container("quick").is_err());
     lab.ok(&run_args("host-a", "quick", &[], &quick))?;
     // rm refuses a running container unless forced.

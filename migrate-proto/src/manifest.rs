@@ -111,6 +111,11 @@ pub struct ContainerMeta {
     pub cmd: Vec<String>,
     pub memory_max: Option<u64>,
     pub pids_max: Option<u64>,
+    /// When the container was first created (by `run`), ms since the Unix epoch: a
+    /// restored container keeps it. Not after the manifest's `created_ms`.
+    pub created_ms: u64,
+    /// The host it was checkpointed on, e.g. `host-a` (a plain name), or empty.
+    pub host: String,
 }
 
 /// The size and digest of one file of the image.
@@ -276,6 +281,9 @@ fn check_manifest(m: &Manifest) -> Result<(), ManifestProblem> {
         return Err(field("last_pid", format!("{} is not a pid", m.last_pid)));
     }
     check_container(&m.container)?;
+    if m.container.created_ms > m.created_ms {
+        return Err(field("container.created_ms", "is after the checkpoint".into()));
+    }
     check_files(&m.files)?;
     let s = &m.stats;
     match s.pages_stored.checked_add(s.pages_zero) {
@@ -314,6 +322,10 @@ fn check_container(c: &ContainerMeta) -> Result<(), ManifestProblem> {
     }
     text("container.name", &c.name, 255)?;
     text("container.hostname", &c.hostname, 64)?;
+    if c.host.contains('/') {
+        return Err(field("container.host", format!("{:?} is not a plain name", truncated(&c.host))));
+    }
+    text("container.host", &c.host, 255)?;
     if !c.ip.is_empty() {
         let max_prefix = match c.ip.parse::<IpAddr>() {
             Ok(IpAddr::V4(_)) => 32,

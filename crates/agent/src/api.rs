@@ -32,6 +32,9 @@ pub enum State {
     Exited,
     /// Its process is gone but nobody recorded how it ended (its shim was killed).
     Unknown,
+    /// Dumped to an image and gone from its host (only in `checkpoint`'s answer: the
+    /// agent killed the frozen processes after the dump, which is not how they ended).
+    Checkpointed,
 }
 
 impl std::fmt::Display for State {
@@ -40,6 +43,7 @@ impl std::fmt::Display for State {
             State::Running => "running",
             State::Exited => "exited",
             State::Unknown => "unknown",
+            State::Checkpointed => "checkpointed",
         })
     }
 }
@@ -69,8 +73,12 @@ pub struct ContainerInfo {
     pub prefix: u8,
     pub mac: String,
     pub cmd: Vec<String>,
-    /// Unix time in milliseconds.
+    /// When `run` created the container, Unix time in milliseconds; a restored container
+    /// keeps the time of its first creation.
     pub created_ms: u64,
+    /// Where and when it was restored, if it was.
+    #[serde(default)]
+    pub restored: Option<Restored>,
     pub exit: Option<ExitInfo>,
     pub limits: Vec<AppliedLimit>,
     pub cgroup: Cgroup,
@@ -78,6 +86,19 @@ pub struct ContainerInfo {
     pub host_if: String,
     /// The container's stdout and stderr.
     pub log: PathBuf,
+}
+
+/// Where a restored container comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// When it was restored, Unix time in milliseconds.
+    pub restored_ms: u64,
+    /// The image directory it was restored from.
+    pub image: PathBuf,
+    /// The host it was checkpointed on (empty if the image does not say).
+    pub from_host: String,
+    /// When it was checkpointed, Unix time in milliseconds.
+    pub checkpointed_ms: u64,
 }
 
 /// `GET /v1/info`: the agent itself.

@@ -74,8 +74,14 @@ pub enum Launch {
     /// The spec's command, as `migrate run` starts it.
     Command,
     /// A stub that the checkpoint engine rebuilds into the image's process; the clocks,
-    /// hostname and the log so far are the image's.
-    Restore { hostname: String, timens_offsets: (i64, i64), log: Option<std::path::PathBuf> },
+    /// hostname, the log so far and the time of its first creation are the image's.
+    Restore {
+        hostname: String,
+        timens_offsets: (i64, i64),
+        log: Option<std::path::PathBuf>,
+        created_ms: u64,
+        restored: crate::api::Restored,
+    },
 }
 
 /// Starts a container from a validated spec.
@@ -147,6 +153,8 @@ fn create_steps(
         mac,
         cmd: spec.cmd.clone(),
         created_ms,
+        first_created_ms: None,
+        restored: None,
         pid: 0,
         pid_start: 0,
         shim_pid: 0,
@@ -155,6 +163,10 @@ fn create_steps(
         host_if: host_if_name(&spec.name),
         dir: dir.clone(),
     };
+    if let Launch::Restore { created_ms, restored, .. } = launch {
+        rec.first_created_ms = Some(*created_ms).filter(|ms| *ms > 0);
+        rec.restored = Some(restored.clone());
+    }
     // Saved before anything else exists outside the directory, so that an agent that
     // dies from here on finds a record with pid 0 at its next start and cleans up.
     rec.save()?;

@@ -11,7 +11,7 @@ use migrate_proto::manifest::ContainerMeta;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest};
+use crate::api::{CheckpointRequest, ContainerInfo, Event, RestoreRequest, Restored, State};
 use crate::container::{self, Launch};
 use crate::error::AgentError;
 use crate::record::Record;
@@ -93,6 +93,8 @@ impl Agent {
             cmd: rec.cmd.clone(),
             memory_max: rec.limits.iter().find(|l| l.limit == "memory_max").map(|l| l.value),
             pids_max: rec.limits.iter().find(|l| l.limit == "pids_max").map(|l| l.value),
+            created_ms: rec.first_created_ms.unwrap_or(rec.created_ms),
+            host: rec.host.clone(),
         };
         let r = rec.clone();
         let leave_running = req.leave_running;
@@ -120,7 +122,7 @@ impl Agent {
             let info = tokio::task::spawn_blocking(move || {
                 r.cgroup.kill(Duration::from_secs(10))?;
                 container::wait_shim_gone(&r, Duration::from_secs(10));
-                let info = r.info();
+                let info = ContainerInfo { state: State::Checkpointed, exit: None, ..r.info() };
                 container::remove(&this.config, &r)?;
                 Ok::<_, AgentError>(info)
             })
@@ -139,13 +141,25 @@ impl Agent {
         tx: mpsc::Sender<Event>,
     ) -> Result<Event, AgentError> {
         check_dir(&req.dir)?;
+        if req.dir.exists() && !req.dir.is_dir() {
+            return Err(AgentError::Invalid {
+                field: "image",
+                reason: format!(
+                    "{} is a file: give the image's directory (the one `checkpoint --dir` wrote)",
+                    req.dir.display()
+                ),
+            });
+        }
         let dir = req.dir.clone();
         let img = tokio::task::spawn_blocking(move || migrate_engine::open_for_restore(&dir))
             .await
             .map_err(|e| AgentError::container("(image)", "read the image", e.to_string()))?
-            .map_err(|e| AgentError::Invalid {
-                field: "image",
-                reason: format!("{}: {}", req.dir.display(), migrate_sys::error_chain(&e)),
+            .map_err(|e| {
+                // Name the directory once: most of the engine's messages already do.
+                let chain = migrate_sys::error_chain(&e);
+                let dir = req.dir.display().to_string();
+                let reason = if chain.contains(&dir) { chain } else { format!("{dir}: {chain}") };
+                AgentError::Invalid { field: "image", reason }
             })?;
         migrate_engine::host::check_compatible(&img.manifest.kernel)
             .map_err(|e| AgentError::Invalid { field: "image", reason: migrate_sys::error_chain(&e) })?;
@@ -169,6 +183,13 @@ impl Agent {
             hostname: m.hostname.clone(),
             timens_offsets: (mono as i64, boot as i64),
             log: migrate_engine::image::log_of(&img),
+            created_ms: m.created_ms,
+            restored: Restored {
+                restored_ms: crate::now_ms(),
+                image: req.dir.clone(),
+                from_host: m.host.clone(),
+                checkpointed_ms: img.manifest.created_ms,
+            },
         };
         let mut containers = self.containers.lock().await;
         let this = Arc::clone(self);

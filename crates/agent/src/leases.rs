@@ -65,7 +65,19 @@ impl Leases {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 let holder = holder.lines().next().filter(|l| !l.is_empty()).unwrap_or("another container");
-                Err(AgentError::Conflict(format!("{} {value} is already in use (by {holder})", kind.noun())))
+                // A name is the one lease a user picks for both run and restore.
+                let what_to_do = match kind {
+                    Kind::Name => {
+                        format!(
+                            ": choose another with --name, or remove that one first (`migrate rm {value}`)"
+                        )
+                    }
+                    _ => String::new(),
+                };
+                Err(AgentError::Conflict(format!(
+                    "{} {value} is already in use (by {holder}){what_to_do}",
+                    kind.noun()
+                )))
             }
             Err(e) => Err(AgentError::Io { op: "create", path, source: e }),
         }
@@ -114,6 +126,7 @@ mod tests {
         leases.take(Kind::Name, "web", &a)?;
         let err = leases.take(Kind::Name, "web", &b).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("container name web is already in use (by container web on host-a)"), "{err}");
+        assert!(err.contains("--name") && err.contains("`migrate rm web`"), "{err}");
         leases.take(Kind::Ip, "10.77.1.10", &a)?;
         leases.release(Kind::Name, "web", &a)?;
         leases.release(Kind::Name, "web", &a)?;

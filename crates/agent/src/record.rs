@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use migrate_cgroup::{AppliedLimit, Cgroup};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ContainerInfo, ExitInfo, State};
+use crate::api::{ContainerInfo, ExitInfo, Restored, State};
 use crate::error::{AgentError, io_err};
 use crate::shim;
 use migrate_net::format_mac;
@@ -23,7 +23,15 @@ pub struct Record {
     pub prefix: u8,
     pub mac: [u8; 6],
     pub cmd: Vec<String>,
+    /// When this agent made the record: its leases are held in this name.
     pub created_ms: u64,
+    /// When `run` first created the container, if that was before the record (a restore
+    /// brings it from the image).
+    #[serde(default)]
+    pub first_created_ms: Option<u64>,
+    /// Where and when it was restored, if it was.
+    #[serde(default)]
+    pub restored: Option<Restored>,
     /// PID 1 of the container in the host's pid namespace; 0 while it is being created.
     pub pid: i32,
     /// Its start time (field 22 of `/proc/PID/stat`), to tell it from a reused pid.
@@ -95,7 +103,8 @@ impl Record {
             prefix: self.prefix,
             mac: format_mac(&self.mac),
             cmd: self.cmd.clone(),
-            created_ms: self.created_ms,
+            created_ms: self.first_created_ms.unwrap_or(self.created_ms),
+            restored: self.restored.clone(),
             exit,
             limits: self.limits.clone(),
             cgroup: self.cgroup.clone(),

@@ -14,6 +14,7 @@ use migrate_lab::Lab;
 use migrate_proto::records::{FdKind, VmaBacking};
 
 use crate::containers::find;
+use crate::output::size;
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
@@ -114,10 +115,6 @@ fn progress_bar() -> impl FnMut(&Event) {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
 pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
         ImageCmd::Checkpoint { name, dir, leave_running, json } => {
@@ -146,10 +143,10 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
                 s.processes,
                 s.threads,
                 s.vmas,
-                mib(s.bytes_raw),
+                size(s.bytes_raw),
                 s.pages_stored,
                 s.pages_zero,
-                mib(report.image_bytes)
+                size(report.image_bytes)
             );
             if leave_running {
                 println!("  {} keeps running on {}", container.name, container.host);
@@ -187,6 +184,15 @@ pub async fn run(cmd: ImageCmd, lab: &Lab) -> anyhow::Result<i32> {
                 container.mac,
                 container.pid
             );
+            if let Some(r) = &container.restored {
+                let host =
+                    if r.from_host.is_empty() { String::new() } else { format!(" on {}", r.from_host) };
+                println!(
+                    "  checkpointed{host} {}, created {}",
+                    crate::output::ago(r.checkpointed_ms),
+                    crate::output::ago(container.created_ms)
+                );
+            }
             for w in &report.warnings {
                 println!("  warning: {w}");
             }
@@ -227,7 +233,13 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         "  container {} (hostname {}), ip {}/{}, mac {}",
         m.container.name, m.container.hostname, m.container.ip, m.container.prefix, m.container.mac
     );
-    println!("  command   {}", m.container.cmd.join(" "));
+    println!(
+        "  taken     {} on {}, of a container created {}",
+        crate::output::ago(m.created_ms),
+        if m.container.host.is_empty() { "an unnamed host" } else { &m.container.host },
+        crate::output::ago(m.container.created_ms)
+    );
+    println!("  command   {}", crate::output::command_cell(&m.container.cmd, usize::MAX));
     println!(
         "  kernel    {} {} ({}), vDSO {}",
         m.kernel.release, m.kernel.machine, m.kernel.version, m.kernel.vdso_digest
@@ -300,8 +312,8 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing} {}",
                 v.start,
                 v.end,
-                mib(v.end - v.start),
-                mib(*b),
+                size(v.end - v.start),
+                size(*b),
                 // [heap], [stack], [anon:…]; the vDSO's names are its backing already.
                 if v.name.starts_with('[') && !backing.starts_with('[') { v.name.as_str() } else { "" }
             );
@@ -338,17 +350,17 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 .collect();
             let locks =
                 if locks.is_empty() { String::new() } else { format!("; locks: {}", locks.join(", ")) };
-            println!("    fd {:<4} flags {:#o}  {what}{locks}", f.fd, f.flags);
+            println!("    fd {:<4} {:<30} {what}{locks}", f.fd, crate::output::open_flags(f.flags));
         }
     }
     let s = &m.stats;
     println!(
         "\nsizes: {} pages stored ({}), {} zero pages skipped, of {} mapped; pages.img {}",
         s.pages_stored,
-        mib(s.bytes_raw),
+        size(s.bytes_raw),
         s.pages_zero,
         s.pages_total,
-        mib(s.bytes_stored)
+        size(s.bytes_stored)
     );
     Ok(0)
 }
@@ -361,7 +373,7 @@ fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> 
         return format!("object {id} (no record)");
     };
     match &o.kind {
-        ObjectKind::AnonShared => format!("shared anonymous memory #{id} ({})", mib(o.size)),
+        ObjectKind::AnonShared => format!("shared anonymous memory #{id} ({})", size(o.size)),
         ObjectKind::Memfd { name, seals } => format!("memfd:{name} ({} bytes, seals {seals:#x})", o.size),
         ObjectKind::Deleted { path, .. } => format!("deleted {path} ({} bytes)", o.size),
     }

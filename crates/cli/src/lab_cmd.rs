@@ -34,6 +34,9 @@ pub enum LabCmd {
         /// has; 2 for a new lab].
         #[arg(long, value_parser = output::parse_hosts, allow_negative_numbers = true)]
         hosts: Option<usize>,
+        /// Print what was done and the lab (hosts, addresses, agents) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the lab's namespaces and agents (exit status 1 unless all is healthy).
     ///
@@ -52,8 +55,12 @@ pub enum LabCmd {
     /// Kills every process living in the lab's namespaces and every container under the
     /// hosts' cgroups, removes the namespaces (and with them every link) and the lab's
     /// directory. Works on a half-broken lab too.
-    #[command(after_help = "Example:\n  migrate lab down")]
-    Down,
+    #[command(after_help = "Examples:\n  migrate lab down\n  migrate lab down --json")]
+    Down {
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside a host's (or the client's) network namespace.
     ///
     /// Only the network changes: files are the machine's. The exit status is the
@@ -74,7 +81,10 @@ pub enum LabCmd {
 impl LabCmd {
     /// Whether the command was asked for machine-readable output.
     pub fn json(&self) -> bool {
-        matches!(self, LabCmd::Status { json: true, .. })
+        matches!(
+            self,
+            LabCmd::Up { json: true, .. } | LabCmd::Status { json: true, .. } | LabCmd::Down { json: true }
+        )
     }
 }
 
@@ -83,7 +93,7 @@ impl LabCmd {
         match self {
             LabCmd::Up { .. } => "up",
             LabCmd::Status { .. } => "status",
-            LabCmd::Down => "down",
+            LabCmd::Down { .. } => "down",
             LabCmd::Exec { .. } => "exec",
         }
     }
@@ -95,7 +105,7 @@ impl LabCmd {
             LabCmd::Status { .. } => {
                 "it looks into the lab's network namespaces and talks to the agents over their root-only sockets"
             }
-            LabCmd::Down => "it kills the lab's processes and removes its namespaces and cgroups",
+            LabCmd::Down { .. } => "it kills the lab's processes and removes its namespaces and cgroups",
             LabCmd::Exec { .. } => "it enters a network namespace of the lab",
         }
     }
@@ -105,10 +115,14 @@ impl LabCmd {
 pub async fn run(cmd: LabCmd, name: &LabName) -> anyhow::Result<i32> {
     let name = name.clone();
     match cmd {
-        LabCmd::Up { hosts } => {
+        LabCmd::Up { hosts, json } => {
             let bin = std::env::current_exe().context("find the migrate binary to run the agents")?;
             let report = migrate_lab::up(&name, hosts, &bin).await?;
-            print_up(&report);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_up(&report);
+            }
             Ok(0)
         }
         LabCmd::Status { json } => {
@@ -120,9 +134,13 @@ pub async fn run(cmd: LabCmd, name: &LabName) -> anyhow::Result<i32> {
             }
             Ok(if status.healthy { 0 } else { 1 })
         }
-        LabCmd::Down => {
+        LabCmd::Down { json } => {
             let report = migrate_lab::down(&name).await?;
-            print_down(&report);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_down(&report);
+            }
             Ok(0)
         }
         LabCmd::Exec { host, cmd } => {
@@ -171,21 +189,16 @@ fn print_up(r: &UpReport) {
     println!();
     println!("  LAN: bridge {} in netns {}, {}", lab.lan_bridge, lab.lan_netns, lab.subnet);
     println!("  state: {}", lab.dir.display());
-    // Only programs install-deps provides: a fresh machine has no ping or curl.
+    // Only programs install-deps provides (python3, curl); the same steps as the
+    // README's, which `run --wait-port` makes safe to paste: the first request is served.
     if let Some(host) = lab.hosts.first() {
         let ip = "10.77.1.10";
         println!(
-            "  try:   migrate run --host {} --name web --ip {ip} -- python3 -m http.server 80",
+            "  try:   migrate run --host {} --name web --ip {ip} --wait-port 80 -- python3 -m http.server 80",
             host.name
         );
-        println!("         migrate lab exec client -- python3 -c {}", hint_get(&format!("http://{ip}/")));
+        println!("         migrate lab exec client -- curl -sI http://{ip}/");
     }
-}
-
-/// A python3 one-liner that prints the HTTP status of a GET of `url`, single-quoted for
-/// a shell.
-fn hint_get(url: &str) -> String {
-    format!("'import urllib.request as u; print(u.urlopen(\"{url}\").status)'")
 }
 
 fn print_status(s: &LabStatus) {
@@ -316,11 +329,5 @@ mod tests {
             killed_summary(&[k(4, ProcessKind::Other, None), k(5, ProcessKind::Other, None)]),
             "2 other processes (bash, pid 4; bash, pid 5)"
         );
-    }
-
-    #[test]
-    fn the_hint_is_one_shell_word() {
-        let hint = hint_get("http://10.77.1.10/");
-        assert!(hint.starts_with('\'') && hint.ends_with('\'') && hint.matches('\'').count() == 2, "{hint}");
     }
 }

@@ -16,12 +16,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "migrate",
     version,
-    about = "Checkpoint, restore and live-migrate Linux containers",
-    long_about = "migrate checkpoints and live-migrates Linux containers between hosts, with its own \
-engine (no CRIU). It ships with a lab: simulated hosts on this machine, each with its own agent, \
-so that everything can be tried without a cluster.",
-    after_help = "Examples:\n  migrate lab up\n  migrate run --host host-a --name web -- python3 -m http.server 80\n  \
-migrate ps\n  migrate exec web -- ps ax\n  migrate doctor",
+    about = "Checkpoint Linux containers to disk and restore them, on the same or another host",
+    long_about = "migrate checkpoints Linux containers to an image directory and restores them, on the \
+same host or another one, with its own engine (no CRIU). Live migration over the network is not \
+there yet: move a container with `checkpoint` on one host and `restore --host` on another. It ships \
+with a lab: simulated hosts on this machine, each with its own agent, so that everything can be \
+tried without a cluster.",
+    after_help = "Examples:\n  migrate lab up\n  \
+migrate run --host host-a --name web --wait-port 80 -- python3 -m http.server 80\n  \
+migrate ps\n  migrate exec web -- ps ax\n  \
+migrate checkpoint web --dir /var/tmp/web.img && migrate restore --dir /var/tmp/web.img --host host-b\n  \
+migrate doctor",
     propagate_version = true
 )]
 struct Cli {
@@ -103,7 +108,25 @@ struct AgentArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // Usage errors keep clap's text and exit status; a command that a user may
+        // plausibly try gets a tip below the first line, as clap places its own.
+        // clap may suggest a hidden internal command (`__probe` for `frob`): never that.
+        let text = err.render().to_string();
+        let internal = |l: &&str| l.contains("subcommand exists: '__");
+        let hint = unknown_command_hint(&err);
+        if hint.is_none() && !text.lines().any(|l| internal(&l)) {
+            err.exit()
+        }
+        let text =
+            text.lines().filter(|l| !internal(l)).collect::<Vec<_>>().join("\n").replace("\n\n\n", "\n\n");
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        match hint {
+            Some(hint) => eprintln!("{first}\n\n  tip: {hint}\n{rest}"),
+            None => eprintln!("{first}\n{rest}"),
+        }
+        std::process::exit(err.exit_code());
+    });
     if matches!(cli.cmd, Cmd::Lab(_) | Cmd::Containers(_) | Cmd::Images(_) | Cmd::Doctor { .. }) {
         // Die quietly of SIGPIPE when stdout is a closed pipe (`migrate ps | head -1`),
         // like Unix tools, instead of panicking in `println!`. The agent, the shim and the
@@ -129,6 +152,28 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// What to use instead of a command that does not exist but that a user may well try.
+fn unknown_command_hint(err: &clap::Error) -> Option<&'static str> {
+    use clap::error::{ContextKind, ContextValue};
+    if err.kind() != clap::error::ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(word)) = err.get(ContextKind::InvalidSubcommand) else { return None };
+    Some(match word.as_str() {
+        "send" | "migrate" | "move" | "live-migrate" | "migration" | "receive" => {
+            "live migration is not there yet; move a container in two steps: \
+`migrate checkpoint NAME --dir DIR`, then `migrate restore --dir DIR --host HOST`"
+        }
+        "dump" | "save" | "snapshot" => "a container is dumped with `migrate checkpoint NAME --dir DIR`",
+        "load" | "resume" => "an image comes back with `migrate restore --dir DIR [--host HOST]`",
+        "start" | "create" => "a container is started with `migrate run [--name NAME] -- CMD`",
+        "list" | "ls" => "containers are listed with `migrate ps`",
+        "kill" => "a container is stopped with `migrate stop NAME` (`--time 0`: SIGKILL at once)",
+        "log" => "a container's output is shown with `migrate logs [-f] NAME`",
+        _ => return None,
+    })
 }
 
 fn init_tracing(verbose: u8) {

@@ -1,5 +1,6 @@
-//! Human output helpers: errors with their causes and exit statuses, tables, ages, and
-//! the parsers of numeric options (so that a bad value names the option and the form).
+//! Human output helpers: errors with their causes and exit statuses, tables, ages, sizes,
+//! open-file flags, and the parsers of numeric options (so that a bad value names the
+//! option and the form).
 
 use std::fmt::Write as _;
 
@@ -61,6 +62,71 @@ pub fn ago(ms: u64) -> String {
         3600..86400 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
     }
+}
+
+/// A size in the binary unit that fits: `512 B`, `4 KiB`, `30.2 KiB`, `1.5 MiB`, `2 GiB`
+/// (one decimal unless the size is a whole number of that unit).
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >= 1 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let whole = 1u64 << (10 * unit);
+    if bytes.is_multiple_of(whole) {
+        format!("{} {}", bytes / whole, UNITS[unit])
+    } else {
+        format!("{:.1} {}", bytes as f64 / whole as f64, UNITS[unit])
+    }
+}
+
+/// Open-file flags as `fdinfo` gives them, by name: `O_RDWR|O_APPEND|O_CLOEXEC`, with
+/// bits without a name left as one octal rest (`O_RDONLY|0o40000000`).
+pub fn open_flags(flags: u32) -> String {
+    use nix::libc;
+    // The kernel's own values on x86-64. O_LARGEFILE is written out: glibc defines it as
+    // 0 on 64-bit, but the kernel sets 0o100000 on every file a 64-bit task opens.
+    const O_LARGEFILE: u32 = 0o100_000;
+    let named: [(u32, &str); 15] = [
+        // O_SYNC includes O_DSYNC's bit: it goes first and takes both.
+        (libc::O_SYNC as u32, "O_SYNC"),
+        (libc::O_DSYNC as u32, "O_DSYNC"),
+        (libc::O_APPEND as u32, "O_APPEND"),
+        (libc::O_NONBLOCK as u32, "O_NONBLOCK"),
+        (libc::O_CREAT as u32, "O_CREAT"),
+        (libc::O_EXCL as u32, "O_EXCL"),
+        (libc::O_NOCTTY as u32, "O_NOCTTY"),
+        (libc::O_TRUNC as u32, "O_TRUNC"),
+        (libc::O_ASYNC as u32, "O_ASYNC"),
+        (libc::O_DIRECT as u32, "O_DIRECT"),
+        (O_LARGEFILE, "O_LARGEFILE"),
+        (libc::O_DIRECTORY as u32, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW as u32, "O_NOFOLLOW"),
+        (libc::O_NOATIME as u32, "O_NOATIME"),
+        (libc::O_CLOEXEC as u32, "O_CLOEXEC"),
+    ];
+    let mut names = vec![match flags & libc::O_ACCMODE as u32 {
+        0 => "O_RDONLY".to_string(),
+        1 => "O_WRONLY".to_string(),
+        2 => "O_RDWR".to_string(),
+        _ => "O_ACCMODE".to_string(),
+    }];
+    let mut rest = flags & !(libc::O_ACCMODE as u32);
+    let path = libc::O_PATH as u32;
+    if rest & path == path {
+        names.push("O_PATH".into());
+        rest &= !path;
+    }
+    for (bit, name) in named {
+        if rest & bit == bit {
+            names.push(name.into());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        names.push(format!("{rest:#o}"));
+    }
+    names.join("|")
 }
 
 /// A command line for one table cell: each argument quoted as a shell would need it
@@ -199,6 +265,27 @@ mod tests {
         for bad in ["10.77.1.53/", "10.77.1/16", "banana", "10.77.1.53/x"] {
             assert!(parse_ip(bad).is_err_and(|e| e.contains("e.g. 10.77.1.10")), "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_take_the_unit_that_fits() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(4096), "4 KiB");
+        assert_eq!(size(30_934), "30.2 KiB");
+        assert_eq!(size(1536 << 10), "1.5 MiB");
+        assert_eq!(size(2 << 30), "2 GiB");
+        assert_eq!(size(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn open_flags_by_name() {
+        assert_eq!(open_flags(0o2002), "O_RDWR|O_APPEND");
+        assert_eq!(open_flags(0o2_100_000), "O_RDONLY|O_LARGEFILE|O_CLOEXEC");
+        assert_eq!(open_flags(0o4_010_001), "O_WRONLY|O_SYNC");
+        assert_eq!(open_flags(0o10_000), "O_RDONLY|O_DSYNC");
+        assert_eq!(open_flags(0o12_000_000), "O_RDONLY|O_PATH|O_CLOEXEC");
+        assert_eq!(open_flags(0o40_004_000), "O_RDONLY|O_NONBLOCK|0o40000000");
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub enum LabError {
     AgentNotReady { host: String, pid: i32, socket: PathBuf, waited: Duration, log: PathBuf, tail: String },
     #[error("processes {pids:?} in the lab's namespaces survived SIGKILL for {waited:?}")]
     Survivors { pids: Vec<i32>, waited: Duration },
+    #[error("container processes {pids:?} had not ended {waited:?} after their cgroups were removed")]
+    ContainersLinger { pids: Vec<i32>, waited: Duration },
     #[error("no command given to run in {target}")]
     EmptyCommand { target: String },
     #[error("{program}: command not found in $PATH")]

@@ -154,6 +154,71 @@ pub(crate) fn kill_and_wait(pids: &[i32], timeout: Duration) -> Result<Vec<Kille
     }
 }
 
+/// A process as it was seen: its pid and start time (field 22 of `/proc/PID/stat`), so
+/// that a reused pid is not taken for it.
+pub(crate) type Seen = (i32, u64);
+
+/// The processes of the cgroup `dir` and of every cgroup below it.
+pub(crate) fn in_cgroup_tree(dir: &Path) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|pid| Some((pid, stat_of(pid)?.start)))
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            seen.extend(in_cgroup_tree(&entry.path()));
+        }
+    }
+    seen
+}
+
+/// Waits until every process of `seen` is gone from `/proc`, zombies included: a
+/// cgroup is empty once its processes have exited, which is before they are reaped.
+/// A zombie child of the caller counts as gone: it is the caller's to reap.
+pub(crate) fn wait_gone(seen: &[Seen], timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    let me = std::process::id() as i32;
+    loop {
+        let left: Vec<i32> = seen
+            .iter()
+            .filter(|&&(pid, start)| {
+                stat_of(pid).is_some_and(|s| s.start == start && !(s.state == 'Z' && s.ppid == me))
+            })
+            .map(|&(pid, _)| pid)
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::ContainersLinger { pids: left, waited: timeout });
+        }
+        // Their reaper is not us (the host's init, or what the shim was reparented to):
+        // nothing to wait on but /proc.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What `wait_gone` reads of `/proc/PID/stat`: fields 3 (state), 4 (ppid), 22 (starttime).
+struct Stat {
+    state: char,
+    ppid: i32,
+    start: u64,
+}
+
+/// `/proc/PID/stat`, if the process exists (zombie or not).
+fn stat_of(pid: i32) -> Option<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces and ')', start at field 3.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(4 - 3)?.parse().ok()?,
+        start: fields.get(22 - 3)?.parse().ok()?,
+    })
+}
+
 /// The exclusive lock serializing `up` and `down` of one lab; released on drop.
 #[derive(Debug)]
 pub(crate) struct LabLock {

@@ -7,7 +7,9 @@
 //! 1. kill every process living in one of the lab's namespaces (agents, shims, shells
 //!    from `lab exec`), and the saved agents wherever they are;
 //! 2. destroy the containers' cgroups `migrate/<host netns>` in every hierarchy, which
-//!    kills the containers (they have namespaces of their own, so step 1 misses them);
+//!    kills the containers (they have namespaces of their own, so step 1 misses them),
+//!    wait until their processes are reaped, and remove the hierarchies' shared
+//!    `migrate` parent if no other lab uses it;
 //! 3. unregister the namespaces (their veths die with them);
 //! 4. remove the lab directory and, for `down`, the lock file.
 //!
@@ -87,16 +89,25 @@ pub(crate) fn teardown(name: &LabName, lock: Option<&LabLock>) -> Result<DownRep
     match migrate_cgroup::Mounts::discover() {
         Ok(mounts) => {
             let roots = cgroup_roots(&mounts);
+            let mut members = Vec::new();
             for i in 0..MAX_HOSTS {
                 let rel = name.cgroup_parent(&host_name(i));
                 if !roots.iter().any(|root| root.join(&rel).is_dir()) {
                     continue;
                 }
+                members.extend(roots.iter().flat_map(|root| procs::in_cgroup_tree(&root.join(&rel))));
                 match migrate_cgroup::destroy_tree(&mounts, Path::new(&rel)) {
                     Ok(()) => report.cgroups_removed.push(rel),
                     Err(source) => errors.push(LabError::Cgroup { rel, source }),
                 }
             }
+            // Nothing of the lab may show in `ps` once `down` returns.
+            members.sort_unstable();
+            members.dedup();
+            if let Err(e) = procs::wait_gone(&members, KILL_TIMEOUT) {
+                errors.push(e);
+            }
+            remove_shared_parent(name, &roots, &mut report);
         }
         Err(e) => errors.push(LabError::CgroupMounts(e)),
     }
@@ -129,6 +140,27 @@ pub(crate) fn teardown(name: &LabName, lock: Option<&LabLock>) -> Result<DownRep
     if errors.is_empty() { Ok(report) } else { Err(LabError::Incomplete { lab: name.to_string(), errors }) }
 }
 
+/// Removes the `migrate` cgroup that every lab's hosts share, in each hierarchy where no
+/// lab has a host left under it. rmdir refuses a cgroup with children (EBUSY), so a lab
+/// that still runs keeps it; only a lab whose first container is being made at this
+/// very moment could find it gone between two of its mkdirs.
+fn remove_shared_parent(name: &LabName, roots: &[PathBuf], report: &mut DownReport) {
+    let rel = name.cgroup_parent(&host_name(0));
+    let Some(parent) = Path::new(&rel).parent().filter(|p| !p.as_os_str().is_empty()) else { return };
+    let mut removed = false;
+    for root in roots {
+        let dir = root.join(parent);
+        let has_children = std::fs::read_dir(&dir)
+            .map(|entries| entries.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())));
+        if has_children.is_ok_and(|busy| !busy) && std::fs::remove_dir(&dir).is_ok() {
+            removed = true;
+        }
+    }
+    if removed {
+        report.cgroups_removed.push(parent.to_string_lossy().into_owned());
+    }
+}
+
 /// The saved agent's pid if that process is still the agent, in whatever namespace.
 fn agent_anywhere(host: &crate::model::HostInfo) -> Option<i32> {
     let pid = host.agent_pid?;
@@ -142,4 +174,26 @@ pub(crate) fn cgroup_roots(mounts: &migrate_cgroup::Mounts) -> Vec<PathBuf> {
     roots.sort();
     roots.dedup();
     roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared parent goes in a hierarchy where no lab has a host left, and stays
+    /// where another lab's host is.
+    #[test]
+    fn the_shared_parent_goes_only_when_unused() {
+        let tmp = std::env::temp_dir().join(format!("migrate-lab-parent-{}", std::process::id()));
+        let (unused, used) = (tmp.join("unused"), tmp.join("used"));
+        std::fs::create_dir_all(unused.join("migrate")).expect("mkdir");
+        std::fs::create_dir_all(used.join("migrate/other-host-a")).expect("mkdir");
+        let name = LabName::new("tp").expect("name");
+        let mut report = DownReport::default();
+        remove_shared_parent(&name, &[unused.clone(), used.clone()], &mut report);
+        assert!(!unused.join("migrate").exists());
+        assert!(used.join("migrate/other-host-a").is_dir());
+        assert_eq!(report.cgroups_removed, ["migrate"]);
+        std::fs::remove_dir_all(&tmp).expect("clean up");
+    }
 }

@@ -129,16 +129,22 @@ fn with_version(bytes: &[u8], version: u32) -> Vec<u8> {
 #[test]
 fn manifest_newer_version_says_upgrade() -> Result {
     let bytes = encode_manifest(&manifest())?;
-    let err = decode_manifest(&with_version(&bytes, 3)).err().ok_or("accepted")?;
+    let next = FORMAT_VERSION + 1;
+    let err = decode_manifest(&with_version(&bytes, next)).err().ok_or("accepted")?;
     assert_eq!(
         err.to_string(),
-        "image format version 3 is newer than this migrate understands (2): upgrade migrate"
+        format!(
+            "image format version {next} is newer than this migrate understands ({FORMAT_VERSION}): upgrade migrate"
+        )
     );
 
     // A newer format may frame its manifest differently: the version error still wins.
     let mut reframed = with_version(&bytes, 7);
     reframed.extend_from_slice(b"new trailer");
-    assert!(matches!(decode_manifest(&reframed), Err(ProtoError::NewerFormat { found: 7, ours: 2 })));
+    assert!(matches!(
+        decode_manifest(&reframed),
+        Err(ProtoError::NewerFormat { found: 7, ours: FORMAT_VERSION })
+    ));
     let mut short = b"MIGRATE\0".to_vec();
     short.extend_from_slice(&9u32.to_le_bytes());
     assert!(matches!(decode_manifest(&short), Err(ProtoError::NewerFormat { found: 9, .. })));
@@ -150,7 +156,8 @@ fn manifest_older_version_is_refused_clearly() -> Result {
     let bytes = encode_manifest(&manifest())?;
     let err = decode_manifest(&with_version(&bytes, 0)).err().ok_or("accepted")?;
     assert!(matches!(err, ProtoError::OlderFormat { found: 0, ours: FORMAT_VERSION }));
-    assert!(err.to_string().starts_with("image format version 0 is older than this migrate understands (2)"));
+    let older = format!("image format version 0 is older than this migrate understands ({FORMAT_VERSION})");
+    assert!(err.to_string().starts_with(&older));
     Ok(())
 }
 
@@ -187,6 +194,8 @@ fn manifest_semantic_checks() -> Result {
         ("too long", Box::new(|m| m.container.prefix = 33)),
         ("not a MAC address", Box::new(|m| m.container.mac = "02:42".into())),
         ("not a plain name", Box::new(|m| m.container.name = "a/b".into())),
+        ("container.host", Box::new(|m| m.container.host = "../host-a".into())),
+        ("after the checkpoint", Box::new(|m| m.container.created_ms = m.created_ms + 1)),
         ("zero pages of only", Box::new(|m| m.stats.pages_zero = u64::MAX)),
         ("NUL", Box::new(|m| m.kernel.release = "6.8\0".into())),
         ("last_pid -1 is not a pid", Box::new(|m| m.last_pid = -1)),

@@ -276,6 +276,8 @@ pub(crate) fn manifest() -> Manifest {
             cmd: vec!["/usr/bin/server".into(), "--port=80".into()],
             memory_max: Some(256 << 20),
             pids_max: None,
+            created_ms: 1_759_999_000_000,
+            host: "host-a".into(),
         },
         files: vec![
             FileSum { name: "process.img".into(), size: 4242, xxh3: 0xdead_beef_0bad_f00d },
