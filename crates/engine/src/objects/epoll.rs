@@ -322,11 +322,20 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
                     describe_process(p),
                     describe_process(pid)
                 )),
+                // pidfds are made once the whole tree exists, after every epoll got its
+                // registrations (objects::pidfd).
+                Some((p, f)) if is_pidfd(p, f) => refusals.push(format!(
+                    "{what} names a pidfd: an epoll watching a pidfd is not supported yet"
+                )),
                 Some(_) => {}
             }
         }
     }
     Ok(())
+}
+
+fn is_pidfd(pid: i32, fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l.as_os_str() == "anon_inode:[pidfd]")
 }
 
 /// Fills in the registered file of every epoll of `fds` (each process's, in the order of
