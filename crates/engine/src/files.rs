@@ -332,9 +332,12 @@ pub struct FdWorld {
 impl FdWorld {
     /// Where the processes of the container open object `id` (its owner made it).
     pub fn object_path(&self, id: u64) -> Result<&str, EngineError> {
+        self.object(id).map(|o| o.path.as_str())
+    }
+
+    pub fn object(&self, id: u64) -> Result<&Live, EngineError> {
         self.objects
             .get(&id)
-            .map(|o| o.path.as_str())
             .ok_or_else(|| EngineError::Incompatible(format!("object {id} is used before its owner made it")))
     }
 }

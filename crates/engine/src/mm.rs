@@ -7,12 +7,12 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
+use migrate_proto::records::{FileId, MmFields, ObjectKind, Vma, VmaBacking};
 
 use crate::error::{EngineError, read_proc};
 use crate::files::FdWorld;
 use crate::inject::{Remote, Task};
-use crate::objects::shmem::{Named, Registry};
+use crate::objects::shmem::{Live, Named, Registry};
 use crate::procfs::{self, MapEntry};
 
 /// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.
@@ -68,7 +68,16 @@ fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Resul
         "[vvar_vclock]" => VmaBacking::VvarVclock,
         "" | "[heap]" | "[stack]" if !m.shared() => VmaBacking::Anon,
         n if n.starts_with("[anon:") && !m.shared() => VmaBacking::Anon,
-        n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
+        _ if m.has_flag("ht") => return unsupported(&format!("a hugetlb mapping ({})", m.name)),
+        n if n.starts_with("/SYSV") => {
+            let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            match objects.known(&via)? {
+                Some(id) => VmaBacking::SysvShm { id, may_write: m.has_flag("mw") },
+                None => {
+                    return unsupported(&format!("System V shared memory ({n}) of another IPC namespace"));
+                }
+            }
+        }
         n if let Some(named) = Named::of(n, m.shared()) => {
             let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
             VmaBacking::Object { id: objects.id(proc, &via, named)?, shared: m.shared() }
@@ -309,6 +318,11 @@ pub fn map_vmas(
         let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (fd, offset) = match &v.backing {
             VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock => continue,
+            VmaBacking::SysvShm { id, may_write } => {
+                attach(remote, v, world.object(*id)?, *may_write)?;
+                advise(remote, v)?;
+                continue;
+            }
             VmaBacking::Anon => {
                 flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
                 (None, 0)
@@ -349,13 +363,93 @@ pub fn map_vmas(
         if addr != v.start {
             return Err(EngineError::Incompatible(format!("VMA {:#x} was mapped at {addr:#x}", v.start)));
         }
-        for (flag, advice) in ADVICE {
-            if v.advice.iter().any(|a| a == flag) {
-                remote.call(libc::SYS_madvise, &[v.start, len, advice as u64], || {
-                    format!("madvise({flag}) of {:#x}", v.start)
-                })?;
-            }
+        advise(remote, v)?;
+    }
+    Ok(())
+}
+
+/// Sets the `madvise` flags the VMA had.
+fn advise(remote: &mut Remote<'_>, v: &Vma) -> Result<(), EngineError> {
+    for (flag, advice) in ADVICE {
+        if v.advice.iter().any(|a| a == flag) {
+            remote.call(libc::SYS_madvise, &[v.start, v.end - v.start, advice as u64], || {
+                format!("madvise({flag}) of {:#x}", v.start)
+            })?;
         }
+    }
+    Ok(())
+}
+
+/// Attaches the System V segment `seg` for the VMA `v` by an injected `shmat`
+/// (`SHM_RDONLY` unless the attachment `may_write`): at an address the kernel chooses,
+/// then the VMA's part moved to its place (`mremap`) and the rest detached, so a VMA
+/// that is a piece of an attachment (after `munmap` or `mprotect` of part of it) comes
+/// back as that piece. The kernel counts attachments per VMA (`shm_nattch`), so each
+/// VMA restored this way counts once, as it did.
+fn attach(remote: &mut Remote<'_>, v: &Vma, seg: &Live, may_write: bool) -> Result<(), EngineError> {
+    let ObjectKind::SysvShm { shmid } = seg.record.kind else {
+        return Err(EngineError::Incompatible(format!(
+            "VMA {:#x} attaches an object that is no segment",
+            v.start
+        )));
+    };
+    let size = seg.record.size.next_multiple_of(4096);
+    let len = v.end - v.start;
+    if v.offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(EngineError::Incompatible(format!(
+            "VMA {:#x}-{:#x} reaches beyond System V segment {shmid} ({size} bytes)",
+            v.start, v.end
+        )));
+    }
+    let exec = if v.prot & libc::PROT_EXEC as u32 != 0 { libc::SHM_EXEC } else { 0 };
+    let flags = exec | if may_write { 0 } else { libc::SHM_RDONLY };
+    // A whole attachment goes straight to its place (nothing is mapped there yet).
+    let whole = v.offset == 0 && len == size;
+    let at = remote.call(
+        libc::SYS_shmat,
+        &[shmid as u64, if whole { v.start } else { 0 }, flags as u64],
+        || format!("shmat of System V segment {shmid} for VMA {:#x}", v.start),
+    )?;
+    if whole {
+        return if at == v.start {
+            protect(remote, v, may_write)
+        } else {
+            Err(EngineError::Incompatible(format!(
+                "System V segment {shmid} was attached at {at:#x}, not {:#x}",
+                v.start
+            )))
+        };
+    }
+    let piece = at + v.offset;
+    if piece != v.start && at < v.end && v.start < at + size {
+        remote.call(libc::SYS_shmdt, &[at], || "shmdt".into())?;
+        return Err(EngineError::Incompatible(format!(
+            "the piece {:#x}-{:#x} of System V segment {shmid} cannot be moved to its place: the kernel attached the segment over it",
+            v.start, v.end
+        )));
+    }
+    if piece != v.start {
+        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        remote.call(libc::SYS_mremap, &[piece, len, len, mflags, v.start], || {
+            format!("mremap of System V segment {shmid} to {:#x}", v.start)
+        })?;
+    }
+    // What is left of the attachment where the kernel put it.
+    for (start, end) in subtract(at, at + size, [(piece, piece + len)].into_iter()) {
+        remote.call(libc::SYS_munmap, &[start, end - start], || format!("munmap({start:#x})"))?;
+    }
+    protect(remote, v, may_write)
+}
+
+/// Gives an attachment the protection its VMA had, if `shmat` gave it another.
+fn protect(remote: &mut Remote<'_>, v: &Vma, may_write: bool) -> Result<(), EngineError> {
+    let given = libc::PROT_READ as u32
+        | if may_write { libc::PROT_WRITE as u32 } else { 0 }
+        | v.prot & libc::PROT_EXEC as u32;
+    if v.prot != given {
+        remote.call(libc::SYS_mprotect, &[v.start, v.end - v.start, u64::from(v.prot)], || {
+            format!("mprotect of System V attachment {:#x}", v.start)
+        })?;
     }
     Ok(())
 }

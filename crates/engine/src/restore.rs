@@ -112,8 +112,16 @@ pub fn restore(
         warnings: Vec::new(),
         memory_ms: 0,
     };
+    // The IPC namespace before any process: they attach its segments.
+    if let Some(ns) = &root.ipc {
+        let segments = objects::sysv::restore(stub, ns, &root.objects)?;
+        ctx.world.objects.extend(segments);
+    }
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
+    if let Some(ns) = &root.ipc {
+        objects::sysv::finish(stub, ns)?;
+    }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
     for o in ctx.world.objects.values() {
@@ -195,7 +203,10 @@ fn build(
     let mut remote = Remote { task: s.main(), gadget, mem: &mem, pid: host, scratch };
     // Spare fds above every fd of the image (see files::restore).
     let base = rec.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 48;
-    for o in &rec.objects {
+    // A System V segment was made with the IPC namespace.
+    for o in
+        rec.objects.iter().filter(|o| !matches!(o.kind, migrate_proto::records::ObjectKind::SysvShm { .. }))
+    {
         let (anchor, live) = objects::shmem::create(&mut remote, rec.pid, o, base)?;
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);

@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 mod anon;
+mod ipc;
 
 pub use anon::EventFd;
+pub use ipc::*;
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +111,13 @@ pub enum VmaBacking {
     Vdso,
     Vvar,
     VvarVclock,
+    /// An attachment (`shmat`) of a System V shared memory segment: the object `id` of
+    /// kind [`ObjectKind::SysvShm`], mapped from `offset`; `may_write` unless attached
+    /// `SHM_RDONLY` (smaps `mw`: the attachment may be made writable by `mprotect`).
+    SysvShm {
+        id: u64,
+        may_write: bool,
+    },
 }
 
 /// One mapping of `/proc/PID/maps`.
@@ -304,6 +313,9 @@ pub enum ObjectKind {
     Memfd { name: String, seals: u32 },
     /// A file unlinked while open or mapped: where it was, its permission bits and owner.
     Deleted { path: String, mode: u32, uid: u32, gid: u32 },
+    /// A System V shared memory segment of the IPC namespace ([`ShmSegment`] in PID 1's
+    /// [`IpcNamespace`]), always owned by PID 1: the restore makes it with the namespace.
+    SysvShm { shmid: i32 },
 }
 
 /// One entry of a tmpfs the container's runtime mounts privately for it (`/dev/shm`,
@@ -337,7 +349,7 @@ impl ProcessRecord {
             _ => None,
         });
         let maps = self.vmas.iter().filter_map(|v| match v.backing {
-            VmaBacking::Object { id, .. } => Some(id),
+            VmaBacking::Object { id, .. } | VmaBacking::SysvShm { id, .. } => Some(id),
             _ => None,
         });
         fds.chain(maps)
@@ -383,4 +395,6 @@ pub struct ProcessRecord {
     /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
     /// fds, and stays a zombie until its parent reaps it.
     pub zombie: Option<i32>,
+    /// The container's IPC namespace, in PID 1's record only.
+    pub ipc: Option<IpcNamespace>,
 }

@@ -10,6 +10,8 @@
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
 //! | [`unix`] | unix sockets (refused for now) |
 //! | [`inet`] | TCP and UDP sockets (refused for now) |
+//! | [`sysv`] | the IPC namespace: System V shared memory, semaphores, message queues, limits |
+//! | [`mqueue`] | POSIX message queues of the IPC namespace |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
 //! of open file descriptions between fds and processes — are [`crate::files`].
@@ -28,7 +30,9 @@
 pub mod eventfd;
 pub mod fifo;
 pub mod inet;
+pub mod mqueue;
 pub mod shmem;
+pub mod sysv;
 pub mod tmpfs;
 pub mod unix;
 

@@ -1,0 +1,45 @@
+//! The IPC namespace of a container moved to another host, checked by the program that
+//! holds it (tests/programs/ipc.c): System V shared memory (attached by a parent and its
+//! child, and one segment no one attaches), a semaphore set, a message queue, a POSIX
+//! message queue and a changed limit; and the IPC objects a checkpoint refuses, named.
+
+mod support;
+
+use anyhow::ensure;
+use support::{TempDir, TestLab, compile_c, log_in_image};
+
+#[test]
+fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> {
+    let bin = TempDir::new("ipc-bin")?;
+    let exe = compile_c("ipc", &["-O2"], &bin.path)?;
+    let work = TempDir::new("ipc-work")?;
+    let img = TempDir::new("ipc-img")?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "ipc", &[&exe, &trigger])?;
+    let log = lab.wait_log("ipc", "ready")?;
+    let ids = log.lines().find_map(|l| l.strip_prefix("ready ")).unwrap_or_default().to_string();
+    let image = img.join("ipc");
+    lab.checkpoint_and_restore("ipc", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    for needle in [
+        "limit kernel/msgmax = 4321",
+        "shm id 0 key 0x0 mode 600",
+        "size 65536",
+        "key 0x1234 mode 640",
+        "values [5, 0, 9]",
+        "messages 3 types [3, 1, 2]",
+        "mqueue /ipctest mode 640 maxmsg 8 msgsize 64 messages 3 priorities [5, 1, 1]",
+        "System V shm",
+    ] {
+        ensure!(inspect.contains(needle), "inspect does not show {needle:?}:\n{inspect}");
+    }
+    let before = log_in_image(&image)?;
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("ipc", "verdict")?;
+    let after = log.strip_prefix(before.as_str()).unwrap_or(&log);
+    ensure!(after.contains("verdict ok"), "after the restore: {after}");
+    ensure!(after.contains(&format!("after {ids}")), "ids changed ({ids}): {after}");
+    lab.down_after_exit("ipc")?;
+    Ok(())
+}

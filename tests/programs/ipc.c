@@ -1,0 +1,133 @@
+/* The objects of an IPC namespace, checked after a move by the program itself:
+ * a System V segment attached by a parent and its forked child (a write of the child after
+ * the restore is seen by the parent), one segment no one attaches, a semaphore set, a
+ * message queue with three messages of different types, a POSIX message queue with
+ * messages of two priorities and no open fd, and a changed limit (kernel.msgmax).
+ * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
+ * "verdict ok" or "verdict FAIL: ...". */
+#include <errno.h>
+#include <fcntl.h>
+#include <mqueue.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "say.h"
+
+#define SEG (64 * 1024)
+static char fail[400];
+
+static void bad(const char *what) {
+    size_t n = strlen(fail);
+    snprintf(fail + n, sizeof fail - n, "%s; ", what);
+}
+
+static void wait_for(const char *path) {
+    while (access(path, F_OK) != 0) usleep(50000);
+}
+
+struct msg {
+    long mtype;
+    char text[64];
+};
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    FILE *f = fopen("/proc/sys/kernel/msgmax", "w");
+    if (!f || fprintf(f, "4321\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
+
+    int a = shmget(IPC_PRIVATE, SEG, IPC_CREAT | 0600);
+    int b = shmget(0x1234, 8192, IPC_CREAT | IPC_EXCL | 0640);
+    if (a < 0 || b < 0) { perror("shmget"); return 1; }
+    char *pa = shmat(a, NULL, 0);
+    char *pb = shmat(b, NULL, 0);
+    if (pa == (void *)-1 || pb == (void *)-1) { perror("shmat"); return 1; }
+    strcpy(pa, "parent-data");
+    strcpy(pa + 32768, "far-marker");
+    strcpy(pb, "unattached");
+    shmdt(pb);
+
+    int s = semget(0x2345, 3, IPC_CREAT | IPC_EXCL | 0600);
+    unsigned short vals[3] = {5, 0, 9};
+    if (s < 0 || semctl(s, 0, SETALL, vals) < 0) { perror("sem"); return 1; }
+
+    int q = msgget(0x3456, IPC_CREAT | IPC_EXCL | 0600);
+    struct msg m;
+    const char *texts[3] = {"three", "one", "two"};
+    long types[3] = {3, 1, 2};
+    for (int i = 0; i < 3; i++) {
+        m.mtype = types[i];
+        strcpy(m.text, texts[i]);
+        if (msgsnd(q, &m, strlen(texts[i]) + 1, 0) < 0) { perror("msgsnd"); return 1; }
+    }
+
+    struct mq_attr at = {.mq_maxmsg = 8, .mq_msgsize = 64};
+    mqd_t mq = mq_open("/ipctest", O_CREAT | O_EXCL | O_RDWR, 0640, &at);
+    if (mq == (mqd_t)-1) { perror("mq_open"); return 1; }
+    mq_send(mq, "low", 4, 1);
+    mq_send(mq, "high", 5, 5);
+    mq_send(mq, "low2", 5, 1);
+    mq_close(mq);
+
+    pid_t child = fork();
+    if (child == 0) {
+        wait_for(argv[1]);
+        strcpy(pa + 100, "child-was-here");
+        _exit(strcmp(pa, "parent-data") == 0 ? 0 : 3);
+    }
+    say("ready shm=%d,%d sem=%d msg=%d", a, b, s, q);
+    wait_for(argv[1]);
+
+    int status = 0;
+    waitpid(child, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) bad("the child did not see the parent's data");
+    if (strcmp(pa, "parent-data") != 0) bad("shm contents at 0");
+    if (strcmp(pa + 32768, "far-marker") != 0) bad("shm contents at 32768");
+    if (strcmp(pa + 100, "child-was-here") != 0) bad("the child's write is not seen by the parent");
+    struct shmid_ds ds;
+    if (shmctl(a, IPC_STAT, &ds) < 0) bad("segment a is gone or has another id");
+    else if (ds.shm_nattch != 1 || ds.shm_segsz != SEG || (ds.shm_perm.mode & 0777) != 0600) bad("segment a's stat");
+    if (shmget(0x1234, 0, 0) != b) bad("segment b has another id");
+    else {
+        char *p = shmat(b, NULL, SHM_RDONLY);
+        if (p == (void *)-1 || strcmp(p, "unattached") != 0) bad("segment b's contents");
+        if (shmctl(b, IPC_STAT, &ds) < 0 || (ds.shm_perm.mode & 0777) != 0640) bad("segment b's mode");
+    }
+    unsigned short got[3] = {0, 0, 0};
+    if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
+    else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
+    if (msgget(0x3456, 0) != q) bad("message queue id");
+    for (int i = 0; i < 3; i++) {
+        memset(&m, 0, sizeof m);
+        if (msgrcv(q, &m, sizeof m.text, 0, IPC_NOWAIT) < 0 || m.mtype != types[i] || strcmp(m.text, texts[i]) != 0) {
+            bad("message order or contents");
+            break;
+        }
+    }
+    mq = mq_open("/ipctest", O_RDWR | O_NONBLOCK);
+    const char *want[3] = {"high", "low", "low2"};
+    unsigned want_prio[3] = {5, 1, 1};
+    if (mq == (mqd_t)-1 || mq_getattr(mq, &at) < 0 || at.mq_maxmsg != 8 || at.mq_msgsize != 64) bad("POSIX queue attributes");
+    else
+        for (int i = 0; i < 3; i++) {
+            char buf[64];
+            unsigned prio = 0;
+            if (mq_receive(mq, buf, sizeof buf, &prio) < 0 || prio != want_prio[i] || strcmp(buf, want[i]) != 0) {
+                bad("POSIX queue messages");
+                break;
+            }
+        }
+    f = fopen("/proc/sys/kernel/msgmax", "r");
+    int msgmax = 0;
+    if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 4321) bad("kernel.msgmax");
+    say("after shm=%d,%d sem=%d msg=%d", a, b, s, q);
+    say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
+    return 0;
+}
