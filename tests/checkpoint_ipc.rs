@@ -31,6 +31,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
         "messages 3 types [3, 1, 2]",
         "mqueue /ipctest mode 640 maxmsg 8 msgsize 64 messages 3 priorities [5, 1, 1]",
         "System V shm",
+        "POSIX message queue /withfd",
     ] {
         ensure!(inspect.contains(needle), "inspect does not show {needle:?}:\n{inspect}");
     }
@@ -41,5 +42,41 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     ensure!(after.contains("verdict ok"), "after the restore: {after}");
     ensure!(after.contains(&format!("after {ids}")), "ids changed ({ids}): {after}");
     lab.down_after_exit("ipc")?;
+    Ok(())
+}
+
+/// Each of these is refused by a checkpoint that names it, and the container runs on.
+#[test]
+fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
+    let bin = TempDir::new("ipc-refuse-bin")?;
+    let exe = compile_c("ipc_refuse", &["-O2"], &bin.path)?;
+    let work = TempDir::new("ipc-refuse-work")?;
+    let img = TempDir::new("ipc-refuse-img")?;
+    let dir = work.path.to_string_lossy().into_owned();
+    let lab = TestLab::up(1)?;
+    let cases = [
+        ("notify", "POSIX message queue /refused has a notification registered (mq_notify"),
+        ("full", "POSIX message queue /refused is full (2 messages)"),
+        ("cwd", "has a deleted directory as its cwd"),
+        ("lease", "holds a file lease (fcntl F_SETLEASE)"),
+        ("proc", "/proc/1/status, a file of /proc: not supported"),
+        ("hugetlb", "is a hugetlb mapping"),
+    ];
+    let mut running = Vec::new();
+    for (kind, want) in cases {
+        let name = format!("refuse-{kind}");
+        lab.start("host-a", &name, &[&exe, kind, &dir])?;
+        let log = lab.wait_log(&name, "ready")?;
+        running.push(name.clone());
+        if log.contains("no-hugetlb") {
+            eprintln!("no huge pages on this host: the hugetlb refusal is not tried");
+            continue;
+        }
+        let err = lab.fails(&["checkpoint", &name, "--dir", &img.join(kind)])?;
+        ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
+        ensure!(lab.container(&name)?["state"] == "running", "{kind}: the container stopped");
+    }
+    let names: Vec<&str> = running.iter().map(String::as_str).collect();
+    lab.down_expecting(&names)?;
     Ok(())
 }

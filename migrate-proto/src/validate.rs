@@ -413,6 +413,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
             }
             FdKind::EventFd(_) => {}
+            FdKind::Mqueue { name } => crate::records::check_mqueue_fd(f.fd, name, p)?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

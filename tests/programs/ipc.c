@@ -2,7 +2,8 @@
  * a System V segment attached by a parent and its forked child (a write of the child after
  * the restore is seen by the parent), one segment no one attaches, a semaphore set, a
  * message queue with three messages of different types, a POSIX message queue with
- * messages of two priorities and no open fd, and a changed limit (kernel.msgmax).
+ * messages of two priorities and no open fd, one with an open non-blocking fd, and a
+ * changed limit (kernel.msgmax).
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
  * "verdict ok" or "verdict FAIL: ...". */
 #include <errno.h>
@@ -75,6 +76,9 @@ int main(int argc, char **argv) {
     mq_send(mq, "high", 5, 5);
     mq_send(mq, "low2", 5, 1);
     mq_close(mq);
+    /* One queue stays open: its fd comes back, non-blocking as it was. */
+    mqd_t kept = mq_open("/withfd", O_CREAT | O_EXCL | O_RDWR | O_NONBLOCK, 0600, &at);
+    if (kept == (mqd_t)-1 || mq_send(kept, "kept", 5, 2) < 0) { perror("mq withfd"); return 1; }
 
     pid_t child = fork();
     if (child == 0) {
@@ -124,6 +128,11 @@ int main(int argc, char **argv) {
                 break;
             }
         }
+    char kbuf[64];
+    unsigned kprio = 0;
+    if (mq_getattr(kept, &at) < 0 || !(at.mq_flags & O_NONBLOCK)) bad("the open queue's fd or its flags");
+    else if (mq_receive(kept, kbuf, sizeof kbuf, &kprio) < 0 || kprio != 2 || strcmp(kbuf, "kept") != 0) bad("the open queue's message");
+    else if (mq_receive(kept, kbuf, sizeof kbuf, &kprio) >= 0 || errno != EAGAIN) bad("the open queue blocks or holds more");
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 4321) bad("kernel.msgmax");

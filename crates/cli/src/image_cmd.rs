@@ -465,6 +465,7 @@ fn kernel_object(kind: &FdKind) -> String {
         FdKind::EventFd(e) => {
             format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
         }
+        FdKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

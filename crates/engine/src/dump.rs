@@ -103,6 +103,12 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         if f.seccomp != 0 {
             refusals.push(format!("{} runs under seccomp (mode {}): not supported yet", who(), f.seccomp));
         }
+        // A directory removed while it is the cwd: no path leads to it any more.
+        if std::fs::metadata(format!("/proc/{p}/cwd"))
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+        {
+            refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
+        }
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }

@@ -93,6 +93,19 @@ fn classify(
                     continue;
                 }
             }
+        } else if crate::objects::mqueue::is_queue(&entry.path()) {
+            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info }) {
+                Ok(kind) => kind,
+                Err(what) => {
+                    refuse(what);
+                    continue;
+                }
+            }
+        } else if on_procfs(&entry.path()) {
+            refuse(format!(
+                "{link}, a file of /proc: not supported (what it shows is bound to the object it was opened on)"
+            ));
+            continue;
         } else if let Some(named) = Named::of(&link, false) {
             let path = entry.path().to_string_lossy().into_owned();
             let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
@@ -126,6 +139,11 @@ fn classify(
     }
     out.sort_by_key(|s| s.fd);
     Ok(out)
+}
+
+/// Whether the fd at `path` is a file of a procfs (`PROC_SUPER_MAGIC`).
+fn on_procfs(path: &std::path::Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }
 
 /// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,

@@ -260,5 +260,26 @@ pub fn check_ipc_refs(p: &ProcessRecord, processes: &[ProcessRecord]) -> Result<
     if let Some(f) = p.fds.iter().find(|f| matches!(f.kind, FdKind::Object { id, .. } if is_sysv(id))) {
         return Err(format!("pid {}: fd {} is System V shared memory", p.pid, f.fd));
     }
+    let queues = processes.iter().find_map(|q| q.ipc.as_ref()).map_or(&[][..], |ns| ns.mqueues.as_slice());
+    for f in &p.fds {
+        if let FdKind::Mqueue { name } = &f.kind
+            && !queues.iter().any(|q| &q.name == name)
+        {
+            return Err(format!(
+                "pid {}: fd {} is message queue /{name}, which the image lacks",
+                p.pid, f.fd
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An fd of a POSIX message queue names a queue of the namespace (in PID 1's record; a
+/// process other than PID 1 is checked against it by the tree check).
+pub fn check_mqueue_fd(fd: i32, name: &str, p: &ProcessRecord) -> Result<(), Invalid> {
+    let known = p.ipc.as_ref().is_none_or(|ns| ns.mqueues.iter().any(|q| q.name == name));
+    if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) || !known {
+        return Err(Invalid::Fd { fd, problem: format!("{name:?} is not a queue of the namespace") });
+    }
     Ok(())
 }

@@ -230,6 +230,9 @@ pub enum FdKind {
     External { name: String },
     /// An eventfd ([`EventFd`]).
     EventFd(EventFd),
+    /// A POSIX message queue of the IPC namespace ([`PosixQueue`]), by its name without
+    /// the leading `/`.
+    Mqueue { name: String },
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

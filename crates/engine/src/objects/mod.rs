@@ -106,6 +106,7 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
+        FdKind::Mqueue { name } => mqueue::restore_fd(remote, rec, name, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }

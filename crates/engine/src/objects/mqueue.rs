@@ -19,6 +19,12 @@
 //!
 //! **Restore**: `mq_open(O_CREAT | O_EXCL)` with its attributes, the messages sent
 //! again in order, then owner and mode (`fchown`, `fchmod`: the umask trimmed the mode).
+//!
+//! **Fds.** An fd of a queue is a file of the mqueue filesystem (`statfs` says
+//! `MQUEUE_MAGIC`), its link `/NAME`; its fdinfo has `QSIZE`, `NOTIFY`, `SIGNO`,
+//! `NOTIFY_PID` of the queue, whose state travels with the namespace. Restore: an
+//! injected `mq_open(NAME, flags)` in the process (the task is in the container's IPC
+//! namespace), installed at its number with its access mode and `O_NONBLOCK`.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -26,7 +32,11 @@ use std::os::unix::fs::MetadataExt;
 use migrate_proto::records::{PosixMessage, PosixQueue};
 use migrate_sys::ipc;
 
+use migrate_proto::records::{FdKind, FdRecord};
+
+use super::{Classified, FdSeen, install};
 use crate::error::{EngineError, io_err};
+use crate::inject::Remote;
 
 /// Where the thread mounts the namespace's mqueue filesystem, in its own mount namespace
 /// (a directory every host has; the mount hides it for that thread only).
@@ -145,4 +155,36 @@ pub fn restore(queues: &[PosixQueue]) -> Result<(), EngineError> {
             .map_err(nix_err("fchmod"))?;
     }
     Ok(())
+}
+
+/// `MQUEUE_MAGIC` (linux/magic.h): `statfs` of a file of the mqueue filesystem.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
+/// Whether the fd at `path` (`/proc/PID/fd/N`) is a POSIX message queue.
+pub fn is_queue(path: &std::path::Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == MQUEUE_MAGIC)
+}
+
+/// An fd of a queue: its name (the link is `/NAME`).
+pub fn dump_fd(seen: &FdSeen<'_>) -> Classified {
+    match seen.link.strip_prefix('/') {
+        Some(name) if !name.is_empty() && !name.contains('/') => {
+            Ok(FdKind::Mqueue { name: name.to_string() })
+        }
+        _ => Err(format!("a POSIX message queue with an unexpected name ({})", seen.link)),
+    }
+}
+
+/// Opens queue `name` in the task at fd `rec.fd`.
+pub fn restore_fd(
+    remote: &mut Remote<'_>,
+    rec: &FdRecord,
+    name: &str,
+    cloexec: u64,
+) -> Result<(), EngineError> {
+    let p = remote.path(0, name)?;
+    let flags = u64::from(rec.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32) | cloexec;
+    let fd = remote
+        .call(libc::SYS_mq_open, &[p, flags, 0, 0], || format!("mq_open(/{name}) for fd {}", rec.fd))?;
+    install(remote, fd, rec.fd as u64, cloexec)
 }
