@@ -162,7 +162,7 @@ const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
 /// Whether the fd at `path` (`/proc/PID/fd/N`) is a POSIX message queue.
 pub fn is_queue(path: &std::path::Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == MQUEUE_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC)
 }
 
 /// An fd of a queue: its name (the link is `/NAME`).
