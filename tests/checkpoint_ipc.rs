@@ -24,7 +24,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     let inspect = lab.ok(&["inspect", &image])?;
     for needle in [
         "limit kernel/msgmax = 4321",
-        "shm id 0 key 0x0 mode 600",
+        "shm id 1 key 0x0 mode 600",
         "size 65536",
         "key 0x1234 mode 640",
         "values [5, 0, 9]",
@@ -41,6 +41,10 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     let after = log.strip_prefix(before.as_str()).unwrap_or(&log);
     ensure!(after.contains("verdict ok"), "after the restore: {after}");
     ensure!(after.contains(&format!("after {ids}")), "ids changed ({ids}): {after}");
+    ensure!(
+        ids.starts_with("shm=1,2,3,4 sem=1 msg=1"),
+        "the program's ids are those of a fresh namespace: {ids}"
+    );
     lab.down_after_exit("ipc")?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 /* The objects of an IPC namespace, checked after a move by the program itself:
  * a System V segment attached by a parent and its forked child (a write of the child after
- * the restore is seen by the parent), one segment no one attaches, a semaphore set, a
+ * the restore is seen by the parent), one segment no one attaches (locked, SHM_LOCK), one
+ * attached read-only and removed (IPC_RMID) while attached, one whose first page was
+ * unmapped, a semaphore set, a
  * message queue with three messages of different types, a POSIX message queue with
  * messages of two priorities and no open fd, one with an open non-blocking fd, and a
  * changed limit (kernel.msgmax).
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -44,6 +47,11 @@ int main(int argc, char **argv) {
     FILE *f = fopen("/proc/sys/kernel/msgmax", "w");
     if (!f || fprintf(f, "4321\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
 
+    /* Objects made and removed first: the ids that follow are not those a fresh namespace
+     * would hand out. */
+    shmctl(shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600), IPC_RMID, NULL);
+    semctl(semget(IPC_PRIVATE, 1, IPC_CREAT | 0600), 0, IPC_RMID);
+    msgctl(msgget(IPC_PRIVATE, IPC_CREAT | 0600), IPC_RMID, NULL);
     int a = shmget(IPC_PRIVATE, SEG, IPC_CREAT | 0600);
     int b = shmget(0x1234, 8192, IPC_CREAT | IPC_EXCL | 0640);
     if (a < 0 || b < 0) { perror("shmget"); return 1; }
@@ -54,6 +62,20 @@ int main(int argc, char **argv) {
     strcpy(pa + 32768, "far-marker");
     strcpy(pb, "unattached");
     shmdt(pb);
+
+    /* c: attached read-only, then removed while attached; d: attached, its first page
+     * unmapped (the VMA left starts 4096 bytes into it); b is locked in memory. */
+    int c = shmget(IPC_PRIVATE, 3 * 4096, IPC_CREAT | 0600);
+    int d = shmget(IPC_PRIVATE, 4 * 4096, IPC_CREAT | 0600);
+    char *pd = shmat(d, NULL, 0);
+    char *tmp = shmat(c, NULL, 0);
+    if (c < 0 || d < 0 || pd == (void *)-1 || tmp == (void *)-1) { perror("shm c/d"); return 1; }
+    strcpy(tmp + 4096, "read-only");
+    shmdt(tmp);
+    char *pc = shmat(c, NULL, SHM_RDONLY);
+    if (pc == (void *)-1 || shmctl(c, IPC_RMID, NULL) < 0 || shmctl(b, SHM_LOCK, NULL) < 0) { perror("shm c"); return 1; }
+    strcpy(pd + 8192, "second-piece");
+    munmap(pd, 4096);
 
     int s = semget(0x2345, 3, IPC_CREAT | IPC_EXCL | 0600);
     unsigned short vals[3] = {5, 0, 9};
@@ -86,7 +108,7 @@ int main(int argc, char **argv) {
         strcpy(pa + 100, "child-was-here");
         _exit(strcmp(pa, "parent-data") == 0 ? 0 : 3);
     }
-    say("ready shm=%d,%d sem=%d msg=%d", a, b, s, q);
+    say("ready shm=%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, s, q);
     wait_for(argv[1]);
 
     int status = 0;
@@ -104,6 +126,12 @@ int main(int argc, char **argv) {
         if (p == (void *)-1 || strcmp(p, "unattached") != 0) bad("segment b's contents");
         if (shmctl(b, IPC_STAT, &ds) < 0 || (ds.shm_perm.mode & 0777) != 0640) bad("segment b's mode");
     }
+    if (shmctl(c, IPC_STAT, &ds) < 0 || !(ds.shm_perm.mode & SHM_DEST) || ds.shm_nattch != 1) bad("segment c is not removed-but-attached");
+    if (strcmp(pc + 4096, "read-only") != 0) bad("segment c's contents");
+    if (mprotect(pc, 4096, PROT_READ | PROT_WRITE) == 0) bad("segment c became writable");
+    if (shmctl(b, IPC_STAT, &ds) < 0 || !(ds.shm_perm.mode & SHM_LOCKED)) bad("segment b is not locked");
+    if (strcmp(pd + 8192, "second-piece") != 0) bad("the piece of segment d");
+    if (shmctl(d, IPC_STAT, &ds) < 0 || ds.shm_nattch != 1) bad("segment d's attachments");
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
@@ -136,7 +164,7 @@ int main(int argc, char **argv) {
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 4321) bad("kernel.msgmax");
-    say("after shm=%d,%d sem=%d msg=%d", a, b, s, q);
+    say("after shm=%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;
 }
