@@ -64,6 +64,7 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
         ("proc", "/proc/1/status, a file of /proc: not supported"),
+        ("forced", "has kernel.shm_rmid_forced set, and System V segment 0 exists"),
         ("hugetlb", "is a hugetlb mapping"),
     ];
     let mut running = Vec::new();

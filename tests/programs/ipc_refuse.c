@@ -4,6 +4,7 @@
  *   cwd      a deleted directory as its cwd (argv[2]: where to make it)
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status)
+ *   forced   a System V segment in a namespace with kernel.shm_rmid_forced set
  *   hugetlb  a hugetlb mapping (prints "ready no-hugetlb" where the host has no huge pages) */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +42,11 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/leased", argv[2]);
         int fd = open(path, O_CREAT | O_RDONLY, 0600);
         if (fd < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) < 0) { perror("lease"); return 1; }
+    } else if (!strcmp(kind, "forced")) {
+        FILE *f = fopen("/proc/sys/kernel/shm_rmid_forced", "w");
+        if (!f || fprintf(f, "1\n") < 0 || fclose(f) != 0) { perror("shm_rmid_forced"); return 1; }
+        int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+        if (id < 0 || shmat(id, NULL, 0) == (void *)-1) { perror("shm"); return 1; }
     } else if (!strcmp(kind, "proc")) {
         if (open("/proc/self/status", O_RDONLY) < 0) { perror("proc"); return 1; }
     } else if (!strcmp(kind, "hugetlb")) {

@@ -33,18 +33,23 @@
 //! written through a `map_files` file of it, like an object's. The processes attach
 //! segments by injected `shmat` ([`crate::mm`]). At the end, once every attachment is
 //! made ([`finish`]), segments that were marked for destruction are removed again
-//! (`IPC_RMID`) and `kernel.shm_rmid_forced` is set.
+//! (`IPC_RMID`).
+//!
+//! **Refused**: segments in a namespace with `kernel.shm_rmid_forced` set (there the
+//! creating process decides when a segment goes — `exit_shm` — and the restored ones
+//! were created by the engine's thread), a namespace the engine shares (the host's).
 //!
 //! **Not carried**, and not visible to a dump: semaphore undo values (`semadj`, kept per
-//! process by the kernel and shown nowhere in `/proc`; CRIU reads them with no interface
-//! either and does not carry them): a process that relies on `SEM_UNDO` at its exit gets
-//! no adjustment after a restore. Also not: the `otime`/`ctime`/`stime`/`rtime`/`atime`
-//! times and the last pids (`sempid`, `lspid`, `lrpid`, `cpid`, `lpid`), which no call
-//! sets.
+//! process in the kernel's `sem_undo` lists and shown nowhere in `/proc` or by any call;
+//! CRIU neither detects nor carries them, its issue #47): a process that relies on
+//! `SEM_UNDO` gets no adjustment at its exit after a restore, and no dump can tell that it
+//! did. Also not: the `otime`/`ctime`/`stime`/`rtime`/`atime`/`dtime` times and the last
+//! pids (`sempid`, `lspid`, `lrpid`, `cpid`, `lpid`), which no call sets.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{
     IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment,
@@ -90,6 +95,16 @@ pub struct Held {
 /// Reads the IPC namespace of `pid` (the container's PID 1); registers its segments in
 /// `objects`, owned by PID 1 (index 0).
 pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), EngineError> {
+    let ns_of = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let theirs = format!("/proc/{pid}/ns/ipc");
+    if ns_of(&theirs).map_err(io_err("stat", &theirs))?
+        == ns_of("/proc/self/ns/ipc").map_err(io_err("stat", "/proc/self/ns/ipc"))?
+    {
+        return Err(EngineError::Unsupported(format!(
+            "{} shares the host's IPC namespace: not supported (a container has one of its own)",
+            crate::files::describe_process(pid)
+        )));
+    }
     let (mut ns, segments) = in_namespace(pid, || {
         let limits = limits()?;
         let mut segments = Vec::new();
@@ -102,6 +117,13 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
                 ShmSegment { perm, size, locked: mode & SHM_LOCKED != 0, removed: mode & SHM_DEST != 0 },
                 file,
             ));
+        }
+        let forced = limits.iter().any(|l| l.name == "kernel/shm_rmid_forced" && l.value != "0");
+        if let (true, Some((seg, _))) = (forced, segments.first()) {
+            return Err(EngineError::Unsupported(format!(
+                "the IPC namespace has kernel.shm_rmid_forced set, and System V segment {} exists: its creating process decides when it goes, and a restore cannot give it back its creator; not supported",
+                seg.perm.id
+            )));
         }
         let mut sem = Vec::new();
         for row in table("sem")? {
@@ -246,7 +268,7 @@ pub fn restore(
     records: &[ObjectRecord],
 ) -> Result<HashMap<u64, Live>, EngineError> {
     in_namespace(stub, || {
-        for l in ns.limits.iter().filter(|l| l.name != "kernel/shm_rmid_forced") {
+        for l in &ns.limits {
             set_sysctl(&l.name, &l.value)?;
         }
         let mut live = HashMap::new();
@@ -315,14 +337,14 @@ fn create(kind: &str, p: &IpcPerm, make: impl FnOnce() -> std::io::Result<i32>) 
 }
 
 /// What waits until every process is built: segments marked for destruction are
-/// removed (they go with their last attachment), `kernel.shm_rmid_forced` is set.
+/// removed again (they go with their last attachment).
 pub fn finish(stub: i32, ns: &IpcNamespace) -> Result<(), EngineError> {
+    if !ns.shm.iter().any(|s| s.removed) {
+        return Ok(());
+    }
     in_namespace(stub, || {
         for s in ns.shm.iter().filter(|s| s.removed) {
             ipc::shm_cmd(s.perm.id, libc::IPC_RMID).map_err(sys_err("shmctl(IPC_RMID)", s.perm.id))?;
-        }
-        for l in ns.limits.iter().filter(|l| l.name == "kernel/shm_rmid_forced") {
-            set_sysctl(&l.name, &l.value)?;
         }
         Ok(())
     })
