@@ -81,7 +81,10 @@ int main(int argc, char **argv) {
     unsigned short vals[3] = {5, 0, 9};
     if (s < 0 || semctl(s, 0, SETALL, vals) < 0) { perror("sem"); return 1; }
 
+    /* The queue is made by uid 1000, gid 2000: its creator ids come back too. */
+    if (setegid(2000) < 0 || seteuid(1000) < 0) { perror("seteuid"); return 1; }
     int q = msgget(0x3456, IPC_CREAT | IPC_EXCL | 0600);
+    if (seteuid(0) < 0 || setegid(0) < 0) { perror("seteuid back"); return 1; }
     struct msg m;
     const char *texts[3] = {"three", "one", "two"};
     long types[3] = {3, 1, 2};
@@ -135,7 +138,10 @@ int main(int argc, char **argv) {
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
+    struct msqid_ds qs;
     if (msgget(0x3456, 0) != q) bad("message queue id");
+    else if (msgctl(q, IPC_STAT, &qs) < 0 || qs.msg_perm.cuid != 1000 || qs.msg_perm.cgid != 2000 || qs.msg_perm.uid != 1000)
+        bad("message queue creator or owner");
     for (int i = 0; i < 3; i++) {
         memset(&m, 0, sizeof m);
         if (msgrcv(q, &m, sizeof m.text, 0, IPC_NOWAIT) < 0 || m.mtype != types[i] || strcmp(m.text, texts[i]) != 0) {

@@ -167,7 +167,17 @@ fn open_segment(id: i32) -> Result<File, EngineError> {
     let at = ipc::shmat(id, 0, libc::SHM_RDONLY).map_err(sys_err("shmat", id))?;
     let opened = open_attachment(at, libc::O_RDONLY);
     ipc::shmdt(at).map_err(sys_err("shmdt", id))?;
-    opened
+    let file = opened?;
+    // Huge pages (SHM_HUGETLB) live on hugetlbfs, whose holes SEEK_DATA cannot find and
+    // which a restore would need the host's huge page pool for.
+    let huge = nix::sys::statfs::fstatfs(&file)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC);
+    if huge {
+        return Err(EngineError::Unsupported(format!(
+            "System V segment {id} is made of huge pages (SHM_HUGETLB): not supported"
+        )));
+    }
+    Ok(file)
 }
 
 fn open_attachment(at: usize, mode: i32) -> Result<File, EngineError> {
