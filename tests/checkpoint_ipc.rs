@@ -59,7 +59,10 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
     let dir = work.path.to_string_lossy().into_owned();
     let lab = TestLab::up(1)?;
     let cases = [
-        ("notify", "POSIX message queue /refused has a notification registered (mq_notify"),
+        (
+            "notify",
+            "POSIX message queue /refused has a notification registered (mq_notify, by PID 1 (ipc_refuse, host pid",
+        ),
         ("full", "POSIX message queue /refused is full (2 messages)"),
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),

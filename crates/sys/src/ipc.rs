@@ -124,7 +124,8 @@ pub fn msgsnd(id: i32, mtype: i64, text: &[u8]) -> io::Result<()> {
 
 /// A copy of message number `index` (from 0, in queue order) of queue `id`, without
 /// consuming it (`MSG_COPY | IPC_NOWAIT`; CONFIG_CHECKPOINT_RESTORE): its type and text.
-/// `max` bounds the text (the queue's `msgmax`).
+/// `max` bounds the text (the queue's bytes bound every message); a longer one fails
+/// with `E2BIG` rather than come back cut.
 pub fn msg_copy(id: i32, index: i64, max: usize) -> io::Result<(i64, Vec<u8>)> {
     let mut buf = vec![0u8; MTYPE + max];
     // SAFETY: buf has room for the type and `max` bytes of text, which msgrcv is told.
@@ -134,7 +135,7 @@ pub fn msg_copy(id: i32, index: i64, max: usize) -> io::Result<(i64, Vec<u8>)> {
             buf.as_mut_ptr().cast(),
             max,
             index as libc::c_long,
-            libc::MSG_COPY | libc::IPC_NOWAIT | libc::MSG_NOERROR,
+            libc::MSG_COPY | libc::IPC_NOWAIT,
         )
     };
     if n < 0 {

@@ -76,7 +76,8 @@ pub fn dump() -> Result<Vec<PosixQueue>, EngineError> {
             .unwrap_or(0);
         if notify_pid != 0 {
             return Err(EngineError::Unsupported(format!(
-                "POSIX message queue /{name} has a notification registered (mq_notify, by host pid {notify_pid}): not supported yet"
+                "POSIX message queue /{name} has a notification registered (mq_notify, by {}): not supported yet",
+                crate::files::describe_process(notify_pid as i32)
             )));
         }
         let q = ipc::mq_open(&format!("/{name}"), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, None)

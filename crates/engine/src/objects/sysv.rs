@@ -165,7 +165,7 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
 /// `map_files`, detach.
 fn open_segment(id: i32) -> Result<File, EngineError> {
     let at = ipc::shmat(id, 0, libc::SHM_RDONLY).map_err(sys_err("shmat", id))?;
-    let opened = open_attachment(at, libc::O_RDONLY);
+    let opened = open_attachment(at, false);
     ipc::shmdt(at).map_err(sys_err("shmdt", id))?;
     let file = opened?;
     // Huge pages (SHM_HUGETLB) live on hugetlbfs, whose holes SEEK_DATA cannot find and
@@ -180,7 +180,9 @@ fn open_segment(id: i32) -> Result<File, EngineError> {
     Ok(file)
 }
 
-fn open_attachment(at: usize, mode: i32) -> Result<File, EngineError> {
+/// Opens our own attachment at `at` through `/proc/self/map_files` (root may): a file
+/// of the segment's shmem, which outlives the attachment.
+fn open_attachment(at: usize, writable: bool) -> Result<File, EngineError> {
     let maps =
         std::fs::read_to_string("/proc/thread-self/maps").map_err(io_err("read", "/proc/self/maps"))?;
     let range = maps
@@ -190,11 +192,7 @@ fn open_attachment(at: usize, mode: i32) -> Result<File, EngineError> {
         .ok_or_else(|| EngineError::Changed(format!("the attachment at {at:#x} is not in our maps")))?
         .to_string();
     let path = format!("/proc/self/map_files/{range}");
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(mode == libc::O_RDWR)
-        .open(&path)
-        .map_err(io_err("open", &path))
+    std::fs::OpenOptions::new().read(true).write(writable).open(&path).map_err(io_err("open", &path))
 }
 
 fn sys_err(op: &'static str, id: i32) -> impl Fn(std::io::Error) -> EngineError {
@@ -296,7 +294,7 @@ pub fn restore(
                 ipc::shm_cmd(id, libc::SHM_LOCK).map_err(sys_err("shmctl(SHM_LOCK)", id))?;
             }
             let at = ipc::shmat(id, 0, 0).map_err(sys_err("shmat", id))?;
-            let file = open_attachment(at, libc::O_RDWR);
+            let file = open_attachment(at, true);
             ipc::shmdt(at).map_err(sys_err("shmdt", id))?;
             live.insert(
                 rec.id,
