@@ -42,7 +42,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     ensure!(after.contains("verdict ok"), "after the restore: {after}");
     ensure!(after.contains(&format!("after {ids}")), "ids changed ({ids}): {after}");
     ensure!(
-        ids.starts_with("shm=1,2,3,4 sem=1 msg=1"),
+        ids.starts_with("shm=1,2,3,4,5 sem=1 msg=1"),
         "the program's ids are those of a fresh namespace: {ids}"
     );
     lab.down_after_exit("ipc")?;

@@ -1,11 +1,12 @@
-/* The objects of an IPC namespace, checked after a move by the program itself:
- * a System V segment attached by a parent and its forked child (a write of the child after
- * the restore is seen by the parent), one segment no one attaches (locked, SHM_LOCK), one
+/* The objects of an IPC namespace, checked after a move by the program itself: a System
+ * V segment attached by a parent and its forked child (a write of the child after the
+ * restore is seen by the parent), one segment no one attaches (locked, SHM_LOCK), one
  * attached read-only and removed (IPC_RMID) while attached, one whose first page was
- * unmapped, a semaphore set, a
- * message queue with three messages of different types, a POSIX message queue with
- * messages of two priorities and no open fd, one with an open non-blocking fd, and a
- * changed limit (kernel.msgmax).
+ * unmapped, one whose middle page was unmapped (one attachment, two VMAs), a semaphore
+ * set, a message queue with three messages of different types made by another uid, a
+ * POSIX message queue with messages of two priorities and no open fd, one with an open
+ * non-blocking fd, and a changed limit (kernel.msgmax). Ids are not those a fresh
+ * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
  * "verdict ok" or "verdict FAIL: ...". */
 #include <errno.h>
@@ -76,6 +77,15 @@ int main(int argc, char **argv) {
     if (pc == (void *)-1 || shmctl(c, IPC_RMID, NULL) < 0 || shmctl(b, SHM_LOCK, NULL) < 0) { perror("shm c"); return 1; }
     strcpy(pd + 8192, "second-piece");
     munmap(pd, 4096);
+    /* e: a page in the middle unmapped, one
+ * whose middle page was unmapped (one attachment, two VMAs), so one attachment is two VMAs; shmdt of its base
+     * must still take both. */
+    int e = shmget(IPC_PRIVATE, 4 * 4096, IPC_CREAT | 0600);
+    char *pe = shmat(e, NULL, 0);
+    if (e < 0 || pe == (void *)-1) { perror("shm e"); return 1; }
+    strcpy(pe, "e-head");
+    strcpy(pe + 3 * 4096, "e-tail");
+    munmap(pe + 4096, 4096);
 
     int s = semget(0x2345, 3, IPC_CREAT | IPC_EXCL | 0600);
     unsigned short vals[3] = {5, 0, 9};
@@ -111,7 +121,7 @@ int main(int argc, char **argv) {
         strcpy(pa + 100, "child-was-here");
         _exit(strcmp(pa, "parent-data") == 0 ? 0 : 3);
     }
-    say("ready shm=%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, s, q);
+    say("ready shm=%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, s, q);
     wait_for(argv[1]);
 
     int status = 0;
@@ -135,6 +145,9 @@ int main(int argc, char **argv) {
     if (shmctl(b, IPC_STAT, &ds) < 0 || !(ds.shm_perm.mode & SHM_LOCKED)) bad("segment b is not locked");
     if (strcmp(pd + 8192, "second-piece") != 0) bad("the piece of segment d");
     if (shmctl(d, IPC_STAT, &ds) < 0 || ds.shm_nattch != 1) bad("segment d's attachments");
+    if (strcmp(pe, "e-head") != 0 || strcmp(pe + 3 * 4096, "e-tail") != 0) bad("the pieces of segment e");
+    if (shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 2) bad("segment e's two VMAs");
+    if (shmdt(pe) < 0 || shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("shmdt left a piece of segment e");
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
@@ -170,7 +183,7 @@ int main(int argc, char **argv) {
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 4321) bad("kernel.msgmax");
-    say("after shm=%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, s, q);
+    say("after shm=%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;
 }

@@ -7,12 +7,12 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use migrate_proto::records::{FileId, MmFields, ObjectKind, Vma, VmaBacking};
+use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
 
 use crate::error::{EngineError, read_proc};
 use crate::files::FdWorld;
 use crate::inject::{Remote, Task};
-use crate::objects::shmem::{Live, Named, Registry};
+use crate::objects::shmem::{Named, Registry};
 use crate::procfs::{self, MapEntry};
 
 /// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.
@@ -318,9 +318,21 @@ pub fn map_vmas(
         let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (fd, offset) = match &v.backing {
             VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock => continue,
-            VmaBacking::SysvShm { id, may_write } => {
-                attach(remote, v, world.object(*id)?, *may_write)?;
-                advise(remote, v)?;
+            VmaBacking::SysvShm { id, .. } => {
+                // The pieces of one attachment (split by mprotect or munmap) share its base;
+                // they are made together, by the first, so that they stay one attachment.
+                let base = |w: &Vma| w.start.checked_sub(w.offset);
+                let pieces: Vec<&Vma> = vmas
+                    .iter()
+                    .filter(|w| w.backing == v.backing && base(w) == base(v))
+                    .filter(|w| !kept.iter().any(|k| k.start == w.start))
+                    .collect();
+                if base(v).is_none() || pieces.first().is_some_and(|p| p.start == v.start) {
+                    crate::objects::sysv::attach(remote, &pieces, world.object(*id)?)?;
+                    for p in &pieces {
+                        advise(remote, p)?;
+                    }
+                }
                 continue;
             }
             VmaBacking::Anon => {
@@ -376,80 +388,6 @@ fn advise(remote: &mut Remote<'_>, v: &Vma) -> Result<(), EngineError> {
                 format!("madvise({flag}) of {:#x}", v.start)
             })?;
         }
-    }
-    Ok(())
-}
-
-/// Attaches the System V segment `seg` for the VMA `v` by an injected `shmat`
-/// (`SHM_RDONLY` unless the attachment `may_write`): at an address the kernel chooses,
-/// then the VMA's part moved to its place (`mremap`) and the rest detached, so a VMA
-/// that is a piece of an attachment (after `munmap` or `mprotect` of part of it) comes
-/// back as that piece. The kernel counts attachments per VMA (`shm_nattch`), so each
-/// VMA restored this way counts once, as it did.
-fn attach(remote: &mut Remote<'_>, v: &Vma, seg: &Live, may_write: bool) -> Result<(), EngineError> {
-    let ObjectKind::SysvShm { shmid } = seg.record.kind else {
-        return Err(EngineError::Incompatible(format!(
-            "VMA {:#x} attaches an object that is no segment",
-            v.start
-        )));
-    };
-    let size = seg.record.size.next_multiple_of(4096);
-    let len = v.end - v.start;
-    if v.offset.checked_add(len).is_none_or(|end| end > size) {
-        return Err(EngineError::Incompatible(format!(
-            "VMA {:#x}-{:#x} reaches beyond System V segment {shmid} ({size} bytes)",
-            v.start, v.end
-        )));
-    }
-    let exec = if v.prot & libc::PROT_EXEC as u32 != 0 { libc::SHM_EXEC } else { 0 };
-    let flags = exec | if may_write { 0 } else { libc::SHM_RDONLY };
-    // A whole attachment goes straight to its place (nothing is mapped there yet).
-    let whole = v.offset == 0 && len == size;
-    let at = remote.call(
-        libc::SYS_shmat,
-        &[shmid as u64, if whole { v.start } else { 0 }, flags as u64],
-        || format!("shmat of System V segment {shmid} for VMA {:#x}", v.start),
-    )?;
-    if whole {
-        return if at == v.start {
-            protect(remote, v, may_write)
-        } else {
-            Err(EngineError::Incompatible(format!(
-                "System V segment {shmid} was attached at {at:#x}, not {:#x}",
-                v.start
-            )))
-        };
-    }
-    let piece = at + v.offset;
-    if piece != v.start && at < v.end && v.start < at + size {
-        remote.call(libc::SYS_shmdt, &[at], || "shmdt".into())?;
-        return Err(EngineError::Incompatible(format!(
-            "the piece {:#x}-{:#x} of System V segment {shmid} cannot be moved to its place: the kernel attached the segment over it",
-            v.start, v.end
-        )));
-    }
-    if piece != v.start {
-        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        remote.call(libc::SYS_mremap, &[piece, len, len, mflags, v.start], || {
-            format!("mremap of System V segment {shmid} to {:#x}", v.start)
-        })?;
-    }
-    // What is left of the attachment where the kernel put it.
-    for (start, end) in subtract(at, at + size, [(piece, piece + len)].into_iter()) {
-        remote.call(libc::SYS_munmap, &[start, end - start], || format!("munmap({start:#x})"))?;
-    }
-    protect(remote, v, may_write)
-}
-
-/// Gives an attachment the protection its VMA had, if `shmat` gave it another.
-fn protect(remote: &mut Remote<'_>, v: &Vma, may_write: bool) -> Result<(), EngineError> {
-    let given = libc::PROT_READ as u32
-        | if may_write { libc::PROT_WRITE as u32 } else { 0 }
-        | v.prot & libc::PROT_EXEC as u32;
-    if v.prot != given {
-        remote.call(libc::SYS_mprotect, &[v.start, v.end - v.start, u64::from(v.prot)], || {
-            format!("mprotect of System V attachment {:#x}", v.start)
-        })?;
     }
     Ok(())
 }

@@ -53,11 +53,12 @@ use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{
     IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment,
-    SysvMessage,
+    SysvMessage, Vma, VmaBacking,
 };
 use migrate_sys::ipc;
 
 use crate::error::{EngineError, io_err};
+use crate::inject::Remote;
 use crate::objects::shmem::{Live, Named, Registry};
 
 const SHM_DEST: u32 = 0o1000;
@@ -356,4 +357,71 @@ pub fn finish(stub: i32, ns: &IpcNamespace) -> Result<(), EngineError> {
         }
         Ok(())
     })
+}
+
+/// Attaches segment `seg` in the process `remote` for the VMAs `pieces` (sorted, one
+/// attachment: same segment, same base `start - offset`) by an injected `shmat`
+/// (`SHM_RDONLY` unless the attachment may write, `SHM_EXEC` for an executable one). A
+/// whole attachment goes straight to its place. Pieces of one are moved there from an
+/// attachment where the kernel chose (`mremap` keeps them one attachment: `shmdt` of
+/// its base takes them all, as it did), the rest is detached; the ranges of the pieces
+/// are reserved first so that the kernel's choice cannot fall on them. The kernel counts
+/// `shm_nattch` per VMA, so the count is what it was.
+pub fn attach(remote: &mut Remote<'_>, pieces: &[&Vma], seg: &Live) -> Result<(), EngineError> {
+    let (Some(first), ObjectKind::SysvShm { shmid }) = (pieces.first(), &seg.record.kind) else {
+        return Err(EngineError::Incompatible("an attachment of an object that is no segment".into()));
+    };
+    let shmid = *shmid;
+    let VmaBacking::SysvShm { may_write, .. } = first.backing else {
+        return Err(EngineError::Incompatible(format!("VMA {:#x} is no attachment", first.start)));
+    };
+    let size = seg.record.size.next_multiple_of(4096);
+    if let Some(v) = pieces.iter().find(|v| v.offset.checked_add(v.end - v.start).is_none_or(|e| e > size)) {
+        return Err(EngineError::Incompatible(format!(
+            "VMA {:#x}-{:#x} reaches beyond System V segment {shmid} ({size} bytes)",
+            v.start, v.end
+        )));
+    }
+    let exec = pieces.iter().any(|v| v.prot & libc::PROT_EXEC as u32 != 0);
+    let flags = if exec { libc::SHM_EXEC } else { 0 } | if may_write { 0 } else { libc::SHM_RDONLY };
+    let whole = pieces.len() == 1 && first.offset == 0 && first.end - first.start == size;
+    let what = || format!("shmat of System V segment {shmid} for VMA {:#x}", first.start);
+    if whole {
+        let at = remote.call(libc::SYS_shmat, &[shmid as u64, first.start, flags as u64], what)?;
+        if at != first.start {
+            return Err(EngineError::Incompatible(format!(
+                "System V segment {shmid} was attached at {at:#x}, not {:#x}",
+                first.start
+            )));
+        }
+    } else {
+        let reserve = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+        for v in pieces {
+            remote.call(libc::SYS_mmap, &[v.start, v.end - v.start, 0, reserve, u64::MAX, 0], || {
+                format!("reserve {:#x}-{:#x} for System V segment {shmid}", v.start, v.end)
+            })?;
+        }
+        let at = remote.call(libc::SYS_shmat, &[shmid as u64, 0, flags as u64], what)?;
+        let moved = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        for v in pieces {
+            let len = v.end - v.start;
+            remote.call(libc::SYS_mremap, &[at + v.offset, len, len, moved, v.start], || {
+                format!("mremap of System V segment {shmid} to {:#x}", v.start)
+            })?;
+        }
+        let taken = pieces.iter().map(|v| (at + v.offset, at + v.offset + v.end - v.start));
+        for (start, end) in crate::mm::subtract(at, at + size, taken) {
+            remote.call(libc::SYS_munmap, &[start, end - start], || format!("munmap({start:#x})"))?;
+        }
+    }
+    // shmat gave read (and write, and exec) to every piece; each gets its own again.
+    let given = libc::PROT_READ as u32
+        | if may_write { libc::PROT_WRITE as u32 } else { 0 }
+        | if exec { libc::PROT_EXEC as u32 } else { 0 };
+    for v in pieces.iter().filter(|v| v.prot != given) {
+        remote.call(libc::SYS_mprotect, &[v.start, v.end - v.start, u64::from(v.prot)], || {
+            format!("mprotect of System V attachment {:#x}", v.start)
+        })?;
+    }
+    Ok(())
 }
