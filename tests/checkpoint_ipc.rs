@@ -23,12 +23,12 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     lab.checkpoint_and_restore("ipc", &image, "host-b")?;
     let inspect = lab.ok(&["inspect", &image])?;
     for needle in [
-        "limit kernel/msgmax = 4321",
+        "limit kernel/msgmax = 40",
         "shm id 1 key 0x0 mode 600",
         "size 65536",
         "key 0x1234 mode 640",
         "values [5, 0, 9]",
-        "messages 3 types [3, 1, 2]",
+        "messages 4 types [3, 1, 2, 9]",
         "mqueue /ipctest mode 640 maxmsg 8 msgsize 64 messages 3 priorities [5, 1, 1]",
         "System V shm",
         "POSIX message queue /withfd",

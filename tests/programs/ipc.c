@@ -3,9 +3,10 @@
  * restore is seen by the parent), one segment no one attaches (locked, SHM_LOCK), one
  * attached read-only and removed (IPC_RMID) while attached, one whose first page was
  * unmapped, one whose middle page was unmapped (one attachment, two VMAs), a semaphore
- * set, a message queue with three messages of different types made by another uid, a
+ * set, a message queue with four messages of different types made by another uid (one
+ * longer than the msgmax set after it was sent), a
  * POSIX message queue with messages of two priorities and no open fd, one with an open
- * non-blocking fd, and a changed limit (kernel.msgmax). Ids are not those a fresh
+ * non-blocking fd, and a changed limit (kernel.msgmax, lowered). Ids are not those a fresh
  * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
  * "verdict ok" or "verdict FAIL: ...". */
@@ -40,13 +41,12 @@ static void wait_for(const char *path) {
 
 struct msg {
     long mtype;
-    char text[64];
+    char text[96];
 };
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
-    FILE *f = fopen("/proc/sys/kernel/msgmax", "w");
-    if (!f || fprintf(f, "4321\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
+    FILE *f;
 
     /* Objects made and removed first: the ids that follow are not those a fresh namespace
      * would hand out. */
@@ -96,13 +96,16 @@ int main(int argc, char **argv) {
     int q = msgget(0x3456, IPC_CREAT | IPC_EXCL | 0600);
     if (seteuid(0) < 0 || setegid(0) < 0) { perror("seteuid back"); return 1; }
     struct msg m;
-    const char *texts[3] = {"three", "one", "two"};
-    long types[3] = {3, 1, 2};
-    for (int i = 0; i < 3; i++) {
+    /* The last message is longer than the msgmax set afterwards. */
+    const char *texts[4] = {"three", "one", "two", "a message of more than forty bytes, sent before msgmax fell"};
+    long types[4] = {3, 1, 2, 9};
+    for (int i = 0; i < 4; i++) {
         m.mtype = types[i];
         strcpy(m.text, texts[i]);
         if (msgsnd(q, &m, strlen(texts[i]) + 1, 0) < 0) { perror("msgsnd"); return 1; }
     }
+    f = fopen("/proc/sys/kernel/msgmax", "w");
+    if (!f || fprintf(f, "40\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
 
     struct mq_attr at = {.mq_maxmsg = 8, .mq_msgsize = 64};
     mqd_t mq = mq_open("/ipctest", O_CREAT | O_EXCL | O_RDWR, 0640, &at);
@@ -155,7 +158,7 @@ int main(int argc, char **argv) {
     if (msgget(0x3456, 0) != q) bad("message queue id");
     else if (msgctl(q, IPC_STAT, &qs) < 0 || qs.msg_perm.cuid != 1000 || qs.msg_perm.cgid != 2000 || qs.msg_perm.uid != 1000)
         bad("message queue creator or owner");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         memset(&m, 0, sizeof m);
         if (msgrcv(q, &m, sizeof m.text, 0, IPC_NOWAIT) < 0 || m.mtype != types[i] || strcmp(m.text, texts[i]) != 0) {
             bad("message order or contents");
@@ -182,7 +185,7 @@ int main(int argc, char **argv) {
     else if (mq_receive(kept, kbuf, sizeof kbuf, &kprio) >= 0 || errno != EAGAIN) bad("the open queue blocks or holds more");
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
-    if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 4321) bad("kernel.msgmax");
+    if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 40) bad("kernel.msgmax");
     say("after shm=%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;

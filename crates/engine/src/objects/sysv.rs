@@ -22,9 +22,12 @@
 //! travel once, as page batches of the object with holes skipped, like any shared
 //! memory; the mappings of the processes (`/SYSV<key> (deleted)` in `maps`) find it by
 //! inode. That attach updates the segment's `shm_atime`, `shm_dtime` and `shm_lpid` on
-//! the source (as CRIU's does); nothing else changes. Semaphore values come from
-//! `GETALL`, messages from `msgrcv(MSG_COPY | IPC_NOWAIT)` by index, which copies without
-//! consuming.
+//! the source (as CRIU's does). Semaphore values come from `GETALL`, messages from
+//! `msgrcv(MSG_COPY | IPC_NOWAIT)` by index, which copies without consuming — into a
+//! buffer the kernel caps at `kernel.msgmax`, so where a queue holds more bytes than
+//! msgmax allows in one message (msgmax was lowered after a send), msgmax is raised for
+//! the copies and set back at once, while the container is frozen. A restore likewise
+//! raises it while it sends such messages again.
 //!
 //! **Restore**, before the stub is rebuilt: the limits that differed from a fresh
 //! namespace's, then each object with its id, key and mode, created as its creator
@@ -134,19 +137,22 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
                 .map_err(sys_err("semctl(GETALL)", perm.id))?;
             sem.push(SemSet { perm, values });
         }
-        let mut msg = Vec::new();
-        for row in table("msg")? {
-            let perm = perm(&row, [0, 1, 2, 7, 8, 9, 10])?;
-            let (bytes, count) = (num(&row, 3, 10)? as usize, num(&row, 4, 10)?);
-            let ds = ipc::msg_stat(perm.id).map_err(sys_err("msgctl(IPC_STAT)", perm.id))?;
-            let mut messages = Vec::new();
-            for i in 0..count {
-                let (mtype, text) = ipc::msg_copy(perm.id, i as i64, bytes.max(1))
-                    .map_err(sys_err("msgrcv(MSG_COPY)", perm.id))?;
-                messages.push(SysvMessage { mtype, text });
-            }
-            msg.push(MsgQueue { perm, qbytes: ds.msg_qbytes, messages });
+        let rows = table("msg")?;
+        // MSG_COPY copies into a buffer of at most msgmax bytes (the kernel's
+        // prepare_copy): a message sent before msgmax was lowered is copied only while
+        // msgmax is raised to the queue's bytes, and msgmax is set back at once after.
+        let msgmax = std::fs::read_to_string(sysctl_path("kernel/msgmax"))
+            .map_err(io_err("read", sysctl_path("kernel/msgmax")))?;
+        let need = rows.iter().filter_map(|r| num(r, 3, 10).ok()).max().unwrap_or(0);
+        let raised = msgmax.trim().parse::<u64>().is_ok_and(|max| need > max);
+        if raised {
+            set_sysctl("kernel/msgmax", &need.to_string())?;
         }
+        let copied = copy_queues(&rows);
+        if raised {
+            set_sysctl("kernel/msgmax", msgmax.trim())?;
+        }
+        let msg = copied?;
         let mqueues = super::mqueue::dump()?;
         let ns = IpcNamespace { limits, shm: Vec::new(), sem, msg, mqueues };
         Ok((ns, segments))
@@ -160,6 +166,24 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
         ns.shm.push(seg);
     }
     Ok((ns, held))
+}
+
+/// The System V message queues of `rows` (`/proc/sysvipc/msg`), their messages copied.
+fn copy_queues(rows: &[Vec<String>]) -> Result<Vec<MsgQueue>, EngineError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let perm = perm(row, [0, 1, 2, 7, 8, 9, 10])?;
+        let (bytes, count) = (num(row, 3, 10)? as usize, num(row, 4, 10)?);
+        let ds = ipc::msg_stat(perm.id).map_err(sys_err("msgctl(IPC_STAT)", perm.id))?;
+        let mut messages = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let (mtype, text) = ipc::msg_copy(perm.id, i as i64, bytes.max(1))
+                .map_err(sys_err("msgrcv(MSG_COPY)", perm.id))?;
+            messages.push(SysvMessage { mtype, text });
+        }
+        out.push(MsgQueue { perm, qbytes: ds.msg_qbytes, messages });
+    }
+    Ok(out)
 }
 
 /// A file of segment `id`'s shmem: attach it read-only, open the attachment through
@@ -311,6 +335,15 @@ pub fn restore(
             (ds.sem_perm.uid, ds.sem_perm.gid, ds.sem_perm.mode) = (p.uid, p.gid, p.mode as u16);
             ipc::semctl_ds(id, libc::IPC_SET, &mut ds).map_err(sys_err("semctl(IPC_SET)", id))?;
         }
+        // A message longer than msgmax (lowered after it was sent) could not be sent
+        // again: msgmax is raised meanwhile, and set back after.
+        let msgmax = std::fs::read_to_string(sysctl_path("kernel/msgmax"))
+            .map_err(io_err("read", sysctl_path("kernel/msgmax")))?;
+        let longest = ns.msg.iter().flat_map(|q| &q.messages).map(|m| m.text.len()).max().unwrap_or(0);
+        let raise = msgmax.trim().parse::<usize>().is_ok_and(|max| longest > max);
+        if raise {
+            set_sysctl("kernel/msgmax", &longest.to_string())?;
+        }
         for q in &ns.msg {
             let p = &q.perm;
             let id = create("msg", p, || ipc::msgget(p.key, flags(p)))?;
@@ -321,6 +354,9 @@ pub fn restore(
             for m in &q.messages {
                 ipc::msgsnd(id, m.mtype, &m.text).map_err(sys_err("msgsnd", id))?;
             }
+        }
+        if raise {
+            set_sysctl("kernel/msgmax", msgmax.trim())?;
         }
         super::mqueue::restore(&ns.mqueues)?;
         Ok(live)
