@@ -64,6 +64,7 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
             "POSIX message queue /refused has a notification registered (mq_notify, by PID 1 (ipc_refuse, host pid",
         ),
         ("full", "POSIX message queue /refused is full (2 messages)"),
+        ("unlinked", "is a POSIX message queue unlinked while open (/gone (deleted))"),
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
         ("proc", "/proc/1/status, a file of /proc: not supported"),

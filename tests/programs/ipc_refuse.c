@@ -1,6 +1,7 @@
 /* Holds one thing a checkpoint refuses, named by argv[1], then prints "ready" and waits:
  *   notify   a POSIX message queue with a notification registered (mq_notify)
  *   full     a POSIX message queue that is full (a sender could be waiting)
+ *   unlinked a POSIX message queue unlinked while open
  *   cwd      a deleted directory as its cwd (argv[2]: where to make it)
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status)
@@ -23,7 +24,10 @@ int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *kind = argv[1];
     char path[4096];
-    if (!strcmp(kind, "notify") || !strcmp(kind, "full")) {
+    if (!strcmp(kind, "unlinked")) {
+        struct mq_attr at = {.mq_maxmsg = 2, .mq_msgsize = 16};
+        if (mq_open("/gone", O_CREAT | O_RDWR, 0600, &at) == (mqd_t)-1 || mq_unlink("/gone") < 0) { perror("mq"); return 1; }
+    } else if (!strcmp(kind, "notify") || !strcmp(kind, "full")) {
         struct mq_attr at = {.mq_maxmsg = 2, .mq_msgsize = 16};
         mqd_t q = mq_open("/refused", O_CREAT | O_RDWR | O_NONBLOCK, 0600, &at);
         if (q == (mqd_t)-1) { perror("mq_open"); return 1; }

@@ -168,6 +168,9 @@ pub fn is_queue(path: &std::path::Path) -> bool {
 
 /// An fd of a queue: its name (the link is `/NAME`).
 pub fn dump_fd(seen: &FdSeen<'_>) -> Classified {
+    if seen.link.ends_with(" (deleted)") {
+        return Err(format!("a POSIX message queue unlinked while open ({}): not supported", seen.link));
+    }
     match seen.link.strip_prefix('/') {
         Some(name) if !name.is_empty() && !name.contains('/') => {
             Ok(FdKind::Mqueue { name: name.to_string() })
