@@ -67,7 +67,7 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("unlinked", "is a POSIX message queue unlinked while open (/gone (deleted))"),
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
-        ("proc", "/proc/1/status, a file of /proc: not supported"),
+        ("proc", "/proc/1/status, a file of /proc was read up to byte 10"),
         ("forced", "has kernel.shm_rmid_forced set, and System V segment 0 exists"),
         ("hugetlb", "is a hugetlb mapping"),
     ];

@@ -6,7 +6,8 @@
  * set, a message queue with four messages of different types made by another uid (one
  * longer than the msgmax set after it was sent), a
  * POSIX message queue with messages of two priorities and no open fd, one with an open
- * non-blocking fd, and a changed limit (kernel.msgmax, lowered). Ids are not those a fresh
+ * non-blocking fd, a changed limit (kernel.msgmax, lowered), and two files of /proc
+ * open and not yet read (its own status, meminfo). Ids are not those a fresh
  * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
  * "verdict ok" or "verdict FAIL: ...". */
@@ -118,6 +119,11 @@ int main(int argc, char **argv) {
     mqd_t kept = mq_open("/withfd", O_CREAT | O_EXCL | O_RDWR | O_NONBLOCK, 0600, &at);
     if (kept == (mqd_t)-1 || mq_send(kept, "kept", 5, 2) < 0) { perror("mq withfd"); return 1; }
 
+    /* Files of /proc opened and not read yet: reopened after the move, they are the
+     * process's own again. */
+    int status_fd = open("/proc/self/status", O_RDONLY);
+    int meminfo_fd = open("/proc/meminfo", O_RDONLY);
+    if (status_fd < 0 || meminfo_fd < 0) { perror("/proc"); return 1; }
     pid_t child = fork();
     if (child == 0) {
         wait_for(argv[1]);
@@ -183,6 +189,14 @@ int main(int argc, char **argv) {
     if (mq_getattr(kept, &at) < 0 || !(at.mq_flags & O_NONBLOCK)) bad("the open queue's fd or its flags");
     else if (mq_receive(kept, kbuf, sizeof kbuf, &kprio) < 0 || kprio != 2 || strcmp(kbuf, "kept") != 0) bad("the open queue's message");
     else if (mq_receive(kept, kbuf, sizeof kbuf, &kprio) >= 0 || errno != EAGAIN) bad("the open queue blocks or holds more");
+    char text[4096];
+    ssize_t n = read(status_fd, text, sizeof text - 1);
+    char want_pid[32];
+    snprintf(want_pid, sizeof want_pid, "\nPid:\t%d\n", (int)getpid());
+    if (n <= 0 || (text[n] = 0, strstr(text, want_pid) == NULL) || strncmp(text, "Name:\tipc\n", 10) != 0)
+        bad("/proc/self/status is not the process's own");
+    n = read(meminfo_fd, text, sizeof text - 1);
+    if (n <= 0 || strncmp(text, "MemTotal:", 9) != 0) bad("/proc/meminfo");
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 40) bad("kernel.msgmax");
