@@ -411,6 +411,26 @@ fn ipc(p: &mut ProcessRecord) -> &mut crate::records::IpcNamespace {
 }
 
 #[test]
+fn a_message_queue_fd_must_name_a_queue_of_the_namespace() {
+    let mut p = with_ipc();
+    let fd = |name: &str| FdRecord {
+        fd: 9,
+        file_id: 99,
+        flags: 2,
+        kind: FdKind::Mqueue { name: name.into() },
+        locks: vec![],
+    };
+    p.fds.push(fd("q"));
+    assert!(validate_process(&p).is_ok(), "{:?}", validate_process(&p));
+    for bad in ["other", "a/b", ""] {
+        p.fds.pop();
+        p.fds.push(fd(bad));
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("is not a queue of the namespace"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
 fn an_attachment_must_name_a_segment() {
     let mut p = with_ipc();
     p.vmas[3].backing = VmaBacking::SysvShm { id: 7, may_write: true };
