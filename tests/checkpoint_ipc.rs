@@ -28,7 +28,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
         "size 65536",
         "key 0x1234 mode 640",
         "values [5, 0, 9]",
-        "messages 4 types [3, 1, 2, 9]",
+        "qbytes 16 messages 4 types [3, 1, 2, 9]",
         "mqueue /ipctest mode 640 maxmsg 8 msgsize 64 messages 3 priorities [5, 1, 1]",
         "System V shm",
         "POSIX message queue /withfd",

@@ -4,7 +4,7 @@
  * attached read-only and removed (IPC_RMID) while attached, one whose first page was
  * unmapped, one whose middle page was unmapped (one attachment, two VMAs), a semaphore
  * set, a message queue with four messages of different types made by another uid (one
- * longer than the msgmax set after it was sent), a
+ * longer than the msgmax set after it was sent; qbytes lowered below what it holds), a
  * POSIX message queue with messages of two priorities and no open fd, one with an open
  * non-blocking fd, a changed limit (kernel.msgmax, lowered), and two files of /proc
  * open and not yet read (its own status, meminfo). Ids are not those a fresh
@@ -107,6 +107,11 @@ int main(int argc, char **argv) {
     }
     f = fopen("/proc/sys/kernel/msgmax", "w");
     if (!f || fprintf(f, "40\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
+    /* And the queue's qbytes lowered below what it holds. */
+    struct msqid_ds qs;
+    if (msgctl(q, IPC_STAT, &qs) < 0) { perror("msgctl"); return 1; }
+    qs.msg_qbytes = 16;
+    if (msgctl(q, IPC_SET, &qs) < 0) { perror("msgctl(IPC_SET)"); return 1; }
 
     struct mq_attr at = {.mq_maxmsg = 8, .mq_msgsize = 64};
     mqd_t mq = mq_open("/ipctest", O_CREAT | O_EXCL | O_RDWR, 0640, &at);
@@ -160,10 +165,10 @@ int main(int argc, char **argv) {
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
-    struct msqid_ds qs;
     if (msgget(0x3456, 0) != q) bad("message queue id");
     else if (msgctl(q, IPC_STAT, &qs) < 0 || qs.msg_perm.cuid != 1000 || qs.msg_perm.cgid != 2000 || qs.msg_perm.uid != 1000)
         bad("message queue creator or owner");
+    else if (qs.msg_qbytes != 16 || qs.msg_qnum != 4) bad("message queue qbytes or count");
     for (int i = 0; i < 4; i++) {
         memset(&m, 0, sizeof m);
         if (msgrcv(q, &m, sizeof m.text, 0, IPC_NOWAIT) < 0 || m.mtype != types[i] || strcmp(m.text, texts[i]) != 0) {

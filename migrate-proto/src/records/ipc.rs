@@ -127,8 +127,10 @@ pub const MAX_SEMS: usize = 32000;
 /// Messages of a POSIX queue (`HARD_MSGMAX`) and their size (`HARD_MSGSIZEMAX`).
 pub const MAX_MQ_MSGS: u64 = 65536;
 pub const MAX_MQ_MSGSIZE: u64 = 16 << 20;
-/// Messages of one System V queue.
+/// Messages of one System V queue, and their bytes (a queue may hold more than its
+/// `qbytes` if that was lowered after they were sent).
 pub const MAX_MSGS: usize = 1 << 20;
+pub const MAX_QUEUE_BYTES: usize = 1 << 30;
 
 /// Checks an IPC namespace record against PID 1's objects (each segment has one object
 /// of kind `SysvShm` of its size, and each such object a segment).
@@ -203,7 +205,7 @@ pub fn check_ipc(ns: &IpcNamespace, objects: &[ObjectRecord]) -> Result<(), Inva
         let bytes: usize = q.messages.iter().map(|m| m.text.len()).sum();
         if q.messages.len() > MAX_MSGS
             || q.messages.iter().any(|m| m.mtype <= 0 || m.text.len() > MAX_MSG_BYTES)
-            || bytes as u64 > q.qbytes.max(MAX_MSG_BYTES as u64)
+            || bytes > MAX_QUEUE_BYTES
         {
             return bad(
                 "ipc.msg",

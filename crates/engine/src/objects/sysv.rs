@@ -32,15 +32,16 @@
 //! **Restore**, before the stub is rebuilt: the limits that differed from a fresh
 //! namespace's, then each object with its id, key and mode, created as its creator
 //! (`cuid`/`cgid`: the thread's effective ids for the call), then owner set by `IPC_SET`;
-//! semaphore values by `SETALL`; messages sent again in order; a segment's contents are
-//! written through a `map_files` file of it, like an object's. The processes attach
-//! segments by injected `shmat` ([`crate::mm`]). At the end, once every attachment is
-//! made ([`finish`]), segments that were marked for destruction are removed again
-//! (`IPC_RMID`).
+//! semaphore values by `SETALL`; messages sent again in order; a segment `SHM_LOCK`ed
+//! again, its contents written through a `map_files` file of it, like an object's. The
+//! processes attach segments by injected `shmat` ([`attach`], called by [`crate::mm`]
+//! where the VMAs are mapped). At the end, once every attachment is made ([`finish`]),
+//! segments that were marked for destruction are removed again (`IPC_RMID`).
 //!
 //! **Refused**: segments in a namespace with `kernel.shm_rmid_forced` set (there the
 //! creating process decides when a segment goes — `exit_shm` — and the restored ones
-//! were created by the engine's thread), a namespace the engine shares (the host's).
+//! were created by the engine's thread), segments of huge pages (`SHM_HUGETLB`), a
+//! namespace the engine shares (the host's).
 //!
 //! **Not carried**, and not visible to a dump: semaphore undo values (`semadj`, kept per
 //! process in the kernel's `sem_undo` lists and shown nowhere in `/proc` or by any call;
@@ -349,10 +350,17 @@ pub fn restore(
             let id = create("msg", p, || ipc::msgget(p.key, flags(p)))?;
             let mut ds = ipc::msg_stat(id).map_err(sys_err("msgctl(IPC_STAT)", id))?;
             (ds.msg_perm.uid, ds.msg_perm.gid, ds.msg_perm.mode) = (p.uid, p.gid, p.mode as u16);
-            ds.msg_qbytes = q.qbytes;
+            // Room for every message (bytes and count, which msgsnd both holds against
+            // qbytes) even if qbytes was lowered after they were sent; then qbytes.
+            let bytes: u64 = q.messages.iter().map(|m| m.text.len() as u64).sum();
+            ds.msg_qbytes = q.qbytes.max(bytes).max(q.messages.len() as u64);
             ipc::msgctl(id, libc::IPC_SET, &mut ds).map_err(sys_err("msgctl(IPC_SET)", id))?;
             for m in &q.messages {
                 ipc::msgsnd(id, m.mtype, &m.text).map_err(sys_err("msgsnd", id))?;
+            }
+            if ds.msg_qbytes != q.qbytes {
+                ds.msg_qbytes = q.qbytes;
+                ipc::msgctl(id, libc::IPC_SET, &mut ds).map_err(sys_err("msgctl(IPC_SET)", id))?;
             }
         }
         if raise {
