@@ -58,8 +58,10 @@ pub fn dump_vmas(pid: i32, proc: usize, objects: &mut Registry) -> Result<Vec<Vm
 fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Result<VmaBacking, EngineError> {
     let unsupported = |what: &str| {
         Err(EngineError::Unsupported(format!(
-            "pid {pid}: VMA {:#x}-{:#x} is {what}, not supported yet",
-            m.start, m.end
+            "{} VMA {:#x}-{:#x} is {what}, not supported yet",
+            crate::files::describe_process(pid),
+            m.start,
+            m.end
         )))
     };
     Ok(match m.name.as_str() {
@@ -473,6 +475,17 @@ mod tests {
         assert_eq!(subtract(10, 20, [(0, 15), (18, 30)].into_iter()), [(15, 18)]);
         assert_eq!(subtract(10, 20, [(0, 30)].into_iter()), []);
         assert_eq!(subtract(10, 20, [(20, 30)].into_iter()), [(10, 20)]);
+    }
+
+    #[test]
+    fn hugetlb_mappings_are_refused_by_name() {
+        // This host may have no huge pages to make one: the kernel's smaps lines do.
+        let text = "7f0000000000-7f0000200000 rw-s 00000000 00:0f 1234   /anon_hugepage (deleted)\n\
+                    VmFlags: rd wr sh mr mw me ms de ht sd\n";
+        let maps = procfs::parse_smaps(text).unwrap_or_default();
+        let got = maps.first().map(|m| backing(0, 0, m, &mut Registry::default()));
+        let Some(Err(EngineError::Unsupported(what))) = got else { panic!("not refused: {got:?}") };
+        assert!(what.contains("is a hugetlb mapping (/anon_hugepage (deleted))"), "{what}");
     }
 
     #[test]
