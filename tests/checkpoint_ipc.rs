@@ -1,6 +1,6 @@
 //! The IPC namespace of a container moved to another host, checked by the program that
 //! holds it (tests/programs/ipc.c): System V shared memory (attached by a parent and its
-//! child, and one segment no one attaches), a semaphore set, a message queue, a POSIX
+//! child, by the child alone, read-only and removed, in pieces, and by no one), a semaphore set, a message queue, a POSIX
 //! message queue and a changed limit; and the IPC objects a checkpoint refuses, named.
 
 mod support;
@@ -27,6 +27,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
         "shm id 1 key 0x0 mode 600",
         "size 65536",
         "key 0x1234 mode 640",
+        "key 0x4567 mode 600 uid 0 gid 0 size 4096",
         "values [5, 0, 9]",
         "qbytes 16 messages 4 types [3, 1, 2, 9]",
         "mqueue /ipctest mode 640 maxmsg 8 msgsize 64 messages 3 priorities [5, 1, 1]",
@@ -42,7 +43,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     ensure!(after.contains("verdict ok"), "after the restore: {after}");
     ensure!(after.contains(&format!("after {ids}")), "ids changed ({ids}): {after}");
     ensure!(
-        ids.starts_with("shm=1,2,3,4,5 sem=1 msg=1"),
+        ids.starts_with("shm=1,2,3,4,5,6 sem=1 msg=1"),
         "the program's ids are those of a fresh namespace: {ids}"
     );
     lab.down_after_exit("ipc")?;

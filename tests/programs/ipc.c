@@ -1,13 +1,13 @@
 /* The objects of an IPC namespace, checked after a move by the program itself: a System
  * V segment attached by a parent and its forked child (a write of the child after the
- * restore is seen by the parent), one segment no one attaches (locked, SHM_LOCK), one
- * attached read-only and removed (IPC_RMID) while attached, one whose first page was
- * unmapped, one whose middle page was unmapped (one attachment, two VMAs), a semaphore
- * set, a message queue with four messages of different types made by another uid (one
- * longer than the msgmax set after it was sent; qbytes lowered below what it holds), a
- * POSIX message queue with messages of two priorities and no open fd, one with an open
- * non-blocking fd, a changed limit (kernel.msgmax, lowered), and two files of /proc
- * open and not yet read (its own status, meminfo). Ids are not those a fresh
+ * restore is seen by the parent), one only the child attaches (locked, SHM_LOCK), one no
+ * one attaches, one attached read-only and removed (IPC_RMID) while attached, one whose
+ * first page was unmapped, one whose middle page was unmapped (one attachment, two
+ * VMAs); a semaphore set; a message queue with four messages of different types made by
+ * another uid (one longer than the msgmax set after it was sent; qbytes lowered below
+ * what it holds); a POSIX message queue with messages of two priorities and no open fd,
+ * one with an open non-blocking fd; a changed limit (kernel.msgmax, lowered); two files
+ * of /proc open and not yet read (its own status, meminfo). Ids are not those a fresh
  * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
  * "verdict ok" or "verdict FAIL: ...". */
@@ -88,6 +88,13 @@ int main(int argc, char **argv) {
     strcpy(pe + 3 * 4096, "e-tail");
     munmap(pe + 4096, 4096);
 
+    /* g: attached by no one. */
+    int g = shmget(0x4567, 4096, IPC_CREAT | IPC_EXCL | 0600);
+    char *pg = shmat(g, NULL, 0);
+    if (g < 0 || pg == (void *)-1) { perror("shm f"); return 1; }
+    strcpy(pg + 2000, "nobody");
+    shmdt(pg);
+
     int s = semget(0x2345, 3, IPC_CREAT | IPC_EXCL | 0600);
     unsigned short vals[3] = {5, 0, 9};
     if (s < 0 || semctl(s, 0, SETALL, vals) < 0) { perror("sem"); return 1; }
@@ -129,13 +136,26 @@ int main(int argc, char **argv) {
     int status_fd = open("/proc/self/status", O_RDONLY);
     int meminfo_fd = open("/proc/meminfo", O_RDONLY);
     if (status_fd < 0 || meminfo_fd < 0) { perror("/proc"); return 1; }
+    /* The child also attaches segment b itself (an attachment of its own, not one
+     * inherited) before the parent says ready. */
+    int sync[2];
+    if (pipe(sync) < 0) { perror("pipe"); return 1; }
     pid_t child = fork();
     if (child == 0) {
+        char *cb = shmat(b, NULL, 0);
+        if (cb == (void *)-1 || write(sync[1], "x", 1) != 1) _exit(4);
+        close(sync[0]);
+        close(sync[1]);
         wait_for(argv[1]);
         strcpy(pa + 100, "child-was-here");
-        _exit(strcmp(pa, "parent-data") == 0 ? 0 : 3);
+        strcpy(cb + 100, "child-b");
+        _exit(strcmp(pa, "parent-data") == 0 && strcmp(cb, "unattached") == 0 ? 0 : 3);
     }
-    say("ready shm=%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, s, q);
+    char x;
+    if (read(sync[0], &x, 1) != 1) { perror("sync"); return 1; }
+    close(sync[0]);
+    close(sync[1]);
+    say("ready shm=%d,%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, g, s, q);
     wait_for(argv[1]);
 
     int status = 0;
@@ -151,6 +171,7 @@ int main(int argc, char **argv) {
     else {
         char *p = shmat(b, NULL, SHM_RDONLY);
         if (p == (void *)-1 || strcmp(p, "unattached") != 0) bad("segment b's contents");
+        else if (strcmp(p + 100, "child-b") != 0) bad("the child's own attachment of segment b");
         if (shmctl(b, IPC_STAT, &ds) < 0 || (ds.shm_perm.mode & 0777) != 0640) bad("segment b's mode");
     }
     if (shmctl(c, IPC_STAT, &ds) < 0 || !(ds.shm_perm.mode & SHM_DEST) || ds.shm_nattch != 1) bad("segment c is not removed-but-attached");
@@ -162,6 +183,8 @@ int main(int argc, char **argv) {
     if (strcmp(pe, "e-head") != 0 || strcmp(pe + 3 * 4096, "e-tail") != 0) bad("the pieces of segment e");
     if (shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 2) bad("segment e's two VMAs");
     if (shmdt(pe) < 0 || shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("shmdt left a piece of segment e");
+    if (shmget(0x4567, 0, 0) != g || shmctl(g, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("segment f's id or attachments");
+    else if ((pg = shmat(g, NULL, SHM_RDONLY)) == (void *)-1 || strcmp(pg + 2000, "nobody") != 0) bad("segment f's contents");
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
@@ -205,7 +228,7 @@ int main(int argc, char **argv) {
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 40) bad("kernel.msgmax");
-    say("after shm=%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, s, q);
+    say("after shm=%d,%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, g, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;
 }
