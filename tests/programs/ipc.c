@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
     /* g: attached by no one. */
     int g = shmget(0x4567, 4096, IPC_CREAT | IPC_EXCL | 0600);
     char *pg = shmat(g, NULL, 0);
-    if (g < 0 || pg == (void *)-1) { perror("shm f"); return 1; }
+    if (g < 0 || pg == (void *)-1) { perror("shm g"); return 1; }
     strcpy(pg + 2000, "nobody");
     shmdt(pg);
 
@@ -183,8 +183,8 @@ int main(int argc, char **argv) {
     if (strcmp(pe, "e-head") != 0 || strcmp(pe + 3 * 4096, "e-tail") != 0) bad("the pieces of segment e");
     if (shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 2) bad("segment e's two VMAs");
     if (shmdt(pe) < 0 || shmctl(e, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("shmdt left a piece of segment e");
-    if (shmget(0x4567, 0, 0) != g || shmctl(g, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("segment f's id or attachments");
-    else if ((pg = shmat(g, NULL, SHM_RDONLY)) == (void *)-1 || strcmp(pg + 2000, "nobody") != 0) bad("segment f's contents");
+    if (shmget(0x4567, 0, 0) != g || shmctl(g, IPC_STAT, &ds) < 0 || ds.shm_nattch != 0) bad("segment g's id or attachments");
+    else if ((pg = shmat(g, NULL, SHM_RDONLY)) == (void *)-1 || strcmp(pg + 2000, "nobody") != 0) bad("segment g's contents");
     unsigned short got[3] = {0, 0, 0};
     if (semget(0x2345, 0, 0) != s || semctl(s, 0, GETALL, got) < 0) bad("semaphore set");
     else if (got[0] != 5 || got[1] != 0 || got[2] != 9) bad("semaphore values");
