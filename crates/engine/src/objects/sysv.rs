@@ -100,11 +100,7 @@ pub struct Held {
 /// Reads the IPC namespace of `pid` (the container's PID 1); registers its segments in
 /// `objects`, owned by PID 1 (index 0).
 pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), EngineError> {
-    let ns_of = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let theirs = format!("/proc/{pid}/ns/ipc");
-    if ns_of(&theirs).map_err(io_err("stat", &theirs))?
-        == ns_of("/proc/self/ns/ipc").map_err(io_err("stat", "/proc/self/ns/ipc"))?
-    {
+    if shares_ours(pid)? {
         return Err(EngineError::Unsupported(format!(
             "{} shares the host's IPC namespace: not supported (a container has one of its own)",
             crate::files::describe_process(pid)
@@ -167,6 +163,12 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
         ns.shm.push(seg);
     }
     Ok((ns, held))
+}
+
+/// Whether `pid` is in the engine's own IPC namespace.
+fn shares_ours(pid: i32) -> Result<bool, EngineError> {
+    let ns_of = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).map_err(io_err("stat", p));
+    Ok(ns_of(&format!("/proc/{pid}/ns/ipc"))? == ns_of("/proc/self/ns/ipc")?)
 }
 
 /// The System V message queues of `rows` (`/proc/sysvipc/msg`), their messages copied.
@@ -301,6 +303,10 @@ pub fn restore(
     ns: &IpcNamespace,
     records: &[ObjectRecord],
 ) -> Result<HashMap<u64, Live>, EngineError> {
+    // Never into the host's: the objects would be made there.
+    if shares_ours(stub)? {
+        return Err(EngineError::Incompatible("the restore stub shares the host's IPC namespace".into()));
+    }
     in_namespace(stub, || {
         for l in &ns.limits {
             set_sysctl(&l.name, &l.value)?;
