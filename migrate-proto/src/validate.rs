@@ -86,6 +86,7 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
             | VmaBacking::Object { shared: false, .. } => continue,
             VmaBacking::File { shared: true, .. } => "shared file mapping",
             VmaBacking::Object { shared: true, .. } => "shared object mapping",
+            VmaBacking::SysvShm { .. } => "System V shared memory",
             VmaBacking::Vdso => "[vdso]",
             VmaBacking::Vvar => "[vvar]",
             VmaBacking::VvarVclock => "[vvar_vclock]",
@@ -150,6 +151,22 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
     check_pipes(p)?;
     check_objects(p)?;
     check_tmpfs(p)?;
+    match &p.ipc {
+        Some(_) if p.pid != 1 => {
+            return Err(Invalid::Field {
+                field: "ipc",
+                problem: "only PID 1 carries the IPC namespace".into(),
+            });
+        }
+        Some(ns) => crate::records::check_ipc(ns, &p.objects)?,
+        None if p.objects.iter().any(|o| matches!(o.kind, ObjectKind::SysvShm { .. })) => {
+            return Err(Invalid::Field {
+                field: "ipc",
+                problem: "System V shared memory without a namespace".into(),
+            });
+        }
+        None => {}
+    }
     if p.creds.groups.len() > NGROUPS_MAX {
         return Err(Invalid::Field {
             field: "creds.groups",
@@ -284,7 +301,7 @@ fn check_vmas(vmas: &[Vma]) -> Result<(), Invalid> {
                 check_path(PathOwner::Vma { start: v.start, end: v.end }, &file.path)?;
                 None
             }
-            VmaBacking::Object { .. } => {
+            VmaBacking::Object { .. } | VmaBacking::SysvShm { .. } => {
                 if !v.offset.is_multiple_of(PAGE_SIZE) || v.offset.checked_add(v.end - v.start).is_none() {
                     return Err(bad(VmaProblem::BadOffset(v.offset)));
                 }
@@ -402,6 +419,7 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
             FdKind::PidFd(p) => anon::check_pidfd(f.fd, p)?,
             FdKind::Epoll(e) => e.check(f.fd, f.file_id)?,
             FdKind::Inet(s) => s.check().map_err(|problem| Invalid::Fd { fd: f.fd, problem })?,
+            FdKind::Mqueue { name } => crate::records::check_mqueue_fd(f.fd, name, p)?,
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {
@@ -464,6 +482,10 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
         }
         match &o.kind {
             ObjectKind::AnonShared => {}
+            ObjectKind::SysvShm { .. } if p.pid != 1 => {
+                return bad(format!("object {}: System V shared memory is PID 1's", o.id));
+            }
+            ObjectKind::SysvShm { .. } => {}
             ObjectKind::Memfd { name, seals } => {
                 // memfd_create: at most 249 bytes of name; F_SEAL_* are the low 6 bits.
                 if name.len() > 249 || name.contains('\0') || name.contains('/') {
@@ -632,6 +654,7 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
         if let Some(id) = p.object_ids().find(|id| !objects.contains(id)) {
             return Err(format!("pid {} refers to object {id}, which has no record", p.pid));
         }
+        crate::records::check_ipc_refs(p, processes)?;
         if let Some(r) = p.inherited.first() {
             // Binary searches: a hostile record may hold millions of runs and VMAs.
             let same = by_pid.get(&p.ppid).is_some_and(|parent| {

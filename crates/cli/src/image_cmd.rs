@@ -263,6 +263,12 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         };
         println!("    {:>6} {:>6} {:>6} {:>6}  {:<16} {state}", p.pid, p.ppid, p.sid, p.pgid, p.comm);
     }
+    if let Some(ns) = img.processes.iter().find_map(|p| p.ipc.as_ref()) {
+        println!("IPC namespace:");
+        for line in ipc_lines(ns) {
+            println!("    {line}");
+        }
+    }
     let mut shared = shared_files(&img.processes);
     shared.extend(shared_objects(&img.processes));
     if !shared.is_empty() {
@@ -307,6 +313,10 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 VmaBacking::Vdso => "[vdso]".into(),
                 VmaBacking::Vvar => "[vvar]".into(),
                 VmaBacking::VvarVclock => "[vvar_vclock]".into(),
+                VmaBacking::SysvShm { id, may_write } => {
+                    let name = object_name(&img.processes, *id);
+                    if *may_write { name } else { format!("{name}, SHM_RDONLY") }
+                }
             };
             println!(
                 "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing} {}",
@@ -376,7 +386,49 @@ fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> 
         ObjectKind::AnonShared => format!("shared anonymous memory #{id} ({})", size(o.size)),
         ObjectKind::Memfd { name, seals } => format!("memfd:{name} ({} bytes, seals {seals:#x})", o.size),
         ObjectKind::Deleted { path, .. } => format!("deleted {path} ({} bytes)", o.size),
+        ObjectKind::SysvShm { shmid } => format!("System V shm {shmid} ({} bytes)", o.size),
     }
+}
+
+/// How `inspect` shows the container's IPC namespace, one line per object.
+fn ipc_lines(ns: &migrate_proto::records::IpcNamespace) -> Vec<String> {
+    let mut out: Vec<String> = ns.limits.iter().map(|l| format!("limit {} = {}", l.name, l.value)).collect();
+    let perm = |p: &migrate_proto::records::IpcPerm| {
+        format!("id {} key {:#x} mode {:o} uid {} gid {}", p.id, p.key, p.mode, p.uid, p.gid)
+    };
+    for s in &ns.shm {
+        let flags = match (s.locked, s.removed) {
+            (true, true) => ", locked, removed",
+            (true, false) => ", locked",
+            (false, true) => ", removed",
+            (false, false) => "",
+        };
+        out.push(format!("shm {} size {}{flags}", perm(&s.perm), s.size));
+    }
+    for s in &ns.sem {
+        out.push(format!("sem {} values {:?}", perm(&s.perm), s.values));
+    }
+    for q in &ns.msg {
+        let types: Vec<i64> = q.messages.iter().map(|m| m.mtype).collect();
+        out.push(format!(
+            "msg {} qbytes {} messages {} types {types:?}",
+            perm(&q.perm),
+            q.qbytes,
+            q.messages.len()
+        ));
+    }
+    for q in &ns.mqueues {
+        let prios: Vec<u32> = q.messages.iter().map(|m| m.prio).collect();
+        out.push(format!(
+            "mqueue /{} mode {:o} maxmsg {} msgsize {} messages {} priorities {prios:?}",
+            q.name,
+            q.mode,
+            q.maxmsg,
+            q.msgsize,
+            q.messages.len()
+        ));
+    }
+    out
 }
 
 /// The objects (shared memory, memfds, deleted files) referred to by more than one
@@ -474,6 +526,7 @@ fn kernel_object(kind: &FdKind) -> String {
             format!("epoll: {}", if regs.is_empty() { "nothing registered".into() } else { regs.join(", ") })
         }
         FdKind::Inet(s) => s.to_string(),
+        FdKind::Mqueue { name } => format!("POSIX message queue /{name}"),
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

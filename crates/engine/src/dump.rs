@@ -72,6 +72,8 @@ pub struct Prechecked {
     /// Each live process's VMAs (`None` for a zombie), and the objects they map.
     vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
     objects: crate::objects::shmem::Registry,
+    /// The IPC namespace, and the files its segments are read from.
+    ipc: Option<(migrate_proto::records::IpcNamespace, crate::objects::sysv::Held)>,
 }
 
 /// Finds the container's processes and refuses what this version cannot restore.
@@ -88,6 +90,8 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         refusals.gather(check_state(p, levels))?;
     }
     let mut objects = crate::objects::shmem::Registry::default();
+    // Before the maps: attachments find their segment by inode.
+    let ipc = refusals.gather(crate::objects::sysv::dump(pid, &mut objects))?;
     let mut vmas = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
         if seize::is_zombie(p) {
@@ -99,6 +103,12 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         if f.seccomp != 0 {
             refusals.push(format!("{} runs under seccomp (mode {}): not supported yet", who(), f.seccomp));
         }
+        // A directory removed while it is the cwd: no path leads to it any more.
+        if std::fs::metadata(format!("/proc/{p}/cwd"))
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+        {
+            refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
+        }
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
@@ -107,7 +117,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     }
     files::check(&pids, external, &mut refusals)?;
     refusals.into_result()?;
-    Ok(Prechecked { pids, vmas, objects })
+    Ok(Prechecked { pids, vmas, objects, ipc })
 }
 
 /// How many pid namespaces `pid` is in (the values of `NSpid`).
@@ -334,7 +344,9 @@ fn collect_and_write(
 ) -> Result<CheckpointReport, EngineError> {
     progress(Progress::Phase("collect"));
     let t_collect = Instant::now();
-    let Prechecked { pids, mut vmas, mut objects } = pre;
+    let Prechecked { pids, mut vmas, mut objects, ipc } = pre;
+    // Held until the memory is written: the segments' contents are read through them.
+    let (ipc, _held) = ipc.unzip();
     let mut records = Vec::with_capacity(pids.len());
     let mut hostname = req.container.hostname.clone();
     let mut last_pid = 0;
@@ -375,6 +387,7 @@ fn collect_and_write(
             objects: Vec::new(),
             inherited: Vec::new(),
             zombie: None,
+            ipc: if i == 0 { ipc.clone() } else { None },
         });
     }
     let live: Vec<(i32, usize)> =
@@ -517,6 +530,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         objects: Vec::new(),
         inherited: Vec::new(),
         zombie: Some(status),
+        ipc: None,
     })
 }
 

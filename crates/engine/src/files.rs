@@ -93,6 +93,22 @@ fn classify(
                     continue;
                 }
             }
+        } else if crate::objects::mqueue::is_queue(&entry.path()) {
+            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info }) {
+                Ok(kind) => kind,
+                Err(what) => {
+                    refuse(what);
+                    continue;
+                }
+            }
+        } else if on_procfs(&entry.path()) {
+            match proc_file(pid, &link, &entry.path(), pos, flags)? {
+                Ok(kind) => kind,
+                Err(why) => {
+                    refuse(format!("{link}, a file of /proc {why}: not supported"));
+                    continue;
+                }
+            }
         } else if let Some(named) = Named::of(&link, false) {
             let path = entry.path().to_string_lossy().into_owned();
             let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
@@ -126,6 +142,50 @@ fn classify(
     }
     out.sort_by_key(|s| s.fd);
     Ok(out)
+}
+
+/// Whether the fd at `path` is a file of a procfs (`PROC_SUPER_MAGIC`).
+fn on_procfs(path: &std::path::Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
+/// A file of `/proc` that the process gets back exactly by opening its path again, or
+/// why not: it must be open read-only and never read (position 0: a seq_file renders
+/// its text at the first read and keeps it, so an fd that read part of it holds text a
+/// new fd would render anew), and be a live process's of the container, in its own
+/// `/proc` (`/proc/N/…`; what `/proc/self` resolved to: the restored process has the
+/// same pid, and the fd the same task and mm behind it) or no process's
+/// (`/proc/meminfo`, `/proc/sys/…`).
+fn proc_file(
+    pid: i32,
+    link: &str,
+    fd_path: &std::path::Path,
+    pos: u64,
+    flags: u32,
+) -> Result<Result<FdKind, String>, EngineError> {
+    if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+        return Ok(Err("is open for writing".into()));
+    }
+    if pos != 0 {
+        return Ok(Err(format!("was read up to byte {pos} (a new fd would render its text anew)")));
+    }
+    let first = link.strip_prefix("/proc/").and_then(|r| r.split('/').next()).unwrap_or("");
+    if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
+        // Read through the container's root, the status of a process of a procfs of the
+        // container's pid namespace names it by one pid, the one in the path.
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/root/proc/{first}/status")).unwrap_or_default();
+        let ours = procfs::status_field(&status, "NSpid").is_some_and(|v| v.split_whitespace().eq([first]));
+        if !ours {
+            return Ok(Err("is not of a live process of the container's own /proc".into()));
+        }
+    }
+    let md = std::fs::metadata(fd_path).map_err(io_err("stat", fd_path))?;
+    Ok(Ok(if md.is_dir() {
+        FdKind::Dir { path: link.to_string(), pos: 0 }
+    } else {
+        FdKind::File { file: file_id(link, &fd_path.to_string_lossy())?, pos: 0 }
+    }))
 }
 
 /// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,
@@ -336,9 +396,12 @@ pub struct FdWorld {
 impl FdWorld {
     /// Where the processes of the container open object `id` (its owner made it).
     pub fn object_path(&self, id: u64) -> Result<&str, EngineError> {
+        self.object(id).map(|o| o.path.as_str())
+    }
+
+    pub fn object(&self, id: u64) -> Result<&Live, EngineError> {
         self.objects
             .get(&id)
-            .map(|o| o.path.as_str())
             .ok_or_else(|| EngineError::Incompatible(format!("object {id} is used before its owner made it")))
     }
 }

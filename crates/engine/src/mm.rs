@@ -58,8 +58,10 @@ pub fn dump_vmas(pid: i32, proc: usize, objects: &mut Registry) -> Result<Vec<Vm
 fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Result<VmaBacking, EngineError> {
     let unsupported = |what: &str| {
         Err(EngineError::Unsupported(format!(
-            "pid {pid}: VMA {:#x}-{:#x} is {what}, not supported yet",
-            m.start, m.end
+            "{} VMA {:#x}-{:#x} is {what}, not supported yet",
+            crate::files::describe_process(pid),
+            m.start,
+            m.end
         )))
     };
     Ok(match m.name.as_str() {
@@ -68,7 +70,16 @@ fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Resul
         "[vvar_vclock]" => VmaBacking::VvarVclock,
         "" | "[heap]" | "[stack]" if !m.shared() => VmaBacking::Anon,
         n if n.starts_with("[anon:") && !m.shared() => VmaBacking::Anon,
-        n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
+        _ if m.has_flag("ht") => return unsupported(&format!("a hugetlb mapping ({})", m.name)),
+        n if n.starts_with("/SYSV") => {
+            let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            match objects.known(&via)? {
+                Some(id) => VmaBacking::SysvShm { id, may_write: m.has_flag("mw") },
+                None => {
+                    return unsupported(&format!("System V shared memory ({n}) of another IPC namespace"));
+                }
+            }
+        }
         n if let Some(named) = Named::of(n, m.shared()) => {
             let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
             VmaBacking::Object { id: objects.id(proc, &via, named)?, shared: m.shared() }
@@ -309,6 +320,23 @@ pub fn map_vmas(
         let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (fd, offset) = match &v.backing {
             VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock => continue,
+            VmaBacking::SysvShm { id, .. } => {
+                // The pieces of one attachment (split by mprotect or munmap) share its base;
+                // they are made together, by the first, so that they stay one attachment.
+                let base = |w: &Vma| w.start.checked_sub(w.offset);
+                let pieces: Vec<&Vma> = vmas
+                    .iter()
+                    .filter(|w| w.backing == v.backing && base(w) == base(v))
+                    .filter(|w| !kept.iter().any(|k| k.start == w.start))
+                    .collect();
+                if base(v).is_none() || pieces.first().is_some_and(|p| p.start == v.start) {
+                    crate::objects::sysv::attach(remote, &pieces, world.object(*id)?)?;
+                    for p in &pieces {
+                        advise(remote, p)?;
+                    }
+                }
+                continue;
+            }
             VmaBacking::Anon => {
                 flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
                 (None, 0)
@@ -349,12 +377,18 @@ pub fn map_vmas(
         if addr != v.start {
             return Err(EngineError::Incompatible(format!("VMA {:#x} was mapped at {addr:#x}", v.start)));
         }
-        for (flag, advice) in ADVICE {
-            if v.advice.iter().any(|a| a == flag) {
-                remote.call(libc::SYS_madvise, &[v.start, len, advice as u64], || {
-                    format!("madvise({flag}) of {:#x}", v.start)
-                })?;
-            }
+        advise(remote, v)?;
+    }
+    Ok(())
+}
+
+/// Sets the `madvise` flags the VMA had.
+fn advise(remote: &mut Remote<'_>, v: &Vma) -> Result<(), EngineError> {
+    for (flag, advice) in ADVICE {
+        if v.advice.iter().any(|a| a == flag) {
+            remote.call(libc::SYS_madvise, &[v.start, v.end - v.start, advice as u64], || {
+                format!("madvise({flag}) of {:#x}", v.start)
+            })?;
         }
     }
     Ok(())
@@ -441,6 +475,17 @@ mod tests {
         assert_eq!(subtract(10, 20, [(0, 15), (18, 30)].into_iter()), [(15, 18)]);
         assert_eq!(subtract(10, 20, [(0, 30)].into_iter()), []);
         assert_eq!(subtract(10, 20, [(20, 30)].into_iter()), [(10, 20)]);
+    }
+
+    #[test]
+    fn hugetlb_mappings_are_refused_by_name() {
+        // This host may have no huge pages to make one: the kernel's smaps lines do.
+        let text = "7f0000000000-7f0000200000 rw-s 00000000 00:0f 1234   /anon_hugepage (deleted)\n\
+                    VmFlags: rd wr sh mr mw me ms de ht sd\n";
+        let maps = procfs::parse_smaps(text).unwrap_or_default();
+        let got = maps.first().map(|m| backing(0, 0, m, &mut Registry::default()));
+        let Some(Err(EngineError::Unsupported(what))) = got else { panic!("not refused: {got:?}") };
+        assert!(what.contains("is a hugetlb mapping (/anon_hugepage (deleted))"), "{what}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub fn parse_locks(text: &str, pid: i32) -> Result<Vec<FileLock>, String> {
             "POSIX" => continue,
             "OFDLCK" => LockKind::Ofd,
             "FLOCK" => LockKind::Flock,
+            "LEASE" => return Err("holds a file lease (fcntl F_SETLEASE): not supported yet".into()),
             other => return Err(format!("holds a {other} lock, not supported yet")),
         };
         let write = match *access {

@@ -114,6 +114,11 @@ pub fn restore(
         warnings: Vec::new(),
         memory_ms: 0,
     };
+    // The IPC namespace before any process: they attach its segments.
+    if let Some(ns) = &root.ipc {
+        let segments = objects::sysv::restore(stub, ns, &root.objects)?;
+        ctx.world.objects.extend(segments);
+    }
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
     // pidfds once every process and thread they may refer to exists.
@@ -124,6 +129,9 @@ pub fn restore(
         let mut remote =
             Remote { task: &mut b.seized.tasks[0], gadget, mem: &b.seized.mem, pid: host, scratch };
         objects::pidfd::restore(&mut remote, p.pid, &p.fds, &mut pidfds)?;
+    }
+    if let Some(ns) = &root.ipc {
+        objects::sysv::finish(stub, ns)?;
     }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
@@ -206,7 +214,10 @@ fn build(
     let mut remote = Remote { task: s.main(), gadget, mem: &mem, pid: host, scratch };
     // Spare fds above every fd of the image (see files::restore).
     let base = rec.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 48;
-    for o in &rec.objects {
+    // A System V segment was made with the IPC namespace.
+    for o in
+        rec.objects.iter().filter(|o| !matches!(o.kind, migrate_proto::records::ObjectKind::SysvShm { .. }))
+    {
         let (anchor, live) = objects::shmem::create(&mut remote, rec.pid, o, base)?;
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);

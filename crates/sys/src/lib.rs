@@ -7,6 +7,7 @@
 pub mod anon;
 pub mod clone3;
 pub mod files;
+pub mod ipc;
 pub mod mem;
 pub mod pagemap;
 pub mod pidfd;

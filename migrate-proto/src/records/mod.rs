@@ -15,7 +15,10 @@ pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
 
+mod ipc;
+
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
+pub use ipc::*;
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +118,13 @@ pub enum VmaBacking {
     Vdso,
     Vvar,
     VvarVclock,
+    /// An attachment (`shmat`) of a System V shared memory segment: the object `id` of
+    /// kind [`ObjectKind::SysvShm`], mapped from `offset`; `may_write` unless attached
+    /// `SHM_RDONLY` (smaps `mw`: the attachment may be made writable by `mprotect`).
+    SysvShm {
+        id: u64,
+        may_write: bool,
+    },
 }
 
 /// One mapping of `/proc/PID/maps`.
@@ -239,6 +249,9 @@ pub enum FdKind {
     Epoll(Epoll),
     /// A TCP or UDP socket ([`InetSocket`]).
     Inet(InetSocket),
+    /// A POSIX message queue of the IPC namespace ([`PosixQueue`]), by its name without
+    /// the leading `/`.
+    Mqueue { name: String },
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.
@@ -322,6 +335,9 @@ pub enum ObjectKind {
     Memfd { name: String, seals: u32 },
     /// A file unlinked while open or mapped: where it was, its permission bits and owner.
     Deleted { path: String, mode: u32, uid: u32, gid: u32 },
+    /// A System V shared memory segment of the IPC namespace ([`ShmSegment`] in PID 1's
+    /// [`IpcNamespace`]), always owned by PID 1: the restore makes it with the namespace.
+    SysvShm { shmid: i32 },
 }
 
 /// One entry of a tmpfs the container's runtime mounts privately for it (`/dev/shm`,
@@ -355,7 +371,7 @@ impl ProcessRecord {
             _ => None,
         });
         let maps = self.vmas.iter().filter_map(|v| match v.backing {
-            VmaBacking::Object { id, .. } => Some(id),
+            VmaBacking::Object { id, .. } | VmaBacking::SysvShm { id, .. } => Some(id),
             _ => None,
         });
         fds.chain(maps)
@@ -401,4 +417,6 @@ pub struct ProcessRecord {
     /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
     /// fds, and stays a zombie until its parent reaps it.
     pub zombie: Option<i32>,
+    /// The container's IPC namespace, in PID 1's record only.
+    pub ipc: Option<IpcNamespace>,
 }

@@ -221,6 +221,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         objects: vec![ObjectRecord { id: 1, kind: ObjectKind::AnonShared, size: 4096 }],
         inherited: Vec::new(),
         zombie: None,
+        ipc: None,
     }
 }
 

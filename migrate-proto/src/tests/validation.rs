@@ -490,3 +490,127 @@ fn inet_sockets_are_checked() {
         assert!(err.contains("fd 9: ") && err.contains(want), "{err} (wanted {want:?})");
     }
 }
+
+/// PID 1 with an IPC namespace: one segment (object 7), a semaphore set, a message queue
+/// and a POSIX queue.
+fn with_ipc() -> ProcessRecord {
+    use crate::records::*;
+    let perm = |id, key| IpcPerm { key, id, mode: 0o600, uid: 0, gid: 0, cuid: 0, cgid: 0 };
+    let mut p = process(1);
+    p.objects.push(ObjectRecord { id: 7, kind: ObjectKind::SysvShm { shmid: 3 }, size: 8192 });
+    p.ipc = Some(IpcNamespace {
+        limits: vec![IpcLimit { name: "kernel/msgmax".into(), value: "4321".into() }],
+        shm: vec![ShmSegment { perm: perm(3, 0), size: 8192, locked: false, removed: false }],
+        sem: vec![SemSet { perm: perm(0, 5), values: vec![1, 2] }],
+        msg: vec![MsgQueue {
+            perm: perm(0, 6),
+            qbytes: 16384,
+            messages: vec![SysvMessage { mtype: 1, text: b"hi".to_vec() }],
+        }],
+        mqueues: vec![PosixQueue {
+            name: "q".into(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            maxmsg: 10,
+            msgsize: 64,
+            messages: vec![PosixMessage { prio: 1, data: b"x".to_vec() }],
+        }],
+    });
+    p
+}
+
+#[test]
+fn ipc_records_are_checked() {
+    assert!(validate_process(&with_ipc()).is_ok(), "{:?}", validate_process(&with_ipc()));
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "\"kernel/core_pattern\" is not an IPC sysctl",
+            Box::new(|p| ipc(p).limits[0].name = "kernel/core_pattern".into()),
+        ),
+        (
+            "kernel/msgmax: \"1; x\" is not a list of numbers",
+            Box::new(|p| ipc(p).limits[0].value = "1; x".into()),
+        ),
+        ("id -1 is negative or listed twice", Box::new(|p| ipc(p).sem[0].perm.id = -1)),
+        ("mode 4777 is not a permission mode", Box::new(|p| ipc(p).msg[0].perm.mode = 0o4777)),
+        ("segment 3 has not exactly one object of its size", Box::new(|p| ipc(p).shm[0].size = 4096)),
+        (
+            "segment 3 is removed but has a key",
+            Box::new(|p| {
+                let s = &mut ipc(p).shm[0];
+                (s.removed, s.perm.key) = (true, 9);
+            }),
+        ),
+        ("an object of System V shared memory has no segment", Box::new(|p| ipc(p).shm.clear())),
+        ("System V shared memory without a namespace", Box::new(|p| p.ipc = None)),
+        ("set 0: 0 values, or one above SEMVMX", Box::new(|p| ipc(p).sem[0].values.clear())),
+        ("set 0: 1 values, or one above SEMVMX", Box::new(|p| ipc(p).sem[0].values = vec![40000])),
+        ("queue 0: a message of bad type or size", Box::new(|p| ipc(p).msg[0].messages[0].mtype = 0)),
+        ("\"../x\" is not a queue name", Box::new(|p| ipc(p).mqueues[0].name = "../x".into())),
+        ("/q: mode or attributes out of range", Box::new(|p| ipc(p).mqueues[0].msgsize = 0)),
+        (
+            "/q: more or larger messages than it holds",
+            Box::new(|p| ipc(p).mqueues[0].messages[0].data = vec![0; 65]),
+        ),
+        (
+            "only PID 1 carries the IPC namespace",
+            Box::new(|p| {
+                let ns = p.ipc.take();
+                *p = process(2);
+                p.ipc = ns;
+            }),
+        ),
+        (
+            "object 7: System V shared memory is PID 1's",
+            Box::new(|p| {
+                let objects = std::mem::take(&mut p.objects);
+                *p = process(2);
+                p.objects = objects;
+            }),
+        ),
+    ];
+    for (want, mutate) in cases {
+        let mut p = with_ipc();
+        mutate(&mut p);
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(want), "want {want:?}, got {err:?}");
+    }
+}
+
+fn ipc(p: &mut ProcessRecord) -> &mut crate::records::IpcNamespace {
+    p.ipc.get_or_insert_with(Default::default)
+}
+
+#[test]
+fn a_message_queue_fd_must_name_a_queue_of_the_namespace() {
+    let mut p = with_ipc();
+    let fd = |name: &str| FdRecord {
+        fd: 9,
+        file_id: 99,
+        flags: 2,
+        kind: FdKind::Mqueue { name: name.into() },
+        locks: vec![],
+    };
+    p.fds.push(fd("q"));
+    assert!(validate_process(&p).is_ok(), "{:?}", validate_process(&p));
+    for bad in ["other", "a/b", ""] {
+        p.fds.pop();
+        p.fds.push(fd(bad));
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("is not a queue of the namespace"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn an_attachment_must_name_a_segment() {
+    let mut p = with_ipc();
+    p.vmas[3].backing = VmaBacking::SysvShm { id: 7, may_write: true };
+    assert!(crate::validate::validate_tree(std::slice::from_ref(&p)).is_ok());
+    p.vmas[3].backing = VmaBacking::Object { id: 7, shared: true };
+    let err = crate::validate::validate_tree(std::slice::from_ref(&p))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("maps an object of the wrong kind"), "{err}");
+}

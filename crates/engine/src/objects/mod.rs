@@ -15,6 +15,8 @@
 //! | [`epoll`] | epoll: every registration (events, data, the file), re-added from inside the tasks |
 //! | [`unix`] | unix sockets (refused for now) |
 //! | [`inet`] | TCP sockets listening, bound or unbound; UDP sockets; their options |
+//! | [`sysv`] | the IPC namespace: System V shared memory, semaphores, message queues, limits |
+//! | [`mqueue`] | POSIX message queues of the IPC namespace |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
 //! of open file descriptions between fds and processes — are [`crate::files`].
@@ -35,9 +37,11 @@ pub mod eventfd;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
+pub mod mqueue;
 pub mod pidfd;
 pub mod shmem;
 pub mod signalfd;
+pub mod sysv;
 pub mod timerfd;
 pub mod tmpfs;
 pub mod unix;
@@ -125,6 +129,7 @@ pub fn restore(
         FdKind::Inotify(i) => inotify::restore(remote, rec, i, cloexec),
         FdKind::Epoll(_) => epoll::restore(remote, rec, cloexec),
         FdKind::Inet(s) => inet::restore(remote, rec, s, cloexec),
+        FdKind::Mqueue { name } => mqueue::restore_fd(remote, rec, name, cloexec),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }

@@ -51,6 +51,8 @@ pub enum Named<'a> {
     AnonShared,
     Memfd(&'a str),
     Deleted(&'a str),
+    /// A System V shared memory segment, by its id ([`super::sysv`]).
+    Sysv(i32),
 }
 
 impl<'a> Named<'a> {
@@ -90,6 +92,7 @@ impl Registry {
                 ObjectKind::Memfd { name: name.to_string(), seals: seals as u32 }
             }
             Named::Deleted(p) => deleted(p, &md, path)?,
+            Named::Sysv(shmid) => ObjectKind::SysvShm { shmid },
         };
         let id = self.found.len() as u64 + 1;
         self.by_inode.insert(key, self.found.len());
@@ -99,6 +102,14 @@ impl Registry {
             source: path.to_string(),
         });
         Ok(id)
+    }
+}
+
+impl Registry {
+    /// The id of the object already registered that `path` leads to, if any.
+    pub fn known(&self, path: &str) -> Result<Option<u64>, EngineError> {
+        let md = std::fs::metadata(path).map_err(io_err("stat", path))?;
+        Ok(self.by_inode.get(&(md.dev(), md.ino())).map(|&i| self.found[i].record.id))
     }
 }
 
@@ -211,6 +222,11 @@ pub fn create(
             remote.call(libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || format!("unlink {path}"))?;
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
             fd
+        }
+        ObjectKind::SysvShm { shmid } => {
+            return Err(EngineError::Incompatible(format!(
+                "object {id} (System V segment {shmid}) is made with the IPC namespace, not by a process"
+            )));
         }
     };
     let anchor = remote
