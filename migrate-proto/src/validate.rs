@@ -396,6 +396,15 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
                 return Err(Invalid::Fd { fd: f.fd, problem: "eventfd counter beyond its ceiling".into() });
             }
             FdKind::EventFd(_) => {}
+            FdKind::Unix(u) => {
+                u.check().map_err(|problem| Invalid::Fd {
+                    fd: f.fd,
+                    problem: format!("unix socket: {problem}"),
+                })?;
+                if let Some(path) = u.path() {
+                    check_path(owner, path)?;
+                }
+            }
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

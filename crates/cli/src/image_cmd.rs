@@ -413,6 +413,7 @@ fn kernel_object(kind: &FdKind) -> String {
         FdKind::EventFd(e) => {
             format!("eventfd, counter {}{}", e.count, if e.semaphore { ", semaphore" } else { "" })
         }
+        FdKind::Unix(u) => u.describe(),
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

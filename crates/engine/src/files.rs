@@ -145,6 +145,8 @@ pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -
             }
         }
     }
+    let alive: Vec<i32> = pids.iter().copied().filter(|&p| !crate::seize::is_zombie(p)).collect();
+    crate::objects::unix::check(&alive, refusals)?;
     if pipes.is_empty() {
         return Ok(());
     }
@@ -327,6 +329,8 @@ pub struct FdWorld {
     pub records: HashMap<u64, PipeRecord>,
     /// The image's objects rebuilt so far, by id.
     pub objects: HashMap<u64, Live>,
+    /// The image's unix sockets, and those made so far.
+    pub unix: crate::objects::unix::World,
 }
 
 impl FdWorld {
@@ -340,7 +344,7 @@ impl FdWorld {
 }
 
 /// Copies fd `fd` of process `from` (ns pid) into `task` at `target`.
-fn copy_from(
+pub(crate) fn copy_from(
     task: &mut Task,
     gadget: u64,
     from: i32,
@@ -376,6 +380,7 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     // Spare fds go above every fd of the image, so that installing never hits them.
     let base = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 1;
+    world.unix.here = (pid_ns, base);
     if world.external.is_empty() {
         // PID 1, a stub: its stdout and stderr are the new shim's pipes.
         for (fd, name) in [(1u64, "stdout"), (2, "stderr")] {

@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 mod anon;
+pub mod unix;
 
 pub use anon::EventFd;
+pub use unix::{SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +223,8 @@ pub enum FdKind {
     External { name: String },
     /// An eventfd ([`EventFd`]).
     EventFd(EventFd),
+    /// A unix socket ([`UnixSocket`]).
+    Unix(UnixSocket),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

@@ -8,7 +8,7 @@
 //! | [`fifo`] | named pipes (what their name adds to a pipe) |
 //! | [`tmpfs`] | the contents of the container's private `/run` and `/dev/shm` |
 //! | [`eventfd`] | eventfd: counter, semaphore mode |
-//! | [`unix`] | unix sockets (refused for now) |
+//! | [`unix`] | unix sockets: pairs, names, listeners and their pending connections, queued bytes |
 //! | [`inet`] | TCP and UDP sockets (refused for now) |
 //!
 //! Regular files, directories, devices and pipes — the fd table itself, and the sharing
@@ -98,10 +98,11 @@ pub fn restore(
     remote: &mut Remote<'_>,
     rec: &FdRecord,
     cloexec: u64,
-    _world: &mut FdWorld,
+    world: &mut FdWorld,
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
+        FdKind::Unix(u) => unix::restore(remote, rec, u, cloexec, world),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }

@@ -1,0 +1,317 @@
+//! The restore of unix sockets: each socket is made with the sockets tied to it (peer,
+//! pending clients) by the first process that needs one of them, kept at spare fds
+//! there, and copied from there to every fd that holds it.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+
+use migrate_proto::records::{FdRecord, UnixName, UnixSocket, UnixState, UnixType};
+use nix::sys::socket::{MsgFlags, Shutdown};
+
+use crate::error::EngineError;
+use crate::files::FdWorld;
+use crate::inject::Remote;
+
+/// The unix sockets of the image, and where those made so far live.
+#[derive(Debug, Default)]
+pub struct World {
+    /// Every unix socket of the image, by inode.
+    pub records: HashMap<u64, UnixSocket>,
+    /// Sockets made so far: `(ns pid, spare fd)` of their maker.
+    made: HashMap<u64, (i32, u64)>,
+    /// The process being restored: its ns pid, and where its spare fds may start.
+    pub here: (i32, u64),
+}
+
+/// Makes socket `u` (unless made already, with those tied to it) and installs it at
+/// `rec.fd` with its status flags.
+pub fn restore(
+    remote: &mut Remote<'_>,
+    rec: &FdRecord,
+    u: &UnixSocket,
+    cloexec: u64,
+    world: &mut FdWorld,
+) -> Result<(), EngineError> {
+    if !world.unix.made.contains_key(&u.inode) {
+        make(remote, u.inode, world)?;
+    }
+    let &(from, fd) = world
+        .unix
+        .made
+        .get(&u.inode)
+        .ok_or_else(|| EngineError::Incompatible(format!("unix socket {} was not made", u.inode)))?;
+    let target = rec.fd as u64;
+    crate::files::copy_from(remote.task, remote.gadget, from, fd, target, cloexec)?;
+    let status = rec.flags & (libc::O_NONBLOCK | libc::O_ASYNC) as u32;
+    remote.call(libc::SYS_fcntl, &[target, libc::F_SETFL as u64, u64::from(status)], || {
+        format!("fcntl(F_SETFL) of fd {target}")
+    })?;
+    Ok(())
+}
+
+fn record(world: &FdWorld, inode: u64) -> Result<UnixSocket, EngineError> {
+    world
+        .unix
+        .records
+        .get(&inode)
+        .cloned()
+        .ok_or_else(|| EngineError::Incompatible(format!("unix socket {inode} has no record")))
+}
+
+fn raw_type(ty: UnixType) -> u64 {
+    (match ty {
+        UnixType::Stream => libc::SOCK_STREAM,
+        UnixType::Dgram => libc::SOCK_DGRAM,
+        UnixType::SeqPacket => libc::SOCK_SEQPACKET,
+    }) as u64
+}
+
+/// The sockaddr of `name`, as `sun_path` holds it.
+fn sun_path(name: &UnixName) -> Vec<u8> {
+    match name {
+        UnixName::Path { path, .. } => path.as_bytes().to_vec(),
+        UnixName::Abstract(a) => [&[0u8][..], a].concat(),
+    }
+}
+
+/// One made socket: its spare fd in the maker and the engine's copy of it.
+struct Made {
+    inode: u64,
+    spare: u64,
+    copy: OwnedFd,
+}
+
+/// Makes socket `inode` and those tied to it in `remote`'s process: states, names,
+/// queues, shutdown and options as the image has them.
+fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), EngineError> {
+    let u = record(world, inode)?;
+    let pid_ns = world.unix.here.0;
+    let mut made: Vec<Made> = Vec::new();
+    match &u.state {
+        UnixState::Pending { listener } => return make(remote, *listener, world),
+        UnixState::Connected { peer }
+            if record(world, *peer)?.state == (UnixState::Connected { peer: inode }) =>
+        {
+            let p = record(world, *peer)?;
+            let (a, b) = pair(remote, &u, world)?;
+            made.push(a);
+            made.push(b);
+            bind(remote, &made[0], &u)?;
+            bind(remote, &made[1], &p)?;
+            fill(&made[1].copy, &u)?;
+            fill(&made[0].copy, &p)?;
+        }
+        UnixState::Connected { peer } => {
+            // One way (a datagram socket connected to a bound one): to its name.
+            if !world.unix.made.contains_key(peer) {
+                make(remote, *peer, world)?;
+            }
+            let name = record(world, *peer)?.name.ok_or_else(|| {
+                EngineError::Incompatible(format!(
+                    "unix socket {inode} is connected to unnamed {peer} one way"
+                ))
+            })?;
+            let s = single(remote, &u, world)?;
+            bind(remote, &s, &u)?;
+            connect(remote, &s, &name)?;
+            made.push(s);
+        }
+        UnixState::PeerClosed => {
+            let (a, b) = pair(remote, &u, world)?;
+            bind(remote, &a, &u)?;
+            fill(&b.copy, &u)?;
+            remote.call(libc::SYS_close, &[b.spare], || "close the closed peer".into())?;
+            world.spares.retain(|&s| s != (pid_ns, b.spare));
+            made.push(a);
+        }
+        UnixState::Unconnected => {
+            let s = single(remote, &u, world)?;
+            bind(remote, &s, &u)?;
+            made.push(s);
+        }
+        UnixState::Listening { backlog, pending } => {
+            let l = single(remote, &u, world)?;
+            bind(remote, &l, &u)?;
+            remote
+                .call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))?;
+            let name = u.name.clone().ok_or_else(|| {
+                EngineError::Incompatible(format!("unix listener {inode} has no name to connect to"))
+            })?;
+            made.push(l);
+            for &c in pending {
+                let cu = record(world, c)?;
+                let s = single(remote, &cu, world)?;
+                bind(remote, &s, &cu)?;
+                connect(remote, &s, &name)?;
+                made.push(s);
+            }
+        }
+    }
+    for m in &made {
+        let r = record(world, m.inode)?;
+        finish(&m.copy, &r).map_err(|e| EngineError::Injected {
+            pid: remote.pid,
+            call: format!("options of unix socket {}", m.inode),
+            errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        world.unix.made.insert(m.inode, (pid_ns, m.spare));
+    }
+    Ok(())
+}
+
+/// Moves `fd`, just made in the task, to a spare fd above the image's.
+fn to_spare(remote: &mut Remote<'_>, fd: u64, world: &mut FdWorld) -> Result<u64, EngineError> {
+    let (pid_ns, base) = world.unix.here;
+    let hi = remote.call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base + 64], || {
+        "fcntl(F_DUPFD) of a new unix socket".into()
+    })?;
+    remote.call(libc::SYS_close, &[fd], || "close".into())?;
+    world.spares.push((pid_ns, hi));
+    Ok(hi)
+}
+
+fn single(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<Made, EngineError> {
+    let fd = remote.call(
+        libc::SYS_socket,
+        &[libc::AF_UNIX as u64, raw_type(u.ty) | libc::SOCK_CLOEXEC as u64, 0],
+        || "socket(AF_UNIX)".into(),
+    )?;
+    let spare = to_spare(remote, fd, world)?;
+    Ok(Made { inode: u.inode, spare, copy: crate::files::take(remote.pid, spare as i32)? })
+}
+
+/// A socketpair for `u` and its peer.
+fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<(Made, Made), EngineError> {
+    remote.call(
+        libc::SYS_socketpair,
+        &[libc::AF_UNIX as u64, raw_type(u.ty) | libc::SOCK_CLOEXEC as u64, 0, remote.scratch.addr],
+        || "socketpair(AF_UNIX)".into(),
+    )?;
+    let fds = remote.read(0, 8)?;
+    let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
+    let (a, b) = (to_spare(remote, end(0), world)?, to_spare(remote, end(4), world)?);
+    let peer = match u.state {
+        UnixState::Connected { peer } => peer,
+        // A closed peer: nothing refers to it.
+        _ => 0,
+    };
+    Ok((
+        Made { inode: u.inode, spare: a, copy: crate::files::take(remote.pid, a as i32)? },
+        Made { inode: peer, spare: b, copy: crate::files::take(remote.pid, b as i32)? },
+    ))
+}
+
+/// Binds `m` to the name `u` bound, where it made a file: a stale socket node there
+/// (left by the dumped one) is removed first, and the new one gets its mode and owner.
+fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineError> {
+    let Some(name) = &u.name else { return Ok(()) };
+    let outside = match name {
+        UnixName::Path { path, .. } => {
+            Some(std::path::PathBuf::from(format!("/proc/{}/root{path}", remote.pid)))
+        }
+        UnixName::Abstract(_) => None,
+    };
+    if let Some(at) = &outside
+        && std::fs::symlink_metadata(at).is_ok_and(|md| md.file_type().is_socket())
+    {
+        std::fs::remove_file(at).map_err(crate::error::io_err("unlink a stale socket", at))?;
+    }
+    let addr = migrate_sys::unix::sockaddr_un(&sun_path(name))
+        .map_err(|e| EngineError::Incompatible(format!("unix socket {}: name: {e}", u.inode)))?;
+    let at = remote.write(0, &addr)?;
+    remote.call(libc::SYS_bind, &[m.spare, at, addr.len() as u64], || {
+        format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
+    })?;
+    if let (Some(at), UnixName::Path { file, .. }) = (&outside, name) {
+        match file {
+            Some(f) => {
+                std::fs::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+                    .map_err(crate::error::io_err("chmod", at))?;
+                std::os::unix::fs::lchown(at, Some(f.uid), Some(f.gid))
+                    .map_err(crate::error::io_err("chown", at))?;
+            }
+            // It had been unlinked: the name stays, the file goes.
+            None => std::fs::remove_file(at).map_err(crate::error::io_err("unlink", at))?,
+        }
+    }
+    Ok(())
+}
+
+fn connect(remote: &mut Remote<'_>, m: &Made, name: &UnixName) -> Result<(), EngineError> {
+    let addr = migrate_sys::unix::sockaddr_un(&sun_path(name))
+        .map_err(|e| EngineError::Incompatible(format!("unix socket {}: name: {e}", m.inode)))?;
+    let at = remote.write(0, &addr)?;
+    remote.call(libc::SYS_connect, &[m.spare, at, addr.len() as u64], || {
+        format!("connect unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
+    })?;
+    Ok(())
+}
+
+/// Sends `to`'s queue from `from`, its peer, each entry one message.
+fn fill(from: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError> {
+    let err = |what: String| EngineError::Incompatible(format!("refill unix socket {}: {what}", u.inode));
+    if u.queue.is_empty() {
+        return Ok(());
+    }
+    // Room for everything: the sizes the image asks for are set afterwards.
+    let sndbuf = migrate_sys::unix::get_int(from.as_fd(), libc::SO_SNDBUF).map_err(|e| err(e.to_string()))?;
+    let need: usize = u.queue.iter().map(|q| q.len() + 1024).sum();
+    migrate_sys::unix::set_int(from.as_fd(), libc::SO_SNDBUFFORCE, (need as i32).max(sndbuf))
+        .map_err(|e| err(format!("SO_SNDBUFFORCE: {e}")))?;
+    for q in &u.queue {
+        let mut done = 0;
+        loop {
+            let n = nix::sys::socket::send(
+                std::os::fd::AsRawFd::as_raw_fd(from),
+                &q[done..],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            )
+            .map_err(|e| err(format!("send: {e}")))?;
+            done += n;
+            if done >= q.len() || u.ty != UnixType::Stream {
+                break;
+            }
+        }
+    }
+    migrate_sys::unix::set_int(from.as_fd(), libc::SO_SNDBUFFORCE, sndbuf / 2)
+        .map_err(|e| err(format!("SO_SNDBUFFORCE: {e}")))?;
+    Ok(())
+}
+
+/// Shutdown bits, buffer sizes, peek offset, `SO_PASSCRED`/`SO_PASSSEC` (last: set
+/// earlier, they would have autobound a name on connect or send).
+fn finish(s: &OwnedFd, u: &UnixSocket) -> std::io::Result<()> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(s);
+    let how = match u.shutdown & 3 {
+        1 => Some(Shutdown::Read),
+        2 => Some(Shutdown::Write),
+        3 => Some(Shutdown::Both),
+        _ => None,
+    };
+    if let Some(how) = how {
+        nix::sys::socket::shutdown(raw, how)?;
+    }
+    let fd = s.as_fd();
+    for (get, force, want) in
+        [(libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, u.rcvbuf), (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, u.sndbuf)]
+    {
+        // The kernel doubles what is set.
+        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
+            migrate_sys::unix::set_int(fd, force, (want / 2) as i32)?;
+        }
+        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
+            return Err(std::io::Error::from_raw_os_error(libc::ERANGE));
+        }
+    }
+    if u.peek_off != -1 {
+        migrate_sys::unix::set_int(fd, libc::SO_PEEK_OFF, u.peek_off)?;
+    }
+    if u.passcred {
+        migrate_sys::unix::set_int(fd, libc::SO_PASSCRED, 1)?;
+    }
+    if u.passsec {
+        migrate_sys::unix::set_int(fd, libc::SO_PASSSEC, 1)?;
+    }
+    Ok(())
+}

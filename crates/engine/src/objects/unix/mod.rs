@@ -1,0 +1,219 @@
+//! Unix sockets: stream, datagram and seqpacket; socketpairs, sockets bound to a path or
+//! an abstract name (autobound ones too), listeners with connections waiting to be
+//! accepted, connected sockets with the bytes queued for them.
+//!
+//! Dump: the kernel's `sock_diag` table ([`diag`]) gives each socket's type, state, own
+//! name (`UNIX_DIAG_VFS` only for the socket that bound a path), peer, a listener's
+//! pending connections (`UNIX_DIAG_ICONS`: their server ends; the client is the socket
+//! whose peer that is) and shutdown bits. The receive queue is read from a copy of the
+//! socket with `MSG_PEEK` and `SO_PEEK_OFF` (Linux 4.x for unix sockets), so nothing is
+//! consumed; the peek offset is put back afterwards. Peeking without a control buffer
+//! makes the kernel flag `MSG_CTRUNC` where a message carries fds (or credentials), and
+//! install none: such a socket is refused.
+//!
+//! Restore ([`make`]): the first process that needs a socket makes it *and every socket
+//! tied to it* (its peer: one `socketpair`; a listener: its pending clients, connected in
+//! accept order) at spare fds of its own (as pipes are made), through injected calls so
+//! they belong to the container's namespaces; each socket's holders then copy it to
+//! their fd. Queues are refilled by sending from the peer end, from the engine through a
+//! copy (`pidfd_getfd`) with a send buffer forced large, before options, shutdown and
+//! the buffer sizes are set as they were.
+//!
+//! Refused: an accepted connection (its name is its listener's, which a restore cannot
+//! give it without accepting), sockets that reach outside the container, fds or
+//! credentials in flight, datagrams queued from a socket other than the peer.
+
+pub mod diag;
+mod make;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use migrate_proto::records::{FdKind, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, UnixAddr, recvmsg};
+
+use super::{Classified, FdSeen};
+use crate::error::EngineError;
+pub use diag::check;
+use diag::{LISTEN, Table, show_name, socket_inode};
+pub use make::{World, restore};
+
+pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError> {
+    let Some(ino) = socket_inode(seen.link) else {
+        return Ok(Err(format!("a unix socket with an unexpected link ({})", seen.link)));
+    };
+    let table = Table::of(seen.pid)?;
+    let Some(me) = table.get(ino) else {
+        return Ok(Err(format!("a unix socket ({}) of another network namespace: not supported", seen.link)));
+    };
+    let here =
+        |what: &str| format!("a unix socket ({}, {}) {what}", seen.link, show_name(me.name.as_deref()));
+    let ty = match i32::from(me.ty) {
+        libc::SOCK_STREAM => UnixType::Stream,
+        libc::SOCK_DGRAM => UnixType::Dgram,
+        libc::SOCK_SEQPACKET => UnixType::SeqPacket,
+        t => return Ok(Err(here(&format!("of type {t}: not supported")))),
+    };
+    let err = |what: &str, e: std::io::Error| EngineError::Proc {
+        pid: seen.pid,
+        what: format!("unix socket at fd {}", seen.fd),
+        reason: format!("{what}: {e}"),
+    };
+    // Someone else's name: an accepted socket (or a listener's embryo) shows the
+    // listener's address; a path has no VFS entry, an abstract name is also a listener's.
+    let inherited = match me.name.as_deref() {
+        Some([0, ..]) => {
+            me.state != LISTEN
+                && table.by_ino.values().any(|d| d.ino != ino && d.state == LISTEN && d.name == me.name)
+        }
+        Some(_) => me.vfs.is_none(),
+        None => false,
+    };
+    if inherited {
+        return Ok(Err(here("accepted from a listener (its name is the listener's): not supported yet")));
+    }
+    let name = match me.name.as_deref() {
+        None | Some([]) => None,
+        Some([0, rest @ ..]) => Some(UnixName::Abstract(rest.to_vec())),
+        Some(path) => {
+            // The kernel keeps a path's terminating NUL.
+            let path = path.split(|b| *b == 0).next().unwrap_or_default();
+            let Some(path) = std::str::from_utf8(path).ok().filter(|p| p.starts_with('/')) else {
+                return Ok(Err(here("bound to a relative or non-UTF-8 path: not supported yet")));
+            };
+            let file = std::fs::metadata(format!("/proc/{}/root{path}", seen.pid))
+                .ok()
+                .filter(|m| me.vfs.is_some_and(|(vino, _)| u64::from(vino) == m.ino()))
+                .map(|m| SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() });
+            Some(UnixName::Path { path: path.to_string(), file })
+        }
+    };
+    let state = if me.state == LISTEN {
+        let mut pending = Vec::with_capacity(me.icons.len());
+        for &c in &me.icons {
+            let Some(client) = table.get(c).filter(|_| c != 0) else {
+                return Ok(Err(here(
+                    "listening, with a pending connection whose client is closed: not supported",
+                )));
+            };
+            // What a pending client sent waits in the server end, which no fd reaches
+            // before accept: its bytes are still charged to the client's send buffer.
+            if client.rqlen.is_none_or(|(_, out)| out != 0) {
+                return Ok(Err(here(
+                    "listening, with a pending connection whose client sent bytes not accepted yet (they cannot be read before accept): not supported",
+                )));
+            }
+            pending.push(u64::from(c));
+        }
+        UnixState::Listening { backlog: me.rqlen.map_or(0, |(_, b)| b), pending }
+    } else {
+        match (table.listener_of(ino), me.peer) {
+            (Some(l), _) => UnixState::Pending { listener: u64::from(l.ino) },
+            (None, None) => UnixState::Unconnected,
+            (None, Some(p)) if p != 0 && table.get(p).is_some() => {
+                UnixState::Connected { peer: u64::from(p) }
+            }
+            (None, Some(_)) if table.closed(me) => UnixState::PeerClosed,
+            (None, Some(_)) => {
+                return Ok(Err(here("connected to a socket outside the container: not supported")));
+            }
+        }
+    };
+    let fd = sock.as_fd();
+    let opt = |o: libc::c_int, what: &str| migrate_sys::unix::get_int(fd, o).map_err(|e| err(what, e));
+    let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
+    let passsec = opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0;
+    let peek_off = opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
+    let queue = if me.state == LISTEN {
+        Peeked::Queue(Vec::new())
+    } else {
+        peek(sock, ty, peek_off).map_err(|e| err("peek", e))?
+    };
+    let queue = match queue {
+        Peeked::Queue(q) => q,
+        Peeked::InFlight => {
+            return Ok(Err(here("with fds or credentials in flight in its queue: not supported")));
+        }
+        Peeked::Too(what) => return Ok(Err(here(&what))),
+    };
+    if !queue.is_empty() && passcred {
+        return Ok(Err(here("with SO_PASSCRED and bytes queued (credentials in flight): not supported")));
+    }
+    if !queue.is_empty() && matches!(state, UnixState::Unconnected | UnixState::Pending { .. }) {
+        return Ok(Err(here(
+            "not connected both ways, with bytes queued from other sockets: not supported yet",
+        )));
+    }
+    if let UnixState::Connected { peer } = state
+        && !queue.is_empty()
+        && table.get(peer as u32).and_then(|d| d.peer) != Some(ino)
+    {
+        return Ok(Err(here(
+            "with datagrams queued, connected to a socket that is not connected back: not supported yet",
+        )));
+    }
+    Ok(Ok(FdKind::Unix(UnixSocket {
+        inode: u64::from(ino),
+        ty,
+        name,
+        state,
+        queue,
+        shutdown: me.shutdown & 3,
+        passcred,
+        passsec,
+        rcvbuf: opt(libc::SO_RCVBUF, "SO_RCVBUF")? as u32,
+        sndbuf: opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32,
+        peek_off,
+    })))
+}
+
+enum Peeked {
+    Queue(Vec<Vec<u8>>),
+    InFlight,
+    Too(String),
+}
+
+/// The receive queue of `sock`, read with `MSG_PEEK` from offset 0; its peek offset is
+/// `peek_off` before and after.
+fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32) -> std::io::Result<Peeked> {
+    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, 0)?;
+    let got = peek_from_zero(sock, ty);
+    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, peek_off)?;
+    got
+}
+
+fn peek_from_zero(sock: &OwnedFd, ty: UnixType) -> std::io::Result<Peeked> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let flags = if ty == UnixType::Stream { flags } else { flags | MsgFlags::MSG_TRUNC };
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags) {
+            Ok(m) => m,
+            Err(Errno::EAGAIN) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Ok(Peeked::InFlight);
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            // End of file on a stream; a datagram of no bytes cannot be told from it.
+            break;
+        }
+        if n > buf.len() {
+            return Ok(Peeked::Too(format!("with a datagram of {n} bytes queued: not supported")));
+        }
+        total += n;
+        if total > migrate_proto::records::unix::MAX_QUEUED
+            || out.len() >= migrate_proto::records::unix::MAX_DATAGRAMS
+        {
+            return Ok(Peeked::Too("with more queued than an image carries: not supported".into()));
+        }
+        out.push(buf[..n].to_vec());
+    }
+    Ok(Peeked::Queue(out))
+}

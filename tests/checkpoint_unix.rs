@@ -1,0 +1,189 @@
+//! Unix sockets moved to another host: socketpairs of each type with bytes queued both
+//! ways (datagram boundaries kept), a pair whose ends two processes hold, shutdown
+//! state, listeners by path and abstract name with connections waiting to be accepted,
+//! autobound names — each program checks after the restore that its sockets are what
+//! they were. And the refusals: a peer outside the container, fds in flight.
+
+mod support;
+
+use anyhow::ensure;
+use support::{TempDir, TestLab};
+
+/// Sets up every kind of socket, prints `ready`, waits for the trigger, then checks
+/// each one and prints `verdict ok` or `verdict FAIL: …`.
+const SOCKETS: &str = r#"
+import os, socket, sys, time
+work, trigger = sys.argv[1], sys.argv[2]
+U = socket.AF_UNIX
+bad = []
+def want(what, got, expected):
+    if got != expected:
+        bad.append(f"{what}: {got!r} != {expected!r}")
+
+# A stream pair, bytes queued both ways.
+sa, sb = socket.socketpair(U, socket.SOCK_STREAM)
+sa.sendall(b"to-b-1"); sa.sendall(b"to-b-2"); sb.sendall(b"to-a" * 1000)
+# A seqpacket pair and a datagram pair, several records queued.
+qa, qb = socket.socketpair(U, socket.SOCK_SEQPACKET)
+for m in [b"r1", b"record-two", b"3"]:
+    qa.send(m)
+da, db = socket.socketpair(U, socket.SOCK_DGRAM)
+for m in [b"d1", b"dd2", b"ddd3"]:
+    da.send(m)
+db.send(b"back")
+# Shut for writing after its last words.
+xa, xb = socket.socketpair(U, socket.SOCK_STREAM)
+xa.sendall(b"last words"); xa.shutdown(socket.SHUT_WR)
+# Buffer sizes set, and kept.
+sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+# A listener in a directory, with a pending connection; an abstract one likewise.
+path = os.path.join(work, "srv.sock")
+lp = socket.socket(U, socket.SOCK_STREAM); lp.bind(path); lp.listen(7)
+os.chmod(path, 0o640)
+cp = socket.socket(U, socket.SOCK_STREAM); cp.connect(path)
+abstract = f"\0migrate-test-{os.getpid()}"
+la = socket.socket(U, socket.SOCK_SEQPACKET); la.bind(abstract); la.listen(3)
+ca = socket.socket(U, socket.SOCK_SEQPACKET); ca.connect(abstract)
+# Autobound: a 5-hex-digit abstract name of the kernel's choosing.
+auto = socket.socket(U, socket.SOCK_DGRAM); auto.bind("")
+auto_name = auto.getsockname()
+# A pair across fork: the child keeps one end, the parent the other.
+pa, pb = socket.socketpair(U, socket.SOCK_STREAM)
+pb.sendall(b"from-child-before")
+child = os.fork()
+if child == 0:
+    pa.close()
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    got = pb.recv(100)
+    pb.sendall(b"from-child-after")
+    print("child got", got.decode(), flush=True)
+    os._exit(0)
+pb.close()
+print("ready", flush=True)
+while not os.path.exists(trigger):
+    time.sleep(0.05)
+print("after restore", flush=True)
+
+def drain(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+want("stream to b", drain(sb, 12), b"to-b-1to-b-2")
+want("stream to a", drain(sa, 4000), b"to-a" * 1000)
+want("seqpacket", [qb.recv(100) for _ in range(3)], [b"r1", b"record-two", b"3"])
+want("dgram", [db.recv(100) for _ in range(3)], [b"d1", b"dd2", b"ddd3"])
+want("dgram back", da.recv(100), b"back")
+want("shut: words", drain(xb, 100), b"last words")
+want("shut: eof", xb.recv(10), b"")
+try:
+    xa.send(b"more"); bad.append("send after SHUT_WR worked")
+except BrokenPipeError:
+    pass
+want("rcvbuf", sb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 131072)
+want("path listener name", lp.getsockname(), path)
+want("path file mode", oct(os.stat(path).st_mode & 0o777), "0o640")
+conn, _ = lp.accept()
+want("accepted peer name", cp.getpeername(), path)
+want("accepted own name", conn.getsockname(), path)
+cp.sendall(b"hello server"); want("after accept", conn.recv(100), b"hello server")
+conn2, _ = la.accept()
+want("abstract peer", ca.getpeername(), abstract.encode())
+ca.send(b"rec"); want("abstract record", conn2.recv(10), b"rec")
+want("autobound", auto.getsockname(), auto_name)
+pa.sendall(b"from-parent")
+want("from child before", drain(pa, 17), b"from-child-before")
+want("from child after", drain(pa, 16), b"from-child-after")
+os.waitpid(child, 0)
+print("verdict", "ok" if not bad else "FAIL: " + "; ".join(bad), flush=True)
+"#;
+
+#[test]
+fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
+    let work = TempDir::new("unix")?;
+    let img = TempDir::new("unix-img")?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "socks", &["python3", "-c", SOCKETS, &work.join(""), &trigger])?;
+    lab.wait_log("socks", "ready")?;
+    let image = img.join("socks");
+    lab.checkpoint_and_restore("socks", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    for needle in [
+        "unix stream socket:",
+        "12 bytes queued in",
+        "unix seqpacket socket:",
+        "13 bytes queued in 3 messages",
+        "unix dgram socket:",
+        "9 bytes queued in 3 messages",
+        "shut for writing",
+        "srv.sock, listening (backlog 7), 1 pending",
+        "@migrate-test-",
+    ] {
+        ensure!(inspect.contains(needle), "inspect does not show {needle:?}: {inspect}");
+    }
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log("socks", "verdict")?;
+    let after = log.split("after restore").nth(1).unwrap_or_default();
+    ensure!(after.contains("verdict ok"), "after the restore: {log}");
+    ensure!(log.contains("child got from-parent"), "the child's end: {log}");
+    lab.down_after_exit("socks")?;
+    Ok(())
+}
+
+/// Holds what cannot move: with `outside PATH`, a connection to a listener the test
+/// holds on the host; with `inflight`, an fd queued in a message. Ticks all along.
+const HOLDER: &str = r#"
+import os, socket, sys, time
+held = []
+if sys.argv[1] == "outside":
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[2]); held.append(s)
+    print("fd", s.fileno(), flush=True)
+else:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); held += [a, b]
+    socket.send_fds(a, [b"x"], [0])
+    print("fd", b.fileno(), flush=True)
+i = 0
+while True:
+    print("tick", i, flush=True); i += 1; time.sleep(0.1)
+"#;
+
+/// `migrate checkpoint` of `name` fails naming every needle; the container ticks on.
+fn refused(lab: &TestLab, img: &TempDir, name: &str, needles: &[&str]) -> anyhow::Result<()> {
+    let dir = img.join(name);
+    let stderr = lab.fails(&["checkpoint", name, "--dir", &dir])?;
+    eprintln!("checkpoint {name}: {}", stderr.trim());
+    for n in needles {
+        ensure!(stderr.contains(n), "the refusal of {name} lacks {n:?}: {stderr}");
+    }
+    let ticks = |log: &str| log.lines().filter(|l| l.starts_with("tick ")).count();
+    let before = ticks(&lab.logs(name)?);
+    lab.wait_log(name, &format!("tick {}", before + 3))?;
+    ensure!(lab.container(name)?["state"] == "running", "{name} no longer runs");
+    Ok(())
+}
+
+#[test]
+fn a_peer_outside_and_fds_in_flight_are_refused_by_name() -> anyhow::Result<()> {
+    let work = TempDir::new("unix-refuse")?;
+    let img = TempDir::new("unix-refuse-img")?;
+    let path = work.join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let lab = TestLab::up(1)?;
+    lab.start("host-a", "outside", &["python3", "-c", HOLDER, "outside", &path])?;
+    lab.start("host-a", "inflight", &["python3", "-c", HOLDER, "inflight"])?;
+    lab.wait_log("outside", "tick 1")?;
+    lab.wait_log("inflight", "tick 1")?;
+    let me = format!("pid {} (", std::process::id());
+    // Pending on the test's listener, then accepted by it: both are outside.
+    refused(&lab, &img, "outside", &["fd 3 is a unix socket", "waiting for the listener at", &path])?;
+    let (_conn, _) = listener.accept()?;
+    refused(&lab, &img, "outside", &["fd 3 is a unix socket", "connected to", &path, &me])?;
+    refused(&lab, &img, "inflight", &["is a unix socket", "fds or credentials in flight"])?;
+    lab.down_expecting(&["outside", "inflight"])?;
+    Ok(())
+}
