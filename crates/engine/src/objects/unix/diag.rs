@@ -187,7 +187,8 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
 
 /// The address `sock` is connected to, as `getpeername` answers.
 pub fn peer_name(sock: &std::os::fd::OwnedFd) -> String {
-    let name = nix::sys::socket::getpeername::<nix::sys::socket::UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(sock));
+    let name =
+        nix::sys::socket::getpeername::<nix::sys::socket::UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(sock));
     match name {
         Ok(a) => match (a.path(), a.as_abstract()) {
             (Some(p), _) => p.display().to_string(),

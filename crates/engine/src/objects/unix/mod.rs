@@ -116,7 +116,12 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
             (None, Some(_)) if table.closed(me) => UnixState::PeerClosed,
             (None, Some(_)) => {
-                return Ok(Err(here("connected to a socket outside the container: not supported")));
+                // Peer 0, not shut: a connection not accepted yet by a listener that is
+                // in no table here (the host's, seen from an agent in a namespace).
+                return Ok(Err(here(&format!(
+                    "waiting for the listener at {}, outside the container, to accept it",
+                    diag::peer_name(sock)
+                ))));
             }
         }
     };
