@@ -40,10 +40,21 @@ sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 path = os.path.join(work, "srv.sock")
 lp = socket.socket(U, socket.SOCK_STREAM); lp.bind(path); lp.listen(7)
 os.chmod(path, 0o640)
+# Accepted before, bytes queued both ways; the pending one is connected after it.
+ct = socket.socket(U, socket.SOCK_STREAM); ct.connect(path)
+acc, _ = lp.accept()
+ct.sendall(b"to-server"); acc.sendall(b"to-client")
 cp = socket.socket(U, socket.SOCK_STREAM); cp.connect(path)
+# Accepted from an abstract listener that is closed since.
+gone = f"\0migrate-gone-{os.getpid()}"
+lg = socket.socket(U, socket.SOCK_STREAM); lg.bind(gone); lg.listen(1)
+cg = socket.socket(U, socket.SOCK_STREAM); cg.connect(gone)
+ag, _ = lg.accept(); lg.close()
 abstract = f"\0migrate-test-{os.getpid()}"
 la = socket.socket(U, socket.SOCK_SEQPACKET); la.bind(abstract); la.listen(3)
 ca = socket.socket(U, socket.SOCK_SEQPACKET); ca.connect(abstract)
+# A listener in the container's own /run, which the image carries.
+lr = socket.socket(U, socket.SOCK_STREAM); lr.bind("/run/migrate-unix.sock"); lr.listen(1)
 # Autobound: a 5-hex-digit abstract name of the kernel's choosing.
 auto = socket.socket(U, socket.SOCK_DGRAM); auto.bind("")
 auto_name = auto.getsockname()
@@ -87,6 +98,17 @@ except BrokenPipeError:
 want("rcvbuf", sb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 131072)
 want("path listener name", lp.getsockname(), path)
 want("path file mode", oct(os.stat(path).st_mode & 0o777), "0o640")
+want("accepted before: name", acc.getsockname(), path)
+want("accepted before: client's peer", ct.getpeername(), path)
+want("accepted before: to server", acc.recv(100), b"to-server")
+want("accepted before: to client", ct.recv(100), b"to-client")
+want("closed listener: name", ag.getsockname(), gone.encode())
+want("closed listener: peer", cg.getpeername(), gone.encode())
+again = socket.socket(U, socket.SOCK_STREAM)
+try:
+    again.bind(gone)
+except OSError as e:
+    bad.append(f"the closed listener's name is taken: {e}")
 conn, _ = lp.accept()
 want("accepted peer name", cp.getpeername(), path)
 want("accepted own name", conn.getsockname(), path)
@@ -94,6 +116,9 @@ cp.sendall(b"hello server"); want("after accept", conn.recv(100), b"hello server
 conn2, _ = la.accept()
 want("abstract peer", ca.getpeername(), abstract.encode())
 ca.send(b"rec"); want("abstract record", conn2.recv(10), b"rec")
+want("/run listener", lr.getsockname(), "/run/migrate-unix.sock")
+cr = socket.socket(U, socket.SOCK_STREAM); cr.connect("/run/migrate-unix.sock")
+cr.sendall(b"run"); want("/run connection", lr.accept()[0].recv(10), b"run")
 want("autobound", auto.getsockname(), auto_name)
 pa.sendall(b"from-parent")
 want("from child before", drain(pa, 17), b"from-child-before")
@@ -122,6 +147,8 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
         "9 bytes queued in 3 messages",
         "shut for writing",
         "srv.sock, listening (backlog 7), 1 pending",
+        "accepted from listener socket:",
+        "accepted from a closed listener at @migrate-gone-",
         "@migrate-test-",
     ] {
         ensure!(inspect.contains(needle), "inspect does not show {needle:?}: {inspect}");
@@ -143,6 +170,9 @@ held = []
 if sys.argv[1] == "outside":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[2]); held.append(s)
     print("fd", s.fileno(), flush=True)
+elif sys.argv[1] == "stray":
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
+    print("fd none", flush=True)
 else:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); held += [a, b]
     socket.send_fds(a, [b"x"], [0])
@@ -168,7 +198,7 @@ fn refused(lab: &TestLab, img: &TempDir, name: &str, needles: &[&str]) -> anyhow
 }
 
 #[test]
-fn a_peer_outside_and_fds_in_flight_are_refused_by_name() -> anyhow::Result<()> {
+fn a_peer_outside_fds_in_flight_and_a_stray_socket_node_are_refused_by_name() -> anyhow::Result<()> {
     let work = TempDir::new("unix-refuse")?;
     let img = TempDir::new("unix-refuse-img")?;
     let path = work.join("host.sock");
@@ -176,14 +206,17 @@ fn a_peer_outside_and_fds_in_flight_are_refused_by_name() -> anyhow::Result<()> 
     let lab = TestLab::up(1)?;
     lab.start("host-a", "outside", &["python3", "-c", HOLDER, "outside", &path])?;
     lab.start("host-a", "inflight", &["python3", "-c", HOLDER, "inflight"])?;
+    lab.start("host-a", "stray", &["python3", "-c", HOLDER, "stray"])?;
     lab.wait_log("outside", "tick 1")?;
     lab.wait_log("inflight", "tick 1")?;
+    lab.wait_log("stray", "tick 1")?;
     let me = format!("pid {} (", std::process::id());
     // Pending on the test's listener, then accepted by it: both are outside.
     refused(&lab, &img, "outside", &["fd 3 is a unix socket", "waiting for the listener at", &path])?;
     let (_conn, _) = listener.accept()?;
     refused(&lab, &img, "outside", &["fd 3 is a unix socket", "connected to", &path, &me])?;
     refused(&lab, &img, "inflight", &["is a unix socket", "fds or credentials in flight"])?;
-    lab.down_expecting(&["outside", "inflight"])?;
+    refused(&lab, &img, "stray", &["/run/stray.sock", "socket node no socket is bound to"])?;
+    lab.down_expecting(&["outside", "inflight", "stray"])?;
     Ok(())
 }

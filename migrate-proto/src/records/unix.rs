@@ -65,6 +65,9 @@ pub enum UnixState {
     PeerClosed,
     /// The client end of a connection that listener `listener` has not accepted yet.
     Pending { listener: u64 },
+    /// The server end of a connection, accepted from listener `listener` (`None`: one
+    /// that is closed) at `address`, the name it answers `getsockname` with.
+    Accepted { peer: u64, listener: Option<u64>, address: UnixName },
 }
 
 /// Caps on what an image may ask a restore to queue.
@@ -113,7 +116,17 @@ impl UnixSocket {
             UnixState::Listening { .. } if !self.queue.is_empty() => {
                 Err("a listener with bytes queued".into())
             }
-            UnixState::Connected { peer } if *peer == self.inode => Err("connected to itself".into()),
+            UnixState::Connected { peer } | UnixState::Accepted { peer, .. } if *peer == self.inode => {
+                Err("connected to itself".into())
+            }
+            UnixState::Accepted { address: UnixName::Path { path, .. }, .. }
+                if path.len() + 1 >= SUN_PATH || !path.starts_with('/') =>
+            {
+                Err("accepted at a path that is not absolute or too long".into())
+            }
+            UnixState::Accepted { address: UnixName::Abstract(a), .. } if a.len() + 1 >= SUN_PATH => {
+                Err(format!("accepted at an abstract name of {} bytes", a.len()))
+            }
             _ => Ok(()),
         }
     }
@@ -141,6 +154,17 @@ impl UnixSocket {
             UnixState::Connected { peer } => format!("peer socket:[{peer}]"),
             UnixState::PeerClosed => "peer closed".to_string(),
             UnixState::Pending { listener } => format!("pending on listener socket:[{listener}]"),
+            UnixState::Accepted { peer, listener, address } => {
+                let from = match listener {
+                    Some(l) => format!("listener socket:[{l}]"),
+                    None => "a closed listener".into(),
+                };
+                let at = match address {
+                    UnixName::Path { path, .. } => path.clone(),
+                    UnixName::Abstract(a) => format!("@{}", String::from_utf8_lossy(a)),
+                };
+                format!("accepted from {from} at {at}, peer socket:[{peer}]")
+            }
         };
         let bytes: usize = self.queue.iter().map(Vec::len).sum();
         let mut out = format!(

@@ -86,9 +86,13 @@ fn walk(
             TmpfsKind::Fifo
         } else if ft.is_socket() && bound_socket(pid, &md, bound)? {
             continue;
+        } else if ft.is_socket() {
+            return Err(EngineError::Unsupported(format!(
+                "{path} in the container's tmpfs is a socket node no socket is bound to (its socket is closed): not supported yet"
+            )));
         } else {
             return Err(EngineError::Unsupported(format!(
-                "{path} in the container's tmpfs is a socket or device: not supported yet"
+                "{path} in the container's tmpfs is a device: not supported yet"
             )));
         };
         let is_dir = matches!(kind, TmpfsKind::Dir);

@@ -89,6 +89,31 @@ impl Table {
     }
 }
 
+/// Whether no socket of `pid`'s network namespace is bound to the abstract name `name`:
+/// a socket of ours binds it for a moment, from a thread in that namespace (the
+/// container is frozen: none of its processes can race for it).
+pub fn abstract_free(pid: i32, name: &[u8]) -> Result<bool, EngineError> {
+    let err = |reason: String| EngineError::Proc { pid, what: "an abstract unix name".into(), reason };
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = File::open(&path).map_err(|e| err(format!("open {path}: {e}")))?;
+    let name = name.to_vec();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        let s = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        match nix::sys::socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            &nix::sys::socket::UnixAddr::new_abstract(&name)?,
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EADDRINUSE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+    .join()
+    .map_err(|_| err("the netns thread panicked".into()))?
+    .map_err(|e| err(format!("probe: {e}")))
+}
+
 /// How a socket's name reads in a message: `/run/x.sock`, `@name`, or `unnamed`.
 pub fn show_name(name: Option<&[u8]>) -> String {
     match name {
@@ -156,6 +181,17 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
             (None, Some(peer)) if peer != 0 => ends.push((peer, "connected to")),
             // Peer 0, not shut: pending on a listener no table shows (`dump` refuses it).
             _ => {}
+        }
+        // Accepted from a listener outside: its name cannot be given again.
+        if me.state != LISTEN
+            && me.peer.is_some()
+            && let Some(l) = table
+                .by_ino
+                .values()
+                .find(|d| d.ino != ino && d.state == LISTEN && d.name.is_some() && d.name == me.name)
+            && !inside.contains_key(&l.ino)
+        {
+            ends.push((l.ino, "accepted from the listener at"));
         }
         for &c in me.icons.iter().filter(|c| **c != 0 && !inside.contains_key(c)) {
             ends.push((c, "with a connection pending from"));

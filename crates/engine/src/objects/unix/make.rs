@@ -89,7 +89,26 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
     let pid_ns = world.unix.here.0;
     let mut made: Vec<Made> = Vec::new();
     match &u.state {
-        UnixState::Pending { listener } => return make(remote, *listener, world),
+        UnixState::Pending { listener } | UnixState::Accepted { listener: Some(listener), .. } => {
+            return make(remote, *listener, world);
+        }
+        UnixState::Connected { peer }
+            if matches!(record(world, *peer)?.state, UnixState::Accepted { .. }) =>
+        {
+            return make(remote, *peer, world);
+        }
+        UnixState::Accepted { listener: None, address, .. } => {
+            // Its listener is closed: one at the same (abstract) name, for as long as
+            // the accept takes, gives it its name; the name is free again afterwards.
+            let l = single(remote, &u, world)?;
+            let tmp = UnixSocket { name: Some(address.clone()), ..u.clone() };
+            bind(remote, &l, &tmp)?;
+            remote.call(libc::SYS_listen, &[l.spare, 1], || "listen(1)".into())?;
+            accepted(remote, &l, address, &u, world, &mut made)?;
+            remote.call(libc::SYS_close, &[l.spare], || "close the passing listener".into())?;
+            let pid_ns = world.unix.here.0;
+            world.spares.retain(|&s| s != (pid_ns, l.spare));
+        }
         UnixState::Connected { peer }
             if record(world, *peer)?.state == (UnixState::Connected { peer: inode }) =>
         {
@@ -138,6 +157,18 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
             let name = u.name.clone().ok_or_else(|| {
                 EngineError::Incompatible(format!("unix listener {inode} has no name to connect to"))
             })?;
+            // Connections accepted already come first: pending ones must stay queued.
+            let mut done: Vec<UnixSocket> = world
+                .unix
+                .records
+                .values()
+                .filter(|r| matches!(r.state, UnixState::Accepted { listener: Some(l), .. } if l == inode))
+                .cloned()
+                .collect();
+            done.sort_by_key(|r| r.inode);
+            for s in &done {
+                accepted(remote, &l, &name, s, world, &mut made)?;
+            }
             made.push(l);
             for &c in pending {
                 let cu = record(world, c)?;
@@ -157,6 +188,33 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
         })?;
         world.unix.made.insert(m.inode, (pid_ns, m.spare));
     }
+    Ok(())
+}
+
+/// Makes the connection whose server end is `s`, accepted from `l` (listening at
+/// `address`): its client connects, `l` accepts, and each end gets its queue.
+fn accepted(
+    remote: &mut Remote<'_>,
+    l: &Made,
+    address: &UnixName,
+    s: &UnixSocket,
+    world: &mut FdWorld,
+    made: &mut Vec<Made>,
+) -> Result<(), EngineError> {
+    let UnixState::Accepted { peer, .. } = s.state else { return Ok(()) };
+    let cu = record(world, peer)?;
+    let c = single(remote, &cu, world)?;
+    bind(remote, &c, &cu)?;
+    connect(remote, &c, address)?;
+    let fd = remote.call(libc::SYS_accept4, &[l.spare, 0, 0, libc::SOCK_CLOEXEC as u64], || {
+        format!("accept4 on the listener at {}", super::diag::show_name(Some(&sun_path(address))))
+    })?;
+    let spare = to_spare(remote, fd, world)?;
+    let sm = Made { inode: s.inode, spare, copy: crate::files::take(remote.pid, spare as i32)? };
+    fill(&c.copy, s)?;
+    fill(&sm.copy, &cu)?;
+    made.push(sm);
+    made.push(c);
     Ok(())
 }
 

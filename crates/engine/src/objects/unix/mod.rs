@@ -62,18 +62,23 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     };
     // Someone else's name: an accepted socket (or a listener's embryo) shows the
     // listener's address; a path has no VFS entry, an abstract name is also a listener's.
+    // Someone else's name: an accepted socket shows its listener's address (and, for
+    // a path, its file). A listener of that name tells; with none left, an abstract name
+    // that is free was its closed listener's, and a path cannot be told from the
+    // socket's own bind.
+    let connected = me.state != LISTEN && me.peer.is_some() && i32::from(me.ty) != libc::SOCK_DGRAM;
+    let listened = table.by_ino.values().any(|d| d.ino != ino && d.state == LISTEN && d.name == me.name);
     let inherited = match me.name.as_deref() {
-        Some([0, ..]) => {
-            me.state != LISTEN
-                && table.by_ino.values().any(|d| d.ino != ino && d.state == LISTEN && d.name == me.name)
+        Some([0, rest @ ..]) if connected => listened || diag::abstract_free(seen.pid, rest)?,
+        Some(_) if connected && !listened && table.listener_of(ino).is_none() => {
+            return Ok(Err(here(
+                "connected, named by a path no listener holds (accepted from a closed listener, or bound before it connected): not supported yet",
+            )));
         }
-        Some(_) => me.vfs.is_none(),
+        Some(_) => connected && listened,
         None => false,
     };
-    if inherited {
-        return Ok(Err(here("accepted from a listener (its name is the listener's): not supported yet")));
-    }
-    let name = match me.name.as_deref() {
+    let mut name = match me.name.as_deref() {
         None | Some([]) => None,
         Some([0, rest @ ..]) => Some(UnixName::Abstract(rest.to_vec())),
         Some(path) => {
@@ -89,7 +94,21 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             Some(UnixName::Path { path: path.to_string(), file })
         }
     };
-    let state = if me.state == LISTEN {
+    let state = if inherited {
+        let Some(address) = name.take() else {
+            return Ok(Err(here("accepted at a name that cannot be read: not supported")));
+        };
+        let peer = match me.peer {
+            Some(p) if p != 0 && table.get(p).is_some() => u64::from(p),
+            _ => return Ok(Err(here("accepted, its peer closed: not supported yet"))),
+        };
+        let listener =
+            table.by_ino.values().find(|d| d.state == LISTEN && d.name == me.name).map(|l| u64::from(l.ino));
+        if listener.is_none() && matches!(address, UnixName::Path { .. }) {
+            return Ok(Err(here("accepted from a listener that is closed: not supported yet")));
+        }
+        UnixState::Accepted { peer, listener, address }
+    } else if me.state == LISTEN {
         let mut pending = Vec::with_capacity(me.icons.len());
         for &c in &me.icons {
             let Some(client) = table.get(c).filter(|_| c != 0) else {
