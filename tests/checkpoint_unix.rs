@@ -34,6 +34,10 @@ db.send(b"back")
 # Shut for writing after its last words.
 xa, xb = socket.socketpair(U, socket.SOCK_STREAM)
 xa.sendall(b"last words"); xa.shutdown(socket.SHUT_WR)
+# SIGIO to us, and non-blocking: nginx's channels.
+import fcntl
+fcntl.fcntl(sa.fileno(), fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(sa.fileno(), fcntl.F_SETFL, os.O_NONBLOCK | os.O_ASYNC)
 # Buffer sizes set, and kept.
 sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 # A listener in a directory, with a pending connection; an abstract one likewise.
@@ -95,6 +99,8 @@ try:
     xa.send(b"more"); bad.append("send after SHUT_WR worked")
 except BrokenPipeError:
     pass
+want("owner", fcntl.fcntl(sa.fileno(), fcntl.F_GETOWN), os.getpid())
+want("status flags", fcntl.fcntl(sa.fileno(), fcntl.F_GETFL) & (os.O_NONBLOCK | os.O_ASYNC), os.O_NONBLOCK | os.O_ASYNC)
 want("rcvbuf", sb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 131072)
 want("path listener name", lp.getsockname(), path)
 want("path file mode", oct(os.stat(path).st_mode & 0o777), "0o640")
@@ -146,6 +152,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
         "unix dgram socket:",
         "9 bytes queued in 3 messages",
         "shut for writing",
+        "SIGIO to pid 1",
         "srv.sock, listening (backlog 7), 1 pending",
         "accepted from listener socket:",
         "accepted from a closed listener at @migrate-gone-",

@@ -214,6 +214,14 @@ pub fn set_int(sock: BorrowedFd<'_>, opt: libc::c_int, value: i32) -> io::Result
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// `F_GETOWN`: the process (or, negative, process group) that gets `SIGIO` for the
+/// open file `fd`, 0 for none, as the caller's pid namespace numbers it.
+pub fn owner(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: F_GETOWN takes no argument and touches no memory of ours.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETOWN) };
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
 /// The bytes of a `sockaddr_un` naming `name` (`sun_path` as the diag shows it: an
 /// abstract name starts with 0, and its length is part of it), ready to be written
 /// into a task for an injected `bind` or `connect` with `len` = the vector's length.

@@ -25,6 +25,9 @@ pub struct UnixSocket {
     pub sndbuf: u32,
     /// `SO_PEEK_OFF`; -1 when off.
     pub peek_off: i32,
+    /// `F_SETOWN`: who gets `SIGIO` (with `O_ASYNC`): a pid, or minus a process group,
+    /// in the container's pid namespace; 0 for nobody.
+    pub owner: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +180,11 @@ impl UnixSocket {
                 out.push_str(", ");
                 out.push_str(what);
             }
+        }
+        if self.owner > 0 {
+            out.push_str(&format!(", SIGIO to pid {}", self.owner));
+        } else if self.owner < 0 {
+            out.push_str(&format!(", SIGIO to process group {}", -self.owner));
         }
         for (on, what) in [(self.passcred, "SO_PASSCRED"), (self.passsec, "SO_PASSSEC")] {
             if on {

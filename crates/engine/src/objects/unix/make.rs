@@ -47,6 +47,11 @@ pub fn restore(
     remote.call(libc::SYS_fcntl, &[target, libc::F_SETFL as u64, u64::from(status)], || {
         format!("fcntl(F_SETFL) of fd {target}")
     })?;
+    if u.owner != 0 {
+        remote.call(libc::SYS_fcntl, &[target, libc::F_SETOWN as u64, i64::from(u.owner) as u64], || {
+            format!("fcntl(F_SETOWN, {}) of fd {target}", u.owner)
+        })?;
+    }
     Ok(())
 }
 

@@ -177,6 +177,23 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             "with datagrams queued, connected to a socket that is not connected back: not supported yet",
         )));
     }
+    let owner = match migrate_sys::unix::owner(fd).map_err(|e| err("F_GETOWN", e))? {
+        0 => 0,
+        host => {
+            let ns = crate::error::read_proc(host.abs(), "status")
+                .ok()
+                .and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
+                .filter(|_| same_pid_ns(seen.pid, host.abs()));
+            match ns {
+                Some(ns) => ns * host.signum(),
+                None => {
+                    return Ok(Err(here(&format!(
+                        "sending SIGIO to host pid {host}, outside the container: not supported"
+                    ))));
+                }
+            }
+        }
+    };
     Ok(Ok(FdKind::Unix(UnixSocket {
         inode: u64::from(ino),
         ty,
@@ -189,7 +206,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         rcvbuf: opt(libc::SO_RCVBUF, "SO_RCVBUF")? as u32,
         sndbuf: opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32,
         peek_off,
+        owner,
     })))
+}
+
+/// Whether host pids `a` and `b` are in one pid namespace.
+fn same_pid_ns(a: i32, b: i32) -> bool {
+    let ns = |p: i32| std::fs::metadata(format!("/proc/{p}/ns/pid")).map(|m| m.ino()).ok();
+    ns(a).is_some() && ns(a) == ns(b)
 }
 
 enum Peeked {
