@@ -344,7 +344,8 @@ fn unix_socket_records_are_checked() {
         validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default()
     };
     assert_eq!(with(&|_| {}), "");
-    let cases: Vec<(&str, Box<dyn Fn(&mut UnixSocket)>)> = vec![
+    type Change = Box<dyn Fn(&mut UnixSocket)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("65537 entries", Box::new(|u| u.queue = vec![vec![]; 65537])),
         ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
         ("peek offset -2", Box::new(|u| u.peek_off = -2)),
