@@ -34,6 +34,9 @@ db.send(b"back")
 # Shut for writing after its last words.
 xa, xb = socket.socketpair(U, socket.SOCK_STREAM)
 xa.sendall(b"last words"); xa.shutdown(socket.SHUT_WR)
+# A peek offset part way through the queue (SO_PEEK_OFF is 42).
+sb.setsockopt(socket.SOL_SOCKET, 42, 0)
+want("peek before", sb.recv(6, socket.MSG_PEEK), b"to-b-1")
 # SIGIO to us, and non-blocking: nginx's channels.
 import fcntl
 fcntl.fcntl(sa.fileno(), fcntl.F_SETOWN, os.getpid())
@@ -62,6 +65,7 @@ lr = socket.socket(U, socket.SOCK_STREAM); lr.bind("/run/migrate-unix.sock"); lr
 # Autobound: a 5-hex-digit abstract name of the kernel's choosing.
 auto = socket.socket(U, socket.SOCK_DGRAM); auto.bind("")
 auto_name = auto.getsockname()
+auto.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 # A pair across fork: the child keeps one end, the parent the other.
 pa, pb = socket.socketpair(U, socket.SOCK_STREAM)
 pb.sendall(b"from-child-before")
@@ -88,6 +92,8 @@ def drain(s, n):
             break
         out += chunk
     return out
+want("peek offset", sb.getsockopt(socket.SOL_SOCKET, 42), 6)
+want("peek after", sb.recv(6, socket.MSG_PEEK), b"to-b-2")
 want("stream to b", drain(sb, 12), b"to-b-1to-b-2")
 want("stream to a", drain(sa, 4000), b"to-a" * 1000)
 want("seqpacket", [qb.recv(100) for _ in range(3)], [b"r1", b"record-two", b"3"])
@@ -126,6 +132,7 @@ want("/run listener", lr.getsockname(), "/run/migrate-unix.sock")
 cr = socket.socket(U, socket.SOCK_STREAM); cr.connect("/run/migrate-unix.sock")
 cr.sendall(b"run"); want("/run connection", lr.accept()[0].recv(10), b"run")
 want("autobound", auto.getsockname(), auto_name)
+want("passcred", auto.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED), 1)
 pa.sendall(b"from-parent")
 want("from child before", drain(pa, 17), b"from-child-before")
 want("from child after", drain(pa, 16), b"from-child-after")
@@ -153,6 +160,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
         "9 bytes queued in 3 messages",
         "shut for writing",
         "SIGIO to pid 1",
+        "SO_PASSCRED",
         "srv.sock, listening (backlog 7), 1 pending",
         "accepted from listener socket:",
         "accepted from a closed listener at @migrate-gone-",
