@@ -235,3 +235,37 @@ fn a_peer_outside_fds_in_flight_and_a_stray_socket_node_are_refused_by_name() ->
     lab.down_expecting(&["outside", "inflight", "stray"])?;
     Ok(())
 }
+
+/// nginx, a master and two workers joined by socketpairs (each worker holds its own
+/// channel and the ends of its siblings', non-blocking, with SIGIO to the master): its
+/// unix sockets all classify; what stops it is a kind other helpers carry (its TCP
+/// listener, epoll), never a unix socket.
+#[test]
+fn nginx_channels_are_unix_sockets_the_checkpoint_carries() -> anyhow::Result<()> {
+    let work = TempDir::new("unix-nginx")?;
+    let img = TempDir::new("unix-nginx-img")?;
+    let conf = work.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {};\nerror_log stderr;\nevents {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 8080; location / {{ return 200 \"hi\\n\"; }} }} }}\n",
+            work.join("nginx.pid")
+        ),
+    )?;
+    let lab = TestLab::up(1)?;
+    lab.start("host-a", "nginx", &["nginx", "-c", &conf, "-g", "daemon off;"])?;
+    let dir = img.join("nginx");
+    let mut last = String::new();
+    // The workers start after the master: wait until the refusal names all three.
+    let three = support::wait_until(std::time::Duration::from_secs(20), || {
+        last = lab.fails(&["checkpoint", "nginx", "--dir", &dir]).unwrap_or_default();
+        last.contains("PID 3 (")
+    });
+    ensure!(three, "the refusal never named the second worker: {last}");
+    eprintln!("checkpoint nginx: {last}");
+    ensure!(!last.contains("unix"), "a unix socket of nginx is refused: {last}");
+    ensure!(last.contains("TCP"), "the refusal of nginx does not name its TCP listener: {last}");
+    lab.down_expecting(&["nginx"])?;
+    Ok(())
+}
