@@ -41,6 +41,12 @@ want("peek before", sb.recv(6, socket.MSG_PEEK), b"to-b-1")
 import fcntl
 fcntl.fcntl(sa.fileno(), fcntl.F_SETOWN, os.getpid())
 fcntl.fcntl(sa.fileno(), fcntl.F_SETFL, os.O_NONBLOCK | os.O_ASYNC)
+# Its peer closed after its last words: they, then end of file.
+ya, yb = socket.socketpair(U, socket.SOCK_STREAM); ya.sendall(b"bye"); ya.close()
+# A datagram socket connected one way to a bound one.
+dgname = f"\0migrate-dg-{os.getpid()}"
+dsrv = socket.socket(U, socket.SOCK_DGRAM); dsrv.bind(dgname)
+dcli = socket.socket(U, socket.SOCK_DGRAM); dcli.connect(dgname)
 # Buffer sizes set, and kept.
 sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 # A listener in a directory, with a pending connection; an abstract one likewise.
@@ -99,6 +105,10 @@ want("stream to a", drain(sa, 4000), b"to-a" * 1000)
 want("seqpacket", [qb.recv(100) for _ in range(3)], [b"r1", b"record-two", b"3"])
 want("dgram", [db.recv(100) for _ in range(3)], [b"d1", b"dd2", b"ddd3"])
 want("dgram back", da.recv(100), b"back")
+want("peer closed: words", drain(yb, 100), b"bye")
+want("peer closed: eof", yb.recv(10), b"")
+want("one way: peer", dcli.getpeername(), dgname.encode())
+dcli.send(b"dg"); want("one way: datagram", dsrv.recv(10), b"dg")
 want("shut: words", drain(xb, 100), b"last words")
 want("shut: eof", xb.recv(10), b"")
 try:
@@ -159,6 +169,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
         "unix dgram socket:",
         "9 bytes queued in 3 messages",
         "shut for writing",
+        "peer closed, 3 bytes queued",
         "SIGIO to pid 1",
         "SO_PASSCRED",
         "srv.sock, listening (backlog 7), 1 pending",

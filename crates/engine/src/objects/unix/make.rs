@@ -90,6 +90,9 @@ struct Made {
 /// Makes socket `inode` and those tied to it in `remote`'s process: states, names,
 /// queues, shutdown and options as the image has them.
 fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), EngineError> {
+    if world.unix.made.contains_key(&inode) {
+        return Ok(());
+    }
     let u = record(world, inode)?;
     let pid_ns = world.unix.here.0;
     let mut made: Vec<Made> = Vec::new();
@@ -123,8 +126,8 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
             made.push(b);
             bind(remote, &made[0], &u)?;
             bind(remote, &made[1], &p)?;
-            fill(&made[1].copy, &u)?;
-            fill(&made[0].copy, &p)?;
+            fill(&made[1].copy, &made[0].copy, &u)?;
+            fill(&made[0].copy, &made[1].copy, &p)?;
         }
         UnixState::Connected { peer } => {
             // One way (a datagram socket connected to a bound one): to its name.
@@ -144,7 +147,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
         UnixState::PeerClosed => {
             let (a, b) = pair(remote, &u, world)?;
             bind(remote, &a, &u)?;
-            fill(&b.copy, &u)?;
+            fill(&b.copy, &a.copy, &u)?;
             remote.call(libc::SYS_close, &[b.spare], || "close the closed peer".into())?;
             world.spares.retain(|&s| s != (pid_ns, b.spare));
             made.push(a);
@@ -216,8 +219,8 @@ fn accepted(
     })?;
     let spare = to_spare(remote, fd, world)?;
     let sm = Made { inode: s.inode, spare, copy: crate::files::take(remote.pid, spare as i32)? };
-    fill(&c.copy, s)?;
-    fill(&sm.copy, &cu)?;
+    fill(&c.copy, &sm.copy, s)?;
+    fill(&sm.copy, &c.copy, &cu)?;
     made.push(sm);
     made.push(c);
     Ok(())
@@ -311,17 +314,22 @@ fn connect(remote: &mut Remote<'_>, m: &Made, name: &UnixName) -> Result<(), Eng
     Ok(())
 }
 
-/// Sends `to`'s queue from `from`, its peer, each entry one message.
-fn fill(from: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError> {
+/// Sends `u`'s queue into `to` (its socket) from `from`, its peer, each entry one
+/// message.
+fn fill(from: &OwnedFd, to: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError> {
     let err = |what: String| EngineError::Incompatible(format!("refill unix socket {}: {what}", u.inode));
     if u.queue.is_empty() {
         return Ok(());
     }
-    // Room for everything: the sizes the image asks for are set afterwards.
-    let sndbuf = migrate_sys::unix::get_int(from.as_fd(), libc::SO_SNDBUF).map_err(|e| err(e.to_string()))?;
+    // Room for everything on both sides: the sizes the image asks for are set after.
     let need: usize = u.queue.iter().map(|q| q.len() + 1024).sum();
-    migrate_sys::unix::set_int(from.as_fd(), libc::SO_SNDBUFFORCE, (need as i32).max(sndbuf))
-        .map_err(|e| err(format!("SO_SNDBUFFORCE: {e}")))?;
+    for (s, get, force) in
+        [(from, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE), (to, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)]
+    {
+        let now = migrate_sys::unix::get_int(s.as_fd(), get).map_err(|e| err(e.to_string()))?;
+        migrate_sys::unix::set_int(s.as_fd(), force, (need.min(i32::MAX as usize / 2) as i32).max(now))
+            .map_err(|e| err(format!("forcing a buffer size: {e}")))?;
+    }
     for q in &u.queue {
         let mut done = 0;
         loop {
@@ -337,8 +345,6 @@ fn fill(from: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError> {
             }
         }
     }
-    migrate_sys::unix::set_int(from.as_fd(), libc::SO_SNDBUFFORCE, sndbuf / 2)
-        .map_err(|e| err(format!("SO_SNDBUFFORCE: {e}")))?;
     Ok(())
 }
 
