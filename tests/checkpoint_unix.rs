@@ -115,6 +115,10 @@ try:
     xa.send(b"more"); bad.append("send after SHUT_WR worked")
 except BrokenPipeError:
     pass
+import struct
+cred = lambda s: struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+want("peer creds of a pair", cred(sa), (os.getpid(), os.getuid(), os.getgid()))
+want("peer creds of an accepted socket", cred(acc), (os.getpid(), os.getuid(), os.getgid()))
 want("owner", fcntl.fcntl(sa.fileno(), fcntl.F_GETOWN), os.getpid())
 want("status flags", fcntl.fcntl(sa.fileno(), fcntl.F_GETFL) & (os.O_NONBLOCK | os.O_ASYNC), os.O_NONBLOCK | os.O_ASYNC)
 want("rcvbuf", sb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 131072)

@@ -11,7 +11,7 @@ mod anon;
 pub mod unix;
 
 pub use anon::EventFd;
-pub use unix::{SocketFile, UnixName, UnixSocket, UnixState, UnixType};
+pub use unix::{PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

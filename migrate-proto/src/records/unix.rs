@@ -28,6 +28,18 @@ pub struct UnixSocket {
     /// `F_SETOWN`: who gets `SIGIO` (with `O_ASYNC`): a pid, or minus a process group,
     /// in the container's pid namespace; 0 for nobody.
     pub owner: i32,
+    /// `SO_PEERCRED`: who made the connection's other side (a pair's maker, a
+    /// listener's, an accepted socket's client at `connect`); `None` if unset.
+    pub peer_cred: Option<PeerCred>,
+}
+
+/// The credentials `SO_PEERCRED` answers with; `pid` in the container's pid namespace,
+/// 0 when that process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -335,6 +335,7 @@ fn unix_socket_records_are_checked() {
         sndbuf: 212992,
         peek_off: -1,
         owner: 0,
+        peer_cred: None,
     };
     let with = |f: &dyn Fn(&mut UnixSocket)| {
         let mut p = process(1);

@@ -194,6 +194,18 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
             call: format!("options of unix socket {}", m.inode),
             errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
+        // Who made the other side answers SO_PEERCRED: the restore must have made it
+        // from the same process, with the same ids.
+        let now =
+            super::peer_cred(&m.copy).map_err(|e| EngineError::Incompatible(format!("SO_PEERCRED: {e}")))?;
+        if let (Some(want), Some(now)) = (r.peer_cred, now)
+            && ((want.uid, want.gid) != (now.uid, now.gid) || (want.pid != 0 && want.pid != now.pid))
+        {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {}: SO_PEERCRED would answer pid {} uid {} gid {} instead of pid {} uid {} gid {} (its connection made by another process, or with other ids): not supported yet",
+                m.inode, now.pid, now.uid, now.gid, want.pid, want.uid, want.gid
+            )));
+        }
         world.unix.made.insert(m.inode, (pid_ns, m.spare));
     }
     Ok(())

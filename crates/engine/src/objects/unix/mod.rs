@@ -29,7 +29,7 @@ mod make;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use migrate_proto::records::{FdKind, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
+use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, UnixAddr, recvmsg};
 
@@ -207,7 +207,23 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         sndbuf: opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32,
         peek_off,
         owner,
+        peer_cred: peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?,
     })))
+}
+
+/// `SO_PEERCRED` of `sock`, its pid as the container's pid namespace numbers it (the
+/// engine's view of it is a host pid).
+pub(crate) fn peer_cred(sock: &OwnedFd) -> std::io::Result<Option<PeerCred>> {
+    let c = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)?;
+    if c.pid() == 0 && c.uid() == u32::MAX {
+        return Ok(None);
+    }
+    let pid = crate::error::read_proc(c.pid(), "status")
+        .ok()
+        .and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
+        .filter(|_| c.pid() > 0)
+        .unwrap_or(0);
+    Ok(Some(PeerCred { pid, uid: c.uid(), gid: c.gid() }))
 }
 
 /// Whether host pids `a` and `b` are in one pid namespace.
