@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 
 use migrate_proto::records::{FdRecord, UnixName, UnixSocket, UnixState, UnixType};
 use nix::sys::socket::{MsgFlags, Shutdown};
@@ -34,7 +33,7 @@ pub fn restore(
     world: &mut FdWorld,
 ) -> Result<(), EngineError> {
     if !world.unix.made.contains_key(&u.inode) {
-        make(remote, u.inode, world)?;
+        make(remote, u.inode, world, 0)?;
     }
     let &(from, fd) = world
         .unix
@@ -89,21 +88,28 @@ struct Made {
 
 /// Makes socket `inode` and those tied to it in `remote`'s process: states, names,
 /// queues, shutdown and options as the image has them.
-fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), EngineError> {
+fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> Result<(), EngineError> {
     if world.unix.made.contains_key(&inode) {
         return Ok(());
+    }
+    // A socket leads to its listener or peer, which is made first: a real image goes
+    // at most three steps (client, accepted end, listener); a hostile one may loop.
+    if depth > 3 {
+        return Err(EngineError::Incompatible(format!(
+            "unix socket {inode}: its peers and listeners go round"
+        )));
     }
     let u = record(world, inode)?;
     let pid_ns = world.unix.here.0;
     let mut made: Vec<Made> = Vec::new();
     match &u.state {
         UnixState::Pending { listener } | UnixState::Accepted { listener: Some(listener), .. } => {
-            return make(remote, *listener, world);
+            return make(remote, *listener, world, depth + 1);
         }
         UnixState::Connected { peer }
             if matches!(record(world, *peer)?.state, UnixState::Accepted { .. }) =>
         {
-            return make(remote, *peer, world);
+            return make(remote, *peer, world, depth + 1);
         }
         UnixState::Accepted { listener: None, address, .. } => {
             // Its listener is closed: one at the same (abstract) name, for as long as
@@ -132,7 +138,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld) -> Result<(), 
         UnixState::Connected { peer } => {
             // One way (a datagram socket connected to a bound one): to its name.
             if !world.unix.made.contains_key(peer) {
-                make(remote, *peer, world)?;
+                make(remote, *peer, world, depth + 1)?;
             }
             let name = record(world, *peer)?.name.ok_or_else(|| {
                 EngineError::Incompatible(format!(
@@ -284,16 +290,21 @@ fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<
 /// (left by the dumped one) is removed first, and the new one gets its mode and owner.
 fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineError> {
     let Some(name) = &u.name else { return Ok(()) };
-    let outside = match name {
-        UnixName::Path { path, .. } => {
-            Some(std::path::PathBuf::from(format!("/proc/{}/root{path}", remote.pid)))
-        }
+    let dir = match name {
+        UnixName::Path { path, .. } => Some(parent_in_root(remote.pid, path)?),
         UnixName::Abstract(_) => None,
     };
-    if let Some(at) = &outside
-        && std::fs::symlink_metadata(at).is_ok_and(|md| md.file_type().is_socket())
+    let fail = |op: &'static str, path: &str, e: nix::errno::Errno| EngineError::Io {
+        op,
+        path: path.into(),
+        source: e.into(),
+    };
+    if let (Some((d, file)), UnixName::Path { path, .. }) = (&dir, name)
+        && nix::sys::stat::fstatat(d, file.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
     {
-        std::fs::remove_file(at).map_err(crate::error::io_err("unlink a stale socket", at))?;
+        nix::unistd::unlinkat(d, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| fail("unlink a stale socket node", path, e))?;
     }
     let addr = migrate_sys::unix::sockaddr_un(&sun_path(name))
         .map_err(|e| EngineError::Incompatible(format!("unix socket {}: name: {e}", u.inode)))?;
@@ -301,19 +312,58 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
     remote.call(libc::SYS_bind, &[m.spare, at, addr.len() as u64], || {
         format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
     })?;
-    if let (Some(at), UnixName::Path { file, .. }) = (&outside, name) {
-        match file {
+    if let (Some((d, file)), UnixName::Path { path, file: node }) = (&dir, name) {
+        let file = file.as_str();
+        match node {
             Some(f) => {
-                std::fs::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
-                    .map_err(crate::error::io_err("chmod", at))?;
-                std::os::unix::fs::lchown(at, Some(f.uid), Some(f.gid))
-                    .map_err(crate::error::io_err("chown", at))?;
+                nix::sys::stat::fchmodat(
+                    d,
+                    file,
+                    nix::sys::stat::Mode::from_bits_truncate(f.mode),
+                    nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| fail("chmod", path, e))?;
+                nix::unistd::fchownat(
+                    d,
+                    file,
+                    Some(nix::unistd::Uid::from_raw(f.uid)),
+                    Some(nix::unistd::Gid::from_raw(f.gid)),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| fail("chown", path, e))?;
             }
             // It had been unlinked: the name stays, the file goes.
-            None => std::fs::remove_file(at).map_err(crate::error::io_err("unlink", at))?,
+            None => nix::unistd::unlinkat(d, file, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| fail("unlink", path, e))?,
         }
     }
     Ok(())
+}
+
+/// The directory of `path` in `pid`'s root, resolved inside that root
+/// (`openat2(RESOLVE_IN_ROOT)`): a symlink of the container cannot lead the engine, root
+/// on the host, out of it. With the last component's name.
+fn parent_in_root(pid: i32, path: &str) -> Result<(OwnedFd, String), EngineError> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let root_path = format!("/proc/{pid}/root");
+    let err = |what: &str, e: nix::errno::Errno| EngineError::Io {
+        op: "open",
+        path: format!("{root_path}{what}").into(),
+        source: e.into(),
+    };
+    let (parent, file) = path.rsplit_once('/').unwrap_or(("", path));
+    let root = nix::fcntl::open(
+        root_path.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err("", e))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    let dir = nix::fcntl::openat2(&root, if parent.is_empty() { "/" } else { parent }, how)
+        .map_err(|e| err(parent, e))?;
+    Ok((dir, file.to_string()))
 }
 
 fn connect(remote: &mut Remote<'_>, m: &Made, name: &UnixName) -> Result<(), EngineError> {
