@@ -271,13 +271,15 @@ fn nginx_channels_are_unix_sockets_the_checkpoint_carries() -> anyhow::Result<()
     let lab = TestLab::up(1)?;
     lab.start("host-a", "nginx", &["nginx", "-c", &conf, "-g", "daemon off;"])?;
     let dir = img.join("nginx");
-    let mut last = String::new();
-    // The workers start after the master: wait until the refusal names all three.
-    let three = support::wait_until(std::time::Duration::from_secs(20), || {
-        last = lab.fails(&["checkpoint", "nginx", "--dir", &dir]).unwrap_or_default();
-        last.contains("PID 3 (")
+    // The workers start after the master: wait for both (the master's children).
+    let master = lab.container("nginx")?["pid"].as_i64().unwrap_or_default();
+    let children = format!("/proc/{master}/task/{master}/children");
+    let two = support::wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&children).is_ok_and(|c| c.split_whitespace().count() == 2)
     });
-    ensure!(three, "the refusal never named the second worker: {last}");
+    ensure!(two, "nginx (host pid {master}) never had its two workers");
+    let last = lab.fails(&["checkpoint", "nginx", "--dir", &dir])?;
+    ensure!(last.contains("PID 3 ("), "the refusal does not name the second worker: {last}");
     eprintln!("checkpoint nginx: {last}");
     ensure!(!last.contains("unix"), "a unix socket of nginx is refused: {last}");
     ensure!(last.contains("TCP"), "the refusal of nginx does not name its TCP listener: {last}");
