@@ -85,6 +85,20 @@ if child == 0:
     print("child got", got.decode(), flush=True)
     os._exit(0)
 pb.close()
+# A pair made by a child running as nobody: its SO_PEERCRED names that child and ids.
+made_r, made_w = os.pipe()
+nobody = os.fork()
+if nobody == 0:
+    os.setgid(65534); os.setuid(65534)
+    na, nb = socket.socketpair(U, socket.SOCK_STREAM); na.sendall(b"nobody's")
+    os.write(made_w, b"x")
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    import struct
+    c = struct.unpack("3i", nb.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    print("nobody's pair", nb.recv(20).decode(), c == (os.getpid(), 65534, 65534), flush=True)
+    os._exit(0)
+os.read(made_r, 1)
 print("ready", flush=True)
 while not os.path.exists(trigger):
     time.sleep(0.05)
@@ -151,6 +165,7 @@ pa.sendall(b"from-parent")
 want("from child before", drain(pa, 17), b"from-child-before")
 want("from child after", drain(pa, 16), b"from-child-after")
 os.waitpid(child, 0)
+os.waitpid(nobody, 0)
 print("verdict", "ok" if not bad else "FAIL: " + "; ".join(bad), flush=True)
 "#;
 
@@ -188,6 +203,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
     let after = log.split("after restore").nth(1).unwrap_or_default();
     ensure!(after.contains("verdict ok"), "after the restore: {log}");
     ensure!(log.contains("child got from-parent"), "the child's end: {log}");
+    ensure!(log.contains("nobody's pair nobody's True"), "the pair of the child run as nobody: {log}");
     lab.down_after_exit("socks")?;
     Ok(())
 }

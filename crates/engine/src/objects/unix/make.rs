@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 
-use migrate_proto::records::{FdRecord, UnixName, UnixSocket, UnixState, UnixType};
+use migrate_proto::records::{FdRecord, PeerCred, UnixName, UnixSocket, UnixState, UnixType};
 use nix::sys::socket::{MsgFlags, Shutdown};
 
 use crate::error::EngineError;
@@ -117,7 +117,11 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             let l = single(remote, &u, world)?;
             let tmp = UnixSocket { name: Some(address.clone()), ..u.clone() };
             bind(remote, &l, &tmp)?;
-            remote.call(libc::SYS_listen, &[l.spare, 1], || "listen(1)".into())?;
+            let client = match u.state {
+                UnixState::Accepted { peer, .. } => record(world, peer)?.peer_cred,
+                _ => None,
+            };
+            as_ids(remote, client, |r| r.call(libc::SYS_listen, &[l.spare, 1], || "listen(1)".into()))?;
             accepted(remote, &l, address, &u, world, &mut made)?;
             remote.call(libc::SYS_close, &[l.spare], || "close the passing listener".into())?;
             let pid_ns = world.unix.here.0;
@@ -166,8 +170,9 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         UnixState::Listening { backlog, pending } => {
             let l = single(remote, &u, world)?;
             bind(remote, &l, &u)?;
-            remote
-                .call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))?;
+            as_ids(remote, u.peer_cred, |r| {
+                r.call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))
+            })?;
             let name = u.name.clone().ok_or_else(|| {
                 EngineError::Incompatible(format!("unix listener {inode} has no name to connect to"))
             })?;
@@ -231,7 +236,7 @@ fn accepted(
     let cu = record(world, peer)?;
     let c = single(remote, &cu, world)?;
     bind(remote, &c, &cu)?;
-    connect(remote, &c, address)?;
+    as_ids(remote, s.peer_cred, |r| connect(r, &c, address))?;
     let fd = remote.call(libc::SYS_accept4, &[l.spare, 0, 0, libc::SOCK_CLOEXEC as u64], || {
         format!("accept4 on the listener at {}", super::diag::show_name(Some(&sun_path(address))))
     })?;
@@ -265,13 +270,38 @@ fn single(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Resul
     Ok(Made { inode: u.inode, spare, copy: crate::files::take(remote.pid, spare as i32)? })
 }
 
+/// Runs `f`, the call that gives a connection its `SO_PEERCRED`, with the effective
+/// ids of `want` (the task is still root while its fds are made; its saved uid stays
+/// 0, so it takes root back afterwards). Supplementary groups are not switched.
+fn as_ids<T>(
+    remote: &mut Remote<'_>,
+    want: Option<PeerCred>,
+    f: impl FnOnce(&mut Remote<'_>) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let Some(want) = want.filter(|w| (w.uid, w.gid) != (0, 0)) else { return f(remote) };
+    let keep = u64::from(u32::MAX);
+    remote.call(libc::SYS_setresgid, &[keep, u64::from(want.gid), keep], || {
+        format!("setresgid(-1, {}, -1)", want.gid)
+    })?;
+    remote.call(libc::SYS_setresuid, &[keep, u64::from(want.uid), keep], || {
+        format!("setresuid(-1, {}, -1)", want.uid)
+    })?;
+    let out = f(remote);
+    remote.call(libc::SYS_setresuid, &[keep, 0, keep], || "setresuid(-1, 0, -1)".into())?;
+    remote.call(libc::SYS_setresgid, &[keep, 0, keep], || "setresgid(-1, 0, -1)".into())?;
+    out
+}
+
 /// A socketpair for `u` and its peer.
 fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<(Made, Made), EngineError> {
-    remote.call(
-        libc::SYS_socketpair,
-        &[libc::AF_UNIX as u64, raw_type(u.ty) | libc::SOCK_CLOEXEC as u64, 0, remote.scratch.addr],
-        || "socketpair(AF_UNIX)".into(),
-    )?;
+    let at = remote.scratch.addr;
+    as_ids(remote, u.peer_cred, |r| {
+        r.call(
+            libc::SYS_socketpair,
+            &[libc::AF_UNIX as u64, raw_type(u.ty) | libc::SOCK_CLOEXEC as u64, 0, at],
+            || "socketpair(AF_UNIX)".into(),
+        )
+    })?;
     let fds = remote.read(0, 8)?;
     let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
     let (a, b) = (to_spare(remote, end(0), world)?, to_spare(remote, end(4), world)?);
