@@ -216,6 +216,16 @@ held = []
 if sys.argv[1] == "outside":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[2]); held.append(s)
     print("fd", s.fileno(), flush=True)
+elif sys.argv[1] == "handed":
+    # A pair made here, each end handed to a child, none kept.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for keep in (a, b):
+        if os.fork() == 0:
+            (b if keep is a else a).close()
+            while True:
+                time.sleep(1)
+    a.close(); b.close()
+    print("fd none", flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -244,7 +254,7 @@ fn refused(lab: &TestLab, img: &TempDir, name: &str, needles: &[&str]) -> anyhow
 }
 
 #[test]
-fn a_peer_outside_fds_in_flight_and_a_stray_socket_node_are_refused_by_name() -> anyhow::Result<()> {
+fn a_peer_outside_fds_in_flight_a_stray_node_and_a_pair_made_elsewhere_are_refused() -> anyhow::Result<()> {
     let work = TempDir::new("unix-refuse")?;
     let img = TempDir::new("unix-refuse-img")?;
     let path = work.join("host.sock");
@@ -253,9 +263,11 @@ fn a_peer_outside_fds_in_flight_and_a_stray_socket_node_are_refused_by_name() ->
     lab.start("host-a", "outside", &["python3", "-c", HOLDER, "outside", &path])?;
     lab.start("host-a", "inflight", &["python3", "-c", HOLDER, "inflight"])?;
     lab.start("host-a", "stray", &["python3", "-c", HOLDER, "stray"])?;
+    lab.start("host-a", "handed", &["python3", "-c", HOLDER, "handed"])?;
     lab.wait_log("outside", "tick 1")?;
     lab.wait_log("inflight", "tick 1")?;
     lab.wait_log("stray", "tick 1")?;
+    lab.wait_log("handed", "tick 1")?;
     let me = format!("pid {} (", std::process::id());
     // Pending on the test's listener, then accepted by it: both are outside.
     refused(&lab, &img, "outside", &["fd 3 is a unix socket", "waiting for the listener at", &path])?;
@@ -263,7 +275,13 @@ fn a_peer_outside_fds_in_flight_and_a_stray_socket_node_are_refused_by_name() ->
     refused(&lab, &img, "outside", &["fd 3 is a unix socket", "connected to", &path, &me])?;
     refused(&lab, &img, "inflight", &["is a unix socket", "fds or credentials in flight"])?;
     refused(&lab, &img, "stray", &["/run/stray.sock", "socket node no socket is bound to"])?;
-    lab.down_expecting(&["outside", "inflight", "stray"])?;
+    refused(
+        &lab,
+        &img,
+        "handed",
+        &["whose connection PID 1 made (its SO_PEERCRED); a restore would make it in PID 2"],
+    )?;
+    lab.down_expecting(&["outside", "inflight", "stray", "handed"])?;
     Ok(())
 }
 

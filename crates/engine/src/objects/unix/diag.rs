@@ -218,6 +218,9 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
             }
         }
     }
+    for table in tables.values() {
+        super::makers::check(pids, table, refusals)?;
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@
 
 pub mod diag;
 mod make;
+mod makers;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
