@@ -1,27 +1,36 @@
 //! Unix sockets: stream, datagram and seqpacket; socketpairs, sockets bound to a path or
 //! an abstract name (autobound ones too), listeners with connections waiting to be
-//! accepted, connected sockets with the bytes queued for them.
+//! accepted, accepted connections, connected sockets with the bytes queued for them.
 //!
-//! Dump: the kernel's `sock_diag` table ([`diag`]) gives each socket's type, state, own
-//! name (`UNIX_DIAG_VFS` only for the socket that bound a path), peer, a listener's
-//! pending connections (`UNIX_DIAG_ICONS`: their server ends; the client is the socket
-//! whose peer that is) and shutdown bits. The receive queue is read from a copy of the
-//! socket with `MSG_PEEK` and `SO_PEEK_OFF` (Linux 4.x for unix sockets), so nothing is
-//! consumed; the peek offset is put back afterwards. Peeking without a control buffer
-//! makes the kernel flag `MSG_CTRUNC` where a message carries fds (or credentials), and
-//! install none: such a socket is refused.
+//! Dump: the kernel's `sock_diag` table ([`diag`]) gives each socket's type, state,
+//! name, peer, a listener's pending connections (`UNIX_DIAG_ICONS` lists their *client*
+//! sockets; a pending client shows peer 0, its server end having no inode yet) and
+//! shutdown bits. An accepted socket shows its listener's name (and, since it shares the
+//! listener's path, its `UNIX_DIAG_VFS`): a listener of that name tells them apart; with
+//! none left, an abstract name that is free again (probed by a bind) was a closed
+//! listener's. The receive queue is read from a copy of the socket with `MSG_PEEK` and
+//! `SO_PEEK_OFF` (unix sockets: Linux 4.x), so nothing is consumed; the peek offset is
+//! put back afterwards. Peeking without a control buffer makes the kernel flag
+//! `MSG_CTRUNC` where a message carries fds (or credentials), and install none.
+//! `SO_PEERCRED` and the `F_SETOWN` owner are read from the copy too.
 //!
 //! Restore ([`make`]): the first process that needs a socket makes it *and every socket
-//! tied to it* (its peer: one `socketpair`; a listener: its pending clients, connected in
-//! accept order) at spare fds of its own (as pipes are made), through injected calls so
-//! they belong to the container's namespaces; each socket's holders then copy it to
-//! their fd. Queues are refilled by sending from the peer end, from the engine through a
-//! copy (`pidfd_getfd`) with a send buffer forced large, before options, shutdown and
-//! the buffer sizes are set as they were.
+//! tied to it* (its peer: one `socketpair`; a listener: its accepted connections, then
+//! its pending ones, connected in accept order) at spare fds of its own (as pipes are
+//! made), through injected calls so they belong to the container's namespaces and
+//! resolve names in its mounts, with the effective ids `SO_PEERCRED` names; each
+//! socket's holders then copy it to their fd. Queues are refilled by sending from the
+//! peer end, from the engine through a copy (`pidfd_getfd`) with buffers forced large,
+//! before shutdown, buffer sizes, peek offset and `SO_PASSCRED`/`SO_PASSSEC` are set as
+//! they were. [`makers`] foresees, at the precheck, which process that will be.
 //!
-//! Refused: an accepted connection (its name is its listener's, which a restore cannot
-//! give it without accepting), sockets that reach outside the container, fds or
-//! credentials in flight, datagrams queued from a socket other than the peer.
+//! Refused, by name: sockets whose peer, listener or pending client is held outside the
+//! container; fds or credentials in flight; a pending connection whose client sent
+//! bytes (they wait in a server end no fd reaches before `accept`); a connected socket
+//! named by a path no listener holds (a closed listener's, or bound before it
+//! connected: the two cannot be told apart); datagrams queued from other sockets than
+//! the peer; a connection `SO_PEERCRED` says another process made than the one its
+//! restore would use.
 
 pub mod diag;
 mod make;
