@@ -320,3 +320,58 @@ fn nginx_channels_are_unix_sockets_the_checkpoint_carries() -> anyhow::Result<()
     lab.down_expecting(&["nginx"])?;
     Ok(())
 }
+
+/// PostgreSQL listening on a unix socket in a directory of its own (no TCP): the
+/// socket classifies; what stops it is a kind other helpers carry (System V shared
+/// memory, signalfd, epoll), never a unix socket.
+#[test]
+fn postgres_listening_socket_is_one_the_checkpoint_carries() -> anyhow::Result<()> {
+    let work = TempDir::new("unix-pg")?;
+    let img = TempDir::new("unix-pg-img")?;
+    let (data, sock) = (work.join("data"), work.join("sock"));
+    std::fs::create_dir(&sock)?;
+    // postgres refuses to run as root: it runs as the `postgres` user, which owns its files.
+    let id = |flag: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new("id").args([flag, "postgres"]).output()?;
+        ensure!(out.status.success(), "no postgres user (scripts/install-deps makes it)");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let (uid, gid) = (id("-u")?, id("-g")?);
+    for p in [&work.path.to_string_lossy().into_owned(), &sock] {
+        std::os::unix::fs::chown(p, Some(uid.parse()?), Some(gid.parse()?))?;
+    }
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+    let init = std::process::Command::new("setpriv")
+        .args([&reuid, &regid, "--clear-groups", "initdb", "-D", &data, "-A", "trust", "-U", "postgres"])
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output()?;
+    ensure!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+    let lab = TestLab::up(1)?;
+    lab.start(
+        "host-a",
+        "pg",
+        &[
+            "setpriv",
+            &reuid,
+            &regid,
+            "--clear-groups",
+            "/usr/local/bin/postgres",
+            "-D",
+            &data,
+            "-k",
+            &sock,
+            "-c",
+            "listen_addresses=",
+        ],
+    )?;
+    lab.wait_log("pg", "ready to accept connections")?;
+    let refusal = lab.fails(&["checkpoint", "pg", "--dir", &img.join("pg")])?;
+    eprintln!("checkpoint pg: {refusal}");
+    ensure!(!refusal.contains("unix"), "a unix socket of postgres is refused: {refusal}");
+    ensure!(
+        refusal.contains("System V"),
+        "the refusal of postgres does not name its shared memory: {refusal}"
+    );
+    lab.down_expecting(&["pg"])?;
+    Ok(())
+}
