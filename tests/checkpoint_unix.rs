@@ -47,6 +47,9 @@ ya, yb = socket.socketpair(U, socket.SOCK_STREAM); ya.sendall(b"bye"); ya.close(
 dgname = f"\0migrate-dg-{os.getpid()}"
 dsrv = socket.socket(U, socket.SOCK_DGRAM); dsrv.bind(dgname)
 dcli = socket.socket(U, socket.SOCK_DGRAM); dcli.connect(dgname)
+# A receive timeout (struct timeval).
+import struct
+qb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 500000))
 # Buffer sizes set, and kept.
 sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 # A listener in a directory, with a pending connection; an abstract one likewise.
@@ -135,6 +138,7 @@ want("peer creds of a pair", cred(sa), (os.getpid(), os.getuid(), os.getgid()))
 want("peer creds of an accepted socket", cred(acc), (os.getpid(), os.getuid(), os.getgid()))
 want("owner", fcntl.fcntl(sa.fileno(), fcntl.F_GETOWN), os.getpid())
 want("status flags", fcntl.fcntl(sa.fileno(), fcntl.F_GETFL) & (os.O_NONBLOCK | os.O_ASYNC), os.O_NONBLOCK | os.O_ASYNC)
+want("rcvtimeo", struct.unpack("ll", qb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)), (2, 500000))
 want("rcvbuf", sb.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 131072)
 want("path listener name", lp.getsockname(), path)
 want("path file mode", oct(os.stat(path).st_mode & 0o777), "0o640")

@@ -28,6 +28,8 @@ pub struct UnixSocket {
     /// `F_SETOWN`: who gets `SIGIO` (with `O_ASYNC`): a pid, or minus a process group,
     /// in the container's pid namespace; 0 for nobody.
     pub owner: i32,
+    /// `SO_RCVTIMEO`, `SO_SNDTIMEO` in microseconds; 0 waits for ever.
+    pub timeouts: [u64; 2],
     /// `SO_PEERCRED`: who made the connection's other side (a pair's maker, a
     /// listener's, an accepted socket's client at `connect`); `None` if unset.
     pub peer_cred: Option<PeerCred>,
@@ -108,6 +110,9 @@ impl UnixSocket {
         }
         if self.peek_off < -1 {
             return Err(format!("peek offset {}", self.peek_off));
+        }
+        if self.timeouts.iter().any(|&t| t > i64::MAX as u64) {
+            return Err("a timeout beyond i64 microseconds".into());
         }
         if self.rcvbuf > i32::MAX as u32 || self.sndbuf > i32::MAX as u32 {
             return Err("buffer size beyond i32".into());

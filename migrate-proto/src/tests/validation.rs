@@ -335,6 +335,7 @@ fn unix_socket_records_are_checked() {
         sndbuf: 212992,
         peek_off: -1,
         owner: 0,
+        timeouts: [0, 0],
         peer_cred: None,
     };
     let with = |f: &dyn Fn(&mut UnixSocket)| {
@@ -350,6 +351,7 @@ fn unix_socket_records_are_checked() {
         ("65537 entries", Box::new(|u| u.queue = vec![vec![]; 65537])),
         ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
         ("peek offset -2", Box::new(|u| u.peek_off = -2)),
+        ("a timeout beyond i64", Box::new(|u| u.timeouts = [u64::MAX, 0])),
         ("buffer size beyond i32", Box::new(|u| u.rcvbuf = u32::MAX)),
         ("abstract name of 107 bytes", Box::new(|u| u.name = Some(UnixName::Abstract(vec![b'a'; 107])))),
         (

@@ -159,6 +159,30 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
     let passsec = opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0;
     let peek_off = opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
+    // Options a unix socket takes but this version does not carry: refused unless at
+    // their defaults.
+    for (o, name, default) in [
+        (libc::SO_RCVLOWAT, "SO_RCVLOWAT", 1),
+        (libc::SO_PRIORITY, "SO_PRIORITY", 0),
+        (libc::SO_MARK, "SO_MARK", 0),
+        (libc::SO_TIMESTAMP, "SO_TIMESTAMP", 0),
+        (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", 0),
+        (libc::SO_KEEPALIVE, "SO_KEEPALIVE", 0),
+    ] {
+        let v = opt(o, name)?;
+        if v != default {
+            return Ok(Err(here(&format!("with {name} set to {v}: not supported yet"))));
+        }
+    }
+    let micros = |tv: nix::sys::time::TimeVal| nix::sys::time::TimeValLike::num_microseconds(&tv) as u64;
+    let timeouts = [
+        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout).map(micros),
+        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::SendTimeout).map(micros),
+    ];
+    let timeouts = [
+        timeouts[0].map_err(|e| err("SO_RCVTIMEO", e.into()))?,
+        timeouts[1].map_err(|e| err("SO_SNDTIMEO", e.into()))?,
+    ];
     let queue = if me.state == LISTEN {
         Peeked::Queue(Vec::new())
     } else {
@@ -217,6 +241,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         sndbuf: opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32,
         peek_off,
         owner,
+        timeouts,
         peer_cred: peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?,
     })))
 }
