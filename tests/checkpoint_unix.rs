@@ -230,6 +230,11 @@ elif sys.argv[1] == "handed":
                 time.sleep(1)
     a.close(); b.close()
     print("fd none", flush=True)
+elif sys.argv[1] == "odd":
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); a.send(b"!", socket.MSG_OOB)
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); c.send(b""); c.send(b"after")
+    held += [a, b, c, d]
+    print("fd", b.fileno(), d.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -268,10 +273,12 @@ fn a_peer_outside_fds_in_flight_a_stray_node_and_a_pair_made_elsewhere_are_refus
     lab.start("host-a", "inflight", &["python3", "-c", HOLDER, "inflight"])?;
     lab.start("host-a", "stray", &["python3", "-c", HOLDER, "stray"])?;
     lab.start("host-a", "handed", &["python3", "-c", HOLDER, "handed"])?;
+    lab.start("host-a", "odd", &["python3", "-c", HOLDER, "odd"])?;
     lab.wait_log("outside", "tick 1")?;
     lab.wait_log("inflight", "tick 1")?;
     lab.wait_log("stray", "tick 1")?;
     lab.wait_log("handed", "tick 1")?;
+    lab.wait_log("odd", "tick 1")?;
     let me = format!("pid {} (", std::process::id());
     // Pending on the test's listener, then accepted by it: both are outside.
     refused(&lab, &img, "outside", &["fd 3 is a unix socket", "waiting for the listener at", &path])?;
@@ -285,7 +292,13 @@ fn a_peer_outside_fds_in_flight_a_stray_node_and_a_pair_made_elsewhere_are_refus
         "handed",
         &["whose connection PID 1 made (its SO_PEERCRED); a restore would make it in PID 2"],
     )?;
-    lab.down_expecting(&["outside", "inflight", "stray", "handed"])?;
+    refused(
+        &lab,
+        &img,
+        "odd",
+        &["fd 4 is a unix socket", "out-of-band data", "fd 6 is a unix socket", "an empty datagram"],
+    )?;
+    lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;
     Ok(())
 }
 

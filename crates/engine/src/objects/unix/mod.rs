@@ -186,7 +186,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     let queue = if me.state == LISTEN {
         Peeked::Queue(Vec::new())
     } else {
-        peek(sock, ty, peek_off).map_err(|e| err("peek", e))?
+        peek(sock, ty, peek_off, me.shutdown & 1 != 0).map_err(|e| err("peek", e))?
     };
     let queue = match queue {
         Peeked::Queue(q) => q,
@@ -275,14 +275,24 @@ enum Peeked {
 
 /// The receive queue of `sock`, read with `MSG_PEEK` from offset 0; its peek offset is
 /// `peek_off` before and after.
-fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32) -> std::io::Result<Peeked> {
+fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32, shut: bool) -> std::io::Result<Peeked> {
+    // Out-of-band data (a stream, Linux 5.15+) breaks the queue in two: a peek of it
+    // answers only when there is some.
+    if ty == UnixType::Stream {
+        let mut one = [0u8; 1];
+        let oob = MsgFlags::MSG_OOB | MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        if nix::sys::socket::recv(sock.as_raw_fd(), &mut one, oob).is_ok() {
+            return Ok(Peeked::Too("with out-of-band data queued: not supported yet".into()));
+        }
+    }
     migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, 0)?;
-    let got = peek_from_zero(sock, ty);
+    let got = peek_from_zero(sock, ty, shut);
     migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, peek_off)?;
     got
 }
 
-fn peek_from_zero(sock: &OwnedFd, ty: UnixType) -> std::io::Result<Peeked> {
+/// `shut`: shut for reading, where an empty queue reads as 0 bytes, not `EAGAIN`.
+fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<Peeked> {
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut buf = vec![0u8; 1 << 20];
@@ -299,8 +309,12 @@ fn peek_from_zero(sock: &OwnedFd, ty: UnixType) -> std::io::Result<Peeked> {
             return Ok(Peeked::InFlight);
         }
         let n = msg.bytes;
+        if n == 0 && ty != UnixType::Stream && !shut {
+            // A datagram of no bytes: a peek offset does not move past it.
+            return Ok(Peeked::Too("with an empty datagram queued: not supported yet".into()));
+        }
         if n == 0 {
-            // End of file on a stream; a datagram of no bytes cannot be told from it.
+            // End of file (a datagram of no bytes cannot be told from it).
             break;
         }
         if n > buf.len() {
