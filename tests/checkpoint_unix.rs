@@ -263,7 +263,7 @@ fn refused(lab: &TestLab, img: &TempDir, name: &str, needles: &[&str]) -> anyhow
 }
 
 #[test]
-fn a_peer_outside_fds_in_flight_a_stray_node_and_a_pair_made_elsewhere_are_refused() -> anyhow::Result<()> {
+fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on() -> anyhow::Result<()> {
     let work = TempDir::new("unix-refuse")?;
     let img = TempDir::new("unix-refuse-img")?;
     let path = work.join("host.sock");

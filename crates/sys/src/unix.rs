@@ -222,6 +222,13 @@ pub fn owner(fd: BorrowedFd<'_>) -> io::Result<i32> {
     if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
+/// `F_GETSIG`: the signal sent instead of `SIGIO` for the open file `fd`, 0 for `SIGIO`.
+pub fn owner_signal(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: F_GETSIG takes no argument and touches no memory of ours.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), linux_raw_sys::general::F_GETSIG as libc::c_int) };
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
 /// The bytes of a `sockaddr_un` naming `name` (`sun_path` as the diag shows it: an
 /// abstract name starts with 0, and its length is part of it), ready to be written
 /// into a task for an injected `bind` or `connect` with `len` = the vector's length.

@@ -211,6 +211,10 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             "with datagrams queued, connected to a socket that is not connected back: not supported yet",
         )));
     }
+    match migrate_sys::unix::owner_signal(fd).map_err(|e| err("F_GETSIG", e))? {
+        0 => {}
+        sig => return Ok(Err(here(&format!("with F_SETSIG {sig}: not supported yet")))),
+    }
     let owner = match migrate_sys::unix::owner(fd).map_err(|e| err("F_GETOWN", e))? {
         0 => 0,
         host => {
