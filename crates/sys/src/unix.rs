@@ -249,3 +249,51 @@ pub fn sockaddr_un(name: &[u8]) -> io::Result<Vec<u8>> {
     let bytes = unsafe { std::slice::from_raw_parts((&addr as *const libc::sockaddr_un).cast::<u8>(), len) };
     Ok(bytes.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use super::*;
+
+    fn ino(fd: &impl AsRawFd) -> io::Result<u32> {
+        let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        Ok(md.ino() as u32)
+    }
+
+    /// A pair, a listener with one pending client and an abstract name, as the dump of
+    /// our own network namespace shows them.
+    #[test]
+    fn the_dump_shows_peers_names_and_pending_clients() -> io::Result<()> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        let nl = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        let (a, b) = UnixStream::pair()?;
+        let name = format!("migrate-sys-test-{}", std::process::id());
+        let addr =
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+                &name,
+            )?;
+        let l = UnixListener::bind_addr(&addr)?;
+        let c = UnixStream::connect_addr(&addr)?;
+        let all = unix_sockets(nl.as_fd())?;
+        let find = |i: u32| all.iter().find(|d| d.ino == i).cloned().ok_or_else(|| bad("missing"));
+        let (da, db, dl, dc) = (find(ino(&a)?)?, find(ino(&b)?)?, find(ino(&l)?)?, find(ino(&c)?)?);
+        assert_eq!((da.peer, db.peer), (Some(db.ino), Some(da.ino)));
+        assert_eq!(i32::from(da.ty), libc::SOCK_STREAM);
+        assert_eq!(dl.state, 10);
+        assert_eq!(dl.name, Some([&[0u8][..], name.as_bytes()].concat()));
+        assert_eq!(dl.icons, vec![dc.ino]);
+        // A pending client's server end has no inode yet.
+        assert_eq!(dc.peer, Some(0));
+        assert_eq!(sockaddr_un(&[0, b'x'])?.len(), 4);
+        assert_eq!(sockaddr_un(b"/a")?.len(), 5);
+        Ok(())
+    }
+}
