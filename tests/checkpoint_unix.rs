@@ -61,6 +61,11 @@ ct = socket.socket(U, socket.SOCK_STREAM); ct.connect(path)
 acc, _ = lp.accept()
 ct.sendall(b"to-server"); acc.sendall(b"to-client")
 cp = socket.socket(U, socket.SOCK_STREAM); cp.connect(path)
+# A listener whose file is unlinked since, with a pending connection.
+unl = os.path.join(work, "unl.sock")
+lu = socket.socket(U, socket.SOCK_STREAM); lu.bind(unl); lu.listen(2)
+cu = socket.socket(U, socket.SOCK_STREAM); cu.connect(unl)
+os.unlink(unl)
 # Accepted from an abstract listener that is closed since.
 gone = f"\0migrate-gone-{os.getpid()}"
 lg = socket.socket(U, socket.SOCK_STREAM); lg.bind(gone); lg.listen(1)
@@ -153,6 +158,10 @@ try:
     again.bind(gone)
 except OSError as e:
     bad.append(f"the closed listener's name is taken: {e}")
+want("unlinked: name", lu.getsockname(), unl)
+want("unlinked: no file", os.path.exists(unl), False)
+want("unlinked: client's peer", cu.getpeername(), unl)
+cu.sendall(b"u"); want("unlinked: accepted", lu.accept()[0].recv(5), b"u")
 conn, _ = lp.accept()
 want("accepted peer name", cp.getpeername(), path)
 want("accepted own name", conn.getsockname(), path)
@@ -196,6 +205,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
         "SIGIO to pid 1",
         "SO_PASSCRED",
         "srv.sock, listening (backlog 7), 1 pending",
+        "unl.sock (unlinked), listening (backlog 2), 1 pending",
         "accepted from listener socket:",
         "accepted from a closed listener at @migrate-gone-",
         "@migrate-test-",

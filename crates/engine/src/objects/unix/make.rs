@@ -200,6 +200,12 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
     }
     for m in &made {
         let r = record(world, m.inode)?;
+        // Unlinked since it bound: the name stays, the file goes (clients connected).
+        if let Some(UnixName::Path { path, file: None }) = &r.name {
+            let (d, file) = parent_in_root(remote.pid, path)?;
+            nix::unistd::unlinkat(&d, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| EngineError::Io { op: "unlink", path: path.into(), source: e.into() })?;
+        }
         finish(&m.copy, &r).map_err(|e| EngineError::Injected {
             pid: remote.pid,
             call: format!("options of unix socket {}", m.inode),
@@ -329,7 +335,9 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
         path: path.into(),
         source: e.into(),
     };
-    if let (Some((d, file)), UnixName::Path { path, .. }) = (&dir, name)
+    // The node the dumped socket left, if the path still named it then (an unlinked
+    // one's path may name another socket now: the bind below then fails).
+    if let (Some((d, file)), UnixName::Path { path, file: Some(_) }) = (&dir, name)
         && nix::sys::stat::fstatat(d, file.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
     {
@@ -362,9 +370,8 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
                 )
                 .map_err(|e| fail("chown", path, e))?;
             }
-            // It had been unlinked: the name stays, the file goes.
-            None => nix::unistd::unlinkat(d, file, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| fail("unlink", path, e))?,
+            // It had been unlinked: the file goes once its clients are connected.
+            None => {}
         }
     }
     Ok(())
