@@ -350,29 +350,25 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
     remote.call(libc::SYS_bind, &[m.spare, at, addr.len() as u64], || {
         format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
     })?;
-    if let (Some((d, file)), UnixName::Path { path, file: node }) = (&dir, name) {
+    // Its mode and owner as they were (an unlinked one's file goes once its clients
+    // are connected: see `make`).
+    if let (Some((d, file)), UnixName::Path { path, file: Some(f) }) = (&dir, name) {
         let file = file.as_str();
-        match node {
-            Some(f) => {
-                nix::sys::stat::fchmodat(
-                    d,
-                    file,
-                    nix::sys::stat::Mode::from_bits_truncate(f.mode),
-                    nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-                )
-                .map_err(|e| fail("chmod", path, e))?;
-                nix::unistd::fchownat(
-                    d,
-                    file,
-                    Some(nix::unistd::Uid::from_raw(f.uid)),
-                    Some(nix::unistd::Gid::from_raw(f.gid)),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| fail("chown", path, e))?;
-            }
-            // It had been unlinked: the file goes once its clients are connected.
-            None => {}
-        }
+        nix::sys::stat::fchmodat(
+            d,
+            file,
+            nix::sys::stat::Mode::from_bits_truncate(f.mode),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| fail("chmod", path, e))?;
+        nix::unistd::fchownat(
+            d,
+            file,
+            Some(nix::unistd::Uid::from_raw(f.uid)),
+            Some(nix::unistd::Gid::from_raw(f.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fail("chown", path, e))?;
     }
     Ok(())
 }
