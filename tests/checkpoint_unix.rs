@@ -348,6 +348,9 @@ fn nginx_channels_are_unix_sockets_the_checkpoint_carries() -> anyhow::Result<()
     Ok(())
 }
 
+/// Where Debian's postgresql package (scripts/install-deps) puts its programs.
+const PG: &str = "/usr/lib/postgresql/15/bin";
+
 /// PostgreSQL listening on a unix socket in a directory of its own (no TCP): the
 /// socket classifies; what stops it is a kind other helpers carry (System V shared
 /// memory, signalfd, epoll), never a unix socket.
@@ -369,8 +372,18 @@ fn postgres_listening_socket_is_one_the_checkpoint_carries() -> anyhow::Result<(
     }
     let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
     let init = std::process::Command::new("setpriv")
-        .args([&reuid, &regid, "--clear-groups", "initdb", "-D", &data, "-A", "trust", "-U", "postgres"])
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args([
+            &reuid,
+            &regid,
+            "--clear-groups",
+            &format!("{PG}/initdb"),
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ])
         .output()?;
     ensure!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
     let lab = TestLab::up(1)?;
@@ -382,7 +395,7 @@ fn postgres_listening_socket_is_one_the_checkpoint_carries() -> anyhow::Result<(
             &reuid,
             &regid,
             "--clear-groups",
-            "/usr/local/bin/postgres",
+            &format!("{PG}/postgres"),
             "-D",
             &data,
             "-k",
