@@ -111,6 +111,11 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         {
             return make(remote, *peer, world, depth + 1);
         }
+        UnixState::Accepted { listener: None, address: UnixName::Path { path, .. }, .. } => {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {inode} was accepted at {path} from a closed listener (the dump refuses these)"
+            )));
+        }
         UnixState::Accepted { listener: None, address, .. } => {
             // Its listener is closed: one at the same (abstract) name, for as long as
             // the accept takes, gives it its name; the name is free again afterwards.
@@ -124,7 +129,6 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             as_ids(remote, client, |r| r.call(libc::SYS_listen, &[l.spare, 1], || "listen(1)".into()))?;
             accepted(remote, &l, address, &u, world, &mut made)?;
             remote.call(libc::SYS_close, &[l.spare], || "close the passing listener".into())?;
-            let pid_ns = world.unix.here.0;
             world.spares.retain(|&s| s != (pid_ns, l.spare));
         }
         UnixState::Connected { peer }
