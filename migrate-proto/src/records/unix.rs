@@ -139,6 +139,9 @@ impl UnixSocket {
             UnixState::Connected { peer } | UnixState::Accepted { peer, .. } if *peer == self.inode => {
                 Err("connected to itself".into())
             }
+            UnixState::Accepted { listener: None, address: UnixName::Path { .. }, .. } => {
+                Err("accepted at a path from a closed listener".into())
+            }
             UnixState::Accepted { address: UnixName::Path { path, .. }, .. }
                 if path.len() + 1 >= SUN_PATH || !path.starts_with('/') =>
             {

@@ -379,11 +379,21 @@ fn unix_socket_records_are_checked() {
         ),
         ("connected to itself", Box::new(|u| u.state = UnixState::Connected { peer: 5 })),
         (
-            "accepted at a path that is not absolute",
+            "accepted at a path from a closed listener",
             Box::new(|u| {
                 u.state = UnixState::Accepted {
                     peer: 6,
                     listener: None,
+                    address: UnixName::Path { path: "/a.sock".into(), file: None },
+                }
+            }),
+        ),
+        (
+            "accepted at a path that is not absolute",
+            Box::new(|u| {
+                u.state = UnixState::Accepted {
+                    peer: 6,
+                    listener: Some(7),
                     address: UnixName::Path { path: "rel.sock".into(), file: None },
                 }
             }),
