@@ -47,6 +47,8 @@ ya, yb = socket.socketpair(U, socket.SOCK_STREAM); ya.sendall(b"bye"); ya.close(
 dgname = f"\0migrate-dg-{os.getpid()}"
 dsrv = socket.socket(U, socket.SOCK_DGRAM); dsrv.bind(dgname)
 dcli = socket.socket(U, socket.SOCK_DGRAM); dcli.connect(dgname)
+dcli.send(b"queued-1")
+tmp = socket.socket(U, socket.SOCK_DGRAM); tmp.sendto(b"queued-2", dgname); tmp.close()
 # A receive timeout (struct timeval).
 import struct
 qb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 500000))
@@ -130,7 +132,8 @@ want("dgram back", da.recv(100), b"back")
 want("peer closed: words", drain(yb, 100), b"bye")
 want("peer closed: eof", yb.recv(10), b"")
 want("one way: peer", dcli.getpeername(), dgname.encode())
-dcli.send(b"dg"); want("one way: datagram", dsrv.recv(10), b"dg")
+dcli.send(b"dg")
+want("one way: datagrams", [dsrv.recvfrom(10) for _ in range(3)], [(b"queued-1", None), (b"queued-2", None), (b"dg", None)])
 want("shut: words", drain(xb, 100), b"last words")
 want("shut: eof", xb.recv(10), b"")
 try:

@@ -169,6 +169,15 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         UnixState::Unconnected => {
             let s = single(remote, &u, world)?;
             bind(remote, &s, &u)?;
+            if let (false, Some(name)) = (u.queue.is_empty(), &u.name) {
+                // Datagrams from sockets of no name: one such, connected to it for the
+                // time it takes to send them.
+                let from = single(remote, &UnixSocket { inode: 0, ..u.clone() }, world)?;
+                connect(remote, &from, name)?;
+                fill(&from.copy, &s.copy, &u)?;
+                remote.call(libc::SYS_close, &[from.spare], || "close the passing sender".into())?;
+                world.spares.retain(|&x| x != (pid_ns, from.spare));
+            }
             made.push(s);
         }
         UnixState::Listening { backlog, pending } => {

@@ -41,7 +41,7 @@ use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, UnixAddr, recvmsg};
+use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
 
 use super::{Classified, FdSeen};
 use crate::error::EngineError;
@@ -184,24 +184,33 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         timeouts[1].map_err(|e| err("SO_SNDTIMEO", e.into()))?,
     ];
     let queue = if me.state == LISTEN {
-        Peeked::Queue(Vec::new())
+        Peeked::Queue(Vec::new(), None)
     } else {
         peek(sock, ty, peek_off, me.shutdown & 1 != 0).map_err(|e| err("peek", e))?
     };
     let queue = match queue {
-        Peeked::Queue(q) => q,
+        Peeked::Queue(q, named) => (q, named),
         Peeked::InFlight => {
             return Ok(Err(here("with fds or credentials in flight in its queue: not supported")));
         }
         Peeked::Too(what) => return Ok(Err(here(&what))),
     };
+    let (queue, named) = queue;
     if !queue.is_empty() && passcred {
         return Ok(Err(here("with SO_PASSCRED and bytes queued (credentials in flight): not supported")));
     }
-    if !queue.is_empty() && matches!(state, UnixState::Unconnected | UnixState::Pending { .. }) {
-        return Ok(Err(here(
-            "not connected both ways, with bytes queued from other sockets: not supported yet",
-        )));
+    // An unconnected datagram socket's queue came from others: a restore sends it from
+    // a socket of no name, so only datagrams that came from one can be queued again.
+    match (&state, named) {
+        _ if queue.is_empty() => {}
+        (UnixState::Unconnected, None) if ty == UnixType::Dgram => {}
+        (UnixState::Unconnected, Some(from)) => {
+            return Ok(Err(here(&format!("with datagrams from {from} queued: not supported yet"))));
+        }
+        (UnixState::Unconnected | UnixState::Pending { .. }, _) => {
+            return Ok(Err(here("not connected, with bytes queued: not supported yet")));
+        }
+        _ => {}
     }
     if let UnixState::Connected { peer } = state
         && !queue.is_empty()
@@ -272,7 +281,8 @@ fn same_pid_ns(a: i32, b: i32) -> bool {
 }
 
 enum Peeked {
-    Queue(Vec<Vec<u8>>),
+    /// The queue, and the name of a named sender of a datagram in it, if any.
+    Queue(Vec<Vec<u8>>, Option<String>),
     InFlight,
     Too(String),
 }
@@ -298,21 +308,21 @@ fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32, shut: bool) -> std::io::Res
 /// `shut`: shut for reading, where an empty queue reads as 0 bytes, not `EAGAIN`.
 fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<Peeked> {
     let mut out = Vec::new();
+    let mut named = None;
     let mut total = 0usize;
     let mut buf = vec![0u8; 1 << 20];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     let flags = if ty == UnixType::Stream { flags } else { flags | MsgFlags::MSG_TRUNC };
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags) {
-            Ok(m) => m,
+        let (n, got, from) = match recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, None, flags) {
+            Ok(m) => (m.bytes, m.flags, m.address),
             Err(Errno::EAGAIN) => break,
             Err(e) => return Err(e.into()),
         };
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        if got.contains(MsgFlags::MSG_CTRUNC) {
             return Ok(Peeked::InFlight);
         }
-        let n = msg.bytes;
         if n == 0 && ty != UnixType::Stream && !shut {
             // A datagram of no bytes: a peek offset does not move past it.
             return Ok(Peeked::Too("with an empty datagram queued: not supported yet".into()));
@@ -330,7 +340,19 @@ fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<P
         {
             return Ok(Peeked::Too("with more queued than an image carries: not supported".into()));
         }
+        // nix's UnixAddr asserts on the empty address of a sender of no name: read it as
+        // a storage, which yields none for it.
+        if let Some(a) = from
+            .as_ref()
+            .and_then(|a| a.as_unix_addr())
+            .filter(|a| a.path().is_some() || a.as_abstract().is_some())
+        {
+            named.get_or_insert_with(|| match a.path() {
+                Some(p) => p.display().to_string(),
+                None => format!("@{}", String::from_utf8_lossy(a.as_abstract().unwrap_or_default())),
+            });
+        }
         out.push(buf[..n].to_vec());
     }
-    Ok(Peeked::Queue(out))
+    Ok(Peeked::Queue(out, named))
 }
