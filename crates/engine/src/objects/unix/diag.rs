@@ -226,15 +226,15 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
 
 /// The address `sock` is connected to, as `getpeername` answers.
 pub fn peer_name(sock: &std::os::fd::OwnedFd) -> String {
-    let name =
-        nix::sys::socket::getpeername::<nix::sys::socket::UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(sock));
-    match name {
-        Ok(a) => match (a.path(), a.as_abstract()) {
-            (Some(p), _) => p.display().to_string(),
-            (_, Some(a)) => format!("@{}", String::from_utf8_lossy(a)),
-            _ => "an unnamed socket".into(),
-        },
-        Err(_) => "an unknown address".into(),
+    // Read as a storage: nix's UnixAddr asserts on an empty address.
+    let name = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(
+        std::os::fd::AsRawFd::as_raw_fd(sock),
+    );
+    match name.ok().as_ref().and_then(|a| a.as_unix_addr()).map(|a| (a.path(), a.as_abstract())) {
+        Some((Some(p), _)) => p.display().to_string(),
+        Some((_, Some(a))) => format!("@{}", String::from_utf8_lossy(a)),
+        Some(_) => "an unnamed socket".into(),
+        None => "an unknown address".into(),
     }
 }
 
