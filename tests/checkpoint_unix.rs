@@ -99,14 +99,15 @@ pb.close()
 made_r, made_w = os.pipe()
 nobody = os.fork()
 if nobody == 0:
-    os.setgid(65534); os.setuid(65534)
+    os.setgroups([4242, 65534]); os.setgid(65534); os.setuid(65534)
     na, nb = socket.socketpair(U, socket.SOCK_STREAM); na.sendall(b"nobody's")
     os.write(made_w, b"x")
     while not os.path.exists(trigger):
         time.sleep(0.05)
     import struct
     c = struct.unpack("3i", nb.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    print("nobody's pair", nb.recv(20).decode(), c == (os.getpid(), 65534, 65534), flush=True)
+    groups = sorted(struct.unpack("2i", nb.getsockopt(socket.SOL_SOCKET, 59, 8)))  # SO_PEERGROUPS
+    print("nobody's pair", nb.recv(20).decode(), c == (os.getpid(), 65534, 65534), groups == [4242, 65534], flush=True)
     os._exit(0)
 os.read(made_r, 1)
 print("ready", flush=True)
@@ -220,7 +221,7 @@ fn socketpairs_listeners_and_their_queues_move() -> anyhow::Result<()> {
     let after = log.split("after restore").nth(1).unwrap_or_default();
     ensure!(after.contains("verdict ok"), "after the restore: {log}");
     ensure!(log.contains("child got from-parent"), "the child's end: {log}");
-    ensure!(log.contains("nobody's pair nobody's True"), "the pair of the child run as nobody: {log}");
+    ensure!(log.contains("nobody's pair nobody's True True"), "the pair of the child run as nobody: {log}");
     lab.down_after_exit("socks")?;
     Ok(())
 }

@@ -214,6 +214,36 @@ pub fn set_int(sock: BorrowedFd<'_>, opt: libc::c_int, value: i32) -> io::Result
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of whoever made the other
+/// side of the connection.
+pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes; the kernel writes at most
+        // that many and says how many it wrote (or needs, with ERANGE).
+        let ret = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / size_of::<u32>();
+        if ret == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() || n > 1 << 16 {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+}
+
 /// `F_GETOWN`: the process (or, negative, process group) that gets `SIGIO` for the
 /// open file `fd`, 0 for none, as the caller's pid namespace numbers it.
 pub fn owner(fd: BorrowedFd<'_>) -> io::Result<i32> {

@@ -37,11 +37,13 @@ pub struct UnixSocket {
 
 /// The credentials `SO_PEERCRED` answers with; `pid` in the container's pid namespace,
 /// 0 when that process is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCred {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    /// `SO_PEERGROUPS`: its supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +93,8 @@ pub enum UnixState {
 pub const MAX_QUEUED: usize = 64 << 20;
 pub const MAX_DATAGRAMS: usize = 1 << 16;
 pub const MAX_PENDING: usize = 4096;
+/// `NGROUPS_MAX`.
+pub const MAX_GROUPS: usize = 65536;
 /// `sizeof(sun_path)`.
 pub const SUN_PATH: usize = 108;
 
@@ -110,6 +114,9 @@ impl UnixSocket {
         }
         if self.peek_off < -1 {
             return Err(format!("peek offset {}", self.peek_off));
+        }
+        if self.peer_cred.as_ref().is_some_and(|c| c.groups.len() > MAX_GROUPS) {
+            return Err(format!("more than {MAX_GROUPS} peer groups"));
         }
         if self.timeouts.iter().any(|&t| t > i64::MAX as u64) {
             return Err("a timeout beyond i64 microseconds".into());

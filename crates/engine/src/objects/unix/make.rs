@@ -183,7 +183,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         UnixState::Listening { backlog, pending } => {
             let l = single(remote, &u, world)?;
             bind(remote, &l, &u)?;
-            as_ids(remote, u.peer_cred, |r| {
+            as_ids(remote, u.peer_cred.clone(), |r| {
                 r.call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))
             })?;
             let name = u.name.clone().ok_or_else(|| {
@@ -228,12 +228,13 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         // from the same process, with the same ids.
         let now =
             super::peer_cred(&m.copy).map_err(|e| EngineError::Incompatible(format!("SO_PEERCRED: {e}")))?;
-        if let (Some(want), Some(now)) = (r.peer_cred, now)
-            && ((want.uid, want.gid) != (now.uid, now.gid) || (want.pid != 0 && want.pid != now.pid))
+        if let (Some(want), Some(now)) = (&r.peer_cred, now)
+            && ((want.uid, want.gid, &want.groups) != (now.uid, now.gid, &now.groups)
+                || (want.pid != 0 && want.pid != now.pid))
         {
             return Err(EngineError::Incompatible(format!(
-                "unix socket {}: SO_PEERCRED would answer pid {} uid {} gid {} instead of pid {} uid {} gid {} (its connection made by another process, or with other ids): not supported yet",
-                m.inode, now.pid, now.uid, now.gid, want.pid, want.uid, want.gid
+                "unix socket {}: SO_PEERCRED would answer pid {} uid {} gid {} groups {:?} instead of pid {} uid {} gid {} groups {:?} (its connection made by another process, or with other ids): not supported yet",
+                m.inode, now.pid, now.uid, now.gid, now.groups, want.pid, want.uid, want.gid, want.groups
             )));
         }
         world.unix.made.insert(m.inode, (pid_ns, m.spare));
@@ -255,7 +256,7 @@ fn accepted(
     let cu = record(world, peer)?;
     let c = single(remote, &cu, world)?;
     bind(remote, &c, &cu)?;
-    as_ids(remote, s.peer_cred, |r| connect(r, &c, address))?;
+    as_ids(remote, s.peer_cred.clone(), |r| connect(r, &c, address))?;
     let fd = remote.call(libc::SYS_accept4, &[l.spare, 0, 0, libc::SOCK_CLOEXEC as u64], || {
         format!("accept4 on the listener at {}", super::diag::show_name(Some(&sun_path(address))))
     })?;
@@ -290,31 +291,62 @@ fn single(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Resul
 }
 
 /// Runs `f`, the call that gives a connection its `SO_PEERCRED`, with the effective
-/// ids of `want` (the task is still root while its fds are made; its saved uid stays
-/// 0, so it takes root back afterwards). Supplementary groups are not switched.
+/// ids and supplementary groups of `want` (the task is still root while its fds are
+/// made; its saved uid stays 0, so it takes root back afterwards).
 fn as_ids<T>(
     remote: &mut Remote<'_>,
     want: Option<PeerCred>,
     f: impl FnOnce(&mut Remote<'_>) -> Result<T, EngineError>,
 ) -> Result<T, EngineError> {
-    let Some(want) = want.filter(|w| (w.uid, w.gid) != (0, 0)) else { return f(remote) };
+    let Some(want) = want else { return f(remote) };
+    let groups = |pid: i32| -> Result<Vec<u32>, EngineError> {
+        let status = crate::error::read_proc(pid, "status")?;
+        Ok(crate::procfs::status_field(&status, "Groups")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect())
+    };
+    let had = groups(remote.pid)?;
+    let set_groups = |r: &mut Remote<'_>, list: &[u32]| -> Result<(), EngineError> {
+        if list.len() > 4096 {
+            return Err(EngineError::Incompatible(format!("{} supplementary groups", list.len())));
+        }
+        let bytes: Vec<u8> = list.iter().flat_map(|g| g.to_ne_bytes()).collect();
+        let at = r.write(16 << 10, &bytes)?;
+        // The raw call changes this thread only: the task has no other yet.
+        r.call(libc::SYS_setgroups, &[list.len() as u64, at], || format!("setgroups({list:?})"))?;
+        Ok(())
+    };
+    let regroup = had != want.groups;
+    if regroup {
+        set_groups(remote, &want.groups)?;
+    }
+    let ids = (want.uid, want.gid) != (0, 0);
     let keep = u64::from(u32::MAX);
-    remote.call(libc::SYS_setresgid, &[keep, u64::from(want.gid), keep], || {
-        format!("setresgid(-1, {}, -1)", want.gid)
-    })?;
-    remote.call(libc::SYS_setresuid, &[keep, u64::from(want.uid), keep], || {
-        format!("setresuid(-1, {}, -1)", want.uid)
-    })?;
+    if ids {
+        remote.call(libc::SYS_setresgid, &[keep, u64::from(want.gid), keep], || {
+            format!("setresgid(-1, {}, -1)", want.gid)
+        })?;
+        remote.call(libc::SYS_setresuid, &[keep, u64::from(want.uid), keep], || {
+            format!("setresuid(-1, {}, -1)", want.uid)
+        })?;
+    }
     let out = f(remote);
-    remote.call(libc::SYS_setresuid, &[keep, 0, keep], || "setresuid(-1, 0, -1)".into())?;
-    remote.call(libc::SYS_setresgid, &[keep, 0, keep], || "setresgid(-1, 0, -1)".into())?;
+    if ids {
+        remote.call(libc::SYS_setresuid, &[keep, 0, keep], || "setresuid(-1, 0, -1)".into())?;
+        remote.call(libc::SYS_setresgid, &[keep, 0, keep], || "setresgid(-1, 0, -1)".into())?;
+    }
+    if regroup {
+        set_groups(remote, &had)?;
+    }
     out
 }
 
 /// A socketpair for `u` and its peer.
 fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<(Made, Made), EngineError> {
     let at = remote.scratch.addr;
-    as_ids(remote, u.peer_cred, |r| {
+    as_ids(remote, u.peer_cred.clone(), |r| {
         r.call(
             libc::SYS_socketpair,
             &[libc::AF_UNIX as u64, raw_type(u.ty) | libc::SOCK_CLOEXEC as u64, 0, at],

@@ -271,7 +271,8 @@ pub(crate) fn peer_cred(sock: &OwnedFd) -> std::io::Result<Option<PeerCred>> {
         .and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
         .filter(|_| c.pid() > 0)
         .unwrap_or(0);
-    Ok(Some(PeerCred { pid, uid: c.uid(), gid: c.gid() }))
+    let groups = migrate_sys::unix::peer_groups(sock.as_fd())?;
+    Ok(Some(PeerCred { pid, uid: c.uid(), gid: c.gid(), groups }))
 }
 
 /// Whether host pids `a` and `b` are in one pid namespace.
