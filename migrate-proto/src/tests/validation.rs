@@ -352,6 +352,13 @@ fn unix_socket_records_are_checked() {
         ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
         ("peek offset -2", Box::new(|u| u.peek_off = -2)),
         ("a timeout beyond i64", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        (
+            "more than 65536 peer groups",
+            Box::new(|u| {
+                u.peer_cred =
+                    Some(crate::records::PeerCred { pid: 1, uid: 0, gid: 0, groups: vec![0; 65537] })
+            }),
+        ),
         ("buffer size beyond i32", Box::new(|u| u.rcvbuf = u32::MAX)),
         ("abstract name of 107 bytes", Box::new(|u| u.name = Some(UnixName::Abstract(vec![b'a'; 107])))),
         (
