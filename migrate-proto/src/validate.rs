@@ -420,6 +420,15 @@ fn check_fds(p: &ProcessRecord) -> Result<(), Invalid> {
             FdKind::Epoll(e) => e.check(f.fd, f.file_id)?,
             FdKind::Inet(s) => s.check().map_err(|problem| Invalid::Fd { fd: f.fd, problem })?,
             FdKind::Mqueue { name } => crate::records::check_mqueue_fd(f.fd, name, p)?,
+            FdKind::Unix(u) => {
+                u.check().map_err(|problem| Invalid::Fd {
+                    fd: f.fd,
+                    problem: format!("unix socket: {problem}"),
+                })?;
+                if let Some(path) = u.path() {
+                    check_path(owner, path)?;
+                }
+            }
             FdKind::External { name } => {
                 if name.is_empty() || name.len() > 255 || name.contains('\0') {
                     return Err(Invalid::Fd {

@@ -527,6 +527,7 @@ fn kernel_object(kind: &FdKind) -> String {
         }
         FdKind::Inet(s) => s.to_string(),
         FdKind::Mqueue { name } => format!("POSIX message queue /{name}"),
+        FdKind::Unix(u) => u.describe(),
         FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::Device { .. }

@@ -206,6 +206,8 @@ pub fn check(pids: &[i32], external: &[ExternalPipe], refusals: &mut Refusals) -
         }
     }
     crate::objects::epoll::check(pids, refusals)?;
+    let alive: Vec<i32> = pids.iter().copied().filter(|&p| !crate::seize::is_zombie(p)).collect();
+    crate::objects::unix::check(&alive, refusals)?;
     if pipes.is_empty() {
         return Ok(());
     }
@@ -391,6 +393,8 @@ pub struct FdWorld {
     pub objects: HashMap<u64, Live>,
     /// Epoll registrations added so far: `(epoll file_id, index)`.
     pub epoll_done: HashSet<(u64, usize)>,
+    /// The image's unix sockets, and those made so far.
+    pub unix: crate::objects::unix::World,
 }
 
 impl FdWorld {
@@ -443,6 +447,7 @@ pub fn restore(
 ) -> Result<(), EngineError> {
     // Spare fds go above every fd of the image, so that installing never hits them.
     let base = fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 1;
+    world.unix.here = (pid_ns, base);
     if world.external.is_empty() {
         // PID 1, a stub: its stdout and stderr are the new shim's pipes.
         for (fd, name) in [(1u64, "stdout"), (2, "stderr")] {

@@ -101,6 +101,10 @@ pub fn restore(
     let mut world = FdWorld::default();
     for p in &img.processes {
         world.records.extend(p.pipes.iter().map(|r| (r.inode, r.clone())));
+        world.unix.records.extend(p.fds.iter().filter_map(|f| match &f.kind {
+            migrate_proto::records::FdKind::Unix(u) => Some((u.inode, u.clone())),
+            _ => None,
+        }));
     }
     // Before any process: one may map a file there.
     crate::objects::tmpfs::restore(stub, &root.tmpfs)?;

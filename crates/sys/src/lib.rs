@@ -17,6 +17,7 @@ pub mod signal;
 pub mod sockopt;
 pub mod tcp;
 pub mod uffd;
+pub mod unix;
 
 /// An error and its causes on one line, `a: b: c`, for the places that fold an error into
 /// a message of their own (an API body, a report). It lives here because every crate of

@@ -14,11 +14,12 @@ pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, Signa
 pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
-
 mod ipc;
+pub mod unix;
 
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 pub use ipc::*;
+pub use unix::{PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +253,8 @@ pub enum FdKind {
     /// A POSIX message queue of the IPC namespace ([`PosixQueue`]), by its name without
     /// the leading `/`.
     Mqueue { name: String },
+    /// A unix socket ([`UnixSocket`]).
+    Unix(UnixSocket),
 }
 
 /// `(cur, max)` of one rlimit; `u64::MAX` is unlimited.

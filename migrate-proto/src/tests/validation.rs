@@ -614,3 +614,96 @@ fn an_attachment_must_name_a_segment() {
         .unwrap_or_default();
     assert!(err.contains("maps an object of the wrong kind"), "{err}");
 }
+
+#[test]
+fn unix_socket_records_are_checked() {
+    use crate::records::{UnixName, UnixSocket, UnixState, UnixType};
+    let sock = UnixSocket {
+        inode: 5,
+        ty: UnixType::Stream,
+        name: Some(UnixName::Path { path: "/run/a.sock".into(), file: None }),
+        state: UnixState::Connected { peer: 6 },
+        queue: vec![b"abc".to_vec()],
+        shutdown: 2,
+        passcred: false,
+        passsec: false,
+        rcvbuf: 212992,
+        sndbuf: 212992,
+        peek_off: -1,
+        owner: 0,
+        timeouts: [0, 0],
+        peer_cred: None,
+    };
+    let with = |f: &dyn Fn(&mut UnixSocket)| {
+        let mut p = process(1);
+        let mut u = sock.clone();
+        f(&mut u);
+        p.fds.push(fd9(FdKind::Unix(u)));
+        validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    assert_eq!(with(&|_| {}), "");
+    type Change = Box<dyn Fn(&mut UnixSocket)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("65537 entries", Box::new(|u| u.queue = vec![vec![]; 65537])),
+        ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
+        ("peek offset -2", Box::new(|u| u.peek_off = -2)),
+        ("a timeout beyond i64", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        (
+            "more than 65536 peer groups",
+            Box::new(|u| {
+                u.peer_cred =
+                    Some(crate::records::PeerCred { pid: 1, uid: 0, gid: 0, groups: vec![0; 65537] })
+            }),
+        ),
+        ("buffer size beyond i32", Box::new(|u| u.rcvbuf = u32::MAX)),
+        ("abstract name of 107 bytes", Box::new(|u| u.name = Some(UnixName::Abstract(vec![b'a'; 107])))),
+        (
+            "path name of 108 bytes",
+            Box::new(|u| u.name = Some(UnixName::Path { path: format!("/{}", "a".repeat(107)), file: None })),
+        ),
+        (
+            "contains a `..` component",
+            Box::new(|u| u.name = Some(UnixName::Path { path: "/run/../etc/x".into(), file: None })),
+        ),
+        (
+            "a listening datagram socket",
+            Box::new(|u| {
+                u.ty = UnixType::Dgram;
+                u.state = UnixState::Listening { backlog: 1, pending: vec![] };
+            }),
+        ),
+        (
+            "4097 pending connections",
+            Box::new(|u| u.state = UnixState::Listening { backlog: 1, pending: vec![7; 4097] }),
+        ),
+        (
+            "a listener with bytes queued",
+            Box::new(|u| u.state = UnixState::Listening { backlog: 1, pending: vec![] }),
+        ),
+        ("connected to itself", Box::new(|u| u.state = UnixState::Connected { peer: 5 })),
+        (
+            "accepted at a path from a closed listener",
+            Box::new(|u| {
+                u.state = UnixState::Accepted {
+                    peer: 6,
+                    listener: None,
+                    address: UnixName::Path { path: "/a.sock".into(), file: None },
+                }
+            }),
+        ),
+        (
+            "accepted at a path that is not absolute",
+            Box::new(|u| {
+                u.state = UnixState::Accepted {
+                    peer: 6,
+                    listener: Some(7),
+                    address: UnixName::Path { path: "rel.sock".into(), file: None },
+                }
+            }),
+        ),
+    ];
+    for (needle, f) in cases {
+        let err = with(&*f);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

@@ -13,7 +13,7 @@
 //! | [`inotify`] | inotify: each watch's path, mask and wd (no queued events) |
 //! | [`pidfd`] | pidfd: its process, live or reaped (made after the whole tree) |
 //! | [`epoll`] | epoll: every registration (events, data, the file), re-added from inside the tasks |
-//! | [`unix`] | unix sockets (refused for now) |
+//! | [`unix`] | unix sockets: pairs, names, listeners and their pending connections, queued bytes |
 //! | [`inet`] | TCP sockets listening, bound or unbound; UDP sockets; their options |
 //! | [`sysv`] | the IPC namespace: System V shared memory, semaphores, message queues, limits |
 //! | [`mqueue`] | POSIX message queues of the IPC namespace |
@@ -120,7 +120,7 @@ pub fn restore(
     remote: &mut Remote<'_>,
     rec: &FdRecord,
     cloexec: u64,
-    _world: &mut FdWorld,
+    world: &mut FdWorld,
 ) -> Result<(), EngineError> {
     match &rec.kind {
         FdKind::EventFd(e) => eventfd::restore(remote, rec, e, cloexec),
@@ -130,6 +130,7 @@ pub fn restore(
         FdKind::Epoll(_) => epoll::restore(remote, rec, cloexec),
         FdKind::Inet(s) => inet::restore(remote, rec, s, cloexec),
         FdKind::Mqueue { name } => mqueue::restore_fd(remote, rec, name, cloexec),
+        FdKind::Unix(u) => unix::restore(remote, rec, u, cloexec, world),
         other => {
             Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a kind of objects/", rec.fd)))
         }

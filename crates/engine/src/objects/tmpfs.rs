@@ -4,7 +4,10 @@
 //! before any process is rebuilt (a process may map a file there).
 //!
 //! A FIFO there is recreated as a node; the bytes buffered in it, if it is open, travel
-//! with its pipe record (see `fifo.rs`).
+//! with its pipe record (see `fifo.rs`). A socket node is left out when a unix socket of
+//! the container's network namespace is bound to it (`UNIX_DIAG_VFS` names its inode):
+//! that socket's restore binds it again (`unix/`); a node no socket is bound to is
+//! refused.
 //!
 //! Both sides go through `/proc/PID/root`, which resolves paths in the container's mount
 //! namespace from the outside.
@@ -21,13 +24,42 @@ use crate::error::{EngineError, io_err};
 pub fn dump(pid: i32) -> Result<Vec<TmpfsEntry>, EngineError> {
     let root = format!("/proc/{pid}/root");
     let mut out = Vec::new();
+    let mut bound = None;
     for mount in TMPFS_MOUNTS {
-        walk(Path::new(&root), Path::new(mount), &mut out)?;
+        walk(pid, Path::new(&root), Path::new(mount), &mut out, &mut bound)?;
     }
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<TmpfsEntry>) -> Result<(), EngineError> {
+/// Whether a unix socket of `pid`'s network namespace is bound to the node `md`; the
+/// table of bound nodes is read once, when the first socket node is met.
+fn bound_socket(
+    pid: i32,
+    md: &std::fs::Metadata,
+    bound: &mut Option<Vec<(u64, u64)>>,
+) -> Result<bool, EngineError> {
+    if bound.is_none() {
+        let table = super::unix::diag::Table::of(pid)?;
+        // The diag gives the kernel's dev_t: major above bit 20.
+        *bound = Some(
+            table
+                .by_ino
+                .values()
+                .filter_map(|d| d.vfs)
+                .map(|(ino, dev)| (u64::from(ino), libc::makedev(dev >> 20, dev & 0xfffff)))
+                .collect(),
+        );
+    }
+    Ok(bound.as_ref().is_some_and(|b| b.contains(&(md.ino(), md.dev()))))
+}
+
+fn walk(
+    pid: i32,
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<TmpfsEntry>,
+    bound: &mut Option<Vec<(u64, u64)>>,
+) -> Result<(), EngineError> {
     let here = root.join(dir.strip_prefix("/").unwrap_or(dir));
     let mut entries: Vec<_> = match std::fs::read_dir(&here) {
         Ok(d) => d.filter_map(|e| e.ok()).collect(),
@@ -52,15 +84,21 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<TmpfsEntry>) -> Result<(), Engine
             TmpfsKind::Symlink { target: t.to_string_lossy().into_owned() }
         } else if ft.is_fifo() {
             TmpfsKind::Fifo
+        } else if ft.is_socket() && bound_socket(pid, &md, bound)? {
+            continue;
+        } else if ft.is_socket() {
+            return Err(EngineError::Unsupported(format!(
+                "{path} in the container's tmpfs is a socket node no socket is bound to (its socket is closed): not supported yet"
+            )));
         } else {
             return Err(EngineError::Unsupported(format!(
-                "{path} in the container's tmpfs is a socket or device: not supported yet"
+                "{path} in the container's tmpfs is a device: not supported yet"
             )));
         };
         let is_dir = matches!(kind, TmpfsKind::Dir);
         out.push(TmpfsEntry { path, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), kind });
         if is_dir {
-            walk(root, &inside, out)?;
+            walk(pid, root, &inside, out, bound)?;
         }
     }
     Ok(())
