@@ -353,6 +353,10 @@ pub struct TmpfsEntry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Last modification and access, in ns since the epoch: a mapped file is checked
+    /// against its mtime, and programs compare them.
+    pub mtime_ns: i64,
+    pub atime_ns: i64,
     pub kind: TmpfsKind,
 }
 

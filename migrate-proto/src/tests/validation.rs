@@ -333,7 +333,15 @@ fn a_tree_names_only_objects_it_records_and_inherits_only_what_the_parent_has() 
 #[test]
 fn tmpfs_entries_are_made_in_directories_listed_before_them() {
     use crate::records::{TmpfsEntry, TmpfsKind};
-    let entry = |path: &str, kind| TmpfsEntry { path: path.into(), mode: 0o755, uid: 0, gid: 0, kind };
+    let entry = |path: &str, kind| TmpfsEntry {
+        path: path.into(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        atime_ns: 0,
+        kind,
+    };
     let mut p = process(1);
     p.tmpfs = vec![
         entry("/run/app", TmpfsKind::Dir),

@@ -17,6 +17,9 @@ use std::path::Path;
 
 use migrate_proto::records::{TmpfsEntry, TmpfsKind};
 use migrate_proto::validate::TMPFS_MOUNTS;
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
 
 use crate::error::{EngineError, io_err};
 
@@ -96,7 +99,16 @@ fn walk(
             )));
         };
         let is_dir = matches!(kind, TmpfsKind::Dir);
-        out.push(TmpfsEntry { path, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), kind });
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        out.push(TmpfsEntry {
+            path,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            atime_ns: ns(md.atime(), md.atime_nsec()),
+            kind,
+        });
         if is_dir {
             walk(pid, root, &inside, out, bound)?;
         }
@@ -124,6 +136,14 @@ pub fn restore(pid: i32, entries: &[TmpfsEntry]) -> Result<(), EngineError> {
                 .map_err(io_err("chmod", &at))?;
         }
         std::os::unix::fs::lchown(&at, Some(e.uid), Some(e.gid)).map_err(io_err("chown", &at))?;
+    }
+    // Times last, children before their directory: making an entry touches its parent's.
+    for e in entries.iter().rev() {
+        let at = Path::new(&root).join(e.path.trim_start_matches('/'));
+        let ts = |ns: i64| TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+        utimensat(AT_FDCWD, &at, &ts(e.atime_ns), &ts(e.mtime_ns), UtimensatFlags::NoFollowSymlink).map_err(
+            |err| EngineError::Io { op: "set the times of", path: at.clone(), source: err.into() },
+        )?;
     }
     Ok(())
 }
