@@ -196,7 +196,7 @@ fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
         });
         ensure!(
             err.contains("is a TCP connection 10.77.1.40:8000 ↔ 10.77.0.2:")
-                && err.contains("(ESTABLISHED): established connections are carried by a later version (the network issue)"),
+                && err.contains("(ESTABLISHED): established TCP connections cannot be carried yet: close them (stop the clients) and checkpoint again"),
             "the refusal does not name the connection: {err}"
         );
         ensure!(lab.container("web")?["state"] == "running", "the refused container stopped");
@@ -275,7 +275,7 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
     ensure!(
         err.contains(
             "is a TCP socket listening on 0.0.0.0:8001 with 1 connection(s) waiting in its accept queue: \
-             established connections are carried by a later version (the network issue)"
+             established TCP connections cannot be carried yet: close them (stop the clients) and checkpoint again"
         ),
         "the refusal does not name the listener: {err}"
     );

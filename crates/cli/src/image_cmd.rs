@@ -264,9 +264,12 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         println!("    {:>6} {:>6} {:>6} {:>6}  {:<16} {state}", p.pid, p.ppid, p.sid, p.pgid, p.comm);
     }
     if let Some(ns) = img.processes.iter().find_map(|p| p.ipc.as_ref()) {
-        println!("IPC namespace:");
-        for line in ipc_lines(ns) {
-            println!("    {line}");
+        let lines = ipc_lines(ns);
+        if !lines.is_empty() {
+            println!("IPC namespace:");
+            for line in lines {
+                println!("    {line}");
+            }
         }
     }
     let mut shared = shared_files(&img.processes);
@@ -403,17 +406,18 @@ fn ipc_lines(ns: &migrate_proto::records::IpcNamespace) -> Vec<String> {
             (false, true) => ", removed",
             (false, false) => "",
         };
-        out.push(format!("shm {} size {}{flags}", perm(&s.perm), s.size));
+        out.push(format!("shm {} size {}{flags}", perm(&s.perm), crate::output::size(s.size)));
     }
     for s in &ns.sem {
         out.push(format!("sem {} values {:?}", perm(&s.perm), s.values));
     }
     for q in &ns.msg {
-        let types: Vec<i64> = q.messages.iter().map(|m| m.mtype).collect();
+        let types: Vec<String> = q.messages.iter().map(|m| m.mtype.to_string()).collect();
+        let types = if types.is_empty() { String::new() } else { format!(" of types {}", types.join(" ")) };
         out.push(format!(
-            "msg {} qbytes {} messages {} types {types:?}",
+            "msg {} qbytes {}, {} messages{types}",
             perm(&q.perm),
-            q.qbytes,
+            crate::output::size(q.qbytes),
             q.messages.len()
         ));
     }

@@ -141,7 +141,7 @@ fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
     match field("State").chars().next() {
         Some('T') => {
             return refuse(
-                "is stopped (SIGSTOP or job control): stopped processes are not supported yet".into(),
+                "is stopped (SIGSTOP or job control): stopped processes are not supported yet; continue it (SIGCONT) and checkpoint again".into(),
             );
         }
         Some('Z') if seize::thread_ids(pid).is_ok_and(|t| t.len() > 1) => {

@@ -150,7 +150,8 @@ const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
 
 /// Why established connections are refused, and where that is followed.
-const LATER: &str = "established connections are carried by a later version (the network issue)";
+const LATER: &str =
+    "established TCP connections cannot be carried yet: close them (stop the clients) and checkpoint again";
 
 pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError> {
     let fd = sock.as_fd();
