@@ -663,3 +663,44 @@ fn checkpoint_into_a_non_empty_directory_is_refused() -> anyhow::Result<()> {
     lab.down_expecting(&["busy"])?;
     Ok(())
 }
+
+/// An image from which a whole batch of pages was dropped, every digest made to match
+/// again: the restore counts the pages it wrote against the manifest's count and refuses
+/// it, instead of a process whose memory has holes.
+#[test]
+fn an_image_missing_a_batch_of_pages_is_refused_at_restore() -> anyhow::Result<()> {
+    let img = TempDir::new("pages-dropped")?;
+    let lab = TestLab::up(2)?;
+    start(&lab, "host-a", "src", &ticker(&[]))?;
+    let good = img.path.join("good");
+    lab.ok(&["checkpoint", "src", "--dir", &good.to_string_lossy()])?;
+    let dir = img.path.join("case");
+    copy_image(&good, &dir)?;
+    let bytes = std::fs::read(dir.join("pages.img"))?;
+    let mut reader = RecordReader::new(&bytes[..]);
+    let mut writer = RecordWriter::new(Vec::new());
+    let mut kept = 0;
+    let mut dropped = false;
+    while let Some(frame) = reader.next()? {
+        let Frame::Pages(batch) = frame else { anyhow::bail!("pages.img holds a process record") };
+        if !dropped && kept == 1 {
+            dropped = true;
+            continue;
+        }
+        writer.pages(&batch)?;
+        kept += 1;
+    }
+    ensure!(dropped, "the image has fewer than two batches of pages");
+    let (bytes, digest) = writer.finish()?;
+    std::fs::write(dir.join("pages.img"), &bytes)?;
+    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
+    for f in m.files.iter_mut().filter(|f| f.name == "pages.img") {
+        *f = digest.sum("pages.img");
+    }
+    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    let problems =
+        refused(&lab, "a batch dropped", &dir, &["pages.img holds", "the manifest counts"], &[], false);
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&[])?;
+    Ok(())
+}

@@ -33,9 +33,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::error::BatchProblem;
 use crate::error::{FrameKindName, FrameProblem, ProtoError};
 use crate::manifest::FileSum;
-use crate::pages::{PageBatch, PageCodec, append_postcard};
+use crate::pages::{EncodedHead, PageBatch, PageCodec, append_postcard};
 use crate::records::ProcessRecord;
 use crate::validate;
 
@@ -172,6 +173,26 @@ impl<W: Write> RecordWriter<W> {
             none => none.insert(PageCodec::new()?),
         };
         let tail = codec.encode_parts(batch, &mut self.buf)?;
+        self.emit(KIND_PAGES, tail)
+    }
+
+    /// Writes a PAGES frame from a batch encoded elsewhere ([`PageCodec::encode_head`]);
+    /// `batch` is the one encoded (its data is the payload's tail when it went raw).
+    pub fn pages_encoded(&mut self, head: &EncodedHead, batch: &PageBatch) -> Result<(), ProtoError> {
+        self.check_usable()?;
+        let tail: &[u8] = match head.raw_len {
+            None => &[],
+            Some(len) if len == batch.data.len() => &batch.data,
+            Some(len) => {
+                let expected = len as u64;
+                return Err(ProtoError::batch(BatchProblem::DataLen {
+                    len: batch.data.len() as u64,
+                    expected,
+                }));
+            }
+        };
+        self.start_frame();
+        self.buf.extend_from_slice(&head.bytes);
         self.emit(KIND_PAGES, tail)
     }
 

@@ -41,7 +41,7 @@ pub use frame::{FileDigest, Filled, Frame, RecordReader, RecordWriter, digest_re
 pub use manifest::{
     Clocks, ContainerMeta, CpuId, FileSum, KernelId, Manifest, Stats, decode_manifest, encode_manifest,
 };
-pub use pages::{BatchHeader, Codec, PageBatch, PageCodec, PageRun};
+pub use pages::{BatchHeader, Codec, EncodedHead, PageBatch, PageCodec, PageRun};
 pub use validate::{check_batch, validate_process, validate_tree};
 
 /// The version of the image format this build writes and the only one it reads.

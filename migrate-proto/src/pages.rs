@@ -219,6 +219,18 @@ fn bounded_runs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PageRun>, D::Err
     de.deserialize_seq(RunsVisitor)
 }
 
+/// The encoded head of a page batch ([`PageCodec::encode_head`]): its header and, when
+/// compression paid, the compressed data. Only a codec makes one, so a frame writer
+/// given one ([`crate::frame::RecordWriter::pages_encoded`]) never writes a payload its
+/// reader would refuse. Encoding and framing may then run on different threads — several
+/// encoders at once, one writer keeping the batches' order.
+#[derive(Debug, Default)]
+pub struct EncodedHead {
+    pub(crate) bytes: Vec<u8>,
+    /// The batch's data follows raw: the frame's payload ends with it.
+    pub(crate) raw_len: Option<usize>,
+}
+
 /// Encodes and decodes page batches, keeping its zstd contexts between batches.
 pub struct PageCodec {
     compressor: zstd::bulk::Compressor<'static>,
@@ -249,6 +261,15 @@ impl PageCodec {
     pub fn encode_into(&mut self, batch: &PageBatch, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         let tail = self.encode_parts(batch, out)?;
         out.extend_from_slice(tail);
+        Ok(())
+    }
+
+    /// Encodes `batch` into `head` (its buffer reused): the batch's data must go with it
+    /// to the frame writer, which appends it when it was not compressed.
+    pub fn encode_head(&mut self, batch: &PageBatch, head: &mut EncodedHead) -> Result<(), ProtoError> {
+        head.bytes.clear();
+        let tail = self.encode_parts(batch, &mut head.bytes)?;
+        head.raw_len = (!tail.is_empty()).then_some(tail.len());
         Ok(())
     }
 

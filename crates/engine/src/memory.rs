@@ -26,13 +26,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
-use migrate_proto::pages::{PageBatch, PageRun};
+use migrate_proto::pages::{EncodedHead, PageBatch, PageCodec, PageRun};
 use migrate_proto::records::{ProcessRecord, Vma, VmaBacking};
 use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
 use nix::unistd::Pid;
 
 use crate::error::{EngineError, io_err};
-use crate::image::Writer;
+use crate::image::{self, Writer};
 use crate::objects::shmem::Live;
 
 pub const PAGE: u64 = 4096;
@@ -42,9 +42,11 @@ const PAGE_USIZE: usize = PAGE as usize;
 /// between the thread that fills them and the one that writes them.
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_PAGES: u64 = BATCH_BYTES as u64 / PAGE;
-/// Batches in flight between the two threads of a dump (one filling, the rest queued or
-/// being written).
+/// Batches in flight between the threads of a dump beyond two per encoder (one filling,
+/// the rest queued or being written).
 const DUMP_DEPTH: usize = 3;
+/// Encoder threads of a dump, at most (one per CPU up to this).
+const MAX_ENCODERS: usize = 4;
 /// At most this many remote iovecs per `process_vm_readv`/`writev` (`UIO_MAXIOV`).
 const MAX_IOV: usize = 1024;
 
@@ -139,23 +141,61 @@ pub fn dump(
     if spans.is_empty() {
         return Ok(finish(stats));
     }
-    let (full_tx, full_rx) = mpsc::sync_channel::<PageBatch>(DUMP_DEPTH);
+    // Compressing is most of a dump's CPU: several encoders take the batches in turn, and
+    // one writer frames them in the order they were read.
+    let encoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_ENCODERS);
     let (free_tx, free_rx) = mpsc::channel::<PageBatch>();
     std::thread::scope(|scope| {
+        let mut to_encoders = Vec::with_capacity(encoders);
+        let mut encoded = Vec::with_capacity(encoders);
+        let mut heads_back = Vec::with_capacity(encoders);
+        let mut threads = Vec::with_capacity(encoders);
+        for k in 0..encoders {
+            let (tx, rx) = mpsc::sync_channel::<PageBatch>(1);
+            let (done_tx, done_rx) = mpsc::sync_channel::<(PageBatch, EncodedHead)>(1);
+            let (head_tx, head_rx) = mpsc::channel::<EncodedHead>();
+            to_encoders.push(tx);
+            encoded.push(done_rx);
+            heads_back.push(head_tx);
+            let encoder = std::thread::Builder::new()
+                .name(format!("dump-encode-{k}"))
+                .spawn_scoped(scope, move || -> Result<(), EngineError> {
+                    let err = |source| EngineError::Image { file: image::PAGES.into(), source };
+                    let mut codec = PageCodec::new().map_err(err)?;
+                    for batch in rx {
+                        let mut head = head_rx.try_recv().unwrap_or_default();
+                        codec.encode_head(&batch, &mut head).map_err(err)?;
+                        if done_tx.send((batch, head)).is_err() {
+                            // The writer stopped: its error says why.
+                            break;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(io_err("spawn a thread for", "pages.img"))?;
+            threads.push(encoder);
+        }
         let writer = std::thread::Builder::new()
             .name("dump-writer".into())
-            .spawn_scoped(scope, move || -> Result<(), EngineError> {
-                for batch in full_rx {
-                    out.inner().pages(&batch).map_err(out.err())?;
-                    // The reader may have finished: then the buffer is simply dropped.
+            .spawn_scoped(scope, move || -> Result<u64, EngineError> {
+                // Batch i went to encoder i % encoders: taking them in that order keeps the
+                // reader's; the first encoder with nothing more marks the end.
+                let mut pages = 0;
+                for k in (0..encoders).cycle() {
+                    let Ok((batch, head)) = encoded[k].recv() else { break };
+                    out.inner().pages_encoded(&head, &batch).map_err(out.err())?;
+                    pages += batch.data.len() as u64 / PAGE;
+                    // The encoder or the reader may have finished: the buffer is dropped.
+                    let _ = heads_back[k].send(head);
                     let _ = free_tx.send(batch);
                 }
-                Ok(())
+                Ok(pages)
             })
             .map_err(io_err("spawn a thread for", "pages.img"))?;
         let ids: Vec<u64> = objects.iter().map(|o| o.id).collect();
         let mut reader = BatchReader { pid, vmas, mem, files: &files, ids: &ids };
         let mut allocated = 0usize;
+        let mut sent = 0usize;
         let mut done = 0u64;
         let mut next = Cursor { span: 0, at: 0 };
         let read = (|| -> Result<(), EngineError> {
@@ -165,7 +205,7 @@ pub fn dump(
             while next.span < spans.len() {
                 let mut batch = match spare.take().map(Ok).unwrap_or_else(|| free_rx.try_recv()) {
                     Ok(b) => b,
-                    Err(_) if allocated < DUMP_DEPTH + 1 => {
+                    Err(_) if allocated < DUMP_DEPTH + 2 * encoders => {
                         allocated += 1;
                         PageBatch {
                             pid: pid_ns,
@@ -186,18 +226,35 @@ pub fn dump(
                 progress(done, todo);
                 if batch.runs.is_empty() {
                     spare = Some(batch);
-                } else if full_tx.send(batch).is_err() {
-                    // The writer stopped: its error says why.
+                    continue;
+                }
+                // Counted only when sent: the writer takes batch i from encoder i % encoders.
+                if to_encoders[sent % encoders].send(batch).is_err() {
+                    // An encoder or the writer stopped: its error says why.
                     return Ok(());
                 }
+                sent += 1;
             }
             Ok(())
         })();
-        drop(full_tx);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(EngineError::Unsupported("the page writer panicked".into())));
-        read.and(written)
+        drop(to_encoders);
+        // Every thread is joined; the first error in thread order (encoders, then the
+        // writer) is the one that stopped the others.
+        let panicked = || EngineError::Unsupported("a page thread panicked".into());
+        let mut result = read;
+        for t in threads {
+            result = result.and(t.join().unwrap_or_else(|_| Err(panicked())));
+        }
+        let written = result.and(writer.join().unwrap_or_else(|_| Err(panicked())))?;
+        // Never an image that lacks pages it counts: a restore could not tell.
+        if written != stats.pages_stored {
+            return Err(EngineError::Proc {
+                pid,
+                what: "its memory".into(),
+                reason: format!("{written} pages written of the {} read", stats.pages_stored),
+            });
+        }
+        Ok(())
     })?;
     Ok(finish(stats))
 }

@@ -125,6 +125,14 @@ pub fn restore(
     }
     build(&mut ctx, root, s, stub, None, progress)?;
     ctx.pages.finish()?;
+    if ctx.pages.pages != img.manifest.stats.pages_stored {
+        return Err(EngineError::Incompatible(format!(
+            "{} holds {} pages, the manifest counts {}",
+            image::PAGES,
+            ctx.pages.pages,
+            img.manifest.stats.pages_stored
+        )));
+    }
     // pidfds once every process and thread they may refer to exists.
     let mut pidfds = objects::pidfd::Made::new();
     for p in &img.processes {

@@ -167,3 +167,37 @@ fn largest_batch_round_trips() -> Result {
     assert!(err.contains("batch limit"), "{err}");
     Ok(())
 }
+
+/// Batches encoded apart from the writer (as a dump's encoder threads do) make the same
+/// frames as `pages`, raw and compressed; a head framed with another batch is refused.
+#[test]
+fn heads_encoded_elsewhere_frame_like_pages() -> Result {
+    use crate::frame::{Frame, RecordReader, RecordWriter};
+    let batches = [batch(5, None), batch(5, Some(1))];
+    let (mut direct, mut apart) = (RecordWriter::new(Vec::new()), RecordWriter::new(Vec::new()));
+    let mut codec = PageCodec::new()?;
+    let mut head = crate::pages::EncodedHead::default();
+    for b in &batches {
+        direct.pages(b)?;
+        codec.encode_head(b, &mut head)?;
+        apart.pages_encoded(&head, b)?;
+    }
+    let (direct, _) = direct.finish()?;
+    let (apart, _) = apart.finish()?;
+    assert_eq!(direct, apart);
+    let mut reader = RecordReader::new(&apart[..]);
+    for b in &batches {
+        assert!(matches!(reader.next()?, Some(Frame::Pages(got)) if got == *b));
+    }
+    // The raw one (random data) framed with a batch of another size.
+    codec.encode_head(&batches[1], &mut head)?;
+    let other = PageBatch {
+        runs: vec![PageRun { addr: 0x1000, npages: 1 }],
+        data: vec![7; 4096],
+        ..batches[1].clone()
+    };
+    let mut w = RecordWriter::new(Vec::new());
+    let err = w.pages_encoded(&head, &other).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("data"), "{err}");
+    Ok(())
+}
