@@ -72,6 +72,8 @@ impl Leases {
                             ": choose another with --name, or remove that one first (`migrate rm {value}`)"
                         )
                     }
+                    // A restore cannot pick another: the image's connections and peers know it.
+                    Kind::Ip => ": a container keeps its address when it is restored; remove the one holding it first (`migrate ps` shows it), or start new containers with another --ip".into(),
                     _ => String::new(),
                 };
                 Err(AgentError::Conflict(format!(
@@ -128,6 +130,8 @@ mod tests {
         assert!(err.contains("container name web is already in use (by container web on host-a)"), "{err}");
         assert!(err.contains("--name") && err.contains("`migrate rm web`"), "{err}");
         leases.take(Kind::Ip, "10.77.1.10", &a)?;
+        let err = leases.take(Kind::Ip, "10.77.1.10", &b).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("remove the one holding it first"), "{err}");
         leases.release(Kind::Name, "web", &a)?;
         leases.release(Kind::Name, "web", &a)?;
         leases.take(Kind::Name, "web", &b)?;
