@@ -247,8 +247,10 @@ elif sys.argv[1] == "handed":
 elif sys.argv[1] == "odd":
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); a.send(b"!", socket.MSG_OOB)
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); c.send(b""); c.send(b"after")
-    held += [a, b, c, d]
-    print("fd", b.fileno(), d.fileno(), flush=True)
+    # Its peer closed with bytes unread: ECONNRESET waits for its next read.
+    e, f = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); e.send(b"unread"); f.close()
+    held += [a, b, c, d, e]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -310,7 +312,14 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
         &lab,
         &img,
         "odd",
-        &["fd 4 is a unix socket", "out-of-band data", "fd 6 is a unix socket", "an empty datagram"],
+        &[
+            "fd 4 is a unix socket",
+            "out-of-band data",
+            "fd 6 is a unix socket",
+            "an empty datagram",
+            "fd 7 is a socket",
+            "with an error pending",
+        ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;
     Ok(())

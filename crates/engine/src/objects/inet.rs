@@ -11,13 +11,14 @@
 //! (`sk_max_ack_backlog`, in `tcpi_sacked`) and the connections waiting to be accepted
 //! (`sk_ack_backlog`, in `tcpi_unacked`). For a UDP socket the bytes of unread
 //! datagrams are `rx_queue` of its line (by inode) in the kernel's table of its network
-//! namespace, `/proc/PID/net/udp` or `udp6`.
+//! namespace, `/proc/PID/net/udp` or `udp6`, and its `tx_queue` the bytes not sent yet.
 //!
 //! Refused (at precheck, where the same classification runs): TCP sockets in any other
 //! state (an established connection, SYN_SENT, CLOSE_WAIT, …: carried by a later
 //! version, with TCP repair), a listener with connections in its accept queue (they are
 //! established connections), a UDP socket with unread datagrams (a new socket cannot be
-//! given them with their source addresses), a UDP socket in a network namespace where
+//! given them with their source addresses) or bytes waiting to be sent (corked), a UDP
+//! socket in a network namespace where
 //! a multicast group is joined (no option tells which socket joined it, so none is
 //! carried), other protocols (raw, SCTP, ICMP), and state that nothing in the record
 //! reads back: a socket filter, IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
@@ -203,7 +204,16 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
         InetProto::Udp => {
-            let rx = udp_queue(seen.pid, v6, ino);
+            let (tx, rx) = udp_queues(seen.pid, v6, ino);
+            // Corked (`UDP_CORK`, `MSG_MORE`) bytes wait in the write queue for the rest
+            // of their datagram: a new socket would send it without them.
+            if tx > 0 {
+                return Ok(Err(format!(
+                    "a UDP socket on {} with bytes waiting to be sent ({tx} as the kernel accounts them: \
+                     corked, or not sent yet), which are not carried",
+                    show(local)
+                )));
+            }
             if rx > 0 {
                 return Ok(Err(format!(
                     "a UDP socket on {} with datagrams waiting in its receive queue ({rx} bytes as the kernel \
@@ -301,17 +311,20 @@ fn inet_addr(a: SocketAddr) -> InetAddr {
     InetAddr { ip: a.ip(), port: a.port(), scope_id }
 }
 
-/// The bytes of unread datagrams of UDP socket inode `ino` (`rx_queue` of its line in
-/// the `/proc/PID/net/udp` table of its network namespace; 0 for an unbound socket,
-/// which the table does not list).
-fn udp_queue(pid: i32, v6: bool, ino: &str) -> u64 {
+/// The bytes of UDP socket inode `ino` waiting to be sent and unread (`tx_queue` and
+/// `rx_queue` of its line in the `/proc/PID/net/udp` table of its network namespace; 0
+/// for an unbound socket, which the table does not list and which holds none).
+fn udp_queues(pid: i32, v6: bool, ino: &str) -> (u64, u64) {
     let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" }).unwrap_or_default();
     text.lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.get(9) == Some(&ino))
-        .and_then(|f| u64::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok())
-        .unwrap_or(0)
+        .and_then(|f| {
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+        })
+        .unwrap_or((0, 0))
 }
 
 /// The multicast groups joined in a network namespace beyond those the
