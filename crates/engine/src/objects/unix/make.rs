@@ -309,7 +309,7 @@ fn as_ids<T>(
     };
     let had = groups(remote.pid)?;
     let set_groups = |r: &mut Remote<'_>, list: &[u32]| -> Result<(), EngineError> {
-        if list.len() > 4096 {
+        if list.len() > migrate_proto::records::unix::MAX_GROUPS {
             return Err(EngineError::Incompatible(format!("{} supplementary groups", list.len())));
         }
         let bytes: Vec<u8> = list.iter().flat_map(|g| g.to_ne_bytes()).collect();

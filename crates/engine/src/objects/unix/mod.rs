@@ -39,6 +39,7 @@ mod makers;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
+use migrate_proto::records::unix::MAX_GROUPS;
 use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
@@ -241,6 +242,12 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
     };
+    let peer_cred = peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?;
+    if let Some(n) = peer_cred.as_ref().map(|c| c.groups.len()).filter(|&n| n > MAX_GROUPS) {
+        return Ok(Err(here(&format!(
+            "whose connection was made by a process of {n} supplementary groups (SO_PEERGROUPS), more than a restore gives ({MAX_GROUPS}): not supported"
+        ))));
+    }
     Ok(Ok(FdKind::Unix(UnixSocket {
         inode: u64::from(ino),
         ty,
@@ -255,7 +262,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         peek_off,
         owner,
         timeouts,
-        peer_cred: peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?,
+        peer_cred,
     })))
 }
 
