@@ -76,6 +76,13 @@ ag, _ = lg.accept(); lg.close()
 abstract = f"\0migrate-test-{os.getpid()}"
 la = socket.socket(U, socket.SOCK_SEQPACKET); la.bind(abstract); la.listen(3)
 ca = socket.socket(U, socket.SOCK_SEQPACKET); ca.connect(abstract)
+# Three connections pending on a listener whose backlog shrank since: they stay queued.
+shrink = f"\0migrate-shrink-{os.getpid()}"
+ls = socket.socket(U, socket.SOCK_STREAM); ls.bind(shrink); ls.listen(4)
+cs = [socket.socket(U, socket.SOCK_STREAM) for _ in range(3)]
+for c in cs:
+    c.connect(shrink)
+ls.listen(0)
 # A listener in the container's own /run, which the image carries.
 lr = socket.socket(U, socket.SOCK_STREAM); lr.bind("/run/migrate-unix.sock"); lr.listen(1)
 # Autobound: a 5-hex-digit abstract name of the kernel's choosing.
@@ -173,6 +180,16 @@ cp.sendall(b"hello server"); want("after accept", conn.recv(100), b"hello server
 conn2, _ = la.accept()
 want("abstract peer", ca.getpeername(), abstract.encode())
 ca.send(b"rec"); want("abstract record", conn2.recv(10), b"rec")
+for i, c in enumerate(cs):
+    c.send(b"s%d" % i)
+want("shrunk backlog: pending", [ls.accept()[0].recv(5) for _ in cs], [b"s0", b"s1", b"s2"])
+c4, c5 = socket.socket(U, socket.SOCK_STREAM), socket.socket(U, socket.SOCK_STREAM)
+c4.setblocking(False); c5.setblocking(False)
+c4.connect(shrink)
+try:
+    c5.connect(shrink); bad.append("a backlog of 0 took two connections")
+except BlockingIOError:
+    pass
 want("/run listener", lr.getsockname(), "/run/migrate-unix.sock")
 cr = socket.socket(U, socket.SOCK_STREAM); cr.connect("/run/migrate-unix.sock")
 cr.sendall(b"run"); want("/run connection", lr.accept()[0].recv(10), b"run")

@@ -183,9 +183,16 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         UnixState::Listening { backlog, pending } => {
             let l = single(remote, &u, world)?;
             bind(remote, &l, &u)?;
-            as_ids(remote, u.peer_cred.clone(), |r| {
-                r.call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))
-            })?;
+            // A listen with a smaller backlog after connections queued keeps them: room
+            // for all of them first (a client's connect to a full queue would block the
+            // task for ever), then the backlog as it was.
+            let room = (*backlog).max(pending.len() as u32);
+            let listen = |remote: &mut Remote<'_>, n: u32| {
+                as_ids(remote, u.peer_cred.clone(), |r| {
+                    r.call(libc::SYS_listen, &[l.spare, u64::from(n)], || format!("listen({n})"))
+                })
+            };
+            listen(remote, room)?;
             let name = u.name.clone().ok_or_else(|| {
                 EngineError::Incompatible(format!("unix listener {inode} has no name to connect to"))
             })?;
@@ -201,7 +208,6 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             for s in &done {
                 accepted(remote, &l, &name, s, world, &mut made)?;
             }
-            made.push(l);
             for &c in pending {
                 let cu = record(world, c)?;
                 let s = single(remote, &cu, world)?;
@@ -209,6 +215,10 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
                 connect(remote, &s, &name)?;
                 made.push(s);
             }
+            if room != *backlog {
+                listen(remote, *backlog)?;
+            }
+            made.push(l);
         }
     }
     for m in &made {
