@@ -266,8 +266,14 @@ elif sys.argv[1] == "odd":
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); c.send(b""); c.send(b"after")
     # Its peer closed with bytes unread: ECONNRESET waits for its next read.
     e, f = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); e.send(b"unread"); f.close()
-    held += [a, b, c, d, e]
-    print("fd", b.fileno(), d.fileno(), e.fileno(), flush=True)
+    # A datagram from a third socket, queued before its receiver and another connected
+    # to each other.
+    g, h, x = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3))
+    for s, n in [(g, "g"), (h, "h"), (x, "x")]:
+        s.bind(f"\0migrate-odd-{n}-{os.getpid()}")
+    x.sendto(b"from x", g.getsockname()); g.connect(h.getsockname()); h.connect(g.getsockname())
+    held += [a, b, c, d, e, g, h, x]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -336,6 +342,9 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
             "an empty datagram",
             "fd 7 is a socket",
             "with an error pending",
+            "fd 8 is a unix socket",
+            "with datagrams from @migrate-odd-x-",
+            "queued, which a restore would send from @migrate-odd-h-",
         ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;

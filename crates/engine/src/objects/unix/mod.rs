@@ -42,7 +42,7 @@ use std::os::unix::fs::MetadataExt;
 use migrate_proto::records::unix::MAX_GROUPS;
 use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
+use nix::sys::socket::{MsgFlags, SockaddrLike, UnixAddr, recvmsg};
 
 use super::{Classified, FdSeen};
 use crate::error::EngineError;
@@ -185,24 +185,24 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         timeouts[1].map_err(|e| err("SO_SNDTIMEO", e.into()))?,
     ];
     let queue = if me.state == LISTEN {
-        Peeked::Queue(Vec::new(), None)
+        Peeked::Queue(Vec::new(), Vec::new())
     } else {
         peek(sock, ty, peek_off, me.shutdown & 1 != 0).map_err(|e| err("peek", e))?
     };
     let queue = match queue {
-        Peeked::Queue(q, named) => (q, named),
+        Peeked::Queue(q, senders) => (q, senders),
         Peeked::InFlight => {
             return Ok(Err(here("with fds or credentials in flight in its queue: not supported")));
         }
         Peeked::Too(what) => return Ok(Err(here(&what))),
     };
-    let (queue, named) = queue;
+    let (queue, senders) = queue;
     if !queue.is_empty() && passcred {
         return Ok(Err(here("with SO_PASSCRED and bytes queued (credentials in flight): not supported")));
     }
     // An unconnected datagram socket's queue came from others: a restore sends it from
     // a socket of no name, so only datagrams that came from one can be queued again.
-    match (&state, named) {
+    match (&state, senders.iter().flatten().next()) {
         _ if queue.is_empty() => {}
         (UnixState::Unconnected, None) if ty == UnixType::Dgram => {}
         (UnixState::Unconnected, Some(from)) => {
@@ -212,6 +212,27 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             return Ok(Err(here("not connected, with bytes queued: not supported yet")));
         }
         _ => {}
+    }
+    // A datagram tells who sent it; a restore sends each from the peer, or from a socket
+    // of no name (a closed peer, an unconnected socket's): datagrams queued before a
+    // socket connected came from others.
+    if ty == UnixType::Dgram {
+        let want = match state {
+            UnixState::Connected { peer } => table
+                .get(peer as u32)
+                .and_then(|d| d.name.as_deref())
+                .filter(|n| !n.is_empty())
+                .map(|n| show_name(Some(n))),
+            _ => None,
+        };
+        if let Some(other) = senders.iter().find(|s| **s != want) {
+            let show = |n: &Option<String>| n.clone().unwrap_or_else(|| "a socket of no name".into());
+            return Ok(Err(here(&format!(
+                "with datagrams from {} queued, which a restore would send from {}: not supported yet",
+                show(other),
+                show(&want)
+            ))));
+        }
     }
     if let UnixState::Connected { peer } = state
         && !queue.is_empty()
@@ -289,8 +310,9 @@ fn same_pid_ns(a: i32, b: i32) -> bool {
 }
 
 enum Peeked {
-    /// The queue, and the name of a named sender of a datagram in it, if any.
-    Queue(Vec<Vec<u8>>, Option<String>),
+    /// The queue, and the names its messages came from (each once; `None`: a socket
+    /// of no name).
+    Queue(Vec<Vec<u8>>, Vec<Option<String>>),
     InFlight,
     Too(String),
 }
@@ -316,14 +338,14 @@ fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32, shut: bool) -> std::io::Res
 /// `shut`: shut for reading, where an empty queue reads as 0 bytes, not `EAGAIN`.
 fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<Peeked> {
     let mut out = Vec::new();
-    let mut named = None;
+    let mut senders = Vec::new();
     let mut total = 0usize;
     let mut buf = vec![0u8; 1 << 20];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     let flags = if ty == UnixType::Stream { flags } else { flags | MsgFlags::MSG_TRUNC };
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let (n, got, from) = match recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, None, flags) {
+        let (n, got, from) = match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags) {
             Ok(m) => (m.bytes, m.flags, m.address),
             Err(Errno::EAGAIN) => break,
             Err(e) => return Err(e.into()),
@@ -348,19 +370,46 @@ fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<P
         {
             return Ok(Peeked::Too("with more queued than an image carries: not supported".into()));
         }
-        // nix's UnixAddr asserts on the empty address of a sender of no name: read it as
-        // a storage, which yields none for it.
-        if let Some(a) = from
-            .as_ref()
-            .and_then(|a| a.as_unix_addr())
-            .filter(|a| a.path().is_some() || a.as_abstract().is_some())
-        {
-            named.get_or_insert_with(|| match a.path() {
-                Some(p) => p.display().to_string(),
-                None => format!("@{}", String::from_utf8_lossy(a.as_abstract().unwrap_or_default())),
-            });
+        // A sender of no name has an address of no bytes past the family, on which nix's
+        // `UnixAddr` asserts: it is told by its length first. (Read as a storage, every
+        // address comes back as one of no name: nix's `recvmsg` sets no length on it.)
+        let named = from.filter(|a| a.len() as usize > std::mem::offset_of!(libc::sockaddr_un, sun_path));
+        let from = named.as_ref().and_then(|a| match (a.path(), a.as_abstract()) {
+            (Some(p), _) => Some(p.display().to_string()),
+            (_, Some(a)) => Some(format!("@{}", String::from_utf8_lossy(a))),
+            _ => None,
+        });
+        if !senders.contains(&from) {
+            senders.push(from);
         }
         out.push(buf[..n].to_vec());
     }
-    Ok(Peeked::Queue(out, named))
+    Ok(Peeked::Queue(out, senders))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    /// Each queued datagram's sender is seen: by its name, or as one of no name.
+    #[test]
+    fn a_peek_names_the_senders_of_the_queue() -> Result<(), Box<dyn std::error::Error>> {
+        let name =
+            |n: &str| SocketAddr::from_abstract_name(format!("migrate-peek-{n}-{}", std::process::id()));
+        let to = UnixDatagram::bind_addr(&name("to")?)?;
+        let from = UnixDatagram::bind_addr(&name("from")?)?;
+        from.send_to_addr(b"named", &name("to")?)?;
+        UnixDatagram::unbound()?.send_to_addr(b"unnamed", &name("to")?)?;
+        let to = OwnedFd::from(to);
+        let Peeked::Queue(queue, senders) = peek(&to, UnixType::Dgram, -1, false)? else {
+            return Err("not a queue".into());
+        };
+        assert_eq!(queue, vec![b"named".to_vec(), b"unnamed".to_vec()]);
+        let want = format!("@migrate-peek-from-{}", std::process::id());
+        assert_eq!(senders, vec![Some(want), None]);
+        assert_eq!(migrate_sys::unix::get_int(to.as_fd(), libc::SO_PEEK_OFF)?, -1);
+        Ok(())
+    }
 }
