@@ -204,7 +204,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
         InetProto::Udp => {
-            let (tx, rx) = udp_queues(seen.pid, v6, ino);
+            let (tx, rx) = udp_queues(seen.pid, v6, ino)?;
             // Corked (`UDP_CORK`, `MSG_MORE`) bytes wait in the write queue for the rest
             // of their datagram: a new socket would send it without them.
             if tx > 0 {
@@ -314,9 +314,11 @@ fn inet_addr(a: SocketAddr) -> InetAddr {
 /// The bytes of UDP socket inode `ino` waiting to be sent and unread (`tx_queue` and
 /// `rx_queue` of its line in the `/proc/PID/net/udp` table of its network namespace; 0
 /// for an unbound socket, which the table does not list and which holds none).
-fn udp_queues(pid: i32, v6: bool, ino: &str) -> (u64, u64) {
-    let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" }).unwrap_or_default();
-    text.lines()
+fn udp_queues(pid: i32, v6: bool, ino: &str) -> Result<(u64, u64), EngineError> {
+    // Unread, the table would let every queue pass as empty.
+    let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" })?;
+    Ok(text
+        .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.get(9) == Some(&ino))
@@ -324,7 +326,7 @@ fn udp_queues(pid: i32, v6: bool, ino: &str) -> (u64, u64) {
             let (tx, rx) = f.get(4)?.split_once(':')?;
             Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
         })
-        .unwrap_or((0, 0))
+        .unwrap_or((0, 0)))
 }
 
 /// The multicast groups joined in a network namespace beyond those the
