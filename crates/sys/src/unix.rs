@@ -1,7 +1,7 @@
 //! Unix sockets as the kernel describes them: the `NETLINK_SOCK_DIAG` dump of every unix
-//! socket of a network namespace (`unix_diag`, Linux 3.3+; `UNIX_DIAG_UID` 5.3+), the
-//! socket options `nix` does not name (`SO_PEEK_OFF`, `SO_PASSSEC`), and the bytes of a
-//! `sockaddr_un` for an injected `bind` or `connect`.
+//! socket of a network namespace (`unix_diag`, Linux 3.3+; `UNIX_DIAG_UID` 5.3+),
+//! `SO_PEERGROUPS`, a file's `SIGIO` owner, and the bytes of a `sockaddr_un` for an
+//! injected `bind` or `connect`. (Integer options, `SO_PEEK_OFF` among them: [`crate::sockopt`].)
 //!
 //! The dump answers for the network namespace of the netlink socket that asks, so the
 //! caller opens that socket inside the container's namespace and hands it here.
@@ -186,32 +186,6 @@ fn parse(msg: &[u8]) -> io::Result<UnixDiag> {
         at += (len + 3) & !3;
     }
     Ok(d)
-}
-
-/// An `int` socket option at `SOL_SOCKET`.
-pub fn get_int(sock: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is a live c_int and `len` its size; the kernel writes at most that.
-    let ret = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut value as *mut i32).cast(), &mut len)
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
-}
-
-/// Sets an `int` socket option at `SOL_SOCKET`.
-pub fn set_int(sock: BorrowedFd<'_>, opt: libc::c_int, value: i32) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
-    let ret = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&value as *const i32).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of whoever made the other

@@ -143,6 +143,13 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             fill(&made[1].copy, &made[0].copy, &u)?;
             fill(&made[0].copy, &made[1].copy, &p)?;
         }
+        UnixState::Connected { .. } if u.ty != UnixType::Dgram => {
+            // Only a datagram socket connects one way; a stream's connect to a listener
+            // whose queue is full would block the task for ever.
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {inode} is a stream or seqpacket connected to a socket not connected back"
+            )));
+        }
         UnixState::Connected { peer } => {
             // One way (a datagram socket connected to a bound one): to its name.
             if !world.unix.made.contains_key(peer) {
@@ -476,9 +483,15 @@ fn fill(from: &OwnedFd, to: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError>
     for (s, get, force) in
         [(from, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE), (to, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)]
     {
-        let now = migrate_sys::unix::get_int(s.as_fd(), get).map_err(|e| err(e.to_string()))?;
-        migrate_sys::unix::set_int(s.as_fd(), force, (need.min(i32::MAX as usize / 2) as i32).max(now))
-            .map_err(|e| err(format!("forcing a buffer size: {e}")))?;
+        let now = migrate_sys::sockopt::get_int(s.as_fd(), libc::SOL_SOCKET, get)
+            .map_err(|e| err(e.to_string()))?;
+        migrate_sys::sockopt::set_int(
+            s.as_fd(),
+            libc::SOL_SOCKET,
+            force,
+            (need.min(i32::MAX as usize / 2) as i32).max(now),
+        )
+        .map_err(|e| err(format!("forcing a buffer size: {e}")))?;
     }
     for q in &u.queue {
         let mut done = 0;
@@ -516,10 +529,10 @@ fn finish(s: &OwnedFd, u: &UnixSocket) -> std::io::Result<()> {
         [(libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, u.rcvbuf), (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, u.sndbuf)]
     {
         // The kernel doubles what is set.
-        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
-            migrate_sys::unix::set_int(fd, force, (want / 2) as i32)?;
+        if migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, get)? as u32 != want {
+            migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, force, (want / 2) as i32)?;
         }
-        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
+        if migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, get)? as u32 != want {
             return Err(std::io::Error::from_raw_os_error(libc::ERANGE));
         }
     }
@@ -531,13 +544,13 @@ fn finish(s: &OwnedFd, u: &UnixSocket) -> std::io::Result<()> {
         nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SendTimeout, &tv(u.timeouts[1]))?;
     }
     if u.peek_off != -1 {
-        migrate_sys::unix::set_int(fd, libc::SO_PEEK_OFF, u.peek_off)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off)?;
     }
     if u.passcred {
-        migrate_sys::unix::set_int(fd, libc::SO_PASSCRED, 1)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
     }
     if u.passsec {
-        migrate_sys::unix::set_int(fd, libc::SO_PASSSEC, 1)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSSEC, 1)?;
     }
     Ok(())
 }

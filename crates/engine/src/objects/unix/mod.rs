@@ -71,8 +71,6 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         what: format!("unix socket at fd {}", seen.fd),
         reason: format!("{what}: {e}"),
     };
-    // Someone else's name: an accepted socket (or a listener's embryo) shows the
-    // listener's address; a path has no VFS entry, an abstract name is also a listener's.
     // Someone else's name: an accepted socket shows its listener's address (and, for
     // a path, its file). A listener of that name tells; with none left, an abstract name
     // that is free was its closed listener's, and a path cannot be told from the
@@ -156,7 +154,9 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         }
     };
     let fd = sock.as_fd();
-    let opt = |o: libc::c_int, what: &str| migrate_sys::unix::get_int(fd, o).map_err(|e| err(what, e));
+    let opt = |o: libc::c_int, what: &str| {
+        migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, o).map_err(|e| err(what, e))
+    };
     let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
     let passsec = opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0;
     let peek_off = opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
@@ -329,9 +329,9 @@ fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32, shut: bool) -> std::io::Res
             return Ok(Peeked::Too("with out-of-band data queued: not supported yet".into()));
         }
     }
-    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, 0)?;
+    migrate_sys::sockopt::set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let got = peek_from_zero(sock, ty, shut);
-    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, peek_off)?;
+    migrate_sys::sockopt::set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off)?;
     got
 }
 
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(queue, vec![b"named".to_vec(), b"unnamed".to_vec()]);
         let want = format!("@migrate-peek-from-{}", std::process::id());
         assert_eq!(senders, vec![Some(want), None]);
-        assert_eq!(migrate_sys::unix::get_int(to.as_fd(), libc::SO_PEEK_OFF)?, -1);
+        assert_eq!(migrate_sys::sockopt::get_int(to.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF)?, -1);
         Ok(())
     }
 }
