@@ -272,8 +272,10 @@ elif sys.argv[1] == "odd":
     for s, n in [(g, "g"), (h, "h"), (x, "x")]:
         s.bind(f"\0migrate-odd-{n}-{os.getpid()}")
     x.sendto(b"from x", g.getsockname()); g.connect(h.getsockname()); h.connect(g.getsockname())
-    held += [a, b, c, d, e, g, h, x]
-    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), flush=True)
+    # Asks for its senders' pidfds (SO_PASSPIDFD, 76).
+    p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.setsockopt(socket.SOL_SOCKET, 76, 1)
+    held += [a, b, c, d, e, g, h, x, p]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -345,6 +347,8 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
             "fd 8 is a unix socket",
             "with datagrams from @migrate-odd-x-",
             "queued, which a restore would send from @migrate-odd-h-",
+            "fd 11 is a unix socket",
+            "with SO_PASSPIDFD set to 1: not supported yet",
         ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;

@@ -161,16 +161,26 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     let passsec = opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0;
     let peek_off = opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
     // Options a unix socket takes but this version does not carry: refused unless at
-    // their defaults.
+    // their defaults. A kernel that does not know one (`ENOPROTOOPT`) has it at its
+    // default.
     for (o, name, default) in [
         (libc::SO_RCVLOWAT, "SO_RCVLOWAT", 1),
         (libc::SO_PRIORITY, "SO_PRIORITY", 0),
         (libc::SO_MARK, "SO_MARK", 0),
         (libc::SO_TIMESTAMP, "SO_TIMESTAMP", 0),
         (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", 0),
+        (libc::SO_TIMESTAMPING, "SO_TIMESTAMPING", 0),
         (libc::SO_KEEPALIVE, "SO_KEEPALIVE", 0),
+        // Out-of-band bytes read in line (a stream, Linux 5.15+).
+        (libc::SO_OOBINLINE, "SO_OOBINLINE", 0),
+        (migrate_sys::sockopt::SO_RCVMARK, "SO_RCVMARK", 0),
+        (migrate_sys::sockopt::SO_PASSPIDFD, "SO_PASSPIDFD", 0),
+        (migrate_sys::sockopt::SO_PASSRIGHTS, "SO_PASSRIGHTS", 1),
     ] {
-        let v = opt(o, name)?;
+        let v = match migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, o) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => default,
+            v => v.map_err(|e| err(name, e))?,
+        };
         if v != default {
             return Ok(Err(here(&format!("with {name} set to {v}: not supported yet"))));
         }
