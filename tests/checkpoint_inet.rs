@@ -229,6 +229,9 @@ m.bind(("0.0.0.0", 5353))
 m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("10.77.1.41"))
 t = socket.socket()
 t.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
+# Software receive timestamps (SO_TIMESTAMPING, 37), which are not carried.
+z = socket.socket()
+z.setsockopt(socket.SOL_SOCKET, 37, 0x18)
 # Half a datagram held back by UDP_CORK (1).
 k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 k.bind(("0.0.0.0", 8003))
@@ -311,6 +314,12 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
     ensure!(
         err.contains("is a UDP socket on 0.0.0.0:8003 with bytes waiting to be sent ("),
         "the refusal does not name the corked bytes: {err}"
+    );
+    ensure!(
+        err.contains(
+            "is a TCP socket on (unbound), which has SO_TIMESTAMPING set to 24 (not carried): not supported"
+        ),
+        "the refusal does not name SO_TIMESTAMPING: {err}"
     );
     ensure!(
         err.contains("with an error pending (SO_ERROR, or its error queue), which is not carried"),

@@ -300,6 +300,32 @@ fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
     if sockopt::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_ULP, 16).is_ok_and(|b| b.iter().any(|&c| c != 0)) {
         return Some("an upper-layer protocol (TCP_ULP, e.g. kTLS)".into());
     }
+    // Integer options [`SockOpt`] does not carry, off by default: one that is on would
+    // be lost.
+    use libc::*;
+    for (level, opt, name) in [
+        (SOL_SOCKET, SO_TIMESTAMPING, "SO_TIMESTAMPING"),
+        (SOL_SOCKET, SO_ZEROCOPY, "SO_ZEROCOPY"),
+        (SOL_SOCKET, SO_SELECT_ERR_QUEUE, "SO_SELECT_ERR_QUEUE"),
+        (SOL_SOCKET, sockopt::SO_RCVMARK, "SO_RCVMARK"),
+        (IPPROTO_IP, IP_RECVOPTS, "IP_RECVOPTS"),
+        (IPPROTO_IP, IP_RETOPTS, "IP_RETOPTS"),
+        (IPPROTO_IP, IP_PASSSEC, "IP_PASSSEC"),
+        (IPPROTO_IP, IP_MINTTL, "IP_MINTTL"),
+        (IPPROTO_IPV6, IPV6_RECVRTHDR, "IPV6_RECVRTHDR"),
+        (IPPROTO_IPV6, IPV6_RECVHOPOPTS, "IPV6_RECVHOPOPTS"),
+        (IPPROTO_IPV6, IPV6_RECVDSTOPTS, "IPV6_RECVDSTOPTS"),
+        (IPPROTO_IPV6, IPV6_RECVPATHMTU, "IPV6_RECVPATHMTU"),
+        (IPPROTO_IPV6, IPV6_DONTFRAG, "IPV6_DONTFRAG"),
+        (IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS"),
+    ] {
+        // Not this socket's family or protocol, or a kernel without it: nothing to lose.
+        if let Ok(v) = sockopt::get_int(fd, level, opt)
+            && v != 0
+        {
+            return Some(format!("{name} set to {v} (not carried)"));
+        }
+    }
     None
 }
 
