@@ -1,5 +1,5 @@
 //! Unix sockets as the kernel describes them: the `NETLINK_SOCK_DIAG` dump of every unix
-//! socket of a network namespace (`unix_diag`, Linux 3.3+; `UNIX_DIAG_UID` 5.3+),
+//! socket of a network namespace (`unix_diag`, Linux 3.3+),
 //! `SO_PEERGROUPS`, a file's `SIGIO` owner, and the bytes of a `sockaddr_un` for an
 //! injected `bind` or `connect`. (Integer options, `SO_PEEK_OFF` among them: [`crate::sockopt`].)
 //!
@@ -14,8 +14,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// `SOCK_DIAG_BY_FAMILY` (`<linux/sock_diag.h>`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 
-/// What to show (`UDIAG_SHOW_*`): name, vfs, peer, icons, rqlen, uid.
-const SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x40;
+/// What to show (`UDIAG_SHOW_*`): name, vfs, peer, icons, rqlen.
+const SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10;
 
 // The attributes of an answer (`UNIX_DIAG_*`).
 const ATTR_NAME: u16 = 0;
@@ -24,7 +24,6 @@ const ATTR_PEER: u16 = 2;
 const ATTR_ICONS: u16 = 3;
 const ATTR_RQLEN: u16 = 4;
 const ATTR_SHUTDOWN: u16 = 6;
-const ATTR_UID: u16 = 7;
 
 /// `struct unix_diag_req`.
 #[repr(C)]
@@ -76,12 +75,12 @@ pub struct UnixDiag {
     /// that bound a path has it.
     pub vfs: Option<(u32, u32)>,
     pub peer: Option<u32>,
-    /// A listener's connections not yet accepted: the inodes of their server ends.
+    /// A listener's connections not yet accepted: the inodes of their client sockets
+    /// (the server ends have none before `accept`).
     pub icons: Vec<u32>,
     /// `(rqueue, wqueue)`: bytes queued (a datagram socket: the first datagram's
     /// length) and bytes in flight out; a listener: queued connections and backlog.
     pub rqlen: Option<(u32, u32)>,
-    pub uid: Option<u32>,
     /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2).
     pub shutdown: u8,
 }
@@ -179,7 +178,6 @@ fn parse(msg: &[u8]) -> io::Result<UnixDiag> {
             ATTR_PEER => d.peer = Some(word(0)?),
             ATTR_ICONS => d.icons = (0..v.len() / 4).map(word).collect::<io::Result<_>>()?,
             ATTR_RQLEN => d.rqlen = Some((word(0)?, word(1)?)),
-            ATTR_UID => d.uid = Some(word(0)?),
             ATTR_SHUTDOWN => d.shutdown = *v.first().ok_or_else(|| bad("shutdown"))?,
             _ => {}
         }
