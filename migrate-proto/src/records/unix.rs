@@ -96,6 +96,10 @@ pub const MAX_PENDING: usize = 4096;
 /// Peer groups a restore can give the process that makes a connection: what its
 /// scratch page carries for `setgroups` (`NGROUPS_MAX` is 65536; a dump refuses more).
 pub const MAX_GROUPS: usize = 4096;
+/// `SO_RCVTIMEO`, `SO_SNDTIMEO` in microseconds (some 146 000 years): a `timeval` a
+/// restore can make without overflow (beyond `i64::MAX / 10^6 - 1` seconds, nix's
+/// `TimeVal` panics).
+pub const MAX_TIMEOUT_US: u64 = 1 << 62;
 /// `sizeof(sun_path)`.
 pub const SUN_PATH: usize = 108;
 
@@ -119,8 +123,8 @@ impl UnixSocket {
         if self.peer_cred.as_ref().is_some_and(|c| c.groups.len() > MAX_GROUPS) {
             return Err(format!("more than {MAX_GROUPS} peer groups"));
         }
-        if self.timeouts.iter().any(|&t| t > i64::MAX as u64) {
-            return Err("a timeout beyond i64 microseconds".into());
+        if self.timeouts.iter().any(|&t| t > MAX_TIMEOUT_US) {
+            return Err(format!("a timeout beyond {MAX_TIMEOUT_US} microseconds"));
         }
         if self.rcvbuf > i32::MAX as u32 || self.sndbuf > i32::MAX as u32 {
             return Err("buffer size beyond i32".into());

@@ -655,7 +655,8 @@ fn unix_socket_records_are_checked() {
         ("65537 entries", Box::new(|u| u.queue = vec![vec![]; 65537])),
         ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
         ("peek offset -2", Box::new(|u| u.peek_off = -2)),
-        ("a timeout beyond i64", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        ("a timeout beyond 4611686018427387904", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        ("a timeout beyond 4611686018427387904", Box::new(|u| u.timeouts = [0, i64::MAX as u64])),
         (
             "more than 4096 peer groups",
             Box::new(|u| {

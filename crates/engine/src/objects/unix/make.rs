@@ -536,12 +536,10 @@ fn finish(s: &OwnedFd, u: &UnixSocket) -> std::io::Result<()> {
             return Err(std::io::Error::from_raw_os_error(libc::ERANGE));
         }
     }
-    let tv = |us: u64| nix::sys::time::TimeValLike::microseconds(us as i64);
-    if u.timeouts[0] != 0 {
-        nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimeout, &tv(u.timeouts[0]))?;
-    }
-    if u.timeouts[1] != 0 {
-        nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SendTimeout, &tv(u.timeouts[1]))?;
+    for (opt, us) in [(libc::SO_RCVTIMEO, u.timeouts[0]), (libc::SO_SNDTIMEO, u.timeouts[1])] {
+        if us != 0 {
+            migrate_sys::sockopt::set_timeout(fd, opt, Some(std::time::Duration::from_micros(us)))?;
+        }
     }
     if u.peek_off != -1 {
         migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off)?;

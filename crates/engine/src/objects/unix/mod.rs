@@ -39,7 +39,7 @@ mod makers;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use migrate_proto::records::unix::MAX_GROUPS;
+use migrate_proto::records::unix::{MAX_GROUPS, MAX_TIMEOUT_US};
 use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, SockaddrLike, UnixAddr, recvmsg};
@@ -185,15 +185,17 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             return Ok(Err(here(&format!("with {name} set to {v}: not supported yet"))));
         }
     }
-    let micros = |tv: nix::sys::time::TimeVal| nix::sys::time::TimeValLike::num_microseconds(&tv) as u64;
-    let timeouts = [
-        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout).map(micros),
-        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::SendTimeout).map(micros),
-    ];
-    let timeouts = [
-        timeouts[0].map_err(|e| err("SO_RCVTIMEO", e.into()))?,
-        timeouts[1].map_err(|e| err("SO_SNDTIMEO", e.into()))?,
-    ];
+    let mut timeouts = [0; 2];
+    for (t, opt, name) in [(0, libc::SO_RCVTIMEO, "SO_RCVTIMEO"), (1, libc::SO_SNDTIMEO, "SO_SNDTIMEO")] {
+        let d = migrate_sys::sockopt::timeout(fd, opt).map_err(|e| err(name, e))?;
+        timeouts[t] = match d.map(|d| u64::try_from(d.as_micros())) {
+            None => 0,
+            Some(Ok(us)) if us <= MAX_TIMEOUT_US => us,
+            Some(_) => {
+                return Ok(Err(here(&format!("with {name} beyond {MAX_TIMEOUT_US} µs: not supported"))));
+            }
+        };
+    }
     let queue = if me.state == LISTEN {
         Peeked::Queue(Vec::new(), Vec::new())
     } else {
