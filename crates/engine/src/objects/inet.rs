@@ -431,9 +431,15 @@ pub fn restore(
         InetState::Bound { local } => bind(local)?,
         InetState::Listening { local, backlog } => {
             bind(local)?;
-            let listen = nix::sys::socket::Backlog::new(*backlog as i32)
-                .and_then(|b| nix::sys::socket::listen(&fd, b));
-            listen.map_err(|e| err(format!("listen on {local} with a backlog of {backlog}: {e}")))?;
+            migrate_sys::tcp::listen(fd, *backlog as i32)
+                .map_err(|e| err(format!("listen on {local} with a backlog of {backlog}: {e}")))?;
+            // The kernel caps it at the namespace's `net.core.somaxconn`.
+            let kept = sockopt::tcp_state(fd).map_err(|e| err(format!("TCP_INFO: {e}")))?.backlog;
+            if kept != *backlog {
+                return Err(err(format!(
+                    "listen on {local}: the backlog is {kept}, not {backlog} (net.core.somaxconn is lower here)"
+                )));
+            }
         }
         InetState::Connected { local, peer } => {
             bind(local)?;
