@@ -274,8 +274,10 @@ elif sys.argv[1] == "odd":
     x.sendto(b"from x", g.getsockname()); g.connect(h.getsockname()); h.connect(g.getsockname())
     # Asks for its senders' pidfds (SO_PASSPIDFD, 76).
     p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.setsockopt(socket.SOL_SOCKET, 76, 1)
-    held += [a, b, c, d, e, g, h, x, p]
-    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), flush=True)
+    # Bound by a path that goes up and down again.
+    q = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); q.bind("/run/../run/odd.sock")
+    held += [a, b, c, d, e, g, h, x, p, q]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -349,6 +351,8 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
             "queued, which a restore would send from @migrate-odd-h-",
             "fd 11 is a unix socket",
             "with SO_PASSPIDFD set to 1: not supported yet",
+            "fd 12 is a unix socket",
+            "bound to a relative, `..` or non-UTF-8 path",
         ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;

@@ -93,8 +93,12 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         Some(path) => {
             // The kernel keeps a path's terminating NUL.
             let path = path.split(|b| *b == 0).next().unwrap_or_default();
-            let Some(path) = std::str::from_utf8(path).ok().filter(|p| p.starts_with('/')) else {
-                return Ok(Err(here("bound to a relative or non-UTF-8 path: not supported yet")));
+            // What the image's validation takes: a `..` would fail the checkpoint late.
+            let Some(path) = std::str::from_utf8(path)
+                .ok()
+                .filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+            else {
+                return Ok(Err(here("bound to a relative, `..` or non-UTF-8 path: not supported yet")));
             };
             let file = std::fs::metadata(format!("/proc/{}/root{path}", seen.pid))
                 .ok()
