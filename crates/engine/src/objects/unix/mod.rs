@@ -28,9 +28,11 @@
 //! container; fds or credentials in flight; a pending connection whose client sent
 //! bytes (they wait in a server end no fd reaches before `accept`); a connected socket
 //! named by a path no listener holds (a closed listener's, or bound before it
-//! connected: the two cannot be told apart); datagrams queued from other sockets than
-//! the peer; a connection `SO_PEERCRED` says another process made than the one its
-//! restore would use.
+//! connected: the two cannot be told apart); datagrams queued from other senders than
+//! the one a restore sends them from (the peer; for an unconnected socket or a closed
+//! peer, a socket of no name); options no record carries, off their defaults; a
+//! connection `SO_PEERCRED` says another process made than the one its restore would
+//! use. (An error pending is refused for every socket, in [`super::classify`].)
 
 pub mod diag;
 mod make;
