@@ -276,8 +276,13 @@ elif sys.argv[1] == "odd":
     p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.setsockopt(socket.SOL_SOCKET, 76, 1)
     # Bound by a path that goes up and down again.
     q = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); q.bind("/run/../run/odd.sock")
-    held += [a, b, c, d, e, g, h, x, p, q]
-    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), flush=True)
+    # A classic filter that takes everything (SO_ATTACH_FILTER, 26): `ret 0xffffffff`.
+    import ctypes, struct
+    ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
+    held += [a, b, c, d, e, g, h, x, p, q, r]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), r.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -353,6 +358,8 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
             "with SO_PASSPIDFD set to 1: not supported yet",
             "fd 12 is a unix socket",
             "bound to a relative, `..` or non-UTF-8 path",
+            "fd 13 is a socket",
+            "with a socket filter of 1 instructions (SO_ATTACH_FILTER), which is not carried",
         ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;

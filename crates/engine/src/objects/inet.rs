@@ -21,7 +21,7 @@
 //! socket in a network namespace where
 //! a multicast group is joined (no option tells which socket joined it, so none is
 //! carried), other protocols (raw, SCTP, ICMP), and state that nothing in the record
-//! reads back: a socket filter, IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
+//! reads back: IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
 //! signal-driven I/O (`O_ASYNC`).
 //!
 //! Restore: an injected `socket()` makes the socket inside the task (so it belongs to
@@ -290,9 +290,6 @@ fn proto_name(p: InetProto) -> &'static str {
 /// State of the socket that no option of the record reads back, when it is not at its
 /// default: what it is, for the refusal.
 fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
-    if sockopt::filter_len(fd).is_ok_and(|n| n > 0) {
-        return Some("a socket filter (SO_ATTACH_FILTER)".into());
-    }
     if sockopt::get_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|b| !b.is_empty()) {
         return Some("IP options (IP_OPTIONS)".into());
     }

@@ -106,6 +106,27 @@ pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
                 "a socket ({link}) with an error pending (SO_ERROR, or its error queue), which is not carried: not supported yet"
             )));
         }
+        // A filter on what the socket receives is in no record either. A classic one
+        // tells its length; an eBPF one (`SO_ATTACH_BPF`) cannot be read back: EACCES.
+        let filter = match migrate_sys::sockopt::filter_len(sock.as_fd()) {
+            Ok(0) => None,
+            Ok(n) => Some(format!("a socket filter of {n} instructions (SO_ATTACH_FILTER)")),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                Some("an eBPF socket filter (SO_ATTACH_BPF)".into())
+            }
+            Err(e) => {
+                return Err(EngineError::Proc {
+                    pid: seen.pid,
+                    what: format!("socket fd {}", seen.fd),
+                    reason: format!("SO_GET_FILTER: {e}"),
+                });
+            }
+        };
+        if let Some(filter) = filter {
+            return Ok(Err(format!(
+                "a socket ({link}) with {filter}, which is not carried: not supported yet"
+            )));
+        }
         let family = getsockname::<SockaddrStorage>(sock.as_raw_fd()).ok().and_then(|a| a.family());
         return match family {
             Some(AddressFamily::Unix) => unix::dump(seen, &sock),
