@@ -281,8 +281,12 @@ elif sys.argv[1] == "odd":
     ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
     r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     r.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
-    held += [a, b, c, d, e, g, h, x, p, q, r]
-    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), r.fileno(), flush=True)
+    # Two datagram sockets connected to each other by name, nothing queued.
+    i, j = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2))
+    i.bind(f"\0migrate-odd-i-{os.getpid()}"); j.bind(f"\0migrate-odd-j-{os.getpid()}")
+    i.connect(j.getsockname()); j.connect(i.getsockname())
+    held += [a, b, c, d, e, g, h, x, p, q, r, i, j]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), r.fileno(), i.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -360,6 +364,8 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
             "bound to a relative, `..` or non-UTF-8 path",
             "fd 13 is a socket",
             "with a socket filter of 1 instructions (SO_ATTACH_FILTER), which is not carried",
+            "fd 14 is a unix socket (socket:[",
+            "by two connects (no SO_PEERCRED, which a restore's socketpair would give)",
         ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;

@@ -287,6 +287,17 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             "whose connection was made by a process of {n} supplementary groups (SO_PEERGROUPS), more than a restore gives ({MAX_GROUPS}): not supported"
         ))));
     }
+    // Two datagram sockets connected to each other are made again as a pair, whose
+    // `socketpair` gives both a `SO_PEERCRED`; two `connect`s gave them none.
+    if let UnixState::Connected { peer } = state
+        && ty == UnixType::Dgram
+        && peer_cred.is_none()
+        && table.get(peer as u32).and_then(|d| d.peer) == Some(ino)
+    {
+        return Ok(Err(here(
+            "connected to a datagram socket that is connected back, by two connects (no SO_PEERCRED, which a restore's socketpair would give): not supported yet",
+        )));
+    }
     Ok(Ok(FdKind::Unix(UnixSocket {
         inode: u64::from(ino),
         ty,
