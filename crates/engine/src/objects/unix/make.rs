@@ -370,8 +370,12 @@ fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<
             || "socketpair(AF_UNIX)".into(),
         )
     })?;
-    let fds = remote.read(0, 8)?;
-    let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
+    // `int sv[2]`, as the call wrote it (`read` gives exactly 8 bytes).
+    let fds: [u8; 8] = remote
+        .read(0, 8)?
+        .try_into()
+        .map_err(|_| EngineError::Incompatible("socketpair: a short read of its fds".into()))?;
+    let end = |i: usize| u64::from(u32::from_ne_bytes([fds[i], fds[i + 1], fds[i + 2], fds[i + 3]]));
     let (a, b) = (to_spare(remote, end(0), world)?, to_spare(remote, end(4), world)?);
     let peer = match u.state {
         UnixState::Connected { peer } => peer,
