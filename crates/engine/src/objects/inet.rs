@@ -221,8 +221,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
                     show(local)
                 )));
             }
-            let table = |name| crate::error::read_proc(seen.pid, name).unwrap_or_default();
-            if let Some(group) = joined_groups(&table("net/igmp"), &table("net/igmp6")).first() {
+            // Unread, a table would hide every group; only a kernel without IPv6 has no igmp6.
+            let igmp = crate::error::read_proc(seen.pid, "net/igmp")?;
+            let igmp6 = std::fs::read_to_string(format!("/proc/{}/net/igmp6", seen.pid))
+                .or_else(
+                    |e| if e.kind() == std::io::ErrorKind::NotFound { Ok(String::new()) } else { Err(e) },
+                )
+                .map_err(proc_err("net/igmp6"))?;
+            if let Some(group) = joined_groups(&igmp, &igmp6).first() {
                 return Ok(Err(format!(
                     "a UDP socket on {} in a network namespace where multicast group {group} is joined: \
                      memberships cannot be read from a socket and are not carried",
