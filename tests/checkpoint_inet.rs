@@ -214,8 +214,9 @@ fn an_established_connection_is_refused_by_name() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Listens without accepting, binds a UDP socket, joins a multicast group with another
-/// and gives a third IP options; once TRIGGER exists, accepts and reads what waited.
+/// Listens without accepting, binds a UDP socket, joins a multicast group with another,
+/// gives a third IP options, corks half a datagram in a fourth and leaves an error pending
+/// in a fifth; once TRIGGER exists, accepts and reads what waited.
 const QUEUED: &str = r#"
 import os, socket, sys, time
 l = socket.socket()
@@ -228,16 +229,33 @@ m.bind(("0.0.0.0", 5353))
 m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("10.77.1.41"))
 t = socket.socket()
 t.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
+# Software receive timestamps (SO_TIMESTAMPING, 37), which are not carried.
+z = socket.socket()
+z.setsockopt(socket.SOL_SOCKET, 37, 0x18)
+# Half a datagram held back by UDP_CORK (1).
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+k.bind(("0.0.0.0", 8003))
+k.setsockopt(socket.IPPROTO_UDP, 1, 1)
+k.sendto(b"corked", ("10.77.1.41", 8002))
+# Connected to a port nobody listens on: the ICMP answer leaves ECONNREFUSED pending.
+e = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+e.connect(("10.77.1.41", 8004))
+e.send(b"anyone?")
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
 c, _ = l.accept()
-print("accepted", c.recv(10).decode(), "and received", u.recv(10).decode(), flush=True)
+try:
+    e.recv(10); pending = "lost"
+except ConnectionRefusedError:
+    pending = "kept"
+print("accepted", c.recv(10).decode(), "and received", u.recv(10).decode(), "error", pending, flush=True)
 "#;
 
 /// A connection waiting in a listener's accept queue, datagrams waiting in a UDP
-/// socket, a multicast membership and an option not carried are refused by name; the program then takes what waited,
-/// as it would have.
+/// socket, corked bytes, a pending error, a multicast membership and an option not
+/// carried are refused by name; the program then takes what waited (and its error), as
+/// it would have.
 #[test]
 fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> {
     let work = TempDir::new("inet-queued")?;
@@ -270,7 +288,7 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
         tries += 1;
         let dir = img.join(&format!("q{tries}"));
         err = lab.fails(&["checkpoint", "q", "--dir", &dir]).unwrap_or_else(|e| e.to_string());
-        err.contains("accept queue") && err.contains("receive queue")
+        err.contains("accept queue") && err.contains("receive queue") && err.contains("error pending")
     });
     ensure!(
         err.contains(
@@ -293,9 +311,23 @@ fn queued_connections_and_datagrams_are_refused_by_name() -> anyhow::Result<()> 
         err.contains("is a TCP socket on (unbound), which has IP options (IP_OPTIONS): not supported"),
         "the refusal does not name the IP options: {err}"
     );
+    ensure!(
+        err.contains("is a UDP socket on 0.0.0.0:8003 with bytes waiting to be sent ("),
+        "the refusal does not name the corked bytes: {err}"
+    );
+    ensure!(
+        err.contains(
+            "is a TCP socket on (unbound), which has SO_TIMESTAMPING set to 24 (not carried): not supported"
+        ),
+        "the refusal does not name SO_TIMESTAMPING: {err}"
+    );
+    ensure!(
+        err.contains("with an error pending (SO_ERROR, or its error queue), which is not carried"),
+        "the refusal does not name the pending error: {err}"
+    );
     std::fs::write(&trigger, b"")?;
     let log = lab.wait_log("q", "accepted")?;
-    ensure!(log.contains("accepted knock and received datagram"), "after the refusal: {log}");
+    ensure!(log.contains("accepted knock and received datagram error kept"), "after the refusal: {log}");
     lab.down_after_exit("q")?;
     Ok(())
 }

@@ -76,6 +76,13 @@ ag, _ = lg.accept(); lg.close()
 abstract = f"\0migrate-test-{os.getpid()}"
 la = socket.socket(U, socket.SOCK_SEQPACKET); la.bind(abstract); la.listen(3)
 ca = socket.socket(U, socket.SOCK_SEQPACKET); ca.connect(abstract)
+# Three connections pending on a listener whose backlog shrank since: they stay queued.
+shrink = f"\0migrate-shrink-{os.getpid()}"
+ls = socket.socket(U, socket.SOCK_STREAM); ls.bind(shrink); ls.listen(4)
+cs = [socket.socket(U, socket.SOCK_STREAM) for _ in range(3)]
+for c in cs:
+    c.connect(shrink)
+ls.listen(0)
 # A listener in the container's own /run, which the image carries.
 lr = socket.socket(U, socket.SOCK_STREAM); lr.bind("/run/migrate-unix.sock"); lr.listen(1)
 # Autobound: a 5-hex-digit abstract name of the kernel's choosing.
@@ -173,6 +180,16 @@ cp.sendall(b"hello server"); want("after accept", conn.recv(100), b"hello server
 conn2, _ = la.accept()
 want("abstract peer", ca.getpeername(), abstract.encode())
 ca.send(b"rec"); want("abstract record", conn2.recv(10), b"rec")
+for i, c in enumerate(cs):
+    c.send(b"s%d" % i)
+want("shrunk backlog: pending", [ls.accept()[0].recv(5) for _ in cs], [b"s0", b"s1", b"s2"])
+c4, c5 = socket.socket(U, socket.SOCK_STREAM), socket.socket(U, socket.SOCK_STREAM)
+c4.setblocking(False); c5.setblocking(False)
+c4.connect(shrink)
+try:
+    c5.connect(shrink); bad.append("a backlog of 0 took two connections")
+except BlockingIOError:
+    pass
 want("/run listener", lr.getsockname(), "/run/migrate-unix.sock")
 cr = socket.socket(U, socket.SOCK_STREAM); cr.connect("/run/migrate-unix.sock")
 cr.sendall(b"run"); want("/run connection", lr.accept()[0].recv(10), b"run")
@@ -247,8 +264,29 @@ elif sys.argv[1] == "handed":
 elif sys.argv[1] == "odd":
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); a.send(b"!", socket.MSG_OOB)
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); c.send(b""); c.send(b"after")
-    held += [a, b, c, d]
-    print("fd", b.fileno(), d.fileno(), flush=True)
+    # Its peer closed with bytes unread: ECONNRESET waits for its next read.
+    e, f = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); e.send(b"unread"); f.close()
+    # A datagram from a third socket, queued before its receiver and another connected
+    # to each other.
+    g, h, x = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3))
+    for s, n in [(g, "g"), (h, "h"), (x, "x")]:
+        s.bind(f"\0migrate-odd-{n}-{os.getpid()}")
+    x.sendto(b"from x", g.getsockname()); g.connect(h.getsockname()); h.connect(g.getsockname())
+    # Asks for its senders' pidfds (SO_PASSPIDFD, 76).
+    p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.setsockopt(socket.SOL_SOCKET, 76, 1)
+    # Bound by a path that goes up and down again.
+    q = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); q.bind("/run/../run/odd.sock")
+    # A classic filter that takes everything (SO_ATTACH_FILTER, 26): `ret 0xffffffff`.
+    import ctypes, struct
+    ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0xFFFFFFFF))
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
+    # Two datagram sockets connected to each other by name, nothing queued.
+    i, j = (socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2))
+    i.bind(f"\0migrate-odd-i-{os.getpid()}"); j.bind(f"\0migrate-odd-j-{os.getpid()}")
+    i.connect(j.getsockname()); j.connect(i.getsockname())
+    held += [a, b, c, d, e, g, h, x, p, q, r, i, j]
+    print("fd", b.fileno(), d.fileno(), e.fileno(), g.fileno(), p.fileno(), q.fileno(), r.fileno(), i.fileno(), flush=True)
 elif sys.argv[1] == "stray":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/run/stray.sock"); s.close()
     print("fd none", flush=True)
@@ -310,7 +348,25 @@ fn what_a_unix_socket_cannot_carry_is_refused_by_name_and_the_container_runs_on(
         &lab,
         &img,
         "odd",
-        &["fd 4 is a unix socket", "out-of-band data", "fd 6 is a unix socket", "an empty datagram"],
+        &[
+            "fd 4 is a unix socket",
+            "out-of-band data",
+            "fd 6 is a unix socket",
+            "an empty datagram",
+            "fd 7 is a socket",
+            "with an error pending",
+            "fd 8 is a unix socket",
+            "with datagrams from @migrate-odd-x-",
+            "queued, which a restore would send from @migrate-odd-h-",
+            "fd 11 is a unix socket",
+            "with SO_PASSPIDFD set to 1: not supported yet",
+            "fd 12 is a unix socket",
+            "bound to a relative, `..` or non-UTF-8 path",
+            "fd 13 is a socket",
+            "with a socket filter of 1 instructions (SO_ATTACH_FILTER), which is not carried",
+            "fd 14 is a unix socket (socket:[",
+            "by two connects (no SO_PEERCRED, which a restore's socketpair would give)",
+        ],
     )?;
     lab.down_expecting(&["outside", "inflight", "stray", "handed", "odd"])?;
     Ok(())

@@ -8,6 +8,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+/// `SOL_SOCKET` options `libc` does not name yet (`asm-generic/socket.h`): a mark on
+/// received messages (Linux 5.19), pidfds passed (6.5), fds refused (6.16).
+pub const SO_RCVMARK: i32 = linux_raw_sys::net::SO_RCVMARK as i32;
+pub const SO_PASSPIDFD: i32 = linux_raw_sys::net::SO_PASSPIDFD as i32;
+pub const SO_PASSRIGHTS: i32 = linux_raw_sys::net::SO_PASSRIGHTS as i32;
+
 /// `getsockopt(sock, level, opt)` of an `int` option.
 pub fn get_int(sock: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
     let mut value: libc::c_int = 0;

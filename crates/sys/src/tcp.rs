@@ -226,10 +226,31 @@ pub fn connect(sock: BorrowedFd<'_>, addr: SocketAddr) -> Result<(), AddrError> 
     Ok(())
 }
 
+/// `listen(sock, backlog)` with any backlog the kernel takes: nix's `Backlog` refuses
+/// more than `SOMAXCONN` (4096), where a raised `net.core.somaxconn` keeps more.
+pub fn listen(sock: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen takes no memory of ours; `sock` is a live fd.
+    if unsafe { libc::listen(sock.as_raw_fd(), backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// A backlog beyond `SOMAXCONN` (which nix's `Backlog` refuses) is the kernel's to cap.
+    #[test]
+    fn listen_takes_a_backlog_beyond_somaxconn() -> Result<(), Box<dyn std::error::Error>> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(fd.as_fd(), "127.0.0.1:0".parse()?)?;
+        listen(fd.as_fd(), 65535)?;
+        assert_eq!(crate::sockopt::tcp_state(fd.as_fd())?.state, 10);
+        Ok(())
+    }
 
     #[test]
     fn repair_mode_sequence_numbers() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,7 @@
 //! Unix sockets as the kernel describes them: the `NETLINK_SOCK_DIAG` dump of every unix
-//! socket of a network namespace (`unix_diag`, Linux 3.3+; `UNIX_DIAG_UID` 5.3+), the
-//! socket options `nix` does not name (`SO_PEEK_OFF`, `SO_PASSSEC`), and the bytes of a
-//! `sockaddr_un` for an injected `bind` or `connect`.
+//! socket of a network namespace (`unix_diag`, Linux 3.3+),
+//! `SO_PEERGROUPS`, a file's `SIGIO` owner, and the bytes of a `sockaddr_un` for an
+//! injected `bind` or `connect`. (Integer options, `SO_PEEK_OFF` among them: [`crate::sockopt`].)
 //!
 //! The dump answers for the network namespace of the netlink socket that asks, so the
 //! caller opens that socket inside the container's namespace and hands it here.
@@ -14,8 +14,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// `SOCK_DIAG_BY_FAMILY` (`<linux/sock_diag.h>`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 
-/// What to show (`UDIAG_SHOW_*`): name, vfs, peer, icons, rqlen, uid.
-const SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x40;
+/// What to show (`UDIAG_SHOW_*`): name, vfs, peer, icons, rqlen.
+const SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10;
 
 // The attributes of an answer (`UNIX_DIAG_*`).
 const ATTR_NAME: u16 = 0;
@@ -24,7 +24,6 @@ const ATTR_PEER: u16 = 2;
 const ATTR_ICONS: u16 = 3;
 const ATTR_RQLEN: u16 = 4;
 const ATTR_SHUTDOWN: u16 = 6;
-const ATTR_UID: u16 = 7;
 
 /// `struct unix_diag_req`.
 #[repr(C)]
@@ -76,12 +75,12 @@ pub struct UnixDiag {
     /// that bound a path has it.
     pub vfs: Option<(u32, u32)>,
     pub peer: Option<u32>,
-    /// A listener's connections not yet accepted: the inodes of their server ends.
+    /// A listener's connections not yet accepted: the inodes of their client sockets
+    /// (the server ends have none before `accept`).
     pub icons: Vec<u32>,
     /// `(rqueue, wqueue)`: bytes queued (a datagram socket: the first datagram's
     /// length) and bytes in flight out; a listener: queued connections and backlog.
     pub rqlen: Option<(u32, u32)>,
-    pub uid: Option<u32>,
     /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2).
     pub shutdown: u8,
 }
@@ -179,39 +178,12 @@ fn parse(msg: &[u8]) -> io::Result<UnixDiag> {
             ATTR_PEER => d.peer = Some(word(0)?),
             ATTR_ICONS => d.icons = (0..v.len() / 4).map(word).collect::<io::Result<_>>()?,
             ATTR_RQLEN => d.rqlen = Some((word(0)?, word(1)?)),
-            ATTR_UID => d.uid = Some(word(0)?),
             ATTR_SHUTDOWN => d.shutdown = *v.first().ok_or_else(|| bad("shutdown"))?,
             _ => {}
         }
         at += (len + 3) & !3;
     }
     Ok(d)
-}
-
-/// An `int` socket option at `SOL_SOCKET`.
-pub fn get_int(sock: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is a live c_int and `len` its size; the kernel writes at most that.
-    let ret = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut value as *mut i32).cast(), &mut len)
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
-}
-
-/// Sets an `int` socket option at `SOL_SOCKET`.
-pub fn set_int(sock: BorrowedFd<'_>, opt: libc::c_int, value: i32) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
-    let ret = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&value as *const i32).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of whoever made the other

@@ -93,8 +93,13 @@ pub enum UnixState {
 pub const MAX_QUEUED: usize = 64 << 20;
 pub const MAX_DATAGRAMS: usize = 1 << 16;
 pub const MAX_PENDING: usize = 4096;
-/// `NGROUPS_MAX`.
-pub const MAX_GROUPS: usize = 65536;
+/// Peer groups a restore can give the process that makes a connection: what its
+/// scratch page carries for `setgroups` (`NGROUPS_MAX` is 65536; a dump refuses more).
+pub const MAX_GROUPS: usize = 4096;
+/// `SO_RCVTIMEO`, `SO_SNDTIMEO` in microseconds (some 146 000 years): a `timeval` a
+/// restore can make without overflow (beyond `i64::MAX / 10^6 - 1` seconds, nix's
+/// `TimeVal` panics).
+pub const MAX_TIMEOUT_US: u64 = 1 << 62;
 /// `sizeof(sun_path)`.
 pub const SUN_PATH: usize = 108;
 
@@ -118,13 +123,21 @@ impl UnixSocket {
         if self.peer_cred.as_ref().is_some_and(|c| c.groups.len() > MAX_GROUPS) {
             return Err(format!("more than {MAX_GROUPS} peer groups"));
         }
-        if self.timeouts.iter().any(|&t| t > i64::MAX as u64) {
-            return Err("a timeout beyond i64 microseconds".into());
+        if self.timeouts.iter().any(|&t| t > MAX_TIMEOUT_US) {
+            return Err(format!("a timeout beyond {MAX_TIMEOUT_US} microseconds"));
         }
         if self.rcvbuf > i32::MAX as u32 || self.sndbuf > i32::MAX as u32 {
             return Err("buffer size beyond i32".into());
         }
         match &self.name {
+            // An accepted socket answers with its listener's name, which it never bound:
+            // a restore would unlink the path it claims.
+            Some(_) if matches!(self.state, UnixState::Accepted { .. }) => {
+                return Err("an accepted socket with a name of its own".into());
+            }
+            Some(UnixName::Path { file: Some(f), .. }) if f.mode > 0o7777 => {
+                return Err(format!("socket file mode {:o} is not a permission mode", f.mode));
+            }
             Some(UnixName::Abstract(n)) if n.len() + 1 >= SUN_PATH => {
                 return Err(format!("abstract name of {} bytes", n.len()));
             }
@@ -139,6 +152,12 @@ impl UnixSocket {
             }
             UnixState::Listening { pending, .. } if pending.len() > MAX_PENDING => {
                 Err(format!("{} pending connections, beyond {MAX_PENDING}", pending.len()))
+            }
+            UnixState::Listening { pending, .. }
+                if pending.contains(&self.inode)
+                    || pending.iter().collect::<std::collections::HashSet<_>>().len() != pending.len() =>
+            {
+                Err("a pending connection listed twice, or the listener's own".into())
             }
             UnixState::Listening { .. } if !self.queue.is_empty() => {
                 Err("a listener with bytes queued".into())

@@ -655,12 +655,12 @@ fn unix_socket_records_are_checked() {
         ("65537 entries", Box::new(|u| u.queue = vec![vec![]; 65537])),
         ("shutdown state 4", Box::new(|u| u.shutdown = 4)),
         ("peek offset -2", Box::new(|u| u.peek_off = -2)),
-        ("a timeout beyond i64", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        ("a timeout beyond 4611686018427387904", Box::new(|u| u.timeouts = [u64::MAX, 0])),
+        ("a timeout beyond 4611686018427387904", Box::new(|u| u.timeouts = [0, i64::MAX as u64])),
         (
-            "more than 65536 peer groups",
+            "more than 4096 peer groups",
             Box::new(|u| {
-                u.peer_cred =
-                    Some(crate::records::PeerCred { pid: 1, uid: 0, gid: 0, groups: vec![0; 65537] })
+                u.peer_cred = Some(crate::records::PeerCred { pid: 1, uid: 0, gid: 0, groups: vec![0; 4097] })
             }),
         ),
         ("buffer size beyond i32", Box::new(|u| u.rcvbuf = u32::MAX)),
@@ -690,8 +690,35 @@ fn unix_socket_records_are_checked() {
         ),
         ("connected to itself", Box::new(|u| u.state = UnixState::Connected { peer: 5 })),
         (
+            "an accepted socket with a name of its own",
+            Box::new(|u| {
+                u.name = Some(UnixName::Path { path: "/etc/passwd".into(), file: None });
+                u.state = UnixState::Accepted {
+                    peer: 6,
+                    listener: Some(7),
+                    address: UnixName::Path { path: "/a.sock".into(), file: None },
+                }
+            }),
+        ),
+        (
+            "socket file mode 100644 is not a permission mode",
+            Box::new(|u| {
+                let file = Some(crate::records::SocketFile { mode: 0o100644, uid: 0, gid: 0 });
+                u.name = Some(UnixName::Path { path: "/run/a.sock".into(), file })
+            }),
+        ),
+        (
+            "a pending connection listed twice",
+            Box::new(|u| u.state = UnixState::Listening { backlog: 1, pending: vec![7, 7] }),
+        ),
+        (
+            "or the listener's own",
+            Box::new(|u| u.state = UnixState::Listening { backlog: 1, pending: vec![5] }),
+        ),
+        (
             "accepted at a path from a closed listener",
             Box::new(|u| {
+                u.name = None;
                 u.state = UnixState::Accepted {
                     peer: 6,
                     listener: None,
@@ -702,6 +729,7 @@ fn unix_socket_records_are_checked() {
         (
             "accepted at a path that is not absolute",
             Box::new(|u| {
+                u.name = None;
                 u.state = UnixState::Accepted {
                     peer: 6,
                     listener: Some(7),

@@ -11,16 +11,17 @@
 //! (`sk_max_ack_backlog`, in `tcpi_sacked`) and the connections waiting to be accepted
 //! (`sk_ack_backlog`, in `tcpi_unacked`). For a UDP socket the bytes of unread
 //! datagrams are `rx_queue` of its line (by inode) in the kernel's table of its network
-//! namespace, `/proc/PID/net/udp` or `udp6`.
+//! namespace, `/proc/PID/net/udp` or `udp6`, and its `tx_queue` the bytes not sent yet.
 //!
 //! Refused (at precheck, where the same classification runs): TCP sockets in any other
 //! state (an established connection, SYN_SENT, CLOSE_WAIT, …: carried by a later
 //! version, with TCP repair), a listener with connections in its accept queue (they are
 //! established connections), a UDP socket with unread datagrams (a new socket cannot be
-//! given them with their source addresses), a UDP socket in a network namespace where
+//! given them with their source addresses) or bytes waiting to be sent (corked), a UDP
+//! socket in a network namespace where
 //! a multicast group is joined (no option tells which socket joined it, so none is
 //! carried), other protocols (raw, SCTP, ICMP), and state that nothing in the record
-//! reads back: a socket filter, IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
+//! reads back: IP options, an upper-layer protocol (`TCP_ULP`, kTLS),
 //! signal-driven I/O (`O_ASYNC`).
 //!
 //! Restore: an injected `socket()` makes the socket inside the task (so it belongs to
@@ -204,7 +205,16 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
         InetProto::Udp => {
-            let rx = udp_queue(seen.pid, v6, ino);
+            let (tx, rx) = udp_queues(seen.pid, v6, ino)?;
+            // Corked (`UDP_CORK`, `MSG_MORE`) bytes wait in the write queue for the rest
+            // of their datagram: a new socket would send it without them.
+            if tx > 0 {
+                return Ok(Err(format!(
+                    "a UDP socket on {} with bytes waiting to be sent ({tx} as the kernel accounts them: \
+                     corked, or not sent yet), which are not carried",
+                    show(local)
+                )));
+            }
             if rx > 0 {
                 return Ok(Err(format!(
                     "a UDP socket on {} with datagrams waiting in its receive queue ({rx} bytes as the kernel \
@@ -212,8 +222,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
                     show(local)
                 )));
             }
-            let table = |name| crate::error::read_proc(seen.pid, name).unwrap_or_default();
-            if let Some(group) = joined_groups(&table("net/igmp"), &table("net/igmp6")).first() {
+            // Unread, a table would hide every group; only a kernel without IPv6 has no igmp6.
+            let igmp = crate::error::read_proc(seen.pid, "net/igmp")?;
+            let igmp6 = std::fs::read_to_string(format!("/proc/{}/net/igmp6", seen.pid))
+                .or_else(
+                    |e| if e.kind() == std::io::ErrorKind::NotFound { Ok(String::new()) } else { Err(e) },
+                )
+                .map_err(proc_err("net/igmp6"))?;
+            if let Some(group) = joined_groups(&igmp, &igmp6).first() {
                 return Ok(Err(format!(
                     "a UDP socket on {} in a network namespace where multicast group {group} is joined: \
                      memberships cannot be read from a socket and are not carried",
@@ -281,15 +297,38 @@ fn proto_name(p: InetProto) -> &'static str {
 /// State of the socket that no option of the record reads back, when it is not at its
 /// default: what it is, for the refusal.
 fn unreadable(fd: BorrowedFd<'_>) -> Option<String> {
-    if sockopt::filter_len(fd).is_ok_and(|n| n > 0) {
-        return Some("a socket filter (SO_ATTACH_FILTER)".into());
-    }
     if sockopt::get_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|b| !b.is_empty()) {
         return Some("IP options (IP_OPTIONS)".into());
     }
     // The ULP's name, empty without one.
     if sockopt::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_ULP, 16).is_ok_and(|b| b.iter().any(|&c| c != 0)) {
         return Some("an upper-layer protocol (TCP_ULP, e.g. kTLS)".into());
+    }
+    // Integer options [`SockOpt`] does not carry, off by default: one that is on would
+    // be lost.
+    use libc::*;
+    for (level, opt, name) in [
+        (SOL_SOCKET, SO_TIMESTAMPING, "SO_TIMESTAMPING"),
+        (SOL_SOCKET, SO_ZEROCOPY, "SO_ZEROCOPY"),
+        (SOL_SOCKET, SO_SELECT_ERR_QUEUE, "SO_SELECT_ERR_QUEUE"),
+        (SOL_SOCKET, sockopt::SO_RCVMARK, "SO_RCVMARK"),
+        (IPPROTO_IP, IP_RECVOPTS, "IP_RECVOPTS"),
+        (IPPROTO_IP, IP_RETOPTS, "IP_RETOPTS"),
+        (IPPROTO_IP, IP_PASSSEC, "IP_PASSSEC"),
+        (IPPROTO_IP, IP_MINTTL, "IP_MINTTL"),
+        (IPPROTO_IPV6, IPV6_RECVRTHDR, "IPV6_RECVRTHDR"),
+        (IPPROTO_IPV6, IPV6_RECVHOPOPTS, "IPV6_RECVHOPOPTS"),
+        (IPPROTO_IPV6, IPV6_RECVDSTOPTS, "IPV6_RECVDSTOPTS"),
+        (IPPROTO_IPV6, IPV6_RECVPATHMTU, "IPV6_RECVPATHMTU"),
+        (IPPROTO_IPV6, IPV6_DONTFRAG, "IPV6_DONTFRAG"),
+        (IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS"),
+    ] {
+        // Not this socket's family or protocol, or a kernel without it: nothing to lose.
+        if let Ok(v) = sockopt::get_int(fd, level, opt)
+            && v != 0
+        {
+            return Some(format!("{name} set to {v} (not carried)"));
+        }
     }
     None
 }
@@ -302,17 +341,22 @@ fn inet_addr(a: SocketAddr) -> InetAddr {
     InetAddr { ip: a.ip(), port: a.port(), scope_id }
 }
 
-/// The bytes of unread datagrams of UDP socket inode `ino` (`rx_queue` of its line in
-/// the `/proc/PID/net/udp` table of its network namespace; 0 for an unbound socket,
-/// which the table does not list).
-fn udp_queue(pid: i32, v6: bool, ino: &str) -> u64 {
-    let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" }).unwrap_or_default();
-    text.lines()
+/// The bytes of UDP socket inode `ino` waiting to be sent and unread (`tx_queue` and
+/// `rx_queue` of its line in the `/proc/PID/net/udp` table of its network namespace; 0
+/// for an unbound socket, which the table does not list and which holds none).
+fn udp_queues(pid: i32, v6: bool, ino: &str) -> Result<(u64, u64), EngineError> {
+    // Unread, the table would let every queue pass as empty.
+    let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" })?;
+    Ok(text
+        .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.get(9) == Some(&ino))
-        .and_then(|f| u64::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok())
-        .unwrap_or(0)
+        .and_then(|f| {
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+        })
+        .unwrap_or((0, 0)))
 }
 
 /// The multicast groups joined in a network namespace beyond those the
@@ -391,9 +435,15 @@ pub fn restore(
         InetState::Bound { local } => bind(local)?,
         InetState::Listening { local, backlog } => {
             bind(local)?;
-            let listen = nix::sys::socket::Backlog::new(*backlog as i32)
-                .and_then(|b| nix::sys::socket::listen(&fd, b));
-            listen.map_err(|e| err(format!("listen on {local} with a backlog of {backlog}: {e}")))?;
+            migrate_sys::tcp::listen(fd, *backlog as i32)
+                .map_err(|e| err(format!("listen on {local} with a backlog of {backlog}: {e}")))?;
+            // The kernel caps it at the namespace's `net.core.somaxconn`.
+            let kept = sockopt::tcp_state(fd).map_err(|e| err(format!("TCP_INFO: {e}")))?.backlog;
+            if kept != *backlog {
+                return Err(err(format!(
+                    "listen on {local}: the backlog is {kept}, not {backlog} (net.core.somaxconn is lower here)"
+                )));
+            }
         }
         InetState::Connected { local, peer } => {
             bind(local)?;

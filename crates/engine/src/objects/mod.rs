@@ -46,7 +46,7 @@ pub mod timerfd;
 pub mod tmpfs;
 pub mod unix;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use migrate_proto::records::{FdKind, FdRecord};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
@@ -91,6 +91,42 @@ pub fn classify(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     if link.starts_with("socket:[") {
         // The family decides; a copy of the socket tells it (an unbound socket too).
         let sock = crate::files::take(seen.pid, seen.fd)?;
+        // An error the socket has yet to report (`sk_err`: a unix stream whose peer
+        // closed with bytes unread, a connected UDP socket's ICMP port unreachable) or
+        // its error queue is in no record. `poll` shows it as `POLLERR` and leaves it,
+        // where `SO_ERROR`, or a peek of an empty queue, would clear it in the source.
+        let mut poll = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::empty())];
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::ZERO).map_err(|e| EngineError::Proc {
+            pid: seen.pid,
+            what: format!("socket fd {}", seen.fd),
+            reason: format!("poll: {e}"),
+        })?;
+        if poll[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)) {
+            return Ok(Err(format!(
+                "a socket ({link}) with an error pending (SO_ERROR, or its error queue), which is not carried: not supported yet"
+            )));
+        }
+        // A filter on what the socket receives is in no record either. A classic one
+        // tells its length; an eBPF one (`SO_ATTACH_BPF`) cannot be read back: EACCES.
+        let filter = match migrate_sys::sockopt::filter_len(sock.as_fd()) {
+            Ok(0) => None,
+            Ok(n) => Some(format!("a socket filter of {n} instructions (SO_ATTACH_FILTER)")),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                Some("an eBPF socket filter (SO_ATTACH_BPF)".into())
+            }
+            Err(e) => {
+                return Err(EngineError::Proc {
+                    pid: seen.pid,
+                    what: format!("socket fd {}", seen.fd),
+                    reason: format!("SO_GET_FILTER: {e}"),
+                });
+            }
+        };
+        if let Some(filter) = filter {
+            return Ok(Err(format!(
+                "a socket ({link}) with {filter}, which is not carried: not supported yet"
+            )));
+        }
         let family = getsockname::<SockaddrStorage>(sock.as_raw_fd()).ok().and_then(|a| a.family());
         return match family {
             Some(AddressFamily::Unix) => unix::dump(seen, &sock),

@@ -143,6 +143,13 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             fill(&made[1].copy, &made[0].copy, &u)?;
             fill(&made[0].copy, &made[1].copy, &p)?;
         }
+        UnixState::Connected { .. } if u.ty != UnixType::Dgram => {
+            // Only a datagram socket connects one way; a stream's connect to a listener
+            // whose queue is full would block the task for ever.
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {inode} is a stream or seqpacket connected to a socket not connected back"
+            )));
+        }
         UnixState::Connected { peer } => {
             // One way (a datagram socket connected to a bound one): to its name.
             if !world.unix.made.contains_key(peer) {
@@ -183,9 +190,16 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         UnixState::Listening { backlog, pending } => {
             let l = single(remote, &u, world)?;
             bind(remote, &l, &u)?;
-            as_ids(remote, u.peer_cred.clone(), |r| {
-                r.call(libc::SYS_listen, &[l.spare, u64::from(*backlog)], || format!("listen({backlog})"))
-            })?;
+            // A listen with a smaller backlog after connections queued keeps them: room
+            // for all of them first (a client's connect to a full queue would block the
+            // task for ever), then the backlog as it was.
+            let room = (*backlog).max(pending.len() as u32);
+            let listen = |remote: &mut Remote<'_>, n: u32| {
+                as_ids(remote, u.peer_cred.clone(), |r| {
+                    r.call(libc::SYS_listen, &[l.spare, u64::from(n)], || format!("listen({n})"))
+                })
+            };
+            listen(remote, room)?;
             let name = u.name.clone().ok_or_else(|| {
                 EngineError::Incompatible(format!("unix listener {inode} has no name to connect to"))
             })?;
@@ -201,7 +215,6 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             for s in &done {
                 accepted(remote, &l, &name, s, world, &mut made)?;
             }
-            made.push(l);
             for &c in pending {
                 let cu = record(world, c)?;
                 let s = single(remote, &cu, world)?;
@@ -209,6 +222,10 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
                 connect(remote, &s, &name)?;
                 made.push(s);
             }
+            if room != *backlog {
+                listen(remote, *backlog)?;
+            }
+            made.push(l);
         }
     }
     for m in &made {
@@ -309,7 +326,7 @@ fn as_ids<T>(
     };
     let had = groups(remote.pid)?;
     let set_groups = |r: &mut Remote<'_>, list: &[u32]| -> Result<(), EngineError> {
-        if list.len() > 4096 {
+        if list.len() > migrate_proto::records::unix::MAX_GROUPS {
             return Err(EngineError::Incompatible(format!("{} supplementary groups", list.len())));
         }
         let bytes: Vec<u8> = list.iter().flat_map(|g| g.to_ne_bytes()).collect();
@@ -353,8 +370,12 @@ fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<
             || "socketpair(AF_UNIX)".into(),
         )
     })?;
-    let fds = remote.read(0, 8)?;
-    let end = |i: usize| u64::from(u32::from_ne_bytes(fds[i..i + 4].try_into().unwrap_or([0; 4])));
+    // `int sv[2]`, as the call wrote it (`read` gives exactly 8 bytes).
+    let fds: [u8; 8] = remote
+        .read(0, 8)?
+        .try_into()
+        .map_err(|_| EngineError::Incompatible("socketpair: a short read of its fds".into()))?;
+    let end = |i: usize| u64::from(u32::from_ne_bytes([fds[i], fds[i + 1], fds[i + 2], fds[i + 3]]));
     let (a, b) = (to_spare(remote, end(0), world)?, to_spare(remote, end(4), world)?);
     let peer = match u.state {
         UnixState::Connected { peer } => peer,
@@ -466,9 +487,15 @@ fn fill(from: &OwnedFd, to: &OwnedFd, u: &UnixSocket) -> Result<(), EngineError>
     for (s, get, force) in
         [(from, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE), (to, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)]
     {
-        let now = migrate_sys::unix::get_int(s.as_fd(), get).map_err(|e| err(e.to_string()))?;
-        migrate_sys::unix::set_int(s.as_fd(), force, (need.min(i32::MAX as usize / 2) as i32).max(now))
-            .map_err(|e| err(format!("forcing a buffer size: {e}")))?;
+        let now = migrate_sys::sockopt::get_int(s.as_fd(), libc::SOL_SOCKET, get)
+            .map_err(|e| err(e.to_string()))?;
+        migrate_sys::sockopt::set_int(
+            s.as_fd(),
+            libc::SOL_SOCKET,
+            force,
+            (need.min(i32::MAX as usize / 2) as i32).max(now),
+        )
+        .map_err(|e| err(format!("forcing a buffer size: {e}")))?;
     }
     for q in &u.queue {
         let mut done = 0;
@@ -506,28 +533,26 @@ fn finish(s: &OwnedFd, u: &UnixSocket) -> std::io::Result<()> {
         [(libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, u.rcvbuf), (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, u.sndbuf)]
     {
         // The kernel doubles what is set.
-        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
-            migrate_sys::unix::set_int(fd, force, (want / 2) as i32)?;
+        if migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, get)? as u32 != want {
+            migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, force, (want / 2) as i32)?;
         }
-        if migrate_sys::unix::get_int(fd, get)? as u32 != want {
+        if migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, get)? as u32 != want {
             return Err(std::io::Error::from_raw_os_error(libc::ERANGE));
         }
     }
-    let tv = |us: u64| nix::sys::time::TimeValLike::microseconds(us as i64);
-    if u.timeouts[0] != 0 {
-        nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimeout, &tv(u.timeouts[0]))?;
-    }
-    if u.timeouts[1] != 0 {
-        nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SendTimeout, &tv(u.timeouts[1]))?;
+    for (opt, us) in [(libc::SO_RCVTIMEO, u.timeouts[0]), (libc::SO_SNDTIMEO, u.timeouts[1])] {
+        if us != 0 {
+            migrate_sys::sockopt::set_timeout(fd, opt, Some(std::time::Duration::from_micros(us)))?;
+        }
     }
     if u.peek_off != -1 {
-        migrate_sys::unix::set_int(fd, libc::SO_PEEK_OFF, u.peek_off)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off)?;
     }
     if u.passcred {
-        migrate_sys::unix::set_int(fd, libc::SO_PASSCRED, 1)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
     }
     if u.passsec {
-        migrate_sys::unix::set_int(fd, libc::SO_PASSSEC, 1)?;
+        migrate_sys::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSSEC, 1)?;
     }
     Ok(())
 }

@@ -28,9 +28,11 @@
 //! container; fds or credentials in flight; a pending connection whose client sent
 //! bytes (they wait in a server end no fd reaches before `accept`); a connected socket
 //! named by a path no listener holds (a closed listener's, or bound before it
-//! connected: the two cannot be told apart); datagrams queued from other sockets than
-//! the peer; a connection `SO_PEERCRED` says another process made than the one its
-//! restore would use.
+//! connected: the two cannot be told apart); datagrams queued from other senders than
+//! the one a restore sends them from (the peer; for an unconnected socket or a closed
+//! peer, a socket of no name); options no record carries, off their defaults; a
+//! connection `SO_PEERCRED` says another process made than the one its restore would
+//! use. (An error pending is refused for every socket, in [`super::classify`].)
 
 pub mod diag;
 mod make;
@@ -39,9 +41,10 @@ mod makers;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
+use migrate_proto::records::unix::{MAX_GROUPS, MAX_TIMEOUT_US};
 use migrate_proto::records::{FdKind, PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
+use nix::sys::socket::{MsgFlags, SockaddrLike, UnixAddr, recvmsg};
 
 use super::{Classified, FdSeen};
 use crate::error::EngineError;
@@ -70,8 +73,6 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         what: format!("unix socket at fd {}", seen.fd),
         reason: format!("{what}: {e}"),
     };
-    // Someone else's name: an accepted socket (or a listener's embryo) shows the
-    // listener's address; a path has no VFS entry, an abstract name is also a listener's.
     // Someone else's name: an accepted socket shows its listener's address (and, for
     // a path, its file). A listener of that name tells; with none left, an abstract name
     // that is free was its closed listener's, and a path cannot be told from the
@@ -94,8 +95,12 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         Some(path) => {
             // The kernel keeps a path's terminating NUL.
             let path = path.split(|b| *b == 0).next().unwrap_or_default();
-            let Some(path) = std::str::from_utf8(path).ok().filter(|p| p.starts_with('/')) else {
-                return Ok(Err(here("bound to a relative or non-UTF-8 path: not supported yet")));
+            // What the image's validation takes: a `..` would fail the checkpoint late.
+            let Some(path) = std::str::from_utf8(path)
+                .ok()
+                .filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+            else {
+                return Ok(Err(here("bound to a relative, `..` or non-UTF-8 path: not supported yet")));
             };
             let file = std::fs::metadata(format!("/proc/{}/root{path}", seen.pid))
                 .ok()
@@ -155,53 +160,67 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         }
     };
     let fd = sock.as_fd();
-    let opt = |o: libc::c_int, what: &str| migrate_sys::unix::get_int(fd, o).map_err(|e| err(what, e));
+    let opt = |o: libc::c_int, what: &str| {
+        migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, o).map_err(|e| err(what, e))
+    };
     let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
     let passsec = opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0;
     let peek_off = opt(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
     // Options a unix socket takes but this version does not carry: refused unless at
-    // their defaults.
+    // their defaults. A kernel that does not know one (`ENOPROTOOPT`) has it at its
+    // default.
     for (o, name, default) in [
         (libc::SO_RCVLOWAT, "SO_RCVLOWAT", 1),
         (libc::SO_PRIORITY, "SO_PRIORITY", 0),
         (libc::SO_MARK, "SO_MARK", 0),
         (libc::SO_TIMESTAMP, "SO_TIMESTAMP", 0),
         (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", 0),
+        (libc::SO_TIMESTAMPING, "SO_TIMESTAMPING", 0),
         (libc::SO_KEEPALIVE, "SO_KEEPALIVE", 0),
+        // Out-of-band bytes read in line (a stream, Linux 5.15+).
+        (libc::SO_OOBINLINE, "SO_OOBINLINE", 0),
+        (migrate_sys::sockopt::SO_RCVMARK, "SO_RCVMARK", 0),
+        (migrate_sys::sockopt::SO_PASSPIDFD, "SO_PASSPIDFD", 0),
+        (migrate_sys::sockopt::SO_PASSRIGHTS, "SO_PASSRIGHTS", 1),
     ] {
-        let v = opt(o, name)?;
+        let v = match migrate_sys::sockopt::get_int(fd, libc::SOL_SOCKET, o) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => default,
+            v => v.map_err(|e| err(name, e))?,
+        };
         if v != default {
             return Ok(Err(here(&format!("with {name} set to {v}: not supported yet"))));
         }
     }
-    let micros = |tv: nix::sys::time::TimeVal| nix::sys::time::TimeValLike::num_microseconds(&tv) as u64;
-    let timeouts = [
-        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout).map(micros),
-        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::SendTimeout).map(micros),
-    ];
-    let timeouts = [
-        timeouts[0].map_err(|e| err("SO_RCVTIMEO", e.into()))?,
-        timeouts[1].map_err(|e| err("SO_SNDTIMEO", e.into()))?,
-    ];
+    let mut timeouts = [0; 2];
+    for (t, opt, name) in [(0, libc::SO_RCVTIMEO, "SO_RCVTIMEO"), (1, libc::SO_SNDTIMEO, "SO_SNDTIMEO")] {
+        let d = migrate_sys::sockopt::timeout(fd, opt).map_err(|e| err(name, e))?;
+        timeouts[t] = match d.map(|d| u64::try_from(d.as_micros())) {
+            None => 0,
+            Some(Ok(us)) if us <= MAX_TIMEOUT_US => us,
+            Some(_) => {
+                return Ok(Err(here(&format!("with {name} beyond {MAX_TIMEOUT_US} µs: not supported"))));
+            }
+        };
+    }
     let queue = if me.state == LISTEN {
-        Peeked::Queue(Vec::new(), None)
+        Peeked::Queue(Vec::new(), Vec::new())
     } else {
         peek(sock, ty, peek_off, me.shutdown & 1 != 0).map_err(|e| err("peek", e))?
     };
     let queue = match queue {
-        Peeked::Queue(q, named) => (q, named),
+        Peeked::Queue(q, senders) => (q, senders),
         Peeked::InFlight => {
             return Ok(Err(here("with fds or credentials in flight in its queue: not supported")));
         }
         Peeked::Too(what) => return Ok(Err(here(&what))),
     };
-    let (queue, named) = queue;
+    let (queue, senders) = queue;
     if !queue.is_empty() && passcred {
         return Ok(Err(here("with SO_PASSCRED and bytes queued (credentials in flight): not supported")));
     }
     // An unconnected datagram socket's queue came from others: a restore sends it from
     // a socket of no name, so only datagrams that came from one can be queued again.
-    match (&state, named) {
+    match (&state, senders.iter().flatten().next()) {
         _ if queue.is_empty() => {}
         (UnixState::Unconnected, None) if ty == UnixType::Dgram => {}
         (UnixState::Unconnected, Some(from)) => {
@@ -211,6 +230,27 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             return Ok(Err(here("not connected, with bytes queued: not supported yet")));
         }
         _ => {}
+    }
+    // A datagram tells who sent it; a restore sends each from the peer, or from a socket
+    // of no name (a closed peer, an unconnected socket's): datagrams queued before a
+    // socket connected came from others.
+    if ty == UnixType::Dgram {
+        let want = match state {
+            UnixState::Connected { peer } => table
+                .get(peer as u32)
+                .and_then(|d| d.name.as_deref())
+                .filter(|n| !n.is_empty())
+                .map(|n| show_name(Some(n))),
+            _ => None,
+        };
+        if let Some(other) = senders.iter().find(|s| **s != want) {
+            let show = |n: &Option<String>| n.clone().unwrap_or_else(|| "a socket of no name".into());
+            return Ok(Err(here(&format!(
+                "with datagrams from {} queued, which a restore would send from {}: not supported yet",
+                show(other),
+                show(&want)
+            ))));
+        }
     }
     if let UnixState::Connected { peer } = state
         && !queue.is_empty()
@@ -241,6 +281,23 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
         }
     };
+    let peer_cred = peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?;
+    if let Some(n) = peer_cred.as_ref().map(|c| c.groups.len()).filter(|&n| n > MAX_GROUPS) {
+        return Ok(Err(here(&format!(
+            "whose connection was made by a process of {n} supplementary groups (SO_PEERGROUPS), more than a restore gives ({MAX_GROUPS}): not supported"
+        ))));
+    }
+    // Two datagram sockets connected to each other are made again as a pair, whose
+    // `socketpair` gives both a `SO_PEERCRED`; two `connect`s gave them none.
+    if let UnixState::Connected { peer } = state
+        && ty == UnixType::Dgram
+        && peer_cred.is_none()
+        && table.get(peer as u32).and_then(|d| d.peer) == Some(ino)
+    {
+        return Ok(Err(here(
+            "connected to a datagram socket that is connected back, by two connects (no SO_PEERCRED, which a restore's socketpair would give): not supported yet",
+        )));
+    }
     Ok(Ok(FdKind::Unix(UnixSocket {
         inode: u64::from(ino),
         ty,
@@ -255,7 +312,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         peek_off,
         owner,
         timeouts,
-        peer_cred: peer_cred(sock).map_err(|e| err("SO_PEERCRED", e))?,
+        peer_cred,
     })))
 }
 
@@ -282,8 +339,9 @@ fn same_pid_ns(a: i32, b: i32) -> bool {
 }
 
 enum Peeked {
-    /// The queue, and the name of a named sender of a datagram in it, if any.
-    Queue(Vec<Vec<u8>>, Option<String>),
+    /// The queue, and the names its messages came from (each once; `None`: a socket
+    /// of no name).
+    Queue(Vec<Vec<u8>>, Vec<Option<String>>),
     InFlight,
     Too(String),
 }
@@ -300,23 +358,23 @@ fn peek(sock: &OwnedFd, ty: UnixType, peek_off: i32, shut: bool) -> std::io::Res
             return Ok(Peeked::Too("with out-of-band data queued: not supported yet".into()));
         }
     }
-    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, 0)?;
+    migrate_sys::sockopt::set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let got = peek_from_zero(sock, ty, shut);
-    migrate_sys::unix::set_int(sock.as_fd(), libc::SO_PEEK_OFF, peek_off)?;
+    migrate_sys::sockopt::set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off)?;
     got
 }
 
 /// `shut`: shut for reading, where an empty queue reads as 0 bytes, not `EAGAIN`.
 fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<Peeked> {
     let mut out = Vec::new();
-    let mut named = None;
+    let mut senders = Vec::new();
     let mut total = 0usize;
     let mut buf = vec![0u8; 1 << 20];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     let flags = if ty == UnixType::Stream { flags } else { flags | MsgFlags::MSG_TRUNC };
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let (n, got, from) = match recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, None, flags) {
+        let (n, got, from) = match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, flags) {
             Ok(m) => (m.bytes, m.flags, m.address),
             Err(Errno::EAGAIN) => break,
             Err(e) => return Err(e.into()),
@@ -341,19 +399,46 @@ fn peek_from_zero(sock: &OwnedFd, ty: UnixType, shut: bool) -> std::io::Result<P
         {
             return Ok(Peeked::Too("with more queued than an image carries: not supported".into()));
         }
-        // nix's UnixAddr asserts on the empty address of a sender of no name: read it as
-        // a storage, which yields none for it.
-        if let Some(a) = from
-            .as_ref()
-            .and_then(|a| a.as_unix_addr())
-            .filter(|a| a.path().is_some() || a.as_abstract().is_some())
-        {
-            named.get_or_insert_with(|| match a.path() {
-                Some(p) => p.display().to_string(),
-                None => format!("@{}", String::from_utf8_lossy(a.as_abstract().unwrap_or_default())),
-            });
+        // A sender of no name has an address of no bytes past the family, on which nix's
+        // `UnixAddr` asserts: it is told by its length first. (Read as a storage, every
+        // address comes back as one of no name: nix's `recvmsg` sets no length on it.)
+        let named = from.filter(|a| a.len() as usize > std::mem::offset_of!(libc::sockaddr_un, sun_path));
+        let from = named.as_ref().and_then(|a| match (a.path(), a.as_abstract()) {
+            (Some(p), _) => Some(p.display().to_string()),
+            (_, Some(a)) => Some(format!("@{}", String::from_utf8_lossy(a))),
+            _ => None,
+        });
+        if !senders.contains(&from) {
+            senders.push(from);
         }
         out.push(buf[..n].to_vec());
     }
-    Ok(Peeked::Queue(out, named))
+    Ok(Peeked::Queue(out, senders))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    /// Each queued datagram's sender is seen: by its name, or as one of no name.
+    #[test]
+    fn a_peek_names_the_senders_of_the_queue() -> Result<(), Box<dyn std::error::Error>> {
+        let name =
+            |n: &str| SocketAddr::from_abstract_name(format!("migrate-peek-{n}-{}", std::process::id()));
+        let to = UnixDatagram::bind_addr(&name("to")?)?;
+        let from = UnixDatagram::bind_addr(&name("from")?)?;
+        from.send_to_addr(b"named", &name("to")?)?;
+        UnixDatagram::unbound()?.send_to_addr(b"unnamed", &name("to")?)?;
+        let to = OwnedFd::from(to);
+        let Peeked::Queue(queue, senders) = peek(&to, UnixType::Dgram, -1, false)? else {
+            return Err("not a queue".into());
+        };
+        assert_eq!(queue, vec![b"named".to_vec(), b"unnamed".to_vec()]);
+        let want = format!("@migrate-peek-from-{}", std::process::id());
+        assert_eq!(senders, vec![Some(want), None]);
+        assert_eq!(migrate_sys::sockopt::get_int(to.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF)?, -1);
+        Ok(())
+    }
 }
