@@ -82,9 +82,12 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
             eprintln!("no huge pages on this host: the hugetlb refusal is not tried");
             continue;
         }
-        let err = lab.fails(&["checkpoint", &name, "--dir", &img.join(kind)])?;
-        ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
-        ensure!(lab.container(&name)?["state"] == "running", "{kind}: the container stopped");
+        // Twice where a refused checkpoint could have changed what the next one sees.
+        for _ in 0..if kind == "forced" { 2 } else { 1 } {
+            let err = lab.fails(&["checkpoint", &name, "--dir", &img.join(kind)])?;
+            ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
+            ensure!(lab.container(&name)?["state"] == "running", "{kind}: the container stopped");
+        }
     }
     let names: Vec<&str> = running.iter().map(String::as_str).collect();
     lab.down_expecting(&names)?;

@@ -5,7 +5,7 @@
  *   cwd      a deleted directory as its cwd (argv[2]: where to make it)
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status) read in part
- *   forced   a System V segment in a namespace with kernel.shm_rmid_forced set
+ *   forced   System V segments (one unattached) in a namespace with kernel.shm_rmid_forced set
  *   hugetlb  a hugetlb mapping (prints "ready no-hugetlb" where the host has no huge pages) */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -49,8 +49,11 @@ int main(int argc, char **argv) {
     } else if (!strcmp(kind, "forced")) {
         FILE *f = fopen("/proc/sys/kernel/shm_rmid_forced", "w");
         if (!f || fprintf(f, "1\n") < 0 || fclose(f) != 0) { perror("shm_rmid_forced"); return 1; }
+        /* Segment 0 is attached by no one: a dump that attached and detached it would
+         * destroy it, and a second checkpoint would name the other. */
+        int idle = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
-        if (id < 0 || shmat(id, NULL, 0) == (void *)-1) { perror("shm"); return 1; }
+        if (idle < 0 || id < 0 || shmat(id, NULL, 0) == (void *)-1) { perror("shm"); return 1; }
     } else if (!strcmp(kind, "proc")) {
         char part[10];
         int fd = open("/proc/self/status", O_RDONLY);

@@ -108,8 +108,19 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
     }
     let (mut ns, segments) = in_namespace(pid, || {
         let limits = limits()?;
+        let rows = table("shm")?;
+        // Before any segment is attached: with shm_rmid_forced, the kernel destroys a
+        // segment at the detach that leaves it unattached (shm_may_destroy), so the
+        // dump's own shmat and shmdt would take one no process has attached.
+        let forced = limits.iter().any(|l| l.name == "kernel/shm_rmid_forced" && l.value != "0");
+        if let (true, Some(row)) = (forced, rows.first()) {
+            return Err(EngineError::Unsupported(format!(
+                "the IPC namespace has kernel.shm_rmid_forced set, and System V segment {} exists: its creating process decides when it goes, and a restore cannot give it back its creator; not supported",
+                num(row, 1, 10)?
+            )));
+        }
         let mut segments = Vec::new();
-        for row in table("shm")? {
+        for row in rows {
             let perm = perm(&row, [0, 1, 2, 7, 8, 9, 10])?;
             let mode = num(&row, 2, 8)? as u32;
             let size = num(&row, 3, 10)?;
@@ -118,13 +129,6 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
                 ShmSegment { perm, size, locked: mode & SHM_LOCKED != 0, removed: mode & SHM_DEST != 0 },
                 file,
             ));
-        }
-        let forced = limits.iter().any(|l| l.name == "kernel/shm_rmid_forced" && l.value != "0");
-        if let (true, Some((seg, _))) = (forced, segments.first()) {
-            return Err(EngineError::Unsupported(format!(
-                "the IPC namespace has kernel.shm_rmid_forced set, and System V segment {} exists: its creating process decides when it goes, and a restore cannot give it back its creator; not supported",
-                seg.perm.id
-            )));
         }
         let mut sem = Vec::new();
         for row in table("sem")? {
