@@ -24,6 +24,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     let inspect = lab.ok(&["inspect", &image])?;
     for needle in [
         "limit kernel/msgmax = 40",
+        "limit kernel/shmmax = 4096",
         "shm id 1 key 0x0 mode 600",
         "size 65536",
         "key 0x1234 mode 640",

@@ -6,7 +6,8 @@
  * VMAs); a semaphore set; a message queue with four messages of different types made by
  * another uid (one longer than the msgmax set after it was sent; qbytes lowered below
  * what it holds); a POSIX message queue with messages of two priorities and no open fd,
- * one with an open non-blocking fd; a changed limit (kernel.msgmax, lowered); two files
+ * one with an open non-blocking fd; changed limits (kernel.msgmax, and kernel.shmmax below
+ * the segments' sizes, lowered after they were made); two files
  * of /proc open and not yet read (its own status, meminfo). Ids are not those a fresh
  * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
@@ -114,6 +115,9 @@ int main(int argc, char **argv) {
     }
     f = fopen("/proc/sys/kernel/msgmax", "w");
     if (!f || fprintf(f, "40\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
+    /* And shmmax lowered below the segments made before: a restore must still make them. */
+    f = fopen("/proc/sys/kernel/shmmax", "w");
+    if (!f || fprintf(f, "4096\n") < 0 || fclose(f) != 0) { perror("shmmax"); return 1; }
     /* And the queue's qbytes lowered below what it holds. */
     struct msqid_ds qs;
     if (msgctl(q, IPC_STAT, &qs) < 0) { perror("msgctl"); return 1; }
@@ -228,6 +232,10 @@ int main(int argc, char **argv) {
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 40) bad("kernel.msgmax");
+    if (f) fclose(f);
+    f = fopen("/proc/sys/kernel/shmmax", "r");
+    long shmmax = 0;
+    if (!f || fscanf(f, "%ld", &shmmax) != 1 || shmmax != 4096) bad("kernel.shmmax");
     say("after shm=%d,%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, g, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;

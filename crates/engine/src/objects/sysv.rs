@@ -29,12 +29,13 @@
 //! the copies and set back at once, while the container is frozen. A restore likewise
 //! raises it while it sends such messages again.
 //!
-//! **Restore**, before the stub is rebuilt: the limits that differed from a fresh
-//! namespace's, then each object with its id, key and mode, created as its creator
+//! **Restore**, before the stub is rebuilt: each object with its id, key and mode, created as its creator
 //! (`cuid`/`cgid`: the thread's effective ids for the call), then owner set by `IPC_SET`;
 //! semaphore values by `SETALL`; messages sent again in order; a segment `SHM_LOCK`ed
-//! again, its contents written through a `map_files` file of it, like an object's. The
-//! processes attach segments by injected `shmat` ([`attach`], called by [`crate::mm`]
+//! again, its contents written through a `map_files` file of it, like an object's; then
+//! the POSIX queues; last, the limits that differed from a fresh namespace's (while the
+//! objects are made, each is the larger of the two: a limit the program lowered after
+//! making an object would refuse it). The processes attach segments by injected `shmat` ([`attach`], called by [`crate::mm`]
 //! where the VMAs are mapped). At the end, once every attachment is made ([`finish`]),
 //! segments that were marked for destruction are removed again (`IPC_RMID`).
 //!
@@ -312,8 +313,12 @@ pub fn restore(
         return Err(EngineError::Incompatible("the restore stub shares the host's IPC namespace".into()));
     }
     in_namespace(stub, || {
+        // A limit lowered after objects were made would refuse them: each is the roomier
+        // of the image's and the fresh namespace's while they are made, the image's after.
         for l in &ns.limits {
-            set_sysctl(&l.name, &l.value)?;
+            let p = sysctl_path(&l.name);
+            let fresh = std::fs::read_to_string(&p).map_err(io_err("read", &p))?;
+            set_sysctl(&l.name, &roomier(&fresh, &l.value))?;
         }
         let mut live = HashMap::new();
         for s in &ns.shm {
@@ -377,8 +382,25 @@ pub fn restore(
             set_sysctl("kernel/msgmax", msgmax.trim())?;
         }
         super::mqueue::restore(&ns.mqueues)?;
+        for l in &ns.limits {
+            set_sysctl(&l.name, &l.value)?;
+        }
         Ok(live)
     })
+}
+
+/// Each number of `a` and `b` (a sysctl's words, as `kernel/sem`'s four) at the larger of
+/// the two: every IPC limit but `shm_rmid_forced` admits more as it grows, and that one
+/// matters only where a segment exists, which the dump refuses. `b` where they differ in
+/// shape.
+fn roomier(a: &str, b: &str) -> String {
+    let words = |s: &str| s.split_whitespace().map(|w| w.parse::<i128>().ok()).collect::<Option<Vec<_>>>();
+    match (words(a), words(b)) {
+        (Some(x), Some(y)) if x.len() == y.len() => {
+            x.iter().zip(&y).map(|(x, y)| x.max(y).to_string()).collect::<Vec<_>>().join(" ")
+        }
+        _ => b.to_string(),
+    }
 }
 
 /// `IPC_CREAT | IPC_EXCL` and the mode (the mode is set again by `IPC_SET`).
@@ -478,4 +500,20 @@ pub fn attach(remote: &mut Remote<'_>, pieces: &[&Vma], seg: &Live) -> Result<()
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_roomier_limit_is_the_larger_word_by_word() {
+        assert_eq!(
+            super::roomier("32000 1024000000 500 32000", "250 32000 32 128"),
+            "32000 1024000000 500 32000"
+        );
+        assert_eq!(super::roomier("8192", "40"), "8192");
+        assert_eq!(super::roomier("4096", "100000"), "100000");
+        assert_eq!(super::roomier("1 2", "3"), "3");
+        // A fresh namespace's shmmax: ULONG_MAX - 2^24.
+        assert_eq!(super::roomier("18446744073692774399", "4096"), "18446744073692774399");
+    }
 }
