@@ -6,6 +6,7 @@
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status) read in part
  *   forced   System V segments (one unattached) in a namespace with kernel.shm_rmid_forced set
+ *   bigsem   a System V semaphore set larger than an image may hold (kernel.sem raised)
  *   hugetlb  a hugetlb mapping (prints "ready no-hugetlb" where the host has no huge pages) */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -54,6 +56,10 @@ int main(int argc, char **argv) {
         int idle = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         if (idle < 0 || id < 0 || shmat(id, NULL, 0) == (void *)-1) { perror("shm"); return 1; }
+    } else if (!strcmp(kind, "bigsem")) {
+        FILE *f = fopen("/proc/sys/kernel/sem", "w");
+        if (!f || fprintf(f, "32001 1024000000 500 32000\n") < 0 || fclose(f) != 0) { perror("kernel.sem"); return 1; }
+        if (semget(IPC_PRIVATE, 32001, IPC_CREAT | 0600) < 0) { perror("semget"); return 1; }
     } else if (!strcmp(kind, "proc")) {
         char part[10];
         int fd = open("/proc/self/status", O_RDONLY);

@@ -57,8 +57,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{
-    IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment,
-    SysvMessage, Vma, VmaBacking,
+    IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MAX_IPC_OBJECTS, MAX_MSG_BYTES, MAX_MSGS, MAX_QUEUE_BYTES,
+    MAX_SEMS, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment, SysvMessage, Vma, VmaBacking,
 };
 use migrate_sys::ipc;
 
@@ -134,7 +134,15 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
         let mut sem = Vec::new();
         for row in table("sem")? {
             let perm = perm(&row, [0, 1, 2, 4, 5, 6, 7])?;
-            let mut values = vec![0u16; num(&row, 3, 10)? as usize];
+            let nsems = num(&row, 3, 10)? as usize;
+            // kernel.sem's semmsl may be raised beyond what an image may hold.
+            if nsems > MAX_SEMS {
+                return Err(EngineError::Unsupported(format!(
+                    "System V semaphore set {} has {nsems} semaphores, more than {MAX_SEMS}: not supported",
+                    perm.id
+                )));
+            }
+            let mut values = vec![0u16; nsems];
             ipc::semctl_all(perm.id, libc::GETALL, &mut values)
                 .map_err(sys_err("semctl(GETALL)", perm.id))?;
             sem.push(SemSet { perm, values });
@@ -182,11 +190,25 @@ fn copy_queues(rows: &[Vec<String>]) -> Result<Vec<MsgQueue>, EngineError> {
     for row in rows {
         let perm = perm(row, [0, 1, 2, 7, 8, 9, 10])?;
         let (bytes, count) = (num(row, 3, 10)? as usize, num(row, 4, 10)?);
+        // msgmnb and msgmax may be raised beyond what an image may hold.
+        if count > MAX_MSGS as u64 || bytes > MAX_QUEUE_BYTES {
+            return Err(EngineError::Unsupported(format!(
+                "System V message queue {} holds {count} messages of {bytes} bytes, more than {MAX_MSGS} or {MAX_QUEUE_BYTES} bytes: not supported",
+                perm.id
+            )));
+        }
         let ds = ipc::msg_stat(perm.id).map_err(sys_err("msgctl(IPC_STAT)", perm.id))?;
         let mut messages = Vec::with_capacity(count as usize);
         for i in 0..count {
             let (mtype, text) = ipc::msg_copy(perm.id, i as i64, bytes.max(1))
                 .map_err(sys_err("msgrcv(MSG_COPY)", perm.id))?;
+            if text.len() > MAX_MSG_BYTES {
+                return Err(EngineError::Unsupported(format!(
+                    "System V message queue {} holds a message of {} bytes, more than {MAX_MSG_BYTES}: not supported",
+                    perm.id,
+                    text.len()
+                )));
+            }
             messages.push(SysvMessage { mtype, text });
         }
         out.push(MsgQueue { perm, qbytes: ds.msg_qbytes, messages });
@@ -232,11 +254,21 @@ fn sys_err(op: &'static str, id: i32) -> impl Fn(std::io::Error) -> EngineError 
     move |source| EngineError::Io { op, path: format!("System V IPC object {id}").into(), source }
 }
 
-/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words.
+/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words; more
+/// objects than an image may hold (`kernel.*mni` may reach 16M with `ipcmni_extend`)
+/// are refused.
 fn table(name: &str) -> Result<Vec<Vec<String>>, EngineError> {
     let path = format!("/proc/sysvipc/{name}");
     let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
-    Ok(text.lines().skip(1).map(|l| l.split_whitespace().map(String::from).collect()).collect())
+    let rows: Vec<Vec<String>> =
+        text.lines().skip(1).map(|l| l.split_whitespace().map(String::from).collect()).collect();
+    if rows.len() > MAX_IPC_OBJECTS {
+        return Err(EngineError::Unsupported(format!(
+            "the IPC namespace has {} System V objects of {path}, more than {MAX_IPC_OBJECTS}: not supported",
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }
 
 fn num(row: &[String], i: usize, radix: u32) -> Result<u64, EngineError> {
