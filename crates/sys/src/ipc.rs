@@ -206,14 +206,17 @@ pub fn mq_send(q: &OwnedFd, prio: u32, data: &[u8]) -> io::Result<()> {
         .map(|_| ())
 }
 
-/// Runs `f` with this thread's effective uid and gid set to `uid` and `gid`, then sets
-/// them back to 0, so that what `f` creates records them as its creator (a System V
-/// object's `cuid`/`cgid`). The calling thread must run as root. Raw syscalls: glibc's
-/// `setresuid` changes every thread of the process, which must not happen here.
+/// Runs `f` with this thread's real and effective uid and gid set to `uid` and `gid`,
+/// then sets them back to 0, so that what `f` creates records them as its creator (a
+/// System V object's `cuid`/`cgid`) and is charged to that user (a POSIX queue's bytes
+/// count against its creator's real uid). The saved ids stay 0, so the thread keeps its
+/// permitted capabilities and may come back. The calling thread must run as root. Raw
+/// syscalls: glibc's `setresuid` changes every thread of the process, which must not
+/// happen here.
 pub fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
     let set = |nr: libc::c_long, id: u32| -> io::Result<()> {
         // SAFETY: setresuid/setresgid take three ids (-1: unchanged) and no memory.
-        let r = unsafe { libc::syscall(nr, u32::MAX, id, u32::MAX) };
+        let r = unsafe { libc::syscall(nr, id, id, u32::MAX) };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     };
     // The gid first, while the thread still has CAP_SETGID; back in the reverse order

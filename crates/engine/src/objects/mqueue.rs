@@ -17,8 +17,10 @@
 //! waiting sender's message in. A queue with a notification registered (`mq_notify`,
 //! `NOTIFY_PID` not 0) is refused as well: emptying it and sending again would fire it.
 //!
-//! **Restore**: `mq_open(O_CREAT | O_EXCL)` with its attributes, the messages sent
-//! again in order, then owner and mode (`fchown`, `fchmod`: the umask trimmed the mode).
+//! **Restore**: `mq_open(O_CREAT | O_EXCL)` with its attributes, as its owner (its
+//! bytes are charged to that user's `RLIMIT_MSGQUEUE` account, as the creator's were:
+//! a queue given away by `fchown` is charged to its new owner), the messages sent again
+//! in order, then owner and mode (`fchown`, `fchmod`: the umask trimmed the mode).
 //!
 //! **Fds.** An fd of a queue is a file of the mqueue filesystem (`statfs` says
 //! `MQUEUE_MAGIC`), its link `/NAME`; its fdinfo has `QSIZE`, `NOTIFY`, `SIGNO`,
@@ -144,8 +146,15 @@ pub fn restore(queues: &[PosixQueue]) -> Result<(), EngineError> {
         attr.mq_maxmsg = pq.maxmsg as i64;
         attr.mq_msgsize = pq.msgsize as i64;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        let q = ipc::mq_open(&format!("/{name}"), flags, pq.mode, Some(&attr))
-            .map_err(err("mq_open(O_CREAT)", name))?;
+        // As its owner: the kernel charges a queue's bytes to its creator's real uid and
+        // holds them against RLIMIT_MSGQUEUE, with no capability exempt
+        // (`mqueue_get_inode`); made by root, the queues of all the container's users
+        // would have to fit root's limit.
+        let q = ipc::as_creator(pq.uid, pq.gid, || {
+            ipc::mq_open(&format!("/{name}"), flags, pq.mode, Some(&attr))
+        })
+        .and_then(|q| q)
+        .map_err(err("mq_open(O_CREAT)", name))?;
         for m in &pq.messages {
             ipc::mq_send(&q, m.prio, &m.data).map_err(err("mq_send", name))?;
         }
