@@ -71,6 +71,8 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
         ("proc", "/proc/1/status, a file of /proc was read up to byte 10"),
         ("forced", "has kernel.shm_rmid_forced set, and System V segment 0 exists"),
+        ("otherq", "is a POSIX message queue of another IPC namespace (/elsewhere)"),
+        ("ownns", "runs in an IPC namespace of its own"),
         ("bigsem", "System V semaphore set 0 has 32001 semaphores, more than 32000"),
         ("hugetlb", "is a hugetlb mapping"),
     ];

@@ -6,10 +6,14 @@
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status) read in part
  *   forced   System V segments (one unattached) in a namespace with kernel.shm_rmid_forced set
+ *   otherq   a POSIX message queue of the IPC namespace it left (unshare), one of that
+ *            name in its new one
+ *   ownns    a child in an IPC namespace of its own
  *   bigsem   a System V semaphore set larger than an image may hold (kernel.sem raised)
  *   hugetlb  a hugetlb mapping (prints "ready no-hugetlb" where the host has no huge pages) */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <mqueue.h>
 #include <signal.h>
 #include <stdio.h>
@@ -56,6 +60,21 @@ int main(int argc, char **argv) {
         int idle = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         if (idle < 0 || id < 0 || shmat(id, NULL, 0) == (void *)-1) { perror("shm"); return 1; }
+    } else if (!strcmp(kind, "otherq")) {
+        /* A queue kept open across unshare(CLONE_NEWIPC); the new namespace has one of
+         * the same name. */
+        struct mq_attr at = {.mq_maxmsg = 2, .mq_msgsize = 16};
+        if (mq_open("/elsewhere", O_CREAT | O_RDWR, 0600, &at) == (mqd_t)-1 || unshare(CLONE_NEWIPC) < 0 ||
+            mq_open("/elsewhere", O_CREAT | O_RDWR, 0600, &at) == (mqd_t)-1) { perror("otherq"); return 1; }
+    } else if (!strcmp(kind, "ownns")) {
+        int sync[2];
+        if (pipe(sync) < 0) { perror("pipe"); return 1; }
+        if (fork() == 0) {
+            if (unshare(CLONE_NEWIPC) < 0 || write(sync[1], "x", 1) != 1) _exit(1);
+            for (;;) pause();
+        }
+        char x;
+        if (read(sync[0], &x, 1) != 1) { fprintf(stderr, "the child did not unshare\n"); return 1; }
     } else if (!strcmp(kind, "bigsem")) {
         FILE *f = fopen("/proc/sys/kernel/sem", "w");
         if (!f || fprintf(f, "32001 1024000000 500 32000\n") < 0 || fclose(f) != 0) { perror("kernel.sem"); return 1; }

@@ -94,7 +94,7 @@ fn classify(
                 }
             }
         } else if crate::objects::mqueue::is_queue(&entry.path()) {
-            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info }) {
+            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info })? {
                 Ok(kind) => kind,
                 Err(what) => {
                     refuse(what);
