@@ -70,6 +70,7 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
         ("proc", "/proc/1/status, a file of /proc was read up to byte 10"),
+        ("procchild", "a file of /proc is of a process or thread the restore makes only after"),
         ("forced", "has kernel.shm_rmid_forced set, and System V segment 0 exists"),
         ("otherq", "is a POSIX message queue of another IPC namespace (/elsewhere)"),
         ("ownns", "runs in an IPC namespace of its own"),

@@ -5,6 +5,7 @@
  *   cwd      a deleted directory as its cwd (argv[2]: where to make it)
  *   lease    a file lease (argv[2]: a directory for the file)
  *   proc     an open file of /proc (its own status) read in part
+ *   procchild an open file of /proc of its child, which a restore makes after it
  *   forced   System V segments (one unattached) in a namespace with kernel.shm_rmid_forced set
  *   otherq   a POSIX message queue of the IPC namespace it left (unshare), one of that
  *            name in its new one
@@ -79,6 +80,11 @@ int main(int argc, char **argv) {
         FILE *f = fopen("/proc/sys/kernel/sem", "w");
         if (!f || fprintf(f, "32001 1024000000 500 32000\n") < 0 || fclose(f) != 0) { perror("kernel.sem"); return 1; }
         if (semget(IPC_PRIVATE, 32001, IPC_CREAT | 0600) < 0) { perror("semget"); return 1; }
+    } else if (!strcmp(kind, "procchild")) {
+        pid_t kid = fork();
+        if (kid == 0) for (;;) pause();
+        snprintf(path, sizeof path, "/proc/%d/status", (int)kid);
+        if (kid < 0 || open(path, O_RDONLY) < 0) { perror("procchild"); return 1; }
     } else if (!strcmp(kind, "proc")) {
         char part[10];
         int fd = open("/proc/self/status", O_RDONLY);
