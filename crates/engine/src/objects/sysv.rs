@@ -41,8 +41,11 @@
 //!
 //! **Refused**: segments in a namespace with `kernel.shm_rmid_forced` set (there the
 //! creating process decides when a segment goes — `exit_shm` — and the restored ones
-//! were created by the engine's thread), segments of huge pages (`SHM_HUGETLB`), a
-//! namespace the engine shares (the host's).
+//! were created by the engine's thread; refused before any segment is attached, since
+//! the dump's own detach would destroy one no process has attached), segments of huge
+//! pages (`SHM_HUGETLB`), a namespace the engine shares (the host's), objects beyond what
+//! an image may hold (raised `kernel.sem`, `msgmnb`, `msgmax`, `*mni`). A process of the
+//! container in another IPC namespace is refused by [`crate::dump`].
 //!
 //! **Not carried**, and not visible to a dump: semaphore undo values (`semadj`, kept per
 //! process in the kernel's `sem_undo` lists and shown nowhere in `/proc` or by any call;
