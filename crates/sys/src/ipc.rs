@@ -91,10 +91,18 @@ pub fn semctl_ds(id: i32, cmd: i32, buf: &mut libc::semid_ds) -> io::Result<()> 
     check(unsafe { libc::semctl(id, 0, cmd, buf as *mut libc::semid_ds) }).map(|_| ())
 }
 
-/// `semctl(id, 0, GETALL or SETALL, values)`; `values` must hold the set's size.
+/// `semctl(id, 0, GETALL or SETALL, values)`; `EINVAL` unless `values` holds exactly the
+/// set's semaphores.
 pub fn semctl_all(id: i32, cmd: i32, values: &mut [u16]) -> io::Result<()> {
+    // The kernel takes no length: it copies as many values as the set has.
+    if sem_stat(id)?.sem_nsems as usize != values.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: the fourth argument of GETALL/SETALL is a pointer to nsems unsigned shorts
-    // (union semun's `array`); the caller sized `values` from the set's IPC_STAT.
+    // (union semun's `array`), and `values` holds that many: the set was just asked. (A
+    // set removed meanwhile is not another under the same id: an id is given again only
+    // once its sequence number wraps, or as `sem_next_id` asks, which nobody writes
+    // while the container is frozen for the dump or while the restore makes its sets.)
     check(unsafe { libc::semctl(id, 0, cmd, values.as_mut_ptr()) }).map(|_| ())
 }
 
@@ -235,6 +243,24 @@ pub fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_of_another_size_than_the_set_is_refused() -> io::Result<()> {
+        let id = semget(libc::IPC_PRIVATE, 3, 0o600)?;
+        let mut four = [0u16; 4];
+        let wrong = semctl_all(id, libc::GETALL, &mut four).map_err(|e| e.raw_os_error());
+        let mut three = [1u16, 2, 3];
+        let right = semctl_all(id, libc::SETALL, &mut three);
+        let mut back = [0u16; 3];
+        let read = semctl_all(id, libc::GETALL, &mut back);
+        let mut ds = sem_stat(id)?;
+        semctl_ds(id, libc::IPC_RMID, &mut ds)?;
+        assert_eq!(wrong, Err(Some(libc::EINVAL)));
+        right?;
+        read?;
+        assert_eq!(back, [1, 2, 3]);
+        Ok(())
+    }
 
     #[test]
     fn message_copies_leave_the_queue_as_it_was() -> io::Result<()> {
