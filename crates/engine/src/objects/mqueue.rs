@@ -62,11 +62,16 @@ pub fn dump() -> Result<Vec<PosixQueue>, EngineError> {
         let path = format!("{MOUNT_AT}/{name}");
         let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
         let info = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
+        // Read strictly: a queue whose notification went unseen would lose it.
         let notify_pid = info
             .split_whitespace()
             .find_map(|w| w.strip_prefix("NOTIFY_PID:"))
             .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
+            .ok_or_else(|| EngineError::Proc {
+                pid: 0,
+                what: format!("POSIX message queue /{name}"),
+                reason: format!("no NOTIFY_PID in {:?}", info.trim()),
+            })?;
         if notify_pid != 0 {
             return Err(EngineError::Unsupported(format!(
                 "POSIX message queue /{name} has a notification registered (mq_notify, by {}): not supported yet",
