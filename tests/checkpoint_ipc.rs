@@ -75,6 +75,7 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("otherq", "is a POSIX message queue of another IPC namespace (/elsewhere)"),
         ("ownns", "runs in an IPC namespace of its own"),
         ("bigsem", "System V semaphore set 0 has 32001 semaphores, more than 32000"),
+        ("hugefd", "is a file of huge pages (/memfd:huge (deleted), hugetlbfs)"),
         ("hugetlb", "is a hugetlb mapping"),
     ];
     let mut running = Vec::new();

@@ -11,6 +11,8 @@
  *            name in its new one
  *   ownns    a child in an IPC namespace of its own
  *   bigsem   a System V semaphore set larger than an image may hold (kernel.sem raised)
+ *   hugefd   an fd of a memfd of huge pages, not mapped (prints "ready no-hugetlb" where
+ *            the kernel has none)
  *   hugetlb  a hugetlb mapping (prints "ready no-hugetlb" where the host has no huge pages) */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -89,6 +91,13 @@ int main(int argc, char **argv) {
         char part[10];
         int fd = open("/proc/self/status", O_RDONLY);
         if (fd < 0 || read(fd, part, sizeof part) != sizeof part) { perror("proc"); return 1; }
+    } else if (!strcmp(kind, "hugefd")) {
+        /* Only an fd: no mapping shows it. */
+        int fd = memfd_create("huge", MFD_HUGETLB);
+        if (fd < 0) {
+            say("ready no-hugetlb");
+            for (;;) pause();
+        }
     } else if (!strcmp(kind, "hugetlb")) {
         void *p = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
         if (p == MAP_FAILED) {

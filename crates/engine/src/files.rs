@@ -117,6 +117,14 @@ fn classify(
                 refuse(format!("a deleted {what} ({link}): not supported yet"));
                 continue;
             }
+            // A mapping of huge pages is refused by mm; an fd alone (a memfd of
+            // MFD_HUGETLB) would come back as a file of small pages.
+            if nix::sys::statfs::statfs(path.as_str())
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC)
+            {
+                refuse(format!("a file of huge pages ({link}, hugetlbfs): not supported"));
+                continue;
+            }
             FdKind::Object { id: objects.id(proc, &path, named)?, pos }
         } else if link.starts_with('/') {
             let md = std::fs::metadata(entry.path()).map_err(io_err("stat", entry.path()))?;
