@@ -24,6 +24,7 @@ fn sysv_ipc_posix_queues_and_limits_move_with_their_ids() -> anyhow::Result<()> 
     let inspect = lab.ok(&["inspect", &image])?;
     for needle in [
         "limit kernel/msgmax = 40",
+        "limit kernel/shmmax = 4096",
         "shm id 1 key 0x0 mode 600",
         "size 64 KiB",
         "key 0x1234 mode 640",
@@ -69,7 +70,12 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
         ("cwd", "has a deleted directory as its cwd"),
         ("lease", "holds a file lease (fcntl F_SETLEASE)"),
         ("proc", "/proc/1/status, a file of /proc was read up to byte 10"),
+        ("procchild", "a file of /proc is of a process or thread the restore makes only after"),
         ("forced", "has kernel.shm_rmid_forced set, and System V segment 0 exists"),
+        ("otherq", "is a POSIX message queue of another IPC namespace (/elsewhere)"),
+        ("ownns", "runs in an IPC namespace of its own"),
+        ("bigsem", "System V semaphore set 0 has 32001 semaphores, more than 32000"),
+        ("hugefd", "is a file of huge pages (/memfd:huge (deleted), hugetlbfs)"),
         ("hugetlb", "is a hugetlb mapping"),
     ];
     let mut running = Vec::new();
@@ -82,9 +88,12 @@ fn what_cannot_move_exactly_is_refused_by_name() -> anyhow::Result<()> {
             eprintln!("no huge pages on this host: the hugetlb refusal is not tried");
             continue;
         }
-        let err = lab.fails(&["checkpoint", &name, "--dir", &img.join(kind)])?;
-        ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
-        ensure!(lab.container(&name)?["state"] == "running", "{kind}: the container stopped");
+        // Twice where a refused checkpoint could have changed what the next one sees.
+        for _ in 0..if kind == "forced" { 2 } else { 1 } {
+            let err = lab.fails(&["checkpoint", &name, "--dir", &img.join(kind)])?;
+            ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
+            ensure!(lab.container(&name)?["state"] == "running", "{kind}: the container stopped");
+        }
     }
     let names: Vec<&str> = running.iter().map(String::as_str).collect();
     lab.down_expecting(&names)?;

@@ -658,6 +658,7 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
             }
         }
     }
+    crate::records::anon::check_inotify_tree(processes)?;
     let by_pid: HashMap<i32, &ProcessRecord> = processes.iter().map(|p| (p.pid, p)).collect();
     for p in processes {
         if let Some(id) = p.object_ids().find(|id| !objects.contains(id)) {

@@ -6,7 +6,8 @@
  * VMAs); a semaphore set; a message queue with four messages of different types made by
  * another uid (one longer than the msgmax set after it was sent; qbytes lowered below
  * what it holds); a POSIX message queue with messages of two priorities and no open fd,
- * one with an open non-blocking fd; a changed limit (kernel.msgmax, lowered); two files
+ * one with an open non-blocking fd, two large ones made by two users; changed limits (kernel.msgmax, and kernel.shmmax below
+ * the segments' sizes, lowered after they were made); two files
  * of /proc open and not yet read (its own status, meminfo). Ids are not those a fresh
  * namespace would give.
  * Usage: ipc TRIGGER — after "ready", waits for the file TRIGGER, then checks and prints
@@ -114,6 +115,9 @@ int main(int argc, char **argv) {
     }
     f = fopen("/proc/sys/kernel/msgmax", "w");
     if (!f || fprintf(f, "40\n") < 0 || fclose(f) != 0) { perror("msgmax"); return 1; }
+    /* And shmmax lowered below the segments made before: a restore must still make them. */
+    f = fopen("/proc/sys/kernel/shmmax", "w");
+    if (!f || fprintf(f, "4096\n") < 0 || fclose(f) != 0) { perror("shmmax"); return 1; }
     /* And the queue's qbytes lowered below what it holds. */
     struct msqid_ds qs;
     if (msgctl(q, IPC_STAT, &qs) < 0) { perror("msgctl"); return 1; }
@@ -130,6 +134,21 @@ int main(int argc, char **argv) {
     /* One queue stays open: its fd comes back, non-blocking as it was. */
     mqd_t kept = mq_open("/withfd", O_CREAT | O_EXCL | O_RDWR | O_NONBLOCK, 0600, &at);
     if (kept == (mqd_t)-1 || mq_send(kept, "kept", 5, 2) < 0) { perror("mq withfd"); return 1; }
+    /* Two large queues, made by root and by uid 1000, each within its own user's
+     * RLIMIT_MSGQUEUE (800 KiB): together more than one user may hold. */
+    f = fopen("/proc/sys/fs/mqueue/msg_max", "w");
+    if (!f || fprintf(f, "60\n") < 0 || fclose(f) != 0) { perror("msg_max"); return 1; }
+    struct mq_attr big = {.mq_maxmsg = 60, .mq_msgsize = 8192};
+    pid_t maker = fork();
+    if (maker == 0) {
+        if (setgid(2000) < 0 || setuid(1000) < 0) _exit(1);
+        _exit(mq_open("/big1000", O_CREAT | O_EXCL | O_RDWR, 0600, &big) == (mqd_t)-1 ? 1 : 0);
+    }
+    int made;
+    if (maker < 0 || waitpid(maker, &made, 0) != maker || made != 0) { fprintf(stderr, "mq_open by uid 1000\n"); return 1; }
+    mqd_t big0 = mq_open("/big0", O_CREAT | O_EXCL | O_RDWR, 0600, &big);
+    if (big0 == (mqd_t)-1) { perror("mq_open big0"); return 1; }
+    mq_close(big0);
 
     /* Files of /proc opened and not read yet: reopened after the move, they are the
      * process's own again. */
@@ -199,6 +218,13 @@ int main(int argc, char **argv) {
             break;
         }
     }
+    const char *bigs[2] = {"/big0", "/big1000"};
+    for (int i = 0; i < 2; i++) {
+        mqd_t bq = mq_open(bigs[i], O_RDONLY);
+        struct mq_attr ba;
+        if (bq == (mqd_t)-1 || mq_getattr(bq, &ba) < 0 || ba.mq_maxmsg != 60 || ba.mq_msgsize != 8192) bad("a large queue");
+        if (bq != (mqd_t)-1) mq_close(bq);
+    }
     mq = mq_open("/ipctest", O_RDWR | O_NONBLOCK);
     const char *want[3] = {"high", "low", "low2"};
     unsigned want_prio[3] = {5, 1, 1};
@@ -228,6 +254,10 @@ int main(int argc, char **argv) {
     f = fopen("/proc/sys/kernel/msgmax", "r");
     int msgmax = 0;
     if (!f || fscanf(f, "%d", &msgmax) != 1 || msgmax != 40) bad("kernel.msgmax");
+    if (f) fclose(f);
+    f = fopen("/proc/sys/kernel/shmmax", "r");
+    long shmmax = 0;
+    if (!f || fscanf(f, "%ld", &shmmax) != 1 || shmmax != 4096) bad("kernel.shmmax");
     say("after shm=%d,%d,%d,%d,%d,%d sem=%d msg=%d", a, b, c, d, e, g, s, q);
     say("verdict %s%s", fail[0] ? "FAIL: " : "ok", fail);
     return 0;

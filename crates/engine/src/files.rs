@@ -94,7 +94,7 @@ fn classify(
                 }
             }
         } else if crate::objects::mqueue::is_queue(&entry.path()) {
-            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info }) {
+            match crate::objects::mqueue::dump_fd(&FdSeen { pid, fd, link: &link, info: &info })? {
                 Ok(kind) => kind,
                 Err(what) => {
                     refuse(what);
@@ -115,6 +115,14 @@ fn classify(
             if matches!(named, Named::Deleted(_)) && !md.is_file() {
                 let what = if md.is_dir() { "directory" } else { "special file" };
                 refuse(format!("a deleted {what} ({link}): not supported yet"));
+                continue;
+            }
+            // A mapping of huge pages is refused by mm; an fd alone (a memfd of
+            // MFD_HUGETLB) would come back as a file of small pages.
+            if nix::sys::statfs::statfs(path.as_str())
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC)
+            {
+                refuse(format!("a file of huge pages ({link}, hugetlbfs): not supported"));
                 continue;
             }
             FdKind::Object { id: objects.id(proc, &path, named)?, pos }
@@ -169,7 +177,8 @@ fn proc_file(
     if pos != 0 {
         return Ok(Err(format!("was read up to byte {pos} (a new fd would render its text anew)")));
     }
-    let first = link.strip_prefix("/proc/").and_then(|r| r.split('/').next()).unwrap_or("");
+    let mut words = link.strip_prefix("/proc/").unwrap_or("").split('/');
+    let first = words.next().unwrap_or("");
     if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
         // Read through the container's root, the status of a process of a procfs of the
         // container's pid namespace names it by one pid, the one in the path.
@@ -179,6 +188,14 @@ fn proc_file(
         if !ours {
             return Ok(Err("is not of a live process of the container's own /proc".into()));
         }
+        // The restore opens it again when it installs the holder's fds: only the holder
+        // and its ancestors exist then, and no thread but their main ones.
+        let task = (words.next() == Some("task")).then(|| words.next()).flatten();
+        if !made_before(pid, first) || task.is_some_and(|t| t != first) {
+            return Ok(Err(
+                "is of a process or thread the restore makes only after this one's fds (a child, or a thread): not supported yet".into(),
+            ));
+        }
     }
     let md = std::fs::metadata(fd_path).map_err(io_err("stat", fd_path))?;
     Ok(Ok(if md.is_dir() {
@@ -186,6 +203,28 @@ fn proc_file(
     } else {
         FdKind::File { file: file_id(link, &fd_path.to_string_lossy())?, pos: 0 }
     }))
+}
+
+/// Whether the process of container pid `target` is `pid` (ours) or one of its
+/// ancestors in the container: made before it by a restore.
+fn made_before(pid: i32, target: &str) -> bool {
+    let mut cur = pid;
+    // A tree is at most PID_MAX deep; a loop would mean a /proc that changes under us.
+    for _ in 0..migrate_proto::validate::PID_MAX {
+        let Ok(status) = crate::error::read_proc(cur, "status") else { return false };
+        let Some(nspid) = procfs::status_field(&status, "NSpid").and_then(|v| v.split_whitespace().last())
+        else {
+            return false;
+        };
+        if nspid == target {
+            return true;
+        }
+        match procfs::status_field(&status, "PPid").and_then(|v| v.parse().ok()) {
+            Some(parent) if nspid != "1" => cur = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Refuses, before anything is frozen, fds that cannot be restored: unsupported kinds,

@@ -91,10 +91,18 @@ pub fn semctl_ds(id: i32, cmd: i32, buf: &mut libc::semid_ds) -> io::Result<()> 
     check(unsafe { libc::semctl(id, 0, cmd, buf as *mut libc::semid_ds) }).map(|_| ())
 }
 
-/// `semctl(id, 0, GETALL or SETALL, values)`; `values` must hold the set's size.
+/// `semctl(id, 0, GETALL or SETALL, values)`; `EINVAL` unless `values` holds exactly the
+/// set's semaphores.
 pub fn semctl_all(id: i32, cmd: i32, values: &mut [u16]) -> io::Result<()> {
+    // The kernel takes no length: it copies as many values as the set has.
+    if sem_stat(id)?.sem_nsems as usize != values.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: the fourth argument of GETALL/SETALL is a pointer to nsems unsigned shorts
-    // (union semun's `array`); the caller sized `values` from the set's IPC_STAT.
+    // (union semun's `array`), and `values` holds that many: the set was just asked. (A
+    // set removed meanwhile is not another under the same id: an id is given again only
+    // once its sequence number wraps, or as `sem_next_id` asks, which nobody writes
+    // while the container is frozen for the dump or while the restore makes its sets.)
     check(unsafe { libc::semctl(id, 0, cmd, values.as_mut_ptr()) }).map(|_| ())
 }
 
@@ -206,14 +214,17 @@ pub fn mq_send(q: &OwnedFd, prio: u32, data: &[u8]) -> io::Result<()> {
         .map(|_| ())
 }
 
-/// Runs `f` with this thread's effective uid and gid set to `uid` and `gid`, then sets
-/// them back to 0, so that what `f` creates records them as its creator (a System V
-/// object's `cuid`/`cgid`). The calling thread must run as root. Raw syscalls: glibc's
-/// `setresuid` changes every thread of the process, which must not happen here.
+/// Runs `f` with this thread's real and effective uid and gid set to `uid` and `gid`,
+/// then sets them back to 0, so that what `f` creates records them as its creator (a
+/// System V object's `cuid`/`cgid`) and is charged to that user (a POSIX queue's bytes
+/// count against its creator's real uid). The saved ids stay 0, so the thread keeps its
+/// permitted capabilities and may come back. The calling thread must run as root. Raw
+/// syscalls: glibc's `setresuid` changes every thread of the process, which must not
+/// happen here.
 pub fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
     let set = |nr: libc::c_long, id: u32| -> io::Result<()> {
         // SAFETY: setresuid/setresgid take three ids (-1: unchanged) and no memory.
-        let r = unsafe { libc::syscall(nr, u32::MAX, id, u32::MAX) };
+        let r = unsafe { libc::syscall(nr, id, id, u32::MAX) };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     };
     // The gid first, while the thread still has CAP_SETGID; back in the reverse order
@@ -232,6 +243,24 @@ pub fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_of_another_size_than_the_set_is_refused() -> io::Result<()> {
+        let id = semget(libc::IPC_PRIVATE, 3, 0o600)?;
+        let mut four = [0u16; 4];
+        let wrong = semctl_all(id, libc::GETALL, &mut four).map_err(|e| e.raw_os_error());
+        let mut three = [1u16, 2, 3];
+        let right = semctl_all(id, libc::SETALL, &mut three);
+        let mut back = [0u16; 3];
+        let read = semctl_all(id, libc::GETALL, &mut back);
+        let mut ds = sem_stat(id)?;
+        semctl_ds(id, libc::IPC_RMID, &mut ds)?;
+        assert_eq!(wrong, Err(Some(libc::EINVAL)));
+        right?;
+        read?;
+        assert_eq!(back, [1, 2, 3]);
+        Ok(())
+    }
 
     #[test]
     fn message_copies_leave_the_queue_as_it_was() -> io::Result<()> {

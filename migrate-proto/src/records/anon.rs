@@ -83,6 +83,11 @@ pub const MAX_WATCHES: usize = 1 << 16;
 /// added and removed watch.
 pub const MAX_WD: i32 = 1 << 16;
 
+/// The most throwaway watches a whole restore may add: the sum, over the image's inotify
+/// descriptions, of their highest wd (each is made once; a crafted image of many
+/// instances at [`MAX_WD`] would otherwise keep a restore adding watches for days).
+pub const MAX_WD_TOTAL: u64 = 1 << 20;
+
 /// A pidfd (`pidfd_open`, `clone3(CLONE_PIDFD)`) of a process of the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidFd {
@@ -140,6 +145,24 @@ pub(crate) fn check_inotify(fd: i32, i: &Inotify) -> Result<(), Invalid> {
             return bad(fd, format!("inotify wd {}: mask {:#x} is not a watch's mask", w.wd, w.mask));
         }
         crate::validate::check_path(PathOwner::Fd(fd), &w.path)?;
+    }
+    Ok(())
+}
+
+/// The inotify descriptions of the whole image reach at most [`MAX_WD_TOTAL`] wds
+/// together.
+pub(crate) fn check_inotify_tree(processes: &[super::ProcessRecord]) -> Result<(), String> {
+    let mut highest = std::collections::HashMap::new();
+    for f in processes.iter().flat_map(|p| &p.fds) {
+        if let super::FdKind::Inotify(i) = &f.kind {
+            highest.insert(f.file_id, i.watches.last().map_or(0, |w| w.wd.max(0) as u64));
+        }
+    }
+    let total: u64 = highest.values().sum();
+    if total > MAX_WD_TOTAL {
+        return Err(format!(
+            "the inotify instances reach {total} watch descriptors together, more than {MAX_WD_TOTAL}"
+        ));
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use crate::error::Invalid;
 /// Everything of the namespace a restore creates before the first process is rebuilt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpcNamespace {
-    /// Sysctls of the namespace that differ from a fresh namespace's, set first.
+    /// Sysctls of the namespace that differ from a fresh namespace's, set once its
+    /// objects are made.
     pub limits: Vec<IpcLimit>,
     pub shm: Vec<ShmSegment>,
     pub sem: Vec<SemSet>,

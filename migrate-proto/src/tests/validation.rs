@@ -409,6 +409,33 @@ fn epoll9(targets: &[(i32, u32, u64)]) -> FdRecord {
 }
 
 #[test]
+fn the_inotify_instances_of_an_image_reach_a_bounded_number_of_wds_together() {
+    // Sixteen instances at wd 65536 are the cap; one more instance passes it. An
+    // instance held at two fds (or by two processes) counts once.
+    let mut p = process(1);
+    for i in 0..16 {
+        let kind = FdKind::Inotify(watches(&[(65536, "/a", 2)]));
+        p.fds.push(FdRecord { fd: 100 + i, file_id: 1000 + i as u64, flags: 0, kind, locks: vec![] });
+    }
+    let again = FdRecord { fd: 200, ..p.fds[p.fds.len() - 1].clone() };
+    p.fds.push(again);
+    assert!(validate_process(&p).is_ok());
+    assert!(crate::validate_tree(std::slice::from_ref(&p)).is_ok());
+    p.fds.push(FdRecord {
+        fd: 201,
+        file_id: 2000,
+        flags: 0,
+        kind: FdKind::Inotify(watches(&[(1, "/a", 2)])),
+        locks: vec![],
+    });
+    let err = crate::validate_tree(&[p]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("the inotify instances reach 1048577 watch descriptors together, more than 1048576"),
+        "{err}"
+    );
+}
+
+#[test]
 fn epoll_registrations_are_checked() {
     let cases: [(&str, FdRecord); 5] = [
         ("fd 9: epoll registration of fd -1 is out of range", epoll9(&[(-1, 1, 1)])),

@@ -223,7 +223,9 @@ fn add_watch(
 
 /// Reads away the `IN_IGNORED` events of the throwaway watches (the fd is non-blocking).
 fn drain(remote: &mut Remote<'_>, fd: u64) -> Result<(), EngineError> {
-    let buf = remote.scratch.addr + 4096;
+    // Past the watch's path at offset 0 (up to PATH_MAX and its NUL), which the real
+    // watch is added with next.
+    let buf = remote.scratch.addr + 8192;
     loop {
         match remote.syscall(libc::SYS_read, &[fd, buf, 16 << 10])? {
             Ok(n) if n > 0 => {}

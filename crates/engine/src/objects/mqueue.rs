@@ -17,8 +17,10 @@
 //! waiting sender's message in. A queue with a notification registered (`mq_notify`,
 //! `NOTIFY_PID` not 0) is refused as well: emptying it and sending again would fire it.
 //!
-//! **Restore**: `mq_open(O_CREAT | O_EXCL)` with its attributes, the messages sent
-//! again in order, then owner and mode (`fchown`, `fchmod`: the umask trimmed the mode).
+//! **Restore**: `mq_open(O_CREAT | O_EXCL)` with its attributes, as its owner (its
+//! bytes are charged to that user's `RLIMIT_MSGQUEUE` account, as the creator's were:
+//! a queue given away by `fchown` is charged to its new owner), the messages sent again
+//! in order, then owner and mode (`fchown`, `fchmod`: the umask trimmed the mode).
 //!
 //! **Fds.** An fd of a queue is a file of the mqueue filesystem (`statfs` says
 //! `MQUEUE_MAGIC`), its link `/NAME`; its fdinfo has `QSIZE`, `NOTIFY`, `SIGNO`,
@@ -49,16 +51,7 @@ fn err<'a>(op: &'static str, name: &'a str) -> impl Fn(std::io::Error) -> Engine
 /// The queues of this thread's IPC namespace (which it must be free to leave its mount
 /// namespace for: a thread of its own).
 pub fn dump() -> Result<Vec<PosixQueue>, EngineError> {
-    use nix::mount::{MsFlags, mount};
-    let nix_err = |op: &'static str| {
-        move |e: nix::errno::Errno| EngineError::Io { op, path: MOUNT_AT.into(), source: e.into() }
-    };
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_FS)
-        .map_err(nix_err("unshare a mount namespace to mount mqueue on"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(nix_err("make / private before mounting mqueue on"))?;
-    mount(Some("mqueue"), MOUNT_AT, Some("mqueue"), MsFlags::empty(), None::<&str>)
-        .map_err(nix_err("mount mqueue on"))?;
+    mount_queues()?;
     let mut names: Vec<String> = std::fs::read_dir(MOUNT_AT)
         .map_err(io_err("list", MOUNT_AT))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -69,11 +62,16 @@ pub fn dump() -> Result<Vec<PosixQueue>, EngineError> {
         let path = format!("{MOUNT_AT}/{name}");
         let md = std::fs::metadata(&path).map_err(io_err("stat", &path))?;
         let info = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
+        // Read strictly: a queue whose notification went unseen would lose it.
         let notify_pid = info
             .split_whitespace()
             .find_map(|w| w.strip_prefix("NOTIFY_PID:"))
             .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
+            .ok_or_else(|| EngineError::Proc {
+                pid: 0,
+                what: format!("POSIX message queue /{name}"),
+                reason: format!("no NOTIFY_PID in {:?}", info.trim()),
+            })?;
         if notify_pid != 0 {
             return Err(EngineError::Unsupported(format!(
                 "POSIX message queue /{name} has a notification registered (mq_notify, by {}): not supported yet",
@@ -101,6 +99,21 @@ pub fn dump() -> Result<Vec<PosixQueue>, EngineError> {
         });
     }
     Ok(out)
+}
+
+/// Mounts the mqueue filesystem of this thread's IPC namespace at [`MOUNT_AT`], in a
+/// mount namespace of the thread's own.
+fn mount_queues() -> Result<(), EngineError> {
+    use nix::mount::{MsFlags, mount};
+    let nix_err = |op: &'static str| {
+        move |e: nix::errno::Errno| EngineError::Io { op, path: MOUNT_AT.into(), source: e.into() }
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_FS)
+        .map_err(nix_err("unshare a mount namespace to mount mqueue on"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(nix_err("make / private before mounting mqueue on"))?;
+    mount(Some("mqueue"), MOUNT_AT, Some("mqueue"), MsFlags::empty(), None::<&str>)
+        .map_err(nix_err("mount mqueue on"))
 }
 
 /// Takes every message of `q` and sends them back in the same order, whatever happens
@@ -144,8 +157,15 @@ pub fn restore(queues: &[PosixQueue]) -> Result<(), EngineError> {
         attr.mq_maxmsg = pq.maxmsg as i64;
         attr.mq_msgsize = pq.msgsize as i64;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        let q = ipc::mq_open(&format!("/{name}"), flags, pq.mode, Some(&attr))
-            .map_err(err("mq_open(O_CREAT)", name))?;
+        // As its owner: the kernel charges a queue's bytes to its creator's real uid and
+        // holds them against RLIMIT_MSGQUEUE, with no capability exempt
+        // (`mqueue_get_inode`); made by root, the queues of all the container's users
+        // would have to fit root's limit.
+        let q = ipc::as_creator(pq.uid, pq.gid, || {
+            ipc::mq_open(&format!("/{name}"), flags, pq.mode, Some(&attr))
+        })
+        .and_then(|q| q)
+        .map_err(err("mq_open(O_CREAT)", name))?;
         for m in &pq.messages {
             ipc::mq_send(&q, m.prio, &m.data).map_err(err("mq_send", name))?;
         }
@@ -166,17 +186,32 @@ pub fn is_queue(path: &std::path::Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC)
 }
 
-/// An fd of a queue: its name (the link is `/NAME`).
-pub fn dump_fd(seen: &FdSeen<'_>) -> Classified {
+/// An fd of a queue: its name (the link is `/NAME`). The queue must be one of the
+/// process's own IPC namespace (each has an mqueue filesystem of its own, and the link
+/// does not say which): one of another namespace, kept open across an `unshare` or
+/// passed in, would be opened by its name in the container's.
+pub fn dump_fd(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     if seen.link.ends_with(" (deleted)") {
-        return Err(format!("a POSIX message queue unlinked while open ({}): not supported", seen.link));
+        return Ok(Err(format!("a POSIX message queue unlinked while open ({}): not supported", seen.link)));
     }
-    match seen.link.strip_prefix('/') {
+    let fd_path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
+    let dev = std::fs::metadata(&fd_path).map_err(io_err("stat", &fd_path))?.dev();
+    let home = super::sysv::in_namespace(seen.pid, || {
+        mount_queues()?;
+        Ok(std::fs::metadata(MOUNT_AT).map_err(io_err("stat", MOUNT_AT))?.dev())
+    })?;
+    if dev != home {
+        return Ok(Err(format!(
+            "a POSIX message queue of another IPC namespace ({}): not supported",
+            seen.link
+        )));
+    }
+    Ok(match seen.link.strip_prefix('/') {
         Some(name) if !name.is_empty() && !name.contains('/') => {
             Ok(FdKind::Mqueue { name: name.to_string() })
         }
         _ => Err(format!("a POSIX message queue with an unexpected name ({})", seen.link)),
-    }
+    })
 }
 
 /// Opens queue `name` in the task at fd `rec.fd`.

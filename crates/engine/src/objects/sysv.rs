@@ -29,19 +29,23 @@
 //! the copies and set back at once, while the container is frozen. A restore likewise
 //! raises it while it sends such messages again.
 //!
-//! **Restore**, before the stub is rebuilt: the limits that differed from a fresh
-//! namespace's, then each object with its id, key and mode, created as its creator
+//! **Restore**, before the stub is rebuilt: each object with its id, key and mode, created as its creator
 //! (`cuid`/`cgid`: the thread's effective ids for the call), then owner set by `IPC_SET`;
 //! semaphore values by `SETALL`; messages sent again in order; a segment `SHM_LOCK`ed
-//! again, its contents written through a `map_files` file of it, like an object's. The
-//! processes attach segments by injected `shmat` ([`attach`], called by [`crate::mm`]
+//! again, its contents written through a `map_files` file of it, like an object's; then
+//! the POSIX queues; last, the limits that differed from a fresh namespace's (while the
+//! objects are made, each is the larger of the two: a limit the program lowered after
+//! making an object would refuse it). The processes attach segments by injected `shmat` ([`attach`], called by [`crate::mm`]
 //! where the VMAs are mapped). At the end, once every attachment is made ([`finish`]),
 //! segments that were marked for destruction are removed again (`IPC_RMID`).
 //!
 //! **Refused**: segments in a namespace with `kernel.shm_rmid_forced` set (there the
 //! creating process decides when a segment goes — `exit_shm` — and the restored ones
-//! were created by the engine's thread), segments of huge pages (`SHM_HUGETLB`), a
-//! namespace the engine shares (the host's).
+//! were created by the engine's thread; refused before any segment is attached, since
+//! the dump's own detach would destroy one no process has attached), segments of huge
+//! pages (`SHM_HUGETLB`), a namespace the engine shares (the host's), objects beyond what
+//! an image may hold (raised `kernel.sem`, `msgmnb`, `msgmax`, `*mni`). A process of the
+//! container in another IPC namespace is refused by [`crate::dump`].
 //!
 //! **Not carried**, and not visible to a dump: semaphore undo values (`semadj`, kept per
 //! process in the kernel's `sem_undo` lists and shown nowhere in `/proc` or by any call;
@@ -56,8 +60,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 use migrate_proto::records::{
-    IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment,
-    SysvMessage, Vma, VmaBacking,
+    IPC_LIMITS, IpcLimit, IpcNamespace, IpcPerm, MAX_IPC_OBJECTS, MAX_MSG_BYTES, MAX_MSGS, MAX_QUEUE_BYTES,
+    MAX_SEMS, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment, SysvMessage, Vma, VmaBacking,
 };
 use migrate_sys::ipc;
 
@@ -108,8 +112,19 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
     }
     let (mut ns, segments) = in_namespace(pid, || {
         let limits = limits()?;
+        let rows = table("shm")?;
+        // Before any segment is attached: with shm_rmid_forced, the kernel destroys a
+        // segment at the detach that leaves it unattached (shm_may_destroy), so the
+        // dump's own shmat and shmdt would take one no process has attached.
+        let forced = limits.iter().any(|l| l.name == "kernel/shm_rmid_forced" && l.value != "0");
+        if let (true, Some(row)) = (forced, rows.first()) {
+            return Err(EngineError::Unsupported(format!(
+                "the IPC namespace has kernel.shm_rmid_forced set, and System V segment {} exists: its creating process decides when it goes, and a restore cannot give it back its creator; not supported",
+                num(row, 1, 10)?
+            )));
+        }
         let mut segments = Vec::new();
-        for row in table("shm")? {
+        for row in rows {
             let perm = perm(&row, [0, 1, 2, 7, 8, 9, 10])?;
             let mode = num(&row, 2, 8)? as u32;
             let size = num(&row, 3, 10)?;
@@ -119,17 +134,18 @@ pub fn dump(pid: i32, objects: &mut Registry) -> Result<(IpcNamespace, Held), En
                 file,
             ));
         }
-        let forced = limits.iter().any(|l| l.name == "kernel/shm_rmid_forced" && l.value != "0");
-        if let (true, Some((seg, _))) = (forced, segments.first()) {
-            return Err(EngineError::Unsupported(format!(
-                "the IPC namespace has kernel.shm_rmid_forced set, and System V segment {} exists: its creating process decides when it goes, and a restore cannot give it back its creator; not supported",
-                seg.perm.id
-            )));
-        }
         let mut sem = Vec::new();
         for row in table("sem")? {
             let perm = perm(&row, [0, 1, 2, 4, 5, 6, 7])?;
-            let mut values = vec![0u16; num(&row, 3, 10)? as usize];
+            let nsems = num(&row, 3, 10)? as usize;
+            // kernel.sem's semmsl may be raised beyond what an image may hold.
+            if nsems > MAX_SEMS {
+                return Err(EngineError::Unsupported(format!(
+                    "System V semaphore set {} has {nsems} semaphores, more than {MAX_SEMS}: not supported",
+                    perm.id
+                )));
+            }
+            let mut values = vec![0u16; nsems];
             ipc::semctl_all(perm.id, libc::GETALL, &mut values)
                 .map_err(sys_err("semctl(GETALL)", perm.id))?;
             sem.push(SemSet { perm, values });
@@ -177,11 +193,25 @@ fn copy_queues(rows: &[Vec<String>]) -> Result<Vec<MsgQueue>, EngineError> {
     for row in rows {
         let perm = perm(row, [0, 1, 2, 7, 8, 9, 10])?;
         let (bytes, count) = (num(row, 3, 10)? as usize, num(row, 4, 10)?);
+        // msgmnb and msgmax may be raised beyond what an image may hold.
+        if count > MAX_MSGS as u64 || bytes > MAX_QUEUE_BYTES {
+            return Err(EngineError::Unsupported(format!(
+                "System V message queue {} holds {count} messages of {bytes} bytes, more than {MAX_MSGS} or {MAX_QUEUE_BYTES} bytes: not supported",
+                perm.id
+            )));
+        }
         let ds = ipc::msg_stat(perm.id).map_err(sys_err("msgctl(IPC_STAT)", perm.id))?;
         let mut messages = Vec::with_capacity(count as usize);
         for i in 0..count {
             let (mtype, text) = ipc::msg_copy(perm.id, i as i64, bytes.max(1))
                 .map_err(sys_err("msgrcv(MSG_COPY)", perm.id))?;
+            if text.len() > MAX_MSG_BYTES {
+                return Err(EngineError::Unsupported(format!(
+                    "System V message queue {} holds a message of {} bytes, more than {MAX_MSG_BYTES}: not supported",
+                    perm.id,
+                    text.len()
+                )));
+            }
             messages.push(SysvMessage { mtype, text });
         }
         out.push(MsgQueue { perm, qbytes: ds.msg_qbytes, messages });
@@ -227,11 +257,21 @@ fn sys_err(op: &'static str, id: i32) -> impl Fn(std::io::Error) -> EngineError 
     move |source| EngineError::Io { op, path: format!("System V IPC object {id}").into(), source }
 }
 
-/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words.
+/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words; more
+/// objects than an image may hold (`kernel.*mni` may reach 16M with `ipcmni_extend`)
+/// are refused.
 fn table(name: &str) -> Result<Vec<Vec<String>>, EngineError> {
     let path = format!("/proc/sysvipc/{name}");
     let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
-    Ok(text.lines().skip(1).map(|l| l.split_whitespace().map(String::from).collect()).collect())
+    let rows: Vec<Vec<String>> =
+        text.lines().skip(1).map(|l| l.split_whitespace().map(String::from).collect()).collect();
+    if rows.len() > MAX_IPC_OBJECTS {
+        return Err(EngineError::Unsupported(format!(
+            "the IPC namespace has {} System V objects of {path}, more than {MAX_IPC_OBJECTS}: not supported",
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }
 
 fn num(row: &[String], i: usize, radix: u32) -> Result<u64, EngineError> {
@@ -308,8 +348,12 @@ pub fn restore(
         return Err(EngineError::Incompatible("the restore stub shares the host's IPC namespace".into()));
     }
     in_namespace(stub, || {
+        // A limit lowered after objects were made would refuse them: each is the roomier
+        // of the image's and the fresh namespace's while they are made, the image's after.
         for l in &ns.limits {
-            set_sysctl(&l.name, &l.value)?;
+            let p = sysctl_path(&l.name);
+            let fresh = std::fs::read_to_string(&p).map_err(io_err("read", &p))?;
+            set_sysctl(&l.name, &roomier(&fresh, &l.value))?;
         }
         let mut live = HashMap::new();
         for s in &ns.shm {
@@ -373,8 +417,25 @@ pub fn restore(
             set_sysctl("kernel/msgmax", msgmax.trim())?;
         }
         super::mqueue::restore(&ns.mqueues)?;
+        for l in &ns.limits {
+            set_sysctl(&l.name, &l.value)?;
+        }
         Ok(live)
     })
+}
+
+/// Each number of `a` and `b` (a sysctl's words, as `kernel/sem`'s four) at the larger of
+/// the two: every IPC limit but `shm_rmid_forced` admits more as it grows, and that one
+/// matters only where a segment exists, which the dump refuses. `b` where they differ in
+/// shape.
+fn roomier(a: &str, b: &str) -> String {
+    let words = |s: &str| s.split_whitespace().map(|w| w.parse::<i128>().ok()).collect::<Option<Vec<_>>>();
+    match (words(a), words(b)) {
+        (Some(x), Some(y)) if x.len() == y.len() => {
+            x.iter().zip(&y).map(|(x, y)| x.max(y).to_string()).collect::<Vec<_>>().join(" ")
+        }
+        _ => b.to_string(),
+    }
 }
 
 /// `IPC_CREAT | IPC_EXCL` and the mode (the mode is set again by `IPC_SET`).
@@ -474,4 +535,20 @@ pub fn attach(remote: &mut Remote<'_>, pieces: &[&Vma], seg: &Live) -> Result<()
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_roomier_limit_is_the_larger_word_by_word() {
+        assert_eq!(
+            super::roomier("32000 1024000000 500 32000", "250 32000 32 128"),
+            "32000 1024000000 500 32000"
+        );
+        assert_eq!(super::roomier("8192", "40"), "8192");
+        assert_eq!(super::roomier("4096", "100000"), "100000");
+        assert_eq!(super::roomier("1 2", "3"), "3");
+        // A fresh namespace's shmmax: ULONG_MAX - 2^24.
+        assert_eq!(super::roomier("18446744073692774399", "4096"), "18446744073692774399");
+    }
 }
