@@ -125,6 +125,19 @@ fn read_image(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Writes `bytes` as the image's file `name` and makes the manifest's digest of it match:
+/// a forgery every checksum agrees with.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(dir.join(name), bytes)?;
+    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
+    let digest = digest_reader(bytes)?;
+    for f in m.files.iter_mut().filter(|f| f.name == name) {
+        *f = digest.sum(name);
+    }
+    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    Ok(())
+}
+
 fn copy_image(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
@@ -390,15 +403,7 @@ fn an_image_with_overlapping_vmas_is_refused_by_the_semantic_check() -> anyhow::
     // Fix the frame's crc32 (after its header and payload) and the manifest's entry.
     let crc = crc32(&bytes[..8 + payload_len]);
     bytes[8 + payload_len..12 + payload_len].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(dir.join("process.img"), &bytes)?;
-    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
-    let digest = digest_reader(&bytes[..])?;
-    for f in &mut m.files {
-        if f.name == "process.img" {
-            *f = digest.sum("process.img");
-        }
-    }
-    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    replace_file(&dir, "process.img", &bytes)?;
 
     // Every checksum holds; only the semantic check of the record can catch it.
     let m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
@@ -590,13 +595,7 @@ fn a_fifo_record_naming_a_regular_file_is_refused_at_restore() -> anyhow::Result
         writer.process(&rec)?;
     }
     ensure!(forged == 1, "the image holds {forged} FIFOs, not 1");
-    let (bytes, digest) = writer.finish()?;
-    std::fs::write(dir.join("process.img"), &bytes)?;
-    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
-    for f in m.files.iter_mut().filter(|f| f.name == "process.img") {
-        *f = digest.sum("process.img");
-    }
-    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    replace_file(&dir, "process.img", &writer.finish()?.0)?;
     let problems = refused(&lab, "a FIFO that is a file", &dir, &[victim.as_str(), "FIFO"], &[], false);
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     ensure!(std::fs::read(&victim)? == b"precious", "the restore wrote into {victim}");
@@ -691,13 +690,7 @@ fn an_image_missing_a_batch_of_pages_is_refused_at_restore() -> anyhow::Result<(
         kept += 1;
     }
     ensure!(dropped, "the image has fewer than two batches of pages");
-    let (bytes, digest) = writer.finish()?;
-    std::fs::write(dir.join("pages.img"), &bytes)?;
-    let mut m = decode_manifest(&std::fs::read(dir.join("manifest.img"))?)?;
-    for f in m.files.iter_mut().filter(|f| f.name == "pages.img") {
-        *f = digest.sum("pages.img");
-    }
-    std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    replace_file(&dir, "pages.img", &writer.finish()?.0)?;
     let problems =
         refused(&lab, "a batch dropped", &dir, &["pages.img holds", "the manifest counts"], &[], false);
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
