@@ -322,13 +322,17 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 }
             };
             println!(
-                "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing} {}",
+                "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing}{}",
                 v.start,
                 v.end,
                 size(v.end - v.start),
                 size(*b),
                 // [heap], [stack], [anon:…]; the vDSO's names are its backing already.
-                if v.name.starts_with('[') && !backing.starts_with('[') { v.name.as_str() } else { "" }
+                if v.name.starts_with('[') && !backing.starts_with('[') {
+                    format!(" {}", v.name)
+                } else {
+                    String::new()
+                }
             );
         }
         println!("  files:");
