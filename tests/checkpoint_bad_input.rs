@@ -697,3 +697,26 @@ fn an_image_missing_a_batch_of_pages_is_refused_at_restore() -> anyhow::Result<(
     lab.down_expecting(&[])?;
     Ok(())
 }
+
+/// A working directory removed between the checkpoint and the restore: the restore says
+/// which, before it builds anything, and leaves nothing behind.
+#[test]
+fn a_working_directory_gone_since_the_checkpoint_is_named_at_restore() -> anyhow::Result<()> {
+    let img = TempDir::new("cwd-gone")?;
+    let work = TempDir::new("cwd-gone-dir")?;
+    let lab = TestLab::up(2)?;
+    let cwd = work.join("here");
+    std::fs::create_dir(&cwd)?;
+    let script =
+        format!("import os, time; os.chdir({cwd:?}); print('ready', flush=True); time.sleep(100000)");
+    lab.start("host-a", "src", &["python3", "-c", &script])?;
+    lab.wait_log("src", "ready")?;
+    let dir = img.path.join("image");
+    lab.ok(&["checkpoint", "src", "--dir", &dir.to_string_lossy()])?;
+    std::fs::remove_dir(&cwd)?;
+    let want = format!("the working directory {cwd} of PID 1 (python3) no longer exists");
+    let problems = refused(&lab, "a cwd gone", &dir, &[want.as_str()], &[], false);
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&[])?;
+    Ok(())
+}

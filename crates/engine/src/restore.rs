@@ -108,6 +108,7 @@ pub fn restore(
     }
     // Before any process: one may map a file there.
     crate::objects::tmpfs::restore(stub, &root.tmpfs)?;
+    check_cwds(stub, img)?;
     let mut ctx = Ctx {
         img,
         pages: PageFeed::open(img)?,
@@ -181,6 +182,23 @@ pub fn restore(
         processes,
         warnings: ctx.warnings,
     })
+}
+
+/// Every process's working directory must be there (in the container's view: the tmpfs
+/// mounts are back by now), before anything is built rather than when a process is
+/// almost done.
+fn check_cwds(stub: i32, img: &Image) -> Result<(), EngineError> {
+    let root = std::path::PathBuf::from(format!("/proc/{stub}/root"));
+    for p in img.processes.iter().filter(|p| p.zombie.is_none()) {
+        let at = root.join(p.cwd.trim_start_matches('/'));
+        if !std::fs::metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return Err(EngineError::Incompatible(format!(
+                "the working directory {} of PID {} ({}) no longer exists",
+                p.cwd, p.pid, p.comm
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The image's xstate must fit this CPU (same features, same layout size).
