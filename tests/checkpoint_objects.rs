@@ -54,3 +54,72 @@ fn an_eventfd_keeps_its_counter_and_mode_and_stays_shared() -> anyhow::Result<()
     lab.down_after_exit("efd")?;
     Ok(())
 }
+
+/// A process whose threads have a scheduling of their own (SCHED_BATCH and a nice value
+/// in the main thread, SCHED_IDLE with RESET_ON_FORK in a second thread, each pinned to
+/// its own CPU set, a third on every CPU) and a raised `oom_score_adj`: each reads its
+/// own back after the move.
+const SCHED: &str = r#"
+import os, sys, threading, time
+trigger = sys.argv[1]
+def state():
+    return f"policy {os.sched_getscheduler(0)} nice {os.getpriority(os.PRIO_PROCESS, 0)} cpus {sorted(os.sched_getaffinity(0))}"
+os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+os.setpriority(os.PRIO_PROCESS, 0, 7)
+os.sched_setaffinity(0, {0})
+open("/proc/self/oom_score_adj", "w").write("321")
+def second():
+    os.sched_setscheduler(0, os.SCHED_IDLE | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+    os.sched_setaffinity(0, {1})
+    print("second before", state(), flush=True)
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    print("second after", state(), flush=True)
+def free():
+    # Every CPU of the host again: recorded as unpinned.
+    os.sched_setaffinity(0, os.sched_getaffinity(1) | set(range(os.cpu_count())))
+    print("free before", state(), flush=True)
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    print("free after", state(), flush=True)
+threading.Thread(target=free).start()
+t = threading.Thread(target=second)
+t.start()
+time.sleep(0.2)
+print("main before", state(), "oom", open("/proc/self/oom_score_adj").read().strip(), flush=True)
+while not os.path.exists(trigger):
+    time.sleep(0.05)
+print("main after", state(), "oom", open("/proc/self/oom_score_adj").read().strip(), flush=True)
+t.join()
+"#;
+
+#[test]
+fn threads_keep_their_scheduling_and_the_process_its_oom_score_adj() -> anyhow::Result<()> {
+    let work = TempDir::new("sched")?;
+    let img = TempDir::new("sched-img")?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "sched", &["python3", "-c", SCHED, &trigger])?;
+    let before = lab.wait_log("sched", "main before")?;
+    let image = img.join("sched");
+    lab.checkpoint_and_restore("sched", &image, "host-b")?;
+    std::fs::write(&trigger, b"")?;
+    for who in ["second after", "free after", "main after"] {
+        lab.wait_log("sched", who)?;
+    }
+    let log = lab.logs("sched")?;
+    let line = |who: &str| -> String {
+        log.lines().find_map(|l| l.strip_prefix(who)).unwrap_or_default().trim().to_string()
+    };
+    ensure!(
+        line("main before ") == "policy 3 nice 7 cpus [0] oom 321",
+        "the main thread's scheduling before: {before}"
+    );
+    ensure!(line("main after ") == line("main before "), "the main thread after the move: {log}");
+    ensure!(line("second before ") == "policy 1073741829 nice 7 cpus [1]", "the second thread before: {log}");
+    ensure!(line("second after ") == line("second before "), "the second thread after the move: {log}");
+    ensure!(line("free after ") == line("free before "), "the unpinned thread after the move: {log}");
+    ensure!(!line("free before ").is_empty(), "the unpinned thread said nothing: {log}");
+    lab.down_after_exit("sched")?;
+    Ok(())
+}

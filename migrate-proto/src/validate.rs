@@ -113,6 +113,12 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             problem: format!("is {} bytes, more than 64", p.comm.len()),
         });
     }
+    if !(-1000..=1000).contains(&p.oom_score_adj) {
+        return Err(Invalid::Field {
+            field: "oom_score_adj",
+            problem: format!("{} is not within -1000..=1000", p.oom_score_adj),
+        });
+    }
     if let Some(status) = p.zombie {
         // The wait status of an exit: `code << 8`, or a signal (1..=64, maybe with the
         // core-dump bit 0x80) and no code.
@@ -249,6 +255,32 @@ fn check_threads(pid: i32, threads: &[ThreadRecord]) -> Result<(), Invalid> {
             });
         }
         check_siginfos(SigOwner::Thread(t.tid), &t.pending)?;
+        check_sched(t.tid, &t.sched)?;
+    }
+    Ok(())
+}
+
+/// The CPUs a mask may name (the kernel's own ceiling, `NR_CPUS`, is at most 8192).
+const MAX_CPU: u32 = 8192;
+
+/// A policy a restore sets with `sched_setscheduler` (OTHER, FIFO, RR, BATCH, IDLE, maybe
+/// with RESET_ON_FORK), the priority that policy takes, a nice value, a sorted CPU list.
+fn check_sched(tid: i32, s: &crate::records::Sched) -> Result<(), Invalid> {
+    let bad =
+        |problem: String| Err(Invalid::Field { field: "sched", problem: format!("thread {tid}: {problem}") });
+    let realtime = match s.policy & !0x4000_0000 {
+        1 | 2 => true,
+        0 | 3 | 5 => false,
+        other => return bad(format!("policy {other} is not one a restore sets")),
+    };
+    if realtime != (1..=99).contains(&s.priority) || (!realtime && s.priority != 0) {
+        return bad(format!("priority {} does not go with policy {}", s.priority, s.policy));
+    }
+    if !(-20..=19).contains(&s.nice) {
+        return bad(format!("nice {} is not a nice value", s.nice));
+    }
+    if s.cpus.windows(2).any(|w| w[0] >= w[1]) || s.cpus.iter().any(|&c| c >= MAX_CPU) {
+        return bad("its CPUs are not a sorted set of CPU numbers".into());
     }
     Ok(())
 }

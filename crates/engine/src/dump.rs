@@ -396,6 +396,7 @@ fn collect_and_write(
             tmpfs: if i == 0 { crate::objects::tmpfs::dump(pid)? } else { Vec::new() },
             objects: Vec::new(),
             inherited: Vec::new(),
+            oom_score_adj: crate::sched::dump_oom(pid)?,
             zombie: None,
             ipc: if i == 0 { ipc.clone() } else { None },
         });
@@ -539,6 +540,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         tmpfs: Vec::new(),
         objects: Vec::new(),
         inherited: Vec::new(),
+        oom_score_adj: 0,
         zombie: Some(status),
         ipc: None,
     })

@@ -27,6 +27,7 @@ mod pipeline;
 mod process;
 mod procfs;
 mod restore;
+mod sched;
 mod seize;
 mod session;
 mod thread;

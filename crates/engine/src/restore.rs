@@ -309,6 +309,11 @@ fn build(
         })?;
     }
     process::restore_itimers(&mut remote, &rec.itimers)?;
+    // From outside, as root: the threads may have dropped the privilege a priority needs.
+    for (task, t) in s.tasks.iter().zip(&rec.threads) {
+        crate::sched::restore(task.tid, &t.sched)?;
+    }
+    crate::sched::restore_oom(host, rec.oom_score_adj)?;
     ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
     Ok(())
 }

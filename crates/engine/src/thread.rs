@@ -117,6 +117,7 @@ pub fn dump(remote: &mut Remote<'_>, mask: u64) -> Result<ThreadRecord, EngineEr
         clear_child_tid,
         altstack,
         pending,
+        sched: crate::sched::dump(tid)?,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod process;
 pub mod ptrace;
+pub mod sched;
 pub mod signal;
 pub mod sockopt;
 pub mod tcp;

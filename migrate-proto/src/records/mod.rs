@@ -95,6 +95,23 @@ pub struct ThreadRecord {
     pub altstack: AltStack,
     /// Signals pending for this thread only.
     pub pending: Vec<SigInfo>,
+    /// How the kernel schedules it (each thread has its own).
+    pub sched: Sched,
+}
+
+/// A thread's scheduling: policy and priority, nice value, the CPUs it may run on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Sched {
+    /// `sched_getscheduler`: `SCHED_OTHER`, `FIFO`, `RR`, `BATCH` or `IDLE`, with
+    /// `SCHED_RESET_ON_FORK` (0x40000000) if set.
+    pub policy: i32,
+    /// `sched_priority`: 1..=99 for `FIFO` and `RR`, 0 otherwise.
+    pub priority: i32,
+    /// -20..=19.
+    pub nice: i32,
+    /// The CPUs of its affinity mask, ascending; empty when it may run on every CPU of
+    /// its host (so on every CPU of the next).
+    pub cpus: Vec<u32>,
 }
 
 /// What a mapping is backed by.
@@ -421,6 +438,8 @@ pub struct ProcessRecord {
     /// not stored: on restore the process is forked from its rebuilt parent and keeps them.
     /// Sorted; each run lies in a VMA the parent has identically.
     pub inherited: Vec<crate::pages::PageRun>,
+    /// `/proc/PID/oom_score_adj` (-1000..=1000).
+    pub oom_score_adj: i32,
     /// A zombie: its wait status (`exit code << 8 | signal`). It has no threads, memory or
     /// fds, and stays a zombie until its parent reaps it.
     pub zombie: Option<i32>,

@@ -10,7 +10,8 @@ use crate::manifest::{Clocks, ContainerMeta, CpuId, FileSum, KernelId, Manifest,
 use crate::pages::{PageBatch, PageRun};
 use crate::records::{
     AltStack, Creds, FdKind, FdRecord, FileId, FileLock, ITimer, LockKind, MmFields, ObjectKind,
-    ObjectRecord, ProcessRecord, Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadRecord, Vma, VmaBacking,
+    ObjectRecord, ProcessRecord, Regs, Rlimit, Rseq, Sched, SigAction, SigInfo, ThreadRecord, Vma,
+    VmaBacking,
 };
 use crate::{FORMAT_VERSION, PAGE_SIZE};
 
@@ -88,6 +89,7 @@ pub(crate) fn thread(tid: i32) -> ThreadRecord {
         clear_child_tid: 0x7f00_0000_7010,
         altstack: AltStack::default(),
         pending: vec![SigInfo { signo: 10, raw: vec![0; 128] }],
+        sched: Sched { policy: 0, priority: 0, nice: 0, cpus: vec![0, 1] },
     }
 }
 
@@ -220,6 +222,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         tmpfs: Vec::new(),
         objects: vec![ObjectRecord { id: 1, kind: ObjectKind::AnonShared, size: 4096 }],
         inherited: Vec::new(),
+        oom_score_adj: 0,
         zombie: None,
         ipc: None,
     }
