@@ -623,7 +623,11 @@ fn open_file(
         FdKind::Device { path } => (path, 0),
         // A new description of the object, opened from its anchor.
         FdKind::Object { id, pos } => (world.object_path(*id)?, *pos),
-        _ => return Ok(()),
+        FdKind::Pipe { .. } | FdKind::External { .. } => return Ok(()),
+        // Each other kind is made by objects::restore: never left out in silence.
+        other => {
+            return Err(EngineError::Incompatible(format!("fd {}: {other:?} is not a file to open", rec.fd)));
+        }
     };
     let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
     let at = remote.path(0, path)?;

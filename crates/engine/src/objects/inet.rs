@@ -175,9 +175,16 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             )));
         }
     };
-    let local = sockopt::local_addr(fd).ok().map(inet_addr);
-    let peer = sockopt::peer_addr(fd).ok().map(inet_addr);
-    let ino = seen.link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).unwrap_or("");
+    let local = Some(inet_addr(sockopt::local_addr(fd).map_err(proc_err("getsockname"))?));
+    // Only "not connected" means no peer: any other failure would restore it unconnected.
+    let peer = match sockopt::peer_addr(fd) {
+        Ok(a) => Some(inet_addr(a)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
+        Err(e) => return Err(proc_err("getpeername")(e)),
+    };
+    let ino = super::unix::diag::socket_inode(seen.link).ok_or_else(|| {
+        proc_err("the inode")(std::io::Error::other(format!("{} is no socket link", seen.link)))
+    })?;
     let show = |a: Option<InetAddr>| a.map_or_else(|| "(unbound)".to_string(), |a| a.to_string());
     // Bound: an address or a port (IP_BIND_ADDRESS_NO_PORT binds an address alone).
     let local = local.filter(|a| a.port != 0 || !a.ip.is_unspecified());
@@ -253,17 +260,23 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     if let Some(what) = unreadable {
         return Ok(Err(format!("{} on {}, which has {what}: not supported", proto_name(proto), show(local))));
     }
-    let options = SockOpt::ALL
-        .iter()
-        .filter_map(|&opt| {
-            let (level, name) = raw(opt);
-            sockopt::get_int(fd, level, name).ok().map(|value| IntOption { opt, value })
-        })
-        .collect();
-    let string = |level, opt| -> Option<String> {
-        let b = sockopt::get_bytes(fd, level, opt, 32).ok()?;
-        let s = String::from_utf8_lossy(b.split(|&c| c == 0).next()?).into_owned();
-        (!s.is_empty()).then_some(s)
+    let mut options = Vec::with_capacity(SockOpt::ALL.len());
+    for &opt in SockOpt::ALL {
+        let (level, name) = raw(opt);
+        match sockopt::get_int(fd, level, name) {
+            Ok(value) => options.push(IntOption { opt, value }),
+            Err(e) if not_this_sockets(&e) => {}
+            Err(e) => return Err(proc_err(&format!("{opt:?}"))(e)),
+        }
+    }
+    let string = |level, opt, what: &str| -> Result<Option<String>, EngineError> {
+        let b = match sockopt::get_bytes(fd, level, opt, 32) {
+            Ok(b) => b,
+            Err(e) if not_this_sockets(&e) => return Ok(None),
+            Err(e) => return Err(proc_err(what)(e)),
+        };
+        let s = String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned();
+        Ok((!s.is_empty()).then_some(s))
     };
     Ok(Ok(FdKind::Inet(InetSocket {
         v6,
@@ -275,12 +288,17 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
         rcv_timeout_us: micros(sockopt::timeout(fd, libc::SO_RCVTIMEO).map_err(proc_err("SO_RCVTIMEO"))?),
         snd_timeout_us: micros(sockopt::timeout(fd, libc::SO_SNDTIMEO).map_err(proc_err("SO_SNDTIMEO"))?),
         congestion: if proto == InetProto::Tcp {
-            string(libc::IPPROTO_TCP, libc::TCP_CONGESTION)
+            string(libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION")?
         } else {
             None
         },
-        bind_device: string(libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
+        bind_device: string(libc::SOL_SOCKET, libc::SO_BINDTODEVICE, "SO_BINDTODEVICE")?,
     })))
+}
+
+/// An option another protocol or family owns: this socket has none of it to carry.
+fn not_this_sockets(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::EINVAL))
 }
 
 fn micros(d: Option<std::time::Duration>) -> Option<u64> {
@@ -344,19 +362,25 @@ fn inet_addr(a: SocketAddr) -> InetAddr {
 /// The bytes of UDP socket inode `ino` waiting to be sent and unread (`tx_queue` and
 /// `rx_queue` of its line in the `/proc/PID/net/udp` table of its network namespace; 0
 /// for an unbound socket, which the table does not list and which holds none).
-fn udp_queues(pid: i32, v6: bool, ino: &str) -> Result<(u64, u64), EngineError> {
+fn udp_queues(pid: i32, v6: bool, ino: u32) -> Result<(u64, u64), EngineError> {
     // Unread, the table would let every queue pass as empty.
-    let text = crate::error::read_proc(pid, if v6 { "net/udp6" } else { "net/udp" })?;
-    Ok(text
+    let table = if v6 { "net/udp6" } else { "net/udp" };
+    let text = crate::error::read_proc(pid, table)?;
+    let ino = ino.to_string();
+    let Some(f) = text
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(9) == Some(&ino))
-        .and_then(|f| {
-            let (tx, rx) = f.get(4)?.split_once(':')?;
-            Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
-        })
-        .unwrap_or((0, 0)))
+        .find(|f| f.get(9) == Some(&ino.as_str()))
+    else {
+        // Not listed: a socket being closed. Nothing is queued in it.
+        return Ok((0, 0));
+    };
+    let queues = f
+        .get(4)
+        .and_then(|q| q.split_once(':'))
+        .and_then(|(tx, rx)| Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?)));
+    queues.ok_or_else(|| EngineError::proc(pid, table)(format!("socket {ino}: no queue sizes in {f:?}")))
 }
 
 /// The multicast groups joined in a network namespace beyond those the

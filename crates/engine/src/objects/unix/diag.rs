@@ -41,7 +41,10 @@ impl Table {
                 Err(_) if who != pid.to_string() => continue,
                 Err(e) => return Err(err(format!("open {path}: {e}"))),
             };
-            let id = ns.metadata().map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
+            let id = ns
+                .metadata()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .map_err(|e| err(format!("stat {path}: {e}")))?;
             if seen.contains(&id) {
                 continue;
             }

@@ -85,7 +85,12 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
             continue;
         }
         let sock = crate::files::take(pid, fd)?;
-        let Ok(Some(cred)) = super::peer_cred(&sock) else { continue };
+        let cred = super::peer_cred(&sock).map_err(|e| EngineError::Proc {
+            pid,
+            what: format!("SO_PEERCRED of fd {fd}"),
+            reason: e.to_string(),
+        })?;
+        let Some(cred) = cred else { continue };
         let made = ns_pid(by);
         if cred.pid != 0 && Some(cred.pid) != made {
             refusals.push(format!(

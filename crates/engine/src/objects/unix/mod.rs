@@ -102,10 +102,14 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             else {
                 return Ok(Err(here("bound to a relative, `..` or non-UTF-8 path: not supported yet")));
             };
-            let file = std::fs::metadata(format!("/proc/{}/root{path}", seen.pid))
-                .ok()
-                .filter(|m| me.vfs.is_some_and(|(vino, _)| u64::from(vino) == m.ino()))
-                .map(|m| SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() });
+            // Only a name that is gone means "unlinked": the restore removes it again.
+            let file = match std::fs::metadata(format!("/proc/{}/root{path}", seen.pid)) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(crate::error::io_err("stat", path)(e)),
+            }
+            .filter(|m| me.vfs.is_some_and(|(vino, _)| u64::from(vino) == m.ino()))
+            .map(|m| SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() });
             Some(UnixName::Path { path: path.to_string(), file })
         }
     };
@@ -323,11 +327,13 @@ pub(crate) fn peer_cred(sock: &OwnedFd) -> std::io::Result<Option<PeerCred>> {
     if c.pid() == 0 && c.uid() == u32::MAX {
         return Ok(None);
     }
-    let pid = crate::error::read_proc(c.pid(), "status")
-        .ok()
-        .and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
-        .filter(|_| c.pid() > 0)
-        .unwrap_or(0);
+    // 0: the process that made the connection is gone (a restore cannot make it again).
+    let pid = match std::fs::read_to_string(format!("/proc/{}/status", c.pid())) {
+        _ if c.pid() <= 0 => 0,
+        Ok(st) => crate::procfs::ns_value(&st, "NSpid").map_err(std::io::Error::other)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
     let groups = migrate_sys::unix::peer_groups(sock.as_fd())?;
     Ok(Some(PeerCred { pid, uid: c.uid(), gid: c.gid(), groups }))
 }
