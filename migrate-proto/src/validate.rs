@@ -692,11 +692,12 @@ fn validate_tree_inner(processes: &[ProcessRecord]) -> Result<(), String> {
     }
     crate::records::anon::check_inotify_tree(processes)?;
     let by_pid: HashMap<i32, &ProcessRecord> = processes.iter().map(|p| (p.pid, p)).collect();
+    let ipc_names = crate::records::ipc_names(processes);
     for p in processes {
         if let Some(id) = p.object_ids().find(|id| !objects.contains(id)) {
             return Err(format!("pid {} refers to object {id}, which has no record", p.pid));
         }
-        crate::records::check_ipc_refs(p, processes)?;
+        crate::records::check_ipc_refs(p, &ipc_names)?;
         if let Some(r) = p.inherited.first() {
             // Binary searches: a hostile record may hold millions of runs and VMAs.
             let same = by_pid.get(&p.ppid).is_some_and(|parent| {

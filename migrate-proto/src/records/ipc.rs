@@ -4,6 +4,8 @@
 //! contents of a shared memory segment travel as page batches of an
 //! [`super::ObjectRecord`] of kind [`super::ObjectKind::SysvShm`], owned by PID 1.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 
 use super::{FdKind, ObjectKind, ObjectRecord, ProcessRecord, VmaBacking};
@@ -136,13 +138,13 @@ pub const MAX_QUEUE_BYTES: usize = 1 << 30;
 /// Checks an IPC namespace record against PID 1's objects (each segment has one object
 /// of kind `SysvShm` of its size, and each such object a segment).
 pub fn check_ipc(ns: &IpcNamespace, objects: &[ObjectRecord]) -> Result<(), Invalid> {
-    let shm_objects: Vec<(i32, u64)> = objects
-        .iter()
-        .filter_map(|o| match o.kind {
-            ObjectKind::SysvShm { shmid } => Some((shmid, o.size)),
-            _ => None,
-        })
-        .collect();
+    // Sizes of the segments' objects by shmid, once: a hostile image may list many.
+    let mut shm_objects: HashMap<i32, Vec<u64>> = HashMap::new();
+    for o in objects {
+        if let ObjectKind::SysvShm { shmid } = o.kind {
+            shm_objects.entry(shmid).or_default().push(o.size);
+        }
+    }
     let bad = |field: &'static str, problem: String| Err(Invalid::Field { field, problem });
     for l in &ns.limits {
         if !IPC_LIMITS.contains(&l.name.as_str()) {
@@ -178,8 +180,8 @@ pub fn check_ipc(ns: &IpcNamespace, objects: &[ObjectRecord]) -> Result<(), Inva
     perms("ipc.sem", &mut ns.sem.iter().map(|s| &s.perm))?;
     perms("ipc.msg", &mut ns.msg.iter().map(|s| &s.perm))?;
     for s in &ns.shm {
-        match shm_objects.iter().filter(|(id, _)| *id == s.perm.id).collect::<Vec<_>>()[..] {
-            [&(_, size)] if size == s.size => {}
+        match shm_objects.get(&s.perm.id).map(Vec::as_slice) {
+            Some(&[size]) if size == s.size => {}
             _ => {
                 return bad(
                     "ipc.shm",
@@ -191,7 +193,7 @@ pub fn check_ipc(ns: &IpcNamespace, objects: &[ObjectRecord]) -> Result<(), Inva
             return bad("ipc.shm", format!("segment {} is removed but has a key", s.perm.id));
         }
     }
-    if shm_objects.len() != ns.shm.len() {
+    if shm_objects.values().map(Vec::len).sum::<usize>() != ns.shm.len() {
         return bad("ipc.shm", "an object of System V shared memory has no segment".into());
     }
     for s in &ns.sem {
@@ -241,15 +243,25 @@ pub fn check_ipc(ns: &IpcNamespace, objects: &[ObjectRecord]) -> Result<(), Inva
     Ok(())
 }
 
+/// The ids of the image's System V segment objects and the names of its POSIX queues,
+/// gathered once for [`check_ipc_refs`].
+pub fn ipc_names(processes: &[ProcessRecord]) -> (HashSet<u64>, HashSet<&str>) {
+    let sysv = processes
+        .iter()
+        .flat_map(|q| &q.objects)
+        .filter(|o| matches!(o.kind, ObjectKind::SysvShm { .. }))
+        .map(|o| o.id)
+        .collect();
+    let queues = processes.iter().filter_map(|q| q.ipc.as_ref()).flat_map(|ns| &ns.mqueues);
+    (sysv, queues.map(|q| q.name.as_str()).collect())
+}
+
 /// Checks that `p`'s fds and VMAs name objects of the right kind: an attachment names a
-/// segment, an object mapping or fd anything but a segment.
-pub fn check_ipc_refs(p: &ProcessRecord, processes: &[ProcessRecord]) -> Result<(), String> {
-    let is_sysv = |id: u64| {
-        processes
-            .iter()
-            .flat_map(|q| &q.objects)
-            .any(|o| o.id == id && matches!(o.kind, ObjectKind::SysvShm { .. }))
-    };
+/// segment, an object mapping or fd anything but a segment; a queue fd names a queue of
+/// the image. `names` is [`ipc_names`] of the image.
+pub fn check_ipc_refs(p: &ProcessRecord, names: &(HashSet<u64>, HashSet<&str>)) -> Result<(), String> {
+    let (sysv, queues) = names;
+    let is_sysv = |id: u64| sysv.contains(&id);
     for v in &p.vmas {
         let wrong = match v.backing {
             VmaBacking::SysvShm { id, .. } => !is_sysv(id),
@@ -263,10 +275,9 @@ pub fn check_ipc_refs(p: &ProcessRecord, processes: &[ProcessRecord]) -> Result<
     if let Some(f) = p.fds.iter().find(|f| matches!(f.kind, FdKind::Object { id, .. } if is_sysv(id))) {
         return Err(format!("pid {}: fd {} is System V shared memory", p.pid, f.fd));
     }
-    let queues = processes.iter().find_map(|q| q.ipc.as_ref()).map_or(&[][..], |ns| ns.mqueues.as_slice());
     for f in &p.fds {
         if let FdKind::Mqueue { name } = &f.kind
-            && !queues.iter().any(|q| &q.name == name)
+            && !queues.contains(name.as_str())
         {
             return Err(format!(
                 "pid {}: fd {} is message queue /{name}, which the image lacks",
