@@ -356,7 +356,7 @@ fn collect_and_write(
     let t_collect = Instant::now();
     let Prechecked { pids, mut vmas, mut objects, ipc } = pre;
     // Held until the memory is written: the segments' contents are read through them.
-    let (ipc, _held) = ipc.unzip();
+    let (mut ipc, _held) = ipc.unzip();
     let mut records = Vec::with_capacity(pids.len());
     let mut hostname = req.container.hostname.clone();
     let mut last_pid = 0;
@@ -398,7 +398,7 @@ fn collect_and_write(
             inherited: Vec::new(),
             oom_score_adj: crate::sched::dump_oom(pid)?,
             zombie: None,
-            ipc: if i == 0 { ipc.clone() } else { None },
+            ipc: if i == 0 { ipc.take() } else { None },
         });
     }
     let live: Vec<(i32, usize)> =

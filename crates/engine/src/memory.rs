@@ -238,8 +238,8 @@ pub fn dump(
             Ok(())
         })();
         drop(to_encoders);
-        // Every thread is joined; the first error in thread order (encoders, then the
-        // writer) is the one that stopped the others.
+        // Every thread is joined. A thread that stops makes the others end quietly (a
+        // closed channel is not an error), so the first error found is the cause.
         let panicked = || EngineError::Unsupported("a page thread panicked".into());
         let mut result = read;
         for t in threads {

@@ -14,9 +14,6 @@ use nix::unistd::Pid;
 
 use crate::error::{EngineError, io_err};
 
-const SCHED_DEADLINE: i32 = 6;
-const RESET_ON_FORK: i32 = 0x4000_0000;
-
 fn err(tid: i32, what: &str) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |e| EngineError::Proc { pid: tid, what: what.to_string(), reason: e.to_string() }
 }
@@ -24,7 +21,7 @@ fn err(tid: i32, what: &str) -> impl FnOnce(std::io::Error) -> EngineError + '_ 
 /// The scheduling of thread `tid` (host tid).
 pub fn dump(tid: i32) -> Result<Sched, EngineError> {
     let (policy, priority) = migrate_sys::sched::scheduler(tid).map_err(err(tid, "its scheduling policy"))?;
-    if policy & !RESET_ON_FORK == SCHED_DEADLINE {
+    if policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_DEADLINE {
         return Err(EngineError::Unsupported(format!(
             "thread {tid} runs under SCHED_DEADLINE: not supported yet"
         )));

@@ -111,8 +111,7 @@ pub fn dump(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
     let armed = left_ns > 0;
     let abs = armed && flags & libc::TFD_TIMER_ABSTIME as u32 != 0;
     let abs_ns = if abs { Some(container_now(seen.pid, clock)? + left_ns) } else { None };
-    // TFD_TIMER_CANCEL_ON_SET is 2 (linux/timerfd.h); libc lacks it.
-    let cancel_on_set = abs && flags & 2 != 0;
+    let cancel_on_set = abs && flags & libc::TFD_TIMER_CANCEL_ON_SET as u32 != 0;
     Ok(Ok(FdKind::TimerFd(TimerFd { clock, left_ns, interval_ns, abs_ns, cancel_on_set, ticks })))
 }
 
@@ -141,7 +140,7 @@ pub fn restore(
     if t.left_ns > 0 {
         let (value, flags) = match t.abs_ns {
             Some(at) => {
-                let cancel = if t.cancel_on_set { 2 } else { 0 };
+                let cancel = if t.cancel_on_set { libc::TFD_TIMER_CANCEL_ON_SET as u64 } else { 0 };
                 (at, libc::TFD_TIMER_ABSTIME as u64 | cancel)
             }
             None => (t.left_ns, 0),
