@@ -125,11 +125,16 @@ fn nginx_master_and_workers_move_serve_and_reload() -> anyhow::Result<()> {
     // The master still commands its workers: a reload starts new ones, which serve.
     std::fs::write(work.path.join("www/index.html"), "reloaded\n")?;
     lab.ok(&["exec", "nginx", "--", "nginx", "-c", &conf, "-s", "reload"])?;
-    lab.wait_log("nginx", "reconfiguring")?;
-    lab.wait_log("nginx", "start worker process")?;
-    let log = lab.logs("nginx")?;
-    let after = log.rsplit("reconfiguring").next().unwrap_or_default();
-    ensure!(after.matches("start worker process").count() >= 2, "no new workers after the reload: {log}");
+    // Two workers started after the master reconfigured (the log holds the first ones too).
+    let new_workers = |log: &str| {
+        log.contains("reconfiguring")
+            && log
+                .rsplit("reconfiguring")
+                .next()
+                .is_some_and(|after| after.matches("start worker process").count() >= 2)
+    };
+    let reloaded = wait_until(Duration::from_secs(30), || lab.logs("nginx").is_ok_and(|l| new_workers(&l)));
+    ensure!(reloaded, "no new workers after the reload: {}", lab.logs("nginx")?);
     wait_client(&lab, &["curl", "-sS", &url], "reloaded")?;
     lab.down_expecting(&["nginx"])?;
     Ok(())
