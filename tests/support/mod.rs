@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod procstate;
+
 pub use migrate_agent::container::wait_until;
 
 use anyhow::{Context, bail};
