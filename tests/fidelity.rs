@@ -147,13 +147,23 @@ sqlite3 "$db" 'PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY); I
 { echo "SELECT 'rows', count(*) FROM t;"; sleep 100000; } | sqlite3 -batch "$db"
 "#;
 
+/// Programs of tests/programs the state test does not run, and why.
+const NOT_RUN: &[(&str, &str)] = &[(
+    "ipc_refuse",
+    "every one of its modes holds something a checkpoint refuses (tests/checkpoint_ipc.rs)",
+)];
+
 #[test]
 fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
     let bin = TempDir::new("fidelity-bin")?;
     let work = TempDir::new("fidelity")?;
     let img = TempDir::new("fidelity-img")?;
-    let c = |name: &str, flags: &[&str]| compile_c(name, flags, &bin.path);
-    let (anon, bench, epoll, files, inet, ipc, shared) = (
+    let built = std::cell::RefCell::new(Vec::new());
+    let c = |name: &'static str, flags: &[&str]| {
+        built.borrow_mut().push(name);
+        compile_c(name, flags, &bin.path)
+    };
+    let (anon, bench, epoll, files, inet, ipc, shared, state) = (
         c("anon", &["-O2"])?,
         c("bench_mem", &["-O2"])?,
         c("epoll", &["-O2"])?,
@@ -161,6 +171,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         c("inet", &["-O2"])?,
         c("ipc", &["-O2"])?,
         c("shared", &["-O2"])?,
+        c("proc_state", &["-O2", "-pthread"])?,
     );
     let dir = |name: &str| -> anyhow::Result<String> {
         let d = work.join(name);
@@ -192,6 +203,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         program("inet", strs(&[&inet, "7000", "7001", "10.77.0.2", "9000", &trigger]), Ready::Log("ready")),
         program("ipc", strs(&[&ipc, &trigger]), Ready::Log("ready")),
         program("shared", strs(&[&shared, &dir("shared")?]), Ready::Log("status")),
+        program("proc-state", strs(&[&state]), Ready::Log("ready")),
         program("http-server", support::http_server("hello"), Ready::Log("serving")),
         program(
             "redis",
@@ -221,9 +233,25 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         let threads = c("threads", &["-O2", "-pthread", "-mavx2"])?;
         programs.push(program("threads", strs(&[&threads]), Ready::Log("hb avx 2")));
     } else {
+        built.borrow_mut().push("threads");
         eprintln!("SKIPPED threads: this CPU has no AVX2");
     }
-    // ipc_refuse is left out: every one of its modes holds something a checkpoint refuses.
+    // Every program of tests/programs runs here, or says why not: a new one must be added.
+    let mut missing = Vec::new();
+    for e in std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/programs"))?
+    {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".c")
+            && !built.borrow().contains(&stem)
+            && !NOT_RUN.iter().any(|(n, _)| *n == stem)
+        {
+            missing.push(stem.to_string());
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "tests/programs not in the state test (add them, or to NOT_RUN): {missing:?}"
+    );
 
     let lab = TestLab::up(2)?;
     let results: Vec<anyhow::Result<(String, bool)>> = std::thread::scope(|s| {

@@ -17,8 +17,8 @@
 //! Before the comparison, values are brought to the container's view, so that what is
 //! new by nature does not count as a difference:
 //! - pids: processes and threads are keyed by their pid in the container's namespace
-//!   (the last number of `NSpid`), and every pid in a value (status, stat, sched's first
-//!   line, timers' `notify`, pidfds' fdinfo) is mapped to that view; a pid outside the
+//!   (the last number of `NSpid`), and every pid in a value (status, stat, timers' `notify`,
+//!   pidfds' and locks' fdinfo) is mapped to that view; a pid outside the
 //!   container (PID 1's parent) reads `outside`;
 //! - mounts: mount ids (`mnt_id`, mountinfo's ids) and anonymous device numbers (a
 //!   container's tmpfs is a new one after a restore) are replaced by the mount point;
@@ -150,11 +150,15 @@ pub const EXCEPTIONS: &[Exception] = &[
         "PF_FORKNOEXEC and PF_SUPERPRIV, read only by BSD process accounting: a task built by clone3 and \
          ptrace has forked without exec and used privileges, whatever the original did",
     ),
-    nature(
-        "*sched",
-        "*",
-        "the scheduler's accounting (runtimes, load averages, migrations); policy and prio are compared",
-    ),
+    // sched: policy, prio, se.load.weight (nice) and se.slice (a custom slice) are state.
+    nature("*sched", "se.avg.*", SCHED),
+    nature("*sched", "se.exec_start", SCHED),
+    nature("*sched", "se.sum_exec_runtime", SCHED),
+    nature("*sched", "se.vruntime", SCHED),
+    nature("*sched", "se.nr_migrations", SCHED),
+    nature("*sched", "nr_*", SCHED),
+    nature("*sched", "clock-delta", SCHED),
+    nature("*sched", "*numa*", "NUMA balancing's statistics: where the task's memory happened to be"),
     nature("smaps", "*:Rss", RESIDENCY),
     nature("smaps", "*:Pss*", RESIDENCY),
     nature("smaps", "*:Shared_*", RESIDENCY),
@@ -194,6 +198,12 @@ pub const EXCEPTIONS: &[Exception] = &[
          its file handle carries a new generation",
     ),
     nature(
+        "mountinfo",
+        "/run/netns/*",
+        "the host's named network namespaces (every lab's, other tests' too) propagate into the container's \
+         mounts; they come and go with the labs of the machine",
+    ),
+    nature(
         "timens_offsets",
         "*",
         "set at the restore so that CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from the freeze",
@@ -209,11 +219,21 @@ pub const EXCEPTIONS: &[Exception] = &[
     pending("vmas", "smaps", "*:MMUPageSize"),
     pending("vmas", "smaps", "*:Locked"),
     pending("vmas", "smaps", "*:THPeligible"),
+    pending("vmas", "*status", "VmLck"),
+    // POSIX timers are not carried (branch `timers`).
+    pending("timers", "timers", "*"),
+    // Branch `attrs`: timer slack (process and thread), PR_SET_THP_DISABLE, and
+    // no_new_privs, which is a thread's own: a thread made before the main thread set
+    // it comes back with it set.
+    pending("attrs", "*timerslack_ns", "timerslack_ns"),
+    pending("attrs", "*status", "THP_enabled"),
+    pending("attrs", "task/*/status", "NoNewPrivs"),
     // The network namespace's sysctls are not carried yet; the TCP Fast Open key is made
     // anew when the first listener asks for it — the network issue, not this round.
     pending("network", "sysctl", "net.ipv4.tcp_fastopen_key"),
 ];
 
+const SCHED: &str = "the scheduler's accounting: run times, load averages, virtual time, migrations";
 const HIGH_WATER: &str = "a high-water mark: the history of the process, not its state";
 
 impl Exception {

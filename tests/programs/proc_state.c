@@ -1,0 +1,121 @@
+/* A process whose /proc view holds, away from their defaults, the properties issue 11
+ * lists, for tests/fidelity.rs (which compares /proc before and after a move; the
+ * program checks nothing itself):
+ *   - POSIX timers: CLOCK_MONOTONIC with SIGRTMIN+1 and a value, armed with an interval;
+ *     CLOCK_REALTIME notifying a thread (SIGEV_THREAD_ID), disarmed; CLOCK_BOOTTIME
+ *     with SIGEV_NONE, armed for 1000 s;
+ *   - scheduling: nice 5, CPU affinity {0}, oom_score_adj 123, timer slack 123456 ns;
+ *     a second thread named "second", SCHED_BATCH, nice 9, its own timer slack;
+ *   - signals: SIGUSR2 blocked, SIGPIPE ignored, a SIGUSR1 handler;
+ *   - memory: a region locked (mlock), others madvised DONTFORK, DONTDUMP, WIPEONFORK,
+ *     HUGEPAGE, NOHUGEPAGE, each its own VMA;
+ *   - no_new_privs, THP disabled (PR_SET_THP_DISABLE) (no seccomp filter: a checkpoint
+ *     refuses those for now);
+ *   - umask 027, the personality ADDR_COMPAT_LAYOUT (not the audit loginuid: writing it
+ *     gives the process a new audit session id, which no restore can choose);
+ * then prints "ready" and sleeps.
+ *
+ * Usage: proc_state   Build: cc -O2 -pthread proc_state.c */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "say.h"
+
+#define PAGE 4096
+
+static void die(const char *what) {
+    say("ERROR %s: %s", what, strerror(errno));
+    exit(1);
+}
+
+static void on_usr1(int sig) { (void)sig; }
+
+static void write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) die(path);
+    close(fd);
+}
+
+static pid_t second_tid;
+
+static void *second(void *arg) {
+    (void)arg;
+    second_tid = (pid_t)syscall(SYS_gettid);
+    struct sched_param p = {0};
+    if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &p) != 0) die("SCHED_BATCH");
+    if (setpriority(PRIO_PROCESS, 0, 9) != 0) die("nice of the second thread");
+    if (prctl(PR_SET_TIMERSLACK, 777000UL, 0, 0, 0) != 0) die("timer slack of the second thread");
+    pthread_setname_np(pthread_self(), "second");
+    for (;;) pause();
+    return NULL;
+}
+
+int main(void) {
+    if (personality(PER_LINUX | ADDR_COMPAT_LAYOUT) < 0) die("personality");
+    umask(027);
+    if (setpriority(PRIO_PROCESS, 0, 5) != 0) die("nice");
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    CPU_SET(0, &cpus);
+    if (sched_setaffinity(0, sizeof cpus, &cpus) != 0) die("affinity");
+    write_file("/proc/self/oom_score_adj", "123");
+    if (prctl(PR_SET_TIMERSLACK, 123456UL, 0, 0, 0) != 0) die("timer slack");
+
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR2);
+    if (sigprocmask(SIG_BLOCK, &block, NULL) != 0) die("sigprocmask");
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_usr1};
+    if (sigaction(SIGUSR1, &sa, NULL) != 0) die("sigaction");
+
+    pthread_t t;
+    if (pthread_create(&t, NULL, second, NULL) != 0) die("pthread_create");
+    while (__atomic_load_n(&second_tid, __ATOMIC_SEQ_CST) == 0) usleep(1000);
+
+    timer_t mono, real, boot;
+    struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN + 1};
+    ev.sigev_value.sival_int = 77;
+    if (timer_create(CLOCK_MONOTONIC, &ev, &mono) != 0) die("timer_create monotonic");
+    struct itimerspec every = {.it_value = {500, 0}, .it_interval = {700, 0}};
+    if (timer_settime(mono, 0, &every, NULL) != 0) die("timer_settime");
+    struct sigevent to_thread = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGUSR1};
+    to_thread._sigev_un._tid = second_tid;
+    if (timer_create(CLOCK_REALTIME, &to_thread, &real) != 0) die("timer_create realtime");
+    struct sigevent none = {.sigev_notify = SIGEV_NONE};
+    if (timer_create(CLOCK_BOOTTIME, &none, &boot) != 0) die("timer_create boottime");
+    struct itimerspec once = {.it_value = {1000, 0}};
+    if (timer_settime(boot, 0, &once, NULL) != 0) die("timer_settime boottime");
+
+    /* Six regions, one page apart, so that no two merge whatever their flags. */
+    char *m = mmap(NULL, 12 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) die("mmap");
+    for (int i = 1; i < 12; i += 2)
+        if (mprotect(m + i * PAGE, PAGE, PROT_NONE) != 0) die("mprotect");
+    memset(m, 1, PAGE);
+    if (mlock(m, PAGE) != 0) die("mlock");
+    const int advice[] = {MADV_DONTFORK, MADV_DONTDUMP, MADV_WIPEONFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE};
+    for (int i = 0; i < 5; i++)
+        if (madvise(m + (2 + 2 * i) * PAGE, PAGE, advice[i]) != 0) die("madvise");
+
+    if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) die("PR_SET_THP_DISABLE");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("PR_SET_NO_NEW_PRIVS");
+
+    say("ready");
+    for (;;) pause();
+}
