@@ -203,7 +203,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         program("inet", strs(&[&inet, "7000", "7001", "10.77.0.2", "9000", &trigger]), Ready::Log("ready")),
         program("ipc", strs(&[&ipc, &trigger]), Ready::Log("ready")),
         program("shared", strs(&[&shared, &dir("shared")?]), Ready::Log("status")),
-        program("proc-state", strs(&[&state]), Ready::Log("ready")),
+        program("proc-state", strs(&[&state]), Ready::Log("state ready")),
         program("http-server", support::http_server("hello"), Ready::Log("serving")),
         program(
             "redis",

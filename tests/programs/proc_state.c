@@ -6,14 +6,19 @@
  *     with SIGEV_NONE, armed for 1000 s;
  *   - scheduling: nice 5, CPU affinity {0}, oom_score_adj 123, timer slack 123456 ns;
  *     a second thread named "second", SCHED_BATCH, nice 9, its own timer slack;
- *   - signals: SIGUSR2 blocked, SIGPIPE ignored, a SIGUSR1 handler;
+ *   - signals: SIGUSR2 and SIGRTMIN+3 blocked, SIGPIPE ignored, a SIGUSR1 handler;
+ *     SIGUSR2 pending for the main thread, SIGRTMIN+3 queued twice for the process;
+ *   - limits: RLIMIT_NOFILE 200/300, RLIMIT_CORE 0/1 MiB; cwd /tmp;
+ *   - speculation control: store bypass disabled (where the CPU has the knob);
  *   - memory: a region locked (mlock), others madvised DONTFORK, DONTDUMP, WIPEONFORK,
- *     HUGEPAGE, NOHUGEPAGE, each its own VMA;
+ *     HUGEPAGE, NOHUGEPAGE, one named "cache" (PR_SET_VMA_ANON_NAME, where the kernel
+ *     has it), each its own VMA;
+ *   - a child in a session of its own, nice 3, oom_score_adj 77;
  *   - no_new_privs, THP disabled (PR_SET_THP_DISABLE) (no seccomp filter: a checkpoint
  *     refuses those for now);
  *   - umask 027, the personality ADDR_COMPAT_LAYOUT (not the audit loginuid: writing it
  *     gives the process a new audit session id, which no restore can choose);
- * then prints "ready" and sleeps.
+ * then prints "state ready" and sleeps.
  *
  * Usage: proc_state   Build: cc -O2 -pthread proc_state.c */
 #define _GNU_SOURCE
@@ -31,6 +36,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -79,6 +85,7 @@ int main(void) {
     sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIGUSR2);
+    sigaddset(&block, SIGRTMIN + 3);
     if (sigprocmask(SIG_BLOCK, &block, NULL) != 0) die("sigprocmask");
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_usr1};
@@ -102,10 +109,10 @@ int main(void) {
     struct itimerspec once = {.it_value = {1000, 0}};
     if (timer_settime(boot, 0, &once, NULL) != 0) die("timer_settime boottime");
 
-    /* Six regions, one page apart, so that no two merge whatever their flags. */
-    char *m = mmap(NULL, 12 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* Seven regions, one page apart, so that no two merge whatever their flags. */
+    char *m = mmap(NULL, 14 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) die("mmap");
-    for (int i = 1; i < 12; i += 2)
+    for (int i = 1; i < 14; i += 2)
         if (mprotect(m + i * PAGE, PAGE, PROT_NONE) != 0) die("mprotect");
     memset(m, 1, PAGE);
     if (mlock(m, PAGE) != 0) die("mlock");
@@ -116,6 +123,39 @@ int main(void) {
     if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) die("PR_SET_THP_DISABLE");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("PR_SET_NO_NEW_PRIVS");
 
-    say("ready");
+    /* The last region, past the five advised ones, gets a name. */
+    prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)(m + 12 * PAGE), PAGE, (unsigned long)"cache");
+    prctl(PR_SET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, PR_SPEC_DISABLE, 0, 0);
+
+    struct rlimit files = {200, 300}, core = {0, 1 << 20};
+    if (setrlimit(RLIMIT_NOFILE, &files) != 0 || setrlimit(RLIMIT_CORE, &core) != 0) die("setrlimit");
+    if (chdir("/tmp") != 0) die("chdir");
+
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+        if (setsid() < 0) die("setsid");
+        if (setpriority(PRIO_PROCESS, 0, 3) != 0) die("nice of the child");
+        write_file("/proc/self/oom_score_adj", "77");
+        say("child ready");
+        for (;;) pause();
+    }
+    while (waitpid(child, NULL, WNOHANG) == 0 && kill(child, 0) == 0) {
+        char path[64], buf[256] = {0};
+        snprintf(path, sizeof path, "/proc/%d/oom_score_adj", child);
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0 && read(fd, buf, sizeof buf - 1) > 0 && strncmp(buf, "77", 2) == 0) {
+            close(fd);
+            break;
+        }
+        if (fd >= 0) close(fd);
+        usleep(1000);
+    }
+
+    if (raise(SIGUSR2) != 0) die("raise");
+    union sigval v = {.sival_int = 5};
+    if (sigqueue(getpid(), SIGRTMIN + 3, v) != 0 || sigqueue(getpid(), SIGRTMIN + 3, v) != 0) die("sigqueue");
+
+    say("state ready");
     for (;;) pause();
 }
