@@ -102,6 +102,11 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
     Ok(())
 }
 
+/// The bits of `/proc/PID/coredump_filter` (MMF_DUMP_FILTER_BITS: anonymous private and
+/// shared, file private and shared, ELF headers, huge pages private and shared, DAX
+/// private and shared).
+const COREDUMP_FILTER_BITS: u32 = 0x1ff;
+
 pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
     check_id("pid", p.pid, 1)?;
     check_id("ppid", p.ppid, 0)?;
@@ -117,6 +122,12 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
         return Err(Invalid::Field {
             field: "oom_score_adj",
             problem: format!("{} is not within -1000..=1000", p.oom_score_adj),
+        });
+    }
+    if p.coredump_filter & !COREDUMP_FILTER_BITS != 0 {
+        return Err(Invalid::Field {
+            field: "coredump_filter",
+            problem: format!("{:#x} has bits beyond the nine the kernel knows", p.coredump_filter),
         });
     }
     if let Some(status) = p.zombie {

@@ -399,6 +399,7 @@ fn collect_and_write(
             oom_score_adj: crate::sched::dump_oom(pid)?,
             zombie: None,
             ipc: if i == 0 { ipc.take() } else { None },
+            coredump_filter: crate::sched::dump_coredump_filter(pid)?,
         });
     }
     let live: Vec<(i32, usize)> =
@@ -543,6 +544,8 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         oom_score_adj: 0,
         zombie: Some(status),
         ipc: None,
+        // A zombie has no memory left to dump; the kernel's default.
+        coredump_filter: 0x33,
     })
 }
 

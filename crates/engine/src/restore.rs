@@ -314,6 +314,7 @@ fn build(
         crate::sched::restore(task.tid, &t.sched)?;
     }
     crate::sched::restore_oom(host, rec.oom_score_adj)?;
+    crate::sched::restore_coredump_filter(host, rec.coredump_filter)?;
     ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
     Ok(())
 }

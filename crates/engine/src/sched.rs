@@ -1,5 +1,7 @@
 //! Scheduling state: each thread's policy, real-time priority, nice value and CPU
-//! affinity, and the process's `oom_score_adj`.
+//! affinity, and the process's `oom_score_adj`; beside them the process's
+//! `coredump_filter`, another `/proc` file the engine reads and writes from outside
+//! (`%08lx` in hex; a write takes the low nine bits, kernel ≥ 2.6.23).
 //!
 //! Everything is read and set from outside, by the engine (root), on the host tids: no
 //! injected call, and no need for the task's own privileges (a restored thread may
@@ -99,4 +101,16 @@ pub fn dump_oom(pid: i32) -> Result<i32, EngineError> {
 pub fn restore_oom(pid: i32, value: i32) -> Result<(), EngineError> {
     let path = format!("/proc/{pid}/oom_score_adj");
     std::fs::write(&path, value.to_string()).map_err(io_err("write", path))
+}
+
+/// `/proc/PID/coredump_filter` of process `pid` (host pid).
+pub fn dump_coredump_filter(pid: i32) -> Result<u32, EngineError> {
+    let text = crate::error::read_proc(pid, "coredump_filter")?;
+    u32::from_str_radix(text.trim(), 16)
+        .map_err(|_| EngineError::proc(pid, "coredump_filter")(format!("{text:?} is not a hex number")))
+}
+
+pub fn restore_coredump_filter(pid: i32, value: u32) -> Result<(), EngineError> {
+    let path = format!("/proc/{pid}/coredump_filter");
+    std::fs::write(&path, format!("{value:#x}")).map_err(io_err("write", path))
 }

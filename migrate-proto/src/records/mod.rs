@@ -445,4 +445,7 @@ pub struct ProcessRecord {
     pub zombie: Option<i32>,
     /// The container's IPC namespace, in PID 1's record only.
     pub ipc: Option<IpcNamespace>,
+    /// `/proc/PID/coredump_filter`: which kinds of memory a core dump holds (bits 0..=8;
+    /// the kernel's default is 0x33). Children inherit it, exec keeps it.
+    pub coredump_filter: u32,
 }

@@ -225,6 +225,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         oom_score_adj: 0,
         zombie: None,
         ipc: None,
+        coredump_filter: 0x33,
     }
 }
 

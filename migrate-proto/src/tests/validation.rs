@@ -66,6 +66,7 @@ fn each_check_fires_with_a_precise_message() {
             Box::new(|p| p.shared_pending.push(SigInfo { signo: 10, raw: vec![0; 4] })),
         ),
         ("oom_score_adj 2000 is not within", Box::new(|p| p.oom_score_adj = 2000)),
+        ("coredump_filter 0x200 has bits beyond", Box::new(|p| p.coredump_filter = 0x200)),
         ("sched thread 1: nice 20 is not a nice value", Box::new(|p| p.threads[0].sched.nice = 20)),
         ("sched thread 1: policy 6 is not one", Box::new(|p| p.threads[0].sched.policy = 6)),
         (
