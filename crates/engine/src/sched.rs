@@ -84,9 +84,12 @@ pub fn restore(tid: i32, s: &Sched) -> Result<(), EngineError> {
             s.cpus
         )));
     }
+    // The nice value first: a real-time thread's load weight (it counts again if the
+    // thread goes back to SCHED_OTHER) is set from its nice when its policy changes,
+    // while a nice given to a real-time thread only changes its static priority.
+    migrate_sys::sched::set_nice(tid, s.nice).map_err(err(tid, "set its nice value"))?;
     migrate_sys::sched::set_scheduler(tid, s.policy, s.priority)
         .map_err(err(tid, "set its scheduling policy"))?;
-    migrate_sys::sched::set_nice(tid, s.nice).map_err(err(tid, "set its nice value"))?;
     Ok(())
 }
 
