@@ -16,6 +16,9 @@
  *   - a child in a session of its own, nice 3, oom_score_adj 77;
  *   - no_new_privs, THP disabled (PR_SET_THP_DISABLE) (no seccomp filter: a checkpoint
  *     refuses those for now);
+ *   - credentials: supplementary groups 4242 and 4243, CAP_SYS_BOOT dropped from the
+ *     bounding set, CAP_NET_BIND_SERVICE inheritable and ambient;
+ *   - a third thread "rt", SCHED_FIFO priority 5; the coredump filter 0x7f;
  *   - umask 027, the personality ADDR_COMPAT_LAYOUT (not the audit loginuid: writing it
  *     gives the process a new audit session id, which no restore can choose);
  * then prints "state ready" and sleeps.
@@ -31,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -71,6 +76,24 @@ static void *second(void *arg) {
     return NULL;
 }
 
+static void *rt(void *arg) {
+    (void)arg;
+    struct sched_param p = {.sched_priority = 5};
+    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &p) != 0) die("SCHED_FIFO");
+    pthread_setname_np(pthread_self(), "rt");
+    for (;;) pause();
+    return NULL;
+}
+
+/* capset(2) has no glibc wrapper: the version 3 header and two 32-bit halves. */
+static void add_inheritable(int cap) {
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) != 0) die("capget");
+    d[cap / 32].inheritable |= 1u << (cap % 32);
+    if (syscall(SYS_capset, &h, d) != 0) die("capset");
+}
+
 int main(void) {
     if (personality(PER_LINUX | ADDR_COMPAT_LAYOUT) < 0) die("personality");
     umask(027);
@@ -91,7 +114,15 @@ int main(void) {
     struct sigaction sa = {.sa_handler = on_usr1};
     if (sigaction(SIGUSR1, &sa, NULL) != 0) die("sigaction");
 
-    pthread_t t;
+    gid_t groups[] = {4242, 4243};
+    if (setgroups(2, groups) != 0) die("setgroups");
+    if (prctl(PR_CAPBSET_DROP, CAP_SYS_BOOT, 0, 0, 0) != 0) die("PR_CAPBSET_DROP");
+    add_inheritable(CAP_NET_BIND_SERVICE);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0) die("ambient");
+    write_file("/proc/self/coredump_filter", "0x7f");
+
+    pthread_t t, t2;
+    if (pthread_create(&t2, NULL, rt, NULL) != 0) die("pthread_create rt");
     if (pthread_create(&t, NULL, second, NULL) != 0) die("pthread_create");
     while (__atomic_load_n(&second_tid, __ATOMIC_SEQ_CST) == 0) usleep(1000);
 

@@ -5,7 +5,7 @@
 //! every thread, what `/proc/PID` shows: `status`, `stat`, `limits`, `smaps`,
 //! `fd/*` and `fdinfo/*`, `timers`, `sched`, `oom_score_adj`, `loginuid`, `sessionid`,
 //! `mountinfo`, `personality`, `cwd`, `root`, `exe`, `environ`, `cmdline`, `ns/*`,
-//! `timens_offsets`, and per thread `task/TID/{status, stat, sched, comm}` and its
+//! `timens_offsets`, `coredump_filter`, `cgroup`, and per thread `task/TID/{status, stat, sched, comm}` and its
 //! `timerslack_ns` (only `/proc/TID/` has that file); and the `/proc/sys` settings of
 //! its namespaces (UTS, IPC, POSIX queues, network), read by `nsenter` into them, since
 //! `/proc/sys` answers for the namespaces of the reader.

@@ -54,8 +54,16 @@ pub fn snapshot(host_pids: &[i64]) -> anyhow::Result<Snapshot> {
         by_ns.push((ns, p));
     }
     by_ns.sort_by_key(|(ns, _)| *ns);
+    // The container's cgroup (PID 1's, cgroup v2), as the host names it: another on
+    // each host.
+    let cgroup = by_ns
+        .first()
+        .and_then(|(_, p)| p.files.get("cgroup"))
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::")))
+        .unwrap_or("")
+        .to_string();
     for (ns, p) in &by_ns {
-        snap.procs.insert(*ns, normalise(p, &pids, &mut renumber)?);
+        snap.procs.insert(*ns, normalise(p, &pids, &cgroup, &mut renumber)?);
     }
     if let Some((_, first)) = by_ns.first() {
         snap.sysctl = sysctls(first.pid)?;
@@ -144,6 +152,8 @@ fn read_process(pid: i64) -> anyhow::Result<RawProcess> {
         "environ",
         "cmdline",
         "timens_offsets",
+        "coredump_filter",
+        "cgroup",
     ] {
         files.insert(f.to_string(), read(&format!("{base}/{f}"))?);
     }
@@ -354,7 +364,12 @@ fn lasting_path(name: &str) -> bool {
         && !name.starts_with("/proc/")
 }
 
-fn normalise(p: &RawProcess, pids: &HashMap<String, String>, re: &mut Renumber) -> anyhow::Result<Entries> {
+fn normalise(
+    p: &RawProcess,
+    pids: &HashMap<String, String>,
+    cgroup: &str,
+    re: &mut Renumber,
+) -> anyhow::Result<Entries> {
     let mut e = Entries::new();
     let mut put = |file: &str, key: &str, v: String| {
         e.insert((file.to_string(), key.to_string()), v);
@@ -463,6 +478,19 @@ fn normalise(p: &RawProcess, pids: &HashMap<String, String>, re: &mut Renumber) 
                 }
             }
             "environ" | "cmdline" => put(name, name, text.replace('\0', "\\0")),
+            // "ID:CONTROLLERS:PATH", read through the host's cgroup namespace: the
+            // container's own cgroup is named for what it is.
+            "cgroup" => {
+                for l in text.lines() {
+                    if let Some((hierarchy, path)) = l.rsplit_once(':') {
+                        let path = match path.strip_prefix(cgroup) {
+                            Some(rest) if !cgroup.is_empty() => format!("(the container's){rest}"),
+                            _ => path.to_string(),
+                        };
+                        put("cgroup", hierarchy, path);
+                    }
+                }
+            }
             _ => put(name, name, text.trim().to_string()),
         }
     }
