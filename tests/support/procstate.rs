@@ -2,13 +2,14 @@
 //! and after the restore, normalised and compared (tests/fidelity.rs).
 //!
 //! A [`Snapshot`] holds, for every process of the container (found in its cgroup) and
-//! every thread, what `/proc/PID` shows: `status`, `stat`, `limits`, `smaps`,
-//! `fd/*` and `fdinfo/*`, `timers`, `sched`, `oom_score_adj`, `loginuid`, `sessionid`,
+//! every thread, what `/proc/PID` shows: `status`, `stat`, `limits`, `smaps`, `fd/*`
+//! and `fdinfo/*`, `timers`, `sched`, `oom_score_adj`, `loginuid`, `sessionid`,
 //! `mountinfo`, `personality`, `cwd`, `root`, `exe`, `environ`, `cmdline`, `ns/*`,
-//! `timens_offsets`, `coredump_filter`, `cgroup`, and per thread `task/TID/{status, stat, sched, comm}` and its
-//! `timerslack_ns` (only `/proc/TID/` has that file); and the `/proc/sys` settings of
-//! its namespaces (UTS, IPC, POSIX queues, network), read by `nsenter` into them, since
-//! `/proc/sys` answers for the namespaces of the reader.
+//! `timens_offsets`, `coredump_filter`, `cgroup`, and per thread
+//! `task/TID/{status, stat, sched, comm}` and its `timerslack_ns` (only `/proc/TID/` has
+//! that file); and the `/proc/sys` settings of its namespaces (UTS, IPC, POSIX queues,
+//! network), read by `nsenter` into them, since `/proc/sys` answers for the namespaces
+//! of the reader.
 //!
 //! Every file becomes `(file, key) → value` entries. The files are split into keys by
 //! hand, not with the `procfs` crate: a comparison must see every field the kernel
@@ -17,14 +18,22 @@
 //! Before the comparison, values are brought to the container's view, so that what is
 //! new by nature does not count as a difference:
 //! - pids: processes and threads are keyed by their pid in the container's namespace
-//!   (the last number of `NSpid`), and every pid in a value (status, stat, timers' `notify`,
-//!   pidfds' and locks' fdinfo) is mapped to that view; a pid outside the
+//!   (the last number of `NSpid`), and every pid in a value (status, stat, timers'
+//!   `notify`, pidfds' and locks' fdinfo) is mapped to that view; a pid outside the
 //!   container (PID 1's parent) reads `outside`;
 //! - mounts: mount ids (`mnt_id`, mountinfo's ids) and anonymous device numbers (a
 //!   container's tmpfs is a new one after a restore) are replaced by the mount point;
+//! - cgroups: `/proc/PID/cgroup` read from the host names the container's cgroup by
+//!   host; it reads `(the container's)`;
 //! - inode numbers of objects a restore makes anew (pipes, sockets, namespaces, memfds,
-//!   deleted files, System V segments) are renumbered in order of appearance, so that
-//!   sharing still shows (two fds of one pipe keep one number) but the number does not.
+//!   deleted files, System V segments, POSIX queues, `/proc` files: whatever is not
+//!   reachable under the name it shows) and eventfd ids are renumbered in order of
+//!   appearance, so that sharing still shows (two fds of one pipe keep one number) but
+//!   the number does not;
+//! - a zombie's files are named `zombie status`, `zombie stat`, …;
+//! - a task's running/sleeping state is one value (the other states are compared), and
+//!   the accounting bits of `stat`'s flags and the machine-wide count of `SigQ` get keys
+//!   of their own (`flags:accounting`, `SigQ:queued`), explained in the table.
 //!
 //! Then [`diff`] lists every difference, and [`EXCEPTIONS`] says which ones are
 //! explained: counters, times and residency ([`Why::Nature`]), or a known gap that
@@ -203,6 +212,12 @@ pub const EXCEPTIONS: &[Exception] = &[
         "a watched file on a tmpfs of the container is a new inode after the restore (the content is copied): \
          its file handle carries a new generation",
     ),
+    nature("zombie status", "SigBlk", ZOMBIE),
+    nature("zombie status", "SigIgn", ZOMBIE),
+    nature("zombie status", "SigCgt", ZOMBIE),
+    nature("zombie stat", "blocked", ZOMBIE),
+    nature("zombie stat", "sigignore", ZOMBIE),
+    nature("zombie stat", "sigcatch", ZOMBIE),
     nature(
         "mountinfo",
         "/run/netns/*",
@@ -240,6 +255,8 @@ pub const EXCEPTIONS: &[Exception] = &[
 ];
 
 const SCHED: &str = "the scheduler's accounting: run times, load averages, virtual time, migrations";
+const ZOMBIE: &str = "a zombie never runs again: its signal mask and handlers are those the restore's task had \
+                      when it exited (the image keeps a zombie's ids, credentials and exit status)";
 const HIGH_WATER: &str = "a high-water mark: the history of the process, not its state";
 
 impl Exception {

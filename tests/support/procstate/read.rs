@@ -26,11 +26,32 @@ pub fn cgroup_pids(cgroup: &Path) -> anyhow::Result<Vec<i64>> {
     Ok(pids)
 }
 
+/// `pids` and their children, grandchildren, …: a zombie has left its cgroup
+/// (cgroup.procs does not list it) but is still its parent's child.
+fn with_children(pids: &[i64]) -> Vec<i64> {
+    let mut all: Vec<i64> = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let pid = all[i];
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        for t in tasks {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !all.contains(&c) {
+                    all.push(c);
+                }
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
 /// Reads the state of the processes `host_pids` (one container: PID 1 first is not
-/// required) and of their namespaces, as the container sees it.
+/// required), their descendants, and their namespaces, as the container sees it.
 pub fn snapshot(host_pids: &[i64]) -> anyhow::Result<Snapshot> {
     let mut raw = Vec::new();
-    for &pid in host_pids {
+    for pid in with_children(host_pids) {
         raw.push(read_process(pid).with_context(|| format!("reading /proc/{pid}"))?);
     }
     // Host pid → namespace pid, for every task and every group and session id.
@@ -50,7 +71,8 @@ pub fn snapshot(host_pids: &[i64]) -> anyhow::Result<Snapshot> {
     let mut snap = Snapshot::default();
     let mut by_ns: Vec<(i64, RawProcess)> = Vec::new();
     for p in raw {
-        let ns = ns_id(&p.threads[0].status, "NSpid")?;
+        let main = p.threads.first().with_context(|| format!("/proc/{} has no task", p.pid))?;
+        let ns = ns_id(&main.status, "NSpid")?;
         by_ns.push((ns, p));
     }
     by_ns.sort_by_key(|(ns, _)| *ns);
@@ -139,7 +161,13 @@ fn read_process(pid: i64) -> anyhow::Result<RawProcess> {
             timerslack: read(&format!("/proc/{tid}/timerslack_ns"))?,
         });
     }
-    let mut files = BTreeMap::new();
+    let (mut files, mut links, mut fdinfo) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut named = std::collections::BTreeSet::new();
+    // A zombie has its status and stat left, no memory, fds, cwd or namespaces.
+    let zombie = threads.first().and_then(|t| t.status.get("State")).is_some_and(|s| s.starts_with('Z'));
+    if zombie {
+        return Ok(RawProcess { pid, threads, files, links, fdinfo, named });
+    }
     for f in [
         "limits",
         "smaps",
@@ -157,7 +185,6 @@ fn read_process(pid: i64) -> anyhow::Result<RawProcess> {
     ] {
         files.insert(f.to_string(), read(&format!("{base}/{f}"))?);
     }
-    let mut links = BTreeMap::new();
     for l in ["cwd", "root", "exe"] {
         links.insert(l.to_string(), link(&format!("{base}/{l}"))?);
     }
@@ -165,8 +192,6 @@ fn read_process(pid: i64) -> anyhow::Result<RawProcess> {
         let name = e.file_name().to_string_lossy().into_owned();
         links.insert(format!("ns/{name}"), link(&format!("{base}/ns/{name}"))?);
     }
-    let mut fdinfo = BTreeMap::new();
-    let mut named = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(format!("{base}/fd"))?.flatten() {
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i64>().ok()) else { continue };
         let target = link(&format!("{base}/fd/{fd}"))?;
@@ -378,8 +403,14 @@ fn normalise(
     for t in &p.threads {
         let tid = ns_id(&t.status, "NSpid")?;
         let main = t.tid == p.pid;
-        let prefix = if main { String::new() } else { format!("task/{tid}/") };
-        // The main thread's files stand for the process: no task/ copy of them.
+        // The main thread's files stand for the process: no task/ copy of them. A
+        // zombie's are named as such: only its ids and exit status are left to compare.
+        let zombie = t.status.get("State").is_some_and(|s| s.starts_with('Z'));
+        let prefix = match (main, zombie) {
+            (true, true) => "zombie ".to_string(),
+            (true, false) => String::new(),
+            (false, _) => format!("task/{tid}/"),
+        };
         let status = normal_status(&t.status, pids);
         for (k, v) in &status {
             put(&format!("{prefix}status"), k, v.clone());
