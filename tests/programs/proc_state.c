@@ -19,6 +19,8 @@
  *   - credentials: supplementary groups 4242 and 4243, CAP_SYS_BOOT dropped from the
  *     bounding set, CAP_NET_BIND_SERVICE inheritable and ambient;
  *   - a third thread "rt", SCHED_FIFO priority 5; the coredump filter 0x7f;
+ *   - its namespaces' settings: the UTS domain name "lab.example", the network
+ *     namespace's net.core.somaxconn 777 and net.ipv4.ip_local_port_range 20000 29999;
  *   - umask 027, the personality ADDR_COMPAT_LAYOUT (not the audit loginuid: writing it
  *     gives the process a new audit session id, which no restore can choose);
  * then prints "state ready" and sleeps.
@@ -120,6 +122,9 @@ int main(void) {
     add_inheritable(CAP_NET_BIND_SERVICE);
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0) die("ambient");
     write_file("/proc/self/coredump_filter", "0x7f");
+    if (setdomainname("lab.example", 11) != 0) die("setdomainname");
+    write_file("/proc/sys/net/core/somaxconn", "777");
+    write_file("/proc/sys/net/ipv4/ip_local_port_range", "20000 29999");
 
     pthread_t t, t2;
     if (pthread_create(&t2, NULL, rt, NULL) != 0) die("pthread_create rt");
