@@ -89,17 +89,6 @@ fn redis_with_a_million_keys_moves_and_goes_on_serving() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// nginx.conf for a master and two workers serving `root` on port 80.
-fn nginx_conf(root: &str, tmp: &str) -> String {
-    format!(
-        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid /run/nginx.pid;\n\
-         error_log stderr notice;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
-           fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
-           server {{ listen 80; root {root}; }}\n}}\n"
-    )
-}
-
 #[test]
 fn nginx_master_and_workers_move_serve_and_reload() -> anyhow::Result<()> {
     let work = TempDir::new("nginx")?;
@@ -108,7 +97,7 @@ fn nginx_master_and_workers_move_serve_and_reload() -> anyhow::Result<()> {
     std::fs::create_dir_all(&www)?;
     std::fs::create_dir_all(&tmp)?;
     std::fs::write(work.path.join("www/index.html"), "served by nginx\n")?;
-    std::fs::write(&conf, nginx_conf(&www, &tmp))?;
+    std::fs::write(&conf, support::nginx_conf(&www, &tmp))?;
     let lab = TestLab::up(2)?;
     lab.start("host-a", "nginx", &["nginx", "-c", &conf])?;
     let url = format!("http://{}/", ip(&lab, "nginx")?);

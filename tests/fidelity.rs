@@ -125,17 +125,6 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// nginx.conf for a master and two workers serving `root` on port 80.
-fn nginx_conf(root: &str, tmp: &str) -> String {
-    format!(
-        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid /run/nginx.pid;\n\
-         error_log stderr notice;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
-           fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
-           server {{ listen 80; root {root}; }}\n}}\n"
-    )
-}
-
 /// bash, `seq` blocked on a full pipe, and a subshell running `sleep` that read part of it.
 const PIPELINE: &str = "seq 1 1000000 | { head -c 1000 >/dev/null; echo ready; sleep 100000; }";
 
@@ -182,7 +171,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
     std::fs::write(work.path.join("numbers.txt"), numbers)?;
     let (www, tmp, conf) = (dir("www")?, dir("nginx-tmp")?, work.join("nginx.conf"));
     std::fs::write(work.path.join("www/index.html"), "served by nginx\n")?;
-    std::fs::write(&conf, nginx_conf(&www, &tmp))?;
+    std::fs::write(&conf, support::nginx_conf(&www, &tmp))?;
     let trigger = work.join("never");
     let w = work.path.to_string_lossy().into_owned();
 

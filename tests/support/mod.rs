@@ -203,6 +203,17 @@ pub fn http_server(text: &str) -> Vec<String> {
     vec!["python3".into(), "-u".into(), "-c".into(), script]
 }
 
+/// nginx.conf for a master and two workers serving `root` on port 80.
+pub fn nginx_conf(root: &str, tmp: &str) -> String {
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid /run/nginx.pid;\n\
+         error_log stderr notice;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+           fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+           server {{ listen 80; root {root}; }}\n}}\n"
+    )
+}
+
 /// Registered network namespaces, as `ip netns list` would show them.
 pub fn netns_names() -> Vec<String> {
     std::fs::read_dir("/run/netns")
