@@ -7,9 +7,10 @@
 //! `mountinfo`, `personality`, `cwd`, `root`, `exe`, `environ`, `cmdline`, `ns/*`,
 //! `timens_offsets`, `coredump_filter`, `cgroup`, and per thread
 //! `task/TID/{status, stat, sched, comm}` and its `timerslack_ns` (only `/proc/TID/` has
-//! that file); and the `/proc/sys` settings of its namespaces (UTS, IPC, POSIX queues,
+//! that file); the `/proc/sys` settings of its namespaces (UTS, IPC, POSIX queues,
 //! network), read by `nsenter` into them, since `/proc/sys` answers for the namespaces
-//! of the reader.
+//! of the reader; and the sockets of its network namespace (`/proc/PID/net/{tcp, tcp6,
+//! udp, udp6, unix}`: addresses, state, queues, owner, path).
 //!
 //! Every file becomes `(file, key) → value` entries. The files are split into keys by
 //! hand, not with the `procfs` crate: a comparison must see every field the kernel
@@ -57,8 +58,10 @@ pub type Entries = BTreeMap<(String, String), String>;
 pub struct Snapshot {
     /// By pid in the container's pid namespace.
     pub procs: BTreeMap<i64, Entries>,
-    /// `/proc/sys` of the container's namespaces, keyed `("sysctl", "kernel.hostname")`.
-    pub sysctl: Entries,
+    /// What the container's namespaces hold: `/proc/sys` (keyed `("sysctl",
+    /// "kernel.hostname")`) and the network namespace's sockets (`("net/tcp", "#3")`,
+    /// by renumbered inode).
+    pub namespaces: Entries,
 }
 
 impl Snapshot {
@@ -71,7 +74,7 @@ impl Snapshot {
                 out.push_str(&format!("{pid} {file} {key} = {v}\n"));
             }
         }
-        for ((file, key), v) in &self.sysctl {
+        for ((file, key), v) in &self.namespaces {
             out.push_str(&format!("ns {file} {key} = {v}\n"));
         }
         out
@@ -284,7 +287,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// One difference between two snapshots.
 #[derive(Debug, Clone)]
 pub struct Difference {
-    /// Namespace pid, or `None` for the namespaces' sysctls.
+    /// Namespace pid, or `None` for what the namespaces hold.
     pub pid: Option<i64>,
     pub file: String,
     pub key: String,
@@ -340,7 +343,7 @@ pub fn diff(program: &str, before: &Snapshot, after: &Snapshot) -> Report {
         }
         entries_diff(Some(pid), b.unwrap_or(&empty), a.unwrap_or(&empty), &mut all);
     }
-    entries_diff(None, &before.sysctl, &after.sysctl, &mut all);
+    entries_diff(None, &before.namespaces, &after.namespaces, &mut all);
     let mut report = Report::default();
     for d in all {
         match EXCEPTIONS.iter().find(|e| e.matches(program, &d)).map(|e| e.why) {

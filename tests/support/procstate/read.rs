@@ -88,7 +88,9 @@ pub fn snapshot(host_pids: &[i64]) -> anyhow::Result<Snapshot> {
         snap.procs.insert(*ns, normalise(p, &pids, &cgroup, &mut renumber)?);
     }
     if let Some((_, first)) = by_ns.first() {
-        snap.sysctl = sysctls(first.pid)?;
+        snap.namespaces = sysctls(first.pid)?;
+        // After the processes: a socket a process holds has the number its fd shows.
+        snap.namespaces.extend(sockets(first.pid, &mut renumber)?);
     }
     Ok(snap)
 }
@@ -213,6 +215,33 @@ fn reachable(fd: &str, path: &str) -> bool {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
+}
+
+/// The sockets of the network namespace of the host task `pid`, keyed by renumbered
+/// inode. The kernel's addresses, reference counts and timers are left out.
+fn sockets(pid: i64, re: &mut Renumber) -> anyhow::Result<Entries> {
+    let mut e = Entries::new();
+    let mut ino = |w: &str| w.parse().map(|n| re.get("ino", n)).unwrap_or_else(|_| w.to_string());
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode …; a
+        // listener's queues are its backlog and the connections waiting in it.
+        for l in read(&format!("/proc/{pid}/net/{proto}"))?.lines().skip(1) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if let [_, local, remote, st, queues, _, _, uid, _, inode, ..] = w[..] {
+                let v = format!("{local} → {remote} st {st} queues {queues} uid {uid}");
+                e.insert((format!("net/{proto}"), ino(inode)), v);
+            }
+        }
+    }
+    // Num RefCount Protocol Flags Type St Inode [Path]
+    for l in read(&format!("/proc/{pid}/net/unix"))?.lines().skip(1) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if let [_, _, _, flags, kind, st, inode, ref path @ ..] = w[..] {
+            let v = format!("flags {flags} type {kind} st {st} {}", path.join(" "));
+            e.insert(("net/unix".to_string(), ino(inode)), v.trim_end().to_string());
+        }
+    }
+    Ok(e)
 }
 
 /// `/proc/sys` of the namespaces of the host task `pid`, read from inside them.
