@@ -221,6 +221,8 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
         }
     }
     check_siginfos(SigOwner::Process, &p.shared_pending)?;
+    crate::records::attrs::check_securebits(p.creds.securebits)?;
+    crate::records::attrs::check_process(p.pid, &p.attrs)?;
     Ok(())
 }
 
@@ -256,6 +258,7 @@ fn check_threads(pid: i32, threads: &[ThreadRecord]) -> Result<(), Invalid> {
         }
         check_siginfos(SigOwner::Thread(t.tid), &t.pending)?;
         check_sched(t.tid, &t.sched)?;
+        crate::records::attrs::check_thread(t.tid, &t.attrs)?;
     }
     Ok(())
 }
@@ -520,6 +523,16 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
         }
         if o.size > MAX_OBJECT {
             return bad(format!("object {} claims {} bytes, more than {MAX_OBJECT}", o.id, o.size));
+        }
+        match (&o.kind, &o.meta) {
+            (ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }, Some(m)) => {
+                crate::records::attrs::check_meta(&format!("object {}", o.id), m)?
+            }
+            (ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }, None) => {}
+            (_, Some(_)) => {
+                return bad(format!("object {}: only a memfd or a deleted file has file attributes", o.id));
+            }
+            (_, None) => {}
         }
         match &o.kind {
             ObjectKind::AnonShared => {}

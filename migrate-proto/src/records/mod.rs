@@ -8,9 +8,13 @@
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod anon;
+pub(crate) mod attrs;
 mod epoll;
 
 pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
+pub use attrs::{
+    AUDIT_UNSET, FileMeta, MCE_KILL_DEFAULT, ProcessAttrs, TSC_ENABLE, ThreadAttrs, non_default,
+};
 pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
@@ -97,6 +101,8 @@ pub struct ThreadRecord {
     pub pending: Vec<SigInfo>,
     /// How the kernel schedules it (each thread has its own).
     pub sched: Sched,
+    /// What it set with `prctl` (pdeathsig, timer slack, MCE kill policy, TSC access).
+    pub attrs: ThreadAttrs,
 }
 
 /// A thread's scheduling: policy and priority, nice value, the CPUs it may run on.
@@ -295,6 +301,8 @@ pub struct Creds {
     pub cap_bounding: u64,
     pub cap_ambient: u64,
     pub no_new_privs: bool,
+    /// `PR_GET_SECUREBITS`: the securebits (`KEEP_CAPS` among them) and their locks.
+    pub securebits: u32,
 }
 
 /// A signal's disposition (the kernel's `struct sigaction` on x86-64).
@@ -332,6 +340,10 @@ pub struct Fifo {
     pub path: String,
     /// `st_mode` permission bits (with sticky/setgid bits).
     pub mode: u32,
+    /// Its access and modification times, in ns since the epoch: set back once the
+    /// restore has filled it (writing and reading move them).
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
 }
 
 /// A file whose contents exist only in the image: dumped once (its pages travel as page
@@ -344,6 +356,9 @@ pub struct ObjectRecord {
     pub kind: ObjectKind,
     /// Its size in bytes (`st_size`).
     pub size: u64,
+    /// A memfd's or deleted file's mode, owner and times, set again once it is made and
+    /// filled (times last). `None` for the other kinds.
+    pub meta: Option<FileMeta>,
 }
 
 /// What an [`ObjectRecord`] is.
@@ -445,4 +460,7 @@ pub struct ProcessRecord {
     pub zombie: Option<i32>,
     /// The container's IPC namespace, in PID 1's record only.
     pub ipc: Option<IpcNamespace>,
+    /// What it set with `prctl` and its audit identity (and, in PID 1's, the UTS
+    /// namespace's domain name).
+    pub attrs: ProcessAttrs,
 }

@@ -19,7 +19,8 @@ use std::fs::{File, Metadata};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use migrate_proto::records::{ObjectKind, ObjectRecord};
+use migrate_proto::records::{FileMeta, ObjectKind, ObjectRecord};
+use nix::sys::time::TimeSpec;
 
 use crate::error::{EngineError, io_err};
 use crate::inject::Remote;
@@ -94,10 +95,14 @@ impl Registry {
             Named::Deleted(p) => deleted(p, &md, path)?,
             Named::Sysv(shmid) => ObjectKind::SysvShm { shmid },
         };
+        let meta = matches!(kind, ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }).then(|| {
+            let (atime_ns, mtime_ns) = times_ns(&md);
+            FileMeta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), atime_ns, mtime_ns }
+        });
         let id = self.found.len() as u64 + 1;
         self.by_inode.insert(key, self.found.len());
         self.found.push(Found {
-            record: ObjectRecord { id, kind, size: md.size() },
+            record: ObjectRecord { id, kind, size: md.size(), meta },
             owner: proc,
             source: path.to_string(),
         });
@@ -113,11 +118,32 @@ impl Registry {
     }
 }
 
+/// Access and modification times of `md`, in ns since the epoch.
+pub fn times_ns(md: &Metadata) -> (i64, i64) {
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    (ns(md.atime(), md.atime_nsec()), ns(md.mtime(), md.mtime_nsec()))
+}
+
+/// [`times_ns`]' form back, for `utimensat`.
+pub fn timespec(ns: i64) -> TimeSpec {
+    TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
 fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<ObjectKind, EngineError> {
     if !md.is_file() {
         return Err(EngineError::Unsupported(format!(
             "{path} is a deleted {}, not a regular file: not supported yet",
             if md.is_dir() { "directory" } else { "special file" }
+        )));
+    }
+    // `(deleted)` says the name it was opened by is gone, not the file: with a link left
+    // elsewhere, a copy made by the restore would no longer be that file.
+    if md.nlink() > 0 {
+        let (who, how) = via(path);
+        let other = other_link(path, shown, md).map_or_else(String::new, |p| format!(" (as {p})"));
+        return Err(EngineError::Unsupported(format!(
+            "{who} {how} is {shown} (deleted), a file that still has {} other link(s){other}: reopening it through another name is not supported yet",
+            md.nlink()
         )));
     }
     Ok(ObjectKind::Deleted {
@@ -233,7 +259,12 @@ pub fn create(
         .call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || "fcntl(F_DUPFD)".into())?;
     remote.call(libc::SYS_close, &[fd], || "close".into())?;
     let file = File::from(crate::files::take(host, anchor as i32)?);
-    if let ObjectKind::Deleted { uid, gid, mode, .. } = &rec.kind {
+    let owner = match (&rec.kind, &rec.meta) {
+        (ObjectKind::Deleted { uid, gid, mode, .. }, _) => Some((uid, gid, mode)),
+        (ObjectKind::Memfd { .. }, Some(m)) => Some((&m.uid, &m.gid, &m.mode)),
+        _ => None,
+    };
+    if let Some((uid, gid, mode)) = owner {
         let err = |op| {
             move |e: nix::errno::Errno| EngineError::Io {
                 op,
@@ -262,8 +293,21 @@ impl Live {
         })
     }
 
-    /// Adds the seals the object had (a memfd's), once everything is written and mapped.
-    pub fn seal(&self) -> Result<(), EngineError> {
+    /// Adds the seals the object had (a memfd's), then sets its times back: once
+    /// everything is written and mapped.
+    pub fn finish(&self) -> Result<(), EngineError> {
+        self.seal()?;
+        let Some(m) = &self.record.meta else { return Ok(()) };
+        nix::sys::stat::futimens(&self.file, &timespec(m.atime_ns), &timespec(m.mtime_ns)).map_err(|e| {
+            EngineError::Io {
+                op: "set the times of",
+                path: format!("object {}", self.record.id).into(),
+                source: e.into(),
+            }
+        })
+    }
+
+    fn seal(&self) -> Result<(), EngineError> {
         let ObjectKind::Memfd { seals, name } = &self.record.kind else { return Ok(()) };
         if *seals == F_SEAL_SEAL || *seals == 0 {
             return Ok(());
@@ -273,4 +317,31 @@ impl Live {
             EngineError::Io { op: "F_ADD_SEALS on", path: format!("memfd:{name}").into(), source: e.into() }
         })
     }
+}
+
+/// The process and the way (`fd N`, `a mapping`) a `/proc/PID/fd/N` or
+/// `/proc/PID/map_files/…` path reaches an object.
+fn via(path: &str) -> (String, String) {
+    let mut parts = path.strip_prefix("/proc/").unwrap_or(path).split('/');
+    let pid = parts.next().and_then(|p| p.parse().ok());
+    let who = pid.map_or_else(|| path.to_string(), crate::files::describe_process);
+    let how = match (parts.next(), parts.next()) {
+        (Some("fd"), Some(n)) => format!("fd {n}"),
+        (Some("map_files"), Some(range)) => format!("the mapping at {range}"),
+        _ => path.to_string(),
+    };
+    (who, how)
+}
+
+/// Another name of the file `md` in the directory its deleted name `shown` was in (in
+/// the view of the process of `path`), if there is one: the usual way to keep a file
+/// while removing a name (`link` then `unlink`). Other directories are not searched.
+fn other_link(path: &str, shown: &str, md: &Metadata) -> Option<String> {
+    let pid = path.strip_prefix("/proc/")?.split('/').next()?;
+    let dir = std::path::Path::new(shown).parent()?;
+    let entries = std::fs::read_dir(format!("/proc/{pid}/root{}", dir.display())).ok()?;
+    entries.take(10_000).filter_map(|e| e.ok()).find_map(|e| {
+        let m = e.metadata().ok()?;
+        (m.dev() == md.dev() && m.ino() == md.ino()).then(|| dir.join(e.file_name()).display().to_string())
+    })
 }
