@@ -61,10 +61,7 @@ fn what_a_restore_could_not_give_back_is_refused_by_name() -> anyhow::Result<()>
     let dir = work.path.to_string_lossy().into_owned();
     let lab = TestLab::up(1)?;
     let cases = [
-        (
-            "refuse-link",
-            "(deleted), a file that still has 1 other link(s) (as ",
-        ),
+        ("refuse-link", "(deleted), a file that still has 1 other link(s) (as "),
         ("refuse-audit", "(login uid 1000) (set inside the container), which a restore cannot give it"),
     ];
     let mut running = Vec::new();
