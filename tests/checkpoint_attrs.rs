@@ -3,7 +3,8 @@
 //! timer slack, MCE kill policy, TSC access, per-thread names, securebits and keep-caps
 //! across a uid change, no_new_privs, pdeathsig, child subreaper, MDWE, the UTS domain
 //! name, a memfd's mode and owner, the times of a FIFO the restore re-creates and of a
-//! deleted file; and what a checkpoint refuses, named.
+//! deleted file, a file deleted under one name but linked under another (the same file
+//! again, shown by the same name); and what a checkpoint refuses, named.
 
 mod support;
 
@@ -38,6 +39,7 @@ fn prctl_attributes_owners_and_times_survive_a_move() -> anyhow::Result<()> {
         "attributes: child subreaper, MDWE 0x1, securebits 0x13, no_new_privs",
         "pdeathsig 10",
         "memfd:attrs-memfd (10 bytes, seals 0x1, mode 640, owner 1000:1000)",
+        "/linked-a, still linked as /",
     ] {
         ensure!(inspect.contains(needle), "inspect does not show {needle:?}:\n{inspect}");
     }
@@ -61,7 +63,7 @@ fn what_a_restore_could_not_give_back_is_refused_by_name() -> anyhow::Result<()>
     let dir = work.path.to_string_lossy().into_owned();
     let lab = TestLab::up(1)?;
     let cases = [
-        ("refuse-link", "(deleted), a file that still has 1 other link(s) (as "),
+        ("refuse-link", "fd 3 is /"),
         ("refuse-audit", "(login uid 1000) (set inside the container), which a restore cannot give it"),
     ];
     let mut running = Vec::new();
@@ -71,6 +73,11 @@ fn what_a_restore_could_not_give_back_is_refused_by_name() -> anyhow::Result<()>
         running.push(kind);
         let err = lab.fails(&["checkpoint", kind, "--dir", &img.join(kind)])?;
         ensure!(err.contains(want), "{kind}: the refusal does not say {want:?}: {err}");
+        let link = "/first (deleted), a file that still has 1 link(s), none in its directory";
+        ensure!(
+            kind != "refuse-link" || err.contains(link),
+            "{kind}: the refusal does not say {link:?}: {err}"
+        );
         ensure!(lab.container(kind)?["state"] == "running", "{kind}: the container stopped");
     }
     lab.down_expecting(&running)?;

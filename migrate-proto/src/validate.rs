@@ -534,6 +534,18 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
             }
             (_, None) => {}
         }
+        match (&o.kind, &o.link) {
+            (ObjectKind::Deleted { .. }, Some(link)) if o.meta.is_none() => {
+                check_path(PathOwner::Object(o.id), link)?
+            }
+            (_, Some(_)) => {
+                return bad(format!(
+                    "object {}: only a deleted file without file attributes has a link",
+                    o.id
+                ));
+            }
+            (_, None) => {}
+        }
         match &o.kind {
             ObjectKind::AnonShared => {}
             ObjectKind::SysvShm { .. } if p.pid != 1 => {

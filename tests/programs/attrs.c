@@ -6,14 +6,15 @@
  * with what differs). DIR holds the FIFO and the deleted file.
  *   PID 1: dumpable 0, THP disabled except where advised, timer slack, MCE kill early,
  *          the UTS domain name; a memfd with mode 0640, owner 1000:1000 and old times;
- *          a FIFO with 3 bytes in it and old times; a deleted file with old times;
+ *          a FIFO with 3 bytes in it and old times; a deleted file with old times; a
+ *          file opened as DIR/linked-a, linked as DIR/linked-b, then unlinked as linked-a;
  *          a second thread with its own name, timer slack and PR_TSC_SIGSEGV.
  *   child: securebits (KEEP_CAPS, NOROOT, NOROOT_LOCKED), then uid 1000 (keeping its
  *          permitted capabilities), dumpable 1 again, no_new_privs, pdeathsig SIGUSR1,
  *          child subreaper, MDWE.
  *
  * Usage: attrs refuse-link DIR — holds a file opened by a name that was then removed
- * while another name remains; says "ready" and sleeps.
+ * while another name remains in another directory; says "ready" and sleeps.
  * Usage: attrs refuse-audit DIR — a child sets its login uid (a new audit session);
  * says "ready" and sleeps. */
 #define _GNU_SOURCE
@@ -123,7 +124,9 @@ static int refuse(const char *mode, const char *dir) {
     char a[512], b[512];
     if (strcmp(mode, "refuse-link") == 0) {
         snprintf(a, sizeof a, "%s/first", dir);
-        snprintf(b, sizeof b, "%s/second", dir);
+        snprintf(b, sizeof b, "%s/sub", dir);
+        mkdir(b, 0700);
+        snprintf(b, sizeof b, "%s/sub/second", dir);
         int fd = open(a, O_CREAT | O_RDWR, 0600);
         if (fd < 0 || link(a, b) != 0 || unlink(a) != 0) return say("setup failed: %s", strerror(errno)), 1;
     } else if (fork() == 0) {
@@ -139,9 +142,11 @@ int main(int argc, char **argv) {
     if (argc < 3) return 2;
     if (strncmp(argv[1], "refuse-", 7) == 0) return refuse(argv[1], argv[2]);
     trigger = argv[1];
-    char fifo[512], del[512];
+    char fifo[512], del[512], la[512], lb[512];
     snprintf(fifo, sizeof fifo, "%s/fifo", argv[2]);
     snprintf(del, sizeof del, "%s/deleted", argv[2]);
+    snprintf(la, sizeof la, "%s/linked-a", argv[2]);
+    snprintf(lb, sizeof lb, "%s/linked-b", argv[2]);
 
     int sync[2];
     if (pipe(sync) != 0) return 1;
@@ -181,6 +186,9 @@ int main(int argc, char **argv) {
     check(write(dfd, "deleted-data", 12) == 12, "deleted-write");
     check(futimens(dfd, old) == 0 && unlink(del) == 0, "deleted-times");
 
+    int lfd = open(la, O_CREAT | O_RDWR, 0600);
+    check(write(lfd, "linked", 6) == 6 && link(la, lb) == 0 && unlink(la) == 0, "linked-setup");
+
     pthread_t t;
     pthread_create(&t, NULL, worker, NULL);
     while (!worker_ready) usleep(10000);
@@ -206,6 +214,19 @@ int main(int argc, char **argv) {
     check(pread(mfd, buf, 10, 0) == 10 && memcmp(buf, "memfd-data", 10) == 0, "memfd-data");
     check(read(ffd, buf, 3) == 3 && memcmp(buf, "abc", 3) == 0, "fifo-data");
     check(pread(dfd, buf, 12, 0) == 12 && memcmp(buf, "deleted-data", 12) == 0, "deleted-data");
+    struct stat sb;
+    check(fstat(lfd, &st) == 0 && stat(lb, &sb) == 0 && st.st_ino == sb.st_ino && st.st_dev == sb.st_dev,
+          "linked-same-file");
+    char shown[600] = "", want[600], self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", lfd);
+    ssize_t n = readlink(self, shown, sizeof shown - 1);
+    if (n > 0) shown[n] = 0;
+    snprintf(want, sizeof want, "%s (deleted)", la);
+    check(strcmp(shown, want) == 0, "linked-name");
+    check(pwrite(lfd, "L", 1, 0) == 1, "linked-write");
+    int bfd = open(lb, O_RDONLY);
+    check(pread(bfd, buf, 6, 0) == 6 && memcmp(buf, "Linked", 6) == 0, "linked-shared");
+    unlink(lb);
     pthread_join(t, NULL);
     check(worker_slack == 654321, "worker-timerslack");
     check(worker_tsc == PR_TSC_SIGSEGV, "worker-tsc");

@@ -401,7 +401,10 @@ fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> 
                 .map_or_else(String::new, |m| format!(", mode {:o}, owner {}:{}", m.mode, m.uid, m.gid));
             format!("memfd:{name} ({} bytes, seals {seals:#x}{owner})", o.size)
         }
-        ObjectKind::Deleted { path, .. } => format!("deleted {path} ({} bytes)", o.size),
+        ObjectKind::Deleted { path, .. } => match &o.link {
+            Some(link) => format!("deleted {path}, still linked as {link} ({} bytes)", o.size),
+            None => format!("deleted {path} ({} bytes)", o.size),
+        },
         ObjectKind::SysvShm { shmid } => format!("System V shm {shmid} ({} bytes)", o.size),
     }
 }

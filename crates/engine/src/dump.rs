@@ -435,7 +435,8 @@ fn collect_and_write(
         let owned: Vec<memory::ObjectSource<'_>> = objects
             .found
             .iter()
-            .filter(|f| f.owner == i)
+            // A deleted file with another link is reopened, not copied.
+            .filter(|f| f.owner == i && f.record.link.is_none())
             .map(|f| memory::ObjectSource { id: f.record.id, path: &f.source, size: f.record.size })
             .collect();
         let rec = &records[i];

@@ -357,8 +357,13 @@ pub struct ObjectRecord {
     /// Its size in bytes (`st_size`).
     pub size: u64,
     /// A memfd's or deleted file's mode, owner and times, set again once it is made and
-    /// filled (times last). `None` for the other kinds.
+    /// filled (times last). `None` for the other kinds, and for a linked one.
     pub meta: Option<FileMeta>,
+    /// A deleted file that still has a name elsewhere (the name it was opened by was
+    /// removed, another link remains): that name. The file is not copied into the image;
+    /// the restore links it back under its deleted name, opens it and unlinks that name
+    /// again, so the same file is reached, shown by the same name.
+    pub link: Option<String>,
 }
 
 /// What an [`ObjectRecord`] is.

@@ -215,14 +215,14 @@ fn each_check_fires_with_a_precise_message() {
             "object 2: \"a/b\" is not a memfd name",
             Box::new(|p| {
                 let kind = ObjectKind::Memfd { name: "a/b".into(), seals: 0 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
             "object 2: seals 0x40 are not F_SEAL_* bits",
             Box::new(|p| {
                 let kind = ObjectKind::Memfd { name: "m".into(), seals: 0x40 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
@@ -230,7 +230,7 @@ fn each_check_fires_with_a_precise_message() {
             Box::new(|p| {
                 let kind =
                     ObjectKind::Deleted { path: "/tmp/../etc/passwd".into(), mode: 0o600, uid: 0, gid: 0 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
@@ -541,7 +541,13 @@ fn with_ipc() -> ProcessRecord {
     use crate::records::*;
     let perm = |id, key| IpcPerm { key, id, mode: 0o600, uid: 0, gid: 0, cuid: 0, cgid: 0 };
     let mut p = process(1);
-    p.objects.push(ObjectRecord { id: 7, kind: ObjectKind::SysvShm { shmid: 3 }, size: 8192, meta: None });
+    p.objects.push(ObjectRecord {
+        id: 7,
+        kind: ObjectKind::SysvShm { shmid: 3 },
+        size: 8192,
+        meta: None,
+        link: None,
+    });
     p.ipc = Some(IpcNamespace {
         limits: vec![IpcLimit { name: "kernel/msgmax".into(), value: "4321".into() }],
         shm: vec![ShmSegment { perm: perm(3, 0), size: 8192, locked: false, removed: false }],
@@ -830,7 +836,8 @@ fn process_attributes_are_values_prctl_gives() {
             id: 9,
             kind: ObjectKind::Memfd { name: "m".into(), seals: 0 },
             size: 0,
-            meta: Some(meta)
+            meta: Some(meta),
+            link: None,
         })),
         ""
     );
@@ -840,9 +847,30 @@ fn process_attributes_are_values_prctl_gives() {
             kind: ObjectKind::Memfd { name: "m".into(), seals: 0 },
             size: 0,
             meta: Some(FileMeta { mode: 0o10000, ..meta }),
+            link: None,
         })
     });
     assert!(err.contains("is not a permission mode"), "{err}");
     let err = attrs_error(|p| p.objects[0].meta = Some(meta));
     assert!(err.contains("only a memfd or a deleted file"), "{err}");
+}
+
+#[test]
+fn only_a_deleted_file_has_another_link() {
+    let deleted = ObjectKind::Deleted { path: "/data/a".into(), mode: 0o600, uid: 0, gid: 0 };
+    let with = |kind: ObjectKind, link: &str| {
+        attrs_error(|p| {
+            p.objects.push(ObjectRecord {
+                id: 9,
+                kind: kind.clone(),
+                size: 0,
+                meta: None,
+                link: Some(link.into()),
+            })
+        })
+    };
+    assert_eq!(with(deleted.clone(), "/data/b"), "");
+    assert!(with(deleted, "data/b").contains("object 9"), "a relative link");
+    let err = with(ObjectKind::AnonShared, "/data/b");
+    assert!(err.contains("only a deleted file without file attributes has a link"), "{err}");
 }

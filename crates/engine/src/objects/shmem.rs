@@ -80,6 +80,7 @@ impl Registry {
             f.owner = f.owner.min(proc);
             return Ok(f.record.id);
         }
+        let mut link = None;
         let kind = match named {
             Named::AnonShared => ObjectKind::AnonShared,
             Named::Memfd(name) => {
@@ -92,17 +93,23 @@ impl Registry {
                 }
                 ObjectKind::Memfd { name: name.to_string(), seals: seals as u32 }
             }
-            Named::Deleted(p) => deleted(p, &md, path)?,
+            Named::Deleted(p) => {
+                let (kind, other) = deleted(p, &md, path)?;
+                link = other;
+                kind
+            }
             Named::Sysv(shmid) => ObjectKind::SysvShm { shmid },
         };
-        let meta = matches!(kind, ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }).then(|| {
+        // A linked file is the file itself, not a copy: its inode is not ours to change.
+        let copied = matches!(kind, ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }) && link.is_none();
+        let meta = copied.then(|| {
             let (atime_ns, mtime_ns) = times_ns(&md);
             FileMeta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), atime_ns, mtime_ns }
         });
         let id = self.found.len() as u64 + 1;
         self.by_inode.insert(key, self.found.len());
         self.found.push(Found {
-            record: ObjectRecord { id, kind, size: md.size(), meta },
+            record: ObjectRecord { id, kind, size: md.size(), meta, link },
             owner: proc,
             source: path.to_string(),
         });
@@ -129,29 +136,36 @@ pub fn timespec(ns: i64) -> TimeSpec {
     TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
 }
 
-fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<ObjectKind, EngineError> {
+/// A deleted file, and its other name if it has one (see [`ObjectRecord::link`]).
+fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<(ObjectKind, Option<String>), EngineError> {
     if !md.is_file() {
         return Err(EngineError::Unsupported(format!(
             "{path} is a deleted {}, not a regular file: not supported yet",
             if md.is_dir() { "directory" } else { "special file" }
         )));
     }
-    // `(deleted)` says the name it was opened by is gone, not the file: with a link left
-    // elsewhere, a copy made by the restore would no longer be that file.
-    if md.nlink() > 0 {
-        let (who, how) = via(path);
-        let other = other_link(path, shown, md).map_or_else(String::new, |p| format!(" (as {p})"));
-        return Err(EngineError::Unsupported(format!(
-            "{who} {how} is {shown} (deleted), a file that still has {} other link(s){other}: reopening it through another name is not supported yet",
-            md.nlink()
-        )));
-    }
-    Ok(ObjectKind::Deleted {
+    // `(deleted)` says the name it was opened by is gone, not the file (checked on 6.18:
+    // a file opened as A, linked as B, A unlinked, shows "A (deleted)" with nlink 1): with
+    // a link left, a copy made by the restore would no longer be that file.
+    let link = if md.nlink() > 0 {
+        let Some(other) = other_link(path, shown, md) else {
+            let (who, how) = via(path);
+            return Err(EngineError::Unsupported(format!(
+                "{who} {how} is {shown} (deleted), a file that still has {} link(s), none in its directory: reopening it through a name elsewhere is not supported yet",
+                md.nlink()
+            )));
+        };
+        Some(other)
+    } else {
+        None
+    };
+    let kind = ObjectKind::Deleted {
         path: shown.to_string(),
         mode: md.mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
-    })
+    };
+    Ok((kind, link))
 }
 
 /// One object rebuilt by a restore.
@@ -218,6 +232,9 @@ pub fn create(
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
             fd
         }
+        ObjectKind::Deleted { path, .. } if let Some(link) = &rec.link => {
+            relink(remote, id, path, link, rec.size)?
+        }
         ObjectKind::Deleted { path, mode, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
             // If that name is taken again, beside it.
@@ -260,6 +277,7 @@ pub fn create(
     remote.call(libc::SYS_close, &[fd], || "close".into())?;
     let file = File::from(crate::files::take(host, anchor as i32)?);
     let owner = match (&rec.kind, &rec.meta) {
+        (ObjectKind::Deleted { .. }, _) if rec.link.is_some() => None,
         (ObjectKind::Deleted { uid, gid, mode, .. }, _) => Some((uid, gid, mode)),
         (ObjectKind::Memfd { .. }, Some(m)) => Some((&m.uid, &m.gid, &m.mode)),
         _ => None,
@@ -344,4 +362,43 @@ fn other_link(path: &str, shown: &str, md: &Metadata) -> Option<String> {
         let m = e.metadata().ok()?;
         (m.dev() == md.dev() && m.ino() == md.ino()).then(|| dir.join(e.file_name()).display().to_string())
     })
+}
+
+/// Opens, in `remote`, the deleted file `path` that still has the name `link`: linked back
+/// as `path`, opened, unlinked again, so that `/proc` shows it as before. If `path` is
+/// taken again, it is opened as `link` (the same file, shown by that name). Returns the fd.
+fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -> Result<u64, EngineError> {
+    let host = remote.pid;
+    let from = remote.path(0, link)?;
+    let to = remote.path(8192, path)?;
+    let cwd = libc::AT_FDCWD as u64;
+    let linked = match remote.syscall(libc::SYS_linkat, &[cwd, from, cwd, to, 0])? {
+        Ok(_) => true,
+        Err(nix::errno::Errno::EEXIST) => false,
+        Err(errno) => {
+            return Err(EngineError::Injected {
+                pid: host,
+                call: format!("link {link} to {path} (object {id})"),
+                errno,
+            });
+        }
+    };
+    let at = if linked { to } else { from };
+    let flags = (libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    let fd = remote.call(libc::SYS_openat, &[cwd, at, flags, 0], || {
+        format!("open {path} (object {id}, linked as {link})")
+    });
+    if linked {
+        remote.call(libc::SYS_unlinkat, &[cwd, to, 0], || format!("unlink {path}"))?;
+    }
+    let fd = fd?;
+    let md = std::fs::metadata(format!("/proc/{host}/fd/{fd}")).map_err(io_err("stat", link))?;
+    // As for any file reopened by name: shorter than at the checkpoint, it is another one.
+    if !md.is_file() || md.size() < size {
+        return Err(EngineError::Incompatible(format!(
+            "{link}, the other name of the deleted file {path}, is no longer that file ({} bytes, the image has {size})",
+            md.size()
+        )));
+    }
+    Ok(fd)
 }
