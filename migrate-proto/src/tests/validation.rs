@@ -807,7 +807,8 @@ fn process_attributes_are_values_prctl_gives() {
         domainname: Some("example.org".into()),
     };
     assert_eq!(attrs_error(|p| p.attrs = ok.clone()), "");
-    let cases: [(&str, Box<dyn Fn(&mut ProcessRecord)>); 9] = [
+    type Change = Box<dyn Fn(&mut ProcessRecord)>;
+    let cases: [(&str, Change); 9] = [
         ("dumpable 3", Box::new(|p| p.attrs.dumpable = 3)),
         ("thp_disable 2", Box::new(|p| p.attrs.thp_disable = 2)),
         ("mdwe 0x4", Box::new(|p| p.attrs.mdwe = 4)),
