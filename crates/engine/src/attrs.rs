@@ -38,9 +38,7 @@
 //! one: `time_for_children`). `PR_SET_PTRACER` needs Yama, absent here;
 //! `PR_SCHED_CORE` needs `CONFIG_SCHED_CORE`, unset here.
 
-use migrate_proto::records::{
-    AUDIT_UNSET, MCE_KILL_DEFAULT, ProcessAttrs, ProcessRecord, TSC_ENABLE, ThreadAttrs,
-};
+use migrate_proto::records::{AUDIT_UNSET, MCE_KILL_DEFAULT, ProcessAttrs, ProcessRecord, ThreadAttrs};
 
 use crate::error::{EngineError, Refusals, read_proc};
 use crate::files::describe_process;
@@ -299,15 +297,15 @@ pub fn restore(s: &mut Seized, scratch: Scratch, rec: &ProcessRecord) -> Result<
         if a.timerslack_ns != 0 && !realtime {
             prctl(&mut remote, libc::PR_SET_TIMERSLACK, &[a.timerslack_ns])?;
         }
-        if a.mce_kill != MCE_KILL_DEFAULT {
+        // Each set even to its default: a task is born with what its creator (the stub,
+        // a forked parent) had, not with the default.
+        if a.mce_kill == MCE_KILL_DEFAULT {
+            prctl(&mut remote, libc::PR_MCE_KILL, &[libc::PR_MCE_KILL_CLEAR as u64])?;
+        } else {
             prctl(&mut remote, libc::PR_MCE_KILL, &[libc::PR_MCE_KILL_SET as u64, u64::from(a.mce_kill)])?;
         }
-        if a.tsc != TSC_ENABLE {
-            prctl(&mut remote, libc::PR_SET_TSC, &[u64::from(a.tsc)])?;
-        }
-        if a.pdeathsig != 0 {
-            prctl(&mut remote, libc::PR_SET_PDEATHSIG, &[a.pdeathsig as u64])?;
-        }
+        prctl(&mut remote, libc::PR_SET_TSC, &[u64::from(a.tsc)])?;
+        prctl(&mut remote, libc::PR_SET_PDEATHSIG, &[a.pdeathsig as u64])?;
     }
     Ok(())
 }

@@ -12,9 +12,7 @@ pub(crate) mod attrs;
 mod epoll;
 
 pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
-pub use attrs::{
-    AUDIT_UNSET, FileMeta, MCE_KILL_DEFAULT, ProcessAttrs, TSC_ENABLE, ThreadAttrs, non_default,
-};
+pub use attrs::{AUDIT_UNSET, FileMeta, MCE_KILL_DEFAULT, ProcessAttrs, ThreadAttrs, non_default};
 pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;

@@ -12,7 +12,14 @@
 //! it at a spare fd (the *anchor*) until the whole tree is built; every mapping and fd of
 //! it, in any process, is opened from `/proc/OWNER/fd/ANCHOR` (a new description of the
 //! same inode), so all of them share it again. The agent takes its own copy of the
-//! anchor with `pidfd_getfd` to write the contents and, at the very end, the seals.
+//! anchor with `pidfd_getfd` to write the contents and, at the very end, the seals and the
+//! times (a memfd's and a deleted file's mode and owner are set when it is made).
+//!
+//! `(deleted)` in `/proc` means the name a file was opened by is gone, not the file: one
+//! with a link left is no object of the image but that very file. Its other name is
+//! looked for in the directory of the deleted one (a file kept under a new name by
+//! `link` + `unlink`); the restore links it back under the deleted name, opens it and
+//! unlinks that name again ([`relink`]). Found nowhere there, it is refused.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
