@@ -112,11 +112,17 @@ pub fn dump_process(
     Ok((attrs, prctl(remote, libc::PR_GET_SECUREBITS, &[])? as u32))
 }
 
-/// A task's audit login uid and session id (`pid` in our namespace; `None`: ours).
+/// The audit login uid and session id of the task whose `/proc` directory is `dir`;
+/// never set on a kernel without audit (`CONFIG_AUDIT`: no such files).
 fn audit_of(dir: &str) -> Result<Audit, EngineError> {
     let read = |name: &str| -> Result<u32, EngineError> {
         let path = format!("{dir}/{name}");
-        let text = std::fs::read_to_string(&path).map_err(crate::error::io_err("read", path.clone()))?;
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::metadata(dir).is_ok() => {
+                return Ok(AUDIT_UNSET);
+            }
+            read => read.map_err(crate::error::io_err("read", path.clone()))?,
+        };
         text.trim()
             .parse()
             .map_err(|_| EngineError::Incompatible(format!("{path}: {text:?} is not a number")))
@@ -124,6 +130,7 @@ fn audit_of(dir: &str) -> Result<Audit, EngineError> {
     Ok((read("loginuid")?, read("sessionid")?))
 }
 
+/// [`audit_of`] the process `pid` (ours).
 fn audit(pid: i32) -> Result<Audit, EngineError> {
     audit_of(&format!("/proc/{pid}"))
 }
