@@ -232,6 +232,8 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
         }
     }
     check_siginfos(SigOwner::Process, &p.shared_pending)?;
+    crate::records::attrs::check_securebits(p.creds.securebits)?;
+    crate::records::attrs::check_process(p.pid, &p.attrs)?;
     Ok(())
 }
 
@@ -267,6 +269,7 @@ fn check_threads(pid: i32, threads: &[ThreadRecord]) -> Result<(), Invalid> {
         }
         check_siginfos(SigOwner::Thread(t.tid), &t.pending)?;
         check_sched(t.tid, &t.sched)?;
+        crate::records::attrs::check_thread(t.tid, &t.attrs)?;
     }
     Ok(())
 }
@@ -531,6 +534,28 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
         }
         if o.size > MAX_OBJECT {
             return bad(format!("object {} claims {} bytes, more than {MAX_OBJECT}", o.id, o.size));
+        }
+        match (&o.kind, &o.meta) {
+            (ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }, Some(m)) => {
+                crate::records::attrs::check_meta(&format!("object {}", o.id), m)?
+            }
+            (ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }, None) => {}
+            (_, Some(_)) => {
+                return bad(format!("object {}: only a memfd or a deleted file has file attributes", o.id));
+            }
+            (_, None) => {}
+        }
+        match (&o.kind, &o.link) {
+            (ObjectKind::Deleted { .. }, Some(link)) if o.meta.is_none() => {
+                check_path(PathOwner::Object(o.id), link)?
+            }
+            (_, Some(_)) => {
+                return bad(format!(
+                    "object {}: only a deleted file without file attributes has a link",
+                    o.id
+                ));
+            }
+            (_, None) => {}
         }
         match &o.kind {
             ObjectKind::AnonShared => {}

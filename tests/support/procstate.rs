@@ -246,14 +246,6 @@ pub const EXCEPTIONS: &[Exception] = &[
     pending("vmas", "*status", "VmLck"),
     // POSIX timers are not carried (branch `timers`).
     pending("timers", "timers", "*"),
-    // Branch `attrs`: timer slack (process and thread), PR_SET_THP_DISABLE, and
-    // no_new_privs, which is a thread's own: a thread made before the main thread set
-    // it comes back with it set.
-    pending("attrs", "*timerslack_ns", "timerslack_ns"),
-    pending("attrs", "*status", "THP_enabled"),
-    pending("attrs", "task/*/status", "NoNewPrivs"),
-    // The UTS namespace's domain name (branch `attrs`).
-    pending("attrs", "sysctl", "kernel.domainname"),
     // The network namespace's sysctls are not carried (and the TCP Fast Open key is made
     // anew when the first listener asks for it): the network issue, not this round.
     pending("network", "sysctl", "net.*"),

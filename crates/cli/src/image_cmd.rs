@@ -296,6 +296,10 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 if t.rseq.is_some() { " rseq" } else { "" }
             );
         }
+        let attrs = migrate_proto::records::non_default(p);
+        if !attrs.is_empty() {
+            println!("  attributes: {}", attrs.join(", "));
+        }
         println!("  memory map:");
         for (v, b) in p.vmas.iter().zip(stored) {
             let prot = format!(
@@ -391,8 +395,16 @@ fn object_name(processes: &[migrate_proto::records::ProcessRecord], id: u64) -> 
     };
     match &o.kind {
         ObjectKind::AnonShared => format!("shared anonymous memory #{id} ({})", size(o.size)),
-        ObjectKind::Memfd { name, seals } => format!("memfd:{name} ({} bytes, seals {seals:#x})", o.size),
-        ObjectKind::Deleted { path, .. } => format!("deleted {path} ({} bytes)", o.size),
+        ObjectKind::Memfd { name, seals } => {
+            let owner = o
+                .meta
+                .map_or_else(String::new, |m| format!(", mode {:o}, owner {}:{}", m.mode, m.uid, m.gid));
+            format!("memfd:{name} ({} bytes, seals {seals:#x}{owner})", o.size)
+        }
+        ObjectKind::Deleted { path, .. } => match &o.link {
+            Some(link) => format!("deleted {path}, still linked as {link} ({} bytes)", o.size),
+            None => format!("deleted {path} ({} bytes)", o.size),
+        },
         ObjectKind::SysvShm { shmid } => format!("System V shm {shmid} ({} bytes)", o.size),
     }
 }

@@ -126,6 +126,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         vmas.push(refusals.gather(mm::dump_vmas(p, i, &mut objects))?);
     }
     files::check(&pids, external, &mut refusals)?;
+    crate::attrs::check(&pids, &mut refusals)?;
     refusals.into_result()?;
     Ok(Prechecked { pids, vmas, objects, ipc })
 }
@@ -298,6 +299,8 @@ struct Injected {
     hostname: String,
     /// The pid namespace's `ns_last_pid`, read by PID 1 (`root`) only.
     last_pid: i32,
+    attrs: migrate_proto::records::ProcessAttrs,
+    securebits: u32,
 }
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
@@ -322,12 +325,17 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
                 .pending_signals(true)
                 .map_err(EngineError::ptrace(pid, "read pending signals"))?,
         );
-        // struct utsname: six 65-byte fields; the nodename is the second.
+        // struct utsname: six 65-byte fields; the nodename is the second, the domain name
+        // the sixth.
         main.call(libc::SYS_uname, &[scratch.addr], || "uname".into())?;
-        let uts = main.read(65, 65)?;
-        let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
-            .into_owned();
+        let uts = main.read(0, 6 * 65)?;
+        let field = |i: usize| {
+            let f = &uts[i * 65..(i + 1) * 65];
+            String::from_utf8_lossy(&f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())]).into_owned()
+        };
+        let hostname = field(1);
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
+        let (attrs, securebits) = crate::attrs::dump_process(&mut main, root.then(|| field(5)))?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -336,6 +344,8 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
             shared_pending,
             hostname,
             last_pid,
+            attrs,
+            securebits,
         })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
@@ -383,7 +393,7 @@ fn collect_and_write(
             mm: Some(mm::dump_mm(pid, inj.brk)?),
             vmas: vmas[i].take().ok_or_else(|| EngineError::Changed(format!("pid {pid} became a zombie")))?,
             fds: Vec::new(),
-            creds: facts.creds,
+            creds: migrate_proto::records::Creds { securebits: inj.securebits, ..facts.creds },
             rlimits: facts.rlimits,
             cwd: facts.cwd,
             root: facts.root,
@@ -400,6 +410,7 @@ fn collect_and_write(
             zombie: None,
             ipc: if i == 0 { ipc.take() } else { None },
             coredump_filter: crate::sched::dump_coredump_filter(pid)?,
+            attrs: inj.attrs,
         });
     }
     let live: Vec<(i32, usize)> =
@@ -425,7 +436,8 @@ fn collect_and_write(
         let owned: Vec<memory::ObjectSource<'_>> = objects
             .found
             .iter()
-            .filter(|f| f.owner == i)
+            // A deleted file with another link is reopened, not copied.
+            .filter(|f| f.owner == i && f.record.link.is_none())
             .map(|f| memory::ObjectSource { id: f.record.id, path: &f.source, size: f.record.size })
             .collect();
         let rec = &records[i];
@@ -546,6 +558,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         ipc: None,
         // A zombie has no memory left to dump; the kernel's default.
         coredump_filter: 0x33,
+        attrs: Default::default(),
     })
 }
 

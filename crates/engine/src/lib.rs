@@ -4,7 +4,7 @@
 //! Each kind of kernel object has one module that both dumps and restores it, as
 //! Firecracker keeps `persist.rs` beside each device: [`thread`], [`mm`] (layout),
 //! [`memory`] (contents), [`files`] (the fd table, regular files and pipes),
-//! [`process`] (signals, timers, credentials, limits), and one file per kind of kernel
+//! [`process`] (signals, timers, credentials, limits), [`attrs`] (what `prctl` sets), and one file per kind of kernel
 //! object in [`objects`] (eventfd, FIFOs, shared memory, the private tmpfs mounts, …).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
 //! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
@@ -14,6 +14,7 @@
 //! [`checkpoint`] and [`restore`] from a dedicated thread, never from an async runtime's
 //! workers.
 
+mod attrs;
 mod dump;
 pub mod error;
 pub mod files;

@@ -50,6 +50,9 @@ pub fn restore_last_pid(remote: &mut Remote<'_>, last: i32) -> Result<Option<Str
     Ok(wrote.err().map(|errno| format!("the pid counter was not restored (write {NS_LAST_PID}: {errno}): new processes may get low pids again")))
 }
 
+/// `CAP_SETPCAP` (linux/capability.h; libc does not have the capability numbers).
+const CAP_SETPCAP: u64 = 8;
+
 /// Signals whose disposition cannot be changed.
 fn settable(sig: i32) -> bool {
     sig != libc::SIGKILL && sig != libc::SIGSTOP
@@ -248,8 +251,30 @@ fn fmt_limit(v: u64) -> String {
     if v == u64::MAX { "unlimited".into() } else { v.to_string() }
 }
 
-/// The bounding set, groups, gids, uids, then capabilities and the ambient set: each step
-/// needs the privileges the next drops.
+/// `capset` of the three sets, for the task itself.
+fn capset(
+    remote: &mut Remote<'_>,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+) -> Result<(), EngineError> {
+    // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
+    // then two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
+    b.extend_from_slice(&0i32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [effective, permitted, inheritable] {
+            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    let hdr = remote.write(0, &b)?;
+    remote.call(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
+    Ok(())
+}
+
+/// The bounding set, groups, gids, uids, then capabilities, the ambient set and the
+/// securebits: each step needs the privileges the next drops.
 fn restore_creds(remote: &mut Remote<'_>, stub: &Creds, c: &Creds) -> Result<(), EngineError> {
     // The bounding set first, while the stub is still root (dropping needs CAP_SETPCAP),
     // and only what the image lacks.
@@ -272,26 +297,30 @@ fn restore_creds(remote: &mut Remote<'_>, stub: &Creds, c: &Creds) -> Result<(),
         "setresuid".into()
     })?;
     remote.call(libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
-    // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
-    // then two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
-    let mut b = Vec::new();
-    b.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
-    b.extend_from_slice(&0i32.to_ne_bytes());
-    for half in [0, 32] {
-        for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
-            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
-        }
-    }
-    let hdr = remote.write(0, &b)?;
-    remote.call(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
-    remote.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || "prctl(PR_SET_KEEPCAPS)".into())?;
-    // Ambient capabilities last: each must be permitted and inheritable already.
+    // Setting securebits needs CAP_SETPCAP: kept until they are set, if the image lacks it.
+    let setpcap = if c.securebits != 0 { 1u64 << CAP_SETPCAP } else { 0 };
+    capset(remote, c.cap_effective | setpcap, c.cap_permitted | setpcap, c.cap_inheritable)?;
+    // Ambient capabilities before the securebits (SECBIT_NO_CAP_AMBIENT_RAISE forbids
+    // raising them): each must be permitted and inheritable already.
     for cap in (0..64u64).filter(|cap| c.cap_ambient & (1 << cap) != 0) {
         remote.call(
             libc::SYS_prctl,
             &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0],
             || format!("prctl(PR_CAP_AMBIENT_RAISE, {cap})"),
         )?;
+    }
+    // The image's securebits replace the KEEP_CAPS set above (it is one of them);
+    // clearing KEEP_CAPS alone needs no capability.
+    if c.securebits == 0 {
+        remote
+            .call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0], || "prctl(PR_SET_KEEPCAPS)".into())?;
+    } else {
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(c.securebits)], || {
+            format!("prctl(PR_SET_SECUREBITS, {:#x})", c.securebits)
+        })?;
+    }
+    if setpcap & !c.cap_effective != 0 || setpcap & !c.cap_permitted != 0 {
+        capset(remote, c.cap_effective, c.cap_permitted, c.cap_inheritable)?;
     }
     if c.no_new_privs {
         remote.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {

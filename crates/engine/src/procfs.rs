@@ -116,6 +116,8 @@ pub fn parse_creds(status: &str) -> Result<Creds, String> {
         cap_bounding: hex_field(status, "CapBnd")?,
         cap_ambient: hex_field(status, "CapAmb")?,
         no_new_privs: status_field(status, "NoNewPrivs") == Some("1"),
+        // Not in `status`: the dump asks the task (`PR_GET_SECUREBITS`).
+        securebits: 0,
     })
 }
 

@@ -89,6 +89,7 @@ pub fn restore(
     }
     let sessions = Sessions::check(&img.processes)?;
     host::check_compatible(&img.manifest.kernel)?;
+    crate::attrs::check_audit(stub, &img.processes)?;
     progress(Progress::Phase("seize"));
     let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
         .and_then(Tracee::interrupt)
@@ -149,7 +150,7 @@ pub fn restore(
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
     for o in ctx.world.objects.values() {
-        o.seal()?;
+        o.finish()?;
     }
     progress(Progress::Phase("resume"));
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
@@ -164,6 +165,10 @@ pub fn restore(
         ctx.warnings.extend(process::restore_last_pid(&mut remote, last)?);
     }
     for b in &mut ctx.built {
+        // Last, once every helper has exited and every credential is set: see attrs.
+        if let Some(rec) = img.processes.iter().find(|p| p.pid == b.pid_ns) {
+            crate::attrs::restore(&mut b.seized, b.scratch, rec)?;
+        }
         let gadget = b.seized.gadget;
         for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.pid_ns) {
             b.seized.main().call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
@@ -297,6 +302,7 @@ fn build(
 
     // Credentials after the children: they are forked with the stub's (root's), which
     // every step of building them needs, and each sets its own.
+    crate::attrs::before_creds(&mut remote, rec)?;
     ctx.warnings.extend(process::restore_misc(&mut remote, rec)?);
     create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
     // The main thread by field, not by `main()`: its mask is set beside it.

@@ -118,6 +118,7 @@ pub fn dump(remote: &mut Remote<'_>, mask: u64) -> Result<ThreadRecord, EngineEr
         altstack,
         pending,
         sched: crate::sched::dump(tid)?,
+        attrs: crate::attrs::dump_thread(remote)?,
     })
 }
 

@@ -8,9 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod anon;
+pub(crate) mod attrs;
 mod epoll;
 
 pub use anon::{EventFd, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD, PidFd, SignalFd, TimerFd};
+pub use attrs::{AUDIT_UNSET, FileMeta, MCE_KILL_DEFAULT, ProcessAttrs, ThreadAttrs, non_default};
 pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
@@ -97,6 +99,8 @@ pub struct ThreadRecord {
     pub pending: Vec<SigInfo>,
     /// How the kernel schedules it (each thread has its own).
     pub sched: Sched,
+    /// What it set with `prctl` (pdeathsig, timer slack, MCE kill policy, TSC access).
+    pub attrs: ThreadAttrs,
 }
 
 /// A thread's scheduling: policy and priority, nice value, the CPUs it may run on.
@@ -295,6 +299,8 @@ pub struct Creds {
     pub cap_bounding: u64,
     pub cap_ambient: u64,
     pub no_new_privs: bool,
+    /// `PR_GET_SECUREBITS`: the securebits (`KEEP_CAPS` among them) and their locks.
+    pub securebits: u32,
 }
 
 /// A signal's disposition (the kernel's `struct sigaction` on x86-64).
@@ -332,6 +338,10 @@ pub struct Fifo {
     pub path: String,
     /// `st_mode` permission bits (with sticky/setgid bits).
     pub mode: u32,
+    /// Its access and modification times, in ns since the epoch: set back once the
+    /// restore has filled it (writing and reading move them).
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
 }
 
 /// A file whose contents exist only in the image: dumped once (its pages travel as page
@@ -344,6 +354,14 @@ pub struct ObjectRecord {
     pub kind: ObjectKind,
     /// Its size in bytes (`st_size`).
     pub size: u64,
+    /// A memfd's or deleted file's mode, owner and times, set again once it is made and
+    /// filled (times last). `None` for the other kinds, and for a linked one.
+    pub meta: Option<FileMeta>,
+    /// A deleted file that still has a name elsewhere (the name it was opened by was
+    /// removed, another link remains): that name. The file is not copied into the image;
+    /// the restore links it back under its deleted name, opens it and unlinks that name
+    /// again, so the same file is reached, shown by the same name.
+    pub link: Option<String>,
 }
 
 /// What an [`ObjectRecord`] is.
@@ -448,4 +466,7 @@ pub struct ProcessRecord {
     /// `/proc/PID/coredump_filter`: which kinds of memory a core dump holds (bits 0..=8;
     /// the kernel's default is 0x33). Children inherit it, exec keeps it.
     pub coredump_filter: u32,
+    /// What it set with `prctl` and its audit identity (and, in PID 1's, the UTS
+    /// namespace's domain name).
+    pub attrs: ProcessAttrs,
 }

@@ -10,8 +10,8 @@ use crate::manifest::{Clocks, ContainerMeta, CpuId, FileSum, KernelId, Manifest,
 use crate::pages::{PageBatch, PageRun};
 use crate::records::{
     AltStack, Creds, FdKind, FdRecord, FileId, FileLock, ITimer, LockKind, MmFields, ObjectKind,
-    ObjectRecord, ProcessRecord, Regs, Rlimit, Rseq, Sched, SigAction, SigInfo, ThreadRecord, Vma,
-    VmaBacking,
+    ObjectRecord, ProcessAttrs, ProcessRecord, Regs, Rlimit, Rseq, Sched, SigAction, SigInfo, ThreadAttrs,
+    ThreadRecord, Vma, VmaBacking,
 };
 use crate::{FORMAT_VERSION, PAGE_SIZE};
 
@@ -90,6 +90,7 @@ pub(crate) fn thread(tid: i32) -> ThreadRecord {
         altstack: AltStack::default(),
         pending: vec![SigInfo { signo: 10, raw: vec![0; 128] }],
         sched: Sched { policy: 0, priority: 0, nice: 0, cpus: vec![0, 1] },
+        attrs: ThreadAttrs::default(),
     }
 }
 
@@ -200,6 +201,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
             cap_bounding: 0x1ff,
             cap_ambient: 0,
             no_new_privs: false,
+            securebits: 0,
         },
         rlimits: vec![
             Rlimit { resource: 7, cur: 1024, max: 4096 },
@@ -220,12 +222,19 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         personality: 0,
         pipes: Vec::new(),
         tmpfs: Vec::new(),
-        objects: vec![ObjectRecord { id: 1, kind: ObjectKind::AnonShared, size: 4096 }],
+        objects: vec![ObjectRecord {
+            id: 1,
+            kind: ObjectKind::AnonShared,
+            size: 4096,
+            meta: None,
+            link: None,
+        }],
         inherited: Vec::new(),
         oom_score_adj: 0,
         zombie: None,
         ipc: None,
         coredump_filter: 0x33,
+        attrs: ProcessAttrs::default(),
     }
 }
 

@@ -216,14 +216,14 @@ fn each_check_fires_with_a_precise_message() {
             "object 2: \"a/b\" is not a memfd name",
             Box::new(|p| {
                 let kind = ObjectKind::Memfd { name: "a/b".into(), seals: 0 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
             "object 2: seals 0x40 are not F_SEAL_* bits",
             Box::new(|p| {
                 let kind = ObjectKind::Memfd { name: "m".into(), seals: 0x40 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
@@ -231,7 +231,7 @@ fn each_check_fires_with_a_precise_message() {
             Box::new(|p| {
                 let kind =
                     ObjectKind::Deleted { path: "/tmp/../etc/passwd".into(), mode: 0o600, uid: 0, gid: 0 };
-                p.objects.push(ObjectRecord { id: 2, kind, size: 0 })
+                p.objects.push(ObjectRecord { id: 2, kind, size: 0, meta: None, link: None })
             }),
         ),
         (
@@ -300,7 +300,7 @@ fn fifo(path: &str, mode: u32) -> PipeRecord {
         inode: 1 << 63 | 1,
         size: 4096,
         data: Vec::new(),
-        fifo: Some(Fifo { path: path.into(), mode }),
+        fifo: Some(Fifo { path: path.into(), mode, atime_ns: 0, mtime_ns: 0 }),
     }
 }
 
@@ -542,7 +542,13 @@ fn with_ipc() -> ProcessRecord {
     use crate::records::*;
     let perm = |id, key| IpcPerm { key, id, mode: 0o600, uid: 0, gid: 0, cuid: 0, cgid: 0 };
     let mut p = process(1);
-    p.objects.push(ObjectRecord { id: 7, kind: ObjectKind::SysvShm { shmid: 3 }, size: 8192 });
+    p.objects.push(ObjectRecord {
+        id: 7,
+        kind: ObjectKind::SysvShm { shmid: 3 },
+        size: 8192,
+        meta: None,
+        link: None,
+    });
     p.ipc = Some(IpcNamespace {
         limits: vec![IpcLimit { name: "kernel/msgmax".into(), value: "4321".into() }],
         shm: vec![ShmSegment { perm: perm(3, 0), size: 8192, locked: false, removed: false }],
@@ -779,4 +785,94 @@ fn unix_socket_records_are_checked() {
         let err = with(&*f);
         assert!(err.contains(needle), "{needle}: {err}");
     }
+}
+
+/// `change` applied to a valid process; the validation error, or "" if it passed.
+fn attrs_error(change: impl Fn(&mut ProcessRecord)) -> String {
+    let mut p = process(1);
+    change(&mut p);
+    validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn process_attributes_are_values_prctl_gives() {
+    use crate::records::{FileMeta, ProcessAttrs};
+    assert_eq!(attrs_error(|_| {}), "");
+    let ok = ProcessAttrs {
+        child_subreaper: true,
+        dumpable: 0,
+        thp_disable: 3,
+        mdwe: 1,
+        loginuid: 1000,
+        sessionid: 4,
+        domainname: Some("example.org".into()),
+    };
+    assert_eq!(attrs_error(|p| p.attrs = ok.clone()), "");
+    type Change = Box<dyn Fn(&mut ProcessRecord)>;
+    let cases: [(&str, Change); 9] = [
+        ("dumpable 3", Box::new(|p| p.attrs.dumpable = 3)),
+        ("thp_disable 2", Box::new(|p| p.attrs.thp_disable = 2)),
+        ("mdwe 0x4", Box::new(|p| p.attrs.mdwe = 4)),
+        (
+            "only PID 1 carries the domain name",
+            Box::new(|p| {
+                p.pid = 2;
+                p.threads = vec![crate::tests::thread(2)];
+                p.attrs.domainname = Some("x".into())
+            }),
+        ),
+        ("is not a domain name", Box::new(|p| p.attrs.domainname = Some("d".repeat(65)))),
+        ("is not a domain name", Box::new(|p| p.attrs.domainname = Some("a\0b".into()))),
+        ("beyond the securebits", Box::new(|p| p.creds.securebits = 0x1000)),
+        ("pdeathsig 65", Box::new(|p| p.threads[1].attrs.pdeathsig = 65)),
+        ("mce_kill 3", Box::new(|p| p.threads[0].attrs.mce_kill = 3)),
+    ];
+    for (want, change) in cases {
+        let err = attrs_error(change);
+        assert!(err.contains(want), "want {want:?}, got {err:?}");
+    }
+    assert!(attrs_error(|p| p.threads[0].attrs.tsc = 0).contains("tsc 0"));
+    let meta = FileMeta { mode: 0o640, uid: 1, gid: 2, atime_ns: 1, mtime_ns: 2 };
+    assert_eq!(
+        attrs_error(|p| p.objects.push(ObjectRecord {
+            id: 9,
+            kind: ObjectKind::Memfd { name: "m".into(), seals: 0 },
+            size: 0,
+            meta: Some(meta),
+            link: None,
+        })),
+        ""
+    );
+    let err = attrs_error(|p| {
+        p.objects.push(ObjectRecord {
+            id: 9,
+            kind: ObjectKind::Memfd { name: "m".into(), seals: 0 },
+            size: 0,
+            meta: Some(FileMeta { mode: 0o10000, ..meta }),
+            link: None,
+        })
+    });
+    assert!(err.contains("is not a permission mode"), "{err}");
+    let err = attrs_error(|p| p.objects[0].meta = Some(meta));
+    assert!(err.contains("only a memfd or a deleted file"), "{err}");
+}
+
+#[test]
+fn only_a_deleted_file_has_another_link() {
+    let deleted = ObjectKind::Deleted { path: "/data/a".into(), mode: 0o600, uid: 0, gid: 0 };
+    let with = |kind: ObjectKind, link: &str| {
+        attrs_error(|p| {
+            p.objects.push(ObjectRecord {
+                id: 9,
+                kind: kind.clone(),
+                size: 0,
+                meta: None,
+                link: Some(link.into()),
+            })
+        })
+    };
+    assert_eq!(with(deleted.clone(), "/data/b"), "");
+    assert!(with(deleted, "data/b").contains("object 9"), "a relative link");
+    let err = with(ObjectKind::AnonShared, "/data/b");
+    assert!(err.contains("only a deleted file without file attributes has a link"), "{err}");
 }

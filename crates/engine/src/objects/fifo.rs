@@ -38,6 +38,7 @@ use nix::errno::Errno;
 use crate::error::{EngineError, io_err};
 use crate::files::describe_process;
 use crate::inject::Remote;
+use crate::objects::shmem::timespec;
 
 /// Set in every FIFO's key, never in a pipe's inode number (32-bit).
 const KEY_BIT: u64 = 1 << 63;
@@ -126,7 +127,13 @@ pub fn record(pid: i32, fd: i32, link: &str) -> Result<Option<Fifo>, EngineError
         return Ok(None);
     }
     let md = stat(pid, fd)?;
-    Ok(md.file_type().is_fifo().then(|| Fifo { path: link.to_string(), mode: md.mode() & 0o7777 }))
+    let (atime_ns, mtime_ns) = crate::objects::shmem::times_ns(&md);
+    Ok(md.file_type().is_fifo().then(|| Fifo {
+        path: link.to_string(),
+        mode: md.mode() & 0o7777,
+        atime_ns,
+        mtime_ns,
+    }))
 }
 
 /// A read end of the FIFO behind fd `fd` of `pid`, opened by the dumper through its
@@ -202,6 +209,17 @@ pub fn make(
         )));
     }
     crate::files::fill_pipe(remote, spare, rec, &format!("the FIFO {path}"))?;
+    // Filling it moved its times; nothing writes or reads it again before the restore ends.
+    let link = format!("/proc/{host}/fd/{spare}");
+    let (atime, mtime) = (timespec(fifo.atime_ns), timespec(fifo.mtime_ns));
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        link.as_str(),
+        &atime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .map_err(|e| EngineError::Io { op: "set the times of", path: path.into(), source: e.into() })?;
     Ok(spare)
 }
 

@@ -12,14 +12,22 @@
 //! it at a spare fd (the *anchor*) until the whole tree is built; every mapping and fd of
 //! it, in any process, is opened from `/proc/OWNER/fd/ANCHOR` (a new description of the
 //! same inode), so all of them share it again. The agent takes its own copy of the
-//! anchor with `pidfd_getfd` to write the contents and, at the very end, the seals.
+//! anchor with `pidfd_getfd` to write the contents and, at the very end, the seals and the
+//! times (a memfd's and a deleted file's mode and owner are set when it is made).
+//!
+//! `(deleted)` in `/proc` means the name a file was opened by is gone, not the file: one
+//! with a link left is no object of the image but that very file. Its other name is
+//! looked for in the directory of the deleted one (a file kept under a new name by
+//! `link` + `unlink`); the restore links it back under the deleted name, opens it and
+//! unlinks that name again ([`relink`]). Found nowhere there, it is refused.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use migrate_proto::records::{ObjectKind, ObjectRecord};
+use migrate_proto::records::{FileMeta, ObjectKind, ObjectRecord};
+use nix::sys::time::TimeSpec;
 
 use crate::error::{EngineError, io_err};
 use crate::inject::Remote;
@@ -79,6 +87,7 @@ impl Registry {
             f.owner = f.owner.min(proc);
             return Ok(f.record.id);
         }
+        let mut link = None;
         let kind = match named {
             Named::AnonShared => ObjectKind::AnonShared,
             Named::Memfd(name) => {
@@ -91,13 +100,23 @@ impl Registry {
                 }
                 ObjectKind::Memfd { name: name.to_string(), seals: seals as u32 }
             }
-            Named::Deleted(p) => deleted(p, &md, path)?,
+            Named::Deleted(p) => {
+                let (kind, other) = deleted(p, &md, path)?;
+                link = other;
+                kind
+            }
             Named::Sysv(shmid) => ObjectKind::SysvShm { shmid },
         };
+        // A linked file is the file itself, not a copy: its inode is not ours to change.
+        let copied = matches!(kind, ObjectKind::Memfd { .. } | ObjectKind::Deleted { .. }) && link.is_none();
+        let meta = copied.then(|| {
+            let (atime_ns, mtime_ns) = times_ns(&md);
+            FileMeta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), atime_ns, mtime_ns }
+        });
         let id = self.found.len() as u64 + 1;
         self.by_inode.insert(key, self.found.len());
         self.found.push(Found {
-            record: ObjectRecord { id, kind, size: md.size() },
+            record: ObjectRecord { id, kind, size: md.size(), meta, link },
             owner: proc,
             source: path.to_string(),
         });
@@ -113,19 +132,47 @@ impl Registry {
     }
 }
 
-fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<ObjectKind, EngineError> {
+/// Access and modification times of `md`, in ns since the epoch.
+pub fn times_ns(md: &Metadata) -> (i64, i64) {
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    (ns(md.atime(), md.atime_nsec()), ns(md.mtime(), md.mtime_nsec()))
+}
+
+/// [`times_ns`]' form back, for `utimensat`.
+pub fn timespec(ns: i64) -> TimeSpec {
+    TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+/// A deleted file, and its other name if it has one (see [`ObjectRecord::link`]).
+fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<(ObjectKind, Option<String>), EngineError> {
     if !md.is_file() {
         return Err(EngineError::Unsupported(format!(
             "{path} is a deleted {}, not a regular file: not supported yet",
             if md.is_dir() { "directory" } else { "special file" }
         )));
     }
-    Ok(ObjectKind::Deleted {
+    // `(deleted)` says the name it was opened by is gone, not the file (checked on 6.18:
+    // a file opened as A, linked as B, A unlinked, shows "A (deleted)" with nlink 1): with
+    // a link left, a copy made by the restore would no longer be that file.
+    let link = if md.nlink() > 0 {
+        let Some(other) = other_link(path, shown, md) else {
+            let (who, how) = via(path);
+            return Err(EngineError::Unsupported(format!(
+                "{who} {how} is {shown} (deleted), a file that still has {} link(s), none in its directory: reopening it through a name elsewhere is not supported yet",
+                md.nlink()
+            )));
+        };
+        Some(other)
+    } else {
+        None
+    };
+    let kind = ObjectKind::Deleted {
         path: shown.to_string(),
         mode: md.mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
-    })
+    };
+    Ok((kind, link))
 }
 
 /// One object rebuilt by a restore.
@@ -192,6 +239,9 @@ pub fn create(
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
             fd
         }
+        ObjectKind::Deleted { path, .. } if let Some(link) = &rec.link => {
+            relink(remote, id, path, link, rec.size)?
+        }
         ObjectKind::Deleted { path, mode, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
             // If that name is taken again, beside it.
@@ -233,7 +283,13 @@ pub fn create(
         .call(libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, base], || "fcntl(F_DUPFD)".into())?;
     remote.call(libc::SYS_close, &[fd], || "close".into())?;
     let file = File::from(crate::files::take(host, anchor as i32)?);
-    if let ObjectKind::Deleted { uid, gid, mode, .. } = &rec.kind {
+    let owner = match (&rec.kind, &rec.meta) {
+        (ObjectKind::Deleted { .. }, _) if rec.link.is_some() => None,
+        (ObjectKind::Deleted { uid, gid, mode, .. }, _) => Some((uid, gid, mode)),
+        (ObjectKind::Memfd { .. }, Some(m)) => Some((&m.uid, &m.gid, &m.mode)),
+        _ => None,
+    };
+    if let Some((uid, gid, mode)) = owner {
         let err = |op| {
             move |e: nix::errno::Errno| EngineError::Io {
                 op,
@@ -262,8 +318,21 @@ impl Live {
         })
     }
 
-    /// Adds the seals the object had (a memfd's), once everything is written and mapped.
-    pub fn seal(&self) -> Result<(), EngineError> {
+    /// Adds the seals the object had (a memfd's), then sets its times back: once
+    /// everything is written and mapped.
+    pub fn finish(&self) -> Result<(), EngineError> {
+        self.seal()?;
+        let Some(m) = &self.record.meta else { return Ok(()) };
+        nix::sys::stat::futimens(&self.file, &timespec(m.atime_ns), &timespec(m.mtime_ns)).map_err(|e| {
+            EngineError::Io {
+                op: "set the times of",
+                path: format!("object {}", self.record.id).into(),
+                source: e.into(),
+            }
+        })
+    }
+
+    fn seal(&self) -> Result<(), EngineError> {
         let ObjectKind::Memfd { seals, name } = &self.record.kind else { return Ok(()) };
         if *seals == F_SEAL_SEAL || *seals == 0 {
             return Ok(());
@@ -273,4 +342,70 @@ impl Live {
             EngineError::Io { op: "F_ADD_SEALS on", path: format!("memfd:{name}").into(), source: e.into() }
         })
     }
+}
+
+/// The process and the way (`fd N`, `a mapping`) a `/proc/PID/fd/N` or
+/// `/proc/PID/map_files/…` path reaches an object.
+fn via(path: &str) -> (String, String) {
+    let mut parts = path.strip_prefix("/proc/").unwrap_or(path).split('/');
+    let pid = parts.next().and_then(|p| p.parse().ok());
+    let who = pid.map_or_else(|| path.to_string(), crate::files::describe_process);
+    let how = match (parts.next(), parts.next()) {
+        (Some("fd"), Some(n)) => format!("fd {n}"),
+        (Some("map_files"), Some(range)) => format!("the mapping at {range}"),
+        _ => path.to_string(),
+    };
+    (who, how)
+}
+
+/// Another name of the file `md` in the directory its deleted name `shown` was in (in
+/// the view of the process of `path`), if there is one: the usual way to keep a file
+/// while removing a name (`link` then `unlink`). Other directories are not searched.
+fn other_link(path: &str, shown: &str, md: &Metadata) -> Option<String> {
+    let pid = path.strip_prefix("/proc/")?.split('/').next()?;
+    let dir = std::path::Path::new(shown).parent()?;
+    let entries = std::fs::read_dir(format!("/proc/{pid}/root{}", dir.display())).ok()?;
+    entries.take(10_000).filter_map(|e| e.ok()).find_map(|e| {
+        let m = e.metadata().ok()?;
+        (m.dev() == md.dev() && m.ino() == md.ino()).then(|| dir.join(e.file_name()).display().to_string())
+    })
+}
+
+/// Opens, in `remote`, the deleted file `path` that still has the name `link`: linked back
+/// as `path`, opened, unlinked again, so that `/proc` shows it as before. If `path` is
+/// taken again, it is opened as `link` (the same file, shown by that name). Returns the fd.
+fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -> Result<u64, EngineError> {
+    let host = remote.pid;
+    let from = remote.path(0, link)?;
+    let to = remote.path(8192, path)?;
+    let cwd = libc::AT_FDCWD as u64;
+    let linked = match remote.syscall(libc::SYS_linkat, &[cwd, from, cwd, to, 0])? {
+        Ok(_) => true,
+        Err(nix::errno::Errno::EEXIST) => false,
+        Err(errno) => {
+            return Err(EngineError::Injected {
+                pid: host,
+                call: format!("link {link} to {path} (object {id})"),
+                errno,
+            });
+        }
+    };
+    let at = if linked { to } else { from };
+    let flags = (libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    let fd = remote.call(libc::SYS_openat, &[cwd, at, flags, 0], || {
+        format!("open {path} (object {id}, linked as {link})")
+    });
+    if linked {
+        remote.call(libc::SYS_unlinkat, &[cwd, to, 0], || format!("unlink {path}"))?;
+    }
+    let fd = fd?;
+    let md = std::fs::metadata(format!("/proc/{host}/fd/{fd}")).map_err(io_err("stat", link))?;
+    // As for any file reopened by name: shorter than at the checkpoint, it is another one.
+    if !md.is_file() || md.size() < size {
+        return Err(EngineError::Incompatible(format!(
+            "{link}, the other name of the deleted file {path}, is no longer that file ({} bytes, the image has {size})",
+            md.size()
+        )));
+    }
+    Ok(fd)
 }
