@@ -152,8 +152,9 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         built.borrow_mut().push(name);
         compile_c(name, flags, &bin.path)
     };
-    let (anon, bench, epoll, files, inet, ipc, shared, state) = (
+    let (anon, attrs, bench, epoll, files, inet, ipc, shared, state) = (
         c("anon", &["-O2"])?,
+        c("attrs", &["-O2", "-pthread"])?,
         c("bench_mem", &["-O2"])?,
         c("epoll", &["-O2"])?,
         c("files", &["-O2"])?,
@@ -186,6 +187,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         programs.push(program(name, strs(&[&anon, mode, &dir(name)?]), Ready::Log("ready")));
     }
     programs.extend([
+        program("attrs", strs(&[&attrs, &trigger, &dir("attrs")?]), Ready::Log("ready")),
         program("bench-mem", strs(&[&bench, "8", "cow", &dir("bench")?]), Ready::Log("pid 4")),
         program("epoll", strs(&[&epoll, &trigger]), Ready::Log("ready")),
         program("files", strs(&[&files, &w]), Ready::Log("hb 50")),
