@@ -298,12 +298,18 @@ struct Injected {
     hostname: String,
     /// The pid namespace's `ns_last_pid`, read by PID 1 (`root`) only.
     last_pid: i32,
+    /// `mlockall` flags for mappings to come ([`mm::dump_mlockall`]).
+    mlockall: u32,
 }
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
     let tids_ns = thread_ids_in_ns(pid, seized)?;
-    let scratch = Scratch::map(seized.main(), gadget, None)?;
+    // Low if it can be: the first VMA in smaps, which `dump_mlockall` then reads alone.
+    let scratch = match Scratch::map(seized.main(), gadget, Some(mm::PROBE_AT)) {
+        Err(EngineError::Injected { .. }) => Scratch::map(seized.main(), gadget, None)?,
+        other => other?,
+    };
     let collected = (|| {
         let mem = seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{pid}/mem")))?;
         let mut threads = Vec::new();
@@ -328,6 +334,7 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
             .into_owned();
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
+        let mlockall = mm::dump_mlockall(pid, &scratch)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -336,6 +343,7 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
             shared_pending,
             hostname,
             last_pid,
+            mlockall,
         })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
@@ -399,6 +407,7 @@ fn collect_and_write(
             oom_score_adj: crate::sched::dump_oom(pid)?,
             zombie: None,
             ipc: if i == 0 { ipc.take() } else { None },
+            mlockall: inj.mlockall,
         });
     }
     let live: Vec<(i32, usize)> =
@@ -543,6 +552,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         oom_score_adj: 0,
         zombie: Some(status),
         ipc: None,
+        mlockall: 0,
     })
 }
 

@@ -294,6 +294,10 @@ fn build(
         }
     }
     forks.finish(remote.task, gadget, scratch)?;
+    // Locks and seals once the children are forked (a child rebuilds its own), and
+    // before the credentials: the locks were taken with the privilege of the time.
+    mm::lock_and_verify(&mut remote, &rec.vmas, rec.mlockall)?;
+    mm::seal(&mut remote, &rec.vmas)?;
 
     // Credentials after the children: they are forked with the stub's (root's), which
     // every step of building them needs, and each sets its own.

@@ -94,7 +94,17 @@ pub(crate) fn thread(tid: i32) -> ThreadRecord {
 }
 
 fn vma(start: u64, end: u64, backing: VmaBacking, name: &str) -> Vma {
-    Vma { start, end, prot: 3, offset: 0, backing, name: name.into(), growsdown: false, advice: vec![] }
+    Vma {
+        start,
+        end,
+        prot: 3,
+        offset: 0,
+        backing,
+        name: name.into(),
+        growsdown: false,
+        advice: vec![],
+        may_write: true,
+    }
 }
 
 /// A plausible single-process record with two threads.
@@ -225,6 +235,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         oom_score_adj: 0,
         zombie: None,
         ipc: None,
+        mlockall: 0,
     }
 }
 
