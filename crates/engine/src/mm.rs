@@ -474,7 +474,9 @@ pub fn map_vmas(
             }
         };
         let what = || format!("mmap of VMA {:#x}-{:#x} ({})", v.start, v.end, v.name);
-        let res = if fd.is_none() && merges(vmas, i, &is_kept) {
+        let anon = fd.is_none();
+        let apart = anon && merges(vmas, i, &is_kept);
+        let res = if apart {
             map_apart(remote, v, prot, flags)
         } else {
             let args = [
@@ -495,8 +497,18 @@ pub fn map_vmas(
             return Err(EngineError::Incompatible(format!("VMA {:#x} was mapped at {addr:#x}", v.start)));
         }
         if charged {
+            // mprotect uncharges anonymous memory that has no anon_vma yet: one page first.
+            if anon && !apart {
+                fault_in(remote, v.start)?;
+            }
             remote.call(libc::SYS_mprotect, &[v.start, len, u64::from(v.prot)], || {
                 format!("mprotect of VMA {:#x}-{:#x}", v.start, v.end)
+            })?;
+        }
+        if apart || (anon && charged) {
+            // The page faulted in for its anon_vma: the image's pages are written next.
+            remote.call(libc::SYS_madvise, &[v.start, PAGE, libc::MADV_DONTNEED as u64], || {
+                format!("madvise(DONTNEED) of {:#x}", v.start)
             })?;
         }
         if let Some(name) = anon_name(&v.name).filter(|_| v.backing == VmaBacking::Anon) {
@@ -523,28 +535,28 @@ fn merges(vmas: &[Vma], i: usize, is_kept: &dyn Fn(&Vma) -> bool) -> bool {
 }
 
 /// Maps the anonymous VMA `v` where it cannot merge with its neighbours (see the module
-/// doc): anywhere, one page faulted in, moved into place, the page dropped again.
+/// doc): anywhere, one page faulted in, then moved into place.
 fn map_apart(remote: &mut Remote<'_>, v: &Vma, prot: u32, flags: i32) -> Result<u64, EngineError> {
     let len = v.end - v.start;
     let tmp = remote.call(libc::SYS_mmap, &[0, len, u64::from(prot), flags as u64, u64::MAX, 0], || {
         format!("mmap of VMA {:#x}-{:#x} apart", v.start, v.end)
     })?;
-    // Through /proc/PID/mem (a forced write): whatever the protection, the VMA gets its
-    // anon_vma and keeps its page offset when it moves.
-    remote.mem.write_all_at(&[0], tmp).map_err(|source| EngineError::Memory {
+    fault_in(remote, tmp)?;
+    let move_flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    remote.call(libc::SYS_mremap, &[tmp, len, len, move_flags, v.start], || {
+        format!("mremap of VMA {:#x}-{:#x} into place", v.start, v.end)
+    })
+}
+
+/// Gives the anonymous VMA at `addr` its anon_vma: a page, written through
+/// /proc/PID/mem (a forced write, whatever the VMA's protection).
+fn fault_in(remote: &Remote<'_>, addr: u64) -> Result<(), EngineError> {
+    remote.mem.write_all_at(&[0], addr).map_err(|source| EngineError::Memory {
         pid: remote.pid,
-        addr: tmp,
+        addr,
         op: "fault in",
         source,
-    })?;
-    let move_flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    let addr = remote.call(libc::SYS_mremap, &[tmp, len, len, move_flags, v.start], || {
-        format!("mremap of VMA {:#x}-{:#x} into place", v.start, v.end)
-    })?;
-    remote.call(libc::SYS_madvise, &[v.start, PAGE, libc::MADV_DONTNEED as u64], || {
-        format!("madvise(DONTNEED) of {:#x}", v.start)
-    })?;
-    Ok(addr)
+    })
 }
 
 /// Sets the `madvise` flags the VMA had.
