@@ -24,10 +24,8 @@ fn every_vma_comes_back_with_its_range_name_and_flags() -> anyhow::Result<()> {
     // What the image says: the flags and the mlockall state are carried.
     let inspect = lab.ok(&["inspect", &image])?;
     // Each VMA's flags are listed last on its line, in brackets.
-    let flags: Vec<&str> = inspect
-        .lines()
-        .filter_map(|l| l.strip_suffix(']')?.rsplit_once('[').map(|(_, f)| f))
-        .collect();
+    let flags: Vec<&str> =
+        inspect.lines().filter_map(|l| l.strip_suffix(']')?.rsplit_once('[').map(|(_, f)| f)).collect();
     for want in ["lo lf", "dc", "dd", "wf", "hg", "nh", "sr", "rr", "nr", "ac"] {
         ensure!(
             flags.iter().any(|f| f.split(' ').any(|x| x == want) || f.contains(want)),

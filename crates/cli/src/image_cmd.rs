@@ -328,7 +328,10 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                     if *may_write { name } else { format!("{name}, SHM_RDONLY") }
                 }
             };
-            let shared = matches!(v.backing, VmaBacking::File { shared: true, .. } | VmaBacking::Object { shared: true, .. });
+            let shared = matches!(
+                v.backing,
+                VmaBacking::File { shared: true, .. } | VmaBacking::Object { shared: true, .. }
+            );
             println!(
                 "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing}{}{}{}",
                 v.start,

@@ -393,6 +393,21 @@ fn remap(task: &mut Task, gadget: u64, from: u64, to: u64, len: u64) -> Result<(
     Ok(())
 }
 
+/// A plain anonymous VMA over `start..end`: a range for [`find_gap`] to keep out of.
+fn range(start: u64, end: u64) -> Vma {
+    Vma {
+        start,
+        end,
+        prot: 0,
+        offset: 0,
+        backing: VmaBacking::Anon,
+        name: String::new(),
+        growsdown: false,
+        advice: vec![],
+        may_write: false,
+    }
+}
+
 /// A free range of `len` bytes between the image's VMAs (and below the stack).
 pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
     let mut candidate = 0x1_0000_0000u64;
@@ -409,14 +424,19 @@ pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
 
 /// Maps every non-vDSO VMA of the image in the stub `remote` but those it keeps. Files
 /// are opened by the stub itself (in the container's mount namespace) and closed again;
-/// objects are opened where their owner keeps them (`world`).
+/// objects are opened where their owner keeps them (`world`). `park` is the restore's
+/// own range (the parked vDSO, the scratch page), 32 MiB.
 pub fn map_vmas(
     remote: &mut Remote<'_>,
     vmas: &[Vma],
     kept: &[&Vma],
     world: &FdWorld,
+    park: u64,
 ) -> Result<(), EngineError> {
     let is_kept = |v: &Vma| kept.iter().any(|k| k.start == v.start);
+    // Where a VMA may be made apart: outside the image's map and the restore's range.
+    let mut taken = vmas.to_vec();
+    taken.push(range(park, park + (32 << 20)));
     for (i, v) in vmas.iter().enumerate().filter(|(_, v)| !is_kept(v)) {
         let len = v.end - v.start;
         let has = |flag: &str| v.advice.iter().any(|a| a == flag);
@@ -477,7 +497,7 @@ pub fn map_vmas(
         let anon = fd.is_none();
         let apart = anon && merges(vmas, i, &is_kept);
         let res = if apart {
-            map_apart(remote, v, prot, flags)
+            map_apart(remote, v, prot, flags, &taken)
         } else {
             let args = [
                 v.start,
@@ -535,11 +555,23 @@ fn merges(vmas: &[Vma], i: usize, is_kept: &dyn Fn(&Vma) -> bool) -> bool {
 }
 
 /// Maps the anonymous VMA `v` where it cannot merge with its neighbours (see the module
-/// doc): anywhere, one page faulted in, then moved into place.
-fn map_apart(remote: &mut Remote<'_>, v: &Vma, prot: u32, flags: i32) -> Result<u64, EngineError> {
+/// doc): in a range no VMA of the image or the restore uses (`taken`: the kernel's own
+/// choice may be right beside `v`'s place, and merge there), one page faulted in, then
+/// moved into place.
+fn map_apart(
+    remote: &mut Remote<'_>,
+    v: &Vma,
+    prot: u32,
+    flags: i32,
+    taken: &[Vma],
+) -> Result<u64, EngineError> {
     let len = v.end - v.start;
-    let tmp = remote.call(libc::SYS_mmap, &[0, len, u64::from(prot), flags as u64, u64::MAX, 0], || {
-        format!("mmap of VMA {:#x}-{:#x} apart", v.start, v.end)
+    let at = find_gap(taken, len).ok_or_else(|| {
+        EngineError::Incompatible(format!("no free range to map VMA {:#x}-{:#x} apart", v.start, v.end))
+    })?;
+    let flags = flags | libc::MAP_FIXED_NOREPLACE;
+    let tmp = remote.call(libc::SYS_mmap, &[at, len, u64::from(prot), flags as u64, u64::MAX, 0], || {
+        format!("mmap of VMA {:#x}-{:#x} apart, at {at:#x}", v.start, v.end)
     })?;
     fault_in(remote, tmp)?;
     let move_flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
@@ -681,20 +713,6 @@ pub fn set_mm(remote: &mut Remote<'_>, mm: &MmFields) -> Result<(), EngineError>
 mod tests {
     use super::*;
 
-    fn vma(start: u64, end: u64) -> Vma {
-        Vma {
-            start,
-            end,
-            prot: 0,
-            offset: 0,
-            backing: VmaBacking::Anon,
-            name: String::new(),
-            growsdown: false,
-            advice: vec![],
-            may_write: true,
-        }
-    }
-
     #[test]
     fn subtracting_ranges_leaves_the_gaps() {
         assert_eq!(subtract(0, 100, [].into_iter()), [(0, 100)]);
@@ -718,7 +736,7 @@ mod tests {
     #[test]
     fn gaps() {
         assert_eq!(find_gap(&[], 4096), Some(0x1_0000_0000));
-        let v = [vma(0x1_0000_0000, 0x1_0001_0000), vma(0x1_0020_0000, 0x1_0030_0000)];
+        let v = [range(0x1_0000_0000, 0x1_0001_0000), range(0x1_0020_0000, 0x1_0030_0000)];
         assert_eq!(find_gap(&v, 0x10_0000), Some(0x1_0010_0000));
         assert_eq!(find_gap(&v, 0x20_0000), Some(0x1_0030_0000));
     }

@@ -252,7 +252,7 @@ fn build(
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);
     }
-    mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world)?;
+    mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world, ctx.park)?;
     mm::drop_uninherited(remote.task, gadget, &kept, &rec.inherited)?;
 
     progress(Progress::Phase("memory"));
