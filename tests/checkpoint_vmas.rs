@@ -53,3 +53,29 @@ fn every_vma_comes_back_with_its_range_name_and_flags() -> anyhow::Result<()> {
     lab.down_after_exit("vmas")?;
     Ok(())
 }
+
+/// A mapping registered with a userfaultfd: its faults would go to a handler the restore
+/// cannot give back, so the checkpoint refuses it by name and the program runs on.
+#[test]
+fn a_vma_registered_with_a_userfaultfd_is_refused_by_name() -> anyhow::Result<()> {
+    let bin = TempDir::new("vmas-uffd-bin")?;
+    let exe = compile_c("vmas", &["-O2", "-pthread"], &bin.path)?;
+    let img = TempDir::new("vmas-uffd-img")?;
+    let lab = TestLab::up(1)?;
+    lab.start("host-a", "uffd", &[&exe, "uffd"])?;
+    let ready = lab.wait_log("uffd", "ready")?;
+    let at = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("ready uffd at 0x"))
+        .context("the program did not say where its mapping is")?;
+    let err = lab.fails(&["checkpoint", "uffd", "--dir", &img.join("uffd")])?;
+    ensure!(
+        err.contains("PID 1 (vmas, host pid ")
+            && err.contains(&format!("VMA 0x{at}-"))
+            && err.contains("(anonymous) is registered with a userfaultfd (missing pages), smaps flag um"),
+        "the refusal does not name the process, the VMA and its flag: {err}"
+    );
+    ensure!(lab.container("uffd")?["state"] == "running", "the refused container is not running");
+    lab.down_expecting(&["uffd"])?;
+    Ok(())
+}

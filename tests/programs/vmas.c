@@ -2,6 +2,8 @@
  *
  * Usage: vmas DIR TRIGGER   (DIR: a directory of the host's filesystem the test owns;
  *                            TRIGGER: a path the test creates once the restore is done)
+ *        vmas uffd          (a mapping registered with a userfaultfd, which a checkpoint
+ *                            refuses: prints "ready", then waits)
  *
  * Makes one VMA of each shape:
  *  - two adjacent private anonymous mappings with the same protection, each touched,
@@ -33,8 +35,10 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <linux/userfaultfd.h>
 
 #include "say.h"
 
@@ -134,7 +138,22 @@ static char *map_file(const char *dir, const char *name, int mode) {
     return p;
 }
 
+/* A mapping registered for missing-page faults; UFFD_USER_MODE_ONLY: a task without
+ * CAP_SYS_PTRACE may make one only so. */
+static void uffd_only(void) {
+    int fd = syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+    if (fd < 0) die("userfaultfd");
+    struct uffdio_api api = {.api = UFFD_API};
+    if (ioctl(fd, UFFDIO_API, &api)) die("UFFDIO_API");
+    char *p = map(4, PROT_READ | PROT_WRITE, 0);
+    struct uffdio_register reg = {.range = {(unsigned long)p, 4 * PAGE}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(fd, UFFDIO_REGISTER, &reg)) die("UFFDIO_REGISTER");
+    say("ready uffd at %p", (void *)p);
+    for (;;) pause();
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "uffd")) uffd_only(); /* never returns */
     if (argc != 3) {
         fprintf(stderr, "usage: vmas DIR TRIGGER\n");
         return 2;
