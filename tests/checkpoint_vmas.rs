@@ -1,7 +1,8 @@
 //! The memory map as `/proc/PID/smaps` shows it: after a move, every VMA of
 //! `tests/programs/vmas.c` has the range, protection, name and `VmFlags` it had (two
 //! adjacent VMAs stay two, madvise state, locks, `mlockall(MCL_FUTURE)`, the right to make
-//! a shared file mapping writable), as the program itself finds.
+//! a shared file mapping writable), as the program itself finds, and its child, which
+//! keeps what fork gave it.
 
 mod support;
 
@@ -17,7 +18,8 @@ fn every_vma_comes_back_with_its_range_name_and_flags() -> anyhow::Result<()> {
     let trigger = work.join("go");
     let lab = TestLab::up(2)?;
     lab.start("host-a", "vmas", &[&exe, &work.path.to_string_lossy(), &trigger])?;
-    let ready = lab.wait_log("vmas", "ready")?;
+    lab.wait_log("vmas", "child ready")?;
+    let ready = lab.wait_log("vmas", "parent ready")?;
     let image = img.join("vmas");
     lab.checkpoint_and_restore("vmas", &image, "host-b")?;
 
@@ -39,15 +41,23 @@ fn every_vma_comes_back_with_its_range_name_and_flags() -> anyhow::Result<()> {
     }
 
     std::fs::write(&trigger, b"")?;
-    let log = lab.wait_log("vmas", "verdict")?;
+    lab.wait_log("vmas", "child verdict")?;
+    let log = lab.wait_log("vmas", "parent verdict")?;
     // Judged on what was printed after the restore only.
     let pre = log_in_image(&image)?;
     let after = log.strip_prefix(pre.as_str()).context("the log does not go on from the image's")?;
-    let verdict = after.lines().find(|l| l.starts_with("verdict")).context("no verdict after the restore")?;
+    let verdict =
+        after.lines().find(|l| l.starts_with("parent verdict")).context("no verdict after the restore")?;
+    // The child's kept VMAs (fork from its rebuilt parent), its own locks dropped.
+    let child = after.lines().find(|l| l.starts_with("child verdict")).context("no child verdict")?;
     ensure!(
-        verdict == "verdict vmas=same future=lo writable=ok readonly=ok"
+        child == "child verdict vmas=same future=none writable=ok readonly=ok",
+        "the child found its memory map changed: {child}\n{after}\nbefore the checkpoint:\n{pre}"
+    );
+    ensure!(
+        verdict == "parent verdict vmas=same future=lo writable=ok readonly=ok"
             || (!ready.contains("future set")
-                && verdict == "verdict vmas=same future=none writable=ok readonly=ok"),
+                && verdict == "parent verdict vmas=same future=none writable=ok readonly=ok"),
         "the program found its memory map changed: {verdict}\n{after}\nbefore the checkpoint:\n{pre}"
     );
     lab.down_after_exit("vmas")?;

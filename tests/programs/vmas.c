@@ -16,11 +16,13 @@
  *    MAP_DROPPABLE, mseal and an anonymous name where the kernel has them;
  *  - DIR/rw mapped shared read-only from an O_RDWR fd (may be made writable later) and
  *    DIR/ro from an O_RDONLY fd (may not), both fds closed;
- *  - then mlockall(MCL_FUTURE) if RLIMIT_MEMLOCK allows.
- * Prints "ready N VMAs" with its smaps digest (each VMA's range, perms, name and
+ *  - then mlockall(MCL_FUTURE) if RLIMIT_MEMLOCK allows, and forks a child that keeps
+ *    them (but the DONTFORK one, and without locks), which judges its own map too
+ *    ("child ready …", "child verdict …": future=none, as fork does not carry it).
+ * Prints "parent ready N VMAs" with its smaps digest (each VMA's range, perms, name and
  * VmFlags; VmLck). Once TRIGGER exists, takes the digest again and prints
  * "differs: …" for each line that changed, then
- *     verdict vmas=same|DIFFERENT future=lo|none|BAD writable=ok|BAD… readonly=ok|BAD
+ *     parent verdict vmas=same|DIFFERENT future=lo|none|BAD writable=ok|BAD… readonly=ok|BAD
  * (future: a new mapping is locked, as mlockall(MCL_FUTURE) says; writable: DIR/rw's
  * mapping can be mprotect'ed writable and a write reaches the file; readonly: DIR/ro's
  * cannot). The digest is read with read(2) into static buffers: no allocation may move
@@ -37,6 +39,7 @@
 #include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <linux/userfaultfd.h>
 
@@ -214,10 +217,18 @@ int main(int argc, char **argv) {
     struct rlimit lim;
     int future = !getrlimit(RLIMIT_MEMLOCK, &lim) && lim.rlim_cur > 0 && !mlockall(MCL_FUTURE);
 
+    /* A child forked now keeps these VMAs (a restore forks it from its rebuilt parent),
+     * but for the DONTFORK one; fork drops its locks, and MCL_FUTURE is not inherited. */
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    const char *who = child ? "parent " : "child ";
+    if (!child) future = 0;
     int n = digest(before);
-    say("ready %d VMAs future %s", n, future ? "set" : "unavailable");
-    ssize_t w = write(1, before, strlen(before)); /* for whoever reads a failure */
-    (void)w;
+    say("%sready %d VMAs future %s", who, n, future ? "set" : "unavailable");
+    if (child) {
+        ssize_t w = write(1, before, strlen(before)); /* for whoever reads a failure */
+        (void)w;
+    }
     while (access(trigger, F_OK)) usleep(20000);
 
     digest(after);
@@ -227,7 +238,7 @@ int main(int argc, char **argv) {
         char *b = before, *a = after;
         while (*b || *a) {
             size_t lb = strcspn(b, "\n"), la = strcspn(a, "\n");
-            if (lb != la || strncmp(b, a, lb)) say("differs: before %.*s / after %.*s", (int)lb, b, (int)la, a);
+            if (lb != la || strncmp(b, a, lb)) say("%sdiffers: before %.*s / after %.*s", who, (int)lb, b, (int)la, a);
             b += lb + (b[lb] == '\n');
             a += la + (a[la] == '\n');
         }
@@ -258,7 +269,8 @@ int main(int argc, char **argv) {
         if (fd >= 0) close(fd);
     }
     const char *readonly = mprotect(ro, 2 * PAGE, PROT_READ | PROT_WRITE) ? "ok" : "BAD";
-    say("verdict vmas=%s future=%s writable=%s readonly=%s", same ? "same" : "DIFFERENT", future_state,
+    say("%sverdict vmas=%s future=%s writable=%s readonly=%s", who, same ? "same" : "DIFFERENT", future_state,
         writable, readonly);
+    if (child) waitpid(child, NULL, 0);
     return 0;
 }
