@@ -7,7 +7,8 @@
  *
  * Makes one VMA of each shape:
  *  - two adjacent private anonymous mappings with the same protection, each touched,
- *    the second moved next to the first (so the kernel keeps them apart);
+ *    the second moved next to the first (so the kernel keeps them apart), and two such
+ *    inaccessible ones, each writable once;
  *  - two threads (each a stack next to its guard page);
  *  - a region split by mprotect (rw, r after being writable, rw);
  *  - one mapping per madvise flag (DONTFORK, DONTDUMP, WIPEONFORK, HUGEPAGE,
@@ -174,6 +175,16 @@ int main(int argc, char **argv) {
     second[0] = 2;
     if (mremap(second, 4 * PAGE, 4 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, pair + 4 * PAGE) == MAP_FAILED)
         die("mremap");
+
+    /* The same with two inaccessible halves, each once writable and touched (so still
+     * charged, smaps `ac`). */
+    char *closed = map(4, PROT_READ | PROT_WRITE, 0);
+    char *other = map(2, PROT_READ | PROT_WRITE, 0);
+    closed[0] = other[0] = 1;
+    if (mprotect(closed, 4 * PAGE, PROT_NONE) || mprotect(other, 2 * PAGE, PROT_NONE)) die("mprotect none");
+    if (munmap(closed + 2 * PAGE, 2 * PAGE)) die("munmap");
+    if (mremap(other, 2 * PAGE, 2 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, closed + 2 * PAGE) == MAP_FAILED)
+        die("mremap none");
 
     pthread_t threads[2];
     for (int i = 0; i < 2; i++)
