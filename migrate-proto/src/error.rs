@@ -355,8 +355,10 @@ pub enum VmaProblem {
     BadOffset(u64),
     #[error("has advice flag {0:?}, which is not a VmFlags mnemonic")]
     BadAdvice(String),
-    #[error("has {0} advice flags, more than 64")]
+    #[error("has {0} flags, more than there are flags a restore carries")]
     TooManyAdvice(usize),
+    #[error("is anonymous memory named {0:?}, which is no name PR_SET_VMA_ANON_NAME gives")]
+    BadAnonName(String),
     #[error("has a name of {0} bytes, more than 4096")]
     NameTooLong(usize),
 }

@@ -130,6 +130,12 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             problem: format!("{:#x} has bits beyond the nine the kernel knows", p.coredump_filter),
         });
     }
+    if !crate::records::vma::check_mlockall(p.mlockall) {
+        return Err(Invalid::Field {
+            field: "mlockall",
+            problem: format!("{:#x} is not MCL_FUTURE, with or without MCL_ONFAULT", p.mlockall),
+        });
+    }
     if let Some(status) = p.zombie {
         // The wait status of an exit: `code << 8`, or a signal (1..=64, maybe with the
         // core-dump bit 0x80) and no code.
@@ -367,16 +373,7 @@ fn check_vmas(vmas: &[Vma]) -> Result<(), Invalid> {
         if v.name.len() > PATH_MAX {
             return Err(bad(VmaProblem::NameTooLong(v.name.len())));
         }
-        if v.advice.len() > 64 {
-            return Err(bad(VmaProblem::TooManyAdvice(v.advice.len())));
-        }
-        for a in &v.advice {
-            // smaps VmFlags mnemonics are two lowercase letters or digits ("dd", "wf", …).
-            if a.len() != 2 || !a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-                let shown: String = a.chars().take(16).collect();
-                return Err(bad(VmaProblem::BadAdvice(shown)));
-            }
-        }
+        crate::records::vma::check(&v.advice, v.backing == VmaBacking::Anon, &v.name).map_err(bad)?;
     }
     Ok(())
 }
@@ -788,7 +785,7 @@ pub fn vma_holding<'a>(vmas: &'a [Vma], run: &crate::pages::PageRun) -> Option<&
 /// range, protection, backing and flags, and not one fork leaves out (`MADV_DONTFORK`).
 /// A restore forks the child from its rebuilt parent and keeps such a VMA as it is.
 pub fn inheritable(parent: &Vma, child: &Vma) -> bool {
-    parent == child
+    crate::records::vma::same_but_locks(parent, child)
         && !matches!(child.backing, VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock)
         && !child.advice.iter().any(|a| a == "dc")
 }

@@ -233,17 +233,6 @@ pub const EXCEPTIONS: &[Exception] = &[
         "set at the restore so that CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from the freeze",
     ),
     // ---- Pending: real differences another branch of this round removes ----
-    // The memory map: VMAs merged with their neighbours (thread stacks and their guard
-    // pages), and VmFlags (VM_ACCOUNT of mappings made writable then read-only, MAP_STACK's
-    // nohugepage, VM_NORESERVE) — branch `vmas`.
-    pending("vmas", "smaps", "*:VmFlags"),
-    pending("vmas", "smaps", "*:vma"),
-    pending("vmas", "smaps", "*:Size"),
-    pending("vmas", "smaps", "*:KernelPageSize"),
-    pending("vmas", "smaps", "*:MMUPageSize"),
-    pending("vmas", "smaps", "*:Locked"),
-    pending("vmas", "smaps", "*:THPeligible"),
-    pending("vmas", "*status", "VmLck"),
     // POSIX timers are not carried (branch `timers`).
     pending("timers", "timers", "*"),
     // The network namespace's sysctls are not carried (and the TCP Fast Open key is made

@@ -300,7 +300,14 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         if !attrs.is_empty() {
             println!("  attributes: {}", attrs.join(", "));
         }
-        println!("  memory map:");
+        println!(
+            "  memory map:{}",
+            match p.mlockall {
+                0 => "",
+                2 => " (mlockall MCL_FUTURE)",
+                _ => " (mlockall MCL_FUTURE|MCL_ONFAULT)",
+            }
+        );
         for (v, b) in p.vmas.iter().zip(stored) {
             let prot = format!(
                 "{}{}{}",
@@ -325,8 +332,12 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                     if *may_write { name } else { format!("{name}, SHM_RDONLY") }
                 }
             };
+            let shared = matches!(
+                v.backing,
+                VmaBacking::File { shared: true, .. } | VmaBacking::Object { shared: true, .. }
+            );
             println!(
-                "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing}{}",
+                "    {:#014x}-{:#014x} {:>10} {prot} {:>10} stored  {backing}{}{}{}",
                 v.start,
                 v.end,
                 size(v.end - v.start),
@@ -336,7 +347,9 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                     format!(" {}", v.name)
                 } else {
                     String::new()
-                }
+                },
+                if shared && v.may_write { ", may write" } else { "" },
+                if v.advice.is_empty() { String::new() } else { format!(" [{}]", v.advice.join(" ")) },
             );
         }
         println!("  files:");

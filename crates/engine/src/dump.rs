@@ -301,12 +301,18 @@ struct Injected {
     last_pid: i32,
     attrs: migrate_proto::records::ProcessAttrs,
     securebits: u32,
+    /// `mlockall` flags for mappings to come ([`mm::dump_mlockall`]).
+    mlockall: u32,
 }
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
     let tids_ns = thread_ids_in_ns(pid, seized)?;
-    let scratch = Scratch::map(seized.main(), gadget, None)?;
+    // Low if it can be: the first VMA in smaps, which `dump_mlockall` then reads alone.
+    let scratch = match Scratch::map(seized.main(), gadget, Some(mm::PROBE_AT)) {
+        Err(EngineError::Injected { .. }) => Scratch::map(seized.main(), gadget, None)?,
+        other => other?,
+    };
     let collected = (|| {
         let mem = seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{pid}/mem")))?;
         let mut threads = Vec::new();
@@ -336,6 +342,7 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let hostname = field(1);
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
         let (attrs, securebits) = crate::attrs::dump_process(&mut main, root.then(|| field(5)))?;
+        let mlockall = mm::dump_mlockall(pid, &scratch)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -346,6 +353,7 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
             last_pid,
             attrs,
             securebits,
+            mlockall,
         })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
@@ -411,6 +419,7 @@ fn collect_and_write(
             ipc: if i == 0 { ipc.take() } else { None },
             coredump_filter: crate::sched::dump_coredump_filter(pid)?,
             attrs: inj.attrs,
+            mlockall: inj.mlockall,
         });
     }
     let live: Vec<(i32, usize)> =
@@ -559,6 +568,7 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         // A zombie has no memory left to dump; the kernel's default.
         coredump_filter: 0x33,
         attrs: Default::default(),
+        mlockall: 0,
     })
 }
 

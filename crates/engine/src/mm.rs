@@ -4,20 +4,68 @@
 //! everything of the stub but its vDSO is unmapped, the vDSO and vvar pages move to
 //! the dumped addresses (same kernel build required), each VMA is mapped at its address
 //! with its protection, and one `prctl(PR_SET_MM_MAP)` sets the mm fields.
+//!
+//! What smaps shows of a VMA comes back with it ([`migrate_proto::records::vma`] lists
+//! each `VmFlags` mnemonic and what becomes of it): madvise state, the anonymous name,
+//! `MAP_NORESERVE`, `MAP_DROPPABLE`, the accounting of a once-writable private mapping,
+//! the write right of a shared one (its file is opened for writing again); locks and
+//! seals once the process is built, and `mlockall(MCL_FUTURE)`, which a dump reads off
+//! a page it maps ([`dump_mlockall`]). userfaultfd registrations, shadow stacks, device
+//! mappings and non-zero protection keys are refused by name.
+//!
+//! Two adjacent VMAs stay two. The kernel merges a new anonymous mapping into an
+//! adjacent one with the same flags when their page offsets (for anonymous memory, the
+//! address at its birth, `vm_pgoff`) follow on, and `mremap` keeps the page offset only
+//! of a VMA that has an `anon_vma` (one faulted page): so an anonymous VMA that would
+//! merge is mapped elsewhere, given one page through `/proc/PID/mem`, moved into place
+//! (its offset no longer follows on from its neighbour's) and the page dropped. The
+//! rebuilt map is then compared with the image's ranges ([`verify`]).
 
 use std::os::unix::fs::MetadataExt;
 
+use std::os::unix::fs::FileExt;
+
+use migrate_proto::records::vma::{CARRIED, MLOCKALL_FUTURE, MLOCKALL_ONFAULT, anon_name};
 use migrate_proto::records::{FileId, MmFields, Vma, VmaBacking};
 
 use crate::error::{EngineError, read_proc};
 use crate::files::FdWorld;
-use crate::inject::{Remote, Task};
+use crate::inject::{Remote, Scratch, Task};
 use crate::objects::shmem::{Named, Registry};
 use crate::procfs::{self, MapEntry};
 
 /// madvise flags of smaps `VmFlags` that a restore sets again, with their advice.
-const ADVICE: [(&str, i32); 3] =
-    [("dc", libc::MADV_DONTFORK), ("dd", libc::MADV_DONTDUMP), ("wf", libc::MADV_WIPEONFORK)];
+const ADVICE: [(&str, i32); 8] = [
+    ("dc", libc::MADV_DONTFORK),
+    ("dd", libc::MADV_DONTDUMP),
+    ("wf", libc::MADV_WIPEONFORK),
+    ("hg", libc::MADV_HUGEPAGE),
+    ("nh", libc::MADV_NOHUGEPAGE),
+    ("mg", libc::MADV_MERGEABLE),
+    ("sr", libc::MADV_SEQUENTIAL),
+    ("rr", libc::MADV_RANDOM),
+];
+
+/// smaps `VmFlags` a checkpoint refuses, and what a VMA with one is. The kernel's vDSO
+/// and vvar pages have `pf`, `io` and `de` too: they are moved, not mapped, and skipped.
+const REFUSED: [(&str, &str); 10] = [
+    ("um", "registered with a userfaultfd (missing pages)"),
+    ("uw", "registered with a userfaultfd (write protection)"),
+    ("ui", "registered with a userfaultfd (minor faults)"),
+    ("ss", "a shadow stack"),
+    ("pf", "a device's mapping (VM_PFNMAP)"),
+    ("io", "a device's mapping (VM_IO)"),
+    ("mm", "a device's mapping (VM_MIXEDMAP)"),
+    ("ar", "a device's mapping (VM_PAT)"),
+    ("de", "a driver's mapping that may not grow (VM_DONTEXPAND)"),
+    ("sf", "a synchronous DAX mapping (MAP_SYNC)"),
+];
+
+/// Where a dump maps its scratch page when it can: the first VMA of smaps, so that
+/// [`dump_mlockall`] reads one record, not the page tables of the whole process.
+pub const PROBE_AT: u64 = 0x1_0000;
+
+const PAGE: u64 = 4096;
 
 /// The identity of the file behind `path` (as this process can open it).
 pub fn file_id(shown: &str, path: &str) -> Result<FileId, EngineError> {
@@ -41,6 +89,9 @@ pub fn dump_vmas(pid: i32, proc: usize, objects: &mut Registry) -> Result<Vec<Vm
             continue; // the kernel provides it everywhere
         }
         let backing = backing(pid, proc, m, objects)?;
+        if !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock) {
+            refuse_flags(pid, m)?;
+        }
         out.push(Vma {
             start: m.start,
             end: m.end,
@@ -49,10 +100,60 @@ pub fn dump_vmas(pid: i32, proc: usize, objects: &mut Registry) -> Result<Vec<Vm
             backing,
             name: m.name.clone(),
             growsdown: m.has_flag("gd"),
-            advice: m.vm_flags.iter().filter(|f| ADVICE.iter().any(|(a, _)| a == f)).cloned().collect(),
+            advice: m.vm_flags.iter().filter(|f| CARRIED.contains(&f.as_str())).cloned().collect(),
+            may_write: m.has_flag("mw"),
         });
     }
     Ok(out)
+}
+
+/// Refuses a VMA whose flags a restore cannot give back ([`REFUSED`], a protection key).
+fn refuse_flags(pid: i32, m: &MapEntry) -> Result<(), EngineError> {
+    let refuse = |what: &str| {
+        Err(EngineError::Unsupported(format!(
+            "{} VMA {:#x}-{:#x} ({}) is {what}: not supported",
+            crate::files::describe_process(pid),
+            m.start,
+            m.end,
+            if m.name.is_empty() { "anonymous" } else { &m.name },
+        )))
+    };
+    if let Some((flag, what)) = REFUSED.iter().find(|(f, _)| m.has_flag(f)) {
+        return refuse(&format!("{what}, smaps flag {flag}"));
+    }
+    if m.pkey != 0 {
+        return refuse(&format!("tagged with memory protection key {}", m.pkey));
+    }
+    Ok(())
+}
+
+/// The process's `mlockall` flags for mappings to come (0, or `MCL_FUTURE` with
+/// `MCL_ONFAULT` if given): the mm's default flags, which only a new VMA shows. `scratch`
+/// is one, just mapped by the dump; smaps is read only as far as it.
+pub fn dump_mlockall(pid: i32, scratch: &Scratch) -> Result<u32, EngineError> {
+    use std::io::BufRead;
+    let path = format!("/proc/{pid}/smaps");
+    let file = std::fs::File::open(&path).map_err(crate::error::io_err("open", &path))?;
+    let mut at_scratch = false;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(crate::error::io_err("read", &path))?;
+        if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| at_scratch) {
+            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+            return Ok(match (has("lo"), has("lf")) {
+                (false, _) => 0,
+                (true, false) => MLOCKALL_FUTURE,
+                (true, true) => MLOCKALL_FUTURE | MLOCKALL_ONFAULT,
+            });
+        }
+        let Some((start, _)) = line.split_once('-') else { continue };
+        if let Ok(start) = u64::from_str_radix(start, 16) {
+            if start > scratch.addr {
+                break;
+            }
+            at_scratch = start == scratch.addr;
+        }
+    }
+    Err(EngineError::proc(pid, "smaps")(format!("no VmFlags for the scratch page at {:#x}", scratch.addr)))
 }
 
 fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Result<VmaBacking, EngineError> {
@@ -292,6 +393,21 @@ fn remap(task: &mut Task, gadget: u64, from: u64, to: u64, len: u64) -> Result<(
     Ok(())
 }
 
+/// A plain anonymous VMA over `start..end`: a range for [`find_gap`] to keep out of.
+fn range(start: u64, end: u64) -> Vma {
+    Vma {
+        start,
+        end,
+        prot: 0,
+        offset: 0,
+        backing: VmaBacking::Anon,
+        name: String::new(),
+        growsdown: false,
+        advice: vec![],
+        may_write: false,
+    }
+}
+
 /// A free range of `len` bytes between the image's VMAs (and below the stack).
 pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
     let mut candidate = 0x1_0000_0000u64;
@@ -308,16 +424,31 @@ pub fn find_gap(image: &[Vma], len: u64) -> Option<u64> {
 
 /// Maps every non-vDSO VMA of the image in the stub `remote` but those it keeps. Files
 /// are opened by the stub itself (in the container's mount namespace) and closed again;
-/// objects are opened where their owner keeps them (`world`).
+/// objects are opened where their owner keeps them (`world`). `park` is the restore's
+/// own range (the parked vDSO, the scratch page), 32 MiB.
 pub fn map_vmas(
     remote: &mut Remote<'_>,
     vmas: &[Vma],
     kept: &[&Vma],
     world: &FdWorld,
+    park: u64,
 ) -> Result<(), EngineError> {
-    for v in vmas.iter().filter(|v| !kept.iter().any(|k| k.start == v.start)) {
+    let is_kept = |v: &Vma| kept.iter().any(|k| k.start == v.start);
+    // Where a VMA may be made apart: outside the image's map and the restore's range.
+    let mut taken = vmas.to_vec();
+    taken.push(range(park, park + (32 << 20)));
+    for (i, v) in vmas.iter().enumerate().filter(|(_, v)| !is_kept(v)) {
         let len = v.end - v.start;
-        let mut flags = libc::MAP_FIXED | if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        let has = |flag: &str| v.advice.iter().any(|a| a == flag);
+        // MAP_STACK gives VM_NOHUGEPAGE (since 6.7): one madvise fewer per thread stack.
+        let mut flags = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 }
+            | if has("nr") { libc::MAP_NORESERVE } else { 0 }
+            | if has("nh") { libc::MAP_STACK } else { 0 };
+        // Charged once writable, a private mapping stays charged when mprotect takes the
+        // write right away (smaps `ac`): it is born writable and mprotected after.
+        let write = libc::PROT_WRITE as u32;
+        let charged = has("ac") && v.prot & write == 0;
+        let prot = v.prot | if charged { write } else { 0 };
         let (fd, offset) = match &v.backing {
             VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::VvarVclock => continue,
             VmaBacking::SysvShm { id, .. } => {
@@ -327,18 +458,19 @@ pub fn map_vmas(
                 let pieces: Vec<&Vma> = vmas
                     .iter()
                     .filter(|w| w.backing == v.backing && base(w) == base(v))
-                    .filter(|w| !kept.iter().any(|k| k.start == w.start))
+                    .filter(|w| !is_kept(w))
                     .collect();
                 if base(v).is_none() || pieces.first().is_some_and(|p| p.start == v.start) {
                     crate::objects::sysv::attach(remote, &pieces, world.object(*id)?)?;
                     for p in &pieces {
-                        advise(remote, p)?;
+                        advise(remote, p, false)?;
                     }
                 }
                 continue;
             }
             VmaBacking::Anon => {
-                flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                let kind = if has("dp") { libc::MAP_DROPPABLE } else { libc::MAP_PRIVATE };
+                flags |= kind | libc::MAP_ANONYMOUS;
                 (None, 0)
             }
             backing => {
@@ -351,11 +483,9 @@ pub fn map_vmas(
                     _ => continue,
                 };
                 flags |= if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-                let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                };
+                // The right to make a shared mapping writable later is the file's access
+                // mode: opened read-only, the mapping loses `mw` (and `sh`).
+                let mode = if shared && v.may_write { libc::O_RDWR } else { libc::O_RDONLY };
                 let at = remote.path(0, path)?;
                 let fd = remote.call(
                     libc::SYS_openat,
@@ -365,11 +495,22 @@ pub fn map_vmas(
                 (Some(fd), v.offset)
             }
         };
-        let res = remote.call(
-            libc::SYS_mmap,
-            &[v.start, len, u64::from(v.prot), flags as u64, fd.unwrap_or(u64::MAX), offset],
-            || format!("mmap of VMA {:#x}-{:#x} ({})", v.start, v.end, v.name),
-        );
+        let what = || format!("mmap of VMA {:#x}-{:#x} ({})", v.start, v.end, v.name);
+        let anon = fd.is_none();
+        let apart = anon && merges(vmas, i, &is_kept);
+        let res = if apart {
+            map_apart(remote, v, prot, flags, &taken)
+        } else {
+            let args = [
+                v.start,
+                len,
+                u64::from(prot),
+                (flags | libc::MAP_FIXED) as u64,
+                fd.unwrap_or(u64::MAX),
+                offset,
+            ];
+            remote.call(libc::SYS_mmap, &args, what)
+        };
         if let Some(fd) = fd {
             remote.call(libc::SYS_close, &[fd], || "close".into())?;
         }
@@ -377,19 +518,138 @@ pub fn map_vmas(
         if addr != v.start {
             return Err(EngineError::Incompatible(format!("VMA {:#x} was mapped at {addr:#x}", v.start)));
         }
-        advise(remote, v)?;
+        if charged {
+            // mprotect uncharges anonymous memory that has no anon_vma yet: one page first.
+            if anon && !apart {
+                fault_in(remote, v.start)?;
+            }
+            remote.call(libc::SYS_mprotect, &[v.start, len, u64::from(v.prot)], || {
+                format!("mprotect of VMA {:#x}-{:#x}", v.start, v.end)
+            })?;
+        }
+        if apart || (anon && charged) {
+            // The page faulted in for its anon_vma: the image's pages are written next.
+            remote.call(libc::SYS_madvise, &[v.start, PAGE, libc::MADV_DONTNEED as u64], || {
+                format!("madvise(DONTNEED) of {:#x}", v.start)
+            })?;
+        }
+        if let Some(name) = anon_name(&v.name).filter(|_| v.backing == VmaBacking::Anon) {
+            let at = remote.path(0, name)?;
+            remote.call(
+                libc::SYS_prctl,
+                &[libc::PR_SET_VMA as u64, libc::PR_SET_VMA_ANON_NAME as u64, v.start, len, at],
+                || format!("naming VMA {:#x}-{:#x} {name:?}", v.start, v.end),
+            )?;
+        }
+        advise(remote, v, true)?;
     }
     Ok(())
 }
 
-/// Sets the `madvise` flags the VMA had.
-fn advise(remote: &mut Remote<'_>, v: &Vma) -> Result<(), EngineError> {
-    for (flag, advice) in ADVICE {
+/// Whether the anonymous VMA `vmas[i]`, mapped in place, could merge with a neighbour:
+/// the one before it (mapped just before, or kept), or a kept one after it.
+fn merges(vmas: &[Vma], i: usize, is_kept: &dyn Fn(&Vma) -> bool) -> bool {
+    let Some(v) = vmas.get(i) else { return false };
+    let alike = |w: &Vma| w.backing == VmaBacking::Anon && w.prot == v.prot;
+    let before = i.checked_sub(1).and_then(|j| vmas.get(j)).is_some_and(|p| p.end == v.start && alike(p));
+    let after = vmas.get(i + 1).is_some_and(|n| n.start == v.end && alike(n) && is_kept(n));
+    before || after
+}
+
+/// Maps the anonymous VMA `v` where it cannot merge with its neighbours (see the module
+/// doc): in a range no VMA of the image or the restore uses (`taken`: the kernel's own
+/// choice may be right beside `v`'s place, and merge there), one page faulted in, then
+/// moved into place.
+fn map_apart(
+    remote: &mut Remote<'_>,
+    v: &Vma,
+    prot: u32,
+    flags: i32,
+    taken: &[Vma],
+) -> Result<u64, EngineError> {
+    let len = v.end - v.start;
+    let at = find_gap(taken, len).ok_or_else(|| {
+        EngineError::Incompatible(format!("no free range to map VMA {:#x}-{:#x} apart", v.start, v.end))
+    })?;
+    let flags = flags | libc::MAP_FIXED_NOREPLACE;
+    let tmp = remote.call(libc::SYS_mmap, &[at, len, u64::from(prot), flags as u64, u64::MAX, 0], || {
+        format!("mmap of VMA {:#x}-{:#x} apart, at {at:#x}", v.start, v.end)
+    })?;
+    fault_in(remote, tmp)?;
+    let move_flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    remote.call(libc::SYS_mremap, &[tmp, len, len, move_flags, v.start], || {
+        format!("mremap of VMA {:#x}-{:#x} into place", v.start, v.end)
+    })
+}
+
+/// Gives the anonymous VMA at `addr` its anon_vma: a page, written through
+/// /proc/PID/mem (a forced write, whatever the VMA's protection).
+fn fault_in(remote: &Remote<'_>, addr: u64) -> Result<(), EngineError> {
+    remote.mem.write_all_at(&[0], addr).map_err(|source| EngineError::Memory {
+        pid: remote.pid,
+        addr,
+        op: "fault in",
+        source,
+    })
+}
+
+/// Sets the `madvise` flags the VMA had; `nh` only if `mmap` did not (`stacked`).
+fn advise(remote: &mut Remote<'_>, v: &Vma, stacked: bool) -> Result<(), EngineError> {
+    for (flag, advice) in ADVICE.into_iter().filter(|&(f, _)| !(stacked && f == "nh")) {
         if v.advice.iter().any(|a| a == flag) {
             remote.call(libc::SYS_madvise, &[v.start, v.end - v.start, advice as u64], || {
                 format!("madvise({flag}) of {:#x}", v.start)
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Once the process's memory is written: its locks (`mlock2`, `MLOCK_ONFAULT` for `lf`,
+/// on kept VMAs too: fork does not carry locks) and `mlockall(MCL_FUTURE)`; then the
+/// rebuilt map is held against the image's.
+pub fn lock_and_verify(remote: &mut Remote<'_>, vmas: &[Vma], mlockall: u32) -> Result<(), EngineError> {
+    for v in vmas.iter().filter(|v| v.advice.iter().any(|a| a == "lo")) {
+        let onfault = v.advice.iter().any(|a| a == "lf");
+        let how = if onfault { libc::MLOCK_ONFAULT as u64 } else { 0 };
+        remote.call(libc::SYS_mlock2, &[v.start, v.end - v.start, how], || {
+            format!("mlock2 of VMA {:#x}-{:#x}", v.start, v.end)
+        })?;
+    }
+    if mlockall != 0 {
+        // Without MCL_CURRENT: only the mm's default flags change.
+        remote.call(libc::SYS_mlockall, &[u64::from(mlockall)], || format!("mlockall({mlockall:#x})"))?;
+    }
+    verify(remote.pid, vmas)
+}
+
+/// Every VMA of the image is one VMA of the rebuilt process `stub`, with the same range
+/// and protection: none merged with a neighbour, none split.
+pub fn verify(stub: i32, vmas: &[Vma]) -> Result<(), EngineError> {
+    let maps = stub_maps(stub)?;
+    for v in vmas {
+        let i = maps.partition_point(|m| m.end <= v.start);
+        let got = maps.get(i).filter(|m| m.start < v.end);
+        if got.is_some_and(|m| m.start == v.start && m.end == v.end && m.prot() == v.prot) {
+            continue;
+        }
+        return Err(EngineError::Incompatible(format!(
+            "VMA {:#x}-{:#x} ({}) of the image came back as {}",
+            v.start,
+            v.end,
+            if v.name.is_empty() { "anonymous" } else { &v.name },
+            got.map_or("nothing".into(), |m| format!("{:#x}-{:#x} {}", m.start, m.end, m.perms)),
+        )));
+    }
+    Ok(())
+}
+
+/// Seals (`mseal`) the VMAs that were: last, once no step of the restore changes them.
+pub fn seal(remote: &mut Remote<'_>, vmas: &[Vma]) -> Result<(), EngineError> {
+    for v in vmas.iter().filter(|v| v.advice.iter().any(|a| a == "sl")) {
+        remote.call(libc::SYS_mseal, &[v.start, v.end - v.start, 0], || {
+            format!("mseal of VMA {:#x}-{:#x}", v.start, v.end)
+        })?;
     }
     Ok(())
 }
@@ -455,19 +715,6 @@ pub fn set_mm(remote: &mut Remote<'_>, mm: &MmFields) -> Result<(), EngineError>
 mod tests {
     use super::*;
 
-    fn vma(start: u64, end: u64) -> Vma {
-        Vma {
-            start,
-            end,
-            prot: 0,
-            offset: 0,
-            backing: VmaBacking::Anon,
-            name: String::new(),
-            growsdown: false,
-            advice: vec![],
-        }
-    }
-
     #[test]
     fn subtracting_ranges_leaves_the_gaps() {
         assert_eq!(subtract(0, 100, [].into_iter()), [(0, 100)]);
@@ -491,7 +738,7 @@ mod tests {
     #[test]
     fn gaps() {
         assert_eq!(find_gap(&[], 4096), Some(0x1_0000_0000));
-        let v = [vma(0x1_0000_0000, 0x1_0001_0000), vma(0x1_0020_0000, 0x1_0030_0000)];
+        let v = [range(0x1_0000_0000, 0x1_0001_0000), range(0x1_0020_0000, 0x1_0030_0000)];
         assert_eq!(find_gap(&v, 0x10_0000), Some(0x1_0010_0000));
         assert_eq!(find_gap(&v, 0x20_0000), Some(0x1_0030_0000));
     }

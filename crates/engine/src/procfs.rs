@@ -16,6 +16,8 @@ pub struct MapEntry {
     pub name: String,
     /// Two-letter flags of `VmFlags`.
     pub vm_flags: Vec<String>,
+    /// `ProtectionKey:` (only on CPUs with memory protection keys; 0 otherwise).
+    pub pkey: u32,
 }
 
 impl MapEntry {
@@ -44,6 +46,12 @@ pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
             }
             continue;
         }
+        if let Some(key) = line.strip_prefix("ProtectionKey:") {
+            if let Some(last) = out.last_mut() {
+                last.pkey = key.trim().parse().map_err(|_| format!("unexpected smaps line {line:?}"))?;
+            }
+            continue;
+        }
         let first = line.split_whitespace().next().unwrap_or("");
         // Field lines are `Name:   value`; mapping lines start with `start-end`.
         if first.ends_with(':') || !first.contains('-') {
@@ -66,7 +74,7 @@ fn parse_maps_line(line: &str) -> Result<MapEntry, String> {
     let (s, e) = range.split_once('-').ok_or_else(bad)?;
     let start = u64::from_str_radix(s, 16).map_err(|_| bad())?;
     let end = u64::from_str_radix(e, 16).map_err(|_| bad())?;
-    Ok(MapEntry { start, end, perms, offset, inode, name, vm_flags: Vec::new() })
+    Ok(MapEntry { start, end, perms, offset, inode, name, vm_flags: Vec::new(), pkey: 0 })
 }
 
 /// The fields of `/proc/PID/stat` after the command name, indexed from field 3 (state).

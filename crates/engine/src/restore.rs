@@ -257,7 +257,7 @@ fn build(
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);
     }
-    mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world)?;
+    mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world, ctx.park)?;
     mm::drop_uninherited(remote.task, gadget, &kept, &rec.inherited)?;
 
     progress(Progress::Phase("memory"));
@@ -299,6 +299,10 @@ fn build(
         }
     }
     forks.finish(remote.task, gadget, scratch)?;
+    // Locks and seals once the children are forked (a child rebuilds its own), and
+    // before the credentials: the locks were taken with the privilege of the time.
+    mm::lock_and_verify(&mut remote, &rec.vmas, rec.mlockall)?;
+    mm::seal(&mut remote, &rec.vmas)?;
 
     // Credentials after the children: they are forked with the stub's (root's), which
     // every step of building them needs, and each sets its own.

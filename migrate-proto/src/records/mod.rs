@@ -18,6 +18,7 @@ pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
 mod ipc;
 pub mod unix;
+pub mod vma;
 
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 pub use ipc::*;
@@ -163,8 +164,12 @@ pub struct Vma {
     pub name: String,
     /// `VM_GROWSDOWN` (stacks).
     pub growsdown: bool,
-    /// `madvise` flags from smaps `VmFlags` that must be set again (`dd` = DONTDUMP, …).
+    /// The smaps `VmFlags` mnemonics a restore sets again ([`vma::CARRIED`]: madvise
+    /// state, locks, `MAP_NORESERVE`, accounting, sealing).
     pub advice: Vec<String>,
+    /// smaps `mw` (VM_MAYWRITE): a shared mapping may be `mprotect`ed writable, its file
+    /// having been opened for writing; the restore opens it so again.
+    pub may_write: bool,
 }
 
 /// A file, identified portably: the same path with the same size and mtime (a mapped
@@ -469,4 +474,7 @@ pub struct ProcessRecord {
     /// What it set with `prctl` and its audit identity (and, in PID 1's, the UTS
     /// namespace's domain name).
     pub attrs: ProcessAttrs,
+    /// `mlockall` flags in force for mappings still to come: 0, or `MCL_FUTURE` (2) with
+    /// `MCL_ONFAULT` (4) if given ([`vma::MLOCKALL_FUTURE`]).
+    pub mlockall: u32,
 }

@@ -95,7 +95,17 @@ pub(crate) fn thread(tid: i32) -> ThreadRecord {
 }
 
 fn vma(start: u64, end: u64, backing: VmaBacking, name: &str) -> Vma {
-    Vma { start, end, prot: 3, offset: 0, backing, name: name.into(), growsdown: false, advice: vec![] }
+    Vma {
+        start,
+        end,
+        prot: 3,
+        offset: 0,
+        backing,
+        name: name.into(),
+        growsdown: false,
+        advice: vec![],
+        may_write: true,
+    }
 }
 
 /// A plausible single-process record with two threads.
@@ -235,6 +245,7 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         ipc: None,
         coredump_filter: 0x33,
         attrs: ProcessAttrs::default(),
+        mlockall: 0,
     }
 }
 

@@ -43,6 +43,18 @@ fn each_check_fires_with_a_precise_message() {
         ("has unknown protection bits 0x8", Box::new(|p| p.vmas[1].prot = 8)),
         ("has file offset 0x10, which is not page-aligned", Box::new(|p| p.vmas[0].offset = 0x10)),
         ("has advice flag \"ddd\"", Box::new(|p| p.vmas[4].advice = vec!["ddd".into()])),
+        // A mnemonic the restore does not carry (userfaultfd) is refused, not ignored.
+        ("has advice flag \"uw\"", Box::new(|p| p.vmas[4].advice = vec!["uw".into()])),
+        ("has advice flag \"lf without lo\"", Box::new(|p| p.vmas[4].advice = vec!["lf".into()])),
+        ("has 15 flags, more than", Box::new(|p| p.vmas[4].advice = vec!["dd".into(); 15])),
+        (
+            "is anonymous memory named \"[anon:a$b]\"",
+            Box::new(|p| {
+                p.vmas[4].backing = VmaBacking::Anon;
+                p.vmas[4].name = "[anon:a$b]".into()
+            }),
+        ),
+        ("mlockall 0x1 is not MCL_FUTURE", Box::new(|p| p.mlockall = 1)),
         (
             "VMA 0x400000-0x402000 path \"/usr/../../etc/shadow\" contains a `..` component",
             Box::new(|p| {
