@@ -543,6 +543,8 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         oom_score_adj: 0,
         zombie: Some(status),
         ipc: None,
+        timers: Vec::new(),
+        membarrier: 0,
     })
 }
 

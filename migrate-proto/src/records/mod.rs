@@ -15,10 +15,15 @@ pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
 mod ipc;
+mod timers;
 pub mod unix;
 
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 pub use ipc::*;
+pub use timers::{
+    MAX_TIMERS, MEMBARRIER_REGISTRATIONS, PosixTimer, TimerNotify, clock_name, cpu_clock, membarrier_names,
+};
+pub(crate) use timers::{check_membarrier, check_timers};
 pub use unix::{PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
@@ -445,4 +450,9 @@ pub struct ProcessRecord {
     pub zombie: Option<i32>,
     /// The container's IPC namespace, in PID 1's record only.
     pub ipc: Option<IpcNamespace>,
+    /// Its POSIX timers (`timer_create`), in increasing id order.
+    pub timers: Vec<PosixTimer>,
+    /// Its membarrier registrations (per mm): the `MEMBARRIER_CMD_REGISTER_*` commands
+    /// it ran, as `MEMBARRIER_CMD_GET_REGISTRATIONS` reports them.
+    pub membarrier: u32,
 }

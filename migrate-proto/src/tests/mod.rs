@@ -225,6 +225,8 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         oom_score_adj: 0,
         zombie: None,
         ipc: None,
+        timers: Vec::new(),
+        membarrier: 0,
     }
 }
 
