@@ -119,6 +119,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         {
             refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
         }
+        refusals.gather(crate::timers::check(p))?;
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
@@ -298,6 +299,8 @@ struct Injected {
     hostname: String,
     /// The pid namespace's `ns_last_pid`, read by PID 1 (`root`) only.
     last_pid: i32,
+    timers: Vec<migrate_proto::records::PosixTimer>,
+    membarrier: u32,
 }
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
@@ -328,6 +331,12 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let hostname = String::from_utf8_lossy(&uts[..uts.iter().position(|&b| b == 0).unwrap_or(uts.len())])
             .into_owned();
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
+        let host_ns: Vec<(i32, i32)> =
+            seized.tasks.iter().map(|t| t.tid).zip(tids_ns.iter().copied()).collect();
+        let pending: Vec<_> = threads.iter().flat_map(|t| &t.pending).chain(&shared_pending).collect();
+        let listed = crate::timers::check(pid)?;
+        let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
+        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns, &pending)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -336,6 +345,8 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
             shared_pending,
             hostname,
             last_pid,
+            timers,
+            membarrier,
         })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
@@ -399,6 +410,8 @@ fn collect_and_write(
             oom_score_adj: crate::sched::dump_oom(pid)?,
             zombie: None,
             ipc: if i == 0 { ipc.take() } else { None },
+            timers: inj.timers,
+            membarrier: inj.membarrier,
         });
     }
     let live: Vec<(i32, usize)> =
