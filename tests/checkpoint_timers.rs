@@ -1,0 +1,82 @@
+//! POSIX timers (`timer_create`) and membarrier registrations, moved to another host and
+//! asked afterwards, from inside, whether they are still what they were.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use support::{TempDir, TestLab, compile_c, log_in_image, wait_until};
+
+/// `tests/programs/timers.c`: timers on every clock a restore makes, signalling the
+/// process, a thread, glibc's SIGEV_THREAD helper or nobody, with ids that have gaps, and
+/// a membarrier registration; the program judges them itself after the move.
+#[test]
+fn timers_keep_their_ids_clocks_signals_and_time_left_and_membarrier_its_registration() -> anyhow::Result<()>
+{
+    let bin = TempDir::new("timers-bin")?;
+    let exe = compile_c("timers", &["-O2", "-pthread"], &bin.path)?;
+    let work = TempDir::new("timers-work")?;
+    let img = TempDir::new("timers-img")?;
+    let trigger = work.join("go");
+    let lab = TestLab::up(2)?;
+    lab.start("host-a", "tmr", &[&exe, &trigger])?;
+    lab.wait_log("tmr", "ready")?;
+    let image = img.join("tmr");
+    lab.checkpoint_and_restore("tmr", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    for want in [
+        "CLOCK_BOOTTIME, no signal (SIGEV_NONE)",
+        "CLOCK_REALTIME, signal 37 to the process, value 0x14d",
+        "its own process's scheduler CPU clock (-6)",
+        "membarrier: registered private-expedited",
+    ] {
+        ensure!(inspect.contains(want), "inspect does not show {want:?}: {inspect}");
+    }
+    let ready = log_in_image(&image)?;
+    let ready = ready.lines().find(|l| l.starts_with("ready")).context("no ready line in the image's log")?;
+    // The ids the program holds, e.g. "sig=2": the inspect lists every one of them.
+    for id in ready.split_whitespace().filter_map(|w| w.split_once('=')).filter(|(k, _)| *k != "membarrier") {
+        ensure!(
+            inspect.contains(&format!("timer {:<4} ", id.1)),
+            "inspect does not list timer {id:?}: {inspect}"
+        );
+    }
+    std::fs::write(&trigger, b"")?;
+    let log = lab.wait_log_for("tmr", "verdict", Duration::from_secs(60))?;
+    let verdict = log.lines().find(|l| l.starts_with("verdict")).unwrap_or_default();
+    ensure!(verdict == "verdict ok", "the program found its timers changed: {verdict}\n{log}");
+    lab.down_after_exit("tmr")?;
+    Ok(())
+}
+
+/// coreutils' `timeout` arms a `CLOCK_REALTIME` POSIX timer and waits for its SIGALRM to
+/// kill the command: after the move, the timer still fires and the command is killed
+/// (without it, `sleep` would run for 1000 s).
+#[test]
+fn timeout_still_kills_its_command_after_the_move() -> anyhow::Result<()> {
+    let img = TempDir::new("timeout-img")?;
+    let lab = TestLab::up(2)?;
+    lab.start(
+        "host-a",
+        "tmo",
+        &["sh", "-c", "timeout 25 sh -c 'echo ready; exec sleep 1000'; echo status $?"],
+    )?;
+    lab.wait_log("tmo", "ready")?;
+    let image = img.join("tmo");
+    lab.checkpoint_and_restore("tmo", &image, "host-b")?;
+    let inspect = lab.ok(&["inspect", &image])?;
+    ensure!(
+        inspect.contains("CLOCK_REALTIME, signal 14 to the process") && inspect.contains("left, one-shot"),
+        "inspect does not show timeout's timer: {inspect}"
+    );
+    ensure!(
+        wait_until(Duration::from_secs(90), || lab.logs("tmo").is_ok_and(|l| l.contains("status"))),
+        "timeout did not end its command: {}",
+        lab.logs("tmo")?
+    );
+    let log = lab.logs("tmo")?;
+    ensure!(log.contains("status 124"), "timeout's status is not 124 (timed out): {log}");
+    lab.down_after_exit("tmo")?;
+    Ok(())
+}
