@@ -80,3 +80,49 @@ fn timeout_still_kills_its_command_after_the_move() -> anyhow::Result<()> {
     lab.down_after_exit("tmo")?;
     Ok(())
 }
+
+/// The highest `tick N` a container printed.
+fn last_tick(lab: &TestLab, name: &str) -> u64 {
+    let log = lab.logs(name).unwrap_or_default();
+    log.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).max().unwrap_or(0)
+}
+
+/// Timers a restore could not make the same are refused at the checkpoint, naming the
+/// process and the timer, and the container runs on as before: one on the calling
+/// thread's CPU clock in a process of several threads (refused before the freeze's
+/// look ends), one whose last expiry overran (refused once the count is read).
+#[test]
+fn timers_a_restore_cannot_rebuild_are_refused_by_name() -> anyhow::Result<()> {
+    let bin = TempDir::new("timers-refuse-bin")?;
+    let exe = compile_c("timers", &["-O2", "-pthread"], &bin.path)?;
+    let img = TempDir::new("timers-refuse-img")?;
+    let lab = TestLab::up(1)?;
+    let cases = [
+        (
+            "cpu",
+            "has a POSIX timer (id 0) on the creating thread's scheduler CPU clock (-2), the calling thread's CPU clock, in a process of several threads",
+        ),
+        ("overrun", "has a POSIX timer (id 0) whose last expiry overran"),
+    ];
+    for (mode, _) in cases {
+        lab.start("host-a", &format!("tmr-{mode}"), &[&exe, mode])?;
+    }
+    for (mode, want) in cases {
+        let name = format!("tmr-{mode}");
+        lab.wait_log(&name, "tick 1")?;
+        let dir = img.join(&name);
+        let err = lab.fails(&["checkpoint", &name, "--dir", &dir])?;
+        ensure!(err.contains(want) && err.contains("PID 1 (timers, host pid"), "{name}: the refusal: {err}");
+        ensure!(!std::path::Path::new(&dir).exists(), "{name}: the refused checkpoint left {dir}");
+        let c = lab.container(&name)?;
+        ensure!(c["state"] == "running", "{name} after the refusal: {c}");
+        let t = last_tick(&lab, &name);
+        ensure!(
+            wait_until(Duration::from_secs(20), || last_tick(&lab, &name) >= t + 3),
+            "{name} stopped ticking after the refusal: {}",
+            lab.logs(&name)?
+        );
+    }
+    lab.down_expecting(&["tmr-cpu", "tmr-overrun"])?;
+    Ok(())
+}

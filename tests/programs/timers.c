@@ -19,6 +19,14 @@
  * most what it was and not near 0 for the long ones; each periodic timer signals again,
  * with its value, to its thread; membarrier's registrations are the same and a private
  * expedited barrier succeeds. Then prints "verdict ok" or "verdict BAD …".
+ *
+ * Usage: timers cpu | timers overrun   (timers a checkpoint must refuse)
+ *  - cpu:     a second thread, and a timer on the calling thread's CPU clock (which
+ *             thread's, nothing outside the process can tell);
+ *  - overrun: a timer every 1 ms whose signal is blocked, taken once by sigwaitinfo after
+ *             50 ms: its last expiry overran ~49 times (timer_getoverrun), a count no call
+ *             sets again.
+ * Each prints "ready ID", then "tick N" every 200 ms, forever.
  * Build: cc -O2 -pthread timers.c */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -109,8 +117,43 @@ static char *read_timers(void) {
 
 static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
 
+/* The refused kinds: see the usage above. */
+_Noreturn static void refused(const char *mode) {
+    timer_t t;
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_SIGNAL;
+    ev.sigev_signo = SIGRTMIN + 1;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN + 1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (!strcmp(mode, "cpu")) {
+        pthread_t w;
+        if (pthread_create(&w, NULL, worker, NULL)) die("pthread_create");
+        ev.sigev_notify = SIGEV_NONE;
+        if (timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &t)) die("timer_create");
+        struct itimerspec its = {{0, 0}, {1000, 0}};
+        if (timer_settime(t, 0, &its, NULL)) die("timer_settime");
+    } else {
+        if (timer_create(CLOCK_MONOTONIC, &ev, &t)) die("timer_create");
+        struct itimerspec its = {{0, MS}, {0, MS}};
+        if (timer_settime(t, 0, &its, NULL)) die("timer_settime");
+        sleep_ms(50);
+        siginfo_t info;
+        if (sigwaitinfo(&set, &info) < 0) die("sigwaitinfo");
+        say("overrun %d", timer_getoverrun(t));
+    }
+    say("ready %ld", (long)t);
+    for (long n = 0;; n++) {
+        say("tick %ld", n);
+        sleep_ms(200);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) return 2;
+    if (!strcmp(argv[1], "cpu") || !strcmp(argv[1], "overrun")) refused(argv[1]);
     const char *trigger = argv[1];
     struct sigaction sa = {0};
     sa.sa_sigaction = on_signal;
