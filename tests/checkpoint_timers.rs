@@ -23,11 +23,15 @@ fn timers_keep_their_ids_clocks_signals_and_time_left_and_membarrier_its_registr
     lab.start("host-a", "tmr", &[&exe, &trigger])?;
     lab.wait_log("tmr", "ready")?;
     let image = img.join("tmr");
-    lab.checkpoint_and_restore("tmr", &image, "host-b")?;
+    lab.checkpoint("tmr", &image, &[])?;
+    // Away for long enough that an absolute timer restored relative would show it.
+    std::thread::sleep(Duration::from_secs(3));
+    lab.restore(&image, "host-b")?;
     let inspect = lab.ok(&["inspect", &image])?;
     for want in [
         "CLOCK_BOOTTIME, no signal (SIGEV_NONE)",
         "CLOCK_REALTIME, signal 37 to the process, value 0x14d",
+        "left, one-shot, absolute (TIMER_ABSTIME)",
         "its own process's scheduler CPU clock (-6)",
         "membarrier: registered private-expedited",
     ] {
@@ -67,7 +71,7 @@ fn timeout_still_kills_its_command_after_the_move() -> anyhow::Result<()> {
     lab.checkpoint_and_restore("tmo", &image, "host-b")?;
     let inspect = lab.ok(&["inspect", &image])?;
     ensure!(
-        inspect.contains("CLOCK_REALTIME, signal 14 to the process") && inspect.contains("left, one-shot"),
+        inspect.contains("CLOCK_REALTIME, signal 14 to the process") && inspect.contains("left, one-shot\n"),
         "inspect does not show timeout's timer: {inspect}"
     );
     ensure!(

@@ -16,7 +16,9 @@
  * and registers membarrier private expedited. Prints "ready" once each periodic timer has
  * signalled; after TRIGGER exists it checks from inside: /proc/self/timers reads as
  * before; timer_gettime works on every id, each period is the same, each time left is at
- * most what it was and not near 0 for the long ones; each periodic timer signals again,
+ * most what it was and not near 0 for the long ones; the absolute one still expires at
+ * its wall-clock time (within 1 s: the test keeps the container away for longer), the
+ * relative ones went on from where they stood; each periodic timer signals again,
  * with its value, to its thread; membarrier's registrations are the same and a private
  * expedited barrier succeeds. Then prints "verdict ok" or "verdict BAD …".
  *
@@ -116,6 +118,15 @@ static char *read_timers(void) {
 }
 
 static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
+
+/* When the timer expires next, on the wall clock. */
+static long long wall_expiry(timer_t t) {
+    struct itimerspec its;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (timer_gettime(t, &its)) die("timer_gettime");
+    return ns(now) + ns(its.it_value);
+}
 
 /* The refused kinds: see the usage above. */
 _Noreturn static void refused(const char *mode) {
@@ -220,6 +231,7 @@ int main(int argc, char **argv) {
     while (!atomic_load(&count[SIG]) || !atomic_load(&count[THREAD]) || !atomic_load(&count[CB])) sleep_ms(10);
     for (int i = 0; i < N; i++)
         if (timer_gettime(timers[i], &before[i])) die(names[i]);
+    long long abs_at = wall_expiry(timers[ABS]);
     char *listing = read_timers();
     say("ready ids sig=%ld thread=%ld none=%ld abs=%ld long=%ld cpu=%ld plain=%ld membarrier=%ld",
         (long)timers[SIG], (long)timers[THREAD], (long)timers[NONE], (long)timers[ABS], (long)timers[LONG],
@@ -243,6 +255,8 @@ int main(int argc, char **argv) {
             BAD("%s:left-%lld-of-%lld", names[i], ns(its.it_value), ns(before[i].it_value));
         if (i == PLAIN && ns(its.it_value)) BAD("plain:armed");
     }
+    long long moved = wall_expiry(timers[ABS]) - abs_at;
+    if (moved > 1000000000LL || moved < -1000000000LL) BAD("abs:moved-%lld-ns", moved);
     int start[N];
     for (int i = 0; i < N; i++) start[i] = atomic_load(&count[i]);
     /* Generous: each needs three more expiries, of at most 500 ms each. */

@@ -637,6 +637,7 @@ fn timer_lines(p: &migrate_proto::records::ProcessRecord) -> Vec<String> {
             (left, 0) => format!("{} left, one-shot", secs(left)),
             (left, every) => format!("{} left, every {}", secs(left), secs(every)),
         };
+        let armed = if t.abs_ns.is_some() { format!("{armed}, absolute (TIMER_ABSTIME)") } else { armed };
         out.push(format!(
             "  timer {:<4} {}, {notify}, value {:#x}, {armed}",
             t.id,

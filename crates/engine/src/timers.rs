@@ -15,9 +15,18 @@
 //! It shows neither the time left nor the period: an injected `timer_gettime` (inside
 //! the process, the only place its timer ids mean anything) tells those, and
 //! `timer_getoverrun` the overrun count of the last expiry the program was told of. No
-//! call sets an overrun count, so a timer with one is refused; and nothing shows whether
-//! a timer was set with `TIMER_ABSTIME`: every timer is restored relative, with its time
-//! left. A one-shot timer that expired while its signal still waits to be delivered
+//! call sets an overrun count, so a timer with one is refused.
+//!
+//! Whether a `CLOCK_REALTIME` (or `CLOCK_TAI`) timer was set with `TIMER_ABSTIME` shows
+//! only in where the kernel queues it: an absolute one on the realtime (TAI) hrtimer
+//! base, expiring at a wall-clock time; a relative one on the monotonic base, which
+//! clock changes do not move. `/proc/timer_list` lists every base's queued timers
+//! (`posix_timer_fn`) with their expiry; an entry on the realtime base at exactly the
+//! time `timer_gettime` reported, read between two readings of the clock around it,
+//! is that timer, and it is restored absolute, at that wall-clock time (so a timer that
+//! was due while the container was away fires at once). Every other timer is restored
+//! relative, with its time left; so is an absolute one that is not queued at the
+//! checkpoint (`SIGEV_NONE`, or its signal not yet taken): nothing tells it apart. A one-shot timer that expired while its signal still waits to be delivered
 //! reports 1 ns left; it is restored disarmed, and its signal (`SI_TIMER`, with the
 //! timer's id) comes back with the other pending signals.
 //!
@@ -48,7 +57,7 @@ use linux_raw_sys::prctl::{
 
 use crate::error::EngineError;
 use crate::inject::Remote;
-use crate::objects::timerfd::itimerspec;
+use crate::objects::timerfd::{container_now, itimerspec};
 
 /// One timer as `/proc/PID/timers` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,10 +191,15 @@ pub fn dump(
     let pid = remote.pid;
     let who = || crate::files::describe_process(pid);
     let mut timers = Vec::with_capacity(listed.len());
+    // The window of expiries an absolute timer may have on its clock (see the module doc).
+    let mut windows = Vec::new();
     for t in listed {
         let id = t.id as u64;
+        let wall = matches!(t.clock, libc::CLOCK_REALTIME | libc::CLOCK_TAI) && !t.none;
+        let start = if wall { Some(container_now(pid, t.clock)?) } else { None };
         remote
             .call(libc::SYS_timer_gettime, &[id, remote.scratch.addr], || format!("timer_gettime({id})"))?;
+        let end = if wall { Some(container_now(pid, t.clock)?) } else { None };
         let b = remote.read(0, 32)?;
         let ns = |i: usize| {
             let word = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -204,6 +218,9 @@ pub fn dump(
         if interval_ns == 0 && left_ns == 1 && pending.iter().any(|s| timer_of(s) == Some(t.id)) {
             left_ns = 0;
         }
+        if let (Some(start), Some(end), true) = (start, end, left_ns > 0) {
+            windows.push((timers.len(), start.saturating_add(left_ns)..=end.saturating_add(left_ns)));
+        }
         let notify = match (t.none, t.thread) {
             (true, _) => TimerNotify::None,
             (false, false) => TimerNotify::Signal,
@@ -221,7 +238,17 @@ pub fn dump(
             value: t.value,
             left_ns,
             interval_ns,
+            abs_ns: None,
         });
+    }
+    if !windows.is_empty() {
+        let list = std::fs::read_to_string("/proc/timer_list")
+            .map_err(crate::error::io_err("read", "/proc/timer_list"))?;
+        let queued = wall_expiries(&list);
+        for (i, window) in windows {
+            let t: &mut PosixTimer = &mut timers[i];
+            t.abs_ns = queued.iter().find(|(c, at)| *c == t.clock && window.contains(at)).map(|(_, at)| *at);
+        }
     }
     timers.sort_by_key(|t| t.id);
     // Only a checkpointer turns it on; the restore could not tell the program's own
@@ -301,12 +328,47 @@ fn create(remote: &mut Remote<'_>, t: &PosixTimer) -> Result<(), EngineError> {
         return Err(EngineError::Incompatible(format!("timer {} was made with another id ({got:?})", t.id)));
     }
     if t.left_ns > 0 {
-        let spec = remote.write(128, &itimerspec(t.left_ns, t.interval_ns))?;
-        remote.call(libc::SYS_timer_settime, &[t.id as u64, 0, spec, 0], || {
+        let (value, flags) = match t.abs_ns {
+            Some(at) => (at, libc::TIMER_ABSTIME as u64),
+            None => (t.left_ns, 0),
+        };
+        let spec = remote.write(128, &itimerspec(value, t.interval_ns))?;
+        remote.call(libc::SYS_timer_settime, &[t.id as u64, flags, spec, 0], || {
             format!("timer_settime({})", t.id)
         })?;
     }
     Ok(())
+}
+
+/// The POSIX timers queued on the host's realtime and TAI hrtimer bases, as
+/// `/proc/timer_list` shows them: (the clock, `CLOCK_REALTIME` or `CLOCK_TAI`; the hard
+/// expiry on it, in ns). Bases are numbered as the kernel's `hrtimer_base_type`: 1 and 5
+/// are realtime (hard, soft), 3 and 7 TAI.
+fn wall_expiries(text: &str) -> Vec<(i32, u64)> {
+    let mut out = Vec::new();
+    let mut clock = None;
+    let mut ours = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("clock ").and_then(|r| r.strip_suffix(':')) {
+            clock = match n.parse::<u32>() {
+                Ok(1 | 5) => Some(libc::CLOCK_REALTIME),
+                Ok(3 | 7) => Some(libc::CLOCK_TAI),
+                _ => None,
+            };
+        } else if line.starts_with('#') && line.contains(", posix_timer_fn,") {
+            ours = true;
+            continue;
+        } else if let (true, Some(c), Some(range)) = (ours, clock, line.strip_prefix("# expires at ")) {
+            let hard = range
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(_, h)| h.parse().ok());
+            out.extend(hard.map(|h| (c, h)));
+        }
+        ours = false;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -357,6 +419,28 @@ mod tests {
     }
 
     #[test]
+    fn posix_timers_on_the_wall_clock_bases_are_found_in_the_timer_list() {
+        let text = "cpu: 0\n clock 0:\n  .index:      0\nactive timers:\n \
+                    #0: <00000000431578d8>, posix_timer_fn, S:01\n \
+                    # expires at 15124140703697-15124140703697 nsecs [in 8 to 8 nsecs]\n \
+                    clock 1:\n  .index:      1\nactive timers:\n \
+                    #0: <000000007a4596b0>, posix_timer_fn, S:01\n \
+                    # expires at 1796343216000000000-1796343216000000001 nsecs [in 4 to 4 nsecs]\n \
+                    #1: <000000007a4596b1>, hrtimer_wakeup, S:01\n \
+                    # expires at 1796343217000000000-1796343217000000000 nsecs [in 4 to 4 nsecs]\n \
+                    clock 3:\n  .index:      3\nactive timers:\n \
+                    #0: <000000007a4596b2>, posix_timer_fn, S:01\n \
+                    # expires at 1796343253000000000-1796343253000000000 nsecs [in 4 to 4 nsecs]\n";
+        assert_eq!(
+            wall_expiries(text),
+            vec![
+                (libc::CLOCK_REALTIME, 1_796_343_216_000_000_001),
+                (libc::CLOCK_TAI, 1_796_343_253_000_000_000)
+            ]
+        );
+    }
+
+    #[test]
     fn a_sigevent_has_libc_layout() {
         let t = PosixTimer {
             id: 3,
@@ -366,6 +450,7 @@ mod tests {
             value: 0x1122_3344_5566_7788,
             left_ns: 0,
             interval_ns: 0,
+            abs_ns: None,
         };
         let b = sigevent(&t);
         assert_eq!(&b[0..8], &0x1122_3344_5566_7788u64.to_ne_bytes());

@@ -29,6 +29,10 @@ pub struct PosixTimer {
     pub left_ns: u64,
     /// The period; 0: a one-shot timer.
     pub interval_ns: u64,
+    /// Set with `TIMER_ABSTIME` on `CLOCK_REALTIME` or `CLOCK_TAI`: the next expiry on
+    /// that clock, which it keeps (a relative one keeps its time left). `None` for a
+    /// relative timer, or one whose kind could not be seen.
+    pub abs_ns: Option<u64>,
 }
 
 /// How a timer tells its expiry (`sigev_notify`).
@@ -141,7 +145,13 @@ pub(crate) fn check_timers(timers: &[PosixTimer], tids: &[i32]) -> Result<(), In
         {
             return bad(format!("timer {}: thread {tid} is not a thread of the process", t.id));
         }
-        if t.left_ns > MAX_NS || t.interval_ns > MAX_NS {
+        if t.abs_ns.is_some() && (!matches!(t.clock, 0 | 11) || t.left_ns == 0) {
+            return bad(format!(
+                "timer {}: absolute, but disarmed or on a clock other than REALTIME or TAI",
+                t.id
+            ));
+        }
+        if t.left_ns > MAX_NS || t.interval_ns > MAX_NS || t.abs_ns.is_some_and(|a| a > MAX_NS) {
             return bad(format!("timer {}: time beyond the kernel's range", t.id));
         }
     }

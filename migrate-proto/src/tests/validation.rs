@@ -791,6 +791,7 @@ fn with_timers() -> ProcessRecord {
         value: 0x1234,
         left_ns: 5_000_000_000,
         interval_ns: 1_000_000_000,
+        abs_ns: None,
     };
     p.timers = vec![
         t(0, 1, TimerNotify::Signal),
@@ -801,6 +802,7 @@ fn with_timers() -> ProcessRecord {
         t(3, (!10 << 3) | 2, TimerNotify::Signal),
         t(4, (!11 << 3) | 6, TimerNotify::Signal),
     ];
+    p.timers[2].abs_ns = Some(1_800_000_000_000_000_000);
     p.membarrier = 16 | 256;
     p
 }
@@ -843,6 +845,15 @@ fn timers_and_membarrier_are_checked() {
         ),
         ("timer 0: time beyond the kernel's range", Box::new(|p| p.timers[0].left_ns = u64::MAX)),
         ("timer 0: time beyond the kernel's range", Box::new(|p| p.timers[0].interval_ns = 1 << 63)),
+        (
+            "timer 0: absolute, but disarmed or on a clock other than REALTIME or TAI",
+            Box::new(|p| p.timers[0].abs_ns = Some(1)),
+        ),
+        (
+            "timer 2: absolute, but disarmed or on a clock other than REALTIME or TAI",
+            Box::new(|p| p.timers[2].left_ns = 0),
+        ),
+        ("timer 2: time beyond the kernel's range", Box::new(|p| p.timers[2].abs_ns = Some(u64::MAX))),
         ("0x1000 holds bits that are not registrations", Box::new(|p| p.membarrier = 0x1000)),
         (
             "a zombie holds no threads",

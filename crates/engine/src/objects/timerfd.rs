@@ -56,7 +56,7 @@ fn ns_of(t: &libc::timespec) -> u64 {
 
 /// `clock` now, as the container reads it: the host's, plus its time namespace's offset
 /// for the monotonic and boot-time clocks.
-fn container_now(pid: i32, clock: i32) -> Result<u64, EngineError> {
+pub(crate) fn container_now(pid: i32, clock: i32) -> Result<u64, EngineError> {
     // An alarm clock reads as its base clock (and clock_gettime refuses it without an
     // RTC, as here).
     let base = match clock {
