@@ -13,12 +13,15 @@
  *  - long:   CLOCK_MONOTONIC, first in 500 s then every 1000 s, SIGRTMIN+4 with value 444;
  *  - cpu:    the process's CPU clock, SIGEV_NONE, in 1000 s of CPU time;
  *  - plain:  CLOCK_MONOTONIC with no sigevent (SIGALRM, value = its id), disarmed;
+ *  - fired:  CLOCK_MONOTONIC, one-shot in 10 ms, SIGRTMIN+5 with value 555, blocked: it
+ *            has expired (disarmed) and its signal waits;
  * and registers membarrier private expedited. Prints "ready" once each periodic timer has
  * signalled; after TRIGGER exists it checks from inside: /proc/self/timers reads as
  * before; timer_gettime works on every id, each period is the same, each time left is at
  * most what it was and not near 0 for the long ones; the absolute one still expires at
  * its wall-clock time (within 1 s: the test keeps the container away for longer), the
- * relative ones went on from where they stood; each periodic timer signals again,
+ * relative ones went on from where they stood; the fired one still reads expired, and
+ * its signal arrives exactly once when taken; each periodic timer signals again,
  * with its value, to its thread; membarrier's registrations are the same and a private
  * expedited barrier succeeds. Then prints "verdict ok" or "verdict BAD …".
  *
@@ -48,8 +51,8 @@
 #define MS 1000000L
 #define GET_REGISTRATIONS 512 /* MEMBARRIER_CMD_GET_REGISTRATIONS, Linux 6.3 */
 
-enum { SIG, THREAD, CB, NONE, ABS, LONG, CPU, PLAIN, N };
-static const char *names[N] = {"sig", "thread", "cb", "none", "abs", "long", "cpu", "plain"};
+enum { SIG, THREAD, CB, NONE, ABS, LONG, CPU, PLAIN, FIRED, N };
+static const char *names[N] = {"sig", "thread", "cb", "none", "abs", "long", "cpu", "plain", "fired"};
 static timer_t timers[N];
 static struct itimerspec before[N];
 
@@ -171,6 +174,11 @@ int main(int argc, char **argv) {
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigaction(SIGRTMIN + 1, &sa, NULL);
     sigaction(SIGRTMIN + 2, &sa, NULL);
+    /* Blocked in every thread (each inherits it): the fired timer's signal waits. */
+    sigset_t fired;
+    sigemptyset(&fired);
+    sigaddset(&fired, SIGRTMIN + 5);
+    pthread_sigmask(SIG_BLOCK, &fired, NULL);
     /* Only the worker takes the thread timer's signal: the kernel aims it there anyway. */
     sigset_t set;
     sigemptyset(&set);
@@ -218,6 +226,11 @@ int main(int argc, char **argv) {
     ev.sigev_notify = SIGEV_NONE;
     make(CPU, cpu, &ev);
     make(PLAIN, CLOCK_MONOTONIC, NULL);
+    ev.sigev_notify = SIGEV_SIGNAL;
+    ev.sigev_signo = SIGRTMIN + 5;
+    ev.sigev_value.sival_int = 555;
+    make(FIRED, CLOCK_MONOTONIC, &ev);
+    arm(FIRED, 0, 10, 0);
     arm(SIG, 0, 300, 300);
     arm(THREAD, 0, 400, 400);
     arm(CB, 0, 500, 500);
@@ -228,14 +241,21 @@ int main(int argc, char **argv) {
     if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)) die("membarrier register");
     long registrations = syscall(SYS_membarrier, GET_REGISTRATIONS, 0, 0);
 
-    while (!atomic_load(&count[SIG]) || !atomic_load(&count[THREAD]) || !atomic_load(&count[CB])) sleep_ms(10);
+    sigset_t waiting;
+    for (;;) {
+        sigpending(&waiting);
+        if (sigismember(&waiting, SIGRTMIN + 5) && atomic_load(&count[SIG]) && atomic_load(&count[THREAD]) &&
+            atomic_load(&count[CB]))
+            break;
+        sleep_ms(10);
+    }
     for (int i = 0; i < N; i++)
         if (timer_gettime(timers[i], &before[i])) die(names[i]);
     long long abs_at = wall_expiry(timers[ABS]);
     char *listing = read_timers();
-    say("ready ids sig=%ld thread=%ld none=%ld abs=%ld long=%ld cpu=%ld plain=%ld membarrier=%ld",
+    say("ready ids sig=%ld thread=%ld none=%ld abs=%ld long=%ld cpu=%ld plain=%ld fired=%ld membarrier=%ld",
         (long)timers[SIG], (long)timers[THREAD], (long)timers[NONE], (long)timers[ABS], (long)timers[LONG],
-        (long)timers[CPU], (long)timers[PLAIN], registrations);
+        (long)timers[CPU], (long)timers[PLAIN], (long)timers[FIRED], registrations);
 
     while (access(trigger, F_OK)) sleep_ms(50);
 
@@ -257,6 +277,15 @@ int main(int argc, char **argv) {
     }
     long long moved = wall_expiry(timers[ABS]) - abs_at;
     if (moved > 1000000000LL || moved < -1000000000LL) BAD("abs:moved-%lld-ns", moved);
+    siginfo_t got;
+    struct timespec wait = {5, 0}, none = {0, 0};
+    if (sigtimedwait(&fired, &got, &wait) != SIGRTMIN + 5)
+        BAD("fired:no-signal");
+    else if (got.si_code != SI_TIMER || got.si_value.sival_int != 555 || got.si_timerid != (long)timers[FIRED])
+        BAD("fired:siginfo-%d-%d-%d", got.si_code, got.si_value.sival_int, got.si_timerid);
+    if (sigtimedwait(&fired, &got, &none) >= 0) BAD("fired:twice");
+    struct itimerspec taken;
+    if (timer_gettime(timers[FIRED], &taken) || ns(taken.it_value)) BAD("fired:armed-after-its-signal");
     int start[N];
     for (int i = 0; i < N; i++) start[i] = atomic_load(&count[i]);
     /* Generous: each needs three more expiries, of at most 500 ms each. */

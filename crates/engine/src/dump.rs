@@ -333,10 +333,9 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
         let host_ns: Vec<(i32, i32)> =
             seized.tasks.iter().map(|t| t.tid).zip(tids_ns.iter().copied()).collect();
-        let pending: Vec<_> = threads.iter().flat_map(|t| &t.pending).chain(&shared_pending).collect();
         let listed = crate::timers::check(pid)?;
         let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
-        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns, &pending)?;
+        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,

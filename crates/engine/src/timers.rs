@@ -26,9 +26,13 @@
 //! is that timer, and it is restored absolute, at that wall-clock time (so a timer that
 //! was due while the container was away fires at once). Every other timer is restored
 //! relative, with its time left; so is an absolute one that is not queued at the
-//! checkpoint (`SIGEV_NONE`, or its signal not yet taken): nothing tells it apart. A one-shot timer that expired while its signal still waits to be delivered
-//! reports 1 ns left; it is restored disarmed, and its signal (`SI_TIMER`, with the
-//! timer's id) comes back with the other pending signals.
+//! checkpoint (`SIGEV_NONE`, or its signal not yet taken): nothing tells it apart.
+//!
+//! A timer whose signal waits to be taken: its `SI_TIMER` siginfo (with the timer's id
+//! and value) is among the pending signals the thread and process records carry, and
+//! comes back as it was. A one-shot timer is disarmed once it fired (Linux 6.13 on:
+//! `timer_gettime` reads 0 even while its signal waits), and is restored so; a periodic
+//! one is armed with the time to its next expiry.
 //!
 //! Restore makes each timer again with its id: with `PR_TIMER_CREATE_RESTORE_IDS` on
 //! (Linux 6.17 on), `timer_create` takes the wanted id from `*timerid` and fails with
@@ -47,7 +51,7 @@
 //! only after the process's children are forked: a child the parent forked before it
 //! registered must not get them.
 
-use migrate_proto::records::{PosixTimer, ProcessRecord, SigInfo, TimerNotify, clock_name, cpu_clock};
+use migrate_proto::records::{PosixTimer, ProcessRecord, TimerNotify, clock_name, cpu_clock};
 
 use linux_raw_sys::general::membarrier_cmd as mb;
 use linux_raw_sys::prctl::{
@@ -167,26 +171,12 @@ pub fn check(pid: i32) -> Result<Vec<Listed>, EngineError> {
     }
 }
 
-/// `si_code` of a timer's signal.
-const SI_TIMER: i32 = -2;
-
-/// The timer whose expiry `info` reports, if it is a timer's signal. The kernel's
-/// `siginfo` on x86-64: `si_signo`, `si_errno`, `si_code` (3 × 4 bytes), the union from
-/// byte 16, whose `_timer` member starts with `si_tid` (the timer id). libc hides the
-/// union behind `unsafe` accessors, so the bytes are read at those offsets.
-fn timer_of(info: &SigInfo) -> Option<i32> {
-    let int = |at: usize| Some(i32::from_ne_bytes(info.raw.get(at..at + 4)?.try_into().ok()?));
-    (int(8)? == SI_TIMER).then_some(int(16)?)
-}
-
 /// Reads `remote`'s timers (as [`check`] listed them) and membarrier registrations.
-/// `tids` maps each thread's host tid to its tid in the container; `pending` are the
-/// signals pending for the process and its threads.
+/// `tids` maps each thread's host tid to its tid in the container.
 pub fn dump(
     remote: &mut Remote<'_>,
     listed: &[Listed],
     tids: &[(i32, i32)],
-    pending: &[&SigInfo],
 ) -> Result<(Vec<PosixTimer>, u32), EngineError> {
     let pid = remote.pid;
     let who = || crate::files::describe_process(pid);
@@ -205,18 +195,13 @@ pub fn dump(
             let word = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
             word(i).saturating_mul(1_000_000_000).saturating_add(word(i + 8))
         };
-        let (interval_ns, mut left_ns) = (ns(0), ns(16));
+        let (interval_ns, left_ns) = (ns(0), ns(16));
         let overrun = remote.call(libc::SYS_timer_getoverrun, &[id], || format!("timer_getoverrun({id})"))?;
         if overrun != 0 {
             return Err(EngineError::Unsupported(format!(
                 "{} has a POSIX timer (id {id}) whose last expiry overran {overrun} times (timer_getoverrun), a count no call sets again: checkpoint again after its next signal",
                 who()
             )));
-        }
-        // Expired, its signal not yet taken: that signal is restored as pending, and
-        // the timer must not fire again.
-        if interval_ns == 0 && left_ns == 1 && pending.iter().any(|s| timer_of(s) == Some(t.id)) {
-            left_ns = 0;
         }
         if let (Some(start), Some(end), true) = (start, end, left_ns > 0) {
             windows.push((timers.len(), start.saturating_add(left_ns)..=end.saturating_add(left_ns)));
