@@ -156,6 +156,8 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
             || !p.pipes.is_empty()
             || !p.objects.is_empty()
             || !p.inherited.is_empty()
+            || !p.timers.is_empty()
+            || p.membarrier != 0
         {
             return Err(Invalid::Field {
                 field: "zombie",
@@ -165,6 +167,9 @@ pub(crate) fn check_process(p: &ProcessRecord) -> Result<(), Invalid> {
         return Ok(());
     }
     check_threads(p.pid, &p.threads)?;
+    let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    crate::records::check_timers(&p.timers, &tids)?;
+    crate::records::check_membarrier(p.membarrier)?;
     check_vmas(&p.vmas)?;
     match &p.mm {
         Some(mm) => check_mm(mm)?,

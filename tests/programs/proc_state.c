@@ -126,6 +126,8 @@ int main(void) {
     write_file("/proc/sys/net/core/somaxconn", "777");
     write_file("/proc/sys/net/ipv4/ip_local_port_range", "20000 29999");
 
+    /* Before the threads: no_new_privs is per thread, and threads that differ are refused. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("PR_SET_NO_NEW_PRIVS");
     pthread_t t, t2;
     if (pthread_create(&t2, NULL, rt, NULL) != 0) die("pthread_create rt");
     if (pthread_create(&t, NULL, second, NULL) != 0) die("pthread_create");
@@ -157,7 +159,6 @@ int main(void) {
         if (madvise(m + (2 + 2 * i) * PAGE, PAGE, advice[i]) != 0) die("madvise");
 
     if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) die("PR_SET_THP_DISABLE");
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("PR_SET_NO_NEW_PRIVS");
 
     /* The last region, past the five advised ones, gets a name. */
     prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)(m + 12 * PAGE), PAGE, (unsigned long)"cache");

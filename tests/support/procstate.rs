@@ -188,6 +188,12 @@ pub const EXCEPTIONS: &[Exception] = &[
     nature("smaps", "*:AnonHugePages", RESIDENCY),
     nature("smaps", "*:*PmdMapped", RESIDENCY),
     nature("smaps", "*:Swap*", RESIDENCY),
+    nature(
+        "smaps",
+        "*:Locked",
+        "the resident pages of a locked VMA (for MLOCK_ONFAULT, which were touched): residency; the \
+         lock itself is VmFlags lo/lf and status VmLck, compared",
+    ),
     nature("fdinfo/*", "it_value", "a timerfd's time left runs down (anon.c checks its expiry itself)"),
     nature_in(
         "anon-timerfd",
@@ -233,8 +239,6 @@ pub const EXCEPTIONS: &[Exception] = &[
         "set at the restore so that CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from the freeze",
     ),
     // ---- Pending: real differences another branch of this round removes ----
-    // POSIX timers are not carried (branch `timers`).
-    pending("timers", "timers", "*"),
     // The network namespace's sysctls are not carried (and the TCP Fast Open key is made
     // anew when the first listener asks for it): the network issue, not this round.
     pending("network", "sysctl", "net.*"),

@@ -386,6 +386,9 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
                 if locks.is_empty() { String::new() } else { format!("; locks: {}", locks.join(", ")) };
             println!("    fd {:<4} {:<30} {what}{locks}", f.fd, crate::output::open_flags(f.flags));
         }
+        for line in timer_lines(p) {
+            println!("  {line}");
+        }
     }
     let s = &m.stats;
     println!(
@@ -638,4 +641,37 @@ fn hex(img: &migrate_engine::Image, spec: &str, pid: i32) -> anyhow::Result<i32>
         println!("(.. = not stored in the image: a zero page, a file page, or unmapped)");
     }
     Ok(0)
+}
+
+/// A process's POSIX timers and membarrier registrations, for `inspect`.
+fn timer_lines(p: &migrate_proto::records::ProcessRecord) -> Vec<String> {
+    use migrate_proto::records::{TimerNotify, clock_name, membarrier_names};
+    let mut out = Vec::new();
+    if !p.timers.is_empty() {
+        out.push("POSIX timers:".to_string());
+    }
+    let secs = |ns: u64| format!("{:.3} s", ns as f64 / 1e9);
+    for t in &p.timers {
+        let notify = match t.notify {
+            TimerNotify::None => "no signal (SIGEV_NONE)".to_string(),
+            TimerNotify::Signal => format!("signal {} to the process", t.signo),
+            TimerNotify::Thread { tid } => format!("signal {} to thread {tid}", t.signo),
+        };
+        let armed = match (t.left_ns, t.interval_ns) {
+            (0, _) => "disarmed".to_string(),
+            (left, 0) => format!("{} left, one-shot", secs(left)),
+            (left, every) => format!("{} left, every {}", secs(left), secs(every)),
+        };
+        let armed = if t.abs_ns.is_some() { format!("{armed}, absolute (TIMER_ABSTIME)") } else { armed };
+        out.push(format!(
+            "  timer {:<4} {}, {notify}, value {:#x}, {armed}",
+            t.id,
+            clock_name(t.clock),
+            t.value
+        ));
+    }
+    if p.membarrier != 0 {
+        out.push(format!("membarrier: registered {}", membarrier_names(p.membarrier).join(", ")));
+    }
+    out
 }

@@ -119,6 +119,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         {
             refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
         }
+        refusals.gather(crate::timers::check(p))?;
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
@@ -303,6 +304,9 @@ struct Injected {
     securebits: u32,
     /// `mlockall` flags for mappings to come ([`mm::dump_mlockall`]).
     mlockall: u32,
+
+    timers: Vec<migrate_proto::records::PosixTimer>,
+    membarrier: u32,
 }
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
@@ -343,6 +347,12 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
         let last_pid = if root { process::dump_last_pid(&mut main)? } else { 0 };
         let (attrs, securebits) = crate::attrs::dump_process(&mut main, root.then(|| field(5)))?;
         let mlockall = mm::dump_mlockall(pid, &scratch)?;
+
+        let host_ns: Vec<(i32, i32)> =
+            seized.tasks.iter().map(|t| t.tid).zip(tids_ns.iter().copied()).collect();
+        let listed = crate::timers::check(pid)?;
+        let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
+        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -354,6 +364,9 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
             attrs,
             securebits,
             mlockall,
+
+            timers,
+            membarrier,
         })
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
@@ -420,6 +433,9 @@ fn collect_and_write(
             coredump_filter: crate::sched::dump_coredump_filter(pid)?,
             attrs: inj.attrs,
             mlockall: inj.mlockall,
+
+            timers: inj.timers,
+            membarrier: inj.membarrier,
         });
     }
     let live: Vec<(i32, usize)> =
@@ -569,6 +585,9 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
         coredump_filter: 0x33,
         attrs: Default::default(),
         mlockall: 0,
+
+        timers: Vec::new(),
+        membarrier: 0,
     })
 }
 

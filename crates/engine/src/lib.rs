@@ -4,7 +4,8 @@
 //! Each kind of kernel object has one module that both dumps and restores it, as
 //! Firecracker keeps `persist.rs` beside each device: [`thread`], [`mm`] (layout),
 //! [`memory`] (contents), [`files`] (the fd table, regular files and pipes),
-//! [`process`] (signals, timers, credentials, limits), [`attrs`] (what `prctl` sets), and one file per kind of kernel
+//! [`process`] (signals, itimers, credentials, limits), [`attrs`] (what `prctl` sets),
+//! [`timers`] (POSIX timers, membarrier registrations), and one file per kind of kernel
 //! object in [`objects`] (eventfd, FIFOs, shared memory, the private tmpfs mounts, …).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
 //! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
@@ -32,6 +33,7 @@ mod sched;
 mod seize;
 mod session;
 mod thread;
+mod timers;
 
 pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;

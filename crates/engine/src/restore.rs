@@ -319,6 +319,9 @@ fn build(
         })?;
     }
     process::restore_itimers(&mut remote, &rec.itimers)?;
+    // After the threads (a timer may signal one) and the children (they inherit
+    // membarrier registrations, and must not get those made after they were forked).
+    crate::timers::restore(&mut remote, rec)?;
     // From outside, as root: the threads may have dropped the privilege a priority needs.
     for (task, t) in s.tasks.iter().zip(&rec.threads) {
         crate::sched::restore(task.tid, &t.sched)?;

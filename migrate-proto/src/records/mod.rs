@@ -17,11 +17,16 @@ pub(crate) use epoll::check_tree as check_epoll_tree;
 pub use epoll::{Epoll, EpollTarget, disarmed, event_names};
 mod inet;
 mod ipc;
+mod timers;
 pub mod unix;
 pub mod vma;
 
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 pub use ipc::*;
+pub use timers::{
+    MAX_TIMERS, MEMBARRIER_REGISTRATIONS, PosixTimer, TimerNotify, clock_name, cpu_clock, membarrier_names,
+};
+pub(crate) use timers::{check_membarrier, check_timers};
 pub use unix::{PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};
 
 /// x86-64 general registers, in the order of the kernel's `struct user_regs_struct`.
@@ -477,4 +482,10 @@ pub struct ProcessRecord {
     /// `mlockall` flags in force for mappings still to come: 0, or `MCL_FUTURE` (2) with
     /// `MCL_ONFAULT` (4) if given ([`vma::MLOCKALL_FUTURE`]).
     pub mlockall: u32,
+
+    /// Its POSIX timers (`timer_create`), in increasing id order.
+    pub timers: Vec<PosixTimer>,
+    /// Its membarrier registrations (per mm): the `MEMBARRIER_CMD_REGISTER_*` commands
+    /// it ran, as `MEMBARRIER_CMD_GET_REGISTRATIONS` reports them.
+    pub membarrier: u32,
 }

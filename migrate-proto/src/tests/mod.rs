@@ -246,6 +246,9 @@ pub(crate) fn process(pid: i32) -> ProcessRecord {
         coredump_filter: 0x33,
         attrs: ProcessAttrs::default(),
         mlockall: 0,
+
+        timers: Vec::new(),
+        membarrier: 0,
     }
 }
 

@@ -888,3 +888,110 @@ fn only_a_deleted_file_has_another_link() {
     let err = with(ObjectKind::AnonShared, "/data/b");
     assert!(err.contains("only a deleted file without file attributes has a link"), "{err}");
 }
+
+fn with_timers() -> ProcessRecord {
+    use crate::records::{PosixTimer, TimerNotify};
+    let mut p = process(10);
+    let t = |id, clock, notify| PosixTimer {
+        id,
+        clock,
+        notify,
+        signo: 34,
+        value: 0x1234,
+        left_ns: 5_000_000_000,
+        interval_ns: 1_000_000_000,
+        abs_ns: None,
+    };
+    p.timers = vec![
+        t(0, 1, TimerNotify::Signal),
+        t(1, 7, TimerNotify::None),
+        t(2, 0, TimerNotify::Thread { tid: 11 }),
+        // The process's own scheduler CPU clock (`clock_getcpuclockid(10)`), and thread
+        // 11's (`pthread_getcpuclockid`).
+        t(3, (!10 << 3) | 2, TimerNotify::Signal),
+        t(4, (!11 << 3) | 6, TimerNotify::Signal),
+    ];
+    p.timers[2].abs_ns = Some(1_800_000_000_000_000_000);
+    p.membarrier = 16 | 256;
+    p
+}
+
+#[test]
+fn timers_and_membarrier_are_checked() {
+    use crate::records::{MAX_TIMERS, TimerNotify};
+    assert!(validate_process(&with_timers()).is_ok(), "{:?}", validate_process(&with_timers()));
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "more than 65536",
+            Box::new(|p| {
+                let t = p.timers[0];
+                p.timers = (0..=MAX_TIMERS as i32).map(|id| crate::records::PosixTimer { id, ..t }).collect();
+            }),
+        ),
+        ("timer id 0 is negative or listed twice", Box::new(|p| p.timers[1].id = 0)),
+        ("timer id -1 is negative or listed twice", Box::new(|p| p.timers[1].id = -1)),
+        ("timer 0: clock 4 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 4)),
+        ("timer 0: clock 9 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 9)),
+        (
+            "is not a CPU clock of the process",
+            Box::new(|p| p.timers[3].clock = (!99 << 3) | 2), // another process
+        ),
+        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!10 << 3) | 3)),
+        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!11 << 3) | 2)),
+        (
+            "the calling thread's CPU clock in a process of several threads",
+            Box::new(|p| p.timers[0].clock = 3),
+        ),
+        (
+            "the calling thread's CPU clock in a process of several threads",
+            Box::new(|p| p.timers[0].clock = (!0 << 3) | 6),
+        ),
+        ("timer 0: signal 65 is not a signal (1..=64)", Box::new(|p| p.timers[0].signo = 65)),
+        ("timer 2: signal 0 is not a signal (1..=64)", Box::new(|p| p.timers[2].signo = 0)),
+        (
+            "timer 2: thread 12 is not a thread of the process",
+            Box::new(|p| p.timers[2].notify = TimerNotify::Thread { tid: 12 }),
+        ),
+        ("timer 0: time beyond the kernel's range", Box::new(|p| p.timers[0].left_ns = u64::MAX)),
+        ("timer 0: time beyond the kernel's range", Box::new(|p| p.timers[0].interval_ns = 1 << 63)),
+        (
+            "timer 0: absolute, but disarmed or on a clock other than REALTIME or TAI",
+            Box::new(|p| p.timers[0].abs_ns = Some(1)),
+        ),
+        (
+            "timer 2: absolute, but disarmed or on a clock other than REALTIME or TAI",
+            Box::new(|p| p.timers[2].left_ns = 0),
+        ),
+        ("timer 2: time beyond the kernel's range", Box::new(|p| p.timers[2].abs_ns = Some(u64::MAX))),
+        ("0x1000 holds bits that are not registrations", Box::new(|p| p.membarrier = 0x1000)),
+        (
+            "a zombie holds no threads",
+            Box::new(|p| {
+                let timers = std::mem::take(&mut p.timers);
+                *p = process(10);
+                p.threads.clear();
+                p.vmas.clear();
+                p.fds.clear();
+                p.mm = None;
+                p.objects.clear();
+                p.zombie = Some(0);
+                p.timers = timers;
+            }),
+        ),
+    ];
+    for (want, mutate) in cases {
+        let mut p = with_timers();
+        mutate(&mut p);
+        let err = validate_process(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(want), "want {want:?}, got {err:?}");
+    }
+    // A signal number does not matter to a timer that sends none.
+    let mut p = with_timers();
+    p.timers[1].signo = 0;
+    assert!(validate_process(&p).is_ok());
+    // A process of one thread says which thread made a timer on the calling thread's clock.
+    p.threads.truncate(1);
+    p.timers.retain(|t| !matches!(t.notify, TimerNotify::Thread { .. }) && t.id != 4);
+    p.timers[0].clock = 3;
+    assert!(validate_process(&p).is_ok(), "{:?}", validate_process(&p));
+}

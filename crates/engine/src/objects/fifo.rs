@@ -234,11 +234,29 @@ pub fn open_end(
 ) -> Result<(), EngineError> {
     let (path, target) = (fifo.path.as_str(), rec.fd as u64);
     let at = remote.path(0, path)?;
+    let cwd = libc::AT_FDCWD as u64;
     let access = u64::from(rec.flags & libc::O_ACCMODE as u32);
-    let flags = access | (libc::O_NONBLOCK | libc::O_NOFOLLOW) as u64 | cloexec;
-    let tmp = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
-        format!("open {path} for fd {target}")
-    })?;
+    let flags = access | libc::O_NONBLOCK as u64 | cloexec;
+    let tmp = if rec.flags & libc::O_NOFOLLOW as u32 != 0 {
+        remote.call(libc::SYS_openat, &[cwd, at, flags | libc::O_NOFOLLOW as u64, 0], || {
+            format!("open {path} for fd {target}")
+        })?
+    } else {
+        // The path is not followed if it is a symlink, yet the end must not keep
+        // O_NOFOLLOW, which F_SETFL cannot clear and `fcntl(F_GETFL)` shows: opened as a
+        // path first, then reopened through its /proc link.
+        let opath = remote.call(
+            libc::SYS_openat,
+            &[cwd, at, (libc::O_PATH | libc::O_NOFOLLOW) as u64 | cloexec, 0],
+            || format!("open {path} (O_PATH) for fd {target}"),
+        )?;
+        ensure_fifo(remote.pid, opath, path)?;
+        let link = remote.path(0, &format!("/proc/self/fd/{opath}"))?;
+        let end =
+            remote.call(libc::SYS_openat, &[cwd, link, flags, 0], || format!("open {path} for fd {target}"));
+        remote.call(libc::SYS_close, &[opath], || "close".into())?;
+        end?
+    };
     if tmp != target {
         remote.call(libc::SYS_dup3, &[tmp, target, cloexec], || format!("dup3 to fd {target}"))?;
         remote.call(libc::SYS_close, &[tmp], || "close".into())?;

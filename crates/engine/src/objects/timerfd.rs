@@ -56,7 +56,7 @@ fn ns_of(t: &libc::timespec) -> u64 {
 
 /// `clock` now, as the container reads it: the host's, plus its time namespace's offset
 /// for the monotonic and boot-time clocks.
-fn container_now(pid: i32, clock: i32) -> Result<u64, EngineError> {
+pub(crate) fn container_now(pid: i32, clock: i32) -> Result<u64, EngineError> {
     // An alarm clock reads as its base clock (and clock_gettime refuses it without an
     // RTC, as here).
     let base = match clock {
@@ -118,7 +118,7 @@ pub fn dump(seen: &FdSeen<'_>) -> Result<Classified, EngineError> {
 /// A `struct itimerspec` (x86-64: interval, then value; each seconds and nanoseconds)
 /// for the scratch page. libc's type is the layout; its fields are written in order, as
 /// the engine has no `unsafe` to copy it whole.
-fn itimerspec(value_ns: u64, interval_ns: u64) -> Vec<u8> {
+pub(crate) fn itimerspec(value_ns: u64, interval_ns: u64) -> Vec<u8> {
     const _: () = assert!(std::mem::size_of::<libc::itimerspec>() == 32);
     [interval_ns / NS, interval_ns % NS, value_ns / NS, value_ns % NS]
         .iter()
