@@ -15,6 +15,13 @@ pub enum EngineError {
     /// The container's processes changed during the freeze: the caller may try again.
     #[error("the container changed while it was frozen: {0}")]
     Changed(String),
+    /// The target task ended (ESRCH from ptrace, a pidfd or `/proc`) while we worked on
+    /// it: it exited or was killed, not a failure of ours.
+    #[error("pid {pid} is gone (it exited or was killed) while we were to {op}")]
+    TargetDied { pid: i32, op: String },
+    /// A failpoint of the tests made the operation fail ([`crate::failpoints`]).
+    #[error("failpoint {name} ({action})")]
+    Failpoint { name: &'static str, action: String },
     #[error("pid {pid}: {op}")]
     Ptrace {
         pid: i32,
@@ -65,7 +72,13 @@ pub enum EngineError {
 impl EngineError {
     pub fn ptrace(pid: i32, op: impl Into<String>) -> impl FnOnce(PtraceError) -> EngineError {
         let op = op.into();
-        move |source| EngineError::Ptrace { pid, op, source }
+        move |source| {
+            if source.is_gone() {
+                EngineError::TargetDied { pid, op }
+            } else {
+                EngineError::Ptrace { pid, op, source }
+            }
+        }
     }
 
     pub fn proc(pid: i32, what: impl Into<String>) -> impl FnOnce(String) -> EngineError {
@@ -81,10 +94,30 @@ pub fn io_err<'a>(
     move |source| EngineError::Io { op, path: path.into(), source }
 }
 
-/// Reads `/proc/PID/NAME` as text.
+/// Reads `/proc/PID/NAME` as text. A process that is gone is [`EngineError::TargetDied`].
 pub fn read_proc(pid: i32, name: &str) -> Result<String, EngineError> {
     let path = format!("/proc/{pid}/{name}");
-    std::fs::read_to_string(&path).map_err(io_err("read", path))
+    std::fs::read_to_string(&path).map_err(|e| proc_err(pid, "read", path)(e))
+}
+
+/// For an operation on `/proc/PID/…` or on the task itself: ESRCH, or ENOENT once
+/// `/proc/PID` itself is gone, means the task ended, not that we failed.
+pub fn proc_err(
+    pid: i32,
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.into();
+    move |source| {
+        let gone = source.raw_os_error() == Some(libc::ESRCH)
+            || (source.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            EngineError::TargetDied { pid, op: format!("{op} {}", path.display()) }
+        } else {
+            EngineError::Io { op, path, source }
+        }
+    }
 }
 
 /// Everything that stands in the way of a checkpoint, gathered so that one refusal names

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use migrate_sys::ptrace::StoppedTracee;
 use nix::errno::Errno;
 
-use crate::error::{EngineError, io_err};
+use crate::error::EngineError;
 
 /// A stopped thread we can run syscalls in.
 #[derive(Debug)]
@@ -161,7 +161,7 @@ pub fn find_gadget(mem: &File, pid: i32, vdso: (u64, u64)) -> Result<u64, Engine
 /// write itself (the kernel's FOLL_FORCE, as for a debugger).
 pub fn open_mem(pid: i32) -> Result<File, EngineError> {
     let path = format!("/proc/{pid}/mem");
-    std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", path))
+    std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(crate::error::proc_err(pid, "open", path))
 }
 
 /// A scratch mapping inside the task.

@@ -16,10 +16,12 @@
 
 mod dump;
 pub mod error;
+pub mod failpoints;
 pub mod files;
 pub mod host;
 pub mod image;
 mod inject;
+pub mod journal;
 mod memory;
 mod mm;
 mod objects;
