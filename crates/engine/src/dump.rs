@@ -16,11 +16,11 @@ use nix::sys::ptrace::Options;
 
 use crate::error::{EngineError, Refusals};
 use crate::failpoints::{self, Failpoint};
-use crate::journal::{Journal, Stage};
 use crate::files::{self, ExternalPipe};
 use crate::host;
 use crate::image::{self, Writer};
 use crate::inject::{Remote, Scratch};
+use crate::journal::{Journal, Stage};
 use crate::seize::Seized;
 use crate::{Progress, memory, mm, process, seize, thread};
 
@@ -302,7 +302,8 @@ impl<'a> JournalGuard<'a> {
         dir: &std::path::Path,
         leave_running: bool,
     ) -> Result<Self, EngineError> {
-        let journal = Journal { stage: Stage::Frozen, dir: dir.to_path_buf(), leave_running, masks: Vec::new() };
+        let journal =
+            Journal { stage: Stage::Frozen, dir: dir.to_path_buf(), leave_running, masks: Vec::new() };
         let guard = JournalGuard { path, journal };
         guard.save()?;
         Ok(guard)

@@ -99,8 +99,7 @@ pub fn hit(_point: Failpoint) -> Result<(), EngineError> {
 /// a test that silently passes.
 pub fn configure(spec: &str) -> Result<(), String> {
     for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, action) =
-            part.split_once('=').ok_or_else(|| format!("{part:?}: expected NAME=ACTION"))?;
+        let (name, action) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected NAME=ACTION"))?;
         if !Failpoint::ALL.iter().any(|f| f.name() == name) {
             return Err(format!("{name:?} is not a failpoint"));
         }

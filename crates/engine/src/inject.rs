@@ -161,7 +161,11 @@ pub fn find_gadget(mem: &File, pid: i32, vdso: (u64, u64)) -> Result<u64, Engine
 /// write itself (the kernel's FOLL_FORCE, as for a debugger).
 pub fn open_mem(pid: i32) -> Result<File, EngineError> {
     let path = format!("/proc/{pid}/mem");
-    std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(crate::error::proc_err(pid, "open", path))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(crate::error::proc_err(pid, "open", path))
 }
 
 /// A scratch mapping inside the task.

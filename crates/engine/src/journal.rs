@@ -104,7 +104,9 @@ pub fn recover(path: &Path, cgroup: &Cgroup) -> Result<Recovered, EngineError> {
     let members = cgroup.pids()?;
     let in_container = |tid: i32| {
         crate::error::read_proc(tid, "status").ok().is_some_and(|s| {
-            crate::procfs::status_field(&s, "Tgid").and_then(|t| t.parse().ok()).is_some_and(|t| members.contains(&t))
+            crate::procfs::status_field(&s, "Tgid")
+                .and_then(|t| t.parse().ok())
+                .is_some_and(|t| members.contains(&t))
         })
     };
     for &(tid, mask) in journal.masks.iter().filter(|(tid, _)| in_container(*tid)) {
