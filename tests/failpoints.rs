@@ -77,14 +77,25 @@ fn agent_log(lab: &TestLab, host: usize) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(&path).with_context(|| path.clone())?)
 }
 
-/// Waits for the agent of `host` to be gone (it killed itself at a failpoint), or kills
-/// it; then `lab up` starts a new one with the failpoint scenario `scenario`.
+fn agent_pid(lab: &TestLab, host: usize) -> anyhow::Result<i32> {
+    Ok(lab_json(lab)?["hosts"][host]["agent_pid"].as_i64().context("agent_pid")? as i32)
+}
+
+/// Waits until the agent of `host` is gone (it killed itself at a failpoint).
+fn wait_agent_gone(lab: &TestLab, host: usize) -> anyhow::Result<()> {
+    let pid = agent_pid(lab, host)?;
+    ensure!(wait_until(Duration::from_secs(10), || !alive(pid)), "agent {pid} is still there");
+    Ok(())
+}
+
+/// Kills the agent of `host` if it is still there; then `lab up` starts a new one with
+/// the failpoint scenario `scenario`.
 fn restart_agent(lab: &TestLab, host: usize, scenario: Option<&str>) -> anyhow::Result<()> {
-    let pid = lab_json(lab)?["hosts"][host]["agent_pid"].as_i64().context("agent_pid")? as i32;
+    let pid = agent_pid(lab, host)?;
     if alive(pid) {
         kill(Pid::from_raw(pid), Signal::SIGKILL)?;
     }
-    ensure!(wait_until(Duration::from_secs(10), || !alive(pid)), "agent {pid} survived SIGKILL");
+    wait_agent_gone(lab, host)?;
     let mut cmd = lab.cmd(&["lab", "up"]);
     match scenario {
         Some(s) => cmd.env("FAILPOINTS", s),
@@ -146,6 +157,13 @@ fn check_no_restore(lab: &TestLab, ticks: &str, len: u64, fp: Failpoint) -> anyh
     Ok(())
 }
 
+/// Whether no task in `cgroup` can run: none is left, or the cgroup is frozen.
+fn nothing_runs(cgroup: &str) -> bool {
+    let procs = std::fs::read_to_string(format!("{cgroup}/cgroup.procs")).unwrap_or_default();
+    let events = std::fs::read_to_string(format!("{cgroup}/cgroup.events")).unwrap_or_default();
+    procs.trim().is_empty() || events.lines().any(|l| l == "frozen 1")
+}
+
 #[test]
 fn interrupted_checkpoints_and_restores_leave_nothing_half_done() -> anyhow::Result<()> {
     let tmp = TempDir::new("failpoints")?;
@@ -166,6 +184,15 @@ fn interrupted_checkpoints_and_restores_leave_nothing_half_done() -> anyhow::Res
         let dir = tmp.join(&format!("killed-{i}"));
         let err = lab.fails(&["checkpoint", "tk", "--dir", &dir, "--leave-running"])?;
         eprintln!("{}: checkpoint killed: {}", fp.name(), err.trim());
+        // Before another agent comes: the container runs on as before, or stays frozen.
+        wait_agent_gone(&lab, 0)?;
+        let freeze = std::fs::read_to_string(format!("{cgroup}/cgroup.freeze"))?;
+        ensure!(
+            freeze.trim() == "1" || visible(&cgroup)? == before,
+            "{}: the dead agent left the container running but changed: {:?}",
+            fp.name(),
+            visible(&cgroup)?
+        );
         let undone = agent_log(&lab, 0)?.matches("a checkpoint was interrupted").count();
         restart_agent(&lab, 0, None)?;
         check_source(&cgroup, &before, &ticks, &dir, *fp)?;
@@ -196,11 +223,21 @@ fn interrupted_checkpoints_and_restores_leave_nothing_half_done() -> anyhow::Res
     let len = file_len(&ticks);
 
     let restores = points("restore/");
+    let restoring =
+        format!("{}/migrate/{}-host-b/tk", support::cgroup2_mount().context("no cgroup2 mount")?, lab.name);
     for fp in &restores {
         restart_agent(&lab, 1, Some(&format!("{}=return(kill)", fp.name())))?;
         let removed = agent_log(&lab, 1)?.matches("removing the remains of a restore").count();
         let err = lab.fails(&["restore", "--dir", &image, "--host", "host-b"])?;
         eprintln!("{}: restore killed: {}", fp.name(), err.trim());
+        // Before another agent cleans up: what the dead one left must not be running.
+        wait_agent_gone(&lab, 1)?;
+        ensure!(
+            wait_until(Duration::from_secs(10), || nothing_runs(&restoring)),
+            "{}: tasks of the interrupted restore run on: {:?}",
+            fp.name(),
+            std::fs::read_to_string(format!("{restoring}/cgroup.procs"))
+        );
         restart_agent(&lab, 1, None)?;
         check_no_restore(&lab, &ticks, len, *fp)?;
         ensure!(
