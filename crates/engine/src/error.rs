@@ -154,3 +154,24 @@ impl Refusals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No pid reaches i32::MAX (`pid_max` is at most 2^22).
+    const NO_SUCH_PID: i32 = i32::MAX;
+
+    #[test]
+    fn a_vanished_target_is_not_our_failure() {
+        let read = read_proc(NO_SUCH_PID, "status");
+        assert!(matches!(read, Err(EngineError::TargetDied { pid: NO_SUCH_PID, .. })), "{read:?}");
+        let seized = migrate_sys::ptrace::Tracee::seize(NO_SUCH_PID, nix::sys::ptrace::Options::empty())
+            .map(drop)
+            .map_err(EngineError::ptrace(NO_SUCH_PID, "seize"));
+        assert!(matches!(seized, Err(EngineError::TargetDied { pid: NO_SUCH_PID, .. })), "{seized:?}");
+        // A file that is missing while its process lives is an error of its own.
+        let me = std::process::id() as i32;
+        assert!(matches!(read_proc(me, "no-such-file"), Err(EngineError::Io { .. })));
+    }
+}
