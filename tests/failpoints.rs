@@ -13,7 +13,9 @@
 //! as many maps and fds per process as before, still ticking; the image directory gone,
 //! or complete when it was complete. After an interrupted restore, no process of the
 //! image ran (the file they append to did not grow: the source is gone by then), nothing
-//! of the container is left on the host, and the agent says what it removed.
+//! of the container is left on the host, and the agent says what it removed. The image
+//! comes from a checkpoint that stops the source and whose agent is killed while it
+//! kills the processes: the next agent finishes it, and the image restores.
 //!
 //! Needs a build with the `failpoints` feature (`scripts/test` turns it on).
 
@@ -214,10 +216,15 @@ fn interrupted_checkpoints_and_restores_leave_nothing_half_done() -> anyhow::Res
     }
     restart_agent(&lab, 0, None)?;
 
-    // The image for the restores; the source ends with it, so that from here on only a
-    // restored process can write to the ticks file.
+    // The image for the restores, by a checkpoint that stops the source (from here on
+    // only a restored process can write to the ticks file) and whose agent dies while
+    // killing it: the image was complete, so the next agent finishes the job.
     let image = tmp.join("image");
-    lab.checkpoint("tk", &image, &[])?;
+    restart_agent(&lab, 0, Some("checkpoint/mid-release=return(kill)"))?;
+    lab.fails(&["checkpoint", "tk", "--dir", &image])?;
+    restart_agent(&lab, 0, None)?;
+    let log = agent_log(&lab, 0)?;
+    ensure!(log.contains("the image is complete; removing the container"), "agent log:\n{log}");
     lab.ensure_gone("tk")?;
     ensure!(wait_until(Duration::from_secs(10), || !std::path::Path::new(&cgroup).exists()));
     let len = file_len(&ticks);

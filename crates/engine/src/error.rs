@@ -17,7 +17,7 @@ pub enum EngineError {
     Changed(String),
     /// The target task ended (ESRCH from ptrace, a pidfd or `/proc`) while we worked on
     /// it: it exited or was killed, not a failure of ours.
-    #[error("pid {pid} is gone (it exited or was killed) while we were to {op}")]
+    #[error("pid {pid} exited or was killed meanwhile ({op})")]
     TargetDied { pid: i32, op: String },
     /// A failpoint of the tests made the operation fail ([`crate::failpoints`]).
     #[error("failpoint {name} ({action})")]
@@ -77,6 +77,23 @@ impl EngineError {
                 EngineError::TargetDied { pid, op }
             } else {
                 EngineError::Ptrace { pid, op, source }
+            }
+        }
+    }
+
+    /// For a read or write of the task's memory: a task that is gone (ESRCH, or no live
+    /// `/proc/PID` any more: its `mem` then reads as empty) is
+    /// [`EngineError::TargetDied`].
+    pub fn memory(pid: i32, addr: u64, op: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
+        move |source| {
+            let gone = source.raw_os_error() == Some(libc::ESRCH)
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                    s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+                });
+            if gone {
+                EngineError::TargetDied { pid, op: format!("{op} its memory at {addr:#x}") }
+            } else {
+                EngineError::Memory { pid, addr, op, source }
             }
         }
     }

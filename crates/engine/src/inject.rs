@@ -211,23 +211,21 @@ impl Scratch {
                 bytes.len()
             )));
         }
-        mem.write_all_at(bytes, self.addr + off).map_err(|source| EngineError::Memory {
+        mem.write_all_at(bytes, self.addr + off).map_err(EngineError::memory(
             pid,
-            addr: self.addr + off,
-            op: "write scratch",
-            source,
-        })?;
+            self.addr + off,
+            "write scratch",
+        ))?;
         Ok(self.addr + off)
     }
 
     pub fn read(&self, mem: &File, pid: i32, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
         let mut buf = vec![0u8; len];
-        mem.read_exact_at(&mut buf, self.addr + off).map_err(|source| EngineError::Memory {
+        mem.read_exact_at(&mut buf, self.addr + off).map_err(EngineError::memory(
             pid,
-            addr: self.addr + off,
-            op: "read scratch",
-            source,
-        })?;
+            self.addr + off,
+            "read scratch",
+        ))?;
         Ok(buf)
     }
 
