@@ -196,6 +196,12 @@ fn interrupted_checkpoints_and_restores_leave_nothing_half_done() -> anyhow::Res
             visible(&cgroup)?
         );
         let undone = agent_log(&lab, 0)?.matches("a checkpoint was interrupted").count();
+        // Until the next agent removes it, a partial image says what it is.
+        let partial = std::path::Path::new(&dir);
+        if partial.join("pages.img").exists() && !partial.join("manifest.img").exists() {
+            let err = lab.fails(&["inspect", &dir])?;
+            ensure!(err.contains("incomplete image"), "{}: inspect of a partial image: {err}", fp.name());
+        }
         restart_agent(&lab, 0, None)?;
         check_source(&cgroup, &before, &ticks, &dir, *fp)?;
         ensure!(
