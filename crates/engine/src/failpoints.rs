@@ -62,6 +62,9 @@ failpoints! {
     RestoreMidMemory = "restore/mid-memory",
     /// PID 1's fds are installed.
     RestoreFds = "restore/after-fds",
+    /// A process's other threads are made, its registers not yet set (the first process
+    /// to get there is a leaf of the tree: children are built before their parent ends).
+    RestoreThreads = "restore/after-threads",
     /// PID 1's first child is built, its other children not.
     RestoreFirstChild = "restore/after-first-child",
     /// Every process and thread is built; nothing is resumed.

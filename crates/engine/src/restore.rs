@@ -322,6 +322,7 @@ fn build(
     // every step of building them needs, and each sets its own.
     ctx.warnings.extend(process::restore_misc(&mut remote, rec)?);
     create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
+    failpoints::hit(Failpoint::RestoreThreads)?;
     // The main thread by field, not by `main()`: its mask is set beside it.
     let mut remote = Remote { task: &mut s.tasks[0], gadget, mem: &mem, pid: host, scratch };
     s.masks[0] = thread::restore(&mut remote, &rec.threads[0], rec.pid)?;
