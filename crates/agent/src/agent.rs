@@ -21,7 +21,7 @@ use crate::error::{AgentError, io_err};
 use crate::leases::Leases;
 use crate::record::Record;
 use crate::spec::{self, Subnet};
-use migrate_engine::journal::Recovered;
+use migrate_engine::journal::{Recovered, Stage};
 
 /// How an agent was started.
 #[derive(Debug, Clone)]
@@ -176,10 +176,19 @@ fn finish_checkpoint(config: &Config, mut rec: Record) -> Option<Record> {
         return Some(rec);
     }
     match migrate_engine::journal::recover(&journal, &rec.cgroup) {
-        Ok(Recovered::PutBack { stage, threads }) => {
-            let note = format!(
-                "a checkpoint was interrupted (the agent died, stage {stage:?}): its partial image was removed, {threads} threads put back, the container thawed and running"
+        Ok(Recovered::PutBack { stage, threads, injecting }) => {
+            let image = match stage {
+                Stage::Written => "its image is complete",
+                Stage::Frozen | Stage::Seized => "its partial image was removed",
+            };
+            let mut note = format!(
+                "a checkpoint was interrupted (the agent died, stage {stage:?}): {image}, {threads} threads put back, the container thawed and running"
             );
+            if let Some(pid) = injecting {
+                note.push_str(&format!(
+                    "; but host pid {pid} was running injected calls at that moment and may have been left changed"
+                ));
+            }
             tracing::warn!(name = %rec.name, "{note}");
             rec.note = Some(note);
             if let Err(e) = rec.save() {

@@ -248,7 +248,7 @@ pub fn checkpoint(
     let seize_ms = t_seize.elapsed().as_millis() as u64;
     // On an error the source goes on as before: each guard puts its threads back on drop.
     let written = host::container_clocks(req.pid)
-        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, clocks, progress))?;
+        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, &mut journal, clocks, progress))?;
     journal.written()?;
     dir.keep = true;
     failpoints::hit(Failpoint::CheckpointWritten)?;
@@ -302,8 +302,13 @@ impl<'a> JournalGuard<'a> {
         dir: &std::path::Path,
         leave_running: bool,
     ) -> Result<Self, EngineError> {
-        let journal =
-            Journal { stage: Stage::Frozen, dir: dir.to_path_buf(), leave_running, masks: Vec::new() };
+        let journal = Journal {
+            stage: Stage::Frozen,
+            dir: dir.to_path_buf(),
+            leave_running,
+            masks: Vec::new(),
+            injecting: None,
+        };
         let guard = JournalGuard { path, journal };
         guard.save()?;
         Ok(guard)
@@ -320,6 +325,12 @@ impl<'a> JournalGuard<'a> {
             .flatten()
             .flat_map(|s| s.tasks.iter().map(|t| t.tid).zip(s.masks.iter().copied()))
             .collect();
+        self.save()
+    }
+
+    /// `pid` runs injected calls (thawed), or none does.
+    fn injecting(&mut self, pid: Option<i32>) -> Result<(), EngineError> {
+        self.journal.injecting = pid;
         self.save()
     }
 
@@ -427,6 +438,7 @@ fn collect_and_write(
     req: &CheckpointRequest<'_>,
     pre: Prechecked,
     seized: &mut [Option<Seized>],
+    journal: &mut JournalGuard<'_>,
     clocks: migrate_proto::manifest::Clocks,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckpointReport, EngineError> {
@@ -446,9 +458,11 @@ fn collect_and_write(
         };
         let facts = process::facts(pid)?;
         // Injected calls run only in a thawed cgroup: thawed for them alone.
+        journal.injecting(Some(pid))?;
         req.cgroup.thaw(std::time::Duration::from_secs(10))?;
         let inj = inject_collect(pid, s, i == 0);
         freeze(req.cgroup)?;
+        journal.injecting(None)?;
         let inj = inj?;
         if i == 0 {
             failpoints::hit(Failpoint::CheckpointMidCollect)?;

@@ -46,6 +46,11 @@ pub struct Journal {
     pub leave_running: bool,
     /// Every seized thread and the signal mask it had: `(tid, mask)`, host tids.
     pub masks: Vec<(i32, u64)>,
+    /// The process (host pid) running injected calls in a thawed cgroup, if one is: an
+    /// agent that died then may have left it with changed registers or a scratch page,
+    /// which no journal can undo (see the module doc); [`recover`] names it.
+    #[serde(default)]
+    pub injecting: Option<i32>,
 }
 
 impl Journal {
@@ -76,7 +81,7 @@ impl Journal {
 pub enum Recovered {
     /// The checkpoint was undone: the partial image removed, every thread's signal mask
     /// put back, the container thawed. It runs on as before.
-    PutBack { stage: Stage, threads: usize },
+    PutBack { stage: Stage, threads: usize, injecting: Option<i32> },
     /// The image was complete and the container was to stop (no `--leave-running`): the
     /// checkpoint is done; the caller kills what is left of the container.
     Completed { dir: PathBuf },
@@ -122,7 +127,7 @@ pub fn recover(path: &Path, cgroup: &Cgroup) -> Result<Recovered, EngineError> {
     }
     cgroup.thaw(Duration::from_secs(10))?;
     remove(path)?;
-    Ok(Recovered::PutBack { stage: journal.stage, threads })
+    Ok(Recovered::PutBack { stage: journal.stage, threads, injecting: journal.injecting })
 }
 
 /// Removes the journal at `path` (the checkpoint is over, one way or the other).
