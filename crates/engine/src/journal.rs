@@ -137,3 +137,32 @@ pub fn remove(path: &Path) -> Result<(), EngineError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_image_of_a_stopping_container_is_finished_not_undone() -> Result<(), EngineError> {
+        let dir = std::env::temp_dir().join(format!("migrate-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join("checkpoint.json");
+        let image = dir.join("image");
+        let journal = Journal {
+            stage: Stage::Written,
+            dir: image.clone(),
+            leave_running: false,
+            masks: vec![(1, 0)],
+            injecting: None,
+        };
+        journal.save(&path)?;
+        // Never touched on this path: the caller kills what is left of the container.
+        let cgroup = Cgroup { rel: "none".into(), v2: dir.join("no-such-cgroup"), v1: Vec::new() };
+        let got = recover(&path, &cgroup);
+        let journal_left = path.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got?, Recovered::Completed { dir: image });
+        assert!(!journal_left, "the journal is removed once acted on");
+        Ok(())
+    }
+}
