@@ -224,11 +224,12 @@ pub fn checkpoint(
     image::prepare_dir(&req.dir)?;
     // Dropped last: once the guards below have put the container back, or it is gone,
     // there is nothing left to undo.
-    let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)?;
+    let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)
+        .inspect_err(|_| drop(DirGuard { dir: &req.dir, keep: false }))?;
     // Until the image is complete, a failure removes the directory; a failure thaws the
     // container, after the seized threads were put back.
     let mut dir = DirGuard { dir: &req.dir, keep: false };
-    let _frozen = ThawGuard(Some(req.cgroup));
+    let _frozen = ThawGuard(req.cgroup);
     // The tree is read and checked while frozen: nothing can fork or exit meanwhile. A
     // refusal thaws at once, so the container is frozen only for that look.
     progress(Progress::Phase("freeze"));
@@ -365,14 +366,12 @@ impl Drop for DirGuard<'_> {
 }
 
 /// Thaws the container on drop.
-struct ThawGuard<'a>(Option<&'a Cgroup>);
+struct ThawGuard<'a>(&'a Cgroup);
 
 impl Drop for ThawGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cg) = self.0
-            && let Err(e) = cg.thaw(std::time::Duration::from_secs(10))
-        {
-            tracing::warn!(error = %migrate_sys::error_chain(&e), "thawing the container after a failed checkpoint");
+        if let Err(e) = self.0.thaw(std::time::Duration::from_secs(10)) {
+            tracing::warn!(error = %migrate_sys::error_chain(&e), "thawing the container after a checkpoint");
         }
     }
 }
