@@ -21,6 +21,7 @@ use crate::error::{AgentError, io_err};
 use crate::leases::Leases;
 use crate::record::Record;
 use crate::spec::{self, Subnet};
+use migrate_engine::journal::{Recovered, Stage};
 
 /// How an agent was started.
 #[derive(Debug, Clone)]
@@ -55,7 +56,8 @@ pub struct Agent {
 
 impl Agent {
     /// Loads the registry from the state directory; containers that were being created
-    /// when a previous agent died are cleaned up.
+    /// or restored when a previous agent died are cleaned up, and a checkpoint it left
+    /// half-done is undone (or, if its image was complete, finished).
     pub fn open(config: Config) -> Result<Arc<Agent>, AgentError> {
         let mounts = Mounts::discover()?;
         let dir = config.containers_dir();
@@ -64,7 +66,16 @@ impl Agent {
         for entry in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
             match Record::load(&entry.path()) {
+                Ok(rec) if rec.restoring => {
+                    // Its processes were killed with the agent (PTRACE_O_EXITKILL), or
+                    // never resumed: remains, not a container.
+                    tracing::warn!(name = %rec.name, "removing the remains of a restore that was interrupted (the agent died): none of its processes ran");
+                    if let Err(e) = container::kill_and_remove(&config, &rec) {
+                        tracing::warn!(name = %rec.name, error = %migrate_sys::error_chain(&e), "cleanup failed");
+                    }
+                }
                 Ok(rec) if rec.pid > 0 => {
+                    let Some(rec) = finish_checkpoint(&config, rec) else { continue };
                     tracing::info!(name = %rec.name, pid = rec.pid, state = %rec.state().0, "found container");
                     containers.insert(rec.name.clone(), rec);
                 }
@@ -154,4 +165,47 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AgentError::container("(agent)", "run blocking work", e.to_string()))?
+}
+
+/// Undoes a checkpoint of `rec` that a previous agent left half-done, if there is one
+/// (its journal is in the container's directory); `None` if the container is gone
+/// because the checkpoint had in fact completed.
+fn finish_checkpoint(config: &Config, mut rec: Record) -> Option<Record> {
+    let journal = crate::images::checkpoint_journal(&rec);
+    if !journal.exists() {
+        return Some(rec);
+    }
+    match migrate_engine::journal::recover(&journal, &rec.cgroup) {
+        Ok(Recovered::PutBack { stage, threads, injecting }) => {
+            let image = match stage {
+                Stage::Written => "its image is complete",
+                Stage::Frozen | Stage::Seized => "its partial image was removed",
+            };
+            let mut note = format!(
+                "a checkpoint was interrupted (the agent died, stage {stage:?}): {image}, {threads} threads put back, the container thawed and running"
+            );
+            if let Some(pid) = injecting {
+                note.push_str(&format!(
+                    "; but host pid {pid} was running injected calls at that moment and may have been left changed"
+                ));
+            }
+            tracing::warn!(name = %rec.name, "{note}");
+            rec.note = Some(note);
+            if let Err(e) = rec.save() {
+                tracing::warn!(name = %rec.name, error = %migrate_sys::error_chain(&e), "saving the record");
+            }
+            Some(rec)
+        }
+        Ok(Recovered::Completed { dir }) => {
+            tracing::warn!(name = %rec.name, image = %dir.display(), "the agent died after checkpointing the container, before it was removed: the image is complete; removing the container");
+            if let Err(e) = container::kill_and_remove(config, &rec) {
+                tracing::warn!(name = %rec.name, error = %migrate_sys::error_chain(&e), "cleanup failed");
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!(name = %rec.name, error = %migrate_sys::error_chain(&e), "undoing an interrupted checkpoint failed");
+            Some(rec)
+        }
+    }
 }

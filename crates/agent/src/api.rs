@@ -86,6 +86,10 @@ pub struct ContainerInfo {
     pub host_if: String,
     /// The container's stdout and stderr.
     pub log: PathBuf,
+    /// What the agent found at its start and did about it, e.g. a checkpoint that was
+    /// interrupted and undone.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// Where a restored container comes from.

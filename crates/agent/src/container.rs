@@ -162,10 +162,13 @@ fn create_steps(
         cgroup,
         host_if: host_if_name(&spec.name),
         dir: dir.clone(),
+        restoring: false,
+        note: None,
     };
     if let Launch::Restore { created_ms, restored, .. } = launch {
         rec.first_created_ms = Some(*created_ms).filter(|ms| *ms > 0);
         rec.restored = Some(restored.clone());
+        rec.restoring = true;
     }
     // Saved before anything else exists outside the directory, so that an agent that
     // dies from here on finds a record with pid 0 at its next start and cleans up.
@@ -398,6 +401,13 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Kills whatever runs in the container, waits for its shim to go, and removes it.
+pub fn kill_and_remove(config: &Config, rec: &Record) -> Result<(), AgentError> {
+    rec.cgroup.kill(Duration::from_secs(10))?;
+    wait_shim_gone(rec, Duration::from_secs(10));
+    remove(config, rec)
 }
 
 /// Removes a stopped container: cgroup, veth, leases, state directory.

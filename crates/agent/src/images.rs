@@ -108,6 +108,7 @@ impl Agent {
                 dir,
                 log: Some(shim::log_path(&r.dir)),
                 leave_running,
+                journal: Some(checkpoint_journal(&r)),
             };
             migrate_engine::checkpoint(ereq, &mut progress_sender(tx))
                 .map_err(|e| AgentError::container(&r.name, "checkpoint", e))
@@ -193,17 +194,23 @@ impl Agent {
         };
         let mut containers = self.containers.lock().await;
         let this = Arc::clone(self);
-        let rec: Record =
+        let mut rec: Record =
             tokio::task::spawn_blocking(move || container::create(&this.config, &this.mounts, spec, launch))
                 .await
                 .map_err(|e| AgentError::container(&name, "create", e.to_string()))??;
         let r = rec.clone();
         let this = Arc::clone(self);
         let outcome = on_engine_thread("restore", move || {
-            migrate_engine::restore(&img, r.pid, &mut progress_sender(tx))
+            migrate_engine::restore(&img, r.pid, &r.cgroup, &mut progress_sender(tx))
                 .map_err(|e| AgentError::container(&r.name, "restore", e))
         })
         .await;
+        // Built and running: no longer a restore's remains for a restarted agent.
+        let outcome = outcome.and_then(|report| {
+            rec.restoring = false;
+            rec.save()?;
+            Ok(report)
+        });
         match outcome {
             Ok(report) => {
                 let info: ContainerInfo = rec.info();
@@ -212,12 +219,8 @@ impl Agent {
             }
             Err(e) => {
                 // Nothing half-built may run: kill the stub and remove the container.
-                let cleanup = tokio::task::spawn_blocking(move || {
-                    rec.cgroup.kill(Duration::from_secs(10))?;
-                    container::wait_shim_gone(&rec, Duration::from_secs(10));
-                    container::remove(&this.config, &rec)
-                })
-                .await;
+                let cleanup =
+                    tokio::task::spawn_blocking(move || container::kill_and_remove(&this.config, &rec)).await;
                 match cleanup {
                     Ok(Ok(())) => Err(e),
                     Ok(Err(c)) => Err(AgentError::Rollback {
@@ -229,6 +232,11 @@ impl Agent {
             }
         }
     }
+}
+
+/// Where a checkpoint of `rec` keeps its journal ([`migrate_engine::journal`]).
+pub(crate) fn checkpoint_journal(rec: &Record) -> std::path::PathBuf {
+    rec.dir.join("checkpoint.json")
 }
 
 fn check_dir(dir: &std::path::Path) -> Result<(), AgentError> {

@@ -41,6 +41,13 @@ pub struct Record {
     pub cgroup: Cgroup,
     pub host_if: String,
     pub dir: PathBuf,
+    /// Being built by a restore: until the engine is done its processes are not the
+    /// container's yet, and an agent that starts and finds this removes them.
+    #[serde(default)]
+    pub restoring: bool,
+    /// What a restarted agent found and did (an interrupted checkpoint put back), for `ps`.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl Record {
@@ -110,6 +117,7 @@ impl Record {
             cgroup: self.cgroup.clone(),
             host_if: self.host_if.clone(),
             log: shim::log_path(&self.dir),
+            note: self.note.clone(),
         }
     }
 }

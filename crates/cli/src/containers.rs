@@ -462,6 +462,12 @@ fn print_ps(all: &[ContainerInfo]) {
         rows.push(row);
     }
     table(&rows);
+    // What an agent found at its start, e.g. an interrupted checkpoint it undid.
+    for c in all {
+        if let Some(note) = &c.note {
+            println!("note: {}: {note}", c.name);
+        }
+    }
 }
 
 /// "5s ago from host-a".

@@ -264,6 +264,12 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir,
     };
     migrate_agent::spec::check_name(&config.host)?;
+    // The tests' scenario (see migrate_engine::failpoints); a build without failpoints
+    // refuses one rather than run without it.
+    if let Ok(spec) = std::env::var("FAILPOINTS") {
+        migrate_engine::failpoints::configure(&spec).map_err(|e| anyhow::anyhow!("FAILPOINTS: {e}"))?;
+        tracing::warn!(scenario = %spec, "failpoints set");
+    }
     migrate_agent::server::serve(config).await?;
     Ok(())
 }

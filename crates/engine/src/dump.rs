@@ -1,5 +1,10 @@
 //! `checkpoint`: freeze, seize every thread of every process, collect, write the image,
 //! release.
+//!
+//! The cgroup stays frozen from the freeze to the release, thawed only while a process
+//! runs injected calls, and each stage is written down first in a journal
+//! ([`crate::journal`]): an agent killed at any moment leaves the container frozen and
+//! the means to put it back, which the next agent does at its start.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,10 +15,12 @@ use migrate_proto::records::ProcessRecord;
 use nix::sys::ptrace::Options;
 
 use crate::error::{EngineError, Refusals};
+use crate::failpoints::{self, Failpoint};
 use crate::files::{self, ExternalPipe};
 use crate::host;
 use crate::image::{self, Writer};
 use crate::inject::{Remote, Scratch};
+use crate::journal::{Journal, Stage};
 use crate::seize::Seized;
 use crate::{Progress, memory, mm, process, seize, thread};
 
@@ -32,6 +39,9 @@ pub struct CheckpointRequest<'a> {
     /// Let the container run on afterwards; otherwise its processes are killed (the caller
     /// removes what is left of it).
     pub leave_running: bool,
+    /// Where to keep the journal that lets a restarted agent undo an interrupted
+    /// checkpoint ([`crate::journal`]); removed when the checkpoint returns.
+    pub journal: Option<PathBuf>,
 }
 
 /// What a checkpoint did and how long it took.
@@ -214,36 +224,50 @@ pub fn checkpoint(
 ) -> Result<CheckpointReport, EngineError> {
     let t0 = Instant::now();
     image::prepare_dir(&req.dir)?;
-    // Until the image is complete, a failure removes the directory; until the seize takes
-    // the tasks over (it thaws the cgroup itself), a failure thaws the container.
+    // Dropped last: once the guards below have put the container back, or it is gone,
+    // there is nothing left to undo.
+    let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)
+        .inspect_err(|_| drop(DirGuard { dir: &req.dir, keep: false }))?;
+    // Until the image is complete, a failure removes the directory; a failure thaws the
+    // container, after the seized threads were put back.
     let mut dir = DirGuard { dir: &req.dir, keep: false };
-    let mut frozen = ThawGuard(Some(req.cgroup));
+    let _frozen = ThawGuard(req.cgroup);
     // The tree is read and checked while frozen: nothing can fork or exit meanwhile. A
     // refusal thaws at once, so the container is frozen only for that look.
     progress(Progress::Phase("freeze"));
     let frozen_at = Instant::now();
     seize::freeze_settled(req.cgroup)?;
+    failpoints::hit(Failpoint::CheckpointFrozen)?;
     let freeze_ms = frozen_at.elapsed().as_millis() as u64;
     let t_pre = Instant::now();
     let pre = precheck(req.pid, req.cgroup, &req.external)?;
     let precheck_ms = t_pre.elapsed().as_millis() as u64;
     let t_seize = Instant::now();
-    frozen.0 = None;
-    let mut seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty())?;
+    // The seize thaws the cgroup; frozen again at once (see the module doc).
+    let seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty());
+    let mut seized = freeze(req.cgroup).and(seized)?;
+    journal.seized(&seized)?;
+    failpoints::hit(Failpoint::CheckpointSeized)?;
     let seize_ms = t_seize.elapsed().as_millis() as u64;
     // On an error the source goes on as before: each guard puts its threads back on drop.
     let written = host::container_clocks(req.pid)
-        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, clocks, progress))?;
+        .and_then(|clocks| collect_and_write(&req, pre, &mut seized, &mut journal, clocks, progress))?;
+    journal.written()?;
     dir.keep = true;
+    failpoints::hit(Failpoint::CheckpointWritten)?;
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
     let t_release = Instant::now();
     // Every process is let go (or killed) even if one of them fails.
     let mut failed = None;
-    for s in seized.into_iter().flatten() {
-        // Killed where they stand, still stopped: quicker than freezing them again, and
-        // nothing runs after the image was taken.
+    for (i, s) in seized.into_iter().flatten().enumerate() {
+        // Killed where they stand, still stopped: nothing runs after the image was taken.
         let done = if req.leave_running { s.release() } else { s.kill() };
         if let Err(e) = done {
+            failed.get_or_insert(e);
+        }
+        if i == 0
+            && let Err(e) = failpoints::hit(Failpoint::CheckpointMidRelease)
+        {
             failed.get_or_insert(e);
         }
     }
@@ -263,6 +287,72 @@ pub fn checkpoint(
     })
 }
 
+/// Freezes the container's cgroup.
+fn freeze(cgroup: &Cgroup) -> Result<(), EngineError> {
+    Ok(cgroup.freeze(std::time::Duration::from_secs(10))?)
+}
+
+/// The checkpoint's journal ([`crate::journal`]), if the caller keeps one: saved at each
+/// stage, removed on drop.
+struct JournalGuard<'a> {
+    path: Option<&'a std::path::Path>,
+    journal: Journal,
+}
+
+impl<'a> JournalGuard<'a> {
+    fn start(
+        path: Option<&'a std::path::Path>,
+        dir: &std::path::Path,
+        leave_running: bool,
+    ) -> Result<Self, EngineError> {
+        let journal = Journal {
+            stage: Stage::Frozen,
+            dir: dir.to_path_buf(),
+            leave_running,
+            masks: Vec::new(),
+            injecting: None,
+        };
+        let guard = JournalGuard { path, journal };
+        guard.save()?;
+        Ok(guard)
+    }
+
+    fn save(&self) -> Result<(), EngineError> {
+        self.path.map_or(Ok(()), |p| self.journal.save(p))
+    }
+
+    fn seized(&mut self, seized: &[Option<Seized>]) -> Result<(), EngineError> {
+        self.journal.stage = Stage::Seized;
+        self.journal.masks = seized
+            .iter()
+            .flatten()
+            .flat_map(|s| s.tasks.iter().map(|t| t.tid).zip(s.masks.iter().copied()))
+            .collect();
+        self.save()
+    }
+
+    /// `pid` runs injected calls (thawed), or none does.
+    fn injecting(&mut self, pid: Option<i32>) -> Result<(), EngineError> {
+        self.journal.injecting = pid;
+        self.save()
+    }
+
+    fn written(&mut self) -> Result<(), EngineError> {
+        self.journal.stage = Stage::Written;
+        self.save()
+    }
+}
+
+impl Drop for JournalGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.path
+            && let Err(e) = crate::journal::remove(p)
+        {
+            tracing::warn!(error = %migrate_sys::error_chain(&e), "removing the checkpoint's journal");
+        }
+    }
+}
+
 /// Removes a checkpoint's image directory on drop, unless the image was completed.
 struct DirGuard<'a> {
     dir: &'a std::path::Path,
@@ -277,15 +367,13 @@ impl Drop for DirGuard<'_> {
     }
 }
 
-/// Thaws the container on drop, unless the seize took it over.
-struct ThawGuard<'a>(Option<&'a Cgroup>);
+/// Thaws the container on drop.
+struct ThawGuard<'a>(&'a Cgroup);
 
 impl Drop for ThawGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cg) = self.0
-            && let Err(e) = cg.thaw(std::time::Duration::from_secs(10))
-        {
-            tracing::warn!(error = %migrate_sys::error_chain(&e), "thawing the container after a failed checkpoint");
+        if let Err(e) = self.0.thaw(std::time::Duration::from_secs(10)) {
+            tracing::warn!(error = %migrate_sys::error_chain(&e), "thawing the container after a checkpoint");
         }
     }
 }
@@ -380,6 +468,7 @@ fn collect_and_write(
     req: &CheckpointRequest<'_>,
     pre: Prechecked,
     seized: &mut [Option<Seized>],
+    journal: &mut JournalGuard<'_>,
     clocks: migrate_proto::manifest::Clocks,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckpointReport, EngineError> {
@@ -398,7 +487,16 @@ fn collect_and_write(
             continue;
         };
         let facts = process::facts(pid)?;
-        let inj = inject_collect(pid, s, i == 0)?;
+        // Injected calls run only in a thawed cgroup: thawed for them alone.
+        journal.injecting(Some(pid))?;
+        req.cgroup.thaw(std::time::Duration::from_secs(10))?;
+        let inj = inject_collect(pid, s, i == 0);
+        freeze(req.cgroup)?;
+        journal.injecting(None)?;
+        let inj = inj?;
+        if i == 0 {
+            failpoints::hit(Failpoint::CheckpointMidCollect)?;
+        }
         if i == 0 {
             hostname = inj.hostname.clone();
             last_pid = inj.last_pid;
@@ -448,6 +546,7 @@ fn collect_and_write(
     for found in &objects.found {
         records[found.owner].objects.push(found.record.clone());
     }
+    failpoints::hit(Failpoint::CheckpointCollected)?;
     let collect_ms = t_collect.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("memory"));
@@ -483,12 +582,16 @@ fn collect_and_write(
         mem_stats.pages_total += d.stats.pages_total;
         mem_stats.pages_stored += d.stats.pages_stored;
         mem_stats.pages_zero += d.stats.pages_zero;
+        if i == 0 {
+            failpoints::hit(Failpoint::CheckpointMidMemory)?;
+        }
     }
     drop(pagemaps);
     // Once, with the inherited pages known; each record is checked again as it is written.
     migrate_proto::validate_tree(&records)
         .map_err(|source| EngineError::Image { file: "(dump)".into(), source })?;
     let pages_sum = pages.finish()?;
+    failpoints::hit(Failpoint::CheckpointMemory)?;
     let memory_ms = t_mem.elapsed().as_millis() as u64;
     let t_write = Instant::now();
 

@@ -15,6 +15,13 @@ pub enum EngineError {
     /// The container's processes changed during the freeze: the caller may try again.
     #[error("the container changed while it was frozen: {0}")]
     Changed(String),
+    /// The target task ended (ESRCH from ptrace, a pidfd or `/proc`) while we worked on
+    /// it: it exited or was killed, not a failure of ours.
+    #[error("pid {pid} exited or was killed meanwhile ({op})")]
+    TargetDied { pid: i32, op: String },
+    /// A failpoint of the tests made the operation fail ([`crate::failpoints`]).
+    #[error("failpoint {name} ({action})")]
+    Failpoint { name: &'static str, action: String },
     #[error("pid {pid}: {op}")]
     Ptrace {
         pid: i32,
@@ -65,7 +72,30 @@ pub enum EngineError {
 impl EngineError {
     pub fn ptrace(pid: i32, op: impl Into<String>) -> impl FnOnce(PtraceError) -> EngineError {
         let op = op.into();
-        move |source| EngineError::Ptrace { pid, op, source }
+        move |source| {
+            if source.is_gone() {
+                EngineError::TargetDied { pid, op }
+            } else {
+                EngineError::Ptrace { pid, op, source }
+            }
+        }
+    }
+
+    /// For a read or write of the task's memory: a task that is gone (ESRCH, or no live
+    /// `/proc/PID` any more: its `mem` then reads as empty) is
+    /// [`EngineError::TargetDied`].
+    pub fn memory(pid: i32, addr: u64, op: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
+        move |source| {
+            let gone = source.raw_os_error() == Some(libc::ESRCH)
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                    s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+                });
+            if gone {
+                EngineError::TargetDied { pid, op: format!("{op} its memory at {addr:#x}") }
+            } else {
+                EngineError::Memory { pid, addr, op, source }
+            }
+        }
     }
 
     pub fn proc(pid: i32, what: impl Into<String>) -> impl FnOnce(String) -> EngineError {
@@ -81,10 +111,30 @@ pub fn io_err<'a>(
     move |source| EngineError::Io { op, path: path.into(), source }
 }
 
-/// Reads `/proc/PID/NAME` as text.
+/// Reads `/proc/PID/NAME` as text. A process that is gone is [`EngineError::TargetDied`].
 pub fn read_proc(pid: i32, name: &str) -> Result<String, EngineError> {
     let path = format!("/proc/{pid}/{name}");
-    std::fs::read_to_string(&path).map_err(io_err("read", path))
+    std::fs::read_to_string(&path).map_err(|e| proc_err(pid, "read", path)(e))
+}
+
+/// For an operation on `/proc/PID/…` or on the task itself: ESRCH, or ENOENT once
+/// `/proc/PID` itself is gone, means the task ended, not that we failed.
+pub fn proc_err(
+    pid: i32,
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.into();
+    move |source| {
+        let gone = source.raw_os_error() == Some(libc::ESRCH)
+            || (source.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            EngineError::TargetDied { pid, op: format!("{op} {}", path.display()) }
+        } else {
+            EngineError::Io { op, path, source }
+        }
+    }
 }
 
 /// Everything that stands in the way of a checkpoint, gathered so that one refusal names
@@ -119,5 +169,26 @@ impl Refusals {
                 self.0.join("\n  - ")
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No pid reaches i32::MAX (`pid_max` is at most 2^22).
+    const NO_SUCH_PID: i32 = i32::MAX;
+
+    #[test]
+    fn a_vanished_target_is_not_our_failure() {
+        let read = read_proc(NO_SUCH_PID, "status");
+        assert!(matches!(read, Err(EngineError::TargetDied { pid: NO_SUCH_PID, .. })), "{read:?}");
+        let seized = migrate_sys::ptrace::Tracee::seize(NO_SUCH_PID, nix::sys::ptrace::Options::empty())
+            .map(drop)
+            .map_err(EngineError::ptrace(NO_SUCH_PID, "seize"));
+        assert!(matches!(seized, Err(EngineError::TargetDied { pid: NO_SUCH_PID, .. })), "{seized:?}");
+        // A file that is missing while its process lives is an error of its own.
+        let me = std::process::id() as i32;
+        assert!(matches!(read_proc(me, "no-such-file"), Err(EngineError::Io { .. })));
     }
 }

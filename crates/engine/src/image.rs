@@ -157,7 +157,14 @@ fn open_checked(dir: &Path, whole_pages: bool) -> Result<Image, EngineError> {
     let mpath = dir.join(MANIFEST);
     let md = fs::metadata(&mpath).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            if dir.is_dir() {
+            // The manifest is written last: other files without it are a checkpoint that
+            // did not finish (its agent died before it could remove them).
+            if dir.join(PAGES).exists() || dir.join(PROCESS).exists() {
+                EngineError::NoImage(format!(
+                    "{} holds an incomplete image (no {MANIFEST}): the checkpoint that wrote it did not finish",
+                    dir.display()
+                ))
+            } else if dir.is_dir() {
                 EngineError::NoImage(format!("{} holds no image (no {MANIFEST})", dir.display()))
             } else {
                 EngineError::NoImage(format!("{} does not exist", dir.display()))

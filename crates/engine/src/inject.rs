@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use migrate_sys::ptrace::StoppedTracee;
 use nix::errno::Errno;
 
-use crate::error::{EngineError, io_err};
+use crate::error::EngineError;
 
 /// A stopped thread we can run syscalls in.
 #[derive(Debug)]
@@ -161,7 +161,11 @@ pub fn find_gadget(mem: &File, pid: i32, vdso: (u64, u64)) -> Result<u64, Engine
 /// write itself (the kernel's FOLL_FORCE, as for a debugger).
 pub fn open_mem(pid: i32) -> Result<File, EngineError> {
     let path = format!("/proc/{pid}/mem");
-    std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", path))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(crate::error::proc_err(pid, "open", path))
 }
 
 /// A scratch mapping inside the task.
@@ -207,23 +211,21 @@ impl Scratch {
                 bytes.len()
             )));
         }
-        mem.write_all_at(bytes, self.addr + off).map_err(|source| EngineError::Memory {
+        mem.write_all_at(bytes, self.addr + off).map_err(EngineError::memory(
             pid,
-            addr: self.addr + off,
-            op: "write scratch",
-            source,
-        })?;
+            self.addr + off,
+            "write scratch",
+        ))?;
         Ok(self.addr + off)
     }
 
     pub fn read(&self, mem: &File, pid: i32, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
         let mut buf = vec![0u8; len];
-        mem.read_exact_at(&mut buf, self.addr + off).map_err(|source| EngineError::Memory {
+        mem.read_exact_at(&mut buf, self.addr + off).map_err(EngineError::memory(
             pid,
-            addr: self.addr + off,
-            op: "read scratch",
-            source,
-        })?;
+            self.addr + off,
+            "read scratch",
+        ))?;
         Ok(buf)
     }
 

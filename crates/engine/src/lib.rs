@@ -18,10 +18,12 @@
 mod attrs;
 mod dump;
 pub mod error;
+pub mod failpoints;
 pub mod files;
 pub mod host;
 pub mod image;
 mod inject;
+pub mod journal;
 mod memory;
 mod mm;
 mod objects;

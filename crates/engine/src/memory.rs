@@ -400,7 +400,7 @@ impl BatchReader<'_> {
             Src::Vma(_) => self.mem.read_exact_at(buf, p.addr),
             Src::Object(k) => read_full_at(&self.files[k], buf, p.addr),
         }
-        .map_err(|source| EngineError::Memory { pid: self.pid, addr: p.addr, op: "read", source })
+        .map_err(EngineError::memory(self.pid, p.addr, "read"))
     }
 }
 
@@ -673,12 +673,7 @@ fn write_batch(mem: &File, host: i32, vmas: &[Vma], batch: &PageBatch) -> Result
         return Err(EngineError::Incompatible("page batch shorter than its runs".into()));
     }
     let slow = |run: PageRun, data: &[u8]| {
-        mem.write_all_at(data, run.addr).map_err(|source| EngineError::Memory {
-            pid: host,
-            addr: run.addr,
-            op: "write",
-            source,
-        })
+        mem.write_all_at(data, run.addr).map_err(EngineError::memory(host, run.addr, "write"))
     };
     let mut i = 0;
     while i < chunks.len() {

@@ -17,6 +17,16 @@
 //! detached and run.
 //! On any error each process being built is killed while still stopped, and the caller
 //! removes the container: nothing half-built ever runs.
+//!
+//! Nor if the agent dies: the stub is seized with `PTRACE_O_EXITKILL`, and every task
+//! the restore forks or clones from it inherits its tracer and its options (with
+//! `PTRACE_O_TRACEFORK`/`TRACECLONE` the kernel copies `ptrace` flags to the new task), so
+//! the death of the tracer SIGKILLs every task not yet let go. Resuming is all-or-nothing:
+//! every fallible step (scratch pages, spare fds, signal masks) is done for every task
+//! first; then the container's cgroup is frozen, each task detached (a detached task of a
+//! freezing cgroup traps into the freezer before it reaches user space), and the cgroup
+//! thawed: the one moment at which all of them start. A failure or a death before the
+//! thaw leaves no task of the image having run an instruction.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,6 +40,7 @@ use migrate_sys::ptrace::{StoppedTracee, Tracee};
 use nix::sys::ptrace::Options;
 
 use crate::error::EngineError;
+use crate::failpoints::{self, Failpoint};
 use crate::files::FdWorld;
 use crate::image::{self, Image};
 use crate::inject::{Remote, Scratch, Task};
@@ -76,6 +87,7 @@ struct Ctx<'a> {
 pub fn restore(
     img: &Image,
     stub: i32,
+    cgroup: &migrate_cgroup::Cgroup,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
@@ -91,10 +103,13 @@ pub fn restore(
     host::check_compatible(&img.manifest.kernel)?;
     crate::attrs::check_audit(stub, &img.processes)?;
     progress(Progress::Phase("seize"));
-    let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
+    // EXITKILL: see the module doc; inherited by every task forked or cloned from here.
+    let options = Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK | Options::PTRACE_O_EXITKILL;
+    let tracee = Tracee::seize(stub, options)
         .and_then(Tracee::interrupt)
         .map_err(EngineError::ptrace(stub, "seize the restore stub"))?;
     let mut s = seize::take(stub, vec![Task::new(stub, tracee)?])?.kill_on_drop();
+    failpoints::hit(Failpoint::RestoreStubSeized)?;
     check_cpu(&mut s, root, stub)?;
     let all_vmas: Vec<_> = img.processes.iter().flat_map(|p| p.vmas.iter().cloned()).collect();
     let park = mm::find_gap(&all_vmas, 32 << 20)
@@ -152,6 +167,7 @@ pub fn restore(
     for o in ctx.world.objects.values() {
         o.finish()?;
     }
+    failpoints::hit(Failpoint::RestoreBeforeResume)?;
     progress(Progress::Phase("resume"));
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
     let spares = std::mem::take(&mut ctx.world.spares);
@@ -174,10 +190,13 @@ pub fn restore(
             b.seized.main().call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
         }
         b.scratch.unmap(b.seized.main(), gadget)?;
+        // The masks too, while every task is still stopped: nothing fallible is left
+        // for the moment they are let go.
+        for (t, mask) in b.seized.tasks.iter().zip(&b.seized.masks) {
+            t.tracee.set_sigmask(*mask).map_err(EngineError::ptrace(t.tid, "set the signal mask"))?;
+        }
     }
-    for b in ctx.built {
-        resume(b.seized)?;
-    }
+    resume(ctx.built, cgroup)?;
     ctx.warnings.iter().for_each(|w| tracing::warn!("{w}"));
     Ok(RestoreReport {
         total_ms: t0.elapsed().as_millis() as u64,
@@ -259,11 +278,13 @@ fn build(
     }
     mm::map_vmas(&mut remote, &rec.vmas, &kept, &ctx.world, ctx.park)?;
     mm::drop_uninherited(remote.task, gadget, &kept, &rec.inherited)?;
+    failpoints::hit(Failpoint::RestoreAddressSpace)?;
 
     progress(Progress::Phase("memory"));
     let t_mem = Instant::now();
     ctx.pages.write_for(rec, &mem, host, &ctx.world.objects, progress)?;
     ctx.memory_ms += t_mem.elapsed().as_millis() as u64;
+    failpoints::hit(Failpoint::RestoreMidMemory)?;
 
     progress(Progress::Phase("state"));
     mm::set_mm(&mut remote, mm_fields)?;
@@ -271,6 +292,7 @@ fn build(
         ctx.sessions.settle(&mut remote, rec, parent)?;
     }
     files::restore(&mut remote, rec.pid, &rec.fds, &mut ctx.world)?;
+    failpoints::hit(Failpoint::RestoreFds)?;
     process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
     let children: Vec<&ProcessRecord> =
@@ -295,6 +317,7 @@ fn build(
             None => {
                 let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?.kill_on_drop();
                 build(ctx, child, cs, child_host, Some(rec), progress)?;
+                failpoints::hit(Failpoint::RestoreFirstChild)?;
             }
         }
     }
@@ -309,6 +332,7 @@ fn build(
     crate::attrs::before_creds(&mut remote, rec)?;
     ctx.warnings.extend(process::restore_misc(&mut remote, rec)?);
     create_threads(&mut s, rec, gadget, &mem, host, scratch)?;
+    failpoints::hit(Failpoint::RestoreThreads)?;
     // The main thread by field, not by `main()`: its mask is set beside it.
     let mut remote = Remote { task: &mut s.tasks[0], gadget, mem: &mem, pid: host, scratch };
     s.masks[0] = thread::restore(&mut remote, &rec.threads[0], rec.pid)?;
@@ -450,12 +474,20 @@ fn create_threads(
     Ok(())
 }
 
-/// Sets every thread's signal mask to the image's and lets them all run.
-fn resume(s: Seized) -> Result<(), EngineError> {
-    for (t, mask) in s.tasks.iter().zip(&s.masks) {
-        t.tracee.set_sigmask(*mask).map_err(EngineError::ptrace(t.tid, "set the signal mask"))?;
+/// Lets every built process run, all at once (see the module doc): frozen, detached one
+/// by one, thawed. Until the thaw, an error kills them all where they stand: those still
+/// traced by their guard, those let go by the caller's removal of the frozen cgroup.
+fn resume(built: Vec<Built>, cgroup: &migrate_cgroup::Cgroup) -> Result<(), EngineError> {
+    cgroup.freeze(std::time::Duration::from_secs(10))?;
+    let mut first = true;
+    for b in built {
+        b.seized.detach_as_is()?;
+        if std::mem::take(&mut first) {
+            failpoints::hit(Failpoint::RestoreMidResume)?;
+        }
     }
-    s.detach_as_is()
+    cgroup.thaw(std::time::Duration::from_secs(10))?;
+    Ok(())
 }
 
 /// The page batches of `pages.img`, in the image's process order, handed out process by

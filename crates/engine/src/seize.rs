@@ -183,10 +183,15 @@ impl Seized {
     fn sigkill(&self) -> Result<(), EngineError> {
         let Some(main) = self.tasks.first() else { return Ok(()) };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(main.tid), nix::sys::signal::Signal::SIGKILL)
-            .map_err(|e| EngineError::Proc {
-                pid: main.tid,
-                what: "the process".into(),
-                reason: format!("SIGKILL: {e}"),
+            .map_err(|e| match e {
+                nix::errno::Errno::ESRCH => {
+                    EngineError::TargetDied { pid: main.tid, op: "SIGKILL it".into() }
+                }
+                e => EngineError::Proc {
+                    pid: main.tid,
+                    what: "the process".into(),
+                    reason: format!("SIGKILL: {e}"),
+                },
             })
     }
 

@@ -5,6 +5,8 @@
 //! `setns` into `/run/netns/<host>` and `setsid`, so the CLI's threads never change
 //! namespace and the agent survives the CLI (it is reparented to init). The `Child` is
 //! dropped on purpose: dropping it neither kills nor waits.
+//! It inherits the environment of `lab up`, `FAILPOINTS` included: that is how the tests
+//! give an agent its failpoint scenario (`migrate_engine::failpoints`).
 //!
 //! A saved pid is only trusted if that process is alive, lives in the host's namespace
 //! and has the host's state directory on its command line, so a recycled pid is never
