@@ -126,6 +126,7 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         vmas.push(refusals.gather(mm::dump_vmas(p, i, &mut objects))?);
     }
     files::check(&pids, external, &mut refusals)?;
+    crate::mounts::check(&pids, &mut refusals)?;
     refusals.into_result()?;
     Ok(Prechecked { pids, vmas, objects, ipc })
 }
@@ -486,7 +487,7 @@ fn collect_and_write(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_ms: host::now_ms(),
         kernel: host::kernel_id()?,
-        cpu: host::cpu_id(xstate),
+        cpu: host::cpu_id(xstate)?,
         clocks,
         last_pid,
         container: ContainerMeta { hostname, ..req.container.clone() },

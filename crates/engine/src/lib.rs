@@ -22,6 +22,7 @@ pub mod image;
 mod inject;
 mod memory;
 mod mm;
+mod mounts;
 mod objects;
 mod pipeline;
 mod process;

@@ -88,7 +88,7 @@ pub fn restore(
         return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
     }
     let sessions = Sessions::check(&img.processes)?;
-    host::check_compatible(&img.manifest.kernel)?;
+    host::check_compatible(&img.manifest)?;
     progress(Progress::Phase("seize"));
     let tracee = Tracee::seize(stub, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_TRACEFORK)
         .and_then(Tracee::interrupt)
