@@ -82,10 +82,10 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     if !members.contains(&pid) {
         return Err(EngineError::Unsupported(format!("PID 1 ({pid}) is not in the container's cgroup")));
     }
-    let pids = tree_order(pid, &members)?;
     let levels = pid_levels(pid)?;
     // Every refusal, not only the first: see `Refusals`.
     let mut refusals = Refusals::default();
+    let pids = build_order(tree_order(pid, &members)?, &mut refusals)?;
     // System V ids and POSIX queue names mean something in one IPC namespace only, and
     // the restore puts every process in the container's.
     let ipc_ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).ok();
@@ -129,6 +129,25 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     crate::mounts::check(&pids, &mut refusals)?;
     refusals.into_result()?;
     Ok(Prechecked { pids, vmas, objects, ipc })
+}
+
+/// The tree `pids` (PID 1 first) in the order the restore builds it, after the restore's
+/// own check of its sessions and groups ([`crate::session::check`]): a tree the restore
+/// would refuse is refused here, with the same words, while the container runs on.
+fn build_order(pids: Vec<i32>, refusals: &mut Refusals) -> Result<Vec<i32>, EngineError> {
+    let mut ids = Vec::with_capacity(pids.len());
+    for (i, &p) in pids.iter().enumerate() {
+        // The ids alone, which a zombie still tells.
+        let f = process::zombie_facts(p)?;
+        // PID 1's parent (the shim) is outside the container.
+        let ppid = if i == 0 { 0 } else { f.ppid_ns };
+        ids.push(crate::session::Ids::new(f.pid_ns, ppid, f.sid_ns, f.pgid_ns, seize::is_zombie(p)));
+    }
+    if let Err(problem) = crate::session::check(&ids) {
+        refusals.push(format!("its process tree could not be rebuilt: {problem}"));
+        return Ok(pids);
+    }
+    Ok(crate::session::build_order(&ids).into_iter().map(|i| pids[i]).collect())
 }
 
 /// How many pid namespaces `pid` is in (the values of `NSpid`).
@@ -420,6 +439,14 @@ fn collect_and_write(
     let mut mem_stats = memory::MemStats::default();
     // Each parent's pagemap, kept until its children are dumped (they come later).
     let mut pagemaps: std::collections::HashMap<i32, memory::Pagemaps> = Default::default();
+    let ids: Vec<crate::session::Ids> = records
+        .iter()
+        .map(|r| crate::session::Ids::new(r.pid, r.ppid, r.sid, r.pgid, r.zombie.is_some()))
+        .collect();
+    // A process adopted for its parent is forked from another's memory in the restore:
+    // it shares no page with its parent there, and stores them all.
+    let builders = crate::session::builders(&ids);
+    let builds = |r: &ProcessRecord, c: &ProcessRecord| builders.get(&c.pid) == Some(&r.pid);
     for (i, (&pid, s)) in pids.iter().zip(seized.iter()).enumerate() {
         let Some(s) = s else { continue };
         let owned: Vec<memory::ObjectSource<'_>> = objects
@@ -435,11 +462,11 @@ fn collect_and_write(
             &rec.vmas,
             &s.mem,
             &owned,
-            pagemaps.get(&rec.ppid),
+            pagemaps.get(&rec.ppid).filter(|_| builders.get(&rec.pid) == Some(&rec.ppid)),
             &mut pages,
             &mut |done, total| progress(Progress::Bytes { done, total }),
         )?;
-        if records.iter().any(|c| c.ppid == rec.pid && c.zombie.is_none()) {
+        if records.iter().any(|c| c.ppid == rec.pid && builds(rec, c) && c.zombie.is_none()) {
             pagemaps.insert(rec.pid, d.pagemaps);
         }
         records[i].inherited = d.inherited;

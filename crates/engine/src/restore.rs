@@ -233,8 +233,9 @@ fn build(
     let mut gadget = s.gadget;
     thread::forget_rseq(s.main(), gadget)?;
     // A child keeps what fork carried over unchanged from its parent: the pages it
-    // shares copy-on-write, and shared mappings.
-    let kept = parent.map(|p| mm::kept(&rec.vmas, &p.vmas)).unwrap_or_default();
+    // shares copy-on-write, and shared mappings. A process adopted for its parent was
+    // forked from another process's memory: it is rebuilt whole (the dump stored it so).
+    let kept = parent.filter(|p| p.pid == rec.ppid).map(|p| mm::kept(&rec.vmas, &p.vmas)).unwrap_or_default();
     mm::clear_stub(s.main(), gadget, host, &kept)?;
     gadget = mm::move_vdso(s.main(), gadget, host, &rec.vmas, ctx.park)?;
     s.gadget = gadget;
@@ -268,9 +269,8 @@ fn build(
     files::restore(&mut remote, rec.pid, &rec.fds, &mut ctx.world)?;
     process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
-    let children: Vec<&ProcessRecord> =
-        ctx.img.processes.iter().filter(|c| c.ppid == rec.pid && c.pid != rec.pid).collect();
-    let mut forks = Forks::new(rec, host, &children);
+    let children = ctx.sessions.built_by(rec.pid, &ctx.img.processes);
+    let mut forks = Forks::new(rec, &children, &ctx.sessions);
     for child in children {
         let Some(child_host) = forks.fork(&mut remote, &mut ctx.sessions, child)? else {
             continue;

@@ -24,11 +24,24 @@
 //!   as one member does, and every member stays, stopped or a zombie, until the restore
 //!   ends.
 //!
+//! - A process P in a session S whose leader is alive, under a parent outside S: P's own
+//!   parent, a member of S, exited (a daemon's double fork, `setsid sh -c '(sleep 1000
+//!   &); …'`) and the kernel handed P to the nearest child subreaper above it, or to PID
+//!   1. It is rebuilt the same way: an *adoption* helper, forked from the leader (so in
+//!   S, in group S) with a pid no process of the image uses, forks P and exits once P's
+//!   subtree is built; the kernel hands P to PID 1, or to its parent, made a child
+//!   subreaper for the moment (it must be an ancestor of the leader, as the kernel's
+//!   choice at the source was). P is built after the leader, from it ([`builders`]): the
+//!   dump writes the image in that order, and P, forked from the leader's memory rather
+//!   than its parent's, carries all of its own pages.
+//!
 //! The kernel never gives a new task a pid that is still a session's or group's id, so in
 //! an image taken from a live tree the helpers' pids are free. [`Sessions::check`] looks
 //! at the whole image before anything is built, so that a tree this cannot rebuild, or an
 //! image that contradicts itself (a session id that is the pid of a process outside that
-//! session), is refused with the processes named.
+//! session), is refused with the processes named. The checkpoint's precheck runs the same
+//! check on the live tree before anything is seized, so that a tree this cannot rebuild
+//! is refused while the container runs on.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -50,7 +63,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What decides where a process is born and what it must do to reach its session and
 /// group (pids as the container sees them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ids {
+pub(crate) struct Ids {
     pid: i32,
     ppid: i32,
     sid: i32,
@@ -59,8 +72,12 @@ struct Ids {
 }
 
 impl Ids {
+    pub(crate) fn new(pid: i32, ppid: i32, sid: i32, pgid: i32, zombie: bool) -> Ids {
+        Ids { pid, ppid, sid, pgid, zombie }
+    }
+
     fn of(p: &ProcessRecord) -> Ids {
-        Ids { pid: p.pid, ppid: p.ppid, sid: p.sid, pgid: p.pgid, zombie: p.zombie.is_some() }
+        Ids::new(p.pid, p.ppid, p.sid, p.pgid, p.zombie.is_some())
     }
 
     /// Whether it is in a session that it does not lead and its parent is not in: it is
@@ -89,6 +106,13 @@ pub(crate) struct Sessions {
     ids: HashMap<i32, Ids>,
     /// Groups that have a member, or a helper, in the new tree: a later member just joins.
     groups: HashSet<i32>,
+    /// Who forks each process ([`builders`]).
+    builders: HashMap<i32, i32>,
+    /// Every pid, session, group and thread id of the image: an adoption helper takes
+    /// none of them.
+    taken: HashSet<i32>,
+    /// The last pid given to an adoption helper.
+    last_spare: i32,
 }
 
 impl Sessions {
@@ -100,7 +124,34 @@ impl Sessions {
         let ids: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
         // PID 1 is the stub, started in a session and group of its own (checked above).
         let groups = HashSet::from([1]);
-        Ok(Sessions { ids, groups })
+        let taken = all
+            .iter()
+            .flat_map(|i| [i.pid, i.sid, i.pgid])
+            .chain(processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)))
+            .collect();
+        Ok(Sessions { ids, groups, builders: builders(&all), taken, last_spare: 1 })
+    }
+
+    /// The processes `pid` forks, in the image's order: its children, and the processes
+    /// it adopts for their parents (see the module doc).
+    pub(crate) fn built_by<'a>(&self, pid: i32, processes: &'a [ProcessRecord]) -> Vec<&'a ProcessRecord> {
+        processes.iter().filter(|c| c.pid != pid && self.builders.get(&c.pid) == Some(&pid)).collect()
+    }
+
+    /// Whether a child of `pid` is forked by another process, and comes to `pid` when
+    /// that process's adoption helper exits.
+    fn receives_adopted(&self, pid: i32) -> bool {
+        self.ids.values().any(|i| i.ppid == pid && self.builders.get(&i.pid) != Some(&pid))
+    }
+
+    /// A pid no process, thread, session or group of the image has, and no other
+    /// adoption helper took.
+    fn spare_pid(&mut self) -> Result<i32, EngineError> {
+        let next = (self.last_spare + 1..i32::MAX)
+            .find(|p| !self.taken.contains(p))
+            .ok_or_else(|| EngineError::Incompatible("no pid is left for a helper task".into()))?;
+        self.last_spare = next;
+        Ok(next)
     }
 
     /// Moves `rec`, just forked (from `parent`, or from its session's helper, see
@@ -155,14 +206,18 @@ impl Sessions {
 /// members reparented to it) holds its session's pid, so no helper could take it: that
 /// zombie is forked as the helper, its siblings in the session are forked from it, and in
 /// [`Forks::finish`] it exits with its status instead, to stay a zombie.
+///
+/// A session leader forks, besides its children, the processes it adopts for their
+/// parents (see the module doc): from its adoption helper, which exits last.
 #[derive(Debug)]
 pub(crate) struct Forks<'a> {
     parent: &'a ProcessRecord,
-    /// The parent's pid here.
-    host: i32,
     /// The children that are zombies leading a session their siblings are in.
     zombie_leaders: Vec<&'a ProcessRecord>,
     helpers: Vec<SessionHelper<'a>>,
+    /// Whether a child of the parent is forked elsewhere and must come to it: it is then a
+    /// child subreaper while its children are built (PID 1 gets orphans anyway).
+    receives: bool,
     /// Whether the parent was made a child subreaper for its helpers' children.
     subreaper: bool,
 }
@@ -172,43 +227,66 @@ struct SessionHelper<'a> {
     helper: Helper,
     /// The zombie of the image it is, if it is one, and its wait status.
     zombie: Option<(&'a ProcessRecord, i32)>,
-    /// The children forked from it (pids here).
-    born: Vec<i32>,
+    /// Whether it forks processes adopted for their parents rather than members of a
+    /// session whose leader is gone.
+    adoption: bool,
+    /// The children forked from it: their pid here, and their parent's in the container
+    /// once it has exited.
+    born: Vec<(i32, i32)>,
 }
 
 impl<'a> Forks<'a> {
-    /// For the children `children` of `parent` (`host` here).
-    pub(crate) fn new(parent: &'a ProcessRecord, host: i32, children: &[&'a ProcessRecord]) -> Forks<'a> {
+    /// For the processes `children` that `parent` forks ([`Sessions::built_by`]).
+    pub(crate) fn new(
+        parent: &'a ProcessRecord,
+        children: &[&'a ProcessRecord],
+        sessions: &Sessions,
+    ) -> Forks<'a> {
         let zombie_leaders = children
             .iter()
             .filter(|z| z.zombie.is_some() && z.sid == z.pid)
             .filter(|z| children.iter().any(|c| c.sid == z.pid && c.pid != z.pid))
             .copied()
             .collect();
-        Forks { parent, host, zombie_leaders, helpers: Vec::new(), subreaper: false }
+        let receives = parent.pid != 1 && sessions.receives_adopted(parent.pid);
+        Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false }
     }
 
     /// Forks `child` with its pid, from `parent` (the parent here, through its main
-    /// thread) or from its session's helper; returns its pid here. `None`: `child` is a
-    /// zombie kept as its session's helper, made a zombie by [`Forks::finish`].
+    /// thread) or from a helper; returns its pid here. `None`: `child` is a zombie kept
+    /// as its session's helper, made a zombie by [`Forks::finish`].
     pub(crate) fn fork(
         &mut self,
         parent: &mut Remote<'_>,
         sessions: &mut Sessions,
         child: &ProcessRecord,
     ) -> Result<Option<i32>, EngineError> {
+        if self.receives && !self.subreaper {
+            self.become_subreaper(parent)?;
+        }
         if self.zombie_leaders.iter().any(|z| z.pid == child.pid) {
             self.helper(parent, sessions, child.pid)?;
             return Ok(None);
         }
-        if !Ids::of(child).needs_session_helper(&Ids::of(self.parent)) {
+        let i = if child.ppid != self.parent.pid {
+            self.adopter(parent, sessions)?
+        } else if Ids::of(child).needs_session_helper(&Ids::of(self.parent)) {
+            self.helper(parent, sessions, child.sid)?
+        } else {
             return crate::restore::fork(parent, child.pid).map(Some);
-        }
-        let i = self.helper(parent, sessions, child.sid)?;
+        };
         let h = &mut self.helpers[i];
         let child_host = h.helper.fork_member(parent.scratch, child.pid)?;
-        h.born.push(child_host);
+        h.born.push((child_host, child.ppid));
         Ok(Some(child_host))
+    }
+
+    /// Set before the helpers are forked: the kernel looks for subreapers only above
+    /// tasks born below one (`has_child_subreaper`).
+    fn become_subreaper(&mut self, parent: &mut Remote<'_>) -> Result<(), EngineError> {
+        subreaper(parent.task, parent.gadget, 1)?;
+        self.subreaper = true;
+        Ok(())
     }
 
     /// The helper of session `sid`, forked (and its `setsid()` done) if it is the first
@@ -219,14 +297,11 @@ impl<'a> Forks<'a> {
         sessions: &mut Sessions,
         sid: i32,
     ) -> Result<usize, EngineError> {
-        if let Some(i) = self.helpers.iter().position(|h| h.helper.pid == sid) {
+        if let Some(i) = self.helpers.iter().position(|h| !h.adoption && h.helper.pid == sid) {
             return Ok(i);
         }
         if self.parent.pid != 1 && !self.subreaper {
-            // Set before the helper is forked: the kernel looks for subreapers only above
-            // tasks born below one (`has_child_subreaper`).
-            subreaper(parent.task, parent.gadget, 1)?;
-            self.subreaper = true;
+            self.become_subreaper(parent)?;
         }
         let zombie = self.zombie_leaders.iter().find(|z| z.pid == sid).and_then(|z| Some((*z, z.zombie?)));
         // A zombie of the image is reaped by its parent's own wait(), which sees only
@@ -235,40 +310,72 @@ impl<'a> Forks<'a> {
         let mut helper = Helper::fork(parent, sid, "session", exit_signal)?;
         helper.call(libc::SYS_setsid, &[], "setsid()")?;
         sessions.groups.insert(sid);
-        self.helpers.push(SessionHelper { helper, zombie, born: Vec::new() });
+        self.helpers.push(SessionHelper { helper, zombie, adoption: false, born: Vec::new() });
+        Ok(self.helpers.len() - 1)
+    }
+
+    /// The parent's adoption helper, forked with a spare pid if it is the first time (it
+    /// is born in the parent's session and group, the leader's own); its index.
+    fn adopter(&mut self, parent: &mut Remote<'_>, sessions: &mut Sessions) -> Result<usize, EngineError> {
+        if let Some(i) = self.helpers.iter().position(|h| h.adoption) {
+            return Ok(i);
+        }
+        let helper = Helper::fork(parent, sessions.spare_pid()?, "adoption", 0)?;
+        self.helpers.push(SessionHelper { helper, zombie: None, adoption: true, born: Vec::new() });
         Ok(self.helpers.len() - 1)
     }
 
     /// Lets every helper exit (reaped from the parent) or become its zombie, and checks
-    /// that its children are now the parent's.
-    pub(crate) fn finish(self, parent: &mut Task, gadget: u64, scratch: Scratch) -> Result<(), EngineError> {
-        for SessionHelper { helper, zombie, born } in self.helpers {
+    /// that its children went where the image says: the session helpers' to the parent,
+    /// the adoption helper's, last and with the parent no subreaper any more, to their
+    /// parents higher up.
+    pub(crate) fn finish(
+        mut self,
+        parent: &mut Task,
+        gadget: u64,
+        scratch: Scratch,
+    ) -> Result<(), EngineError> {
+        let adoption = self.helpers.iter().position(|h| h.adoption).map(|i| self.helpers.remove(i));
+        for SessionHelper { helper, zombie, born, .. } in self.helpers {
             let what = helper.what();
             match zombie {
                 Some((rec, status)) => helper.into_zombie(scratch, rec, status)?,
                 None => helper.reap(parent, gadget)?,
             }
-            for child in born {
-                let stat = read_proc(child, "stat")?;
-                let ppid = procfs::stat_fields(&stat)
-                    .and_then(|f| procfs::stat_field(&f, 4))
-                    .map_err(EngineError::proc(child, "stat"))?;
-                if ppid != self.host as u64 {
-                    return Err(EngineError::Helper {
-                        what,
-                        problem: format!(
-                            "its child (pid {child} here) went to pid {ppid} here, not to pid {} (pid {} here)",
-                            self.parent.pid, self.host
-                        ),
-                    });
-                }
-            }
+            check_parents(&what, &born)?;
         }
         if self.subreaper {
             subreaper(parent, gadget, 0)?;
         }
+        if let Some(SessionHelper { helper, born, .. }) = adoption {
+            let what = helper.what();
+            helper.reap(parent, gadget)?;
+            check_parents(&what, &born)?;
+        }
         Ok(())
     }
+}
+
+/// Checks that each of `born` (pid here, parent's pid in the container), forked from the
+/// helper `what` that has exited, now has that parent.
+fn check_parents(what: &str, born: &[(i32, i32)]) -> Result<(), EngineError> {
+    for &(child, want) in born {
+        let stat = read_proc(child, "stat")?;
+        let ppid = procfs::stat_fields(&stat)
+            .and_then(|f| procfs::stat_field(&f, 4))
+            .map_err(EngineError::proc(child, "stat"))?;
+        let status = read_proc(ppid as i32, "status")?;
+        let got = procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(ppid as i32, "status"))?;
+        if got != want {
+            return Err(EngineError::Helper {
+                what: what.to_string(),
+                problem: format!(
+                    "its child (pid {child} here) went to pid {got} (pid {ppid} here), not to pid {want}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `prctl(PR_SET_CHILD_SUBREAPER, on)` in `task`.
@@ -418,8 +525,9 @@ pub(crate) fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
 /// Checks the sessions and groups of a whole image (every pid unique, PID 1 present, every
 /// parent in the image: `validate_tree` has seen to that). Refuses, naming the processes:
 /// what contradicts how the kernel names sessions and groups (an image no live tree could
-/// give), and what this restore cannot rebuild.
-fn check(all: &[Ids]) -> Result<(), String> {
+/// give), and what this restore cannot rebuild. The checkpoint's precheck calls it on the
+/// live tree.
+pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
     let by_pid: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
     match by_pid.get(&1) {
         Some(root) if root.sid == 1 && root.pgid == 1 => {}
@@ -482,6 +590,10 @@ fn check(all: &[Ids]) -> Result<(), String> {
         if let Some(l) = by_pid.get(&p.sid)
             && !(l.zombie && l.ppid == p.ppid)
         {
+            if !p.zombie && !l.zombie {
+                check_adoption(p, l, &by_pid)?;
+                continue;
+            }
             return Err(format!(
                 "pid {} is in session {}, whose leader (pid {}) is in the image, but neither its parent (pid {}, \
                  in session {}) nor a zombie child of its parent: not supported (it could only be forked from a \
@@ -499,6 +611,73 @@ fn check(all: &[Ids]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A live process `p` in the session of the live leader `l`, under a parent outside it:
+/// it is forked from `l`'s adoption helper, whose exit hands it to an ancestor of `l`;
+/// that must be its parent (see the module doc).
+fn check_adoption(p: &Ids, l: &Ids, by_pid: &HashMap<i32, Ids>) -> Result<(), String> {
+    let mut up = l.ppid;
+    // Bounded: a hostile image may hold a cycle of parents the tree check missed.
+    for _ in 0..by_pid.len() {
+        if up == p.pid {
+            return Err(format!(
+                "pid {} is in session {}, but it is an ancestor of that session's leader: the image is inconsistent",
+                p.pid, p.sid
+            ));
+        }
+        if up == p.ppid {
+            return Ok(());
+        }
+        match by_pid.get(&up) {
+            Some(a) if a.pid != 1 => up = a.ppid,
+            _ => break,
+        }
+    }
+    Err(format!(
+        "pid {} is in session {}, but its parent (pid {}, in session {}) is neither in that session nor above \
+         its leader (pid {}): not supported (an orphan goes to an ancestor of the process it leaves)",
+        p.pid,
+        p.sid,
+        p.ppid,
+        by_pid.get(&p.ppid).map_or(0, |x| x.sid),
+        l.pid
+    ))
+}
+
+/// Who forks each process in a restore (pid → pid; PID 1 → 0): its parent, or, for a
+/// process adopted for its parent (a live process in the session of a live leader, under
+/// a parent outside it), that leader. Meant for a tree [`check`] passed.
+pub(crate) fn builders(all: &[Ids]) -> HashMap<i32, i32> {
+    let by_pid: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
+    all.iter()
+        .map(|p| {
+            let adopted = by_pid.get(&p.ppid).is_some_and(|parent| p.needs_session_helper(parent))
+                && by_pid.get(&p.sid).is_some_and(|l| !l.zombie && !p.zombie);
+            (p.pid, if adopted { p.sid } else { p.ppid })
+        })
+        .collect()
+}
+
+/// The order a restore builds `all` in (indices into `all`): from PID 1, each process
+/// followed by what it forks ([`builders`]), lowest pid first, depth first. The dump
+/// writes its image in this order, which the restore's page feed relies on.
+pub(crate) fn build_order(all: &[Ids]) -> Vec<usize> {
+    let builders = builders(all);
+    let mut kids: HashMap<i32, Vec<usize>> = HashMap::new();
+    for (i, p) in all.iter().enumerate() {
+        kids.entry(builders.get(&p.pid).copied().unwrap_or(0)).or_default().push(i);
+    }
+    let mut order = Vec::with_capacity(all.len());
+    let mut stack: Vec<usize> = all.iter().position(|p| p.pid == 1).into_iter().collect();
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        let mut next = kids.remove(&all[i].pid).unwrap_or_default();
+        // Pushed highest pid first, so that the lowest is built first.
+        next.sort_unstable_by_key(|&k| std::cmp::Reverse(all[k].pid));
+        stack.extend(next);
+    }
+    order
 }
 
 #[cfg(test)]
@@ -538,6 +717,33 @@ mod tests {
         assert_eq!(check(&with_zombies(&tree, &[5])), Ok(()));
     }
 
+    /// A daemon's double fork under PID 1: leader 5 (alive) forked 6, which forked 8 and
+    /// exited, so 8 went to PID 1; 9 is 8's child. Under a subreaper 2: the same with 12,
+    /// whose leader 10 is a grandchild of 2.
+    const ADOPTED: &[(i32, i32, i32, i32)] = &[
+        (1, 0, 1, 1),
+        (2, 1, 1, 2),
+        (3, 2, 1, 2),
+        (10, 3, 10, 10),
+        (12, 2, 10, 10),
+        (5, 1, 5, 5),
+        (8, 1, 5, 7),
+        (9, 8, 5, 7),
+    ];
+
+    #[test]
+    fn orphans_of_a_live_leaders_session_are_forked_by_the_leader() {
+        let all = ids(ADOPTED);
+        assert_eq!(check(&all), Ok(()));
+        let b = builders(&all);
+        assert_eq!((b[&8], b[&9], b[&12], b[&10], b[&5]), (5, 8, 10, 3, 1));
+        let order: Vec<i32> = build_order(&all).into_iter().map(|i| all[i].pid).collect();
+        assert_eq!(order, [1, 2, 3, 10, 12, 5, 8, 9]);
+        // A zombie orphan would queue a SIGCHLD in its new parent when its helper exits.
+        let err = check(&with_zombies(ADOPTED, &[9, 8])).expect_err("zombie orphan");
+        assert!(err.contains("pid 8 is in session 5, whose leader (pid 5) is in the image"), "{err}");
+    }
+
     #[test]
     fn where_children_are_born() {
         let all = ids(BASH);
@@ -570,13 +776,17 @@ mod tests {
 
     #[test]
     fn trees_this_cannot_rebuild_are_refused_with_the_processes_named() {
-        // Session 5's leader is alive but not where pid 7 could be forked from.
+        // Session 5's leader is alive, but pid 7's parent is not above it: no orphan of
+        // session 5 could have gone there.
         let err = check(&ids(&[(1, 0, 1, 1), (5, 1, 5, 5), (6, 1, 1, 6), (7, 6, 5, 5)]))
             .expect_err("live leader elsewhere");
         assert!(
-            err.contains("pid 7 is in session 5, whose leader (pid 5) is in the image, but neither"),
+            err.contains("pid 7 is in session 5, but its parent (pid 6, in session 1) is neither in that session nor above its leader (pid 5)"),
             "{err}"
         );
+        // A live member of a live leader's session that is the leader's ancestor.
+        let err = check(&ids(&[(1, 0, 1, 1), (3, 1, 5, 5), (5, 3, 5, 5)])).expect_err("ancestor");
+        assert!(err.contains("pid 3 is in session 5"), "{err}");
         // A zombie leader can hold its session for its siblings, not for anyone else.
         let tree = [(1, 0, 1, 1), (5, 1, 5, 5), (6, 1, 1, 6), (7, 6, 5, 5)];
         let err = check(&with_zombies(&tree, &[5])).expect_err("zombie leader elsewhere");
