@@ -431,6 +431,17 @@ fn collect_and_write(
     for found in &objects.found {
         records[found.owner].objects.push(found.record.clone());
     }
+    // The restore's check of each record, before the memory is read rather than when the
+    // record is written, and named as a refusal: the container runs on.
+    for (r, &p) in records.iter().zip(&pids) {
+        migrate_proto::validate_process(r).map_err(|e| {
+            EngineError::Unsupported(format!(
+                "{}: its record would not pass the restore's check: {}",
+                files::describe_process(p),
+                migrate_sys::error_chain(&e)
+            ))
+        })?;
+    }
     let collect_ms = t_collect.elapsed().as_millis() as u64;
 
     progress(Progress::Phase("memory"));

@@ -610,6 +610,23 @@ pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
             ));
         }
     }
+    // A group is joined once it exists: its leader, in the image, is built first, unless
+    // it is a zombie leading a session of its siblings, forked as its session's helper as
+    // soon as a sibling needs it (see [`Forks`]).
+    let order = build_order(all);
+    let rank: HashMap<i32, usize> = order.iter().enumerate().map(|(r, &i)| (all[i].pid, r)).collect();
+    for p in all {
+        let helper = by_pid.get(&p.pgid).is_some_and(|l| l.zombie && l.sid == l.pid && l.ppid == p.ppid);
+        if let (Some(me), Some(leader)) = (rank.get(&p.pid), rank.get(&p.pgid))
+            && leader > me
+            && !helper
+        {
+            return Err(format!(
+                "pid {} joins group {} before the group's leader (pid {}) is built: not supported",
+                p.pid, p.pgid, p.pgid
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -787,6 +804,9 @@ mod tests {
         // A live member of a live leader's session that is the leader's ancestor.
         let err = check(&ids(&[(1, 0, 1, 1), (3, 1, 5, 5), (5, 3, 5, 5)])).expect_err("ancestor");
         assert!(err.contains("pid 3 is in session 5"), "{err}");
+        // A group joined before its leader is built (the leader's pid is higher).
+        let err = check(&ids(&[(1, 0, 1, 1), (3, 1, 1, 9), (9, 1, 1, 9)])).expect_err("group order");
+        assert!(err.contains("pid 3 joins group 9 before the group's leader (pid 9) is built"), "{err}");
         // A zombie leader can hold its session for its siblings, not for anyone else.
         let tree = [(1, 0, 1, 1), (5, 1, 5, 5), (6, 1, 1, 6), (7, 6, 5, 5)];
         let err = check(&with_zombies(&tree, &[5])).expect_err("zombie leader elsewhere");
