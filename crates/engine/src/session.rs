@@ -26,10 +26,10 @@
 //!
 //! - A process P in a session S whose leader is alive, under a parent outside S: P's own
 //!   parent, a member of S, exited (a daemon's double fork, `setsid sh -c '(sleep 1000
-//!   &); …'`) and the kernel handed P to the nearest child subreaper above it, or to PID
-//!   1. It is rebuilt the same way: an *adoption* helper, forked from the leader (so in
-//!   S, in group S) with a pid no process of the image uses, forks P and exits once P's
-//!   subtree is built; the kernel hands P to PID 1, or to its parent, made a child
+//!   &); …'`) and the kernel handed P to the nearest child subreaper above it, or to
+//!   PID 1. It is rebuilt the same way: an *adoption* helper, forked from the leader (so
+//!   in S, in group S) with a pid no process of the image uses, forks P and exits once
+//!   P's subtree is built; the kernel hands P to PID 1, or to its parent, made a child
 //!   subreaper for the moment (it must be an ancestor of the leader, as the kernel's
 //!   choice at the source was). P is built after the leader, from it ([`builders`]): the
 //!   dump writes the image in that order, and P, forked from the leader's memory rather
