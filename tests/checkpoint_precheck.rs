@@ -274,6 +274,13 @@ fn an_image_of_a_cpu_with_a_feature_this_one_lacks_is_refused_before_anything_is
     ensure!(m.cpu.flags.iter().any(|f| f == "fpu"), "no fpu among {:?}", m.cpu.flags);
     m.cpu.flags.push("migrate_test_feature".into());
     std::fs::write(dir.join("manifest.img"), encode_manifest(&m)?)?;
+    let shown = lab.ok(&["inspect", &dir.to_string_lossy()])?;
+    ensure!(
+        shown.lines().any(|l| l.trim_start().starts_with("cpu ")
+            && l.contains(" fpu ")
+            && l.ends_with(" migrate_test_feature")),
+        "inspect shows no CPU flags:\n{shown}"
+    );
     let err = lab.fails(&["restore", "--dir", &dir.to_string_lossy(), "--host", "host-b"])?;
     eprintln!("restore: {}", err.trim());
     ensure!(

@@ -108,6 +108,8 @@ pub(crate) struct Sessions {
     groups: HashSet<i32>,
     /// Who forks each process ([`builders`]).
     builders: HashMap<i32, i32>,
+    /// The parents of processes forked by another process (adopted for them).
+    receivers: HashSet<i32>,
     /// Every pid, session, group and thread id of the image: an adoption helper takes
     /// none of them.
     taken: HashSet<i32>,
@@ -129,7 +131,10 @@ impl Sessions {
             .flat_map(|i| [i.pid, i.sid, i.pgid])
             .chain(processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)))
             .collect();
-        Ok(Sessions { ids, groups, builders: builders(&all), taken, last_spare: 1 })
+        let builders = builders(&all);
+        let receivers =
+            all.iter().filter(|i| builders.get(&i.pid) != Some(&i.ppid)).map(|i| i.ppid).collect();
+        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1 })
     }
 
     /// The processes `pid` forks, in the image's order: its children, and the processes
@@ -141,7 +146,7 @@ impl Sessions {
     /// Whether a child of `pid` is forked by another process, and comes to `pid` when
     /// that process's adoption helper exits.
     fn receives_adopted(&self, pid: i32) -> bool {
-        self.ids.values().any(|i| i.ppid == pid && self.builders.get(&i.pid) != Some(&pid))
+        self.receivers.contains(&pid)
     }
 
     /// A pid no process, thread, session or group of the image has, and no other
