@@ -6,8 +6,8 @@
 //!   whose creator moved to another group): each names its cause, and the container runs
 //!   on (running in `ps`, same pid, not frozen, its log goes on), with no image left.
 //! - Orphans of a live session leader (their parent exited, they went to PID 1 or to a
-//!   child subreaper) come back with their pid, parent, session and group, which they
-//!   check themselves after the restore.
+//!   child subreaper; two of them in a group whose leader exited) come back with their
+//!   pid, parent, session and group, which they check themselves after the restore.
 //! - An image whose CPU had a feature this CPU lacks is refused before the container is
 //!   created, naming the feature.
 
@@ -74,6 +74,25 @@ while True:
     say('tick', tag, i, 'same' if now == want else f'DIFFERENT {now} != {want}')
     i += 1
     time.sleep(0.1)
+"#;
+
+/// A session leader L forks C, C forks G, G makes group G, forks two orphans into it and
+/// exits, then C exits: the orphans go to PID 1, in L's session, in a group whose leader
+/// is gone. argv[1] is the orphan program.
+const DEAD_GROUP: &str = r#"import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            os.setpgid(0, 0)
+            for _ in range(2):
+                if os.fork() == 0:
+                    os.execvp('python3', ['python3', '-u', sys.argv[1], 'group'])
+            os._exit(0)
+        os.wait()
+        os._exit(0)
+    os.wait()
+time.sleep(100000)
 "#;
 
 /// The highest `tick N` of a container's log.
@@ -217,11 +236,14 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
             daemon("reaped")
         ),
     )?;
-    let script = format!("{} & python3 {reaper} & wait", daemon("init"));
+    let group = tmp.join("group.py");
+    std::fs::write(&group, DEAD_GROUP)?;
+    let script = format!("{} & python3 {reaper} & python3 {group} {orphan} & wait", daemon("init"));
     let lab = TestLab::up(2)?;
     lab.start("host-a", "orph", &["sh", "-c", &script])?;
     lab.wait_log("orph", "tick init 2 ")?;
     lab.wait_log("orph", "tick reaped 2 ")?;
+    lab.wait_log("orph", "tick group 4 ")?;
     let before = tree(&lab, "orph")?;
     let log = lab.logs("orph")?;
     for tag in ["init", "reaped"] {
@@ -233,10 +255,15 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
         let f: Vec<&str> = line.split_whitespace().collect();
         ensure!(f.len() == 6 && f[4] != f[2] && (f[3] == "1") == (tag == "init"), "{line}");
     }
+    // The group orphans: under PID 1, in a group that is neither their session nor theirs.
+    for line in log.lines().filter(|l| l.starts_with("orphan group ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() == 6 && f[3] == "1" && f[5] != f[4] && f[5] != f[2], "{line}");
+    }
     let dir = img.join("orph");
     lab.checkpoint_and_restore("orph", &dir, "host-b")?;
     let seen = support::log_in_image(&dir)?.lines().count();
-    for tag in ["init", "reaped"] {
+    for tag in ["init", "reaped", "group"] {
         let done = wait_until(Duration::from_secs(20), || {
             lab.logs("orph").is_ok_and(|l| {
                 l.lines().skip(seen).filter(|x| x.starts_with(&format!("tick {tag} "))).count() >= 3
