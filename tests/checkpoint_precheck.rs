@@ -6,8 +6,9 @@
 //!   whose creator moved to another group): each names its cause, and the container runs
 //!   on (running in `ps`, same pid, not frozen, its log goes on), with no image left.
 //! - Orphans of a live session leader (their parent exited, they went to PID 1 or to a
-//!   child subreaper; two of them in a group whose leader exited) come back with their
-//!   pid, parent, session and group, which they check themselves after the restore.
+//!   child subreaper; two of them in a group whose leader exited; a zombie) come back
+//!   with their pid, parent, session and group, which they check themselves after the
+//!   restore (and `ps` shows the same tree).
 //! - An image whose CPU had a feature this CPU lacks is refused before the container is
 //!   created, naming the feature.
 
@@ -238,13 +239,37 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     )?;
     let group = tmp.join("group.py");
     std::fs::write(&group, DEAD_GROUP)?;
-    let script = format!("{} & python3 {reaper} & python3 {group} {orphan} & wait", daemon("init"));
+    // PID 1 starts them all and reaps nothing: the zombie shape's `true` (not the shell's
+    // builtin: a forked shell would be the zombie), orphaned in a live leader's session,
+    // stays its zombie.
+    let shapes = [
+        daemon("init"),
+        format!("python3 {reaper}"),
+        format!("python3 {group} {orphan}"),
+        "setsid sh -c 'sh -c \"/bin/true &\"; exec sleep 100000'".into(),
+    ];
+    let init = format!(
+        "import subprocess, time\nfor s in {shapes:?}:\n    subprocess.Popen(s, shell=True)\ntime.sleep(100000)\n"
+    );
     let lab = TestLab::up(2)?;
-    lab.start("host-a", "orph", &["sh", "-c", &script])?;
+    lab.start("host-a", "orph", &["python3", "-c", &init])?;
     lab.wait_log("orph", "tick init 2 ")?;
     lab.wait_log("orph", "tick reaped 2 ")?;
     lab.wait_log("orph", "tick group 4 ")?;
-    let before = tree(&lab, "orph")?;
+    // pid ppid sid pgid comm: a zombie of PID 1 in another session.
+    let zombie = |rows: &[String]| {
+        rows.iter().any(|r| {
+            r.ends_with(" true") && r.split(' ').nth(1) == Some("1") && r.split(' ').nth(2) != Some("1")
+        })
+    };
+    let mut before = Vec::new();
+    ensure!(
+        wait_until(Duration::from_secs(20), || {
+            before = tree(&lab, "orph").unwrap_or_default();
+            zombie(&before)
+        }),
+        "no orphaned zombie in {before:#?}"
+    );
     let log = lab.logs("orph")?;
     for tag in ["init", "reaped"] {
         let line = log
@@ -278,7 +303,7 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
         "after the restore: {after:?}"
     );
     let now = tree(&lab, "orph")?;
-    ensure!(now == before, "the tree changed:\nbefore {before:#?}\nafter {now:#?}");
+    ensure!(now == before && zombie(&now), "the tree changed:\nbefore {before:#?}\nafter {now:#?}");
     let c = lab.container("orph")?;
     ensure!(c["host"] == "host-b" && c["state"] == "running", "{c}");
     lab.ok(&["stop", "orph"])?;

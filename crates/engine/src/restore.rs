@@ -285,7 +285,11 @@ fn build(
                 let zmem = crate::inject::open_mem(child_host)?;
                 let mut zombie = Remote { task: &mut task, gadget, mem: &zmem, pid: child_host, scratch };
                 ctx.sessions.settle(&mut zombie, child, rec)?;
-                make_zombie(task, gadget, child_host, scratch, child, status)?
+                if child.ppid == rec.pid {
+                    make_zombie(task, gadget, child_host, scratch, child, status)?
+                } else {
+                    forks.adopted_zombie(task, child, status)
+                }
             }
             None => {
                 let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?.kill_on_drop();

@@ -33,7 +33,9 @@
 //!   subreaper for the moment (it must be an ancestor of the leader, as the kernel's
 //!   choice at the source was). P is built after the leader, from it ([`builders`]): the
 //!   dump writes the image in that order, and P, forked from the leader's memory rather
-//!   than its parent's, carries all of its own pages.
+//!   than its parent's, carries all of its own pages. A zombie P (its new parent reaps
+//!   nothing) exits only once it is its parent's: a zombie handed on would notify its new
+//!   parent a second time.
 //!
 //! The kernel never gives a new task a pid that is still a session's or group's id, so in
 //! an image taken from a live tree the helpers' pids are free. [`Sessions::check`] looks
@@ -225,6 +227,9 @@ pub(crate) struct Forks<'a> {
     receives: bool,
     /// Whether the parent was made a child subreaper for its helpers' children.
     subreaper: bool,
+    /// Zombies adopted for their parents, stopped at birth: they exit in
+    /// [`Forks::finish`], once they are their parents' (with their wait status).
+    zombies: Vec<(Task, &'a ProcessRecord, i32)>,
 }
 
 #[derive(Debug)]
@@ -254,7 +259,7 @@ impl<'a> Forks<'a> {
             .copied()
             .collect();
         let receives = parent.pid != 1 && sessions.receives_adopted(parent.pid);
-        Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false }
+        Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false, zombies: Vec::new() }
     }
 
     /// Forks `child` with its pid, from `parent` (the parent here, through its main
@@ -284,6 +289,12 @@ impl<'a> Forks<'a> {
         let child_host = h.helper.fork_member(parent.scratch, child.pid)?;
         h.born.push((child_host, child.ppid));
         Ok(Some(child_host))
+    }
+
+    /// Keeps `task`, the zombie `rec` adopted for its parent and just forked, until
+    /// [`Forks::finish`] has handed it to that parent: then it exits with `status`.
+    pub(crate) fn adopted_zombie(&mut self, task: Task, rec: &'a ProcessRecord, status: i32) {
+        self.zombies.push((task, rec, status));
     }
 
     /// Set before the helpers are forked: the kernel looks for subreapers only above
@@ -356,6 +367,10 @@ impl<'a> Forks<'a> {
             let what = helper.what();
             helper.reap(parent, gadget)?;
             check_parents(&what, &born)?;
+        }
+        for (task, rec, status) in self.zombies {
+            let host = task.tid;
+            crate::restore::make_zombie(task, gadget, host, scratch, rec, status)?;
         }
         Ok(())
     }
@@ -595,7 +610,7 @@ pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
         if let Some(l) = by_pid.get(&p.sid)
             && !(l.zombie && l.ppid == p.ppid)
         {
-            if !p.zombie && !l.zombie {
+            if !l.zombie {
                 check_adoption(p, l, &by_pid)?;
                 continue;
             }
@@ -635,9 +650,9 @@ pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
     Ok(())
 }
 
-/// A live process `p` in the session of the live leader `l`, under a parent outside it:
-/// it is forked from `l`'s adoption helper, whose exit hands it to an ancestor of `l`;
-/// that must be its parent (see the module doc).
+/// A process `p` in the session of the live leader `l`, under a parent outside it: it is
+/// forked from `l`'s adoption helper, whose exit hands it to an ancestor of `l`; that
+/// must be its parent (see the module doc).
 fn check_adoption(p: &Ids, l: &Ids, by_pid: &HashMap<i32, Ids>) -> Result<(), String> {
     let mut up = l.ppid;
     // Bounded: a hostile image may hold a cycle of parents the tree check missed.
@@ -668,14 +683,14 @@ fn check_adoption(p: &Ids, l: &Ids, by_pid: &HashMap<i32, Ids>) -> Result<(), St
 }
 
 /// Who forks each process in a restore (pid → pid; PID 1 → 0): its parent, or, for a
-/// process adopted for its parent (a live process in the session of a live leader, under
-/// a parent outside it), that leader. Meant for a tree [`check`] passed.
+/// process adopted for its parent (in the session of a live leader, under a parent
+/// outside it), that leader. Meant for a tree [`check`] passed.
 pub(crate) fn builders(all: &[Ids]) -> HashMap<i32, i32> {
     let by_pid: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
     all.iter()
         .map(|p| {
             let adopted = by_pid.get(&p.ppid).is_some_and(|parent| p.needs_session_helper(parent))
-                && by_pid.get(&p.sid).is_some_and(|l| !l.zombie && !p.zombie);
+                && by_pid.get(&p.sid).is_some_and(|l| !l.zombie);
             (p.pid, if adopted { p.sid } else { p.ppid })
         })
         .collect()
@@ -761,9 +776,12 @@ mod tests {
         assert_eq!((b[&8], b[&9], b[&12], b[&10], b[&5]), (5, 8, 10, 3, 1));
         let order: Vec<i32> = build_order(&all).into_iter().map(|i| all[i].pid).collect();
         assert_eq!(order, [1, 2, 3, 10, 12, 5, 8, 9]);
-        // A zombie orphan would queue a SIGCHLD in its new parent when its helper exits.
-        let err = check(&with_zombies(ADOPTED, &[9, 8])).expect_err("zombie orphan");
-        assert!(err.contains("pid 8 is in session 5, whose leader (pid 5) is in the image"), "{err}");
+        // A zombie orphan too (its new parent reaps nothing); not one of a zombie leader.
+        let zombie = with_zombies(ADOPTED, &[9]);
+        assert_eq!(check(&zombie), Ok(()));
+        assert_eq!(builders(&zombie)[&9], 8);
+        let err = check(&with_zombies(ADOPTED, &[10])).expect_err("zombie leader");
+        assert!(err.contains("pid 12 is in session 10, whose leader (pid 10) is in the image"), "{err}");
     }
 
     #[test]
