@@ -66,8 +66,8 @@ pub struct CheckpointReport {
 /// What [`precheck`] found, kept for the dump (the tree stays frozen in between).
 #[derive(Debug)]
 pub struct Prechecked {
-    /// The processes of the container, PID 1 first, each parent before its children
-    /// (host pids).
+    /// The processes of the container (host pids) in the order the restore builds them:
+    /// PID 1 first, each parent before its children ([`crate::session::build_order`]).
     pub pids: Vec<i32>,
     /// Each live process's VMAs (`None` for a zombie), and the objects they map.
     vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
