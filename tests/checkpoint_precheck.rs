@@ -3,12 +3,13 @@
 //!
 //! - Refusals at the checkpoint (a tmpfs the container mounted itself, a process in a
 //!   mount namespace of its own, an O_PATH descriptor of a `/proc/N/fd/M` link, a group
-//!   whose creator moved to another group): each names its cause, and the container runs
+//!   joined before its leader would be built): each names its cause, and the container runs
 //!   on (running in `ps`, same pid, not frozen, its log goes on), with no image left.
 //! - Orphans of a live session leader (their parent exited, they went to PID 1 or to a
-//!   child subreaper; two of them in a group whose leader exited; a zombie) come back
-//!   with their pid, parent, session and group, which they check themselves after the
-//!   restore (and `ps` shows the same tree).
+//!   child subreaper; two of them in a group whose leader exited; a zombie), and the
+//!   members of a group whose creator moved to another group, come back with their pid,
+//!   parent, session and group, which they check themselves after the restore (and `ps`
+//!   shows the same tree).
 //! - An image whose CPU had a feature this CPU lacks is refused before the container is
 //!   created, naming the feature.
 
@@ -38,17 +39,20 @@ elif kind == 'opath':
     fd = os.open(f'/proc/self/fd/{r}', os.O_PATH | os.O_NOFOLLOW)
     print('made', fd, flush=True)
 elif kind == 'group':
-    # A makes group A, forks B into it, then moves to PID 1's group: B's group outlives
-    # its creator's membership.
+    # A joins the group of B, its younger sibling: a restore builds A before B.
     r, w = os.pipe()
     a = os.fork()
     if a == 0:
-        os.setpgid(0, 0)
-        b = subprocess.Popen(['sleep', '100000'])
-        os.setpgid(0, 1)
-        os.write(w, f'{b.pid}\n'.encode())
+        os.read(r, 1)
         time.sleep(100000)
-    b = os.read(r, 64).decode().strip()
+    b = os.fork()
+    if b == 0:
+        os.setpgid(0, 0)
+        time.sleep(100000)
+    while os.getpgid(b) != b:
+        time.sleep(0.01)
+    os.setpgid(a, b)
+    os.write(w, b'x')
     print('made', a, b, flush=True)
 i = 0
 while True:
@@ -94,6 +98,28 @@ if os.fork() == 0:
         os._exit(0)
     os.wait()
 time.sleep(100000)
+"#;
+
+/// A makes group A, forks B into it, then moves back to PID 1's group: B's group
+/// outlives its creator's membership. Both then check their ids every 100 ms.
+const MOVED: &str = r#"import os, time
+def watch(who):
+    want = (os.getppid(), os.getsid(0), os.getpgid(0))
+    os.write(1, f'moved {who} {os.getpid()} {want[2]}\n'.encode())
+    i = 0
+    while True:
+        now = (os.getppid(), os.getsid(0), os.getpgid(0))
+        os.write(1, f'tick moved {i} {"same" if now == want else f"DIFFERENT {now} != {want}"}\n'.encode())
+        i += 1
+        time.sleep(0.1)
+r, w = os.pipe()
+os.setpgid(0, 0)
+if os.fork() == 0:
+    os.read(r, 1)
+    watch('member')
+os.setpgid(0, 1)
+os.write(w, b'x')
+watch('creator')
 "#;
 
 /// The highest `tick N` of a container's log.
@@ -191,8 +217,8 @@ fn what_the_restore_would_refuse_is_refused_at_the_checkpoint_and_the_container_
                 "held as the link itself (O_PATH | O_NOFOLLOW)".into(),
             ],
             _ => vec![format!(
-                "pid {} is in group {}, whose creator (pid {}) has moved to group 1: not supported",
-                got[1], got[0], got[0]
+                "its process tree could not be rebuilt: pid {} joins group {} before the group's leader (pid {}) is built: not supported",
+                got[0], got[1], got[1]
             )],
         };
         problems.extend(refused(&lab, &img, name, &needles));
@@ -239,6 +265,8 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     )?;
     let group = tmp.join("group.py");
     std::fs::write(&group, DEAD_GROUP)?;
+    let moved = tmp.join("moved.py");
+    std::fs::write(&moved, MOVED)?;
     // PID 1 starts them all and reaps nothing: the zombie shape's `true` (not the shell's
     // builtin: a forked shell would be the zombie), orphaned in a live leader's session,
     // stays its zombie.
@@ -247,6 +275,7 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
         format!("python3 {reaper}"),
         format!("python3 {group} {orphan}"),
         "setsid sh -c 'sh -c \"/bin/true &\"; exec sleep 100000'".into(),
+        format!("python3 {moved}"),
     ];
     let init = format!(
         "import subprocess, time\nfor s in {shapes:?}:\n    subprocess.Popen(s, shell=True)\ntime.sleep(100000)\n"
@@ -256,6 +285,7 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     lab.wait_log("orph", "tick init 2 ")?;
     lab.wait_log("orph", "tick reaped 2 ")?;
     lab.wait_log("orph", "tick group 4 ")?;
+    lab.wait_log("orph", "tick moved 4 ")?;
     // pid ppid sid pgid comm: a zombie of PID 1 in another session.
     let zombie = |rows: &[String]| {
         rows.iter().any(|r| {
@@ -288,7 +318,12 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     let dir = img.join("orph");
     lab.checkpoint_and_restore("orph", &dir, "host-b")?;
     let seen = support::log_in_image(&dir)?.lines().count();
-    for tag in ["init", "reaped", "group"] {
+    // The creator is back in group 1, its child in the creator's group.
+    let creator = log.lines().find_map(|l| l.strip_prefix("moved creator ")).context("no creator")?;
+    let member = log.lines().find_map(|l| l.strip_prefix("moved member ")).context("no member")?;
+    let (c, m): (Vec<&str>, Vec<&str>) = (creator.split(' ').collect(), member.split(' ').collect());
+    ensure!(c.get(1) == Some(&"1") && m.get(1) == c.first(), "creator {creator}, member {member}");
+    for tag in ["init", "reaped", "group", "moved"] {
         let done = wait_until(Duration::from_secs(20), || {
             lab.logs("orph").is_ok_and(|l| {
                 l.lines().skip(seen).filter(|x| x.starts_with(&format!("tick {tag} "))).count() >= 3

@@ -146,6 +146,16 @@ pub fn restore(
     if let Some(ns) = &root.ipc {
         objects::sysv::finish(stub, ns)?;
     }
+    // Creators of a group who had moved to another one move now that every member of
+    // theirs is in it (see session.rs).
+    for b in &mut ctx.built {
+        if let Some(group) = ctx.sessions.moves(b.pid_ns) {
+            let (gadget, pid) = (b.seized.gadget, b.pid_ns);
+            b.seized.main().call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
+                format!("setpgid(0, {group}) in pid {pid}")
+            })?;
+        }
+    }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
     for o in ctx.world.objects.values() {

@@ -37,6 +37,11 @@
 //!   nothing) exits only once it is its parent's: a zombie handed on would notify its new
 //!   parent a second time.
 //!
+//! - A group G whose creator is alive but has moved to another group X of its session
+//!   (`setpgid(0, 0)`, a fork, `setpgid(0, X)`): the creator makes G when it is built,
+//!   its children are born in G, the other members join it, and the creator moves to X
+//!   once the whole tree is built ([`Sessions::moves`]); X keeps another member.
+//!
 //! The kernel never gives a new task a pid that is still a session's or group's id, so in
 //! an image taken from a live tree the helpers' pids are free. [`Sessions::check`] looks
 //! at the whole image before anything is built, so that a tree this cannot rebuild, or an
@@ -117,6 +122,9 @@ pub(crate) struct Sessions {
     taken: HashSet<i32>,
     /// The last pid given to an adoption helper.
     last_spare: i32,
+    /// Creators of a group who have moved to another one: they make theirs when they
+    /// are built, and move when the tree is ([`moved_creators`]).
+    moved: HashSet<i32>,
 }
 
 impl Sessions {
@@ -136,7 +144,8 @@ impl Sessions {
         let builders = builders(&all);
         let receivers =
             all.iter().filter(|i| builders.get(&i.pid) != Some(&i.ppid)).map(|i| i.ppid).collect();
-        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1 })
+        let moved = moved_creators(&all);
+        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1, moved })
     }
 
     /// The processes `pid` forks, in the image's order: its children, and the processes
@@ -149,6 +158,12 @@ impl Sessions {
     /// that process's adoption helper exits.
     fn receives_adopted(&self, pid: i32) -> bool {
         self.receivers.contains(&pid)
+    }
+
+    /// The group `pid` moves to once the whole tree is built, if it created a group and
+    /// moved away from it (see the module doc).
+    pub(crate) fn moves(&self, pid: i32) -> Option<i32> {
+        self.moved.contains(&pid).then(|| self.ids.get(&pid).map(|i| i.pgid)).flatten()
     }
 
     /// A pid no process, thread, session or group of the image has, and no other
@@ -172,7 +187,10 @@ impl Sessions {
         parent: &ProcessRecord,
     ) -> Result<(), EngineError> {
         let (me, up) = (Ids::of(rec), Ids::of(parent));
-        let (pid, group) = (me.pid, me.pgid);
+        // A parent that moves later is in the group it created while its children are
+        // born; a creator that moves makes its group first.
+        let up = if self.moved.contains(&up.pid) { Ids { pgid: up.pid, ..up } } else { up };
+        let (pid, group) = (me.pid, if self.moved.contains(&me.pid) { me.pid } else { me.pgid });
         if me.sid == pid {
             remote.call(libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
         }
@@ -580,10 +598,7 @@ pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
             ));
         }
         if let Some(l) = by_pid.get(&p.pgid).filter(|l| l.pgid != l.pid) {
-            return Err(format!(
-                "pid {} is in group {}, whose creator (pid {}) has moved to group {}: not supported",
-                p.pid, p.pgid, l.pid, l.pgid
-            ));
+            check_moved_creator(p, l, all)?;
         }
         if sessions.contains(&p.pgid) && p.sid != p.pgid {
             return Err(format!(
@@ -646,6 +661,36 @@ pub(crate) fn check(all: &[Ids]) -> Result<(), String> {
                 p.pid, p.pgid, p.pgid
             ));
         }
+    }
+    Ok(())
+}
+
+/// The creators of a group who have moved to another group: pids that are a group's id
+/// while their own group is another.
+fn moved_creators(all: &[Ids]) -> HashSet<i32> {
+    let groups: HashSet<i32> = all.iter().map(|i| i.pgid).collect();
+    all.iter().filter(|i| i.pgid != i.pid && groups.contains(&i.pid)).map(|i| i.pid).collect()
+}
+
+/// `p` is in the group of `l`, which has moved to another group X: `l` can make its group
+/// when it is built and move at the end if it is alive, in `p`'s session, and X keeps a
+/// member that stays in it from the start.
+fn check_moved_creator(p: &Ids, l: &Ids, all: &[Ids]) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "pid {} is in group {}, whose creator (pid {}) has moved to group {}: {why}",
+            p.pid, p.pgid, l.pid, l.pgid
+        ))
+    };
+    if l.sid != p.sid {
+        return refuse("the image is inconsistent (a group stays in its session)");
+    }
+    if l.zombie {
+        return refuse("not supported (a zombie cannot move once its group is made)");
+    }
+    let moved = moved_creators(all);
+    if !all.iter().any(|q| q.pid != l.pid && q.pgid == l.pgid && !moved.contains(&q.pid)) {
+        return refuse("not supported (no other member keeps that group)");
     }
     Ok(())
 }
@@ -782,6 +827,32 @@ mod tests {
         assert_eq!(builders(&zombie)[&9], 8);
         let err = check(&with_zombies(ADOPTED, &[10])).expect_err("zombie leader");
         assert!(err.contains("pid 12 is in session 10, whose leader (pid 10) is in the image"), "{err}");
+    }
+
+    #[test]
+    fn a_group_whose_creator_moved_is_made_by_it_and_left_at_the_end() {
+        // 4 made group 4, forked 5 into it, and went back to group 1.
+        let tree = [(1, 0, 1, 1), (4, 1, 1, 1), (5, 4, 1, 4)];
+        assert_eq!(check(&ids(&tree)), Ok(()));
+        let s = Sessions {
+            ids: ids(&tree).into_iter().map(|i| (i.pid, i)).collect(),
+            groups: HashSet::new(),
+            builders: HashMap::new(),
+            receivers: HashSet::new(),
+            taken: HashSet::new(),
+            last_spare: 1,
+            moved: moved_creators(&ids(&tree)),
+        };
+        assert_eq!((s.moves(4), s.moves(5), s.moves(1)), (Some(1), None, None));
+        // Nobody else keeps group 7, where 4 went: it would not exist at the end.
+        let err = check(&ids(&[(1, 0, 1, 1), (4, 1, 1, 7), (5, 4, 1, 4)])).expect_err("group 7 empty");
+        assert!(
+            err.contains("whose creator (pid 4) has moved to group 7: not supported (no other member"),
+            "{err}"
+        );
+        // A zombie creator cannot move after making its group.
+        let err = check(&with_zombies(&tree, &[4])).expect_err("zombie creator");
+        assert!(err.contains("a zombie cannot move"), "{err}");
     }
 
     #[test]
