@@ -3,11 +3,12 @@
 //!
 //! - Refusals at the checkpoint (a tmpfs the container mounted itself, a process in a
 //!   mount namespace of its own, an O_PATH descriptor of a `/proc/N/fd/M` link, a group
-//!   joined before its leader would be built): each names its cause, and the container runs
+//!   joined from a subtree built before its leader): each names its cause, and the container runs
 //!   on (running in `ps`, same pid, not frozen, its log goes on), with no image left.
 //! - Orphans of a live session leader (their parent exited, they went to PID 1 or to a
-//!   child subreaper; two of them in a group whose leader exited; a zombie), and the
-//!   members of a group whose creator moved to another group, come back with their pid,
+//!   child subreaper; two of them in a group whose leader exited; a zombie), the members
+//!   of a group whose creator moved to another group, and a process in the group of its
+//!   younger sibling, come back with their pid,
 //!   parent, session and group, which they check themselves after the restore (and `ps`
 //!   shows the same tree).
 //! - An image whose CPU had a feature this CPU lacks is refused before the container is
@@ -39,11 +40,15 @@ elif kind == 'opath':
     fd = os.open(f'/proc/self/fd/{r}', os.O_PATH | os.O_NOFOLLOW)
     print('made', fd, flush=True)
 elif kind == 'group':
-    # A joins the group of B, its younger sibling: a restore builds A before B.
+    # A leads group A, its child C joins group B of A's younger sibling B, a leader too:
+    # a restore builds A's subtree, C included, before B.
     r, w = os.pipe()
-    a = os.fork()
-    if a == 0:
-        os.read(r, 1)
+    r2, w2 = os.pipe()
+    if os.fork() == 0:
+        os.setpgid(0, 0)
+        if os.fork() == 0:
+            os.setpgid(0, int(os.read(r, 64)))
+            os.write(w2, str(os.getpid()).encode())
         time.sleep(100000)
     b = os.fork()
     if b == 0:
@@ -51,9 +56,8 @@ elif kind == 'group':
         time.sleep(100000)
     while os.getpgid(b) != b:
         time.sleep(0.01)
-    os.setpgid(a, b)
-    os.write(w, b'x')
-    print('made', a, b, flush=True)
+    os.write(w, str(b).encode())
+    print('made', os.read(r2, 64).decode(), b, flush=True)
 i = 0
 while True:
     print(f'tick {i}', flush=True)
@@ -100,26 +104,42 @@ if os.fork() == 0:
 time.sleep(100000)
 "#;
 
-/// A makes group A, forks B into it, then moves back to PID 1's group: B's group
-/// outlives its creator's membership. Both then check their ids every 100 ms.
-const MOVED: &str = r#"import os, time
+/// With `moved`: A makes group A, forks B into it, then moves back to PID 1's group: B's
+/// group outlives its creator's membership. With `joined`: A joins the group of B, its
+/// younger sibling. Both then check their ids every 100 ms.
+const GROUPS: &str = r#"import os, sys, time
+tag = sys.argv[1]
 def watch(who):
     want = (os.getppid(), os.getsid(0), os.getpgid(0))
-    os.write(1, f'moved {who} {os.getpid()} {want[2]}\n'.encode())
+    os.write(1, f'{tag} {who} {os.getpid()} {want[2]}\n'.encode())
     i = 0
     while True:
         now = (os.getppid(), os.getsid(0), os.getpgid(0))
-        os.write(1, f'tick moved {i} {"same" if now == want else f"DIFFERENT {now} != {want}"}\n'.encode())
+        os.write(1, f'tick {tag} {i} {"same" if now == want else f"DIFFERENT {now} != {want}"}\n'.encode())
         i += 1
         time.sleep(0.1)
 r, w = os.pipe()
-os.setpgid(0, 0)
-if os.fork() == 0:
+if tag == 'moved':
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        os.read(r, 1)
+        watch('member')
+    os.setpgid(0, 1)
+    os.write(w, b'x')
+    watch('creator')
+a = os.fork()
+if a == 0:
     os.read(r, 1)
     watch('member')
-os.setpgid(0, 1)
+b = os.fork()
+if b == 0:
+    os.setpgid(0, 0)
+    watch('leader')
+while os.getpgid(b) != b:
+    time.sleep(0.01)
+os.setpgid(a, b)
 os.write(w, b'x')
-watch('creator')
+time.sleep(100000)
 "#;
 
 /// The highest `tick N` of a container's log.
@@ -245,7 +265,7 @@ fn tree(lab: &TestLab, name: &str) -> anyhow::Result<Vec<String>> {
 }
 
 #[test]
-fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result<()> {
+fn tree_shapes_once_refused_come_back_with_their_parents_sessions_and_groups() -> anyhow::Result<()> {
     let img = TempDir::new("orphans")?;
     let tmp = TempDir::new("orphans-prog")?;
     let orphan = tmp.join("orphan.py");
@@ -265,8 +285,8 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     )?;
     let group = tmp.join("group.py");
     std::fs::write(&group, DEAD_GROUP)?;
-    let moved = tmp.join("moved.py");
-    std::fs::write(&moved, MOVED)?;
+    let groups = tmp.join("groups.py");
+    std::fs::write(&groups, GROUPS)?;
     // PID 1 starts them all and reaps nothing: the zombie shape's `true` (not the shell's
     // builtin: a forked shell would be the zombie), orphaned in a live leader's session,
     // stays its zombie.
@@ -275,7 +295,8 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
         format!("python3 {reaper}"),
         format!("python3 {group} {orphan}"),
         "setsid sh -c 'sh -c \"/bin/true &\"; exec sleep 100000'".into(),
-        format!("python3 {moved}"),
+        format!("python3 {groups} moved"),
+        format!("python3 {groups} joined"),
     ];
     let init = format!(
         "import subprocess, time\nfor s in {shapes:?}:\n    subprocess.Popen(s, shell=True)\ntime.sleep(100000)\n"
@@ -286,6 +307,7 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     lab.wait_log("orph", "tick reaped 2 ")?;
     lab.wait_log("orph", "tick group 4 ")?;
     lab.wait_log("orph", "tick moved 4 ")?;
+    lab.wait_log("orph", "tick joined 4 ")?;
     // pid ppid sid pgid comm: a zombie of PID 1 in another session.
     let zombie = |rows: &[String]| {
         rows.iter().any(|r| {
@@ -323,7 +345,13 @@ fn orphans_of_a_live_session_leader_come_back_in_its_session() -> anyhow::Result
     let member = log.lines().find_map(|l| l.strip_prefix("moved member ")).context("no member")?;
     let (c, m): (Vec<&str>, Vec<&str>) = (creator.split(' ').collect(), member.split(' ').collect());
     ensure!(c.get(1) == Some(&"1") && m.get(1) == c.first(), "creator {creator}, member {member}");
-    for tag in ["init", "reaped", "group", "moved"] {
+    // The older sibling is in the younger one's group.
+    let leader = log.lines().find_map(|l| l.strip_prefix("joined leader ")).context("no leader")?;
+    let member = log.lines().find_map(|l| l.strip_prefix("joined member ")).context("no member")?;
+    let (l, m): (Vec<&str>, Vec<&str>) = (leader.split(' ').collect(), member.split(' ').collect());
+    let pid = |v: &[&str]| v.first().and_then(|p| p.parse::<i32>().ok());
+    ensure!(m.get(1) == l.first() && pid(&m) < pid(&l), "leader {leader}, member {member}");
+    for tag in ["init", "reaped", "group", "moved", "joined"] {
         let done = wait_until(Duration::from_secs(20), || {
             lab.logs("orph").is_ok_and(|l| {
                 l.lines().skip(seen).filter(|x| x.starts_with(&format!("tick {tag} "))).count() >= 3

@@ -134,15 +134,19 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
 /// The tree `pids` (PID 1 first) in the order the restore builds it, after the restore's
 /// own check of its sessions and groups ([`crate::session::check`]): a tree the restore
 /// would refuse is refused here, with the same words, while the container runs on.
+/// Among the processes one process forks, group leaders come first
+/// ([`crate::session::Ids::dump_rank`]).
 fn build_order(pids: Vec<i32>, refusals: &mut Refusals) -> Result<Vec<i32>, EngineError> {
-    let mut ids = Vec::with_capacity(pids.len());
+    let mut tree = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
         // The ids alone, which a zombie still tells.
         let f = process::zombie_facts(p)?;
         // PID 1's parent (the shim) is outside the container.
         let ppid = if i == 0 { 0 } else { f.ppid_ns };
-        ids.push(crate::session::Ids::new(f.pid_ns, ppid, f.sid_ns, f.pgid_ns, seize::is_zombie(p)));
+        tree.push((p, crate::session::Ids::new(f.pid_ns, ppid, f.sid_ns, f.pgid_ns, seize::is_zombie(p))));
     }
+    tree.sort_by_key(|(_, i)| i.dump_rank());
+    let (pids, ids): (Vec<i32>, Vec<crate::session::Ids>) = tree.into_iter().unzip();
     if let Err(problem) = crate::session::check(&ids) {
         refusals.push(format!("its process tree could not be rebuilt: {problem}"));
         return Ok(pids);

@@ -83,6 +83,12 @@ impl Ids {
         Ids { pid, ppid, sid, pgid, zombie }
     }
 
+    /// Where the dump puts it among the processes one process forks: group leaders
+    /// first (a member joins its group once the leader has made it), then by pid.
+    pub(crate) fn dump_rank(&self) -> (bool, i32) {
+        (self.pgid != self.pid, self.pid)
+    }
+
     fn of(p: &ProcessRecord) -> Ids {
         Ids::new(p.pid, p.ppid, p.sid, p.pgid, p.zombie.is_some())
     }
@@ -742,8 +748,9 @@ pub(crate) fn builders(all: &[Ids]) -> HashMap<i32, i32> {
 }
 
 /// The order a restore builds `all` in (indices into `all`): from PID 1, each process
-/// followed by what it forks ([`builders`]), lowest pid first, depth first. The dump
-/// writes its image in this order, which the restore's page feed relies on.
+/// followed by what it forks ([`builders`]), depth first, in the order of `all` (the
+/// image's, in a restore). The dump writes its image in this order, which the restore's
+/// page feed relies on.
 pub(crate) fn build_order(all: &[Ids]) -> Vec<usize> {
     let builders = builders(all);
     let mut kids: HashMap<i32, Vec<usize>> = HashMap::new();
@@ -754,10 +761,8 @@ pub(crate) fn build_order(all: &[Ids]) -> Vec<usize> {
     let mut stack: Vec<usize> = all.iter().position(|p| p.pid == 1).into_iter().collect();
     while let Some(i) = stack.pop() {
         order.push(i);
-        let mut next = kids.remove(&all[i].pid).unwrap_or_default();
-        // Pushed highest pid first, so that the lowest is built first.
-        next.sort_unstable_by_key(|&k| std::cmp::Reverse(all[k].pid));
-        stack.extend(next);
+        // Pushed last first, so that the first is built first.
+        stack.extend(kids.remove(&all[i].pid).unwrap_or_default().into_iter().rev());
     }
     order
 }
