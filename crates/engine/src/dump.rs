@@ -199,7 +199,8 @@ fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
 }
 
 /// The processes of the tree under `root`, depth first (each parent before its
-/// children, each subtree together): the order the restore builds them in. The tree is
+/// children, each subtree together), to be put in the restore's order by
+/// [`build_order`]. The tree is
 /// read from `/proc/PID/task/TID/children`, which, unlike `cgroup.procs`, also lists
 /// zombies; every live member of the cgroup must be in it.
 fn tree_order(root: i32, members: &[i32]) -> Result<Vec<i32>, EngineError> {
