@@ -162,7 +162,7 @@ impl Agent {
                 let reason = if chain.contains(&dir) { chain } else { format!("{dir}: {chain}") };
                 AgentError::Invalid { field: "image", reason }
             })?;
-        migrate_engine::host::check_compatible(&img.manifest.kernel)
+        migrate_engine::host::check_compatible(&img.manifest)
             .map_err(|e| AgentError::Invalid { field: "image", reason: migrate_sys::error_chain(&e) })?;
         let m = &img.manifest.container;
         let name = req.name.clone().unwrap_or_else(|| m.name.clone());

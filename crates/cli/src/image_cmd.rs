@@ -244,6 +244,14 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         "  kernel    {} {} ({}), vDSO {}",
         m.kernel.release, m.kernel.machine, m.kernel.version, m.kernel.vdso_digest
     );
+    // Every flag: a restore on a CPU lacking one of them is refused.
+    println!(
+        "  cpu       {}, xfeatures {:#x}, {} flags: {}",
+        m.cpu.vendor,
+        m.cpu.xfeatures,
+        m.cpu.flags.len(),
+        m.cpu.flags.join(" ")
+    );
     println!(
         "  clocks    monotonic {:.3} s, boottime {:.3} s at the freeze",
         m.clocks.monotonic_ns as f64 / 1e9,

@@ -76,8 +76,8 @@ pub struct CheckpointReport {
 /// What [`precheck`] found, kept for the dump (the tree stays frozen in between).
 #[derive(Debug)]
 pub struct Prechecked {
-    /// The processes of the container, PID 1 first, each parent before its children
-    /// (host pids).
+    /// The processes of the container (host pids) in the order the restore builds them:
+    /// PID 1 first, each parent before its children ([`crate::session::build_order`]).
     pub pids: Vec<i32>,
     /// Each live process's VMAs (`None` for a zombie), and the objects they map.
     vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
@@ -92,10 +92,10 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     if !members.contains(&pid) {
         return Err(EngineError::Unsupported(format!("PID 1 ({pid}) is not in the container's cgroup")));
     }
-    let pids = tree_order(pid, &members)?;
     let levels = pid_levels(pid)?;
     // Every refusal, not only the first: see `Refusals`.
     let mut refusals = Refusals::default();
+    let pids = build_order(tree_order(pid, &members)?, &mut refusals)?;
     // System V ids and POSIX queue names mean something in one IPC namespace only, and
     // the restore puts every process in the container's.
     let ipc_ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).ok();
@@ -138,8 +138,32 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     }
     files::check(&pids, external, &mut refusals)?;
     crate::attrs::check(&pids, &mut refusals)?;
+    crate::mounts::check(&pids, &mut refusals)?;
     refusals.into_result()?;
     Ok(Prechecked { pids, vmas, objects, ipc })
+}
+
+/// The tree `pids` (PID 1 first) in the order the restore builds it, after the restore's
+/// own check of its sessions and groups ([`crate::session::check`]): a tree the restore
+/// would refuse is refused here, with the same words, while the container runs on.
+/// Among the processes one process forks, group leaders come first
+/// ([`crate::session::Ids::dump_rank`]).
+fn build_order(pids: Vec<i32>, refusals: &mut Refusals) -> Result<Vec<i32>, EngineError> {
+    let mut tree = Vec::with_capacity(pids.len());
+    for (i, &p) in pids.iter().enumerate() {
+        // The ids alone, which a zombie still tells.
+        let f = process::zombie_facts(p)?;
+        // PID 1's parent (the shim) is outside the container.
+        let ppid = if i == 0 { 0 } else { f.ppid_ns };
+        tree.push((p, crate::session::Ids::new(f.pid_ns, ppid, f.sid_ns, f.pgid_ns, seize::is_zombie(p))));
+    }
+    tree.sort_by_key(|(_, i)| i.dump_rank());
+    let (pids, ids): (Vec<i32>, Vec<crate::session::Ids>) = tree.into_iter().unzip();
+    if let Err(problem) = crate::session::check(&ids) {
+        refusals.push(format!("its process tree could not be rebuilt: {problem}"));
+        return Ok(pids);
+    }
+    Ok(crate::session::build_order(&ids).into_iter().map(|i| pids[i]).collect())
 }
 
 /// How many pid namespaces `pid` is in (the values of `NSpid`).
@@ -187,7 +211,8 @@ fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
 }
 
 /// The processes of the tree under `root`, depth first (each parent before its
-/// children, each subtree together): the order the restore builds them in. The tree is
+/// children, each subtree together), to be put in the restore's order by
+/// [`build_order`]. The tree is
 /// read from `/proc/PID/task/TID/children`, which, unlike `cgroup.procs`, also lists
 /// zombies; every live member of the cgroup must be in it.
 fn tree_order(root: i32, members: &[i32]) -> Result<Vec<i32>, EngineError> {
@@ -546,6 +571,17 @@ fn collect_and_write(
     for found in &objects.found {
         records[found.owner].objects.push(found.record.clone());
     }
+    // The restore's check of each record, before the memory is read rather than when the
+    // record is written, and named as a refusal: the container runs on.
+    for (r, &p) in records.iter().zip(&pids) {
+        migrate_proto::validate_process(r).map_err(|e| {
+            EngineError::Unsupported(format!(
+                "{}: its record would not pass the restore's check: {}",
+                files::describe_process(p),
+                migrate_sys::error_chain(&e)
+            ))
+        })?;
+    }
     failpoints::hit(Failpoint::CheckpointCollected)?;
     let collect_ms = t_collect.elapsed().as_millis() as u64;
 
@@ -555,6 +591,14 @@ fn collect_and_write(
     let mut mem_stats = memory::MemStats::default();
     // Each parent's pagemap, kept until its children are dumped (they come later).
     let mut pagemaps: std::collections::HashMap<i32, memory::Pagemaps> = Default::default();
+    let ids: Vec<crate::session::Ids> = records
+        .iter()
+        .map(|r| crate::session::Ids::new(r.pid, r.ppid, r.sid, r.pgid, r.zombie.is_some()))
+        .collect();
+    // A process adopted for its parent is forked from another's memory in the restore:
+    // it shares no page with its parent there, and stores them all.
+    let builders = crate::session::builders(&ids);
+    let builds = |r: &ProcessRecord, c: &ProcessRecord| builders.get(&c.pid) == Some(&r.pid);
     for (i, (&pid, s)) in pids.iter().zip(seized.iter()).enumerate() {
         let Some(s) = s else { continue };
         let owned: Vec<memory::ObjectSource<'_>> = objects
@@ -571,11 +615,11 @@ fn collect_and_write(
             &rec.vmas,
             &s.mem,
             &owned,
-            pagemaps.get(&rec.ppid),
+            pagemaps.get(&rec.ppid).filter(|_| builders.get(&rec.pid) == Some(&rec.ppid)),
             &mut pages,
             &mut |done, total| progress(Progress::Bytes { done, total }),
         )?;
-        if records.iter().any(|c| c.ppid == rec.pid && c.zombie.is_none()) {
+        if records.iter().any(|c| c.ppid == rec.pid && builds(rec, c) && c.zombie.is_none()) {
             pagemaps.insert(rec.pid, d.pagemaps);
         }
         records[i].inherited = d.inherited;
@@ -627,7 +671,7 @@ fn collect_and_write(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_ms: host::now_ms(),
         kernel: host::kernel_id()?,
-        cpu: host::cpu_id(xstate),
+        cpu: host::cpu_id(xstate)?,
         clocks,
         last_pid,
         container: ContainerMeta { hostname, ..req.container.clone() },

@@ -198,6 +198,12 @@ fn proc_file(
         }
     }
     let md = std::fs::metadata(fd_path).map_err(io_err("stat", fd_path))?;
+    // `open("/proc/self/fd/N", O_PATH | O_NOFOLLOW)` holds the link itself, not what it
+    // leads to: opened again by its path it is another file (an empty one, or ENOTDIR
+    // where a directory is expected).
+    if md.file_type().is_symlink() {
+        return Ok(Err("held as the link itself (O_PATH | O_NOFOLLOW), not what it leads to".into()));
+    }
     Ok(Ok(if md.is_dir() {
         FdKind::Dir { path: link.to_string(), pos: 0 }
     } else {

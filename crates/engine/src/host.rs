@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use migrate_proto::manifest::{Clocks, CpuId, KernelId};
+use migrate_proto::manifest::{Clocks, CpuId, KernelId, Manifest};
 
 use crate::error::{EngineError, io_err, read_proc};
 
@@ -40,19 +40,28 @@ fn vdso_digest() -> Result<String, EngineError> {
 }
 
 /// The CPU: vendor, flags, and the xstate features of an XSAVE area (`xfeatures` of its
-/// software-reserved bytes), which a restoring CPU must have too.
-pub fn cpu_id(xstate: &[u8]) -> CpuId {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+/// software-reserved bytes), which a restoring CPU must have too. The flags are those of
+/// the first processor in `/proc/cpuinfo` (x86 lists every processor with the same
+/// flags); a `/proc/cpuinfo` without them is an error, not a CPU without features: an
+/// image that recorded none would be restored anywhere.
+pub fn cpu_id(xstate: &[u8]) -> Result<CpuId, EngineError> {
+    let path = "/proc/cpuinfo";
+    let info = std::fs::read_to_string(path).map_err(io_err("read", path))?;
     let field = |k: &str| {
         info.lines().find_map(|l| {
             l.strip_prefix(k).and_then(|r| r.trim_start().strip_prefix(':')).map(|v| v.trim().to_string())
         })
     };
-    CpuId {
-        vendor: field("vendor_id").unwrap_or_default(),
-        flags: field("flags").unwrap_or_default().split_whitespace().map(str::to_string).collect(),
-        xfeatures: xfeatures(xstate),
+    let flags: Vec<String> =
+        field("flags").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    if flags.is_empty() {
+        return Err(EngineError::Io {
+            op: "find the CPU flags in",
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "it has no `flags` line"),
+        });
     }
+    Ok(CpuId { vendor: field("vendor_id").unwrap_or_default(), flags, xfeatures: xfeatures(xstate) })
 }
 
 /// `struct _fpx_sw_bytes` at byte 464 of the FXSAVE area: magic1, extended_size, then
@@ -108,9 +117,36 @@ pub fn offsets_for(clocks: &Clocks) -> (i128, i128) {
     )
 }
 
-/// Refuses an image this host cannot run: another kernel build or architecture, or an
-/// xstate layout the CPU lacks.
-pub fn check_compatible(kernel: &KernelId) -> Result<(), EngineError> {
+/// Refuses an image this host cannot run: another kernel build or architecture, or a CPU
+/// lacking a feature the source CPU offered. Called before anything is built (the agent
+/// calls it before it creates the container). The xstate layout is checked against the
+/// stub's in the restore itself.
+pub fn check_compatible(manifest: &Manifest) -> Result<(), EngineError> {
+    check_kernel(&manifest.kernel)?;
+    check_cpu_flags(&manifest.cpu)
+}
+
+/// Programs choose their code by CPUID once, at start (glibc's ifuncs pick `memcpy` and
+/// friends for AVX2 or AVX-512, a JIT compiles for what it found), and never look again:
+/// on a CPU without one of those features they die of SIGILL, at any later moment. So
+/// every flag the source CPU had must be here; a flag only this host has is harmless.
+fn check_cpu_flags(there: &CpuId) -> Result<(), EngineError> {
+    let here = cpu_id(&[])?;
+    let have: std::collections::HashSet<&str> = here.flags.iter().map(String::as_str).collect();
+    let missing: Vec<&str> = there.flags.iter().map(String::as_str).filter(|f| !have.contains(f)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Incompatible(format!(
+        "this host's CPU lacks {} of the features the image's CPU offered: {}; its processes may use them \
+         (programs pick their code by CPUID when they start): restore on a host whose CPU has them",
+        missing.len(),
+        missing.join(", ")
+    )))
+}
+
+/// The same kernel build and architecture.
+fn check_kernel(kernel: &KernelId) -> Result<(), EngineError> {
     let here = kernel_id()?;
     if here.machine != kernel.machine {
         return Err(EngineError::Incompatible(format!(
@@ -130,6 +166,5 @@ pub fn check_compatible(kernel: &KernelId) -> Result<(), EngineError> {
             kernel.vdso_digest, here.vdso_digest, here.release
         )));
     }
-    // The CPU's xstate features are checked against the stub's in the restore itself.
     Ok(())
 }

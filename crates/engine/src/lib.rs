@@ -9,7 +9,8 @@
 //! object in [`objects`] (eventfd, FIFOs, shared memory, the private tmpfs mounts, …).
 //! [`seize`] stops and releases tasks, [`inject`] runs syscalls inside them, [`image`]
 //! reads and writes image directories through `migrate-proto`, [`session`] rebuilds
-//! sessions and process groups whose leader has exited.
+//! sessions and process groups whose leader has exited or moved, and orphans of a live
+//! session leader; [`mounts`] refuses mounts the container made itself.
 //!
 //! All ptrace requests of one checkpoint or restore must come from one thread: call
 //! [`checkpoint`] and [`restore`] from a dedicated thread, never from an async runtime's
@@ -26,6 +27,7 @@ mod inject;
 pub mod journal;
 mod memory;
 mod mm;
+mod mounts;
 mod objects;
 mod pipeline;
 mod process;

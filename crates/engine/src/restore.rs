@@ -100,7 +100,7 @@ pub fn restore(
         return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
     }
     let sessions = Sessions::check(&img.processes)?;
-    host::check_compatible(&img.manifest.kernel)?;
+    host::check_compatible(&img.manifest)?;
     crate::attrs::check_audit(stub, &img.processes)?;
     progress(Progress::Phase("seize"));
     // EXITKILL: see the module doc; inherited by every task forked or cloned from here.
@@ -161,6 +161,16 @@ pub fn restore(
     }
     if let Some(ns) = &root.ipc {
         objects::sysv::finish(stub, ns)?;
+    }
+    // Creators of a group who had moved to another one move now that every member of
+    // theirs is in it (see session.rs).
+    for b in &mut ctx.built {
+        if let Some(group) = ctx.sessions.moves(b.pid_ns) {
+            let (gadget, pid) = (b.seized.gadget, b.pid_ns);
+            b.seized.main().call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
+                format!("setpgid(0, {group}) in pid {pid}")
+            })?;
+        }
     }
 
     // Seals last: a write seal would refuse the contents, and mappings made after it.
@@ -257,8 +267,9 @@ fn build(
     let mut gadget = s.gadget;
     thread::forget_rseq(s.main(), gadget)?;
     // A child keeps what fork carried over unchanged from its parent: the pages it
-    // shares copy-on-write, and shared mappings.
-    let kept = parent.map(|p| mm::kept(&rec.vmas, &p.vmas)).unwrap_or_default();
+    // shares copy-on-write, and shared mappings. A process adopted for its parent was
+    // forked from another process's memory: it is rebuilt whole (the dump stored it so).
+    let kept = parent.filter(|p| p.pid == rec.ppid).map(|p| mm::kept(&rec.vmas, &p.vmas)).unwrap_or_default();
     mm::clear_stub(s.main(), gadget, host, &kept)?;
     gadget = mm::move_vdso(s.main(), gadget, host, &rec.vmas, ctx.park)?;
     s.gadget = gadget;
@@ -295,9 +306,8 @@ fn build(
     failpoints::hit(Failpoint::RestoreFds)?;
     process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
-    let children: Vec<&ProcessRecord> =
-        ctx.img.processes.iter().filter(|c| c.ppid == rec.pid && c.pid != rec.pid).collect();
-    let mut forks = Forks::new(rec, host, &children);
+    let children = ctx.sessions.built_by(rec.pid, &ctx.img.processes);
+    let mut forks = Forks::new(rec, &children, &ctx.sessions);
     for child in children {
         let Some(child_host) = forks.fork(&mut remote, &mut ctx.sessions, child)? else {
             continue;
@@ -312,7 +322,11 @@ fn build(
                 let zmem = crate::inject::open_mem(child_host)?;
                 let mut zombie = Remote { task: &mut task, gadget, mem: &zmem, pid: child_host, scratch };
                 ctx.sessions.settle(&mut zombie, child, rec)?;
-                make_zombie(task, gadget, child_host, scratch, child, status)?
+                if child.ppid == rec.pid {
+                    make_zombie(task, gadget, child_host, scratch, child, status)?
+                } else {
+                    forks.adopted_zombie(task, child, status)
+                }
             }
             None => {
                 let cs = seize::take(child_host, vec![Task::new(child_host, tracee)?])?.kill_on_drop();

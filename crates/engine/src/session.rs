@@ -24,11 +24,31 @@
 //!   as one member does, and every member stays, stopped or a zombie, until the restore
 //!   ends.
 //!
+//! - A process P in a session S whose leader is alive, under a parent outside S: P's own
+//!   parent, a member of S, exited (a daemon's double fork, `setsid sh -c '(sleep 1000
+//!   &); …'`) and the kernel handed P to the nearest child subreaper above it, or to
+//!   PID 1. It is rebuilt the same way: an *adoption* helper, forked from the leader (so
+//!   in S, in group S) with a pid no process of the image uses, forks P and exits once
+//!   P's subtree is built; the kernel hands P to PID 1, or to its parent, made a child
+//!   subreaper for the moment (it must be an ancestor of the leader, as the kernel's
+//!   choice at the source was). P is built after the leader, from it ([`builders`]): the
+//!   dump writes the image in that order, and P, forked from the leader's memory rather
+//!   than its parent's, carries all of its own pages. A zombie P (its new parent reaps
+//!   nothing) exits only once it is its parent's: a zombie handed on would notify its new
+//!   parent a second time.
+//!
+//! - A group G whose creator is alive but has moved to another group X of its session
+//!   (`setpgid(0, 0)`, a fork, `setpgid(0, X)`): the creator makes G when it is built,
+//!   its children are born in G, the other members join it, and the creator moves to X
+//!   once the whole tree is built ([`Sessions::moves`]); X keeps another member.
+//!
 //! The kernel never gives a new task a pid that is still a session's or group's id, so in
 //! an image taken from a live tree the helpers' pids are free. [`Sessions::check`] looks
 //! at the whole image before anything is built, so that a tree this cannot rebuild, or an
 //! image that contradicts itself (a session id that is the pid of a process outside that
-//! session), is refused with the processes named.
+//! session), is refused with the processes named. The checkpoint's precheck runs the same
+//! check on the live tree before anything is seized, so that a tree this cannot rebuild
+//! is refused while the container runs on.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -39,6 +59,11 @@ use migrate_proto::records::ProcessRecord;
 use migrate_sys::pidfd::PidFd;
 use migrate_sys::ptrace::StoppedTracee;
 
+mod tree;
+
+use tree::moved_creators;
+pub(crate) use tree::{Ids, build_order, builders, check};
+
 use crate::error::{EngineError, read_proc};
 use crate::inject::{Remote, Scratch, Task, open_mem};
 use crate::procfs;
@@ -47,41 +72,6 @@ use crate::restore::clone3;
 /// How long a helper may take to exit once told to: it only runs `exit_group`.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What decides where a process is born and what it must do to reach its session and
-/// group (pids as the container sees them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ids {
-    pid: i32,
-    ppid: i32,
-    sid: i32,
-    pgid: i32,
-    zombie: bool,
-}
-
-impl Ids {
-    fn of(p: &ProcessRecord) -> Ids {
-        Ids { pid: p.pid, ppid: p.ppid, sid: p.sid, pgid: p.pgid, zombie: p.zombie.is_some() }
-    }
-
-    /// Whether it is in a session that it does not lead and its parent is not in: it is
-    /// then forked from that session's helper.
-    fn needs_session_helper(&self, parent: &Ids) -> bool {
-        self.sid != self.pid && self.sid != parent.sid
-    }
-
-    /// Its group right after its birth (and its `setsid()`, if it leads a session): its
-    /// parent's, or, forked from a session's helper, the session's own group.
-    fn born_in(&self, parent: &Ids) -> i32 {
-        if self.sid == self.pid {
-            self.pid
-        } else if self.sid == parent.sid {
-            parent.pgid
-        } else {
-            self.sid
-        }
-    }
-}
-
 /// The image's sessions and groups, checked, and the groups that exist so far in the
 /// tree being built.
 #[derive(Debug)]
@@ -89,6 +79,18 @@ pub(crate) struct Sessions {
     ids: HashMap<i32, Ids>,
     /// Groups that have a member, or a helper, in the new tree: a later member just joins.
     groups: HashSet<i32>,
+    /// Who forks each process ([`builders`]).
+    builders: HashMap<i32, i32>,
+    /// The parents of processes forked by another process (adopted for them).
+    receivers: HashSet<i32>,
+    /// Every pid, session, group and thread id of the image: an adoption helper takes
+    /// none of them.
+    taken: HashSet<i32>,
+    /// The last pid given to an adoption helper.
+    last_spare: i32,
+    /// Creators of a group who have moved to another one: they make theirs when they
+    /// are built, and move when the tree is ([`moved_creators`]).
+    moved: HashSet<i32>,
 }
 
 impl Sessions {
@@ -100,7 +102,44 @@ impl Sessions {
         let ids: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
         // PID 1 is the stub, started in a session and group of its own (checked above).
         let groups = HashSet::from([1]);
-        Ok(Sessions { ids, groups })
+        let taken = all
+            .iter()
+            .flat_map(|i| [i.pid, i.sid, i.pgid])
+            .chain(processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)))
+            .collect();
+        let builders = builders(&all);
+        let receivers =
+            all.iter().filter(|i| builders.get(&i.pid) != Some(&i.ppid)).map(|i| i.ppid).collect();
+        let moved = moved_creators(&all);
+        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1, moved })
+    }
+
+    /// The processes `pid` forks, in the image's order: its children, and the processes
+    /// it adopts for their parents (see the module doc).
+    pub(crate) fn built_by<'a>(&self, pid: i32, processes: &'a [ProcessRecord]) -> Vec<&'a ProcessRecord> {
+        processes.iter().filter(|c| c.pid != pid && self.builders.get(&c.pid) == Some(&pid)).collect()
+    }
+
+    /// Whether a child of `pid` is forked by another process, and comes to `pid` when
+    /// that process's adoption helper exits.
+    fn receives_adopted(&self, pid: i32) -> bool {
+        self.receivers.contains(&pid)
+    }
+
+    /// The group `pid` moves to once the whole tree is built, if it created a group and
+    /// moved away from it (see the module doc).
+    pub(crate) fn moves(&self, pid: i32) -> Option<i32> {
+        self.moved.contains(&pid).then(|| self.ids.get(&pid).map(|i| i.pgid)).flatten()
+    }
+
+    /// A pid no process, thread, session or group of the image has, and no other
+    /// adoption helper took.
+    fn spare_pid(&mut self) -> Result<i32, EngineError> {
+        let next = (self.last_spare + 1..i32::MAX)
+            .find(|p| !self.taken.contains(p))
+            .ok_or_else(|| EngineError::Incompatible("no pid is left for a helper task".into()))?;
+        self.last_spare = next;
+        Ok(next)
     }
 
     /// Moves `rec`, just forked (from `parent`, or from its session's helper, see
@@ -114,7 +153,10 @@ impl Sessions {
         parent: &ProcessRecord,
     ) -> Result<(), EngineError> {
         let (me, up) = (Ids::of(rec), Ids::of(parent));
-        let (pid, group) = (me.pid, me.pgid);
+        // A parent that moves later is in the group it created while its children are
+        // born; a creator that moves makes its group first.
+        let up = if self.moved.contains(&up.pid) { Ids { pgid: up.pid, ..up } } else { up };
+        let (pid, group) = (me.pid, if self.moved.contains(&me.pid) { me.pid } else { me.pgid });
         if me.sid == pid {
             remote.call(libc::SYS_setsid, &[], || format!("setsid() in pid {pid}"))?;
         }
@@ -155,16 +197,23 @@ impl Sessions {
 /// members reparented to it) holds its session's pid, so no helper could take it: that
 /// zombie is forked as the helper, its siblings in the session are forked from it, and in
 /// [`Forks::finish`] it exits with its status instead, to stay a zombie.
+///
+/// A session leader forks, besides its children, the processes it adopts for their
+/// parents (see the module doc): from its adoption helper, which exits last.
 #[derive(Debug)]
 pub(crate) struct Forks<'a> {
     parent: &'a ProcessRecord,
-    /// The parent's pid here.
-    host: i32,
     /// The children that are zombies leading a session their siblings are in.
     zombie_leaders: Vec<&'a ProcessRecord>,
     helpers: Vec<SessionHelper<'a>>,
+    /// Whether a child of the parent is forked elsewhere and must come to it: it is then a
+    /// child subreaper while its children are built (PID 1 gets orphans anyway).
+    receives: bool,
     /// Whether the parent was made a child subreaper for its helpers' children.
     subreaper: bool,
+    /// Zombies adopted for their parents, stopped at birth: they exit in
+    /// [`Forks::finish`], once they are their parents' (with their wait status).
+    zombies: Vec<(Task, &'a ProcessRecord, i32)>,
 }
 
 #[derive(Debug)]
@@ -172,43 +221,72 @@ struct SessionHelper<'a> {
     helper: Helper,
     /// The zombie of the image it is, if it is one, and its wait status.
     zombie: Option<(&'a ProcessRecord, i32)>,
-    /// The children forked from it (pids here).
-    born: Vec<i32>,
+    /// Whether it forks processes adopted for their parents rather than members of a
+    /// session whose leader is gone.
+    adoption: bool,
+    /// The children forked from it: their pid here, and their parent's in the container
+    /// once it has exited.
+    born: Vec<(i32, i32)>,
 }
 
 impl<'a> Forks<'a> {
-    /// For the children `children` of `parent` (`host` here).
-    pub(crate) fn new(parent: &'a ProcessRecord, host: i32, children: &[&'a ProcessRecord]) -> Forks<'a> {
+    /// For the processes `children` that `parent` forks ([`Sessions::built_by`]).
+    pub(crate) fn new(
+        parent: &'a ProcessRecord,
+        children: &[&'a ProcessRecord],
+        sessions: &Sessions,
+    ) -> Forks<'a> {
         let zombie_leaders = children
             .iter()
             .filter(|z| z.zombie.is_some() && z.sid == z.pid)
             .filter(|z| children.iter().any(|c| c.sid == z.pid && c.pid != z.pid))
             .copied()
             .collect();
-        Forks { parent, host, zombie_leaders, helpers: Vec::new(), subreaper: false }
+        let receives = parent.pid != 1 && sessions.receives_adopted(parent.pid);
+        Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false, zombies: Vec::new() }
     }
 
     /// Forks `child` with its pid, from `parent` (the parent here, through its main
-    /// thread) or from its session's helper; returns its pid here. `None`: `child` is a
-    /// zombie kept as its session's helper, made a zombie by [`Forks::finish`].
+    /// thread) or from a helper; returns its pid here. `None`: `child` is a zombie kept
+    /// as its session's helper, made a zombie by [`Forks::finish`].
     pub(crate) fn fork(
         &mut self,
         parent: &mut Remote<'_>,
         sessions: &mut Sessions,
         child: &ProcessRecord,
     ) -> Result<Option<i32>, EngineError> {
+        if self.receives && !self.subreaper {
+            self.become_subreaper(parent)?;
+        }
         if self.zombie_leaders.iter().any(|z| z.pid == child.pid) {
             self.helper(parent, sessions, child.pid)?;
             return Ok(None);
         }
-        if !Ids::of(child).needs_session_helper(&Ids::of(self.parent)) {
+        let i = if child.ppid != self.parent.pid {
+            self.adopter(parent, sessions)?
+        } else if Ids::of(child).needs_session_helper(&Ids::of(self.parent)) {
+            self.helper(parent, sessions, child.sid)?
+        } else {
             return crate::restore::fork(parent, child.pid).map(Some);
-        }
-        let i = self.helper(parent, sessions, child.sid)?;
+        };
         let h = &mut self.helpers[i];
         let child_host = h.helper.fork_member(parent.scratch, child.pid)?;
-        h.born.push(child_host);
+        h.born.push((child_host, child.ppid));
         Ok(Some(child_host))
+    }
+
+    /// Keeps `task`, the zombie `rec` adopted for its parent and just forked, until
+    /// [`Forks::finish`] has handed it to that parent: then it exits with `status`.
+    pub(crate) fn adopted_zombie(&mut self, task: Task, rec: &'a ProcessRecord, status: i32) {
+        self.zombies.push((task, rec, status));
+    }
+
+    /// Set before the helpers are forked: the kernel looks for subreapers only above
+    /// tasks born below one (`has_child_subreaper`).
+    fn become_subreaper(&mut self, parent: &mut Remote<'_>) -> Result<(), EngineError> {
+        subreaper(parent.task, parent.gadget, 1)?;
+        self.subreaper = true;
+        Ok(())
     }
 
     /// The helper of session `sid`, forked (and its `setsid()` done) if it is the first
@@ -219,14 +297,11 @@ impl<'a> Forks<'a> {
         sessions: &mut Sessions,
         sid: i32,
     ) -> Result<usize, EngineError> {
-        if let Some(i) = self.helpers.iter().position(|h| h.helper.pid == sid) {
+        if let Some(i) = self.helpers.iter().position(|h| !h.adoption && h.helper.pid == sid) {
             return Ok(i);
         }
         if self.parent.pid != 1 && !self.subreaper {
-            // Set before the helper is forked: the kernel looks for subreapers only above
-            // tasks born below one (`has_child_subreaper`).
-            subreaper(parent.task, parent.gadget, 1)?;
-            self.subreaper = true;
+            self.become_subreaper(parent)?;
         }
         let zombie = self.zombie_leaders.iter().find(|z| z.pid == sid).and_then(|z| Some((*z, z.zombie?)));
         // A zombie of the image is reaped by its parent's own wait(), which sees only
@@ -235,40 +310,76 @@ impl<'a> Forks<'a> {
         let mut helper = Helper::fork(parent, sid, "session", exit_signal)?;
         helper.call(libc::SYS_setsid, &[], "setsid()")?;
         sessions.groups.insert(sid);
-        self.helpers.push(SessionHelper { helper, zombie, born: Vec::new() });
+        self.helpers.push(SessionHelper { helper, zombie, adoption: false, born: Vec::new() });
+        Ok(self.helpers.len() - 1)
+    }
+
+    /// The parent's adoption helper, forked with a spare pid if it is the first time (it
+    /// is born in the parent's session and group, the leader's own); its index.
+    fn adopter(&mut self, parent: &mut Remote<'_>, sessions: &mut Sessions) -> Result<usize, EngineError> {
+        if let Some(i) = self.helpers.iter().position(|h| h.adoption) {
+            return Ok(i);
+        }
+        let helper = Helper::fork(parent, sessions.spare_pid()?, "adoption", 0)?;
+        self.helpers.push(SessionHelper { helper, zombie: None, adoption: true, born: Vec::new() });
         Ok(self.helpers.len() - 1)
     }
 
     /// Lets every helper exit (reaped from the parent) or become its zombie, and checks
-    /// that its children are now the parent's.
-    pub(crate) fn finish(self, parent: &mut Task, gadget: u64, scratch: Scratch) -> Result<(), EngineError> {
-        for SessionHelper { helper, zombie, born } in self.helpers {
+    /// that its children went where the image says: the session helpers' to the parent,
+    /// the adoption helper's, last and with the parent no subreaper any more, to their
+    /// parents higher up.
+    pub(crate) fn finish(
+        mut self,
+        parent: &mut Task,
+        gadget: u64,
+        scratch: Scratch,
+    ) -> Result<(), EngineError> {
+        let adoption = self.helpers.iter().position(|h| h.adoption).map(|i| self.helpers.remove(i));
+        for SessionHelper { helper, zombie, born, .. } in self.helpers {
             let what = helper.what();
             match zombie {
                 Some((rec, status)) => helper.into_zombie(scratch, rec, status)?,
                 None => helper.reap(parent, gadget)?,
             }
-            for child in born {
-                let stat = read_proc(child, "stat")?;
-                let ppid = procfs::stat_fields(&stat)
-                    .and_then(|f| procfs::stat_field(&f, 4))
-                    .map_err(EngineError::proc(child, "stat"))?;
-                if ppid != self.host as u64 {
-                    return Err(EngineError::Helper {
-                        what,
-                        problem: format!(
-                            "its child (pid {child} here) went to pid {ppid} here, not to pid {} (pid {} here)",
-                            self.parent.pid, self.host
-                        ),
-                    });
-                }
-            }
+            check_parents(&what, &born)?;
         }
         if self.subreaper {
             subreaper(parent, gadget, 0)?;
         }
+        if let Some(SessionHelper { helper, born, .. }) = adoption {
+            let what = helper.what();
+            helper.reap(parent, gadget)?;
+            check_parents(&what, &born)?;
+        }
+        for (task, rec, status) in self.zombies {
+            let host = task.tid;
+            crate::restore::make_zombie(task, gadget, host, scratch, rec, status)?;
+        }
         Ok(())
     }
+}
+
+/// Checks that each of `born` (pid here, parent's pid in the container), forked from the
+/// helper `what` that has exited, now has that parent.
+fn check_parents(what: &str, born: &[(i32, i32)]) -> Result<(), EngineError> {
+    for &(child, want) in born {
+        let stat = read_proc(child, "stat")?;
+        let ppid = procfs::stat_fields(&stat)
+            .and_then(|f| procfs::stat_field(&f, 4))
+            .map_err(EngineError::proc(child, "stat"))?;
+        let status = read_proc(ppid as i32, "status")?;
+        let got = procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(ppid as i32, "status"))?;
+        if got != want {
+            return Err(EngineError::Helper {
+                what: what.to_string(),
+                problem: format!(
+                    "its child (pid {child} here) went to pid {got} (pid {ppid} here), not to pid {want}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `prctl(PR_SET_CHILD_SUBREAPER, on)` in `task`.
@@ -412,188 +523,5 @@ pub(crate) fn wait_exit(pidfd: &PidFd) -> Result<(), String> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("poll of its pidfd: {e}")),
         }
-    }
-}
-
-/// Checks the sessions and groups of a whole image (every pid unique, PID 1 present, every
-/// parent in the image: `validate_tree` has seen to that). Refuses, naming the processes:
-/// what contradicts how the kernel names sessions and groups (an image no live tree could
-/// give), and what this restore cannot rebuild.
-fn check(all: &[Ids]) -> Result<(), String> {
-    let by_pid: HashMap<i32, Ids> = all.iter().map(|i| (i.pid, *i)).collect();
-    match by_pid.get(&1) {
-        Some(root) if root.sid == 1 && root.pgid == 1 => {}
-        Some(root) => {
-            return Err(format!(
-                "the image's PID 1 is in session {} and group {}: a container's PID 1 leads its own (its stub does)",
-                root.sid, root.pgid
-            ));
-        }
-        None => return Err("the image has no PID 1".into()),
-    }
-    let sessions: HashSet<i32> = all.iter().map(|i| i.sid).collect();
-    // Each group's session, with the member that told.
-    let mut group_session: HashMap<i32, (i32, i32)> = HashMap::new();
-    // Each session whose leader is gone, with the one parent whose children enter it.
-    let mut dead_session_parent: HashMap<i32, i32> = HashMap::new();
-    for p in all {
-        // A session or group keeps its creator's pid as its id, and the kernel gives that
-        // pid to no other task while the session or group lasts.
-        if let Some(l) = by_pid.get(&p.sid).filter(|l| l.sid != l.pid) {
-            return Err(format!(
-                "pid {} is in session {}, but pid {} is in session {}: the image is inconsistent",
-                p.pid, p.sid, l.pid, l.sid
-            ));
-        }
-        if p.sid == p.pid && p.pgid != p.pid {
-            return Err(format!(
-                "pid {} leads session {} but is in group {}: the image is inconsistent (a session leader cannot change group)",
-                p.pid, p.sid, p.pgid
-            ));
-        }
-        if let Some(l) = by_pid.get(&p.pgid).filter(|l| l.pgid != l.pid) {
-            return Err(format!(
-                "pid {} is in group {}, whose creator (pid {}) has moved to group {}: not supported",
-                p.pid, p.pgid, l.pid, l.pgid
-            ));
-        }
-        if sessions.contains(&p.pgid) && p.sid != p.pgid {
-            return Err(format!(
-                "pid {} is in group {} of session {}, but {} is the id of a session: the image is inconsistent",
-                p.pid, p.pgid, p.sid, p.pgid
-            ));
-        }
-        let (sid, other) = *group_session.entry(p.pgid).or_insert((p.sid, p.pid));
-        if sid != p.sid {
-            return Err(format!(
-                "group {} has members in two sessions (pid {other} in {sid}, pid {} in {}): the image is inconsistent",
-                p.pgid, p.pid, p.sid
-            ));
-        }
-        if p.pid == 1 {
-            continue;
-        }
-        let parent = by_pid
-            .get(&p.ppid)
-            .ok_or_else(|| format!("pid {}'s parent {} is not in the image", p.pid, p.ppid))?;
-        if !p.needs_session_helper(parent) {
-            continue;
-        }
-        if let Some(l) = by_pid.get(&p.sid)
-            && !(l.zombie && l.ppid == p.ppid)
-        {
-            return Err(format!(
-                "pid {} is in session {}, whose leader (pid {}) is in the image, but neither its parent (pid {}, \
-                 in session {}) nor a zombie child of its parent: not supported (it could only be forked from a \
-                 member of session {})",
-                p.pid, p.sid, p.sid, p.ppid, parent.sid, p.sid
-            ));
-        }
-        let first = *dead_session_parent.entry(p.sid).or_insert(p.ppid);
-        if first != p.ppid {
-            return Err(format!(
-                "session {}, whose leader is gone, has members whose parents (pids {first} and {}) are not in it: \
-                 not supported (its helper is forked from one parent)",
-                p.sid, p.ppid
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(list: &[(i32, i32, i32, i32)]) -> Vec<Ids> {
-        list.iter().map(|&(pid, ppid, sid, pgid)| Ids { pid, ppid, sid, pgid, zombie: false }).collect()
-    }
-
-    /// `list` with the processes `zombies` made zombies.
-    fn with_zombies(list: &[(i32, i32, i32, i32)], zombies: &[i32]) -> Vec<Ids> {
-        ids(list).into_iter().map(|i| Ids { zombie: zombies.contains(&i.pid), ..i }).collect()
-    }
-
-    /// bash (PID 1) with job control: a job; a sleeper left by `setsid -f bash -c 'sleep &
-    /// exit'` (session and group 4 gone) beside one in a dead group of that session; two
-    /// sleepers of a subshell job that exited (group 9 gone); a zombie in a group of its
-    /// own under a keeper.
-    const BASH: &[(i32, i32, i32, i32)] = &[
-        (1, 0, 1, 1),
-        (2, 1, 1, 2),
-        (6, 1, 4, 4),
-        (8, 1, 4, 7),
-        (10, 1, 1, 9),
-        (11, 1, 1, 9),
-        (12, 1, 1, 12),
-        (13, 12, 1, 13),
-    ];
-
-    #[test]
-    fn a_tree_with_dead_leaders_passes() {
-        assert_eq!(check(&ids(BASH)), Ok(()));
-        // A session leader left a zombie (its parent, a subreaper, reaps nothing) with a
-        // member in its session and a member in a dead group of it.
-        let tree = [(1, 0, 1, 1), (2, 1, 1, 2), (5, 2, 5, 5), (7, 2, 5, 5), (9, 2, 5, 8)];
-        assert_eq!(check(&with_zombies(&tree, &[5])), Ok(()));
-    }
-
-    #[test]
-    fn where_children_are_born() {
-        let all = ids(BASH);
-        let (root, own_group, dead_session) = (all[0], all[1], all[2]);
-        assert!(!own_group.needs_session_helper(&root));
-        assert_eq!(own_group.born_in(&root), 1);
-        assert!(dead_session.needs_session_helper(&root));
-        assert_eq!(dead_session.born_in(&root), 4);
-        let leader = Ids { pid: 5, ppid: 1, sid: 5, pgid: 5, zombie: false };
-        assert!(!leader.needs_session_helper(&root));
-        assert_eq!(leader.born_in(&root), 5);
-    }
-
-    #[test]
-    fn a_helper_pid_taken_by_a_process_of_the_image_is_refused() {
-        // Session 4's leader is gone, but pid 4 is a process elsewhere (hostile image).
-        let mut bad = BASH.to_vec();
-        bad.push((4, 1, 1, 2));
-        let err = check(&ids(&bad)).expect_err("pid 4 is taken");
-        assert!(
-            err.contains("pid 6 is in session 4, but pid 4 is in session 1: the image is inconsistent"),
-            "{err}"
-        );
-        // A dead group's id that is a session's id elsewhere.
-        let mut bad = BASH.to_vec();
-        bad.push((14, 1, 1, 4));
-        let err = check(&ids(&bad)).expect_err("group 4 is session 4's");
-        assert!(err.contains("pid 14 is in group 4 of session 1, but 4 is the id of a session"), "{err}");
-    }
-
-    #[test]
-    fn trees_this_cannot_rebuild_are_refused_with_the_processes_named() {
-        // Session 5's leader is alive but not where pid 7 could be forked from.
-        let err = check(&ids(&[(1, 0, 1, 1), (5, 1, 5, 5), (6, 1, 1, 6), (7, 6, 5, 5)]))
-            .expect_err("live leader elsewhere");
-        assert!(
-            err.contains("pid 7 is in session 5, whose leader (pid 5) is in the image, but neither"),
-            "{err}"
-        );
-        // A zombie leader can hold its session for its siblings, not for anyone else.
-        let tree = [(1, 0, 1, 1), (5, 1, 5, 5), (6, 1, 1, 6), (7, 6, 5, 5)];
-        let err = check(&with_zombies(&tree, &[5])).expect_err("zombie leader elsewhere");
-        assert!(err.contains("pid 7 is in session 5"), "{err}");
-        // Session 4 (leader gone) under two parents.
-        let err =
-            check(&ids(&[(1, 0, 1, 1), (2, 1, 2, 2), (3, 1, 4, 4), (5, 2, 4, 4)])).expect_err("two parents");
-        assert!(
-            err.contains("session 4, whose leader is gone, has members whose parents (pids 1 and 2)"),
-            "{err}"
-        );
-        // A group in two sessions.
-        let err = check(&ids(&[(1, 0, 1, 1), (2, 1, 1, 9), (3, 1, 3, 3), (4, 3, 3, 9)]))
-            .expect_err("group in two sessions");
-        assert!(err.contains("group 9 has members in two sessions"), "{err}");
-        // PID 1 must lead its session, as the stub does.
-        let err = check(&ids(&[(1, 0, 3, 3)])).expect_err("root");
-        assert!(err.contains("PID 1 is in session 3"), "{err}");
     }
 }

@@ -4,7 +4,9 @@
 //! pair's `socketpair`, a listener's `listen`, a client's `connect`), fixed at that
 //! moment. A restore makes a socket and everything tied to it (its peer, a listener's
 //! connections) in the first process it rebuilds that holds one of them: processes are
-//! rebuilt parents first, each before its children, children in image order. Where
+//! rebuilt in image order, which the dump makes the restore's build order (see
+//! `crate::session::build_order`: a process adopted for its parent comes after the
+//! session leader that forks it, not among its parent's children). Where
 //! that process is not the one `SO_PEERCRED` names, the restore could not answer the
 //! same: the checkpoint refuses it.
 
@@ -17,7 +19,8 @@ use crate::files::describe_process;
 /// Refuses the unix sockets of `pids` (host pids, image order, no zombies) whose
 /// `SO_PEERCRED` names another process than the one their restore would use.
 pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(), EngineError> {
-    let rank = restore_order(pids);
+    // `pids` is in the order the restore builds them (the dump's order).
+    let rank: HashMap<i32, usize> = pids.iter().enumerate().map(|(i, &p)| (p, i)).collect();
     // Every holder of every unix socket, and one fd of it.
     let mut held: HashMap<u32, Vec<(i32, i32)>> = HashMap::new();
     for &pid in pids {
@@ -106,32 +109,4 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
 
 fn ns_pid(host: i32) -> Option<i32> {
     crate::error::read_proc(host, "status").ok().and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
-}
-
-/// Each process's place in the order a restore rebuilds them: parents first, then
-/// each child (in image order) with all its descendants.
-fn restore_order(pids: &[i32]) -> HashMap<i32, usize> {
-    let ppid = |p: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
-    let parents: Vec<Option<i32>> = pids.iter().map(|&p| ppid(p)).collect();
-    let mut rank = HashMap::new();
-    let mut stack: Vec<i32> = pids
-        .iter()
-        .zip(&parents)
-        .filter(|(_, pp)| pp.is_none_or(|pp| !pids.contains(&pp)))
-        .map(|(&p, _)| p)
-        .collect();
-    stack.reverse();
-    while let Some(p) = stack.pop() {
-        if rank.contains_key(&p) {
-            continue;
-        }
-        rank.insert(p, rank.len());
-        let children: Vec<i32> =
-            pids.iter().zip(&parents).filter(|(_, pp)| **pp == Some(p)).map(|(&c, _)| c).collect();
-        stack.extend(children.into_iter().rev());
-    }
-    rank
 }
