@@ -152,7 +152,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         built.borrow_mut().push(name);
         compile_c(name, flags, &bin.path)
     };
-    let (anon, attrs, bench, epoll, files, inet, ipc, shared, state, timers, vmas) = (
+    let (anon, attrs, bench, epoll, files, inet, ipc, shared, state, ticker, timers, vmas) = (
         c("anon", &["-O2"])?,
         c("attrs", &["-O2", "-pthread"])?,
         c("bench_mem", &["-O2"])?,
@@ -162,6 +162,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         c("ipc", &["-O2"])?,
         c("shared", &["-O2"])?,
         c("proc_state", &["-O2", "-pthread"])?,
+        c("ticker", &["-O2", "-pthread"])?,
         c("timers", &["-O2", "-pthread"])?,
         c("vmas", &["-O2", "-pthread"])?,
     );
@@ -196,6 +197,7 @@ fn every_program_comes_back_with_the_state_it_had() -> anyhow::Result<()> {
         program("inet", strs(&[&inet, "7000", "7001", "10.77.0.2", "9000", &trigger]), Ready::Log("ready")),
         program("ipc", strs(&[&ipc, &trigger]), Ready::Log("ready")),
         program("shared", strs(&[&shared, &dir("shared")?]), Ready::Log("status")),
+        program("ticker", strs(&[&ticker, &work.join("ticks")]), Ready::Log("ready")),
         program("timers", strs(&[&timers, &trigger]), Ready::Log("ready ids")),
         program("vmas", strs(&[&vmas, &dir("vmas")?, &trigger]), Ready::Log("parent ready")),
         program("proc-state", strs(&[&state]), Ready::Log("state ready")),

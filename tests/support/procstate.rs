@@ -207,6 +207,12 @@ pub const EXCEPTIONS: &[Exception] = &[
         "pos",
         "files.c reads and appends a line every 20 ms: its positions move on",
     ),
+    nature_in(
+        "ticker",
+        "fdinfo/*",
+        "pos",
+        "ticker.c appends a line to its tick file every 50 ms: the position moves on",
+    ),
     nature_when(
         "fdinfo/*",
         "mnt_id",
