@@ -98,6 +98,11 @@ pub fn read_status(pid: i32) -> Result<Status, EngineError> {
     parse_status(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "status"))
 }
 
+/// `pid`'s pid in its innermost pid namespace (the last of `NSpid`).
+pub fn ns_pid(pid: i32) -> Result<i32, EngineError> {
+    innermost(&read_status(pid)?.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))
+}
+
 /// The fields of `/proc/PID/stat` after the command name, indexed from field 3 (state).
 /// Kept only for `mm.rs`, which reads the mm's addresses by field number and is being
 /// reworked elsewhere this round; new code uses [`parse_stat`].
@@ -137,11 +142,6 @@ pub fn creds(status: &Status) -> Result<Creds, String> {
         cap_ambient: status.capamb.ok_or("CapAmb missing from status")?,
         no_new_privs: status.nonewprivs == Some(1),
     })
-}
-
-/// Credentials and capabilities from the text of `/proc/PID/status`.
-pub fn parse_creds(status: &str) -> Result<Creds, String> {
-    creds(&parse_status(status)?)
 }
 
 /// The innermost (container) value of a namespace id list of status (`status.nspid`,
@@ -331,7 +331,7 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t
         assert_eq!(get(libc::RLIMIT_CPU), Some((u64::MAX, u64::MAX)));
         assert_eq!(get(libc::RLIMIT_RTPRIO), Some((7, 9)));
         assert!(parse_limits("Limit  Soft Limit  Hard Limit  Units\nMax cpu time  1  1  seconds\n").is_err());
-        let c = parse_creds(STATUS)?;
+        let c = creds(&parse_status(STATUS)?)?;
         assert_eq!((c.uids, c.gids), ([0, 1, 2, 3], [4, 5, 6, 7]));
         assert_eq!(c.groups, vec![0, 10]);
         assert_eq!(c.cap_effective, 0x1ffffffffff);
@@ -343,8 +343,8 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t
         assert_eq!((st.ppid, st.umask, st.sigcgt), (4200, Some(0o22), 0x4002));
         assert_eq!(status_field(STATUS, "Name"), Some("worker:1"));
         let without_ambient = STATUS.replace("CapAmb:\t0000000000000000\n", "");
-        assert!(parse_creds(&without_ambient).is_err());
-        assert!(parse_creds(&STATUS.replace("Uid:\t0\t1\t2\t3", "Uid:\t0\t1")).is_err());
+        assert!(creds(&parse_status(&without_ambient)?).is_err());
+        assert!(parse_status(&STATUS.replace("Uid:\t0\t1\t2\t3", "Uid:\t0\t1")).is_err());
         assert_eq!(parse_fdinfo("pos:\t42\nflags:\t02102001\nmnt_id:\t30\n")?, (42, 0o2102001));
         Ok(())
     }

@@ -39,7 +39,7 @@ use migrate_proto::records::ProcessRecord;
 use migrate_sys::pidfd::PidFd;
 use migrate_sys::ptrace::StoppedTracee;
 
-use crate::error::{EngineError, read_proc};
+use crate::error::EngineError;
 use crate::inject::{Remote, Scratch, Task, open_mem};
 use crate::procfs;
 use crate::restore::clone3;
@@ -249,11 +249,8 @@ impl<'a> Forks<'a> {
                 None => helper.reap(parent, gadget)?,
             }
             for child in born {
-                let stat = read_proc(child, "stat")?;
-                let ppid = procfs::stat_fields(&stat)
-                    .and_then(|f| procfs::stat_field(&f, 4))
-                    .map_err(EngineError::proc(child, "stat"))?;
-                if ppid != self.host as u64 {
+                let ppid = procfs::read_stat(child)?.ppid;
+                if ppid != self.host {
                     return Err(EngineError::Helper {
                         what,
                         problem: format!(

@@ -91,7 +91,7 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
             reason: e.to_string(),
         })?;
         let Some(cred) = cred else { continue };
-        let made = ns_pid(by);
+        let made = crate::procfs::ns_pid(by).ok();
         if cred.pid != 0 && Some(cred.pid) != made {
             refusals.push(format!(
                 "{} fd {fd} is a unix socket (socket:[{ino}]) whose connection PID {} made (its SO_PEERCRED); a restore would make it in {}: not supported yet",
@@ -104,17 +104,10 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
     Ok(())
 }
 
-fn ns_pid(host: i32) -> Option<i32> {
-    crate::error::read_proc(host, "status").ok().and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
-}
-
 /// Each process's place in the order a restore rebuilds them: parents first, then
 /// each child (in image order) with all its descendants.
 fn restore_order(pids: &[i32]) -> HashMap<i32, usize> {
-    let ppid = |p: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
+    let ppid = |p: i32| crate::procfs::read_stat(p).ok().map(|s| s.ppid);
     let parents: Vec<Option<i32>> = pids.iter().map(|&p| ppid(p)).collect();
     let mut rank = HashMap::new();
     let mut stack: Vec<i32> = pids
