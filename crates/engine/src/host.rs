@@ -47,8 +47,7 @@ fn vdso_digest() -> Result<String, EngineError> {
 pub fn cpu_id(xstate: &[u8]) -> Result<CpuId, EngineError> {
     const PATH: &str = "/proc/cpuinfo";
     let text = std::fs::read_to_string(PATH).map_err(io_err("read", PATH))?;
-    let bad =
-        |what: String| io_err("parse", PATH)(std::io::Error::new(std::io::ErrorKind::InvalidData, what));
+    let bad = crate::procfs::unparsable(PATH);
     let info = CpuInfo::from_read(text.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let field = |k: &str| info.get_field(0, k).ok_or_else(|| bad(format!("no {k} for the first CPU")));
     Ok(CpuId {

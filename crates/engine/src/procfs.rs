@@ -98,6 +98,16 @@ pub fn read_status(pid: i32) -> Result<Status, EngineError> {
     parse_status(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "status"))
 }
 
+/// The error for a file of `/proc` (one that names no process, or ours) whose text is not
+/// what it should be.
+pub fn unparsable(path: &'static str) -> impl Fn(String) -> EngineError {
+    move |what| EngineError::Io {
+        op: "parse",
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    }
+}
+
 /// `pid`'s pid in its innermost pid namespace (the last of `NSpid`).
 pub fn ns_pid(pid: i32) -> Result<i32, EngineError> {
     innermost(&read_status(pid)?.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))
