@@ -201,11 +201,7 @@ pub fn parse_limits(text: &str) -> Result<Vec<Rlimit>, String> {
     ];
     Ok(by_resource
         .into_iter()
-        .map(|(resource, lim)| Rlimit {
-            resource: resource as u32,
-            cur: value(lim.soft_limit),
-            max: value(lim.hard_limit),
-        })
+        .map(|(resource, lim)| Rlimit { resource, cur: value(lim.soft_limit), max: value(lim.hard_limit) })
         .collect())
 }
 
