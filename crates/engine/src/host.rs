@@ -48,7 +48,7 @@ pub fn cpu_id(xstate: &[u8]) -> Result<CpuId, EngineError> {
     const PATH: &str = "/proc/cpuinfo";
     let text = std::fs::read_to_string(PATH).map_err(io_err("read", PATH))?;
     let bad = crate::procfs::unparsable(PATH);
-    let info = CpuInfo::from_read(text.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let info = CpuInfo::from_read(text.as_bytes()).map_err(|e| bad(crate::procfs::reason(e)))?;
     let field = |k: &str| info.get_field(0, k).ok_or_else(|| bad(format!("no {k} for the first CPU")));
     Ok(CpuId {
         vendor: field("vendor_id")?.to_string(),

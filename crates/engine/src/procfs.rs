@@ -6,9 +6,9 @@
 //! so that each is tested on fixed input.
 
 use migrate_proto::records::{Creds, FileLock, LockKind, Rlimit};
-use procfs_core::FromRead;
 use procfs_core::process::{LimitValue, Limits};
 pub use procfs_core::process::{Stat, Status};
+use procfs_core::{FromRead, ProcError};
 
 use crate::error::{EngineError, read_proc};
 
@@ -78,14 +78,29 @@ fn parse_maps_line(line: &str) -> Result<MapEntry, String> {
     Ok(MapEntry { start, end, perms, offset, inode, name, vm_flags: Vec::new() })
 }
 
+/// What procfs-core says of a file it could not parse, without its plea to report a bug
+/// in it: here that is a kernel we do not know, or a file that changed under us.
+pub fn reason(e: ProcError) -> String {
+    match e {
+        // Nested failures repeat the prefix; the innermost says what was wrong.
+        ProcError::InternalError(e) => e
+            .msg
+            .rsplit("Internal Unwrap Error: ")
+            .next()
+            .unwrap_or_default()
+            .replace("NoneError", "a field is missing"),
+        other => other.to_string(),
+    }
+}
+
 /// Parses `/proc/PID/stat` (or `task/TID/stat`).
 pub fn parse_stat(text: &str) -> Result<Stat, String> {
-    Stat::from_read(text.as_bytes()).map_err(|e| format!("unexpected stat: {e}"))
+    Stat::from_read(text.as_bytes()).map_err(|e| format!("unexpected stat: {}", reason(e)))
 }
 
 /// Parses `/proc/PID/status` (or `task/TID/status`).
 pub fn parse_status(text: &str) -> Result<Status, String> {
-    Status::from_read(text.as_bytes()).map_err(|e| format!("unexpected status: {e}"))
+    Status::from_read(text.as_bytes()).map_err(|e| format!("unexpected status: {}", reason(e)))
 }
 
 /// `/proc/PID/stat`, parsed; errors name the pid.
@@ -176,7 +191,7 @@ pub fn ns_value(status: &str, key: &str) -> Result<i32, String> {
 
 /// `/proc/PID/limits`, in resource order (RLIMIT_CPU = 0, …).
 pub fn parse_limits(text: &str) -> Result<Vec<Rlimit>, String> {
-    let l = Limits::from_read(text.as_bytes()).map_err(|e| format!("unexpected limits: {e}"))?;
+    let l = Limits::from_read(text.as_bytes()).map_err(|e| format!("unexpected limits: {}", reason(e)))?;
     let value = |v: LimitValue| match v {
         LimitValue::Unlimited => u64::MAX,
         LimitValue::Value(v) => v,
@@ -351,6 +366,8 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t
         let without_ambient = STATUS.replace("CapAmb:\t0000000000000000\n", "");
         assert!(creds(&parse_status(&without_ambient)?).is_err());
         assert!(parse_status(&STATUS.replace("Uid:\t0\t1\t2\t3", "Uid:\t0\t1")).is_err());
+        let bad_ppid = parse_status(&STATUS.replace("PPid:\t4200", "PPid:\tx")).err().unwrap_or_default();
+        assert!(bad_ppid.contains("PPid") && !bad_ppid.contains("bug"), "{bad_ppid}");
         assert_eq!(parse_fdinfo("pos:\t42\nflags:\t02102001\nmnt_id:\t30\n")?, (42, 0o2102001));
         Ok(())
     }
@@ -362,7 +379,7 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t
         let st = parse_stat(line)?;
         assert_eq!((st.pid, st.comm.as_str(), st.state, st.ppid), (42, "a b) c", 'Z', 1));
         assert_eq!(st.exit_code, Some(256));
-        assert!(parse_stat("42 (sh) S 1").is_err());
+        assert_eq!(parse_stat("42 (sh) S 1").err().as_deref(), Some("unexpected stat: a field is missing"));
         let f = stat_fields(line)?;
         assert_eq!(stat_field(&f, 22)?, 100);
         assert!(stat_field(&f, 60).is_err());

@@ -75,8 +75,8 @@ fn parse_line(line: &str) -> Option<Line> {
 fn resolve(pid: i32, w: &Line) -> Result<String, String> {
     let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
     let mountinfo = crate::error::read_proc(pid, "mountinfo").map_err(|e| e.to_string())?;
-    let mounts =
-        MountInfos::from_read(mountinfo.as_bytes()).map_err(|e| format!("unexpected mountinfo: {e}"))?;
+    let mounts = MountInfos::from_read(mountinfo.as_bytes())
+        .map_err(|e| format!("unexpected mountinfo: {}", crate::procfs::reason(e)))?;
     let root = format!("/proc/{pid}/root");
     let dev = format!("{major}:{minor}");
     let mut deleted = false;

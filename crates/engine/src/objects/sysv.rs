@@ -245,8 +245,8 @@ fn open_segment(id: i32) -> Result<File, EngineError> {
 fn open_attachment(at: usize, writable: bool) -> Result<File, EngineError> {
     const MAPS: &str = "/proc/thread-self/maps";
     let text = std::fs::read_to_string(MAPS).map_err(io_err("read", MAPS))?;
-    let maps =
-        MemoryMaps::from_read(text.as_bytes()).map_err(|e| crate::procfs::unparsable(MAPS)(e.to_string()))?;
+    let maps = MemoryMaps::from_read(text.as_bytes())
+        .map_err(|e| crate::procfs::unparsable(MAPS)(crate::procfs::reason(e)))?;
     let (start, end) = maps
         .iter()
         .map(|m| m.address)
