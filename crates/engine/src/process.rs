@@ -175,6 +175,7 @@ pub fn zombie_facts(pid: i32) -> Result<ProcFacts, EngineError> {
 pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
     let status = read_proc(pid, "status")?;
     let st = procfs::parse_status(&status).map_err(EngineError::proc(pid, "status"))?;
+    let ns = |ids, k| procfs::innermost(ids, k).map_err(EngineError::proc(pid, "status"));
     let err = EngineError::proc(pid, "status");
     let creds = procfs::creds(&st).map_err(EngineError::proc(pid, "credentials"))?;
     let rlimits =
@@ -199,10 +200,10 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
         umask,
         personality,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
-        pid_ns: procfs::innermost(&st.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))?,
+        pid_ns: ns(&st.nspid, "NSpid")?,
         ppid_ns: parent_ns_pid(&st),
-        sid_ns: procfs::innermost(&st.nssid, "NSsid").map_err(EngineError::proc(pid, "status"))?,
-        pgid_ns: procfs::innermost(&st.nspgid, "NSpgid").map_err(EngineError::proc(pid, "status"))?,
+        sid_ns: ns(&st.nssid, "NSsid")?,
+        pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp,
     })
 }
