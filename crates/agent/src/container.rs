@@ -20,6 +20,8 @@ use migrate_sys::process::{Step, spawn};
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use procfs_core::FromRead;
+use procfs_core::process::Status;
 
 use crate::agent::Config;
 use crate::api::StopReport;
@@ -381,12 +383,7 @@ fn shim_alive(rec: &Record) -> bool {
 
 /// Whether `pid` has a handler for SIGTERM (`SigCgt` in `/proc/PID/status`).
 fn handles_sigterm(pid: i32) -> bool {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    Status::from_file(format!("/proc/{pid}/status")).is_ok_and(|s| s.sigcgt & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
 /// Polls `done` every few milliseconds until it holds or `timeout` passes.

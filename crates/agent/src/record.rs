@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use migrate_cgroup::{AppliedLimit, Cgroup};
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ContainerInfo, ExitInfo, Restored, State};
@@ -124,14 +126,8 @@ impl Record {
 
 /// Start time and state letter of `pid`, from `/proc/PID/stat`.
 pub fn proc_start(pid: i32) -> Option<(u64, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let state = fields.first()?.chars().next()?;
-    // `rest` starts at field 3 (state); starttime is field 22.
-    let start = fields.get(22 - 3)?.parse().ok()?;
-    Some((start, state))
+    let stat = Stat::from_file(format!("/proc/{pid}/stat")).ok()?;
+    Some((stat.starttime, stat.state))
 }
 
 #[cfg(test)]

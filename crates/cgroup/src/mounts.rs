@@ -1,7 +1,11 @@
-//! Where the cgroup hierarchies are mounted, read from `/proc/self/mountinfo`.
+//! Where the cgroup hierarchies are mounted, read from `/proc/self/mountinfo` (parsed by
+//! procfs-core; mount points are unescaped here, which procfs-core does not do).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use procfs_core::FromRead;
+use procfs_core::process::MountInfos;
 
 use crate::CgroupError;
 
@@ -37,41 +41,30 @@ impl Mounts {
     /// Reads the mounts of the calling process's mount namespace.
     pub fn discover() -> Result<Mounts, CgroupError> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-        Ok(Mounts::parse(&text))
+        Mounts::parse(&text)
     }
 
     /// Parses mountinfo text (see proc(5)): `id parent maj:min root mountpoint opts
     /// [optional fields] - fstype source superopts`.
-    pub fn parse(text: &str) -> Mounts {
+    pub fn parse(text: &str) -> Result<Mounts, CgroupError> {
+        let infos = MountInfos::from_read(text.as_bytes()).map_err(|e| {
+            CgroupError::MountInfo(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+        })?;
         let mut mounts = Mounts::default();
-        for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            let (Some(root), Some(mountpoint), Some(fstype)) = (left.get(3), left.get(4), right.first())
-            else {
-                continue;
-            };
-            // A bind mount of a sub-cgroup is not the hierarchy's root.
-            if *root != "/" {
-                continue;
-            }
-            let mountpoint = PathBuf::from(unescape(mountpoint));
-            match *fstype {
+        // A bind mount of a sub-cgroup is not the hierarchy's root.
+        for info in infos.iter().filter(|m| m.root == "/") {
+            let mountpoint = PathBuf::from(unescape(&info.mount_point.to_string_lossy()));
+            match info.fs_type.as_str() {
                 "cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(mountpoint),
                 "cgroup" => {
-                    let superopts = right.get(2).copied().unwrap_or("");
-                    for opt in superopts.split(',') {
-                        if !V1_CONTROLLERS.contains(&opt) {
-                            continue;
-                        }
+                    for opt in info.super_options.keys().filter(|o| V1_CONTROLLERS.contains(&o.as_str())) {
                         mounts.v1.entry(opt.to_string()).or_insert_with(|| mountpoint.clone());
                     }
                 }
                 _ => {}
             }
         }
-        mounts
+        Ok(mounts)
     }
 
     /// The controllers available in the v2 hierarchy (its root's `cgroup.controllers`).
@@ -125,13 +118,15 @@ mod tests {
 50 23 0:38 /some/sub /mnt/bind\\040dir rw - cgroup2 cgroup2 rw";
 
     #[test]
-    fn hybrid_host() {
-        let m = Mounts::parse(HYBRID);
+    fn hybrid_host() -> Result<(), CgroupError> {
+        let m = Mounts::parse(HYBRID)?;
         assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(m.v1.get("memory"), Some(&PathBuf::from("/sys/fs/cgroup/memory")));
         assert_eq!(m.v1.get("pids"), Some(&PathBuf::from("/sys/fs/cgroup/pids")));
         assert_eq!(m.v1.get("cpuacct"), Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
         assert!(!m.v1.contains_key("xattr") && !m.v1.contains_key("name=systemd"));
+        assert!(Mounts::parse("31 23 0:28 / /sys/fs/cgroup rw,relatime tmpfs").is_err());
+        Ok(())
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use migrate_cgroup::{Cgroup, Limits, Mounts, destroy_tree};
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
 
 /// Removes the test's cgroup tree even when an assertion fails.
 struct Guard(Mounts, PathBuf);
@@ -43,11 +45,8 @@ fn limits_freeze_kill_remove() -> Result<(), Box<dyn std::error::Error>> {
     }
     assert_eq!(cg.pids()?, vec![child.id() as i32]);
     let cpu = || -> std::io::Result<u64> {
-        // utime + stime: fields 14 and 15 of /proc/PID/stat, 11 and 12 after the name.
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
-        let f: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').collect();
-        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Ok(field(11) + field(12))
+        let stat = Stat::from_file(format!("/proc/{}/stat", child.id())).map_err(std::io::Error::other)?;
+        Ok(stat.utime + stat.stime)
     };
     let runs_on = |from: u64, what: &str| -> std::io::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

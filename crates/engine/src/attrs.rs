@@ -51,7 +51,7 @@ const PR_GET_MDWE: u64 = 66;
 /// `PR_THP_DISABLE_EXCEPT_ADVISED` (Linux 6.18), as `PR_GET_THP_DISABLE` reports it.
 const THP_EXCEPT_ADVISED: u32 = 2;
 /// `PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE`: what `PR_SET_IO_FLUSHER` sets.
-const PF_IO_FLUSHER: u64 = 0x0008_0000 | 0x0010_0000;
+const PF_IO_FLUSHER: u32 = 0x0008_0000 | 0x0010_0000;
 /// Where in the scratch page a `PR_GET_*` that writes an int puts it.
 const OUT: u64 = 2048;
 
@@ -232,8 +232,7 @@ fn check_threads(pid: i32, own_status: &str, refusals: &mut Refusals) -> Result<
             ));
         }
         let stat = read_proc(pid, &format!("task/{tid}/stat"))?;
-        let fields = crate::procfs::stat_fields(&stat).map_err(EngineError::proc(tid, "stat"))?;
-        let flags = crate::procfs::stat_field(&fields, 9).map_err(EngineError::proc(tid, "stat"))?;
+        let flags = crate::procfs::parse_stat(&stat).map_err(EngineError::proc(tid, "stat"))?.flags;
         if flags & PF_IO_FLUSHER == PF_IO_FLUSHER {
             refusals.push(format!("{} is an IO flusher (PR_SET_IO_FLUSHER): not supported yet", who()));
         }

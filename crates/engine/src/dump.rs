@@ -168,23 +168,22 @@ fn build_order(pids: Vec<i32>, refusals: &mut Refusals) -> Result<Vec<i32>, Engi
 
 /// How many pid namespaces `pid` is in (the values of `NSpid`).
 fn pid_levels(pid: i32) -> Result<usize, EngineError> {
-    let status = crate::error::read_proc(pid, "status")?;
-    Ok(crate::procfs::status_field(&status, "NSpid").map_or(1, |v| v.split_whitespace().count()))
+    Ok(crate::procfs::read_status(pid)?.nspid.map_or(1, |v| v.len()))
 }
 
 /// Refuses a process this version cannot dump for what it is doing: stopped, traced, in
 /// a pid namespace of its own, or with a main thread that exited while others run.
 fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
     let who = crate::files::describe_process(pid);
-    let status = crate::error::read_proc(pid, "status")?;
-    let field = |k| crate::procfs::status_field(&status, k).unwrap_or("");
+    let text = crate::error::read_proc(pid, "status")?;
+    let status = crate::procfs::parse_status(&text).map_err(EngineError::proc(pid, "status"))?;
     let refuse = |what: String| Err(EngineError::Unsupported(format!("{who} {what}")));
-    let tracer: i32 = field("TracerPid").parse().unwrap_or(0);
+    let tracer = status.tracerpid;
     if tracer != 0 {
         let by = crate::files::describe_process(tracer);
         return refuse(format!("is traced by {by}: a process has one tracer; stop that one first"));
     }
-    match field("State").chars().next() {
+    match status.state.chars().next() {
         Some('T') => {
             return refuse(
                 "is stopped (SIGSTOP or job control): stopped processes are not supported yet; continue it (SIGCONT) and checkpoint again".into(),
@@ -197,14 +196,15 @@ fn check_state(pid: i32, levels: usize) -> Result<(), EngineError> {
         }
         _ => {}
     }
-    let nspids: Vec<&str> = field("NSpid").split_whitespace().collect();
+    let nspids = status.nspid.unwrap_or_default();
     if nspids.len() != levels {
         // Named as the container sees it, not as its own namespace does.
-        let outer = nspids.get(levels.saturating_sub(1)).unwrap_or(&"?");
-        let inner = nspids.last().unwrap_or(&"?");
+        let known = |p: Option<&i32>| p.map_or_else(|| "?".to_string(), i32::to_string);
+        let outer = known(nspids.get(levels.saturating_sub(1)));
+        let inner = known(nspids.last());
         return Err(EngineError::Unsupported(format!(
             "PID {outer} ({}, host pid {pid}) runs in a pid namespace of its own (as pid {inner}), nested in the container's: not supported yet",
-            field("Name")
+            crate::procfs::status_field(&text, "Name").unwrap_or("")
         )));
     }
     Ok(())
@@ -697,11 +697,12 @@ fn collect_and_write(
     })
 }
 
-/// A zombie: only its ids and its wait status (field 52 of `/proc/PID/stat`).
+/// A zombie: only its ids and its wait status (`exit_code`, field 52 of `/proc/PID/stat`,
+/// since Linux 3.5).
 fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, EngineError> {
-    let stat = crate::error::read_proc(pid, "stat")?;
-    let f = crate::procfs::stat_fields(&stat).map_err(EngineError::proc(pid, "stat"))?;
-    let status = crate::procfs::stat_field(&f, 52).map_err(EngineError::proc(pid, "stat"))? as i32;
+    let status = crate::procfs::read_stat(pid)?
+        .exit_code
+        .ok_or_else(|| EngineError::proc(pid, "stat")("no exit code (field 52)".into()))?;
     Ok(ProcessRecord {
         pid: facts.pid_ns,
         ppid: facts.ppid_ns,
@@ -745,7 +746,9 @@ fn thread_ids_in_ns(pid: i32, seized: &Seized) -> Result<Vec<i32>, EngineError> 
         .iter()
         .map(|t| {
             let status = crate::error::read_proc(pid, &format!("task/{}/status", t.tid))?;
-            crate::procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(t.tid, "status"))
+            crate::procfs::parse_status(&status)
+                .and_then(|st| crate::procfs::innermost(&st.nspid, "NSpid"))
+                .map_err(EngineError::proc(t.tid, "status"))
         })
         .collect()
 }

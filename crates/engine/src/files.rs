@@ -182,9 +182,10 @@ fn proc_file(
     if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
         // Read through the container's root, the status of a process of a procfs of the
         // container's pid namespace names it by one pid, the one in the path.
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/root/proc/{first}/status")).unwrap_or_default();
-        let ours = procfs::status_field(&status, "NSpid").is_some_and(|v| v.split_whitespace().eq([first]));
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/root/proc/{first}/status"))
+            .ok()
+            .and_then(|text| procfs::parse_status(&text).ok()?.nspid)
+            .is_some_and(|v| v.iter().map(i32::to_string).eq([first]));
         if !ours {
             return Ok(Err("is not of a live process of the container's own /proc".into()));
         }
@@ -217,18 +218,15 @@ fn made_before(pid: i32, target: &str) -> bool {
     let mut cur = pid;
     // A tree is at most PID_MAX deep; a loop would mean a /proc that changes under us.
     for _ in 0..migrate_proto::validate::PID_MAX {
-        let Ok(status) = crate::error::read_proc(cur, "status") else { return false };
-        let Some(nspid) = procfs::status_field(&status, "NSpid").and_then(|v| v.split_whitespace().last())
-        else {
-            return false;
-        };
-        if nspid == target {
+        let Ok(status) = procfs::read_status(cur) else { return false };
+        let Ok(nspid) = procfs::innermost(&status.nspid, "NSpid") else { return false };
+        if nspid.to_string() == target {
             return true;
         }
-        match procfs::status_field(&status, "PPid").and_then(|v| v.parse().ok()) {
-            Some(parent) if nspid != "1" => cur = parent,
-            _ => return false,
+        if nspid == 1 {
+            return false;
         }
+        cur = status.ppid;
     }
     false
 }

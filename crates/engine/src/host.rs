@@ -5,6 +5,7 @@
 use std::os::unix::fs::FileExt;
 
 use migrate_proto::manifest::{Clocks, CpuId, KernelId, Manifest};
+use procfs_core::{CpuInfo, FromRead};
 
 use crate::error::{EngineError, io_err, read_proc};
 
@@ -40,28 +41,20 @@ fn vdso_digest() -> Result<String, EngineError> {
 }
 
 /// The CPU: vendor, flags, and the xstate features of an XSAVE area (`xfeatures` of its
-/// software-reserved bytes), which a restoring CPU must have too. The flags are those of
-/// the first processor in `/proc/cpuinfo` (x86 lists every processor with the same
-/// flags); a `/proc/cpuinfo` without them is an error, not a CPU without features: an
-/// image that recorded none would be restored anywhere.
+/// software-reserved bytes), which a restoring CPU must have too. Vendor and flags are
+/// the first CPU's: an image that claimed no flags would match any CPU, so an unreadable
+/// `/proc/cpuinfo` is an error.
 pub fn cpu_id(xstate: &[u8]) -> Result<CpuId, EngineError> {
-    let path = "/proc/cpuinfo";
-    let info = std::fs::read_to_string(path).map_err(io_err("read", path))?;
-    let field = |k: &str| {
-        info.lines().find_map(|l| {
-            l.strip_prefix(k).and_then(|r| r.trim_start().strip_prefix(':')).map(|v| v.trim().to_string())
-        })
-    };
-    let flags: Vec<String> =
-        field("flags").unwrap_or_default().split_whitespace().map(str::to_string).collect();
-    if flags.is_empty() {
-        return Err(EngineError::Io {
-            op: "find the CPU flags in",
-            path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "it has no `flags` line"),
-        });
-    }
-    Ok(CpuId { vendor: field("vendor_id").unwrap_or_default(), flags, xfeatures: xfeatures(xstate) })
+    const PATH: &str = "/proc/cpuinfo";
+    let text = std::fs::read_to_string(PATH).map_err(io_err("read", PATH))?;
+    let bad = crate::procfs::unparsable(PATH);
+    let info = CpuInfo::from_read(text.as_bytes()).map_err(|e| bad(crate::procfs::reason(e)))?;
+    let field = |k: &str| info.get_field(0, k).ok_or_else(|| bad(format!("no {k} for the first CPU")));
+    Ok(CpuId {
+        vendor: field("vendor_id")?.to_string(),
+        flags: field("flags")?.split_whitespace().map(str::to_string).collect(),
+        xfeatures: xfeatures(xstate),
+    })
 }
 
 /// `struct _fpx_sw_bytes` at byte 464 of the FXSAVE area: magic1, extended_size, then

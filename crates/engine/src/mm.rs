@@ -196,9 +196,11 @@ fn backing(pid: i32, proc: usize, m: &MapEntry, objects: &mut Registry) -> Resul
 
 /// The mm fields; `brk` comes from an injected `brk(0)` by the caller.
 pub fn dump_mm(pid: i32, brk: u64) -> Result<MmFields, EngineError> {
-    let stat = read_proc(pid, "stat")?;
-    let f = procfs::stat_fields(&stat).map_err(EngineError::proc(pid, "stat"))?;
-    let n = |i: usize| procfs::stat_field(&f, i).map_err(EngineError::proc(pid, "stat"));
+    let st = procfs::read_stat(pid)?;
+    // Optional to procfs-core (kernels before 3.3 lack them); required here.
+    let n = |v: Option<u64>, name: &str| {
+        v.ok_or_else(|| EngineError::proc(pid, "stat")(format!("no {name} in stat")))
+    };
     let auxv_path = format!("/proc/{pid}/auxv");
     let auxv =
         procfs::parse_auxv(&std::fs::read(&auxv_path).map_err(crate::error::io_err("read", &auxv_path))?);
@@ -208,17 +210,17 @@ pub fn dump_mm(pid: i32, brk: u64) -> Result<MmFields, EngineError> {
         .to_str()
         .ok_or_else(|| EngineError::Unsupported(format!("pid {pid}: executable path is not UTF-8")))?;
     Ok(MmFields {
-        start_code: n(26)?,
-        end_code: n(27)?,
-        start_data: n(45)?,
-        end_data: n(46)?,
-        start_brk: n(47)?,
+        start_code: st.startcode,
+        end_code: st.endcode,
+        start_data: n(st.start_data, "start_data")?,
+        end_data: n(st.end_data, "end_data")?,
+        start_brk: n(st.start_brk, "start_brk")?,
         brk,
-        start_stack: n(28)?,
-        arg_start: n(48)?,
-        arg_end: n(49)?,
-        env_start: n(50)?,
-        env_end: n(51)?,
+        start_stack: st.startstack,
+        arg_start: n(st.arg_start, "arg_start")?,
+        arg_end: n(st.arg_end, "arg_end")?,
+        env_start: n(st.env_start, "env_start")?,
+        env_end: n(st.env_end, "env_end")?,
         auxv,
         exe: file_id(exe_path, &exe_link)?,
     })

@@ -150,38 +150,37 @@ pub struct ProcFacts {
 }
 
 /// The parent's pid as the container sees it: the last `NSpid` value of the parent.
-fn parent_ns_pid(status: &str) -> i32 {
-    procfs::status_field(status, "PPid")
-        .and_then(|p| p.parse::<i32>().ok())
-        .and_then(|ppid| read_proc(ppid, "status").ok())
-        .and_then(|st| procfs::ns_value(&st, "NSpid").ok())
-        .unwrap_or(0)
+fn parent_ns_pid(status: &procfs::Status) -> i32 {
+    procfs::ns_pid(status.ppid).unwrap_or(0)
 }
 
 /// What a zombie still tells: its ids, name and credentials.
 pub fn zombie_facts(pid: i32) -> Result<ProcFacts, EngineError> {
     let status = read_proc(pid, "status")?;
-    let ns = |k: &str| procfs::ns_value(&status, k).map_err(EngineError::proc(pid, "status"));
+    let st = procfs::parse_status(&status).map_err(EngineError::proc(pid, "status"))?;
+    let ns = |ids, k| procfs::innermost(ids, k).map_err(EngineError::proc(pid, "status"));
     Ok(ProcFacts {
-        creds: procfs::parse_creds(&status).map_err(EngineError::proc(pid, "credentials"))?,
+        creds: procfs::creds(&st).map_err(EngineError::proc(pid, "credentials"))?,
         rlimits: Vec::new(),
         cwd: "/".into(),
         root: "/".into(),
         umask: 0,
         personality: 0,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
-        pid_ns: ns("NSpid")?,
-        ppid_ns: parent_ns_pid(&status),
-        sid_ns: ns("NSsid")?,
-        pgid_ns: ns("NSpgid")?,
+        pid_ns: ns(&st.nspid, "NSpid")?,
+        ppid_ns: parent_ns_pid(&st),
+        sid_ns: ns(&st.nssid, "NSsid")?,
+        pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp: 0,
     })
 }
 
 pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
     let status = read_proc(pid, "status")?;
+    let st = procfs::parse_status(&status).map_err(EngineError::proc(pid, "status"))?;
+    let ns = |ids, k| procfs::innermost(ids, k).map_err(EngineError::proc(pid, "status"));
     let err = EngineError::proc(pid, "status");
-    let creds = procfs::parse_creds(&status).map_err(EngineError::proc(pid, "credentials"))?;
+    let creds = procfs::creds(&st).map_err(EngineError::proc(pid, "credentials"))?;
     let rlimits =
         procfs::parse_limits(&read_proc(pid, "limits")?).map_err(EngineError::proc(pid, "limits"))?;
     let link = |name: &str| -> Result<String, EngineError> {
@@ -192,12 +191,10 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
             .map(str::to_string)
             .ok_or_else(|| EngineError::Unsupported(format!("pid {pid}: its {name} is not UTF-8")))
     };
-    let umask = procfs::status_field(&status, "Umask")
-        .and_then(|v| u32::from_str_radix(v, 8).ok())
-        .ok_or_else(|| err("no Umask".into()))?;
+    let umask = st.umask.ok_or_else(|| err("no Umask".into()))?;
     let personality = u32::from_str_radix(read_proc(pid, "personality")?.trim(), 16)
         .map_err(|_| EngineError::proc(pid, "personality")("not hexadecimal".into()))?;
-    let seccomp = procfs::status_field(&status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let seccomp = st.seccomp.unwrap_or(0);
     Ok(ProcFacts {
         creds,
         rlimits,
@@ -206,10 +203,10 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
         umask,
         personality,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
-        pid_ns: procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(pid, "status"))?,
-        ppid_ns: parent_ns_pid(&status),
-        sid_ns: procfs::ns_value(&status, "NSsid").map_err(EngineError::proc(pid, "status"))?,
-        pgid_ns: procfs::ns_value(&status, "NSpgid").map_err(EngineError::proc(pid, "status"))?,
+        pid_ns: ns(&st.nspid, "NSpid")?,
+        ppid_ns: parent_ns_pid(&st),
+        sid_ns: ns(&st.nssid, "NSsid")?,
+        pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp,
     })
 }
@@ -239,8 +236,7 @@ pub fn restore_misc(
         }
     }
     let pid = remote.pid;
-    let stub =
-        procfs::parse_creds(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "credentials"))?;
+    let stub = procfs::creds(&procfs::read_status(pid)?).map_err(EngineError::proc(pid, "credentials"))?;
     if stub != rec.creds {
         restore_creds(remote, &stub, &rec.creds)?;
     }

@@ -1,7 +1,16 @@
-//! Parsers for the `/proc/PID/*` files the dump reads. Pure functions over text, so
-//! that each is tested on fixed input; the callers do the reading.
+//! The `/proc/PID/*` files the dump reads. `stat`, `status` and `limits` are parsed by
+//! procfs-core, over text read through `read_proc` so that errors keep the pid; what
+//! remains here is what procfs-core does not cover: `smaps` with its `VmFlags`, the
+//! `pos`/`flags` and `lock:` lines of fdinfo, `auxv`, a status `Name` (see
+//! [`status_field`]), and mm.rs's numbered stat fields for now. Pure functions over text,
+//! so that each is tested on fixed input.
 
 use migrate_proto::records::{Creds, FileLock, LockKind, Rlimit};
+use procfs_core::process::{LimitValue, Limits};
+pub use procfs_core::process::{Stat, Status};
+use procfs_core::{FromRead, ProcError};
+
+use crate::error::{EngineError, read_proc};
 
 /// One mapping from `/proc/PID/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,78 +86,131 @@ fn parse_maps_line(line: &str) -> Result<MapEntry, String> {
     Ok(MapEntry { start, end, perms, offset, inode, name, vm_flags: Vec::new(), pkey: 0 })
 }
 
-/// The fields of `/proc/PID/stat` after the command name, indexed from field 3 (state).
-pub fn stat_fields(stat: &str) -> Result<Vec<String>, String> {
-    let close = stat.rfind(')').ok_or("no command name in stat")?;
-    Ok(stat[close + 1..].split_whitespace().map(str::to_string).collect())
+/// What procfs-core says of a file it could not parse, without its plea to report a bug
+/// in it: here that is a kernel we do not know, or a file that changed under us.
+pub fn reason(e: ProcError) -> String {
+    match e {
+        // Nested failures repeat the prefix; the innermost says what was wrong.
+        ProcError::InternalError(e) => e
+            .msg
+            .rsplit("Internal Unwrap Error: ")
+            .next()
+            .unwrap_or_default()
+            .replace("NoneError", "a field is missing"),
+        other => other.to_string(),
+    }
 }
 
-/// Field `n` (1-based, as in proc(5)) of a stat line, as a number.
-pub fn stat_field(fields: &[String], n: usize) -> Result<u64, String> {
-    fields
-        .get(n.checked_sub(3).ok_or("field index below 3")?)
-        .and_then(|f| f.parse::<i64>().ok())
-        .map(|v| v as u64)
-        .ok_or_else(|| format!("stat field {n} missing or not a number"))
+/// Parses `/proc/PID/stat` (or `task/TID/stat`).
+pub fn parse_stat(text: &str) -> Result<Stat, String> {
+    Stat::from_read(text.as_bytes()).map_err(|e| format!("unexpected stat: {}", reason(e)))
 }
 
-/// A `Key:\tvalue` field of `/proc/PID/status`.
+/// Parses `/proc/PID/status` (or `task/TID/status`).
+pub fn parse_status(text: &str) -> Result<Status, String> {
+    Status::from_read(text.as_bytes()).map_err(|e| format!("unexpected status: {}", reason(e)))
+}
+
+/// `/proc/PID/stat`, parsed; errors name the pid.
+pub fn read_stat(pid: i32) -> Result<Stat, EngineError> {
+    parse_stat(&read_proc(pid, "stat")?).map_err(EngineError::proc(pid, "stat"))
+}
+
+/// `/proc/PID/status`, parsed; errors name the pid.
+pub fn read_status(pid: i32) -> Result<Status, EngineError> {
+    parse_status(&read_proc(pid, "status")?).map_err(EngineError::proc(pid, "status"))
+}
+
+/// The error for a file of `/proc` (one that names no process, or ours) whose text is not
+/// what it should be.
+pub fn unparsable(path: &'static str) -> impl Fn(String) -> EngineError {
+    move |what| EngineError::Io {
+        op: "parse",
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    }
+}
+
+/// `pid`'s pid in its innermost pid namespace (the last of `NSpid`).
+pub fn ns_pid(pid: i32) -> Result<i32, EngineError> {
+    innermost(&read_status(pid)?.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))
+}
+
+/// A `Key:\tvalue` line, as fdinfo files write them (procfs-core has no generic fdinfo
+/// parser: each kind adds its own keys). In `status` it serves only `Name`: procfs-core's
+/// [`Status`] splits each line at every `:`, so a name such as `worker:1` would lose its
+/// tail there.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
-fn hex_field(status: &str, key: &str) -> Result<u64, String> {
-    let v = status_field(status, key).ok_or_else(|| format!("{key} missing from status"))?;
-    u64::from_str_radix(v, 16).map_err(|_| format!("{key}: {v:?} is not hexadecimal"))
-}
-
-fn four_ids(status: &str, key: &str) -> Result<[u32; 4], String> {
-    let v = status_field(status, key).ok_or_else(|| format!("{key} missing from status"))?;
-    let ids: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    ids.try_into().map_err(|_| format!("{key}: expected four ids in {v:?}"))
-}
-
-/// Credentials and capabilities from `/proc/PID/status`.
-pub fn parse_creds(status: &str) -> Result<Creds, String> {
+/// Credentials and capabilities of a parsed status. `CapBnd` (2.6.26) and `CapAmb` (4.3)
+/// are optional to procfs-core; a status without them cannot be restored faithfully.
+pub fn creds(status: &Status) -> Result<Creds, String> {
     Ok(Creds {
-        uids: four_ids(status, "Uid")?,
-        gids: four_ids(status, "Gid")?,
-        groups: status_field(status, "Groups")
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|g| g.parse().map_err(|_| format!("bad group {g:?}")))
-            .collect::<Result<_, _>>()?,
-        cap_inheritable: hex_field(status, "CapInh")?,
-        cap_permitted: hex_field(status, "CapPrm")?,
-        cap_effective: hex_field(status, "CapEff")?,
-        cap_bounding: hex_field(status, "CapBnd")?,
-        cap_ambient: hex_field(status, "CapAmb")?,
-        no_new_privs: status_field(status, "NoNewPrivs") == Some("1"),
+        uids: [status.ruid, status.euid, status.suid, status.fuid],
+        gids: [status.rgid, status.egid, status.sgid, status.fgid],
+        groups: status.groups.clone(),
+        cap_inheritable: status.capinh,
+        cap_permitted: status.capprm,
+        cap_effective: status.capeff,
+        cap_bounding: status.capbnd.ok_or("CapBnd missing from status")?,
+        cap_ambient: status.capamb.ok_or("CapAmb missing from status")?,
+        no_new_privs: status.nonewprivs == Some(1),
         // Not in `status`: the dump asks the task (`PR_GET_SECUREBITS`).
         securebits: 0,
     })
 }
 
-/// The innermost (container) value of an `NSpid`/`NSpgid`/`NSsid` line.
+/// The innermost (container) value of a namespace id list of status (`status.nspid`,
+/// named `key` in errors).
+pub fn innermost(ids: &Option<Vec<i32>>, key: &str) -> Result<i32, String> {
+    ids.as_ref().and_then(|v| v.last().copied()).ok_or_else(|| format!("{key} missing from status"))
+}
+
+/// The innermost (container) value of the `NSpid`/`NSpgid`/`NSsid`/`NStgid` line of the
+/// text of a status.
 pub fn ns_value(status: &str, key: &str) -> Result<i32, String> {
-    status_field(status, key)
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("{key} missing from status"))
+    let st = parse_status(status)?;
+    let ids = match key {
+        "NSpid" => &st.nspid,
+        "NSpgid" => &st.nspgid,
+        "NSsid" => &st.nssid,
+        "NStgid" => &st.nstgid,
+        other => return Err(format!("{other} is not a namespace id list of status")),
+    };
+    innermost(ids, key)
 }
 
 /// `/proc/PID/limits`, in resource order (RLIMIT_CPU = 0, …).
 pub fn parse_limits(text: &str) -> Result<Vec<Rlimit>, String> {
-    let value = |t: &str| if t == "unlimited" { Some(u64::MAX) } else { t.parse().ok() };
-    let mut out = Vec::new();
-    for (i, line) in text.lines().skip(1).enumerate() {
-        let nums: Vec<u64> = line.split_whitespace().filter_map(value).collect();
-        let (Some(&cur), Some(&max)) = (nums.first(), nums.get(1)) else {
-            return Err(format!("unexpected limits line {line:?}"));
-        };
-        out.push(Rlimit { resource: i as u32, cur, max });
-    }
-    Ok(out)
+    let l = Limits::from_read(text.as_bytes()).map_err(|e| format!("unexpected limits: {}", reason(e)))?;
+    let value = |v: LimitValue| match v {
+        LimitValue::Unlimited => u64::MAX,
+        LimitValue::Value(v) => v,
+    };
+    let by_resource = [
+        (libc::RLIMIT_CPU, l.max_cpu_time),
+        (libc::RLIMIT_FSIZE, l.max_file_size),
+        (libc::RLIMIT_DATA, l.max_data_size),
+        (libc::RLIMIT_STACK, l.max_stack_size),
+        (libc::RLIMIT_CORE, l.max_core_file_size),
+        (libc::RLIMIT_RSS, l.max_resident_set),
+        (libc::RLIMIT_NPROC, l.max_processes),
+        (libc::RLIMIT_NOFILE, l.max_open_files),
+        (libc::RLIMIT_MEMLOCK, l.max_locked_memory),
+        (libc::RLIMIT_AS, l.max_address_space),
+        (libc::RLIMIT_LOCKS, l.max_file_locks),
+        (libc::RLIMIT_SIGPENDING, l.max_pending_signals),
+        (libc::RLIMIT_MSGQUEUE, l.max_msgqueue_size),
+        (libc::RLIMIT_NICE, l.max_nice_priority),
+        (libc::RLIMIT_RTPRIO, l.max_realtime_priority),
+        (libc::RLIMIT_RTTIME, l.max_realtime_timeout),
+    ];
+    Ok(by_resource
+        .into_iter()
+        .map(|(resource, lim)| Rlimit { resource, cur: value(lim.soft_limit), max: value(lim.hard_limit) })
+        .collect())
 }
 
 /// `pos` and `flags` (octal) of `/proc/PID/fdinfo/FD`.
@@ -247,37 +309,71 @@ VmFlags: rd wr mr mw me gd ac
         Ok(())
     }
 
-    #[test]
-    fn limits_and_status() -> Result<(), String> {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units
 Max cpu time              unlimited            unlimited            seconds
 Max file size             unlimited            unlimited            bytes
-Max nice priority         0                    0
+Max data size             unlimited            unlimited            bytes
+Max stack size            8388608              unlimited            bytes
+Max core file size        0                    unlimited            bytes
+Max resident set          unlimited            unlimited            bytes
+Max processes             96362                96362                processes
 Max open files            1024                 524288               files
+Max locked memory         8388608              8388608              bytes
+Max address space         unlimited            unlimited            bytes
+Max file locks            unlimited            unlimited            locks
+Max pending signals       96362                96362                signals
+Max msgqueue size         819200               819200               bytes
+Max nice priority         0                    0
+Max realtime priority     7                    9
+Max realtime timeout      unlimited            unlimited            us
 ";
-        let l = parse_limits(limits)?;
-        assert_eq!(l.len(), 4);
-        assert_eq!((l[3].resource, l[3].cur, l[3].max), (3, 1024, 524288));
-        assert_eq!(l[0].cur, u64::MAX);
-        let status = "Name:\tpython3\nUmask:\t0022\nNSpid:\t4242\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t0 10 \n\
-CapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n\
-CapAmb:\t0000000000000000\nNoNewPrivs:\t0\n";
-        let c = parse_creds(status)?;
+
+    const STATUS: &str = "Name:\tworker:1\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\n\
+Pid:\t4242\nPPid:\t4200\nTracerPid:\t0\nUid:\t0\t1\t2\t3\nGid:\t4\t5\t6\t7\nFDSize:\t64\nGroups:\t0 10 \n\
+NStgid:\t4242\t1\nNSpid:\t4242\t1\nNSpgid:\t4200\t9\nNSsid:\t4100\t8\nKthread:\t0\nThreads:\t1\nSigQ:\t0/96362\n\
+SigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n\
+SigCgt:\t0000000000004002\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n\
+CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
+
+    #[test]
+    fn limits_and_status() -> Result<(), String> {
+        let l = parse_limits(LIMITS)?;
+        assert_eq!(l.len(), 16);
+        assert!(l.iter().enumerate().all(|(i, r)| r.resource == i as u32));
+        let get = |r: u32| l.iter().find(|x| x.resource == r).map(|x| (x.cur, x.max));
+        assert_eq!(get(libc::RLIMIT_NOFILE), Some((1024, 524288)));
+        assert_eq!(get(libc::RLIMIT_CPU), Some((u64::MAX, u64::MAX)));
+        assert_eq!(get(libc::RLIMIT_RTPRIO), Some((7, 9)));
+        assert!(parse_limits("Limit  Soft Limit  Hard Limit  Units\nMax cpu time  1  1  seconds\n").is_err());
+        let c = creds(&parse_status(STATUS)?)?;
+        assert_eq!((c.uids, c.gids), ([0, 1, 2, 3], [4, 5, 6, 7]));
         assert_eq!(c.groups, vec![0, 10]);
         assert_eq!(c.cap_effective, 0x1ffffffffff);
-        assert_eq!(ns_value(status, "NSpid")?, 1);
-        assert_eq!(status_field(status, "Umask"), Some("0022"));
+        assert!(c.no_new_privs);
+        assert_eq!(ns_value(STATUS, "NSpid")?, 1);
+        assert_eq!(ns_value(STATUS, "NSpgid")?, 9);
+        assert_eq!(ns_value(STATUS, "NSsid")?, 8);
+        let st = parse_status(STATUS)?;
+        assert_eq!((st.ppid, st.umask, st.sigcgt), (4200, Some(0o22), 0x4002));
+        assert_eq!(status_field(STATUS, "Name"), Some("worker:1"));
+        let without_ambient = STATUS.replace("CapAmb:\t0000000000000000\n", "");
+        assert!(creds(&parse_status(&without_ambient)?).is_err());
+        assert!(parse_status(&STATUS.replace("Uid:\t0\t1\t2\t3", "Uid:\t0\t1")).is_err());
+        let bad_ppid = parse_status(&STATUS.replace("PPid:\t4200", "PPid:\tx")).err().unwrap_or_default();
+        assert!(bad_ppid.contains("PPid") && !bad_ppid.contains("bug"), "{bad_ppid}");
         assert_eq!(parse_fdinfo("pos:\t42\nflags:\t02102001\nmnt_id:\t30\n")?, (42, 0o2102001));
         Ok(())
     }
 
     #[test]
     fn stat() -> Result<(), String> {
-        let f = stat_fields("42 (a b) c) S 1 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 100 200 300")?;
-        assert_eq!(f[0], "S");
-        assert_eq!(stat_field(&f, 4)?, 1);
-        assert_eq!(stat_field(&f, 22)?, 100);
-        assert!(stat_field(&f, 60).is_err());
+        let line = "42 (a b) c) Z 1 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 100 200 300 \
+                    18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 256\n";
+        let st = parse_stat(line)?;
+        assert_eq!((st.pid, st.comm.as_str(), st.state, st.ppid), (42, "a b) c", 'Z', 1));
+        assert_eq!(st.exit_code, Some(256));
+        assert_eq!(parse_stat("42 (sh) S 1").err().as_deref(), Some("unexpected stat: a field is missing"));
+        assert_eq!(st.starttime, 100);
         Ok(())
     }
 }

@@ -114,10 +114,7 @@ pub fn freeze_settled(cgroup: &Cgroup) -> Result<(), EngineError> {
 
 /// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`).
 pub fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    crate::procfs::read_stat(pid).is_ok_and(|s| s.state == 'Z')
 }
 
 /// Wraps already stopped tasks of one process (e.g. a restore stub).

@@ -64,7 +64,7 @@ mod tree;
 use tree::moved_creators;
 pub(crate) use tree::{Ids, build_order, builders, check};
 
-use crate::error::{EngineError, read_proc};
+use crate::error::EngineError;
 use crate::inject::{Remote, Scratch, Task, open_mem};
 use crate::procfs;
 use crate::restore::clone3;
@@ -364,12 +364,8 @@ impl<'a> Forks<'a> {
 /// helper `what` that has exited, now has that parent.
 fn check_parents(what: &str, born: &[(i32, i32)]) -> Result<(), EngineError> {
     for &(child, want) in born {
-        let stat = read_proc(child, "stat")?;
-        let ppid = procfs::stat_fields(&stat)
-            .and_then(|f| procfs::stat_field(&f, 4))
-            .map_err(EngineError::proc(child, "stat"))?;
-        let status = read_proc(ppid as i32, "status")?;
-        let got = procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(ppid as i32, "status"))?;
+        let ppid = procfs::read_stat(child)?.ppid;
+        let got = procfs::ns_pid(ppid)?;
         if got != want {
             return Err(EngineError::Helper {
                 what: what.to_string(),

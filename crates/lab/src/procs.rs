@@ -20,6 +20,8 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
 use serde::Serialize;
 
 use crate::LabError;
@@ -85,14 +87,7 @@ pub(crate) fn pids_in_netns(inodes: &HashSet<u64>) -> Vec<i32> {
 
 /// Whether `pid` is a live process (not gone, not a zombie).
 pub(crate) fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S ...`: comm may hold spaces and parentheses, so find the last ')'.
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_of(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
 /// `/proc/PID/comm`, or `?`.
@@ -164,7 +159,7 @@ pub(crate) fn in_cgroup_tree(dir: &Path) -> Vec<Seen> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
-        .filter_map(|pid| Some((pid, stat_of(pid)?.start)))
+        .filter_map(|pid| Some((pid, stat_of(pid)?.starttime)))
         .collect();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -184,7 +179,7 @@ pub(crate) fn wait_gone(seen: &[Seen], timeout: Duration) -> Result<(), LabError
         let left: Vec<i32> = seen
             .iter()
             .filter(|&&(pid, start)| {
-                stat_of(pid).is_some_and(|s| s.start == start && !(s.state == 'Z' && s.ppid == me))
+                stat_of(pid).is_some_and(|s| s.starttime == start && !(s.state == 'Z' && s.ppid == me))
             })
             .map(|&(pid, _)| pid)
             .collect();
@@ -200,23 +195,9 @@ pub(crate) fn wait_gone(seen: &[Seen], timeout: Duration) -> Result<(), LabError
     }
 }
 
-/// What `wait_gone` reads of `/proc/PID/stat`: fields 3 (state), 4 (ppid), 22 (starttime).
-struct Stat {
-    state: char,
-    ppid: i32,
-    start: u64,
-}
-
 /// `/proc/PID/stat`, if the process exists (zombie or not).
 fn stat_of(pid: i32) -> Option<Stat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and ')', start at field 3.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(4 - 3)?.parse().ok()?,
-        start: fields.get(22 - 3)?.parse().ok()?,
-    })
+    Stat::from_file(format!("/proc/{pid}/stat")).ok()
 }
 
 /// The exclusive lock serializing `up` and `down` of one lab; released on drop.

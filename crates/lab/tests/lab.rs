@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use migrate_lab::{Lab, LabError, LabName, ProcessKind, down, exec, status, up};
 use migrate_net::{NetNs, run_in};
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
 
 macro_rules! require_root {
     () => {
@@ -62,8 +64,7 @@ fn assert_gone(name: &LabName) {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    Stat::from_file(format!("/proc/{pid}/stat")).is_ok_and(|s| s.state != 'Z')
 }
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

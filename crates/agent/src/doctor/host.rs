@@ -1,5 +1,8 @@
 //! The host itself: kernel release, vDSO, root and capabilities.
 
+use procfs_core::FromRead;
+use procfs_core::process::{MMapPath, MemoryMaps};
+
 use super::{Finding, Status};
 
 /// The kernel release and architecture (informational).
@@ -24,7 +27,7 @@ pub(super) fn kernel() -> Finding {
 /// Whether tasks have a vDSO: syscall injection steps over one of its `syscall`
 /// instructions instead of writing code into the task (design §3).
 pub(super) fn vdso() -> Finding {
-    let maps = match std::fs::read_to_string("/proc/self/maps") {
+    let maps = match MemoryMaps::from_file("/proc/self/maps") {
         Ok(m) => m,
         Err(e) => {
             return Finding::bad(
@@ -37,15 +40,12 @@ pub(super) fn vdso() -> Finding {
             );
         }
     };
-    let range = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| l.split_whitespace().next());
-    match range {
-        Some(range) => {
-            let size = range
-                .split_once('-')
-                .and_then(|(a, b)| Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?))
-                .map_or(String::new(), |s| format!(", {} KiB", s / 1024));
-            Finding::ok("vdso", "vDSO", format!("[vdso] mapped at {range}{size}"))
-        }
+    match maps.iter().find(|m| m.pathname == MMapPath::Vdso).map(|m| m.address) {
+        Some((start, end)) => Finding::ok(
+            "vdso",
+            "vDSO",
+            format!("[vdso] mapped at {start:x}-{end:x}, {} KiB", (end - start) / 1024),
+        ),
         None => Finding::bad(
             Status::Warn,
             "vdso",
@@ -100,14 +100,7 @@ const CAP_SYS_RESOURCE: u32 = 24;
 
 /// The effective capability set of this process (`CapEff` of `/proc/self/status`).
 pub(super) fn effective_caps() -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("read /proc/self/status: {e}"))?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .ok_or("no CapEff line in /proc/self/status")?
-        .trim();
-    u64::from_str_radix(hex, 16).map_err(|e| format!("CapEff {hex:?}: {e}"))
+    Ok(procfs_core::process::Status::from_file("/proc/self/status").map_err(|e| e.to_string())?.capeff)
 }
 
 fn has(caps: u64, bit: u32) -> bool {

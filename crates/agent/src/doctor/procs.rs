@@ -11,6 +11,8 @@ use migrate_sys::mem::{RemoteAddr, read_remote};
 use migrate_sys::pidfd::PidFd;
 use migrate_sys::process::Step;
 use migrate_sys::ptrace::Tracee;
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
 
 use super::{
     ChildGuard, Finding, Helper, PROBE_CLONE3_SET_TID, SET_TID_PROBE_PID, Status, spawn_sleeper, wait_timeout,
@@ -270,14 +272,9 @@ fn getfd_failed(detail: String) -> Finding {
 }
 
 fn vm_readv(pid: i32) -> Result<String, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
-    // Fields after the command name (which may hold spaces and parentheses); field 3 is
-    // the state, fields 48 and 49 are arg_start and arg_end (proc(5)).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    let (Some(start), Some(end)) = (field(48), field(49)) else {
+    let stat = Stat::from_file(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields 48 and 49 (proc(5), since Linux 3.5).
+    let (Some(start), Some(end)) = (stat.arg_start, stat.arg_end) else {
         return Err(format!("no arg_start/arg_end in /proc/{pid}/stat"));
     };
     let len = usize::try_from(end.saturating_sub(start)).unwrap_or(0).min(4096);

@@ -30,6 +30,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use migrate_proto::records::{FdKind, FdRecord, Inotify, InotifyWatch, MAX_WATCHES, MAX_WD};
+use procfs_core::FromRead;
+use procfs_core::process::MountInfos;
 
 use super::{Classified, FdSeen, install};
 use crate::error::EngineError;
@@ -73,22 +75,20 @@ fn parse_line(line: &str) -> Option<Line> {
 fn resolve(pid: i32, w: &Line) -> Result<String, String> {
     let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
     let mountinfo = crate::error::read_proc(pid, "mountinfo").map_err(|e| e.to_string())?;
+    let mounts = MountInfos::from_read(mountinfo.as_bytes())
+        .map_err(|e| format!("unexpected mountinfo: {}", crate::procfs::reason(e)))?;
     let root = format!("/proc/{pid}/root");
+    let dev = format!("{major}:{minor}");
     let mut deleted = false;
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let (Some(dev), Some(at)) = (f.get(2), f.get(4)) else { continue };
-        if *dev != format!("{major}:{minor}") {
-            continue;
-        }
-        // Mount points with mountinfo's escapes (\040 for a space) do not open: another
-        // mount of the device may serve. Directories only: opening anything else bind-
-        // mounted (a device, a FIFO) could block or act; open_by_handle_at needs an fd
-        // opened for real, not O_PATH.
+    for m in mounts.iter().filter(|m| m.majmin == dev) {
+        // Mount points with mountinfo's escapes (\040 for a space; procfs-core keeps
+        // them) do not open: another mount of the device may serve. Directories only:
+        // opening anything else bind-mounted (a device, a FIFO) could block or act;
+        // open_by_handle_at needs an fd opened for real, not O_PATH.
         let Ok(mount) = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(format!("{root}{at}"))
+            .open(format!("{root}{}", m.mount_point.display()))
         else {
             continue;
         };

@@ -44,20 +44,20 @@ const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 fn in_container(holder: i32, target: i32) -> Option<i32> {
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     let home = ns(holder)?;
-    let status = crate::error::read_proc(target, "status").ok()?;
-    let ns_pid = procfs::ns_value(&status, "NSpid").ok()?;
+    let status = procfs::read_status(target).ok()?;
+    let ns_pid = procfs::innermost(&status.nspid, "NSpid").ok()?;
     // From its process: a thread's PPid is its process's parent.
-    let mut cur: i32 = procfs::status_field(&status, "Tgid")?.parse().ok()?;
+    let mut cur = status.tgid;
     // A tree is at most PID_MAX deep; a loop would mean a /proc that changes under us.
     for _ in 0..migrate_proto::validate::PID_MAX {
         if ns(cur).as_ref() != Some(&home) {
             return None;
         }
-        let status = crate::error::read_proc(cur, "status").ok()?;
-        if procfs::ns_value(&status, "NSpid").ok()? == 1 {
+        let status = procfs::read_status(cur).ok()?;
+        if procfs::innermost(&status.nspid, "NSpid").ok()? == 1 {
             return Some(ns_pid);
         }
-        cur = procfs::status_field(&status, "PPid")?.parse().ok()?;
+        cur = status.ppid;
     }
     None
 }

@@ -64,6 +64,8 @@ use migrate_proto::records::{
     MAX_SEMS, MsgQueue, ObjectKind, ObjectRecord, SemSet, ShmSegment, SysvMessage, Vma, VmaBacking,
 };
 use migrate_sys::ipc;
+use procfs_core::FromRead;
+use procfs_core::process::MemoryMaps;
 
 use crate::error::{EngineError, io_err};
 use crate::inject::Remote;
@@ -241,15 +243,17 @@ fn open_segment(id: i32) -> Result<File, EngineError> {
 /// Opens our own attachment at `at` through `/proc/self/map_files` (root may): a file
 /// of the segment's shmem, which outlives the attachment.
 fn open_attachment(at: usize, writable: bool) -> Result<File, EngineError> {
-    let maps =
-        std::fs::read_to_string("/proc/thread-self/maps").map_err(io_err("read", "/proc/self/maps"))?;
-    let range = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|r| r.split('-').next().and_then(|s| usize::from_str_radix(s, 16).ok()) == Some(at))
-        .ok_or_else(|| EngineError::Changed(format!("the attachment at {at:#x} is not in our maps")))?
-        .to_string();
-    let path = format!("/proc/self/map_files/{range}");
+    const MAPS: &str = "/proc/thread-self/maps";
+    let text = std::fs::read_to_string(MAPS).map_err(io_err("read", MAPS))?;
+    let maps = MemoryMaps::from_read(text.as_bytes())
+        .map_err(|e| crate::procfs::unparsable(MAPS)(crate::procfs::reason(e)))?;
+    let (start, end) = maps
+        .iter()
+        .map(|m| m.address)
+        .find(|&(start, _)| start == at as u64)
+        .ok_or_else(|| EngineError::Changed(format!("the attachment at {at:#x} is not in our maps")))?;
+    // map_files names a mapping `%lx-%lx`, without the padding of maps.
+    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
     std::fs::OpenOptions::new().read(true).write(writable).open(&path).map_err(io_err("open", &path))
 }
 
@@ -257,7 +261,8 @@ fn sys_err(op: &'static str, id: i32) -> impl Fn(std::io::Error) -> EngineError 
     move |source| EngineError::Io { op, path: format!("System V IPC object {id}").into(), source }
 }
 
-/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words; more
+/// The rows of `/proc/sysvipc/NAME` of this thread's namespace, split into words (one
+/// reader for `msg`, `sem` and `shm`: procfs-core parses only `shm`); more
 /// objects than an image may hold (`kernel.*mni` may reach 16M with `ipcmni_extend`)
 /// are refused.
 fn table(name: &str) -> Result<Vec<Vec<String>>, EngineError> {

@@ -316,14 +316,7 @@ fn as_ids<T>(
     f: impl FnOnce(&mut Remote<'_>) -> Result<T, EngineError>,
 ) -> Result<T, EngineError> {
     let Some(want) = want else { return f(remote) };
-    let groups = |pid: i32| -> Result<Vec<u32>, EngineError> {
-        let status = crate::error::read_proc(pid, "status")?;
-        Ok(crate::procfs::status_field(&status, "Groups")
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect())
-    };
+    let groups = |pid: i32| -> Result<Vec<u32>, EngineError> { Ok(crate::procfs::read_status(pid)?.groups) };
     let had = groups(remote.pid)?;
     let set_groups = |r: &mut Remote<'_>, list: &[u32]| -> Result<(), EngineError> {
         if list.len() > migrate_proto::records::unix::MAX_GROUPS {

@@ -94,7 +94,7 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
             reason: e.to_string(),
         })?;
         let Some(cred) = cred else { continue };
-        let made = ns_pid(by);
+        let made = crate::procfs::ns_pid(by).ok();
         if cred.pid != 0 && Some(cred.pid) != made {
             refusals.push(format!(
                 "{} fd {fd} is a unix socket (socket:[{ino}]) whose connection PID {} made (its SO_PEERCRED); a restore would make it in {}: not supported yet",
@@ -105,8 +105,4 @@ pub fn check(pids: &[i32], table: &Table, refusals: &mut Refusals) -> Result<(),
         }
     }
     Ok(())
-}
-
-fn ns_pid(host: i32) -> Option<i32> {
-    crate::error::read_proc(host, "status").ok().and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
 }

@@ -271,10 +271,7 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
     let owner = match migrate_sys::unix::owner(fd).map_err(|e| err("F_GETOWN", e))? {
         0 => 0,
         host => {
-            let ns = crate::error::read_proc(host.abs(), "status")
-                .ok()
-                .and_then(|st| crate::procfs::ns_value(&st, "NSpid").ok())
-                .filter(|_| same_pid_ns(seen.pid, host.abs()));
+            let ns = crate::procfs::ns_pid(host.abs()).ok().filter(|_| same_pid_ns(seen.pid, host.abs()));
             match ns {
                 Some(ns) => ns * host.signum(),
                 None => {
