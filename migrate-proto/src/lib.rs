@@ -49,7 +49,7 @@ pub use validate::{check_batch, validate_process, validate_tree};
 /// Independent of the crate's version: it changes when, and only when, the bytes change. A
 /// reader refuses an image whose version is not its own, with a message that says which side
 /// to upgrade.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The page size of every address and length in the format (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
