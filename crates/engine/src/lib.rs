@@ -18,6 +18,7 @@ mod dump;
 pub mod error;
 pub mod files;
 pub mod host;
+mod hostfs;
 pub mod image;
 mod inject;
 mod memory;
@@ -36,7 +37,7 @@ pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;
 pub use files::ExternalPipe;
 pub use image::{Image, open as open_image, open_for_restore};
-pub use restore::{RestoreReport, restore};
+pub use restore::{RestoreReport, check_records, restore};
 
 /// What a long operation is doing, for progress bars.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

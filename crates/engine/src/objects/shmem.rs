@@ -22,6 +22,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use migrate_proto::records::{ObjectKind, ObjectRecord};
 
 use crate::error::{EngineError, io_err};
+use crate::hostfs::{Created, Dir};
 use crate::inject::Remote;
 
 /// `F_SEAL_SEAL`: no more seals; a memfd made without `MFD_ALLOW_SEALING` has just this.
@@ -120,6 +121,13 @@ fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<ObjectKind, EngineE
             if md.is_dir() { "directory" } else { "special file" }
         )));
     }
+    // `path` is a magic link of its process: `/proc/PID/fd/N` or `/proc/PID/map_files/…`.
+    let pid = path
+        .split('/')
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| EngineError::Unsupported(format!("{path}: not a link under /proc/PID")))?;
+    crate::hostfs::check_deleted(pid, path, shown)?;
     Ok(ObjectKind::Deleted {
         path: shown.to_string(),
         mode: md.mode() & 0o7777,
@@ -145,6 +153,7 @@ pub fn create(
     pid_ns: i32,
     rec: &ObjectRecord,
     base: u64,
+    created: &mut Created,
 ) -> Result<(u64, Live), EngineError> {
     let (id, host) = (rec.id, remote.pid);
     let fd = match &rec.kind {
@@ -194,32 +203,47 @@ pub fn create(
         }
         ObjectKind::Deleted { path, mode, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
-            // If that name is taken again, beside it.
-            let flags = (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC) as u64;
+            // If that name is taken again, beside it. Made in its directory as this
+            // process opens it (its own view), once the engine has checked that a restore
+            // may create files there (`hostfs`).
+            let (parent, name) = crate::hostfs::split(path)?;
+            let p = remote.path(0, parent)?;
+            let dflags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+            let dfd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, dflags, 0], || {
+                format!("open {parent}, the directory of deleted file {path}")
+            })?;
+            let copy = crate::files::take(host, dfd as i32)?;
+            let flags =
+                (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
             let mut made = None;
-            for name in [path.clone(), format!("{path}.migrate-deleted-{id}")] {
-                let p = remote.path(0, &name)?;
-                match remote
-                    .syscall(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, flags, u64::from(*mode)])?
-                {
+            for name in [name.to_string(), format!("{name}.migrate-deleted-{id}")] {
+                let dir =
+                    Dir { fd: copy.try_clone().map_err(io_err("dup", parent))?, path: path.clone(), name };
+                dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+                let p = remote.path(0, &dir.name)?;
+                match remote.syscall(libc::SYS_openat, &[dfd, p, flags, u64::from(*mode)])? {
                     Ok(fd) => {
-                        made = Some((fd, p));
+                        created.add(&dir)?;
+                        made = Some((fd, dir));
                         break;
                     }
                     Err(nix::errno::Errno::EEXIST) => continue,
                     Err(errno) => {
                         return Err(EngineError::Injected {
                             pid: host,
-                            call: format!("create {name} (a file deleted while open)"),
+                            call: format!("create {}/{} (a file deleted while open)", parent, dir.name),
                             errno,
                         });
                     }
                 }
             }
-            let (fd, p) = made.ok_or_else(|| {
+            let (fd, dir) = made.ok_or_else(|| {
                 EngineError::Incompatible(format!("cannot recreate deleted file {path}: its names are taken"))
             })?;
-            remote.call(libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || format!("unlink {path}"))?;
+            let p = remote.path(0, &dir.name)?;
+            remote.call(libc::SYS_unlinkat, &[dfd, p, 0], || format!("unlink {path}"))?;
+            created.forget(&dir);
+            remote.call(libc::SYS_close, &[dfd], || "close".into())?;
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
             fd
         }
