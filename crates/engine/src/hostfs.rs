@@ -80,11 +80,7 @@ impl Dir {
     /// /etc/x"). `pid` is a process of the container (for its tmpfs mounts).
     pub(crate) fn check(&self, pid: i32, what: &str) -> Result<(), EngineError> {
         allowed(pid, &self.fd).map_err(|shown| {
-            EngineError::Incompatible(format!(
-                "{what} cannot be created: it would be in {shown}, and a restore creates files only in the \
-                 container's /run and /dev/shm or under /tmp and /var/tmp (lab containers share the host's \
-                 filesystem)"
-            ))
+            EngineError::Incompatible(format!("{what} cannot be created: it would be in {shown}, and {RULE}"))
         })
     }
 }
@@ -123,20 +119,24 @@ fn allowed(pid: i32, dir: &OwnedFd) -> Result<(), String> {
     if HOST_TMP.iter().any(|t| under(t)) { Ok(()) } else { Err(shown) }
 }
 
+/// At checkpoint, for a file the restore will make at `path` in `pid`'s view: why it may
+/// not (the directory is gone, or where it is on the host), if it may not.
+pub(crate) fn may_create(pid: i32, path: &str) -> Result<(), String> {
+    // A directory that is gone would fail the restore: refused as well.
+    let dir = Dir::in_root(pid, path).map_err(|e| format!("its directory cannot be opened ({e})"))?;
+    allowed(pid, &dir.fd).map_err(|at| format!("it is in {at}"))
+}
+
+/// The end of a refusal of a file the restore would have to make (see [`may_create`]).
+pub(crate) const RULE: &str = "a restore creates files only in the container's /run and /dev/shm or under /tmp \
+     and /var/tmp (lab containers share the host's filesystem)";
+
 /// At checkpoint: a file deleted while open, which `pid` holds through the magic link
 /// `link`, is made again by the restore at its path `shown`: refuses it unless that is
 /// allowed (see the module's doc).
 pub(crate) fn check_deleted(pid: i32, link: &str, shown: &str) -> Result<(), EngineError> {
-    // Its directory may be gone too: the restore would fail, so refuse that as well.
-    let dir = Dir::in_root(pid, shown).map_err(|e| {
-        EngineError::Unsupported(format!("{link} is the deleted file {shown}, whose directory is gone: {e}"))
-    })?;
-    allowed(pid, &dir.fd).map_err(|at| {
-        EngineError::Unsupported(format!(
-            "{link} is the deleted file {shown}, in {at}: a restore makes it again, and creates files only in \
-             the container's /run and /dev/shm or under /tmp and /var/tmp (lab containers share the host's \
-             filesystem)"
-        ))
+    may_create(pid, shown).map_err(|why| {
+        EngineError::Unsupported(format!("{link} is the deleted file {shown}; {why}, and {RULE}"))
     })
 }
 
