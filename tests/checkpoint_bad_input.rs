@@ -45,6 +45,8 @@ elif kind == 'made':
     d = sys.argv[2]; f = os.path.join(d, 'fifo'); os.mkfifo(f); held.append(os.open(f, os.O_RDWR))
     g = open(os.path.join(d, 'gone'), 'w+'); g.write('kept'); g.flush(); os.unlink(g.name); held.append(g)
     u = socket.socket(socket.AF_UNIX); u.bind(os.path.join(d, 'sock')); u.listen(1); held.append(u)
+elif kind == 'bound':
+    u = socket.socket(socket.AF_UNIX); u.bind(os.path.join(sys.argv[2], 'bound')); u.listen(1); held.append(u)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print(f'child {c.pid}', flush=True)
 elif kind == 'several':
@@ -823,5 +825,41 @@ fn a_restore_creates_files_only_where_it_may_and_removes_them_when_it_fails() ->
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&[])?;
+    Ok(())
+}
+
+/// A file deleted while open and a socket bound in a host directory outside `/tmp` and
+/// `/var/tmp`: a restore would have to make them there, so the checkpoint refuses both,
+/// naming them and where they are, and the container runs on.
+#[test]
+fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() -> anyhow::Result<()> {
+    let img = TempDir::new("outside")?;
+    // Removed at the end (and by a rerun): a directory of the host's own, not under /tmp.
+    let work = std::path::PathBuf::from(format!("/var/lib/migrate-test-outside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let lab = TestLab::up(1)?;
+    let shown = work.to_string_lossy().into_owned();
+    let run = || -> anyhow::Result<Vec<String>> {
+        start(&lab, "host-a", "out1", &ticker(&["made", &shown]))?;
+        start(&lab, "host-a", "out2", &ticker(&["bound", &shown]))?;
+        let rule = "lab containers share the host's filesystem".to_string();
+        let deleted = [
+            "PID 1 (python3, host pid".to_string(),
+            format!("holds the deleted file {shown}/gone (through /proc/"),
+            format!("; it is in {shown}, and"),
+            rule.clone(),
+        ];
+        let bound =
+            [format!("bound to {shown}/bound, whose node a restore makes again; it is in {shown}"), rule];
+        let mut problems = refuses_checkpoint(&lab, &img, "out1", &deleted, &[]);
+        problems.extend(refuses_checkpoint(&lab, &img, "out2", &bound, &[]));
+        Ok(problems)
+    };
+    let problems = run();
+    let _ = std::fs::remove_dir_all(&work);
+    let problems = problems?;
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["out1", "out2"])?;
     Ok(())
 }

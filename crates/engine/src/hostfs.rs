@@ -136,7 +136,10 @@ pub(crate) const RULE: &str = "a restore creates files only in the container's /
 /// allowed (see the module's doc).
 pub(crate) fn check_deleted(pid: i32, link: &str, shown: &str) -> Result<(), EngineError> {
     may_create(pid, shown).map_err(|why| {
-        EngineError::Unsupported(format!("{link} is the deleted file {shown}; {why}, and {RULE}"))
+        EngineError::Unsupported(format!(
+            "{} holds the deleted file {shown} (through {link}); {why}, and {RULE}",
+            crate::files::describe_process(pid)
+        ))
     })
 }
 
