@@ -212,14 +212,15 @@ pub fn create(
             let dfd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, dflags, 0], || {
                 format!("open {parent}, the directory of deleted file {path}")
             })?;
-            let copy = crate::files::take(host, dfd as i32)?;
+            let parent_dir =
+                Dir { fd: crate::files::take(host, dfd as i32)?, path: path.clone(), name: name.into() };
+            parent_dir.check(host, &format!("the deleted file {path} (object {id})"))?;
             let flags =
                 (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
             let mut made = None;
             for name in [name.to_string(), format!("{name}.migrate-deleted-{id}")] {
-                let dir =
-                    Dir { fd: copy.try_clone().map_err(io_err("dup", parent))?, path: path.clone(), name };
-                dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+                let fd = parent_dir.fd.try_clone().map_err(io_err("dup", parent))?;
+                let dir = Dir { fd, path: path.clone(), name };
                 let p = remote.path(0, &dir.name)?;
                 match remote.syscall(libc::SYS_openat, &[dfd, p, flags, u64::from(*mode)])? {
                     Ok(fd) => {
