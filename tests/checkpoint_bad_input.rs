@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use migrate_proto::frame::{Frame, RecordReader, RecordWriter};
+use migrate_proto::records::{ObjectKind, ProcessRecord};
 use migrate_proto::{decode_manifest, digest_reader, encode_manifest};
 use support::{TempDir, TestLab, wait_until};
 
@@ -39,6 +40,13 @@ elif kind == 'io_uring':
     print(f'fd {ctypes.CDLL(None).syscall(425, 4, ctypes.create_string_buffer(120))}', flush=True)
 elif kind == 'deleted-dir':
     p = sys.argv[2]; os.mkdir(p); fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY); os.rmdir(p); print('fd', fd, flush=True)
+elif kind == 'made':
+    # What a restore creates on the host: a FIFO, a file deleted while open, a socket node.
+    d = sys.argv[2]; f = os.path.join(d, 'fifo'); os.mkfifo(f); held.append(os.open(f, os.O_RDWR))
+    g = open(os.path.join(d, 'gone'), 'w+'); g.write('kept'); g.flush(); os.unlink(g.name); held.append(g)
+    u = socket.socket(socket.AF_UNIX); u.bind(os.path.join(d, 'sock')); u.listen(1); held.append(u)
+elif kind == 'bound':
+    u = socket.socket(socket.AF_UNIX); u.bind(os.path.join(sys.argv[2], 'bound')); u.listen(1); held.append(u)
 elif kind == 'child':
     import subprocess; c = subprocess.Popen(['sleep', '100000']); print(f'child {c.pid}', flush=True)
 elif kind == 'several':
@@ -718,5 +726,140 @@ fn a_working_directory_gone_since_the_checkpoint_is_named_at_restore() -> anyhow
     let problems = refused(&lab, "a cwd gone", &dir, &[want.as_str()], &[], false);
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&[])?;
+    Ok(())
+}
+
+/// Applies `change` to every process record of the image in `dir` and makes every digest
+/// match again; returns what `change` counted.
+fn forge(dir: &Path, mut change: impl FnMut(&mut ProcessRecord) -> usize) -> anyhow::Result<usize> {
+    let bytes = std::fs::read(dir.join("process.img"))?;
+    let mut reader = RecordReader::new(&bytes[..]);
+    let mut writer = RecordWriter::new(Vec::new());
+    let mut n = 0;
+    while let Some(frame) = reader.next()? {
+        let Frame::Process(mut rec) = frame else { anyhow::bail!("process.img holds pages") };
+        n += change(&mut rec);
+        writer.process(&rec)?;
+    }
+    replace_file(dir, "process.img", &writer.finish()?.0)?;
+    Ok(n)
+}
+
+/// Lab containers share the host's filesystem, so an image's paths are host paths: a
+/// forged image cannot make a restore create a FIFO in `/etc` or re-create a deleted file
+/// in `/root` (refused, naming it, nothing created); and a restore that fails late (a
+/// batch of pages missing, found once every process is built) removes the FIFO and the
+/// socket node it made.
+#[test]
+fn a_restore_creates_files_only_where_it_may_and_removes_them_when_it_fails() -> anyhow::Result<()> {
+    let img = TempDir::new("hostile")?;
+    let work = TempDir::new("hostile-work")?;
+    let lab = TestLab::up(2)?;
+    start(&lab, "host-a", "src", &ticker(&["made", &work.path.to_string_lossy()]))?;
+    let good = img.path.join("good");
+    lab.ok(&["checkpoint", "src", "--dir", &good.to_string_lossy()])?;
+    let inspect = lab.ok(&["inspect", &good.to_string_lossy()])?;
+    ensure!(inspect.contains("lab containers share the host's filesystem"), "{inspect}");
+    let tag = std::process::id();
+    let (fifo, file) = (format!("/etc/migrate-hostile-{tag}"), format!("/root/migrate-hostile-{tag}"));
+    let mut problems = Vec::new();
+
+    let dir = img.path.join("fifo");
+    copy_image(&good, &dir)?;
+    let forged = forge(&dir, |rec| {
+        rec.pipes.iter_mut().filter_map(|p| p.fifo.as_mut()).map(|f| f.path = fifo.clone()).count()
+    })?;
+    ensure!(forged == 1, "the image holds {forged} FIFOs, not 1");
+    let want = format!("the FIFO {fifo} cannot be created: it would be in /etc");
+    problems.extend(refused(
+        &lab,
+        "a FIFO in /etc",
+        &dir,
+        &[&want, "share the host's filesystem"],
+        &[],
+        false,
+    ));
+
+    let dir = img.path.join("deleted");
+    copy_image(&good, &dir)?;
+    let forged = forge(&dir, |rec| {
+        let mut n = 0;
+        for o in &mut rec.objects {
+            if let ObjectKind::Deleted { path, .. } = &mut o.kind {
+                *path = file.clone();
+                n += 1;
+            }
+        }
+        n
+    })?;
+    ensure!(forged == 1, "the image holds {forged} deleted files, not 1");
+    let want = format!("the deleted file {file} (object 1) cannot be created: it would be in /root");
+    problems.extend(refused(&lab, "a deleted file in /root", &dir, &[&want], &[], false));
+    for p in [&fifo, &file] {
+        if Path::new(p).exists() {
+            problems.push(format!("a refused restore created {p}"));
+        }
+    }
+
+    // The FIFO is gone, so the restore makes it; the socket's stale node is made anew.
+    let dir = img.path.join("late");
+    copy_image(&good, &dir)?;
+    std::fs::remove_file(work.path.join("fifo"))?;
+    let bytes = std::fs::read(dir.join("pages.img"))?;
+    let mut reader = RecordReader::new(&bytes[..]);
+    let mut writer = RecordWriter::new(Vec::new());
+    let mut kept = 0;
+    while let Some(frame) = reader.next()? {
+        let Frame::Pages(batch) = frame else { anyhow::bail!("pages.img holds a process record") };
+        if kept != 1 {
+            writer.pages(&batch)?;
+        }
+        kept += 1;
+    }
+    ensure!(kept > 1, "the image has fewer than two batches of pages");
+    replace_file(&dir, "pages.img", &writer.finish()?.0)?;
+    problems.extend(refused(&lab, "a late failure", &dir, &["the manifest counts"], &[], false));
+    let left: Vec<_> = std::fs::read_dir(&work.path)?.flatten().map(|e| e.file_name()).collect();
+    if !left.is_empty() {
+        problems.push(format!("the failed restore left {left:?} in {}", work.path.display()));
+    }
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&[])?;
+    Ok(())
+}
+
+/// A file deleted while open and a socket bound in a host directory outside `/tmp` and
+/// `/var/tmp`: a restore would have to make them there, so the checkpoint refuses both,
+/// naming them and where they are, and the container runs on.
+#[test]
+fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() -> anyhow::Result<()> {
+    let img = TempDir::new("outside")?;
+    // Removed at the end (and by a rerun): a directory of the host's own, not under /tmp.
+    let work = std::path::PathBuf::from(format!("/var/lib/migrate-test-outside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let lab = TestLab::up(1)?;
+    let shown = work.to_string_lossy().into_owned();
+    let run = || -> anyhow::Result<Vec<String>> {
+        start(&lab, "host-a", "out1", &ticker(&["made", &shown]))?;
+        start(&lab, "host-a", "out2", &ticker(&["bound", &shown]))?;
+        let rule = "lab containers share the host's filesystem".to_string();
+        let deleted = [
+            "PID 1 (python3, host pid".to_string(),
+            format!("holds the deleted file {shown}/gone (through /proc/"),
+            format!("; it is in {shown}, and"),
+            rule.clone(),
+        ];
+        let bound =
+            [format!("bound to {shown}/bound, whose node a restore makes again; it is in {shown}"), rule];
+        let mut problems = refuses_checkpoint(&lab, &img, "out1", &deleted, &[]);
+        problems.extend(refuses_checkpoint(&lab, &img, "out2", &bound, &[]));
+        Ok(problems)
+    };
+    let problems = run();
+    let _ = std::fs::remove_dir_all(&work);
+    let problems = problems?;
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    lab.down_expecting(&["out1", "out2"])?;
     Ok(())
 }

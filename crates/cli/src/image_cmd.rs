@@ -240,6 +240,11 @@ pub fn inspect(dir: &Path, hexdump: Option<&str>, pid: Option<i32>, json: bool) 
         crate::output::ago(m.container.created_ms)
     );
     println!("  command   {}", crate::output::command_cell(&m.container.cmd, usize::MAX));
+    // Its paths are host paths: what a restore may create where is in engine/src/hostfs.rs.
+    println!(
+        "  paths     host paths: lab containers share the host's filesystem (a restore creates files only in \
+         the container's /run and /dev/shm and under /tmp and /var/tmp)"
+    );
     println!(
         "  kernel    {} {} ({}), vDSO {}",
         m.kernel.release, m.kernel.machine, m.kernel.version, m.kernel.vdso_digest

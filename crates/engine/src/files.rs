@@ -438,6 +438,9 @@ pub struct FdWorld {
     pub epoll_done: HashSet<(u64, usize)>,
     /// The image's unix sockets, and those made so far.
     pub unix: crate::objects::unix::World,
+    /// Files made on the filesystem (FIFOs, socket nodes, deleted files while they have a
+    /// name): removed again if the restore fails.
+    pub(crate) created: crate::hostfs::Created,
 }
 
 impl FdWorld {
@@ -688,7 +691,15 @@ fn make_pipe(
         .cloned()
         .ok_or_else(|| EngineError::Incompatible(format!("pipe:[{inode}] has no record")))?;
     if let Some(fifo) = &rec.fifo {
-        let spare = crate::objects::fifo::make(remote, pid_ns, &rec, fifo, base, &mut world.spares)?;
+        let spare = crate::objects::fifo::make(
+            remote,
+            pid_ns,
+            &rec,
+            fifo,
+            base,
+            &mut world.spares,
+            &mut world.created,
+        )?;
         return Ok((pid_ns, spare, spare));
     }
     remote.call(libc::SYS_pipe2, &[remote.scratch.addr, libc::O_CLOEXEC as u64], || "pipe2".into())?;

@@ -22,6 +22,7 @@ pub mod error;
 pub mod failpoints;
 pub mod files;
 pub mod host;
+mod hostfs;
 pub mod image;
 mod inject;
 pub mod journal;
@@ -43,7 +44,7 @@ pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;
 pub use files::ExternalPipe;
 pub use image::{Image, open as open_image, open_for_restore};
-pub use restore::{RestoreReport, restore};
+pub use restore::{RestoreReport, check_records, restore};
 
 /// What a long operation is doing, for progress bars.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

@@ -91,15 +91,7 @@ pub fn restore(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
-    let root = img
-        .processes
-        .iter()
-        .find(|p| p.pid == 1)
-        .ok_or_else(|| EngineError::Incompatible("the image has no PID 1".into()))?;
-    if root.zombie.is_some() {
-        return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
-    }
-    let sessions = Sessions::check(&img.processes)?;
+    let Plan { root, sessions, park } = plan(&img.processes)?;
     host::check_compatible(&img.manifest)?;
     crate::attrs::check_audit(stub, &img.processes)?;
     progress(Progress::Phase("seize"));
@@ -111,9 +103,6 @@ pub fn restore(
     let mut s = seize::take(stub, vec![Task::new(stub, tracee)?])?.kill_on_drop();
     failpoints::hit(Failpoint::RestoreStubSeized)?;
     check_cpu(&mut s, root, stub)?;
-    let all_vmas: Vec<_> = img.processes.iter().flat_map(|p| p.vmas.iter().cloned()).collect();
-    let park = mm::find_gap(&all_vmas, 32 << 20)
-        .ok_or_else(|| EngineError::Incompatible("no free address range for the scratch page".into()))?;
     let mut world = FdWorld::default();
     for p in &img.processes {
         world.records.extend(p.pipes.iter().map(|r| (r.inode, r.clone())));
@@ -207,6 +196,8 @@ pub fn restore(
         }
     }
     resume(ctx.built, cgroup)?;
+    // Everything runs: what the restore made on the filesystem stays.
+    ctx.world.created.keep();
     ctx.warnings.iter().for_each(|w| tracing::warn!("{w}"));
     Ok(RestoreReport {
         total_ms: t0.elapsed().as_millis() as u64,
@@ -216,6 +207,36 @@ pub fn restore(
         processes,
         warnings: ctx.warnings,
     })
+}
+
+/// What a restore decides from the image's records alone, before it touches anything.
+struct Plan<'a> {
+    root: &'a ProcessRecord,
+    sessions: Sessions,
+    /// See [`Ctx::park`].
+    park: u64,
+}
+
+/// The checks a restore makes on the records alone, after `validate_tree`: a live PID 1,
+/// sessions and groups it can rebuild, room for the scratch page. Pure (no process is
+/// touched), so that the fuzzer (`migrate-proto/fuzz`, target `tree`) runs exactly them.
+pub fn check_records(processes: &[ProcessRecord]) -> Result<(), EngineError> {
+    plan(processes).map(drop)
+}
+
+fn plan(processes: &[ProcessRecord]) -> Result<Plan<'_>, EngineError> {
+    let root = processes
+        .iter()
+        .find(|p| p.pid == 1)
+        .ok_or_else(|| EngineError::Incompatible("the image has no PID 1".into()))?;
+    if root.zombie.is_some() {
+        return Err(EngineError::Incompatible("the image's PID 1 is a zombie".into()));
+    }
+    let sessions = Sessions::check(processes)?;
+    let all_vmas: Vec<_> = processes.iter().flat_map(|p| p.vmas.iter().cloned()).collect();
+    let park = mm::find_gap(&all_vmas, 32 << 20)
+        .ok_or_else(|| EngineError::Incompatible("no free address range for the scratch page".into()))?;
+    Ok(Plan { root, sessions, park })
 }
 
 /// Every process's working directory must be there (in the container's view: the tmpfs
@@ -283,7 +304,7 @@ fn build(
     for o in
         rec.objects.iter().filter(|o| !matches!(o.kind, migrate_proto::records::ObjectKind::SysvShm { .. }))
     {
-        let (anchor, live) = objects::shmem::create(&mut remote, rec.pid, o, base)?;
+        let (anchor, live) = objects::shmem::create(&mut remote, rec.pid, o, base, &mut ctx.world.created)?;
         ctx.world.spares.push((rec.pid, anchor));
         ctx.world.objects.insert(o.id, live);
     }

@@ -9,7 +9,7 @@ use super::{XorShift, batch, manifest, process};
 use crate::frame::RecordReader;
 use crate::manifest::{decode_manifest, encode_manifest};
 use crate::pages::{BatchHeader, PageBatch, PageCodec};
-use crate::validate::{check_batch, validate_process};
+use crate::validate::{check_batch, validate_process, validate_tree};
 use crate::{Frame, RecordWriter};
 
 const ITERATIONS: u64 = 6000;
@@ -21,7 +21,7 @@ fn feed(bytes: &[u8], codec: &mut PageCodec) -> u32 {
     let mut processes = Vec::new();
     for _ in 0..64 {
         match reader.next() {
-            Ok(Some(Frame::Process(p))) => processes.push(p),
+            Ok(Some(Frame::Process(p))) => processes.push(*p),
             Ok(Some(Frame::Pages(b))) => {
                 for p in &processes {
                     let _ = check_batch(&b, p);
@@ -29,6 +29,8 @@ fn feed(bytes: &[u8], codec: &mut PageCodec) -> u32 {
             }
             Ok(None) => {
                 accepted += 1;
+                // What the restore checks next, on the whole tree (fuzz target `tree`).
+                let _ = validate_tree(&processes);
                 break;
             }
             Err(e) => {

@@ -19,7 +19,8 @@
 //!
 //! Restore: the first process that needs the FIFO makes sure it exists at its path in its
 //! own view (a FIFO in `/run` or `/dev/shm` was already recreated from the image's tmpfs
-//! entries; one on a host path may have gone: it is created with its mode), then opens it
+//! entries; one on a host path may have gone: it is created with its mode, only where
+//! [`crate::hostfs`] allows, and removed again if the restore fails), then opens it
 //! `O_RDWR` at a spare fd ([`make`]). On Linux that open never blocks (fifo(7)), and that
 //! one description is both reader and writer, so the FIFO's buffer lives (sized and filled
 //! through it) until the restore ends and the spares are closed, and every end can be
@@ -37,6 +38,7 @@ use nix::errno::Errno;
 
 use crate::error::{EngineError, io_err};
 use crate::files::describe_process;
+use crate::hostfs::{Created, Dir};
 use crate::inject::Remote;
 use crate::objects::shmem::timespec;
 
@@ -150,7 +152,8 @@ pub fn reader(pid: i32, fd: i32) -> Result<OwnedFd, EngineError> {
 }
 
 /// Makes the FIFO of `rec` ready in the process `remote` (`pid_ns` in the container):
-/// there at its path, created with its mode if gone; open read-write at a spare fd above
+/// there at its path, created with its mode if gone (only where a restore may create
+/// files, and recorded in `created`: see [`crate::hostfs`]); open read-write at a spare fd above
 /// `base` (pushed to `spares`, closed when the restore ends); sized and filled with its
 /// bytes. Returns the spare.
 pub fn make(
@@ -160,6 +163,7 @@ pub fn make(
     fifo: &Fifo,
     base: u64,
     spares: &mut Vec<(i32, u64)>,
+    created: &mut Created,
 ) -> Result<u64, EngineError> {
     let (path, host) = (fifo.path.as_str(), remote.pid);
     let at = remote.path(0, path)?;
@@ -177,15 +181,22 @@ pub fn make(
             }
         }
         Err(Errno::ENOENT) => {
-            remote.call(
-                libc::SYS_mknodat,
-                &[libc::AT_FDCWD as u64, at, u64::from(libc::S_IFIFO | fifo.mode), 0],
-                || format!("mknodat({path}, S_IFIFO | {:o})", fifo.mode),
-            )?;
+            // Made by the engine in the directory it checked, not by path in the process.
+            let dir = Dir::in_root(host, path)?;
+            dir.check(host, &format!("the FIFO {path}"))?;
+            let io = |op, e: Errno| EngineError::Io { op, path: path.into(), source: e.into() };
+            let perm = nix::sys::stat::Mode::from_bits_truncate(fifo.mode);
+            nix::sys::stat::mknodat(&dir.fd, dir.name.as_str(), nix::sys::stat::SFlag::S_IFIFO, perm, 0)
+                .map_err(|e| io("mknod", e))?;
+            created.add(&dir)?;
             // mknodat applied the umask.
-            remote.call(libc::SYS_fchmodat, &[libc::AT_FDCWD as u64, at, u64::from(fifo.mode)], || {
-                format!("chmod {:o} {path}", fifo.mode)
-            })?;
+            nix::sys::stat::fchmodat(
+                &dir.fd,
+                dir.name.as_str(),
+                perm,
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| io("chmod", e))?;
         }
         Err(errno) => return Err(EngineError::Injected { pid: host, call: format!("stat {path}"), errno }),
     }

@@ -30,6 +30,7 @@ use migrate_proto::records::{FileMeta, ObjectKind, ObjectRecord};
 use nix::sys::time::TimeSpec;
 
 use crate::error::{EngineError, io_err};
+use crate::hostfs::{Created, Dir};
 use crate::inject::Remote;
 
 /// `F_SEAL_SEAL`: no more seals; a memfd made without `MFD_ALLOW_SEALING` has just this.
@@ -151,6 +152,13 @@ fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<(ObjectKind, Option
             if md.is_dir() { "directory" } else { "special file" }
         )));
     }
+    // `path` is a magic link of its process: `/proc/PID/fd/N` or `/proc/PID/map_files/…`.
+    let pid = path
+        .split('/')
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| EngineError::Unsupported(format!("{path}: not a link under /proc/PID")))?;
+    crate::hostfs::check_deleted(pid, path, shown)?;
     // `(deleted)` says the name it was opened by is gone, not the file (checked on 6.18:
     // a file opened as A, linked as B, A unlinked, shows "A (deleted)" with nlink 1): with
     // a link left, a copy made by the restore would no longer be that file.
@@ -192,6 +200,7 @@ pub fn create(
     pid_ns: i32,
     rec: &ObjectRecord,
     base: u64,
+    created: &mut Created,
 ) -> Result<(u64, Live), EngineError> {
     let (id, host) = (rec.id, remote.pid);
     let fd = match &rec.kind {
@@ -244,32 +253,48 @@ pub fn create(
         }
         ObjectKind::Deleted { path, mode, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
-            // If that name is taken again, beside it.
-            let flags = (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC) as u64;
+            // If that name is taken again, beside it. Made in its directory as this
+            // process opens it (its own view), once the engine has checked that a restore
+            // may create files there (`hostfs`).
+            let (parent, name) = crate::hostfs::split(path)?;
+            let p = remote.path(0, parent)?;
+            let dflags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+            let dfd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, dflags, 0], || {
+                format!("open {parent}, the directory of deleted file {path}")
+            })?;
+            let parent_dir =
+                Dir { fd: crate::files::take(host, dfd as i32)?, path: path.clone(), name: name.into() };
+            parent_dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+            let flags =
+                (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
             let mut made = None;
-            for name in [path.clone(), format!("{path}.migrate-deleted-{id}")] {
-                let p = remote.path(0, &name)?;
-                match remote
-                    .syscall(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, flags, u64::from(*mode)])?
-                {
+            for name in [name.to_string(), format!("{name}.migrate-deleted-{id}")] {
+                let fd = parent_dir.fd.try_clone().map_err(io_err("dup", parent))?;
+                let dir = Dir { fd, path: path.clone(), name };
+                let p = remote.path(0, &dir.name)?;
+                match remote.syscall(libc::SYS_openat, &[dfd, p, flags, u64::from(*mode)])? {
                     Ok(fd) => {
-                        made = Some((fd, p));
+                        created.add(&dir)?;
+                        made = Some((fd, dir));
                         break;
                     }
                     Err(nix::errno::Errno::EEXIST) => continue,
                     Err(errno) => {
                         return Err(EngineError::Injected {
                             pid: host,
-                            call: format!("create {name} (a file deleted while open)"),
+                            call: format!("create {}/{} (a file deleted while open)", parent, dir.name),
                             errno,
                         });
                     }
                 }
             }
-            let (fd, p) = made.ok_or_else(|| {
+            let (fd, dir) = made.ok_or_else(|| {
                 EngineError::Incompatible(format!("cannot recreate deleted file {path}: its names are taken"))
             })?;
-            remote.call(libc::SYS_unlinkat, &[libc::AT_FDCWD as u64, p, 0], || format!("unlink {path}"))?;
+            let p = remote.path(0, &dir.name)?;
+            remote.call(libc::SYS_unlinkat, &[dfd, p, 0], || format!("unlink {path}"))?;
+            created.forget(&dir);
+            remote.call(libc::SYS_close, &[dfd], || "close".into())?;
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate {path}"))?;
             fd
         }
@@ -376,10 +401,26 @@ fn other_link(path: &str, shown: &str, md: &Metadata) -> Option<String> {
 /// taken again, it is opened as `link` (the same file, shown by that name). Returns the fd.
 fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -> Result<u64, EngineError> {
     let host = remote.pid;
-    let from = remote.path(0, link)?;
-    let to = remote.path(8192, path)?;
-    let cwd = libc::AT_FDCWD as u64;
-    let linked = match remote.syscall(libc::SYS_linkat, &[cwd, from, cwd, to, 0])? {
+    // Both names in one directory (the checkpoint looks for the other name only there),
+    // and one a restore may create files in: a crafted image must not hard-link a host
+    // file to a name of its choosing.
+    let (parent, name) = crate::hostfs::split(path)?;
+    let (link_parent, link_name) = crate::hostfs::split(link)?;
+    if link_parent != parent {
+        return Err(EngineError::Incompatible(format!(
+            "the deleted file {path} (object {id}) has its other name {link} in another directory: a checkpoint writes no such image"
+        )));
+    }
+    let p = remote.path(0, parent)?;
+    let dflags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    let dfd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, p, dflags, 0], || {
+        format!("open {parent}, the directory of deleted file {path}")
+    })?;
+    let dir = Dir { fd: crate::files::take(host, dfd as i32)?, path: path.to_string(), name: name.into() };
+    dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+    let from = remote.path(0, link_name)?;
+    let to = remote.path(8192, name)?;
+    let linked = match remote.syscall(libc::SYS_linkat, &[dfd, from, dfd, to, 0])? {
         Ok(_) => true,
         Err(nix::errno::Errno::EEXIST) => false,
         Err(errno) => {
@@ -392,12 +433,13 @@ fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -
     };
     let at = if linked { to } else { from };
     let flags = (libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    let fd = remote.call(libc::SYS_openat, &[cwd, at, flags, 0], || {
+    let fd = remote.call(libc::SYS_openat, &[dfd, at, flags, 0], || {
         format!("open {path} (object {id}, linked as {link})")
     });
     if linked {
-        remote.call(libc::SYS_unlinkat, &[cwd, to, 0], || format!("unlink {path}"))?;
+        remote.call(libc::SYS_unlinkat, &[dfd, to, 0], || format!("unlink {path}"))?;
     }
+    remote.call(libc::SYS_close, &[dfd], || "close".into())?;
     let fd = fd?;
     let md = std::fs::metadata(format!("/proc/{host}/fd/{fd}")).map_err(io_err("stat", link))?;
     // As for any file reopened by name: shorter than at the checkpoint, it is another one.

@@ -10,6 +10,7 @@ use nix::sys::socket::{MsgFlags, Shutdown};
 
 use crate::error::EngineError;
 use crate::files::FdWorld;
+use crate::hostfs::{Created, Dir};
 use crate::inject::Remote;
 
 /// The unix sockets of the image, and where those made so far live.
@@ -121,7 +122,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             // the accept takes, gives it its name; the name is free again afterwards.
             let l = single(remote, &u, world)?;
             let tmp = UnixSocket { name: Some(address.clone()), ..u.clone() };
-            bind(remote, &l, &tmp)?;
+            bind(remote, &l, &tmp, &mut world.created)?;
             let client = match u.state {
                 UnixState::Accepted { peer, .. } => record(world, peer)?.peer_cred,
                 _ => None,
@@ -138,8 +139,8 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             let (a, b) = pair(remote, &u, world)?;
             made.push(a);
             made.push(b);
-            bind(remote, &made[0], &u)?;
-            bind(remote, &made[1], &p)?;
+            bind(remote, &made[0], &u, &mut world.created)?;
+            bind(remote, &made[1], &p, &mut world.created)?;
             fill(&made[1].copy, &made[0].copy, &u)?;
             fill(&made[0].copy, &made[1].copy, &p)?;
         }
@@ -161,13 +162,13 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
                 ))
             })?;
             let s = single(remote, &u, world)?;
-            bind(remote, &s, &u)?;
+            bind(remote, &s, &u, &mut world.created)?;
             connect(remote, &s, &name)?;
             made.push(s);
         }
         UnixState::PeerClosed => {
             let (a, b) = pair(remote, &u, world)?;
-            bind(remote, &a, &u)?;
+            bind(remote, &a, &u, &mut world.created)?;
             fill(&b.copy, &a.copy, &u)?;
             remote.call(libc::SYS_close, &[b.spare], || "close the closed peer".into())?;
             world.spares.retain(|&s| s != (pid_ns, b.spare));
@@ -175,7 +176,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         }
         UnixState::Unconnected => {
             let s = single(remote, &u, world)?;
-            bind(remote, &s, &u)?;
+            bind(remote, &s, &u, &mut world.created)?;
             if let (false, Some(name)) = (u.queue.is_empty(), &u.name) {
                 // Datagrams from sockets of no name: one such, connected to it for the
                 // time it takes to send them.
@@ -189,7 +190,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         }
         UnixState::Listening { backlog, pending } => {
             let l = single(remote, &u, world)?;
-            bind(remote, &l, &u)?;
+            bind(remote, &l, &u, &mut world.created)?;
             // A listen with a smaller backlog after connections queued keeps them: room
             // for all of them first (a client's connect to a full queue would block the
             // task for ever), then the backlog as it was.
@@ -218,7 +219,7 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
             for &c in pending {
                 let cu = record(world, c)?;
                 let s = single(remote, &cu, world)?;
-                bind(remote, &s, &cu)?;
+                bind(remote, &s, &cu, &mut world.created)?;
                 connect(remote, &s, &name)?;
                 made.push(s);
             }
@@ -232,9 +233,10 @@ fn make(remote: &mut Remote<'_>, inode: u64, world: &mut FdWorld, depth: u8) -> 
         let r = record(world, m.inode)?;
         // Unlinked since it bound: the name stays, the file goes (clients connected).
         if let Some(UnixName::Path { path, file: None }) = &r.name {
-            let (d, file) = parent_in_root(remote.pid, path)?;
-            nix::unistd::unlinkat(&d, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+            let d = Dir::in_root(remote.pid, path)?;
+            nix::unistd::unlinkat(&d.fd, d.name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
                 .map_err(|e| EngineError::Io { op: "unlink", path: path.into(), source: e.into() })?;
+            world.created.forget(&d);
         }
         finish(&m.copy, &r).map_err(|e| EngineError::Injected {
             pid: remote.pid,
@@ -272,7 +274,7 @@ fn accepted(
     let UnixState::Accepted { peer, .. } = s.state else { return Ok(()) };
     let cu = record(world, peer)?;
     let c = single(remote, &cu, world)?;
-    bind(remote, &c, &cu)?;
+    bind(remote, &c, &cu, &mut world.created)?;
     as_ids(remote, s.peer_cred.clone(), |r| connect(r, &c, address))?;
     let fd = remote.call(libc::SYS_accept4, &[l.spare, 0, 0, libc::SOCK_CLOEXEC as u64], || {
         format!("accept4 on the listener at {}", super::diag::show_name(Some(&sun_path(address))))
@@ -383,10 +385,12 @@ fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<
 
 /// Binds `m` to the name `u` bound, where it made a file: a stale socket node there
 /// (left by the dumped one) is removed first, and the new one gets its mode and owner.
-fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineError> {
+/// The node is made only where a restore may create files ([`Dir::check`]), and recorded
+/// in `created`.
+fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket, created: &mut Created) -> Result<(), EngineError> {
     let Some(name) = &u.name else { return Ok(()) };
     let dir = match name {
-        UnixName::Path { path, .. } => Some(parent_in_root(remote.pid, path)?),
+        UnixName::Path { path, .. } => Some(Dir::in_root(remote.pid, path)?),
         UnixName::Abstract(_) => None,
     };
     let fail = |op: &'static str, path: &str, e: nix::errno::Errno| EngineError::Io {
@@ -394,13 +398,17 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
         path: path.into(),
         source: e.into(),
     };
+    // Before a stale node is removed: that, too, only where a restore may create files.
+    if let Some(d) = &dir {
+        d.check(remote.pid, &format!("the node of unix socket {}, {},", u.inode, d.path))?;
+    }
     // The node the dumped socket left, if the path still named it then (an unlinked
     // one's path may name another socket now: the bind below then fails).
-    if let (Some((d, file)), UnixName::Path { path, file: Some(_) }) = (&dir, name)
-        && nix::sys::stat::fstatat(d, file.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+    if let (Some(d), UnixName::Path { path, file: Some(_) }) = (&dir, name)
+        && nix::sys::stat::fstatat(&d.fd, d.name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
     {
-        nix::unistd::unlinkat(d, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+        nix::unistd::unlinkat(&d.fd, d.name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
             .map_err(|e| fail("unlink a stale socket node", path, e))?;
     }
     let addr = migrate_sys::unix::sockaddr_un(&sun_path(name))
@@ -409,19 +417,22 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
     remote.call(libc::SYS_bind, &[m.spare, at, addr.len() as u64], || {
         format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
     })?;
+    if let Some(d) = &dir {
+        created.add(d)?;
+    }
     // Its mode and owner as they were (an unlinked one's file goes once its clients
     // are connected: see `make`).
-    if let (Some((d, file)), UnixName::Path { path, file: Some(f) }) = (&dir, name) {
-        let file = file.as_str();
+    if let (Some(d), UnixName::Path { path, file: Some(f) }) = (&dir, name) {
+        let file = d.name.as_str();
         nix::sys::stat::fchmodat(
-            d,
+            &d.fd,
             file,
             nix::sys::stat::Mode::from_bits_truncate(f.mode),
             nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
         .map_err(|e| fail("chmod", path, e))?;
         nix::unistd::fchownat(
-            d,
+            &d.fd,
             file,
             Some(nix::unistd::Uid::from_raw(f.uid)),
             Some(nix::unistd::Gid::from_raw(f.gid)),
@@ -430,32 +441,6 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket) -> Result<(), EngineE
         .map_err(|e| fail("chown", path, e))?;
     }
     Ok(())
-}
-
-/// The directory of `path` in `pid`'s root, resolved inside that root
-/// (`openat2(RESOLVE_IN_ROOT)`): a symlink of the container cannot lead the engine, root
-/// on the host, out of it. With the last component's name.
-fn parent_in_root(pid: i32, path: &str) -> Result<(OwnedFd, String), EngineError> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    let root_path = format!("/proc/{pid}/root");
-    let err = |what: &str, e: nix::errno::Errno| EngineError::Io {
-        op: "open",
-        path: format!("{root_path}{what}").into(),
-        source: e.into(),
-    };
-    let (parent, file) = path.rsplit_once('/').unwrap_or(("", path));
-    let root = nix::fcntl::open(
-        root_path.as_str(),
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| err("", e))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-    let dir = nix::fcntl::openat2(&root, if parent.is_empty() { "/" } else { parent }, how)
-        .map_err(|e| err(parent, e))?;
-    Ok((dir, file.to_string()))
 }
 
 fn connect(remote: &mut Remote<'_>, m: &Made, name: &UnixName) -> Result<(), EngineError> {

@@ -102,6 +102,13 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             else {
                 return Ok(Err(here("bound to a relative, `..` or non-UTF-8 path: not supported yet")));
             };
+            // The restore binds it again, which makes its node (see `hostfs`).
+            if let Err(why) = crate::hostfs::may_create(seen.pid, path) {
+                let rule = crate::hostfs::RULE;
+                return Ok(Err(here(&format!(
+                    "bound to {path}, whose node a restore makes again; {why}, and {rule}"
+                ))));
+            }
             // Only a name that is gone means "unlinked": the restore removes it again.
             let file = match std::fs::metadata(format!("/proc/{}/root{path}", seen.pid)) {
                 Ok(m) => Some(m),
