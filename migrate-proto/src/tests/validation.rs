@@ -284,6 +284,11 @@ fn batches_must_lie_in_dumpable_vmas() {
     assert!(check_batch(&object(1, 0, 1), &p).is_ok());
     assert!(check_batch(&object(1, 0x1000, 1), &p).is_err(), "beyond the object's 4096 bytes");
     assert!(check_batch(&object(2, 0, 1), &p).is_err(), "an object the process does not own");
+    // A linked file's bytes are the file's: a batch would overwrite a host file.
+    let mut linked = p.clone();
+    linked.objects[0].link = Some("/tmp/other".into());
+    let err = check_batch(&object(1, 0, 1), &linked).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("a batch of object 1, a file the image does not carry"), "{err}");
 
     let cases = [
         (
@@ -884,7 +889,9 @@ fn only_a_deleted_file_has_another_link() {
         })
     };
     assert_eq!(with(deleted.clone(), "/data/b"), "");
-    assert!(with(deleted, "data/b").contains("object 9"), "a relative link");
+    assert!(with(deleted.clone(), "data/b").contains("object 9"), "a relative link");
+    let err = with(deleted, "/etc/passwd");
+    assert!(err.contains("its other name \"/etc/passwd\" is not in the directory of \"/data/a\""), "{err}");
     let err = with(ObjectKind::AnonShared, "/data/b");
     assert!(err.contains("only a deleted file without file attributes has a link"), "{err}");
 }
