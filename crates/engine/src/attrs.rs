@@ -286,8 +286,20 @@ pub fn before_creds(remote: &mut Remote<'_>, rec: &ProcessRecord) -> Result<(), 
 /// Sets the attributes of `rec`'s process and threads in `s` (every thread built, the
 /// credentials set): the last step before the tasks resume.
 pub fn restore(s: &mut Seized, scratch: Scratch, rec: &ProcessRecord) -> Result<(), EngineError> {
-    let (gadget, host) = (s.gadget, s.tasks.first().map_or(0, |t| t.tid));
-    let mem = &s.mem;
+    // Every thread of the image gets its own attributes: a count that differs would
+    // leave some with their creator's.
+    let host = match s.tasks.first() {
+        Some(main) if s.tasks.len() == rec.threads.len() => main.tid,
+        _ => {
+            return Err(EngineError::Incompatible(format!(
+                "pid {}: {} threads were built, the image has {}: their attributes cannot be set",
+                rec.pid,
+                s.tasks.len(),
+                rec.threads.len()
+            )));
+        }
+    };
+    let (gadget, mem) = (s.gadget, &s.mem);
     for (i, (task, t)) in s.tasks.iter_mut().zip(&rec.threads).enumerate() {
         let mut remote = Remote { task, gadget, mem, pid: host, scratch };
         if i == 0 {

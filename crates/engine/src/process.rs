@@ -146,9 +146,20 @@ pub struct ProcFacts {
     pub seccomp: u32,
 }
 
-/// The parent's pid as the container sees it: the last `NSpid` value of the parent.
-fn parent_ns_pid(status: &procfs::Status) -> i32 {
-    procfs::ns_pid(status.ppid).unwrap_or(0)
+/// The parent's pid as the container sees it: the last `NSpid` value of the parent; 0
+/// for none (ppid 0) or a parent outside the container (in an outer pid namespace, it has
+/// fewer `NSpid` levels than its child). Any other failure to read it is an error: a
+/// 0 there would make a child of the container the root of its tree.
+fn parent_ns_pid(status: &procfs::Status) -> Result<i32, EngineError> {
+    if status.ppid == 0 {
+        return Ok(0);
+    }
+    let parent = procfs::read_status(status.ppid)?;
+    let levels = |s: &procfs::Status| s.nspid.as_ref().map_or(0, Vec::len);
+    if levels(&parent) < levels(status) {
+        return Ok(0);
+    }
+    procfs::innermost(&parent.nspid, "NSpid").map_err(EngineError::proc(status.ppid, "status"))
 }
 
 /// What a zombie still tells: its ids, name and credentials.
@@ -165,7 +176,7 @@ pub fn zombie_facts(pid: i32) -> Result<ProcFacts, EngineError> {
         personality: 0,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
         pid_ns: ns(&st.nspid, "NSpid")?,
-        ppid_ns: parent_ns_pid(&st),
+        ppid_ns: parent_ns_pid(&st)?,
         sid_ns: ns(&st.nssid, "NSsid")?,
         pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp: 0,
@@ -201,7 +212,7 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
         personality,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
         pid_ns: ns(&st.nspid, "NSpid")?,
-        ppid_ns: parent_ns_pid(&st),
+        ppid_ns: parent_ns_pid(&st)?,
         sid_ns: ns(&st.nssid, "NSsid")?,
         pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp,

@@ -190,12 +190,20 @@ pub fn dump(
         remote
             .call(libc::SYS_timer_gettime, &[id, remote.scratch.addr], || format!("timer_gettime({id})"))?;
         let end = if wall { Some(container_now(pid, t.clock)?) } else { None };
-        let b = remote.read(0, 32)?;
-        let ns = |i: usize| {
-            let word = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
-            word(i).saturating_mul(1_000_000_000).saturating_add(word(i + 8))
+        // struct itimerspec: it_interval then it_value, each seconds then nanoseconds.
+        const _: () = assert!(size_of::<libc::itimerspec>() == 32);
+        let b = remote.read(0, size_of::<libc::itimerspec>())?;
+        let words: Vec<u64> =
+            b.chunks_exact(8).filter_map(|w| w.try_into().ok()).map(u64::from_ne_bytes).collect();
+        let [int_s, int_ns, left_s, left_ns] = words[..] else {
+            return Err(EngineError::Proc {
+                pid,
+                what: format!("timer_gettime({id})"),
+                reason: format!("{} bytes read back, not an itimerspec", b.len()),
+            });
         };
-        let (interval_ns, left_ns) = (ns(0), ns(16));
+        let ns = |s: u64, ns: u64| s.saturating_mul(1_000_000_000).saturating_add(ns);
+        let (interval_ns, left_ns) = (ns(int_s, int_ns), ns(left_s, left_ns));
         let overrun = remote.call(libc::SYS_timer_getoverrun, &[id], || format!("timer_getoverrun({id})"))?;
         if overrun != 0 {
             return Err(EngineError::Unsupported(format!(
