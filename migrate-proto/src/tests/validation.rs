@@ -937,20 +937,20 @@ fn timers_and_membarrier_are_checked() {
         ),
         ("timer id 0 is negative or listed twice", Box::new(|p| p.timers[1].id = 0)),
         ("timer id -1 is negative or listed twice", Box::new(|p| p.timers[1].id = -1)),
-        ("timer 0: clock 4 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 4)),
-        ("timer 0: clock 9 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 9)),
+        ("timer 0: clock 4, a clock a timer cannot be restored on", Box::new(|p| p.timers[0].clock = 4)),
+        ("timer 0: clock 9, an alarm clock", Box::new(|p| p.timers[0].clock = 9)),
         (
-            "is not a CPU clock of the process",
+            "a CPU clock of another process",
             Box::new(|p| p.timers[3].clock = (!99 << 3) | 2), // another process
         ),
-        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!10 << 3) | 3)),
-        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!11 << 3) | 2)),
+        ("(-85), not a CPU clock", Box::new(|p| p.timers[3].clock = (!10 << 3) | 3)),
+        ("a CPU clock of another process", Box::new(|p| p.timers[3].clock = (!11 << 3) | 2)),
         (
-            "the calling thread's CPU clock in a process of several threads",
+            "the calling thread's CPU clock, in a process of several threads",
             Box::new(|p| p.timers[0].clock = 3),
         ),
         (
-            "the calling thread's CPU clock in a process of several threads",
+            "the calling thread's CPU clock, in a process of several threads",
             Box::new(|p| p.timers[0].clock = (!0 << 3) | 6),
         ),
         ("timer 0: signal 65 is not a signal (1..=64)", Box::new(|p| p.timers[0].signo = 65)),
