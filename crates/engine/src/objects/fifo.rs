@@ -99,7 +99,7 @@ pub fn check(inside: &[i32], fifos: &[(i32, i32, u64)]) -> Result<(), EngineErro
         let link = format!("/proc/{pid}/fd/{fd}");
         let path = std::fs::read_link(&link).map_err(io_err("readlink", link))?;
         let path = path.to_string_lossy();
-        if let Err(why) = crate::hostfs::may_create(pid, &path) {
+        if let Err(why) = crate::hostfs::may_create(pid, &path, md.uid()) {
             return Err(EngineError::Unsupported(format!(
                 "{} fd {fd} is the FIFO {path}, which a restore opens and fills again or makes anew; {why}, and {}",
                 describe_process(pid),
@@ -186,10 +186,13 @@ pub fn make(
     // Found or made, opened and filled: only in a directory a restore may create files
     // in, the same as a checkpoint allows (`check`), whether the FIFO is there or not.
     let dir = Dir::in_root(host, path)?;
-    dir.check(host, &format!("the FIFO {path}"))?;
-    let io = |op, e: Errno| EngineError::Io { op, path: path.into(), source: e.into() };
     let at_dir = |dir: &Dir| fstatat(&dir.fd, dir.name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
-    let node = match at_dir(&dir) {
+    let found = at_dir(&dir);
+    // Its owner: the one it has, or the engine, which makes it.
+    let owner = found.as_ref().map_or_else(|_| nix::unistd::geteuid().as_raw(), |st| st.st_uid);
+    dir.check(host, owner, &format!("the FIFO {path}"))?;
+    let io = |op, e: Errno| EngineError::Io { op, path: path.into(), source: e.into() };
+    let node = match found {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFIFO => st,
         Ok(st) => {
             return Err(EngineError::Incompatible(format!(

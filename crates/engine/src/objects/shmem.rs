@@ -158,7 +158,7 @@ fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<(ObjectKind, Option
         .nth(2)
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| EngineError::Unsupported(format!("{path}: not a link under /proc/PID")))?;
-    crate::hostfs::check_deleted(pid, path, shown)?;
+    crate::hostfs::check_deleted(pid, path, shown, md.uid())?;
     // `(deleted)` says the name it was opened by is gone, not the file (checked on 6.18:
     // a file opened as A, linked as B, A unlinked, shows "A (deleted)" with nlink 1): with
     // a link left, a copy made by the restore would no longer be that file.
@@ -251,7 +251,7 @@ pub fn create(
         ObjectKind::Deleted { path, uid, gid, .. } if let Some(link) = &rec.link => {
             relink(remote, rec, path, link, (*uid, *gid))?
         }
-        ObjectKind::Deleted { path, mode, .. } => {
+        ObjectKind::Deleted { path, mode, uid, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
             // If that name is taken again, beside it. Made in its directory as this
             // process opens it (its own view), once the engine has checked that a restore
@@ -264,7 +264,7 @@ pub fn create(
             })?;
             let parent_dir =
                 Dir { fd: crate::files::take(host, dfd as i32)?, path: path.clone(), name: name.into() };
-            parent_dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+            parent_dir.check(host, *uid, &format!("the deleted file {path} (object {id})"))?;
             let flags =
                 (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
             let mut made = None;
@@ -436,7 +436,7 @@ fn relink(
         format!("open {parent}, the directory of deleted file {path}")
     })?;
     let dir = Dir { fd: crate::files::take(host, dfd as i32)?, path: path.to_string(), name: name.into() };
-    dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+    dir.check(host, owner.0, &format!("the deleted file {path} (object {id})"))?;
     let from = remote.path(0, link_name)?;
     let to = remote.path(8192, name)?;
     let linked = match remote.syscall(libc::SYS_linkat, &[dfd, from, dfd, to, 0])? {
