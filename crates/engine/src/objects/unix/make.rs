@@ -457,6 +457,18 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket, created: &mut Created
         format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
     })?;
     if let Some(d) = &dir {
+        // The bind went by path, after the check: what the name holds now must be the node
+        // it made (sock_diag gives the inode a socket is bound to), or nothing there is
+        // ours to change, record or remove.
+        let ours = nix::sys::stat::fstat(&m.copy).map_err(|e| fail("stat", &d.path, e))?.st_ino;
+        let vfs = super::diag::Table::of(remote.pid)?.get(ours as u32).and_then(|x| x.vfs);
+        let node = nix::sys::stat::fstatat(&d.fd, d.name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if !node.is_ok_and(|st| vfs.is_some_and(|(ino, _)| u64::from(ino) == st.st_ino)) {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {} was bound to {}, but that name holds another file now: its directory changed during the restore",
+                u.inode, d.path
+            )));
+        }
         created.add(d)?;
     }
     // Its mode and owner as they were (an unlinked one's file goes once its clients
