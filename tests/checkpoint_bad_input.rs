@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -853,6 +853,18 @@ fn a_restore_creates_files_only_where_it_may_and_removes_them_when_it_fails() ->
     if !left.is_empty() {
         problems.push(format!("the failed restore left {left:?} in {}", work.path.display()));
     }
+
+    // Another program listens at the socket's path now: its node is not stale, and stays.
+    let sock = work.path.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    let want =
+        format!("cannot be bound to {} again: a socket of another program is bound there", sock.display());
+    problems.extend(refused(&lab, "a live socket at the path", &good, &[&want], &[], false));
+    if !std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+        problems.push(format!("a refused restore removed {}, where another program listens", sock.display()));
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&[])?;
     Ok(())
