@@ -24,10 +24,13 @@
 //! symlink to `/etc` is `/etc`, and refused. FIFOs and deleted files are then created
 //! relative to that open directory (`mknodat`, `openat` on its fd), so it cannot be swapped
 //! in between; a socket can only be bound by its path (the path is its name), so there the
-//! directory is checked right before the `bind`. A deleted file is always created, so the
-//! checkpoint refuses one whose directory breaks the rule ([`check_deleted`]); a FIFO or a
-//! socket node that is still there at restore is only opened, so theirs are checked when
-//! the restore has to create them.
+//! directory is checked right before the `bind`, and the node the name holds afterwards
+//! must be the one the bind made (its inode, as sock_diag reports it) before it is touched.
+//! A stale socket node is unlinked first only if nobody is bound to it (`connect` is
+//! refused). The same rule holds for a FIFO that is still there (it is filled and its
+//! times set). So that a container the restore would refuse is never checkpointed, the
+//! checkpoint applies the rule to every deleted file ([`check_deleted`]), FIFO and bound
+//! socket path ([`may_create`]).
 //!
 //! Every file made is recorded in [`Created`], with a handle on its directory and its
 //! inode number. If the restore fails, dropping it removes each that is still the same

@@ -19,9 +19,11 @@
 //!
 //! Restore: the first process that needs the FIFO makes sure it exists at its path in its
 //! own view (a FIFO in `/run` or `/dev/shm` was already recreated from the image's tmpfs
-//! entries; one on a host path may have gone: it is created with its mode, only where
-//! [`crate::hostfs`] allows, and removed again if the restore fails), then opens it
-//! `O_RDWR` at a spare fd ([`make`]). On Linux that open never blocks (fifo(7)), and that
+//! entries; one on a host path may have gone: it is created with its mode and removed
+//! again if the restore fails), then opens it `O_RDWR` at a spare fd ([`make`]), checking
+//! that what it opened is the node it found or made. Found or made, it must be where
+//! [`crate::hostfs`] allows, since the restore fills it and sets its times; a checkpoint
+//! refuses one elsewhere ([`check`]). On Linux that open never blocks (fifo(7)), and that
 //! one description is both reader and writer, so the FIFO's buffer lives (sized and filled
 //! through it) until the restore ends and the spares are closed, and every end can be
 //! opened anew, with its own access mode and `O_NONBLOCK`, without blocking or `ENXIO`
@@ -75,7 +77,8 @@ fn stat(pid: i32, fd: i32) -> Result<Metadata, EngineError> {
 }
 
 /// Refuses, before anything is seized, FIFOs that cannot be moved: one also held open by a
-/// process outside `inside` (the container's pids), and two FIFOs with one key. `fifos`
+/// process outside `inside` (the container's pids), two FIFOs with one key, and one in a
+/// directory where a restore may not create files ([`crate::hostfs`]). `fifos`
 /// holds `(pid, fd, key)` for every FIFO fd of the container.
 pub fn check(inside: &[i32], fifos: &[(i32, i32, u64)]) -> Result<(), EngineError> {
     if fifos.is_empty() {
