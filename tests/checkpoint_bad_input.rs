@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -801,6 +802,35 @@ fn a_restore_creates_files_only_where_it_may_and_removes_them_when_it_fails() ->
         }
     }
 
+    // A FIFO that exists, but outside the rule: neither filled nor its times set (a fill
+    // moves its mtime; the restore would set the image's).
+    let outside = std::path::PathBuf::from(format!("/var/lib/migrate-test-fifo-{tag}"));
+    let _ = std::fs::remove_dir_all(&outside);
+    std::fs::create_dir_all(&outside)?;
+    let host_fifo = outside.join("fifo");
+    nix::unistd::mkfifo(&host_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let old = nix::sys::time::TimeSpec::new(1_000_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &host_fifo,
+        &old,
+        &old,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    let dir = img.path.join("host-fifo");
+    copy_image(&good, &dir)?;
+    let shown = host_fifo.to_string_lossy().into_owned();
+    forge(&dir, |rec| {
+        rec.pipes.iter_mut().filter_map(|p| p.fifo.as_mut()).map(|f| f.path = shown.clone()).count()
+    })?;
+    let want = format!("the FIFO {shown} cannot be created: it would be in {}", outside.display());
+    problems.extend(refused(&lab, "an existing FIFO in /var/lib", &dir, &[&want], &[], false));
+    let md = std::fs::metadata(&host_fifo);
+    let _ = std::fs::remove_dir_all(&outside);
+    if !md.is_ok_and(|m| m.mtime() == 1_000_000 && m.atime() == 1_000_000) {
+        problems.push(format!("a refused restore changed the times of {shown}"));
+    }
+
     // The FIFO is gone, so the restore makes it; the socket's stale node is made anew.
     let dir = img.path.join("late");
     copy_image(&good, &dir)?;
@@ -823,14 +853,26 @@ fn a_restore_creates_files_only_where_it_may_and_removes_them_when_it_fails() ->
     if !left.is_empty() {
         problems.push(format!("the failed restore left {left:?} in {}", work.path.display()));
     }
+
+    // Another program listens at the socket's path now: its node is not stale, and stays.
+    let sock = work.path.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    let want =
+        format!("cannot be bound to {} again: a socket of another program is bound there", sock.display());
+    problems.extend(refused(&lab, "a live socket at the path", &good, &[&want], &[], false));
+    if !std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+        problems.push(format!("a refused restore removed {}, where another program listens", sock.display()));
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&[])?;
     Ok(())
 }
 
-/// A file deleted while open and a socket bound in a host directory outside `/tmp` and
-/// `/var/tmp`: a restore would have to make them there, so the checkpoint refuses both,
-/// naming them and where they are, and the container runs on.
+/// A file deleted while open, a socket bound and a FIFO in a host directory outside `/tmp`
+/// and `/var/tmp`: a restore would have to make or fill them there, so the checkpoint
+/// refuses each, naming them and where they are, and the container runs on.
 #[test]
 fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() -> anyhow::Result<()> {
     let img = TempDir::new("outside")?;
@@ -843,6 +885,7 @@ fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() ->
     let run = || -> anyhow::Result<Vec<String>> {
         start(&lab, "host-a", "out1", &ticker(&["made", &shown]))?;
         start(&lab, "host-a", "out2", &ticker(&["bound", &shown]))?;
+        start(&lab, "host-a", "out3", &ticker(&["fifo", &format!("{shown}/q")]))?;
         let rule = "lab containers share the host's filesystem".to_string();
         let deleted = [
             "PID 1 (python3, host pid".to_string(),
@@ -854,12 +897,19 @@ fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() ->
             [format!("bound to {shown}/bound, whose node a restore makes again; it is in {shown}"), rule];
         let mut problems = refuses_checkpoint(&lab, &img, "out1", &deleted, &[]);
         problems.extend(refuses_checkpoint(&lab, &img, "out2", &bound, &[]));
+        let fifo = [
+            "PID 1 (python3, host pid".to_string(),
+            format!(
+                "is the FIFO {shown}/q, which a restore opens and fills again or makes anew; it is in {shown}"
+            ),
+        ];
+        problems.extend(refuses_checkpoint(&lab, &img, "out3", &fifo, &[]));
         Ok(problems)
     };
     let problems = run();
     let _ = std::fs::remove_dir_all(&work);
     let problems = problems?;
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
-    lab.down_expecting(&["out1", "out2"])?;
+    lab.down_expecting(&["out1", "out2", "out3"])?;
     Ok(())
 }

@@ -67,6 +67,13 @@ fn check_batch_inner(batch: &PageBatch, process: &ProcessRecord) -> Result<(), I
                 problem: format!("a batch of object {}, which this process does not own", batch.object),
             });
         };
+        // A linked file is not copied: its bytes are the file's own, not the image's.
+        if obj.link.is_some() {
+            return Err(Invalid::Field {
+                field: "pages",
+                problem: format!("a batch of object {}, a file the image does not carry", obj.id),
+            });
+        }
         // Runs are sorted: the last ends furthest. A file's last page may be partial.
         let end = batch.runs.last().and_then(|r| r.end());
         if end.is_none_or(|e| obj.size.checked_next_multiple_of(PAGE_SIZE).is_none_or(|room| e > room)) {
@@ -548,8 +555,17 @@ fn check_objects(p: &ProcessRecord) -> Result<(), Invalid> {
             (_, None) => {}
         }
         match (&o.kind, &o.link) {
-            (ObjectKind::Deleted { .. }, Some(link)) if o.meta.is_none() => {
-                check_path(PathOwner::Object(o.id), link)?
+            (ObjectKind::Deleted { path, .. }, Some(link)) if o.meta.is_none() => {
+                check_path(PathOwner::Object(o.id), link)?;
+                // The checkpoint looks for the other name only in the deleted one's
+                // directory: one elsewhere would have the restore hard-link any host file
+                // to a name of the image's choosing.
+                if link.rsplit_once('/').map(|l| l.0) != path.rsplit_once('/').map(|d| d.0) {
+                    return bad(format!(
+                        "object {}: its other name {link:?} is not in the directory of {path:?}",
+                        o.id
+                    ));
+                }
             }
             (_, Some(_)) => {
                 return bad(format!(

@@ -45,9 +45,6 @@ use crate::files::describe_process;
 use crate::inject::{Remote, Scratch};
 use crate::seize::Seized;
 
-/// `PR_GET_MDWE` / `PR_SET_MDWE` (Linux 6.3).
-const PR_SET_MDWE: i32 = 65;
-const PR_GET_MDWE: u64 = 66;
 /// `PR_THP_DISABLE_EXCEPT_ADVISED` (Linux 6.18), as `PR_GET_THP_DISABLE` reports it.
 const THP_EXCEPT_ADVISED: u32 = 2;
 /// `PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE`: what `PR_SET_IO_FLUSHER` sets.
@@ -92,7 +89,7 @@ pub fn dump_process(
     domainname: Option<String>,
 ) -> Result<(ProcessAttrs, u32), EngineError> {
     let (loginuid, sessionid) = audit(remote.pid)?;
-    let mdwe = match remote.syscall(libc::SYS_prctl, &[PR_GET_MDWE, 0, 0, 0, 0])? {
+    let mdwe = match remote.syscall(libc::SYS_prctl, &[libc::PR_GET_MDWE as u64, 0, 0, 0, 0])? {
         Ok(v) => v as u32,
         // A kernel before 6.3: nothing to carry.
         Err(nix::errno::Errno::EINVAL) => 0,
@@ -289,8 +286,20 @@ pub fn before_creds(remote: &mut Remote<'_>, rec: &ProcessRecord) -> Result<(), 
 /// Sets the attributes of `rec`'s process and threads in `s` (every thread built, the
 /// credentials set): the last step before the tasks resume.
 pub fn restore(s: &mut Seized, scratch: Scratch, rec: &ProcessRecord) -> Result<(), EngineError> {
-    let (gadget, host) = (s.gadget, s.tasks.first().map_or(0, |t| t.tid));
-    let mem = &s.mem;
+    // Every thread of the image gets its own attributes: a count that differs would
+    // leave some with their creator's.
+    let host = match s.tasks.first() {
+        Some(main) if s.tasks.len() == rec.threads.len() => main.tid,
+        _ => {
+            return Err(EngineError::Incompatible(format!(
+                "pid {}: {} threads were built, the image has {}: their attributes cannot be set",
+                rec.pid,
+                s.tasks.len(),
+                rec.threads.len()
+            )));
+        }
+    };
+    let (gadget, mem) = (s.gadget, &s.mem);
     for (i, (task, t)) in s.tasks.iter_mut().zip(&rec.threads).enumerate() {
         let mut remote = Remote { task, gadget, mem, pid: host, scratch };
         if i == 0 {
@@ -337,7 +346,7 @@ fn restore_process(remote: &mut Remote<'_>, rec: &ProcessRecord) -> Result<(), E
         &[u64::from(thp), u64::from(a.thp_disable & THP_EXCEPT_ADVISED)],
     )?;
     if a.mdwe != 0 {
-        prctl(remote, PR_SET_MDWE, &[u64::from(a.mdwe)])?;
+        prctl(remote, libc::PR_SET_MDWE, &[u64::from(a.mdwe)])?;
     }
     Ok(())
 }

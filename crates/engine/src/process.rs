@@ -50,9 +50,6 @@ pub fn restore_last_pid(remote: &mut Remote<'_>, last: i32) -> Result<Option<Str
     Ok(wrote.err().map(|errno| format!("the pid counter was not restored (write {NS_LAST_PID}: {errno}): new processes may get low pids again")))
 }
 
-/// `CAP_SETPCAP` (linux/capability.h; libc does not have the capability numbers).
-const CAP_SETPCAP: u64 = 8;
-
 /// Signals whose disposition cannot be changed.
 fn settable(sig: i32) -> bool {
     sig != libc::SIGKILL && sig != libc::SIGSTOP
@@ -149,9 +146,20 @@ pub struct ProcFacts {
     pub seccomp: u32,
 }
 
-/// The parent's pid as the container sees it: the last `NSpid` value of the parent.
-fn parent_ns_pid(status: &procfs::Status) -> i32 {
-    procfs::ns_pid(status.ppid).unwrap_or(0)
+/// The parent's pid as the container sees it: the last `NSpid` value of the parent; 0
+/// for none (ppid 0) or a parent outside the container (in an outer pid namespace, it has
+/// fewer `NSpid` levels than its child). Any other failure to read it is an error: a
+/// 0 there would make a child of the container the root of its tree.
+fn parent_ns_pid(status: &procfs::Status) -> Result<i32, EngineError> {
+    if status.ppid == 0 {
+        return Ok(0);
+    }
+    let parent = procfs::read_status(status.ppid)?;
+    let levels = |s: &procfs::Status| s.nspid.as_ref().map_or(0, Vec::len);
+    if levels(&parent) < levels(status) {
+        return Ok(0);
+    }
+    procfs::innermost(&parent.nspid, "NSpid").map_err(EngineError::proc(status.ppid, "status"))
 }
 
 /// What a zombie still tells: its ids, name and credentials.
@@ -168,7 +176,7 @@ pub fn zombie_facts(pid: i32) -> Result<ProcFacts, EngineError> {
         personality: 0,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
         pid_ns: ns(&st.nspid, "NSpid")?,
-        ppid_ns: parent_ns_pid(&st),
+        ppid_ns: parent_ns_pid(&st)?,
         sid_ns: ns(&st.nssid, "NSsid")?,
         pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp: 0,
@@ -204,7 +212,7 @@ pub fn facts(pid: i32) -> Result<ProcFacts, EngineError> {
         personality,
         comm: procfs::status_field(&status, "Name").unwrap_or("").to_string(),
         pid_ns: ns(&st.nspid, "NSpid")?,
-        ppid_ns: parent_ns_pid(&st),
+        ppid_ns: parent_ns_pid(&st)?,
         sid_ns: ns(&st.nssid, "NSsid")?,
         pgid_ns: ns(&st.nspgid, "NSpgid")?,
         seccomp,
@@ -254,18 +262,26 @@ fn capset(
     permitted: u64,
     inheritable: u64,
 ) -> Result<(), EngineError> {
-    // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
-    // then two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
-    let mut b = Vec::new();
-    b.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
-    b.extend_from_slice(&0i32.to_ne_bytes());
-    for half in [0, 32] {
-        for set in [effective, permitted, inheritable] {
-            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+    use linux_raw_sys::general::{__user_cap_data_struct as Data, __user_cap_header_struct as Header};
+    // Written field by field in declaration order: neither struct has padding.
+    const _: () = assert!(size_of::<Header>() == 8 && size_of::<Data>() == 12);
+    let header = Header { version: linux_raw_sys::general::_LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    // Version 3 takes two of them: the low and the high 32 bits of each set.
+    let data = [0, 32].map(|half| Data {
+        effective: (effective >> half) as u32,
+        permitted: (permitted >> half) as u32,
+        inheritable: (inheritable >> half) as u32,
+    });
+    let mut b = Vec::with_capacity(size_of::<Header>() + 2 * size_of::<Data>());
+    b.extend_from_slice(&header.version.to_ne_bytes());
+    b.extend_from_slice(&header.pid.to_ne_bytes());
+    for d in data {
+        for v in [d.effective, d.permitted, d.inheritable] {
+            b.extend_from_slice(&v.to_ne_bytes());
         }
     }
     let hdr = remote.write(0, &b)?;
-    remote.call(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
+    remote.call(libc::SYS_capset, &[hdr, hdr + size_of::<Header>() as u64], || "capset".into())?;
     Ok(())
 }
 
@@ -294,7 +310,7 @@ fn restore_creds(remote: &mut Remote<'_>, stub: &Creds, c: &Creds) -> Result<(),
     })?;
     remote.call(libc::SYS_setfsuid, &[c.uids[3].into()], || "setfsuid".into())?;
     // Setting securebits needs CAP_SETPCAP: kept until they are set, if the image lacks it.
-    let setpcap = if c.securebits != 0 { 1u64 << CAP_SETPCAP } else { 0 };
+    let setpcap = if c.securebits != 0 { 1u64 << linux_raw_sys::general::CAP_SETPCAP } else { 0 };
     capset(remote, c.cap_effective | setpcap, c.cap_permitted | setpcap, c.cap_inheritable)?;
     // Ambient capabilities before the securebits (SECBIT_NO_CAP_AMBIENT_RAISE forbids
     // raising them): each must be permitted and inheritable already.

@@ -51,7 +51,9 @@
 //! only after the process's children are forked: a child the parent forked before it
 //! registered must not get them.
 
-use migrate_proto::records::{PosixTimer, ProcessRecord, TimerNotify, clock_name, cpu_clock};
+use migrate_proto::records::{
+    MEMBARRIER, PosixTimer, ProcessRecord, TimerNotify, clock_name, clock_refusal, cpu_clock,
+};
 
 use linux_raw_sys::general::membarrier_cmd as mb;
 use linux_raw_sys::prctl::{
@@ -121,38 +123,18 @@ pub fn check(pid: i32) -> Result<Vec<Listed>, EngineError> {
         return Ok(listed);
     }
     let threads = crate::seize::thread_ids(pid)?;
-    let ns_ids = |tids: &[i32]| -> Result<Vec<i32>, EngineError> {
-        tids.iter()
-            .map(|t| {
-                let status = crate::error::read_proc(pid, &format!("task/{t}/status"))?;
-                crate::procfs::ns_value(&status, "NSpid").map_err(EngineError::proc(*t, "status"))
-            })
-            .collect()
+    // The container's ids of the process and its threads matter only to a CPU clock that
+    // names one: read only then.
+    let (ns_pid, ns_tids) = if listed.iter().any(|t| t.clock < 0 && cpu_clock(t.clock).0 != 0) {
+        let tids = threads.iter().map(|&t| crate::procfs::ns_pid(t)).collect::<Result<Vec<_>, _>>()?;
+        (crate::procfs::ns_pid(pid)?, tids)
+    } else {
+        (0, Vec::new())
     };
-    let ns_tids = ns_ids(&threads)?;
-    let ns_pid = crate::procfs::ns_value(&crate::error::read_proc(pid, "status")?, "NSpid")
-        .map_err(EngineError::proc(pid, "status"))?;
+    let own = |p, thread| if thread { ns_tids.contains(&p) } else { p == ns_pid };
     let mut refusals = Vec::new();
     for t in &listed {
-        let why = match t.clock {
-            0 | 1 | 2 | 7 | 11 => None,
-            3 if threads.len() > 1 => Some(
-                "the calling thread's CPU clock, in a process of several threads: which thread made it (and whose CPU time it counts) shows nowhere",
-            ),
-            3 => None,
-            8 | 9 => Some("an alarm clock, which wakes the host from suspend: not supported yet"),
-            c if c < 0 => match cpu_clock(c) {
-                (_, _, 3) => Some("not a CPU clock"),
-                (0, true, _) if threads.len() > 1 => Some(
-                    "the calling thread's CPU clock, in a process of several threads: which thread made it (and whose CPU time it counts) shows nowhere",
-                ),
-                (0, _, _) => None,
-                (p, true, _) if ns_tids.contains(&p) => None,
-                (p, false, _) if p == ns_pid => None,
-                _ => Some("a CPU clock of another process: not supported yet"),
-            },
-            _ => Some("a clock a timer cannot be restored on"),
-        };
+        let why = clock_refusal(t.clock, threads.len(), own);
         let target_ok = if t.thread { threads.contains(&t.target) } else { t.target == pid };
         let why =
             why.or((!t.none && !target_ok).then_some("a signal to another process or thread: not supported"));
@@ -190,12 +172,20 @@ pub fn dump(
         remote
             .call(libc::SYS_timer_gettime, &[id, remote.scratch.addr], || format!("timer_gettime({id})"))?;
         let end = if wall { Some(container_now(pid, t.clock)?) } else { None };
-        let b = remote.read(0, 32)?;
-        let ns = |i: usize| {
-            let word = |at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
-            word(i).saturating_mul(1_000_000_000).saturating_add(word(i + 8))
+        // struct itimerspec: it_interval then it_value, each seconds then nanoseconds.
+        const _: () = assert!(size_of::<libc::itimerspec>() == 32);
+        let b = remote.read(0, size_of::<libc::itimerspec>())?;
+        let words: Vec<u64> =
+            b.chunks_exact(8).filter_map(|w| w.try_into().ok()).map(u64::from_ne_bytes).collect();
+        let [int_s, int_ns, left_s, left_ns] = words[..] else {
+            return Err(EngineError::Proc {
+                pid,
+                what: format!("timer_gettime({id})"),
+                reason: format!("{} bytes read back, not an itimerspec", b.len()),
+            });
         };
-        let (interval_ns, left_ns) = (ns(0), ns(16));
+        let ns = |s: u64, ns: u64| s.saturating_mul(1_000_000_000).saturating_add(ns);
+        let (interval_ns, left_ns) = (ns(int_s, int_ns), ns(left_s, left_ns));
         let overrun = remote.call(libc::SYS_timer_getoverrun, &[id], || format!("timer_getoverrun({id})"))?;
         if overrun != 0 {
             return Err(EngineError::Unsupported(format!(
@@ -268,16 +258,16 @@ pub fn restore(remote: &mut Remote<'_>, rec: &ProcessRecord) -> Result<(), Engin
         made?;
         off?;
     }
-    let registrations = [
-        mb::MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
-        mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-        mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
-        mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
-    ];
-    for bit in registrations.map(|c| c as u32).into_iter().filter(|b| rec.membarrier & b != 0) {
-        remote.call(libc::SYS_membarrier, &[u64::from(bit), 0, 0], || {
-            format!("membarrier(register {})", migrate_proto::records::membarrier_names(bit).concat())
-        })?;
+    // The image's bits are the register commands themselves (see the table's doc).
+    const _: () = assert!(
+        MEMBARRIER[0].0 == mb::MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED as u32
+            && MEMBARRIER[1].0 == mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED as u32
+            && MEMBARRIER[2].0 == mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE as u32
+            && MEMBARRIER[3].0 == mb::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ as u32
+    );
+    for (bit, name) in MEMBARRIER.into_iter().filter(|(b, _)| rec.membarrier & b != 0) {
+        remote
+            .call(libc::SYS_membarrier, &[u64::from(bit), 0, 0], || format!("membarrier(register {name})"))?;
     }
     Ok(())
 }

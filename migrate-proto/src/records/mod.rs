@@ -24,7 +24,8 @@ pub mod vma;
 pub use inet::{InetAddr, InetProto, InetSocket, InetState, IntOption, SockOpt};
 pub use ipc::*;
 pub use timers::{
-    MAX_TIMERS, MEMBARRIER_REGISTRATIONS, PosixTimer, TimerNotify, clock_name, cpu_clock, membarrier_names,
+    MAX_TIMERS, MEMBARRIER, MEMBARRIER_REGISTRATIONS, PosixTimer, TimerNotify, clock_name, clock_refusal,
+    cpu_clock, membarrier_names,
 };
 pub(crate) use timers::{check_membarrier, check_timers};
 pub use unix::{PeerCred, SocketFile, UnixName, UnixSocket, UnixState, UnixType};

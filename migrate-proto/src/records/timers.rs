@@ -51,12 +51,40 @@ pub enum TimerNotify {
 /// `RLIMIT_SIGPENDING`; an image with more would only make the restore crawl).
 pub const MAX_TIMERS: usize = 1 << 16;
 
-/// The clocks a timer may be made on, besides CPU clocks (negative ids).
-pub const TIMER_CLOCKS: [i32; 6] = [0, 1, 2, 3, 7, 11];
+/// The `MEMBARRIER_CMD_REGISTER_*` commands a process may have run, each the bit
+/// `MEMBARRIER_CMD_GET_REGISTRATIONS` reports for it, with its name: the one list the
+/// checkpoint, the restore, the validation and `inspect` go by.
+pub const MEMBARRIER: [(u32, &str); 4] =
+    [(4, "global-expedited"), (16, "private-expedited"), (64, "private-expedited-sync-core"), (256, "rseq")];
 
-/// The `MEMBARRIER_CMD_REGISTER_*` commands a process may have run: global expedited
-/// (4), private expedited (16), private expedited sync-core (64) and rseq (256).
-pub const MEMBARRIER_REGISTRATIONS: u32 = 4 | 16 | 64 | 256;
+/// Every bit of [`MEMBARRIER`].
+pub const MEMBARRIER_REGISTRATIONS: u32 =
+    MEMBARRIER[0].0 | MEMBARRIER[1].0 | MEMBARRIER[2].0 | MEMBARRIER[3].0;
+
+/// Why a timer on `clock` cannot be made again in a process of `threads` threads, if it
+/// cannot. `own(p, thread)` says whether `p` (an id in the container) is the process
+/// itself (`thread` false) or one of its threads. The one rule of the checkpoint, which
+/// refuses such a timer, and of the validation of an image, which should hold none.
+pub fn clock_refusal(clock: i32, threads: usize, own: impl Fn(i32, bool) -> bool) -> Option<&'static str> {
+    const CALLING_THREAD: &str = "the calling thread's CPU clock, in a process of several threads: which thread made it (and whose CPU time it counts) shows nowhere";
+    match clock {
+        // REALTIME, MONOTONIC, PROCESS_CPUTIME_ID, BOOTTIME, TAI.
+        0 | 1 | 2 | 7 | 11 => None,
+        // THREAD_CPUTIME_ID: the creator's thread.
+        3 if threads > 1 => Some(CALLING_THREAD),
+        3 => None,
+        // REALTIME_ALARM, BOOTTIME_ALARM.
+        8 | 9 => Some("an alarm clock, which wakes the host from suspend: not supported yet"),
+        c if c < 0 => match cpu_clock(c) {
+            (_, _, 3) => Some("not a CPU clock"),
+            (0, true, _) if threads > 1 => Some(CALLING_THREAD),
+            (0, _, _) => None,
+            (p, thread, _) if own(p, thread) => None,
+            _ => Some("a CPU clock of another process: not supported yet"),
+        },
+        _ => Some("a clock a timer cannot be restored on"),
+    }
+}
 
 /// The clock of a timer, named for a person.
 pub fn clock_name(clock: i32) -> String {
@@ -91,11 +119,7 @@ pub fn cpu_clock(clock: i32) -> (i32, bool, u32) {
 
 /// Names the registrations of a `MEMBARRIER_CMD_GET_REGISTRATIONS` mask.
 pub fn membarrier_names(mask: u32) -> Vec<&'static str> {
-    [(4, "global-expedited"), (16, "private-expedited"), (64, "private-expedited-sync-core"), (256, "rseq")]
-        .into_iter()
-        .filter(|(bit, _)| mask & bit != 0)
-        .map(|(_, name)| name)
-        .collect()
+    MEMBARRIER.into_iter().filter(|(bit, _)| mask & bit != 0).map(|(_, name)| name).collect()
 }
 
 fn bad(problem: String) -> Result<(), Invalid> {
@@ -115,27 +139,9 @@ pub(crate) fn check_timers(timers: &[PosixTimer], tids: &[i32]) -> Result<(), In
         if t.id < 0 || !ids.insert(t.id) {
             return bad(format!("timer id {} is negative or listed twice", t.id));
         }
-        if t.clock < 0 {
-            let (pid, thread, kind) = cpu_clock(t.clock);
-            if kind > 2
-                || (pid != 0 && !tids.contains(&pid))
-                || (pid != 0 && !thread && Some(&pid) != tids.first())
-            {
-                return bad(format!("timer {}: {} is not a CPU clock of the process", t.id, t.clock));
-            }
-        }
-        // The calling thread's CPU clock binds the timer to whichever thread made it,
-        // which nothing shows: only a process of one thread says which.
-        if (t.clock == 3 || (t.clock < 0 && cpu_clock(t.clock).0 == 0 && cpu_clock(t.clock).1))
-            && tids.len() > 1
-        {
-            return bad(format!(
-                "timer {}: the calling thread's CPU clock in a process of several threads",
-                t.id
-            ));
-        }
-        if t.clock >= 0 && !TIMER_CLOCKS.contains(&t.clock) {
-            return bad(format!("timer {}: clock {} is not one a restore makes timers on", t.id, t.clock));
+        let own = |p, thread| if thread { tids.contains(&p) } else { tids.first() == Some(&p) };
+        if let Some(why) = clock_refusal(t.clock, tids.len(), own) {
+            return bad(format!("timer {}: {}, {why}", t.id, clock_name(t.clock)));
         }
         if t.notify != TimerNotify::None && !(1..=64).contains(&t.signo) {
             return bad(format!("timer {}: signal {} is not a signal (1..=64)", t.id, t.signo));

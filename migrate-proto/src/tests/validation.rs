@@ -284,6 +284,11 @@ fn batches_must_lie_in_dumpable_vmas() {
     assert!(check_batch(&object(1, 0, 1), &p).is_ok());
     assert!(check_batch(&object(1, 0x1000, 1), &p).is_err(), "beyond the object's 4096 bytes");
     assert!(check_batch(&object(2, 0, 1), &p).is_err(), "an object the process does not own");
+    // A linked file's bytes are the file's: a batch would overwrite a host file.
+    let mut linked = p.clone();
+    linked.objects[0].link = Some("/tmp/other".into());
+    let err = check_batch(&object(1, 0, 1), &linked).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("a batch of object 1, a file the image does not carry"), "{err}");
 
     let cases = [
         (
@@ -884,7 +889,9 @@ fn only_a_deleted_file_has_another_link() {
         })
     };
     assert_eq!(with(deleted.clone(), "/data/b"), "");
-    assert!(with(deleted, "data/b").contains("object 9"), "a relative link");
+    assert!(with(deleted.clone(), "data/b").contains("object 9"), "a relative link");
+    let err = with(deleted, "/etc/passwd");
+    assert!(err.contains("its other name \"/etc/passwd\" is not in the directory of \"/data/a\""), "{err}");
     let err = with(ObjectKind::AnonShared, "/data/b");
     assert!(err.contains("only a deleted file without file attributes has a link"), "{err}");
 }
@@ -930,20 +937,20 @@ fn timers_and_membarrier_are_checked() {
         ),
         ("timer id 0 is negative or listed twice", Box::new(|p| p.timers[1].id = 0)),
         ("timer id -1 is negative or listed twice", Box::new(|p| p.timers[1].id = -1)),
-        ("timer 0: clock 4 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 4)),
-        ("timer 0: clock 9 is not one a restore makes timers on", Box::new(|p| p.timers[0].clock = 9)),
+        ("timer 0: clock 4, a clock a timer cannot be restored on", Box::new(|p| p.timers[0].clock = 4)),
+        ("timer 0: clock 9, an alarm clock", Box::new(|p| p.timers[0].clock = 9)),
         (
-            "is not a CPU clock of the process",
+            "a CPU clock of another process",
             Box::new(|p| p.timers[3].clock = (!99 << 3) | 2), // another process
         ),
-        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!10 << 3) | 3)),
-        ("is not a CPU clock of the process", Box::new(|p| p.timers[3].clock = (!11 << 3) | 2)),
+        ("(-85), not a CPU clock", Box::new(|p| p.timers[3].clock = (!10 << 3) | 3)),
+        ("a CPU clock of another process", Box::new(|p| p.timers[3].clock = (!11 << 3) | 2)),
         (
-            "the calling thread's CPU clock in a process of several threads",
+            "the calling thread's CPU clock, in a process of several threads",
             Box::new(|p| p.timers[0].clock = 3),
         ),
         (
-            "the calling thread's CPU clock in a process of several threads",
+            "the calling thread's CPU clock, in a process of several threads",
             Box::new(|p| p.timers[0].clock = (!0 << 3) | 6),
         ),
         ("timer 0: signal 65 is not a signal (1..=64)", Box::new(|p| p.timers[0].signo = 65)),

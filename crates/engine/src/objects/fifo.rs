@@ -19,9 +19,11 @@
 //!
 //! Restore: the first process that needs the FIFO makes sure it exists at its path in its
 //! own view (a FIFO in `/run` or `/dev/shm` was already recreated from the image's tmpfs
-//! entries; one on a host path may have gone: it is created with its mode, only where
-//! [`crate::hostfs`] allows, and removed again if the restore fails), then opens it
-//! `O_RDWR` at a spare fd ([`make`]). On Linux that open never blocks (fifo(7)), and that
+//! entries; one on a host path may have gone: it is created with its mode and removed
+//! again if the restore fails), then opens it `O_RDWR` at a spare fd ([`make`]), checking
+//! that what it opened is the node it found or made. Found or made, it must be where
+//! [`crate::hostfs`] allows, since the restore fills it and sets its times; a checkpoint
+//! refuses one elsewhere ([`check`]). On Linux that open never blocks (fifo(7)), and that
 //! one description is both reader and writer, so the FIFO's buffer lives (sized and filled
 //! through it) until the restore ends and the spares are closed, and every end can be
 //! opened anew, with its own access mode and `O_NONBLOCK`, without blocking or `ENXIO`
@@ -35,6 +37,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use migrate_proto::records::{FdRecord, Fifo, PipeRecord};
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::fstatat;
 
 use crate::error::{EngineError, io_err};
 use crate::files::describe_process;
@@ -73,7 +77,8 @@ fn stat(pid: i32, fd: i32) -> Result<Metadata, EngineError> {
 }
 
 /// Refuses, before anything is seized, FIFOs that cannot be moved: one also held open by a
-/// process outside `inside` (the container's pids), and two FIFOs with one key. `fifos`
+/// process outside `inside` (the container's pids), two FIFOs with one key, and one in a
+/// directory where a restore may not create files ([`crate::hostfs`]). `fifos`
 /// holds `(pid, fd, key)` for every FIFO fd of the container.
 pub fn check(inside: &[i32], fifos: &[(i32, i32, u64)]) -> Result<(), EngineError> {
     if fifos.is_empty() {
@@ -91,6 +96,19 @@ pub fn check(inside: &[i32], fifos: &[(i32, i32, u64)]) -> Result<(), EngineErro
             )));
         }
         objects.entry(id).or_insert((pid, fd));
+        // The restore opens it, fills it and sets its times, or makes it if it is gone:
+        // only where it may create files (`hostfs`), or a crafted image could do the same
+        // to any FIFO of the host.
+        let link = format!("/proc/{pid}/fd/{fd}");
+        let path = std::fs::read_link(&link).map_err(io_err("readlink", link))?;
+        let path = path.to_string_lossy();
+        if let Err(why) = crate::hostfs::may_create(pid, &path, md.uid()) {
+            return Err(EngineError::Unsupported(format!(
+                "{} fd {fd} is the FIFO {path}, which a restore opens and fills again or makes anew; {why}, and {}",
+                describe_process(pid),
+                crate::hostfs::RULE
+            )));
+        }
     }
     // One walk of /proc for all of them. Only links that are paths can be FIFOs.
     let Ok(procs) = std::fs::read_dir("/proc") else { return Ok(()) };
@@ -168,23 +186,25 @@ pub fn make(
     let (path, host) = (fifo.path.as_str(), remote.pid);
     let at = remote.path(0, path)?;
     let statbuf = remote.scratch.addr + STAT_AT;
-    let nofollow = libc::AT_SYMLINK_NOFOLLOW as u64;
-    match remote.syscall(libc::SYS_newfstatat, &[libc::AT_FDCWD as u64, at, statbuf, nofollow])? {
-        Ok(_) => {
-            let off = std::mem::offset_of!(libc::stat, st_mode);
-            let raw = remote.read(STAT_AT + off as u64, 4)?;
-            let mode = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            if mode & libc::S_IFMT != libc::S_IFIFO {
-                return Err(EngineError::Incompatible(format!(
-                    "the FIFO {path} is no FIFO here (mode {mode:o})"
-                )));
-            }
+    // Found or made, opened and filled: only in a directory a restore may create files
+    // in, the same as a checkpoint allows (`check`), whether the FIFO is there or not.
+    let dir = Dir::in_root(host, path)?;
+    let at_dir = |dir: &Dir| fstatat(&dir.fd, dir.name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+    let found = at_dir(&dir);
+    // Its owner: the one it has, or the engine, which makes it.
+    let owner = found.as_ref().map_or_else(|_| nix::unistd::geteuid().as_raw(), |st| st.st_uid);
+    dir.check(host, owner, &format!("the FIFO {path}"))?;
+    let io = |op, e: Errno| EngineError::Io { op, path: path.into(), source: e.into() };
+    let node = match found {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFIFO => st,
+        Ok(st) => {
+            return Err(EngineError::Incompatible(format!(
+                "the FIFO {path} is no FIFO here (mode {:o})",
+                st.st_mode
+            )));
         }
         Err(Errno::ENOENT) => {
             // Made by the engine in the directory it checked, not by path in the process.
-            let dir = Dir::in_root(host, path)?;
-            dir.check(host, &format!("the FIFO {path}"))?;
-            let io = |op, e: Errno| EngineError::Io { op, path: path.into(), source: e.into() };
             let perm = nix::sys::stat::Mode::from_bits_truncate(fifo.mode);
             nix::sys::stat::mknodat(&dir.fd, dir.name.as_str(), nix::sys::stat::SFlag::S_IFIFO, perm, 0)
                 .map_err(|e| io("mknod", e))?;
@@ -197,9 +217,10 @@ pub fn make(
                 nix::sys::stat::FchmodatFlags::NoFollowSymlink,
             )
             .map_err(|e| io("chmod", e))?;
+            at_dir(&dir).map_err(|e| io("stat", e))?
         }
-        Err(errno) => return Err(EngineError::Injected { pid: host, call: format!("stat {path}"), errno }),
-    }
+        Err(e) => return Err(io("stat", e)),
+    };
     let flags = (libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
     let fd = remote.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0], || {
         format!("open {path} read-write")
@@ -209,8 +230,14 @@ pub fn make(
     })?;
     remote.call(libc::SYS_close, &[fd], || "close".into())?;
     spares.push((pid_ns, spare));
-    // What was opened, not what the path named a moment before.
-    ensure_fifo(host, spare, path)?;
+    // What was opened by path in the process is the node checked above, not what the
+    // path named a moment later.
+    let md = stat(host, spare as i32)?;
+    if (md.dev(), md.ino()) != (node.st_dev, node.st_ino) {
+        return Err(EngineError::Incompatible(format!(
+            "the FIFO {path} was replaced while the restore opened it"
+        )));
+    }
     remote.call(libc::SYS_ioctl, &[spare, libc::FIONREAD, statbuf], || format!("FIONREAD of {path}"))?;
     let raw = remote.read(STAT_AT, 4)?;
     let queued = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);

@@ -158,7 +158,7 @@ fn deleted(shown: &str, md: &Metadata, path: &str) -> Result<(ObjectKind, Option
         .nth(2)
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| EngineError::Unsupported(format!("{path}: not a link under /proc/PID")))?;
-    crate::hostfs::check_deleted(pid, path, shown)?;
+    crate::hostfs::check_deleted(pid, path, shown, md.uid())?;
     // `(deleted)` says the name it was opened by is gone, not the file (checked on 6.18:
     // a file opened as A, linked as B, A unlinked, shows "A (deleted)" with nlink 1): with
     // a link left, a copy made by the restore would no longer be that file.
@@ -248,10 +248,10 @@ pub fn create(
             remote.call(libc::SYS_ftruncate, &[fd, rec.size], || format!("ftruncate memfd {name:?}"))?;
             fd
         }
-        ObjectKind::Deleted { path, .. } if let Some(link) = &rec.link => {
-            relink(remote, id, path, link, rec.size)?
+        ObjectKind::Deleted { path, uid, gid, .. } if let Some(link) = &rec.link => {
+            relink(remote, rec, path, link, (*uid, *gid))?
         }
-        ObjectKind::Deleted { path, mode, .. } => {
+        ObjectKind::Deleted { path, mode, uid, .. } => {
             // Made where it was, then unlinked: /proc shows it as it showed the original.
             // If that name is taken again, beside it. Made in its directory as this
             // process opens it (its own view), once the engine has checked that a restore
@@ -264,7 +264,7 @@ pub fn create(
             })?;
             let parent_dir =
                 Dir { fd: crate::files::take(host, dfd as i32)?, path: path.clone(), name: name.into() };
-            parent_dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+            parent_dir.check(host, *uid, &format!("the deleted file {path} (object {id})"))?;
             let flags =
                 (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
             let mut made = None;
@@ -334,6 +334,14 @@ impl Live {
     /// Writes `data` at `offset`, not past the object's size (its last page may be
     /// partial).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), EngineError> {
+        // A linked file is the host's file itself: the image has no bytes for it (the
+        // validation refuses such batches; this holds even if a caller skipped it).
+        if let Some(link) = &self.record.link {
+            return Err(EngineError::Incompatible(format!(
+                "object {} is the file {link}, not a copy: the image may not write it",
+                self.record.id
+            )));
+        }
         let room = self.record.size.saturating_sub(offset).min(data.len() as u64) as usize;
         self.file.write_all_at(&data[..room], offset).map_err(|source| EngineError::Memory {
             pid: 0,
@@ -399,8 +407,19 @@ fn other_link(path: &str, shown: &str, md: &Metadata) -> Option<String> {
 /// Opens, in `remote`, the deleted file `path` that still has the name `link`: linked back
 /// as `path`, opened, unlinked again, so that `/proc` shows it as before. If `path` is
 /// taken again, it is opened as `link` (the same file, shown by that name). Returns the fd.
-fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -> Result<u64, EngineError> {
-    let host = remote.pid;
+///
+/// The file must still be the one the checkpoint saw: as large, and with the owner it had
+/// (`owner`, recorded from that very inode). The image carries no inode number, and one
+/// would not survive a move to another host anyway; the owner is what keeps a crafted
+/// image from handing the container another user's file through a name in `/tmp`.
+fn relink(
+    remote: &mut Remote<'_>,
+    rec: &ObjectRecord,
+    path: &str,
+    link: &str,
+    owner: (u32, u32),
+) -> Result<u64, EngineError> {
+    let (host, id, size) = (remote.pid, rec.id, rec.size);
     // Both names in one directory (the checkpoint looks for the other name only there),
     // and one a restore may create files in: a crafted image must not hard-link a host
     // file to a name of its choosing.
@@ -417,7 +436,7 @@ fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -
         format!("open {parent}, the directory of deleted file {path}")
     })?;
     let dir = Dir { fd: crate::files::take(host, dfd as i32)?, path: path.to_string(), name: name.into() };
-    dir.check(host, &format!("the deleted file {path} (object {id})"))?;
+    dir.check(host, owner.0, &format!("the deleted file {path} (object {id})"))?;
     let from = remote.path(0, link_name)?;
     let to = remote.path(8192, name)?;
     let linked = match remote.syscall(libc::SYS_linkat, &[dfd, from, dfd, to, 0])? {
@@ -442,11 +461,16 @@ fn relink(remote: &mut Remote<'_>, id: u64, path: &str, link: &str, size: u64) -
     remote.call(libc::SYS_close, &[dfd], || "close".into())?;
     let fd = fd?;
     let md = std::fs::metadata(format!("/proc/{host}/fd/{fd}")).map_err(io_err("stat", link))?;
-    // As for any file reopened by name: shorter than at the checkpoint, it is another one.
-    if !md.is_file() || md.size() < size {
+    // As for any file reopened by name: shorter than at the checkpoint, or another
+    // owner's, it is another one.
+    if !md.is_file() || md.size() < size || (md.uid(), md.gid()) != owner {
         return Err(EngineError::Incompatible(format!(
-            "{link}, the other name of the deleted file {path}, is no longer that file ({} bytes, the image has {size})",
-            md.size()
+            "{link}, the other name of the deleted file {path}, is no longer that file ({} bytes, owner {}:{}; the image has {size} bytes, owner {}:{})",
+            md.size(),
+            md.uid(),
+            md.gid(),
+            owner.0,
+            owner.1
         )));
     }
     Ok(fd)

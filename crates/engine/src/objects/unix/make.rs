@@ -383,6 +383,32 @@ fn pair(remote: &mut Remote<'_>, u: &UnixSocket, world: &mut FdWorld) -> Result<
     ))
 }
 
+/// Whether no socket is bound to the socket node `d.name` in `d`: only then does a
+/// `connect` to it fail with `ECONNREFUSED` (any other answer — accepted, `EAGAIN` for a
+/// full backlog, `EPROTOTYPE` for another type — means something holds it).
+fn stale(d: &Dir) -> Result<bool, nix::errno::Errno> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    // Reached through an O_PATH fd of the node: the name may be longer than `sun_path`.
+    let node = nix::fcntl::openat(
+        &d.fd,
+        d.name.as_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let probe = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(format!("/proc/self/fd/{}", node.as_raw_fd()).as_str())?;
+    match connect(probe.as_raw_fd(), &addr) {
+        Err(nix::errno::Errno::ECONNREFUSED) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
 /// Binds `m` to the name `u` bound, where it made a file: a stale socket node there
 /// (left by the dumped one) is removed first, and the new one gets its mode and owner.
 /// The node is made only where a restore may create files ([`Dir::check`]), and recorded
@@ -400,14 +426,27 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket, created: &mut Created
     };
     // Before a stale node is removed: that, too, only where a restore may create files.
     if let Some(d) = &dir {
-        d.check(remote.pid, &format!("the node of unix socket {}, {},", u.inode, d.path))?;
+        // Owned as it was; an unlinked one's node (gone again once its clients are
+        // connected) is made by the stub, as the engine's user.
+        let owner = match name {
+            UnixName::Path { file: Some(f), .. } => f.uid,
+            _ => nix::unistd::geteuid().as_raw(),
+        };
+        d.check(remote.pid, owner, &format!("the node of unix socket {}, {},", u.inode, d.path))?;
     }
     // The node the dumped socket left, if the path still named it then (an unlinked
-    // one's path may name another socket now: the bind below then fails).
+    // one's path may name another socket now: the bind below then fails). Removed only
+    // if no socket is bound to it any more: a live one is another program's.
     if let (Some(d), UnixName::Path { path, file: Some(_) }) = (&dir, name)
         && nix::sys::stat::fstatat(&d.fd, d.name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
     {
+        if !stale(d).map_err(|e| fail("probe the socket node", path, e))? {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {} cannot be bound to {path} again: a socket of another program is bound there (a connect to it is not refused)",
+                u.inode
+            )));
+        }
         nix::unistd::unlinkat(&d.fd, d.name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
             .map_err(|e| fail("unlink a stale socket node", path, e))?;
     }
@@ -418,6 +457,18 @@ fn bind(remote: &mut Remote<'_>, m: &Made, u: &UnixSocket, created: &mut Created
         format!("bind unix socket to {}", super::diag::show_name(Some(&sun_path(name))))
     })?;
     if let Some(d) = &dir {
+        // The bind went by path, after the check: what the name holds now must be the node
+        // it made (sock_diag gives the inode a socket is bound to), or nothing there is
+        // ours to change, record or remove.
+        let ours = nix::sys::stat::fstat(&m.copy).map_err(|e| fail("stat", &d.path, e))?.st_ino;
+        let vfs = super::diag::Table::of(remote.pid)?.get(ours as u32).and_then(|x| x.vfs);
+        let node = nix::sys::stat::fstatat(&d.fd, d.name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if !node.is_ok_and(|st| vfs.is_some_and(|(ino, _)| u64::from(ino) == st.st_ino)) {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {} was bound to {}, but that name holds another file now: its directory changed during the restore",
+                u.inode, d.path
+            )));
+        }
         created.add(d)?;
     }
     // Its mode and owner as they were (an unlinked one's file goes once its clients

@@ -102,13 +102,6 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             else {
                 return Ok(Err(here("bound to a relative, `..` or non-UTF-8 path: not supported yet")));
             };
-            // The restore binds it again, which makes its node (see `hostfs`).
-            if let Err(why) = crate::hostfs::may_create(seen.pid, path) {
-                let rule = crate::hostfs::RULE;
-                return Ok(Err(here(&format!(
-                    "bound to {path}, whose node a restore makes again; {why}, and {rule}"
-                ))));
-            }
             // Only a name that is gone means "unlinked": the restore removes it again.
             let file = match std::fs::metadata(format!("/proc/{}/root{path}", seen.pid)) {
                 Ok(m) => Some(m),
@@ -117,6 +110,15 @@ pub fn dump(seen: &FdSeen<'_>, sock: &OwnedFd) -> Result<Classified, EngineError
             }
             .filter(|m| me.vfs.is_some_and(|(vino, _)| u64::from(vino) == m.ino()))
             .map(|m| SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() });
+            // The restore binds it again, which makes its node (see `hostfs`), owned as
+            // now; an unlinked one's, made for a moment by the restore, is the engine's.
+            let owner = file.as_ref().map_or_else(|| nix::unistd::geteuid().as_raw(), |f| f.uid);
+            if let Err(why) = crate::hostfs::may_create(seen.pid, path, owner) {
+                let rule = crate::hostfs::RULE;
+                return Ok(Err(here(&format!(
+                    "bound to {path}, whose node a restore makes again; {why}, and {rule}"
+                ))));
+            }
             Some(UnixName::Path { path: path.to_string(), file })
         }
     };
