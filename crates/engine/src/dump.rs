@@ -269,9 +269,12 @@ pub fn checkpoint(
     let precheck_ms = t_pre.elapsed().as_millis() as u64;
     let t_seize = Instant::now();
     // The seize thaws the cgroup; frozen again at once (see the module doc).
-    let seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty());
+    // The masks are journaled before the seize blocks every signal.
+    let seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty(), &mut |seized| {
+        journal.seized(seized)?;
+        failpoints::hit(Failpoint::CheckpointMasksJournaled)
+    });
     let mut seized = freeze(req.cgroup).and(seized)?;
-    journal.seized(&seized)?;
     failpoints::hit(Failpoint::CheckpointSeized)?;
     let seize_ms = t_seize.elapsed().as_millis() as u64;
     // On an error the source goes on as before: each guard puts its threads back on drop.

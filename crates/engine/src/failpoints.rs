@@ -40,6 +40,9 @@ macro_rules! failpoints {
 failpoints! {
     /// The cgroup is frozen; nothing is traced yet.
     CheckpointFrozen = "checkpoint/after-freeze",
+    /// Every thread is seized and its signal mask journaled, none blocked yet; the cgroup
+    /// is thawed (the threads sit in their ptrace stops).
+    CheckpointMasksJournaled = "checkpoint/before-block",
     /// Every thread is seized and its signals blocked; the cgroup frozen again.
     CheckpointSeized = "checkpoint/after-seize",
     /// PID 1's registers, signals and timers are read by injected calls; the others not.

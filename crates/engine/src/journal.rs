@@ -31,7 +31,8 @@ use crate::error::{EngineError, io_err};
 pub enum Stage {
     /// The cgroup is (being) frozen; nothing is traced.
     Frozen,
-    /// Threads are seized, their signals blocked (the original masks are in `masks`).
+    /// Threads are seized, their signals blocked or about to be: the original masks are
+    /// in `masks`, written before the seize blocks any signal.
     Seized,
     /// The image is complete; the processes are being released or killed.
     Written,
