@@ -280,9 +280,11 @@ pub fn checkpoint(
     // On an error the source goes on as before: each guard puts its threads back on drop.
     let written = host::container_clocks(req.pid)
         .and_then(|clocks| collect_and_write(&req, pre, &mut seized, &mut journal, clocks, progress))?;
+    // Before the journal says so: an interruption here still undoes the checkpoint, the
+    // image removed, as `recover` does for any stage before `Written`.
+    failpoints::hit(Failpoint::CheckpointWritten)?;
     journal.written()?;
     dir.keep = true;
-    failpoints::hit(Failpoint::CheckpointWritten)?;
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
     let t_release = Instant::now();
     // Every process is let go (or killed) even if one of them fails.

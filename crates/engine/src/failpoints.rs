@@ -53,7 +53,8 @@ failpoints! {
     CheckpointMidMemory = "checkpoint/mid-memory",
     /// All memory is written; the process records and the manifest are not.
     CheckpointMemory = "checkpoint/after-memory",
-    /// The image is complete; the processes are not yet released or killed.
+    /// The image is complete on disk but not yet journaled as such: an interruption
+    /// still removes it and puts the container back.
     CheckpointWritten = "checkpoint/before-release",
     /// The first process is released (or killed), the others not.
     CheckpointMidRelease = "checkpoint/mid-release",

@@ -339,14 +339,14 @@ fn build(
             Some(status) => {
                 // Put in its session and group while it can still run calls: a zombie
                 // keeps them, and may be what keeps its group alive.
-                let mut task = Task::new(child_host, tracee)?;
+                let mut unborn = Unborn::new(Task::new(child_host, tracee)?);
                 let zmem = crate::inject::open_mem(child_host)?;
-                let mut zombie = Remote { task: &mut task, gadget, mem: &zmem, pid: child_host, scratch };
+                let mut zombie = Remote { task: unborn.task()?, gadget, mem: &zmem, pid: child_host, scratch };
                 ctx.sessions.settle(&mut zombie, child, rec)?;
                 if child.ppid == rec.pid {
-                    make_zombie(task, gadget, child_host, scratch, child, status)?
+                    make_zombie(unborn, gadget, child_host, scratch, child, status)?
                 } else {
-                    forks.adopted_zombie(task, child, status)
+                    forks.adopted_zombie(unborn, child, status)
                 }
             }
             None => {
@@ -429,7 +429,7 @@ pub(crate) fn clone3(
 /// Makes a freshly forked child exit with `status`, so that it is a zombie of its parent
 /// until the parent reaps it.
 pub(crate) fn make_zombie(
-    mut task: Task,
+    mut unborn: Unborn,
     gadget: u64,
     host: i32,
     scratch: Scratch,
@@ -439,7 +439,7 @@ pub(crate) fn make_zombie(
     let (code, sig, pid_ns) = ((status >> 8) & 0xff, status & 0x7f, rec.pid);
     // Its own memory: the scratch page it inherited is a copy, not its parent's.
     let mem = &crate::inject::open_mem(host)?;
-    let mut remote = Remote { task: &mut task, gadget, mem, pid: host, scratch };
+    let mut remote = Remote { task: unborn.task()?, gadget, mem, pid: host, scratch };
     // Its name is all `ps` still shows of it.
     let at = remote.path(0, &rec.comm)?;
     remote.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
@@ -474,8 +474,46 @@ pub(crate) fn make_zombie(
         regs.rsi = pid_ns as u64;
         regs.rdx = sig as u64;
     }
+    let task = unborn.task()?;
     task.tracee.set_regs(regs).map_err(EngineError::ptrace(host, "set up the exit"))?;
-    task.tracee.detach().map_err(EngineError::ptrace(host, "let the zombie exit"))
+    unborn.release()?.tracee.detach().map_err(EngineError::ptrace(host, "let the zombie exit"))
+}
+
+/// A forked process that is to end as a zombie of the image, held stopped until its
+/// last call. Dropped before that (an error on the way) it is SIGKILLed while still
+/// stopped: a bare [`Task`] would detach on drop and let it run half-built.
+#[derive(Debug)]
+pub(crate) struct Unborn(Option<Task>);
+
+impl Unborn {
+    pub(crate) fn new(task: Task) -> Unborn {
+        Unborn(Some(task))
+    }
+
+    pub(crate) fn task(&mut self) -> Result<&mut Task, EngineError> {
+        self.0.as_mut().ok_or_else(Unborn::gone)
+    }
+
+    /// Its task, to be let go by the caller (it is no longer killed on drop).
+    fn release(&mut self) -> Result<Task, EngineError> {
+        self.0.take().ok_or_else(Unborn::gone)
+    }
+
+    fn gone() -> EngineError {
+        EngineError::Changed("a zombie being made was already let go".into())
+    }
+}
+
+impl Drop for Unborn {
+    fn drop(&mut self) {
+        // Killed before its task drops and detaches it: it never returns to user space.
+        if let Some(task) = &self.0
+            && let Err(e) =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.tid), nix::sys::signal::Signal::SIGKILL)
+        {
+            tracing::warn!(pid = task.tid, error = %e, "killing a half-built zombie failed");
+        }
+    }
 }
 
 /// Creates every thread but the main one with its tid, by `clone3(CLONE_THREAD, set_tid)`

@@ -66,6 +66,7 @@ pub(crate) use tree::{Ids, build_order, builders, check};
 
 use crate::error::EngineError;
 use crate::inject::{Remote, Scratch, Task, open_mem};
+use crate::restore::Unborn;
 use crate::procfs;
 use crate::restore::clone3;
 
@@ -213,7 +214,7 @@ pub(crate) struct Forks<'a> {
     subreaper: bool,
     /// Zombies adopted for their parents, stopped at birth: they exit in
     /// [`Forks::finish`], once they are their parents' (with their wait status).
-    zombies: Vec<(Task, &'a ProcessRecord, i32)>,
+    zombies: Vec<(Unborn, &'a ProcessRecord, i32)>,
 }
 
 #[derive(Debug)]
@@ -277,8 +278,8 @@ impl<'a> Forks<'a> {
 
     /// Keeps `task`, the zombie `rec` adopted for its parent and just forked, until
     /// [`Forks::finish`] has handed it to that parent: then it exits with `status`.
-    pub(crate) fn adopted_zombie(&mut self, task: Task, rec: &'a ProcessRecord, status: i32) {
-        self.zombies.push((task, rec, status));
+    pub(crate) fn adopted_zombie(&mut self, unborn: Unborn, rec: &'a ProcessRecord, status: i32) {
+        self.zombies.push((unborn, rec, status));
     }
 
     /// Set before the helpers are forked: the kernel looks for subreapers only above
@@ -352,9 +353,9 @@ impl<'a> Forks<'a> {
             helper.reap(parent, gadget)?;
             check_parents(&what, &born)?;
         }
-        for (task, rec, status) in self.zombies {
-            let host = task.tid;
-            crate::restore::make_zombie(task, gadget, host, scratch, rec, status)?;
+        for (mut unborn, rec, status) in self.zombies {
+            let host = unborn.task()?.tid;
+            crate::restore::make_zombie(unborn, gadget, host, scratch, rec, status)?;
         }
         Ok(())
     }
@@ -474,7 +475,7 @@ impl Helper {
         let what = self.what();
         let task = self.task.take().ok_or_else(|| gone(what.clone()))?;
         let host = task.tid;
-        crate::restore::make_zombie(task, self.gadget, host, scratch, rec, status)?;
+        crate::restore::make_zombie(Unborn::new(task), self.gadget, host, scratch, rec, status)?;
         wait_exit(&self.pidfd).map_err(|problem| EngineError::Helper { what, problem })
     }
 }
