@@ -429,7 +429,7 @@ struct Injected {
 
 fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
-    let tids_ns = thread_ids_in_ns(pid, seized)?;
+    let tids_ns = thread_ids_in_ns(seized)?;
     // Low if it can be: the first VMA in smaps, which `dump_mlockall` then reads alone.
     let scratch = match Scratch::map(seized.main(), gadget, Some(mm::PROBE_AT)) {
         Err(EngineError::Injected { .. }) => Scratch::map(seized.main(), gadget, None)?,
@@ -596,10 +596,7 @@ fn collect_and_write(
     let mut mem_stats = memory::MemStats::default();
     // Each parent's pagemap, kept until its children are dumped (they come later).
     let mut pagemaps: std::collections::HashMap<i32, memory::Pagemaps> = Default::default();
-    let ids: Vec<crate::session::Ids> = records
-        .iter()
-        .map(|r| crate::session::Ids::new(r.pid, r.ppid, r.sid, r.pgid, r.zombie.is_some()))
-        .collect();
+    let ids: Vec<crate::session::Ids> = records.iter().map(crate::session::Ids::of).collect();
     // A process adopted for its parent is forked from another's memory in the restore:
     // it shares no page with its parent there, and stores them all.
     let builders = crate::session::builders(&ids);
@@ -745,15 +742,6 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
 }
 
 /// Each seized thread's id inside the container's pid namespace (`NSpid`, last value).
-fn thread_ids_in_ns(pid: i32, seized: &Seized) -> Result<Vec<i32>, EngineError> {
-    seized
-        .tasks
-        .iter()
-        .map(|t| {
-            let status = crate::error::read_proc(pid, &format!("task/{}/status", t.tid))?;
-            crate::procfs::parse_status(&status)
-                .and_then(|st| crate::procfs::innermost(&st.nspid, "NSpid"))
-                .map_err(EngineError::proc(t.tid, "status"))
-        })
-        .collect()
+fn thread_ids_in_ns(seized: &Seized) -> Result<Vec<i32>, EngineError> {
+    seized.tasks.iter().map(|t| crate::procfs::ns_pid(t.tid)).collect()
 }

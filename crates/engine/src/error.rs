@@ -87,9 +87,7 @@ impl EngineError {
     pub fn memory(pid: i32, addr: u64, op: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
         move |source| {
             let gone = source.raw_os_error() == Some(libc::ESRCH)
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-                    s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
-                });
+                || crate::procfs::read_stat(pid).map_or(true, |s| matches!(s.state, 'Z' | 'X'));
             if gone {
                 EngineError::TargetDied { pid, op: format!("{op} its memory at {addr:#x}") }
             } else {

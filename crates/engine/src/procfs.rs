@@ -1,9 +1,8 @@
 //! The `/proc/PID/*` files the dump reads. `stat`, `status` and `limits` are parsed by
 //! procfs-core, over text read through `read_proc` so that errors keep the pid; what
 //! remains here is what procfs-core does not cover: `smaps` with its `VmFlags`, the
-//! `pos`/`flags` and `lock:` lines of fdinfo, `auxv`, a status `Name` (see
-//! [`status_field`]), and mm.rs's numbered stat fields for now. Pure functions over text,
-//! so that each is tested on fixed input.
+//! `pos`/`flags` and `lock:` lines of fdinfo, `auxv` and a status `Name` (see
+//! [`status_field`]). Pure functions over text, so that each is tested on fixed input.
 
 use migrate_proto::records::{Creds, FileLock, LockKind, Rlimit};
 use procfs_core::process::{LimitValue, Limits};
