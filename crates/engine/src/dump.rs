@@ -96,18 +96,16 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     // Every refusal, not only the first: see `Refusals`.
     let mut refusals = Refusals::default();
     let pids = build_order(tree_order(pid, &members)?, &mut refusals)?;
-    // System V ids and POSIX queue names mean something in one IPC namespace only, and
-    // the restore puts every process in the container's.
-    let ipc_ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).ok();
-    let home = ipc_ns(pid);
     for &p in &pids {
         refusals.gather(check_state(p, levels))?;
-        if p != pid && !seize::is_zombie(p) && ipc_ns(p) != home {
-            refusals.push(format!(
-                "{} runs in an IPC namespace of its own, not the container's: not supported yet",
-                crate::files::describe_process(p)
-            ));
-        }
+    }
+    // System V ids and POSIX queue names mean something in one IPC namespace only, and
+    // the restore puts every process in the container's.
+    for p in crate::procfs::outside_ns(pid, &pids, "ipc")? {
+        refusals.push(format!(
+            "{} runs in an IPC namespace of its own, not the container's: not supported yet",
+            crate::files::describe_process(p)
+        ));
     }
     let mut objects = crate::objects::shmem::Registry::default();
     // Before the maps: attachments find their segment by inode.

@@ -135,6 +135,24 @@ pub fn ns_pid(pid: i32) -> Result<i32, EngineError> {
     innermost(&read_status(pid)?.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))
 }
 
+/// The live processes of `pids` other than `root` (zombies have no namespaces left)
+/// whose namespace `kind` (`ipc`, `mnt`: a name under `/proc/PID/ns/`) is not `root`'s.
+/// A link that cannot be read is an error, never taken for the same namespace.
+pub fn outside_ns(root: i32, pids: &[i32], kind: &str) -> Result<Vec<i32>, EngineError> {
+    let ns = |p: i32| {
+        let path = format!("/proc/{p}/ns/{kind}");
+        std::fs::read_link(&path).map_err(|e| crate::error::proc_err(p, "read the link", path)(e))
+    };
+    let home = ns(root)?;
+    let mut out = Vec::new();
+    for &p in pids.iter().filter(|&&p| p != root) {
+        if !crate::seize::is_zombie(p) && ns(p)? != home {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
 /// A `Key:\tvalue` line, as fdinfo files write them (procfs-core has no generic fdinfo
 /// parser: each kind adds its own keys). In `status` it serves only `Name`: procfs-core's
 /// [`Status`] splits each line at every `:`, so a name such as `worker:1` would lose its
