@@ -62,8 +62,8 @@ pub struct RestoreReport {
 }
 
 /// A process built and waiting for the others: released all together at the end.
-struct Built {
-    pid_ns: i32,
+struct Built<'a> {
+    rec: &'a ProcessRecord,
     seized: Seized,
     scratch: Scratch,
 }
@@ -76,7 +76,7 @@ struct Ctx<'a> {
     /// Free in every process of the image: where the vDSO may be parked and the scratch
     /// page lives.
     park: u64,
-    built: Vec<Built>,
+    built: Vec<Built<'a>>,
     sessions: Sessions,
     warnings: Vec<String>,
     memory_ms: u64,
@@ -142,7 +142,7 @@ pub fn restore(
     // pidfds once every process and thread they may refer to exists.
     let mut pidfds = objects::pidfd::Made::new();
     for p in &img.processes {
-        let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == p.pid) else { continue };
+        let Some(b) = ctx.built.iter_mut().find(|b| b.rec.pid == p.pid) else { continue };
         let (gadget, scratch, host) = (b.seized.gadget, b.scratch, b.seized.tasks[0].tid);
         let mut remote =
             Remote { task: &mut b.seized.tasks[0], gadget, mem: &b.seized.mem, pid: host, scratch };
@@ -154,8 +154,8 @@ pub fn restore(
     // Creators of a group who had moved to another one move now that every member of
     // theirs is in it (see session.rs).
     for b in &mut ctx.built {
-        if let Some(group) = ctx.sessions.moves(b.pid_ns) {
-            let (gadget, pid) = (b.seized.gadget, b.pid_ns);
+        if let Some(group) = ctx.sessions.moves(b.rec.pid) {
+            let (gadget, pid) = (b.seized.gadget, b.rec.pid);
             b.seized.main().call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
                 format!("setpgid(0, {group}) in pid {pid}")
             })?;
@@ -171,7 +171,7 @@ pub fn restore(
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
     let spares = std::mem::take(&mut ctx.world.spares);
     // After every clone3(set_tid), which leave the counter where the stub left it.
-    if let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == 1) {
+    if let Some(b) = ctx.built.iter_mut().find(|b| b.rec.pid == 1) {
         let (gadget, scratch) = (b.seized.gadget, b.scratch);
         let mem =
             b.seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{stub}/mem")))?;
@@ -181,11 +181,9 @@ pub fn restore(
     }
     for b in &mut ctx.built {
         // Last, once every helper has exited and every credential is set: see attrs.
-        if let Some(rec) = img.processes.iter().find(|p| p.pid == b.pid_ns) {
-            crate::attrs::restore(&mut b.seized, b.scratch, rec)?;
-        }
+        crate::attrs::restore(&mut b.seized, b.scratch, b.rec)?;
         let gadget = b.seized.gadget;
-        for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.pid_ns) {
+        for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.rec.pid) {
             b.seized.main().call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
         }
         b.scratch.unmap(b.seized.main(), gadget)?;
@@ -274,9 +272,9 @@ fn check_cpu(s: &mut Seized, root: &ProcessRecord, stub: i32) -> Result<(), Engi
 
 /// Builds `rec` in `s` (a stub, or a fresh fork of its parent `parent`), then its
 /// children, then its threads.
-fn build(
-    ctx: &mut Ctx<'_>,
-    rec: &ProcessRecord,
+fn build<'a>(
+    ctx: &mut Ctx<'a>,
+    rec: &'a ProcessRecord,
     mut s: Seized,
     host: i32,
     parent: Option<&ProcessRecord>,
@@ -327,7 +325,8 @@ fn build(
     failpoints::hit(Failpoint::RestoreFds)?;
     process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
-    let children = ctx.sessions.built_by(rec.pid, &ctx.img.processes);
+    let img = ctx.img;
+    let children = ctx.sessions.built_by(rec.pid, &img.processes);
     let mut forks = Forks::new(rec, &children, &ctx.sessions);
     for child in children {
         let Some(child_host) = forks.fork(&mut remote, &mut ctx.sessions, child)? else {
@@ -387,7 +386,7 @@ fn build(
     }
     crate::sched::restore_oom(host, rec.oom_score_adj)?;
     crate::sched::restore_coredump_filter(host, rec.coredump_filter)?;
-    ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
+    ctx.built.push(Built { rec, seized: s, scratch });
     Ok(())
 }
 
@@ -550,12 +549,11 @@ fn create_threads(
 /// Lets every built process run, all at once (see the module doc): frozen, detached one
 /// by one, thawed. Until the thaw, an error kills them all where they stand: those still
 /// traced by their guard, those let go by the caller's removal of the frozen cgroup.
-fn resume(built: Vec<Built>, cgroup: &migrate_cgroup::Cgroup) -> Result<(), EngineError> {
+fn resume(built: Vec<Built<'_>>, cgroup: &migrate_cgroup::Cgroup) -> Result<(), EngineError> {
     cgroup.freeze(std::time::Duration::from_secs(10))?;
-    let mut first = true;
-    for b in built {
+    for (i, b) in built.into_iter().enumerate() {
         b.seized.detach_as_is()?;
-        if std::mem::take(&mut first) {
+        if i == 0 {
             failpoints::hit(Failpoint::RestoreMidResume)?;
         }
     }
