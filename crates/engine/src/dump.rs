@@ -250,7 +250,9 @@ pub fn checkpoint(
     // Dropped last: once the guards below have put the container back, or it is gone,
     // there is nothing left to undo.
     let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)
-        .inspect_err(|_| drop(DirGuard { dir: &req.dir, keep: false }))?;
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&req.dir);
+        })?;
     // Until the image is complete, a failure removes the directory; a failure thaws the
     // container, after the seized threads were put back.
     let mut dir = DirGuard { dir: &req.dir, keep: false };

@@ -82,8 +82,6 @@ pub(crate) struct Sessions {
     groups: HashSet<i32>,
     /// Who forks each process ([`builders`]).
     builders: HashMap<i32, i32>,
-    /// The parents of processes forked by another process (adopted for them).
-    receivers: HashSet<i32>,
     /// Every pid, session, group and thread id of the image: an adoption helper takes
     /// none of them.
     taken: HashSet<i32>,
@@ -109,22 +107,14 @@ impl Sessions {
             .chain(processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)))
             .collect();
         let builders = builders(&all);
-        let receivers =
-            all.iter().filter(|i| builders.get(&i.pid) != Some(&i.ppid)).map(|i| i.ppid).collect();
         let moved = moved_creators(&all);
-        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1, moved })
+        Ok(Sessions { ids, groups, builders, taken, last_spare: 1, moved })
     }
 
     /// The processes `pid` forks, in the image's order: its children, and the processes
     /// it adopts for their parents (see the module doc).
     pub(crate) fn built_by<'a>(&self, pid: i32, processes: &'a [ProcessRecord]) -> Vec<&'a ProcessRecord> {
         processes.iter().filter(|c| c.pid != pid && self.builders.get(&c.pid) == Some(&pid)).collect()
-    }
-
-    /// Whether a child of `pid` is forked by another process, and comes to `pid` when
-    /// that process's adoption helper exits.
-    fn receives_adopted(&self, pid: i32) -> bool {
-        self.receivers.contains(&pid)
     }
 
     /// The group `pid` moves to once the whole tree is built, if it created a group and
@@ -243,7 +233,9 @@ impl<'a> Forks<'a> {
             .filter(|z| children.iter().any(|c| c.sid == z.pid && c.pid != z.pid))
             .copied()
             .collect();
-        let receives = parent.pid != 1 && sessions.receives_adopted(parent.pid);
+        // A child of the parent forked by another process, adopted for it.
+        let receives = parent.pid != 1
+            && sessions.ids.values().any(|c| c.ppid == parent.pid && sessions.builders.get(&c.pid) != Some(&c.ppid));
         Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false, zombies: Vec::new() }
     }
 
