@@ -87,6 +87,12 @@ pub struct Prechecked {
 }
 
 /// Finds the container's processes and refuses what this version cannot restore.
+///
+/// Some refusals only injected calls can see, so they come later, from the collect (the
+/// container still runs on, put back as it was): a POSIX timer whose last expiry overran
+/// (`timer_getoverrun`), `PR_TIMER_CREATE_RESTORE_IDS` turned on ([`crate::timers`]), and
+/// a record that would not pass the restore's validation (it holds what the injected
+/// calls read).
 pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<Prechecked, EngineError> {
     let members = cgroup.pids()?;
     if !members.contains(&pid) {
@@ -489,9 +495,10 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
     let unmapped = scratch.unmap(seized.main(), gadget);
-    let injected = collected?;
-    unmapped?;
-    Ok(injected)
+    match collected {
+        Ok(injected) => unmapped.map(|()| injected),
+        Err(e) => Err(e.with_cleanup(unmapped)),
+    }
 }
 
 fn collect_and_write(
