@@ -83,13 +83,13 @@ struct Ctx<'a> {
 }
 
 /// Builds the image's processes, PID 1 in the stub `stub` (its pid in our namespace),
-/// and lets them all run.
+/// and lets them all run; the caller keeps what it made on the filesystem ([`Made`]).
 pub fn restore(
     img: &Image,
     stub: i32,
     cgroup: &migrate_cgroup::Cgroup,
     progress: &mut dyn FnMut(Progress),
-) -> Result<RestoreReport, EngineError> {
+) -> Result<(RestoreReport, Made), EngineError> {
     let t0 = Instant::now();
     let Plan { root, sessions, park } = plan(&img.processes)?;
     host::check_compatible(&img.manifest)?;
@@ -194,17 +194,35 @@ pub fn restore(
         }
     }
     resume(ctx.built, cgroup)?;
-    // Everything runs: what the restore made on the filesystem stays.
-    ctx.world.created.keep();
     ctx.warnings.iter().for_each(|w| tracing::warn!("{w}"));
-    Ok(RestoreReport {
+    let report = RestoreReport {
         total_ms: t0.elapsed().as_millis() as u64,
         memory_ms: ctx.memory_ms,
         pages: ctx.pages.pages,
         threads,
         processes,
         warnings: ctx.warnings,
-    })
+    };
+    Ok((report, Made(std::mem::take(&mut ctx.world.created))))
+}
+
+/// What a restore made on the host's filesystem (FIFOs, re-created deleted files),
+/// removed on drop unless kept. Everything runs once the restore returns, but the
+/// caller keeps it only once it has recorded the container as restored: a failure to
+/// record it still removes them with the container.
+///
+/// Known gap: an agent that dies between the resume and that record leaves the files
+/// behind; the restarted agent removes the container's remains, not them (their names
+/// are not in the record).
+#[derive(Debug)]
+#[must_use = "dropped, it removes what the restore made"]
+pub struct Made(crate::hostfs::Created);
+
+impl Made {
+    /// The restore is over for good: what it made stays.
+    pub fn keep(mut self) {
+        self.0.keep();
+    }
 }
 
 /// What a restore decides from the image's records alone, before it touches anything.
