@@ -79,11 +79,22 @@ pub struct Prechecked {
     /// The processes of the container (host pids) in the order the restore builds them:
     /// PID 1 first, each parent before its children ([`crate::session::build_order`]).
     pub pids: Vec<i32>,
-    /// Each live process's VMAs (`None` for a zombie), and the objects they map.
-    vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
+    /// What was read of each live process (`None` for a zombie), and the objects its
+    /// VMAs map.
+    live: Vec<Option<Live>>,
     objects: crate::objects::shmem::Registry,
     /// The IPC namespace, and the files its segments are read from.
     ipc: Option<(migrate_proto::records::IpcNamespace, crate::objects::sysv::Held)>,
+}
+
+/// What the precheck read of one live process, kept for the collect: the container
+/// stays frozen in between, and each of these costs frozen time.
+#[derive(Debug)]
+struct Live {
+    facts: process::ProcFacts,
+    /// Its POSIX timers as `/proc/PID/timers` lists them.
+    timers: Vec<crate::timers::Listed>,
+    vmas: Vec<migrate_proto::records::Vma>,
 }
 
 /// Finds the container's processes and refuses what this version cannot restore.
@@ -116,10 +127,10 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     let mut objects = crate::objects::shmem::Registry::default();
     // Before the maps: attachments find their segment by inode.
     let ipc = refusals.gather(crate::objects::sysv::dump(pid, &mut objects))?;
-    let mut vmas = Vec::with_capacity(pids.len());
+    let mut live = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
         if seize::is_zombie(p) {
-            vmas.push(None);
+            live.push(None);
             continue;
         }
         let f = process::facts(p)?;
@@ -133,18 +144,20 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         {
             refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
         }
-        refusals.gather(crate::timers::check(p))?;
+        let timers = refusals.gather(crate::timers::check(p))?;
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
         // Read once, here: smaps costs ~12 ms per GiB mapped, all of it frozen time.
-        vmas.push(refusals.gather(mm::dump_vmas(p, i, &mut objects))?);
+        let vmas = refusals.gather(mm::dump_vmas(p, i, &mut objects))?;
+        // `None` only beside a refusal, which ends the precheck below.
+        live.push(timers.zip(vmas).map(|(timers, vmas)| Live { facts: f, timers, vmas }));
     }
     files::check(&pids, external, &mut refusals)?;
     crate::attrs::check(&pids, &mut refusals)?;
     crate::mounts::check(&pids, &mut refusals)?;
     refusals.into_result()?;
-    Ok(Prechecked { pids, vmas, objects, ipc })
+    Ok(Prechecked { pids, live, objects, ipc })
 }
 
 /// The tree `pids` (PID 1 first) in the order the restore builds it, after the restore's
@@ -433,7 +446,12 @@ struct Injected {
     membarrier: u32,
 }
 
-fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
+fn inject_collect(
+    pid: i32,
+    seized: &mut Seized,
+    root: bool,
+    listed: &[crate::timers::Listed],
+) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
     let tids_ns = thread_ids_in_ns(seized)?;
     // Low if it can be: the first VMA in smaps, which `dump_mlockall` then reads alone.
@@ -474,9 +492,8 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
 
         let host_ns: Vec<(i32, i32)> =
             seized.tasks.iter().map(|t| t.tid).zip(tids_ns.iter().copied()).collect();
-        let listed = crate::timers::check(pid)?;
         let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
-        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns)?;
+        let (timers, membarrier) = crate::timers::dump(&mut main, listed, &host_ns)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -511,7 +528,7 @@ fn collect_and_write(
 ) -> Result<CheckpointReport, EngineError> {
     progress(Progress::Phase("collect"));
     let t_collect = Instant::now();
-    let Prechecked { pids, mut vmas, mut objects, ipc } = pre;
+    let Prechecked { pids, mut live, mut objects, ipc } = pre;
     // Held until the memory is written: the segments' contents are read through them.
     let (mut ipc, _held) = ipc.unzip();
     let mut records = Vec::with_capacity(pids.len());
@@ -523,11 +540,12 @@ fn collect_and_write(
             records.push(zombie_record(pid, &facts)?);
             continue;
         };
-        let facts = process::facts(pid)?;
+        let Live { facts, timers, vmas } =
+            live[i].take().ok_or_else(|| EngineError::Changed(format!("pid {pid} became a zombie")))?;
         // Injected calls run only in a thawed cgroup: thawed for them alone.
         journal.injecting(Some(pid))?;
         req.cgroup.thaw(std::time::Duration::from_secs(10))?;
-        let inj = inject_collect(pid, s, i == 0);
+        let inj = inject_collect(pid, s, i == 0, &timers);
         freeze(req.cgroup)?;
         journal.injecting(None)?;
         let inj = inj?;
@@ -547,7 +565,7 @@ fn collect_and_write(
             comm: facts.comm.clone(),
             threads: inj.threads,
             mm: Some(mm::dump_mm(pid, inj.brk)?),
-            vmas: vmas[i].take().ok_or_else(|| EngineError::Changed(format!("pid {pid} became a zombie")))?,
+            vmas,
             fds: Vec::new(),
             creds: migrate_proto::records::Creds { securebits: inj.securebits, ..facts.creds },
             rlimits: facts.rlimits,
