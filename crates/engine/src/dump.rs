@@ -268,8 +268,8 @@ pub fn checkpoint(
     image::prepare_dir(&req.dir)?;
     // Dropped last: once the guards below have put the container back, or it is gone,
     // there is nothing left to undo.
-    let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)
-        .inspect_err(|_| {
+    let mut journal =
+        JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&req.dir);
         })?;
     // Until the image is complete, a failure removes the directory; a failure thaws the

@@ -108,8 +108,7 @@ pub fn recover(path: &Path, cgroup: &Cgroup) -> Result<Recovered, EngineError> {
     let mut threads = 0;
     // Only threads of the container's processes: a tid may have been reused elsewhere.
     let members = cgroup.pids()?;
-    let in_container =
-        |tid: i32| crate::procfs::read_status(tid).is_ok_and(|s| members.contains(&s.tgid));
+    let in_container = |tid: i32| crate::procfs::read_status(tid).is_ok_and(|s| members.contains(&s.tgid));
     for &(tid, mask) in journal.masks.iter().filter(|(tid, _)| in_container(*tid)) {
         // A frozen task stops at once on PTRACE_INTERRUPT; a thread that ended is skipped.
         let put_back = Tracee::seize(tid, Options::empty())

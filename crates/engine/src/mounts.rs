@@ -38,7 +38,10 @@ fn parse(text: &str) -> Result<Vec<Mount>, String> {
         .map_err(|e| format!("unexpected mountinfo: {}", crate::procfs::reason(e)))?;
     Ok(infos
         .into_iter()
-        .map(|m| Mount { point: migrate_cgroup::unescape(&m.mount_point.to_string_lossy()), fstype: m.fs_type })
+        .map(|m| Mount {
+            point: migrate_cgroup::unescape(&m.mount_point.to_string_lossy()),
+            fstype: m.fs_type,
+        })
         .collect())
 }
 

@@ -358,7 +358,8 @@ fn build<'a>(
                 // keeps them, and may be what keeps its group alive.
                 let mut unborn = Unborn::new(Task::new(child_host, tracee)?);
                 let zmem = crate::inject::open_mem(child_host)?;
-                let mut zombie = Remote { task: unborn.task()?, gadget, mem: &zmem, pid: child_host, scratch };
+                let mut zombie =
+                    Remote { task: unborn.task()?, gadget, mem: &zmem, pid: child_host, scratch };
                 ctx.sessions.settle(&mut zombie, child, rec)?;
                 if child.ppid == rec.pid {
                     make_zombie(unborn, gadget, child_host, scratch, child, status)?
@@ -525,8 +526,10 @@ impl Drop for Unborn {
     fn drop(&mut self) {
         // Killed before its task drops and detaches it: it never returns to user space.
         if let Some(task) = &self.0
-            && let Err(e) =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(task.tid), nix::sys::signal::Signal::SIGKILL)
+            && let Err(e) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(task.tid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
         {
             tracing::warn!(pid = task.tid, error = %e, "killing a half-built zombie failed");
         }

@@ -58,7 +58,7 @@ pub fn seize_frozen(
     pids: &[i32],
     cgroup: &Cgroup,
     options: Options,
-    journal: &mut dyn FnMut(&[Option<Seized>]) -> Result<(), EngineError>,
+    journal: &mut BeforeBlock<'_>,
 ) -> Result<Vec<Option<Seized>>, EngineError> {
     let asked: Result<Vec<Option<Asked>>, EngineError> = pids
         .iter()
@@ -84,6 +84,10 @@ pub fn seize_frozen(
     }
     Ok(seized)
 }
+
+/// What [`seize_frozen`] calls with every seized process, its masks read and none of its
+/// signals blocked yet.
+pub type BeforeBlock<'a> = dyn FnMut(&[Option<Seized>]) -> Result<(), EngineError> + 'a;
 
 /// The threads of one process, seized and asked to stop: `(tid, tracee)`.
 type Asked = Vec<(i32, Tracee)>;

@@ -66,8 +66,8 @@ pub(crate) use tree::{Ids, build_order, builders, check};
 
 use crate::error::EngineError;
 use crate::inject::{Remote, Scratch, Task, open_mem};
-use crate::restore::Unborn;
 use crate::procfs;
+use crate::restore::Unborn;
 use crate::restore::clone3;
 
 /// How long a helper may take to exit once told to: it only runs `exit_group`.
@@ -235,7 +235,10 @@ impl<'a> Forks<'a> {
             .collect();
         // A child of the parent forked by another process, adopted for it.
         let receives = parent.pid != 1
-            && sessions.ids.values().any(|c| c.ppid == parent.pid && sessions.builders.get(&c.pid) != Some(&c.ppid));
+            && sessions
+                .ids
+                .values()
+                .any(|c| c.ppid == parent.pid && sessions.builders.get(&c.pid) != Some(&c.ppid));
         Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false, zombies: Vec::new() }
     }
 
