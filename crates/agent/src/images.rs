@@ -205,10 +205,13 @@ impl Agent {
                 .map_err(|e| AgentError::container(&r.name, "restore", e))
         })
         .await;
-        // Built and running: no longer a restore's remains for a restarted agent.
-        let outcome = outcome.and_then(|report| {
+        // Built and running: no longer a restore's remains for a restarted agent. What the
+        // restore made on the filesystem is kept only then: if the record cannot be saved,
+        // it goes with the container.
+        let outcome = outcome.and_then(|(report, made)| {
             rec.restoring = false;
             rec.save()?;
+            made.keep();
             Ok(report)
         });
         match outcome {

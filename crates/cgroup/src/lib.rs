@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use mounts::Mounts;
+pub use mounts::{Mounts, unescape};
 use serde::{Deserialize, Serialize};
 
 /// A failure of a cgroup operation, with the path it concerned.

@@ -79,14 +79,31 @@ pub struct Prechecked {
     /// The processes of the container (host pids) in the order the restore builds them:
     /// PID 1 first, each parent before its children ([`crate::session::build_order`]).
     pub pids: Vec<i32>,
-    /// Each live process's VMAs (`None` for a zombie), and the objects they map.
-    vmas: Vec<Option<Vec<migrate_proto::records::Vma>>>,
+    /// What was read of each live process (`None` for a zombie), and the objects its
+    /// VMAs map.
+    live: Vec<Option<Live>>,
     objects: crate::objects::shmem::Registry,
     /// The IPC namespace, and the files its segments are read from.
     ipc: Option<(migrate_proto::records::IpcNamespace, crate::objects::sysv::Held)>,
 }
 
+/// What the precheck read of one live process, kept for the collect: the container
+/// stays frozen in between, and each of these costs frozen time.
+#[derive(Debug)]
+struct Live {
+    facts: process::ProcFacts,
+    /// Its POSIX timers as `/proc/PID/timers` lists them.
+    timers: Vec<crate::timers::Listed>,
+    vmas: Vec<migrate_proto::records::Vma>,
+}
+
 /// Finds the container's processes and refuses what this version cannot restore.
+///
+/// Some refusals only injected calls can see, so they come later, from the collect (the
+/// container still runs on, put back as it was): a POSIX timer whose last expiry overran
+/// (`timer_getoverrun`), `PR_TIMER_CREATE_RESTORE_IDS` turned on ([`crate::timers`]), and
+/// a record that would not pass the restore's validation (it holds what the injected
+/// calls read).
 pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<Prechecked, EngineError> {
     let members = cgroup.pids()?;
     if !members.contains(&pid) {
@@ -96,26 +113,24 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
     // Every refusal, not only the first: see `Refusals`.
     let mut refusals = Refusals::default();
     let pids = build_order(tree_order(pid, &members)?, &mut refusals)?;
-    // System V ids and POSIX queue names mean something in one IPC namespace only, and
-    // the restore puts every process in the container's.
-    let ipc_ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).ok();
-    let home = ipc_ns(pid);
     for &p in &pids {
         refusals.gather(check_state(p, levels))?;
-        if p != pid && !seize::is_zombie(p) && ipc_ns(p) != home {
-            refusals.push(format!(
-                "{} runs in an IPC namespace of its own, not the container's: not supported yet",
-                crate::files::describe_process(p)
-            ));
-        }
+    }
+    // System V ids and POSIX queue names mean something in one IPC namespace only, and
+    // the restore puts every process in the container's.
+    for p in crate::procfs::outside_ns(pid, &pids, "ipc")? {
+        refusals.push(format!(
+            "{} runs in an IPC namespace of its own, not the container's: not supported yet",
+            crate::files::describe_process(p)
+        ));
     }
     let mut objects = crate::objects::shmem::Registry::default();
     // Before the maps: attachments find their segment by inode.
     let ipc = refusals.gather(crate::objects::sysv::dump(pid, &mut objects))?;
-    let mut vmas = Vec::with_capacity(pids.len());
+    let mut live = Vec::with_capacity(pids.len());
     for (i, &p) in pids.iter().enumerate() {
         if seize::is_zombie(p) {
-            vmas.push(None);
+            live.push(None);
             continue;
         }
         let f = process::facts(p)?;
@@ -129,18 +144,20 @@ pub fn precheck(pid: i32, cgroup: &Cgroup, external: &[ExternalPipe]) -> Result<
         {
             refusals.push(format!("{} has a deleted directory as its cwd ({}): not supported", who(), f.cwd));
         }
-        refusals.gather(crate::timers::check(p))?;
+        let timers = refusals.gather(crate::timers::check(p))?;
         if f.root != "/" {
             refusals.push(format!("{} is chrooted to {}: not supported yet", who(), f.root));
         }
         // Read once, here: smaps costs ~12 ms per GiB mapped, all of it frozen time.
-        vmas.push(refusals.gather(mm::dump_vmas(p, i, &mut objects))?);
+        let vmas = refusals.gather(mm::dump_vmas(p, i, &mut objects))?;
+        // `None` only beside a refusal, which ends the precheck below.
+        live.push(timers.zip(vmas).map(|(timers, vmas)| Live { facts: f, timers, vmas }));
     }
     files::check(&pids, external, &mut refusals)?;
     crate::attrs::check(&pids, &mut refusals)?;
     crate::mounts::check(&pids, &mut refusals)?;
     refusals.into_result()?;
-    Ok(Prechecked { pids, vmas, objects, ipc })
+    Ok(Prechecked { pids, live, objects, ipc })
 }
 
 /// The tree `pids` (PID 1 first) in the order the restore builds it, after the restore's
@@ -251,8 +268,10 @@ pub fn checkpoint(
     image::prepare_dir(&req.dir)?;
     // Dropped last: once the guards below have put the container back, or it is gone,
     // there is nothing left to undo.
-    let mut journal = JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running)
-        .inspect_err(|_| drop(DirGuard { dir: &req.dir, keep: false }))?;
+    let mut journal =
+        JournalGuard::start(req.journal.as_deref(), &req.dir, req.leave_running).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&req.dir);
+        })?;
     // Until the image is complete, a failure removes the directory; a failure thaws the
     // container, after the seized threads were put back.
     let mut dir = DirGuard { dir: &req.dir, keep: false };
@@ -269,17 +288,22 @@ pub fn checkpoint(
     let precheck_ms = t_pre.elapsed().as_millis() as u64;
     let t_seize = Instant::now();
     // The seize thaws the cgroup; frozen again at once (see the module doc).
-    let seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty());
+    // The masks are journaled before the seize blocks every signal.
+    let seized = seize::seize_frozen(&pre.pids, req.cgroup, Options::empty(), &mut |seized| {
+        journal.seized(seized)?;
+        failpoints::hit(Failpoint::CheckpointMasksJournaled)
+    });
     let mut seized = freeze(req.cgroup).and(seized)?;
-    journal.seized(&seized)?;
     failpoints::hit(Failpoint::CheckpointSeized)?;
     let seize_ms = t_seize.elapsed().as_millis() as u64;
     // On an error the source goes on as before: each guard puts its threads back on drop.
     let written = host::container_clocks(req.pid)
         .and_then(|clocks| collect_and_write(&req, pre, &mut seized, &mut journal, clocks, progress))?;
+    // Before the journal says so: an interruption here still undoes the checkpoint, the
+    // image removed, as `recover` does for any stage before `Written`.
+    failpoints::hit(Failpoint::CheckpointWritten)?;
     journal.written()?;
     dir.keep = true;
-    failpoints::hit(Failpoint::CheckpointWritten)?;
     progress(Progress::Phase(if req.leave_running { "resume" } else { "stop" }));
     let t_release = Instant::now();
     // Every process is let go (or killed) even if one of them fails.
@@ -422,9 +446,14 @@ struct Injected {
     membarrier: u32,
 }
 
-fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected, EngineError> {
+fn inject_collect(
+    pid: i32,
+    seized: &mut Seized,
+    root: bool,
+    listed: &[crate::timers::Listed],
+) -> Result<Injected, EngineError> {
     let gadget = seized.gadget;
-    let tids_ns = thread_ids_in_ns(pid, seized)?;
+    let tids_ns = thread_ids_in_ns(seized)?;
     // Low if it can be: the first VMA in smaps, which `dump_mlockall` then reads alone.
     let scratch = match Scratch::map(seized.main(), gadget, Some(mm::PROBE_AT)) {
         Err(EngineError::Injected { .. }) => Scratch::map(seized.main(), gadget, None)?,
@@ -463,9 +492,8 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
 
         let host_ns: Vec<(i32, i32)> =
             seized.tasks.iter().map(|t| t.tid).zip(tids_ns.iter().copied()).collect();
-        let listed = crate::timers::check(pid)?;
         let mut main = Remote { task: seized.main(), gadget, mem: &mem, pid, scratch };
-        let (timers, membarrier) = crate::timers::dump(&mut main, &listed, &host_ns)?;
+        let (timers, membarrier) = crate::timers::dump(&mut main, listed, &host_ns)?;
         Ok::<_, EngineError>(Injected {
             threads,
             sigactions,
@@ -484,9 +512,10 @@ fn inject_collect(pid: i32, seized: &mut Seized, root: bool) -> Result<Injected,
     })();
     // The scratch page must be gone before the VMAs are read, so it never enters the image.
     let unmapped = scratch.unmap(seized.main(), gadget);
-    let injected = collected?;
-    unmapped?;
-    Ok(injected)
+    match collected {
+        Ok(injected) => unmapped.map(|()| injected),
+        Err(e) => Err(e.with_cleanup(unmapped)),
+    }
 }
 
 fn collect_and_write(
@@ -499,7 +528,7 @@ fn collect_and_write(
 ) -> Result<CheckpointReport, EngineError> {
     progress(Progress::Phase("collect"));
     let t_collect = Instant::now();
-    let Prechecked { pids, mut vmas, mut objects, ipc } = pre;
+    let Prechecked { pids, mut live, mut objects, ipc } = pre;
     // Held until the memory is written: the segments' contents are read through them.
     let (mut ipc, _held) = ipc.unzip();
     let mut records = Vec::with_capacity(pids.len());
@@ -511,11 +540,12 @@ fn collect_and_write(
             records.push(zombie_record(pid, &facts)?);
             continue;
         };
-        let facts = process::facts(pid)?;
+        let Live { facts, timers, vmas } =
+            live[i].take().ok_or_else(|| EngineError::Changed(format!("pid {pid} became a zombie")))?;
         // Injected calls run only in a thawed cgroup: thawed for them alone.
         journal.injecting(Some(pid))?;
         req.cgroup.thaw(std::time::Duration::from_secs(10))?;
-        let inj = inject_collect(pid, s, i == 0);
+        let inj = inject_collect(pid, s, i == 0, &timers);
         freeze(req.cgroup)?;
         journal.injecting(None)?;
         let inj = inj?;
@@ -535,7 +565,7 @@ fn collect_and_write(
             comm: facts.comm.clone(),
             threads: inj.threads,
             mm: Some(mm::dump_mm(pid, inj.brk)?),
-            vmas: vmas[i].take().ok_or_else(|| EngineError::Changed(format!("pid {pid} became a zombie")))?,
+            vmas,
             fds: Vec::new(),
             creds: migrate_proto::records::Creds { securebits: inj.securebits, ..facts.creds },
             rlimits: facts.rlimits,
@@ -591,10 +621,7 @@ fn collect_and_write(
     let mut mem_stats = memory::MemStats::default();
     // Each parent's pagemap, kept until its children are dumped (they come later).
     let mut pagemaps: std::collections::HashMap<i32, memory::Pagemaps> = Default::default();
-    let ids: Vec<crate::session::Ids> = records
-        .iter()
-        .map(|r| crate::session::Ids::new(r.pid, r.ppid, r.sid, r.pgid, r.zombie.is_some()))
-        .collect();
+    let ids: Vec<crate::session::Ids> = records.iter().map(crate::session::Ids::of).collect();
     // A process adopted for its parent is forked from another's memory in the restore:
     // it shares no page with its parent there, and stores them all.
     let builders = crate::session::builders(&ids);
@@ -740,15 +767,6 @@ fn zombie_record(pid: i32, facts: &process::ProcFacts) -> Result<ProcessRecord, 
 }
 
 /// Each seized thread's id inside the container's pid namespace (`NSpid`, last value).
-fn thread_ids_in_ns(pid: i32, seized: &Seized) -> Result<Vec<i32>, EngineError> {
-    seized
-        .tasks
-        .iter()
-        .map(|t| {
-            let status = crate::error::read_proc(pid, &format!("task/{}/status", t.tid))?;
-            crate::procfs::parse_status(&status)
-                .and_then(|st| crate::procfs::innermost(&st.nspid, "NSpid"))
-                .map_err(EngineError::proc(t.tid, "status"))
-        })
-        .collect()
+fn thread_ids_in_ns(seized: &Seized) -> Result<Vec<i32>, EngineError> {
+    seized.tasks.iter().map(|t| crate::procfs::ns_pid(t.tid)).collect()
 }

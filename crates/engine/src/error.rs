@@ -67,9 +67,29 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A step failed and so did the cleanup after it ([`EngineError::with_cleanup`]): the
+    /// failure is the source, the cleanup's error travels with it.
+    #[error("failed, and cleaning up after it failed too ({cleanup})")]
+    WithCleanup {
+        #[source]
+        failure: Box<EngineError>,
+        cleanup: String,
+    },
 }
 
 impl EngineError {
+    /// This failure, with what `cleanup` (run after it) returned: a failed cleanup is
+    /// named beside it rather than lost. A target that died stays
+    /// [`EngineError::TargetDied`]: its cleanup cannot but fail.
+    pub fn with_cleanup(self, cleanup: Result<(), EngineError>) -> EngineError {
+        match (self, cleanup) {
+            (failure, Ok(())) | (failure @ EngineError::TargetDied { .. }, Err(_)) => failure,
+            (failure, Err(c)) => {
+                EngineError::WithCleanup { failure: Box::new(failure), cleanup: migrate_sys::error_chain(&c) }
+            }
+        }
+    }
+
     pub fn ptrace(pid: i32, op: impl Into<String>) -> impl FnOnce(PtraceError) -> EngineError {
         let op = op.into();
         move |source| {
@@ -87,9 +107,7 @@ impl EngineError {
     pub fn memory(pid: i32, addr: u64, op: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
         move |source| {
             let gone = source.raw_os_error() == Some(libc::ESRCH)
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-                    s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
-                });
+                || crate::procfs::read_stat(pid).map_or(true, |s| matches!(s.state, 'Z' | 'X'));
             if gone {
                 EngineError::TargetDied { pid, op: format!("{op} its memory at {addr:#x}") }
             } else {
@@ -190,5 +208,16 @@ mod tests {
         // A file that is missing while its process lives is an error of its own.
         let me = std::process::id() as i32;
         assert!(matches!(read_proc(me, "no-such-file"), Err(EngineError::Io { .. })));
+    }
+
+    #[test]
+    fn a_failed_cleanup_travels_with_the_failure() {
+        let failure = || EngineError::Changed("first".into());
+        let cleanup = || Err(EngineError::Changed("second".into()));
+        assert!(matches!(failure().with_cleanup(Ok(())), EngineError::Changed(_)));
+        let both = migrate_sys::error_chain(&failure().with_cleanup(cleanup()));
+        assert!(both.contains("first") && both.contains("second"), "{both}");
+        let died = EngineError::TargetDied { pid: 1, op: "x".into() };
+        assert!(matches!(died.with_cleanup(cleanup()), EngineError::TargetDied { .. }));
     }
 }

@@ -40,6 +40,9 @@ macro_rules! failpoints {
 failpoints! {
     /// The cgroup is frozen; nothing is traced yet.
     CheckpointFrozen = "checkpoint/after-freeze",
+    /// Every thread is seized and its signal mask journaled, none blocked yet; the cgroup
+    /// is thawed (the threads sit in their ptrace stops).
+    CheckpointMasksJournaled = "checkpoint/before-block",
     /// Every thread is seized and its signals blocked; the cgroup frozen again.
     CheckpointSeized = "checkpoint/after-seize",
     /// PID 1's registers, signals and timers are read by injected calls; the others not.
@@ -50,7 +53,8 @@ failpoints! {
     CheckpointMidMemory = "checkpoint/mid-memory",
     /// All memory is written; the process records and the manifest are not.
     CheckpointMemory = "checkpoint/after-memory",
-    /// The image is complete; the processes are not yet released or killed.
+    /// The image is complete on disk but not yet journaled as such: an interruption
+    /// still removes it and puts the container back.
     CheckpointWritten = "checkpoint/before-release",
     /// The first process is released (or killed), the others not.
     CheckpointMidRelease = "checkpoint/mid-release",

@@ -31,7 +31,8 @@ use crate::error::{EngineError, io_err};
 pub enum Stage {
     /// The cgroup is (being) frozen; nothing is traced.
     Frozen,
-    /// Threads are seized, their signals blocked (the original masks are in `masks`).
+    /// Threads are seized, their signals blocked or about to be: the original masks are
+    /// in `masks`, written before the seize blocks any signal.
     Seized,
     /// The image is complete; the processes are being released or killed.
     Written,
@@ -107,13 +108,7 @@ pub fn recover(path: &Path, cgroup: &Cgroup) -> Result<Recovered, EngineError> {
     let mut threads = 0;
     // Only threads of the container's processes: a tid may have been reused elsewhere.
     let members = cgroup.pids()?;
-    let in_container = |tid: i32| {
-        crate::error::read_proc(tid, "status").ok().is_some_and(|s| {
-            crate::procfs::status_field(&s, "Tgid")
-                .and_then(|t| t.parse().ok())
-                .is_some_and(|t| members.contains(&t))
-        })
-    };
+    let in_container = |tid: i32| crate::procfs::read_status(tid).is_ok_and(|s| members.contains(&s.tgid));
     for &(tid, mask) in journal.masks.iter().filter(|(tid, _)| in_container(*tid)) {
         // A frozen task stops at once on PTRACE_INTERRUPT; a thread that ended is skipped.
         let put_back = Tracee::seize(tid, Options::empty())

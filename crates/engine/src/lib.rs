@@ -44,7 +44,7 @@ pub use dump::{CheckpointReport, CheckpointRequest, checkpoint, precheck};
 pub use error::EngineError;
 pub use files::ExternalPipe;
 pub use image::{Image, open as open_image, open_for_restore};
-pub use restore::{RestoreReport, check_records, restore};
+pub use restore::{Made, RestoreReport, check_records, restore};
 
 /// What a long operation is doing, for progress bars.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

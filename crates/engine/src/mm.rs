@@ -587,12 +587,7 @@ fn map_apart(
 /// Gives the anonymous VMA at `addr` its anon_vma: a page, written through
 /// /proc/PID/mem (a forced write, whatever the VMA's protection).
 fn fault_in(remote: &Remote<'_>, addr: u64) -> Result<(), EngineError> {
-    remote.mem.write_all_at(&[0], addr).map_err(|source| EngineError::Memory {
-        pid: remote.pid,
-        addr,
-        op: "fault in",
-        source,
-    })
+    remote.mem.write_all_at(&[0], addr).map_err(EngineError::memory(remote.pid, addr, "fault in"))
 }
 
 /// Sets the `madvise` flags the VMA had; `nh` only if `mmap` did not (`stacked`).
@@ -627,7 +622,7 @@ pub fn lock_and_verify(remote: &mut Remote<'_>, vmas: &[Vma], mlockall: u32) -> 
 
 /// Every VMA of the image is one VMA of the rebuilt process `stub`, with the same range
 /// and protection: none merged with a neighbour, none split.
-pub fn verify(stub: i32, vmas: &[Vma]) -> Result<(), EngineError> {
+fn verify(stub: i32, vmas: &[Vma]) -> Result<(), EngineError> {
     let maps = stub_maps(stub)?;
     for v in vmas {
         let i = maps.partition_point(|m| m.end <= v.start);

@@ -13,8 +13,11 @@
 //! runtime's four mounts are the last run of them in that list, and every mount listed
 //! after it was made later, inside the container (a private `/` lets no host mount in).
 //!
-//! mountinfo is parsed here by hand: the `procfs` crate, which reads it, is not a
-//! dependency yet (issue 11 §6 brings it in).
+//! mountinfo is parsed by procfs-core, which keeps a mount point's escapes (`\040` for a
+//! space): they are undone by [`migrate_cgroup::unescape`].
+
+use procfs_core::FromRead;
+use procfs_core::process::MountInfos;
 
 use crate::error::{EngineError, Refusals, read_proc};
 use crate::files::describe_process;
@@ -23,44 +26,23 @@ use crate::files::describe_process;
 const RUNTIME: [(&str, &str); 4] =
     [("/proc", "proc"), ("/sys", "sysfs"), ("/dev/shm", "tmpfs"), ("/run", "tmpfs")];
 
-/// One line of mountinfo (proc(5)): `id parent maj:min root mountpoint opts [optional
-/// fields] - fstype source superopts`; only what the check names.
+/// What the check names of one mount.
 #[derive(Debug, PartialEq, Eq)]
 struct Mount {
     point: String,
     fstype: String,
 }
 
-fn parse(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
-            Some(Mount { point: unescape(point), fstype: fstype.to_string() })
+fn parse(text: &str) -> Result<Vec<Mount>, String> {
+    let infos = MountInfos::from_read(text.as_bytes())
+        .map_err(|e| format!("unexpected mountinfo: {}", crate::procfs::reason(e)))?;
+    Ok(infos
+        .into_iter()
+        .map(|m| Mount {
+            point: migrate_cgroup::unescape(&m.mount_point.to_string_lossy()),
+            fstype: m.fs_type,
         })
-        .collect()
-}
-
-/// mountinfo writes a space, tab, newline or backslash of a path as `\ooo` (octal).
-fn unescape(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok());
-        match octal.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-            Some(v) if b[i] == b'\\' => {
-                out.push(v);
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .collect())
 }
 
 /// The mounts made after the runtime's (see the module doc); `Err` when the runtime's
@@ -87,7 +69,8 @@ fn own_mounts(mounts: &[Mount]) -> Result<&[Mount], String> {
 pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
     let Some(&root) = pids.first() else { return Ok(()) };
     let who = describe_process(root);
-    match own_mounts(&parse(&read_proc(root, "mountinfo")?)) {
+    let mounts = parse(&read_proc(root, "mountinfo")?).map_err(EngineError::proc(root, "mountinfo"))?;
+    match own_mounts(&mounts) {
         Ok(own) => {
             for m in own {
                 refusals.push(format!(
@@ -98,15 +81,11 @@ pub fn check(pids: &[i32], refusals: &mut Refusals) -> Result<(), EngineError> {
         }
         Err(problem) => refusals.push(format!("{who}: {problem}")),
     }
-    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
-    let home = ns(root);
-    for &p in &pids[1..] {
-        if !crate::seize::is_zombie(p) && ns(p) != home {
-            refusals.push(format!(
-                "{} runs in a mount namespace of its own, not the container's: not supported yet",
-                describe_process(p)
-            ));
-        }
+    for p in crate::procfs::outside_ns(root, pids, "mnt")? {
+        refusals.push(format!(
+            "{} runs in a mount namespace of its own, not the container's: not supported yet",
+            describe_process(p)
+        ));
     }
     Ok(())
 }
@@ -129,17 +108,17 @@ mod tests {
 
     #[test]
     fn mounts_after_the_runtimes_are_the_containers_own() {
-        let all = parse(CONTAINER);
+        let all = parse(CONTAINER).expect("parses");
         assert_eq!(own_mounts(&all), Ok(&[Mount { point: "/tmp/my x".into(), fstype: "tmpfs".into() }][..]));
         let untouched: String = CONTAINER.lines().take(6).map(|l| format!("{l}\n")).collect();
-        assert_eq!(own_mounts(&parse(&untouched)), Ok(&[][..]));
+        assert_eq!(own_mounts(&parse(&untouched).expect("parses")), Ok(&[][..]));
     }
 
     #[test]
     fn a_runtime_mount_gone_is_named() {
         let without_shm: String =
             CONTAINER.lines().filter(|l| !l.contains("/dev/shm")).map(|l| format!("{l}\n")).collect();
-        let err = own_mounts(&parse(&without_shm)).expect_err("/dev/shm is gone");
+        let err = own_mounts(&parse(&without_shm).expect("parses")).expect_err("/dev/shm is gone");
         assert!(err.contains("/proc, /sys, /dev/shm, /run"), "{err}");
     }
 }

@@ -1,9 +1,8 @@
 //! The `/proc/PID/*` files the dump reads. `stat`, `status` and `limits` are parsed by
 //! procfs-core, over text read through `read_proc` so that errors keep the pid; what
 //! remains here is what procfs-core does not cover: `smaps` with its `VmFlags`, the
-//! `pos`/`flags` and `lock:` lines of fdinfo, `auxv`, a status `Name` (see
-//! [`status_field`]), and mm.rs's numbered stat fields for now. Pure functions over text,
-//! so that each is tested on fixed input.
+//! `pos`/`flags` and `lock:` lines of fdinfo, `auxv` and a status `Name` (see
+//! [`status_field`]). Pure functions over text, so that each is tested on fixed input.
 
 use migrate_proto::records::{Creds, FileLock, LockKind, Rlimit};
 use procfs_core::process::{LimitValue, Limits};
@@ -134,6 +133,24 @@ pub fn unparsable(path: &'static str) -> impl Fn(String) -> EngineError {
 /// `pid`'s pid in its innermost pid namespace (the last of `NSpid`).
 pub fn ns_pid(pid: i32) -> Result<i32, EngineError> {
     innermost(&read_status(pid)?.nspid, "NSpid").map_err(EngineError::proc(pid, "status"))
+}
+
+/// The live processes of `pids` other than `root` (zombies have no namespaces left)
+/// whose namespace `kind` (`ipc`, `mnt`: a name under `/proc/PID/ns/`) is not `root`'s.
+/// A link that cannot be read is an error, never taken for the same namespace.
+pub fn outside_ns(root: i32, pids: &[i32], kind: &str) -> Result<Vec<i32>, EngineError> {
+    let ns = |p: i32| {
+        let path = format!("/proc/{p}/ns/{kind}");
+        std::fs::read_link(&path).map_err(|e| crate::error::proc_err(p, "read the link", path)(e))
+    };
+    let home = ns(root)?;
+    let mut out = Vec::new();
+    for &p in pids.iter().filter(|&&p| p != root) {
+        if !crate::seize::is_zombie(p) && ns(p)? != home {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// A `Key:\tvalue` line, as fdinfo files write them (procfs-core has no generic fdinfo

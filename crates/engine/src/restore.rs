@@ -62,8 +62,8 @@ pub struct RestoreReport {
 }
 
 /// A process built and waiting for the others: released all together at the end.
-struct Built {
-    pid_ns: i32,
+struct Built<'a> {
+    rec: &'a ProcessRecord,
     seized: Seized,
     scratch: Scratch,
 }
@@ -76,20 +76,20 @@ struct Ctx<'a> {
     /// Free in every process of the image: where the vDSO may be parked and the scratch
     /// page lives.
     park: u64,
-    built: Vec<Built>,
+    built: Vec<Built<'a>>,
     sessions: Sessions,
     warnings: Vec<String>,
     memory_ms: u64,
 }
 
 /// Builds the image's processes, PID 1 in the stub `stub` (its pid in our namespace),
-/// and lets them all run.
+/// and lets them all run; the caller keeps what it made on the filesystem ([`Made`]).
 pub fn restore(
     img: &Image,
     stub: i32,
     cgroup: &migrate_cgroup::Cgroup,
     progress: &mut dyn FnMut(Progress),
-) -> Result<RestoreReport, EngineError> {
+) -> Result<(RestoreReport, Made), EngineError> {
     let t0 = Instant::now();
     let Plan { root, sessions, park } = plan(&img.processes)?;
     host::check_compatible(&img.manifest)?;
@@ -142,7 +142,7 @@ pub fn restore(
     // pidfds once every process and thread they may refer to exists.
     let mut pidfds = objects::pidfd::Made::new();
     for p in &img.processes {
-        let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == p.pid) else { continue };
+        let Some(b) = ctx.built.iter_mut().find(|b| b.rec.pid == p.pid) else { continue };
         let (gadget, scratch, host) = (b.seized.gadget, b.scratch, b.seized.tasks[0].tid);
         let mut remote =
             Remote { task: &mut b.seized.tasks[0], gadget, mem: &b.seized.mem, pid: host, scratch };
@@ -154,8 +154,8 @@ pub fn restore(
     // Creators of a group who had moved to another one move now that every member of
     // theirs is in it (see session.rs).
     for b in &mut ctx.built {
-        if let Some(group) = ctx.sessions.moves(b.pid_ns) {
-            let (gadget, pid) = (b.seized.gadget, b.pid_ns);
+        if let Some(group) = ctx.sessions.moves(b.rec.pid) {
+            let (gadget, pid) = (b.seized.gadget, b.rec.pid);
             b.seized.main().call(gadget, libc::SYS_setpgid, &[0, group as u64], || {
                 format!("setpgid(0, {group}) in pid {pid}")
             })?;
@@ -171,7 +171,7 @@ pub fn restore(
     let (threads, processes) = (ctx.built.iter().map(|b| b.seized.tasks.len()).sum(), img.processes.len());
     let spares = std::mem::take(&mut ctx.world.spares);
     // After every clone3(set_tid), which leave the counter where the stub left it.
-    if let Some(b) = ctx.built.iter_mut().find(|b| b.pid_ns == 1) {
+    if let Some(b) = ctx.built.iter_mut().find(|b| b.rec.pid == 1) {
         let (gadget, scratch) = (b.seized.gadget, b.scratch);
         let mem =
             b.seized.mem.try_clone().map_err(crate::error::io_err("dup", format!("/proc/{stub}/mem")))?;
@@ -181,11 +181,9 @@ pub fn restore(
     }
     for b in &mut ctx.built {
         // Last, once every helper has exited and every credential is set: see attrs.
-        if let Some(rec) = img.processes.iter().find(|p| p.pid == b.pid_ns) {
-            crate::attrs::restore(&mut b.seized, b.scratch, rec)?;
-        }
+        crate::attrs::restore(&mut b.seized, b.scratch, b.rec)?;
         let gadget = b.seized.gadget;
-        for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.pid_ns) {
+        for &(_, fd) in spares.iter().filter(|(p, _)| *p == b.rec.pid) {
             b.seized.main().call(gadget, libc::SYS_close, &[fd], || format!("close({fd})"))?;
         }
         b.scratch.unmap(b.seized.main(), gadget)?;
@@ -196,17 +194,35 @@ pub fn restore(
         }
     }
     resume(ctx.built, cgroup)?;
-    // Everything runs: what the restore made on the filesystem stays.
-    ctx.world.created.keep();
     ctx.warnings.iter().for_each(|w| tracing::warn!("{w}"));
-    Ok(RestoreReport {
+    let report = RestoreReport {
         total_ms: t0.elapsed().as_millis() as u64,
         memory_ms: ctx.memory_ms,
         pages: ctx.pages.pages,
         threads,
         processes,
         warnings: ctx.warnings,
-    })
+    };
+    Ok((report, Made(std::mem::take(&mut ctx.world.created))))
+}
+
+/// What a restore made on the host's filesystem (FIFOs, re-created deleted files),
+/// removed on drop unless kept. Everything runs once the restore returns, but the
+/// caller keeps it only once it has recorded the container as restored: a failure to
+/// record it still removes them with the container.
+///
+/// Known gap: an agent that dies between the resume and that record leaves the files
+/// behind; the restarted agent removes the container's remains, not them (their names
+/// are not in the record).
+#[derive(Debug)]
+#[must_use = "dropped, it removes what the restore made"]
+pub struct Made(crate::hostfs::Created);
+
+impl Made {
+    /// The restore is over for good: what it made stays.
+    pub fn keep(mut self) {
+        self.0.keep();
+    }
 }
 
 /// What a restore decides from the image's records alone, before it touches anything.
@@ -274,9 +290,9 @@ fn check_cpu(s: &mut Seized, root: &ProcessRecord, stub: i32) -> Result<(), Engi
 
 /// Builds `rec` in `s` (a stub, or a fresh fork of its parent `parent`), then its
 /// children, then its threads.
-fn build(
-    ctx: &mut Ctx<'_>,
-    rec: &ProcessRecord,
+fn build<'a>(
+    ctx: &mut Ctx<'a>,
+    rec: &'a ProcessRecord,
     mut s: Seized,
     host: i32,
     parent: Option<&ProcessRecord>,
@@ -327,7 +343,8 @@ fn build(
     failpoints::hit(Failpoint::RestoreFds)?;
     process::restore_sigactions(&mut remote, &rec.sigactions)?;
 
-    let children = ctx.sessions.built_by(rec.pid, &ctx.img.processes);
+    let img = ctx.img;
+    let children = ctx.sessions.built_by(rec.pid, &img.processes);
     let mut forks = Forks::new(rec, &children, &ctx.sessions);
     for child in children {
         let Some(child_host) = forks.fork(&mut remote, &mut ctx.sessions, child)? else {
@@ -339,14 +356,15 @@ fn build(
             Some(status) => {
                 // Put in its session and group while it can still run calls: a zombie
                 // keeps them, and may be what keeps its group alive.
-                let mut task = Task::new(child_host, tracee)?;
+                let mut unborn = Unborn::new(Task::new(child_host, tracee)?);
                 let zmem = crate::inject::open_mem(child_host)?;
-                let mut zombie = Remote { task: &mut task, gadget, mem: &zmem, pid: child_host, scratch };
+                let mut zombie =
+                    Remote { task: unborn.task()?, gadget, mem: &zmem, pid: child_host, scratch };
                 ctx.sessions.settle(&mut zombie, child, rec)?;
                 if child.ppid == rec.pid {
-                    make_zombie(task, gadget, child_host, scratch, child, status)?
+                    make_zombie(unborn, gadget, child_host, scratch, child, status)?
                 } else {
-                    forks.adopted_zombie(task, child, status)
+                    forks.adopted_zombie(unborn, child, status)
                 }
             }
             None => {
@@ -387,7 +405,7 @@ fn build(
     }
     crate::sched::restore_oom(host, rec.oom_score_adj)?;
     crate::sched::restore_coredump_filter(host, rec.coredump_filter)?;
-    ctx.built.push(Built { pid_ns: rec.pid, seized: s, scratch });
+    ctx.built.push(Built { rec, seized: s, scratch });
     Ok(())
 }
 
@@ -429,7 +447,7 @@ pub(crate) fn clone3(
 /// Makes a freshly forked child exit with `status`, so that it is a zombie of its parent
 /// until the parent reaps it.
 pub(crate) fn make_zombie(
-    mut task: Task,
+    mut unborn: Unborn,
     gadget: u64,
     host: i32,
     scratch: Scratch,
@@ -439,7 +457,7 @@ pub(crate) fn make_zombie(
     let (code, sig, pid_ns) = ((status >> 8) & 0xff, status & 0x7f, rec.pid);
     // Its own memory: the scratch page it inherited is a copy, not its parent's.
     let mem = &crate::inject::open_mem(host)?;
-    let mut remote = Remote { task: &mut task, gadget, mem, pid: host, scratch };
+    let mut remote = Remote { task: unborn.task()?, gadget, mem, pid: host, scratch };
     // Its name is all `ps` still shows of it.
     let at = remote.path(0, &rec.comm)?;
     remote.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], || {
@@ -474,8 +492,48 @@ pub(crate) fn make_zombie(
         regs.rsi = pid_ns as u64;
         regs.rdx = sig as u64;
     }
+    let task = unborn.task()?;
     task.tracee.set_regs(regs).map_err(EngineError::ptrace(host, "set up the exit"))?;
-    task.tracee.detach().map_err(EngineError::ptrace(host, "let the zombie exit"))
+    unborn.release()?.tracee.detach().map_err(EngineError::ptrace(host, "let the zombie exit"))
+}
+
+/// A forked process that is to end as a zombie of the image, held stopped until its
+/// last call. Dropped before that (an error on the way) it is SIGKILLed while still
+/// stopped: a bare [`Task`] would detach on drop and let it run half-built.
+#[derive(Debug)]
+pub(crate) struct Unborn(Option<Task>);
+
+impl Unborn {
+    pub(crate) fn new(task: Task) -> Unborn {
+        Unborn(Some(task))
+    }
+
+    pub(crate) fn task(&mut self) -> Result<&mut Task, EngineError> {
+        self.0.as_mut().ok_or_else(Unborn::gone)
+    }
+
+    /// Its task, to be let go by the caller (it is no longer killed on drop).
+    fn release(&mut self) -> Result<Task, EngineError> {
+        self.0.take().ok_or_else(Unborn::gone)
+    }
+
+    fn gone() -> EngineError {
+        EngineError::Changed("a zombie being made was already let go".into())
+    }
+}
+
+impl Drop for Unborn {
+    fn drop(&mut self) {
+        // Killed before its task drops and detaches it: it never returns to user space.
+        if let Some(task) = &self.0
+            && let Err(e) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(task.tid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+        {
+            tracing::warn!(pid = task.tid, error = %e, "killing a half-built zombie failed");
+        }
+    }
 }
 
 /// Creates every thread but the main one with its tid, by `clone3(CLONE_THREAD, set_tid)`
@@ -512,12 +570,11 @@ fn create_threads(
 /// Lets every built process run, all at once (see the module doc): frozen, detached one
 /// by one, thawed. Until the thaw, an error kills them all where they stand: those still
 /// traced by their guard, those let go by the caller's removal of the frozen cgroup.
-fn resume(built: Vec<Built>, cgroup: &migrate_cgroup::Cgroup) -> Result<(), EngineError> {
+fn resume(built: Vec<Built<'_>>, cgroup: &migrate_cgroup::Cgroup) -> Result<(), EngineError> {
     cgroup.freeze(std::time::Duration::from_secs(10))?;
-    let mut first = true;
-    for b in built {
+    for (i, b) in built.into_iter().enumerate() {
         b.seized.detach_as_is()?;
-        if std::mem::take(&mut first) {
+        if i == 0 {
             failpoints::hit(Failpoint::RestoreMidResume)?;
         }
     }

@@ -50,10 +50,15 @@ pub fn thread_ids(pid: i32) -> Result<Vec<i32>, EngineError> {
 /// get `None`). The cgroup must be frozen ([`freeze_settled`]): every thread is seized and
 /// asked to stop while nothing can run or fork; the stops are collected after the thaw
 /// (a frozen task reaches its ptrace stop before it returns to user space).
+///
+/// `journal` is given every thread's signal mask before any is blocked: an agent that
+/// dies after the blocking leaves threads with every signal blocked, which only a record
+/// of their masks made beforehand can undo ([`crate::journal`]).
 pub fn seize_frozen(
     pids: &[i32],
     cgroup: &Cgroup,
     options: Options,
+    journal: &mut BeforeBlock<'_>,
 ) -> Result<Vec<Option<Seized>>, EngineError> {
     let asked: Result<Vec<Option<Asked>>, EngineError> = pids
         .iter()
@@ -70,11 +75,19 @@ pub fn seize_frozen(
         for (tid, t) in threads {
             tasks.push(Task::new(tid, t.stopped().map_err(EngineError::ptrace(tid, "seize"))?)?);
         }
-        seized.push(Some(take(pid, tasks)?));
+        seized.push(Some(wrap(pid, tasks)?));
     }
     thawed?;
+    journal(&seized)?;
+    for s in seized.iter_mut().flatten() {
+        s.block_signals()?;
+    }
     Ok(seized)
 }
+
+/// What [`seize_frozen`] calls with every seized process, its masks read and none of its
+/// signals blocked yet.
+pub type BeforeBlock<'a> = dyn FnMut(&[Option<Seized>]) -> Result<(), EngineError> + 'a;
 
 /// The threads of one process, seized and asked to stop: `(tid, tracee)`.
 type Asked = Vec<(i32, Tracee)>;
@@ -117,8 +130,17 @@ pub fn is_zombie(pid: i32) -> bool {
     crate::procfs::read_stat(pid).is_ok_and(|s| s.state == 'Z')
 }
 
-/// Wraps already stopped tasks of one process (e.g. a restore stub).
+/// Wraps already stopped tasks of one process (e.g. a restore stub) and blocks their
+/// signals.
 pub fn take(pid: i32, tasks: Vec<Task>) -> Result<Seized, EngineError> {
+    let mut seized = wrap(pid, tasks)?;
+    seized.block_signals()?;
+    Ok(seized)
+}
+
+/// Wraps already stopped tasks of one process and reads their signal masks; their
+/// signals are not blocked yet.
+fn wrap(pid: i32, tasks: Vec<Task>) -> Result<Seized, EngineError> {
     let mem = open_mem(pid)?;
     let vdso = vdso_range(pid)?.ok_or_else(|| {
         EngineError::Unsupported(format!("pid {pid} has no [vdso]: cannot inject syscalls"))
@@ -127,7 +149,6 @@ pub fn take(pid: i32, tasks: Vec<Task>) -> Result<Seized, EngineError> {
     let mut seized = Seized { tasks, masks: Vec::new(), mem, gadget, released: false, kill_on_drop: false };
     for t in &seized.tasks {
         let mask = t.tracee.sigmask().map_err(EngineError::ptrace(t.tid, "read the signal mask"))?;
-        t.tracee.set_sigmask(!0).map_err(EngineError::ptrace(t.tid, "block signals"))?;
         seized.masks.push(mask);
     }
     Ok(seized)
@@ -152,6 +173,14 @@ impl Seized {
     pub fn kill_on_drop(mut self) -> Self {
         self.kill_on_drop = true;
         self
+    }
+
+    /// Blocks every signal in every thread (their masks were read by [`wrap`]).
+    fn block_signals(&mut self) -> Result<(), EngineError> {
+        for t in &self.tasks {
+            t.tracee.set_sigmask(!0).map_err(EngineError::ptrace(t.tid, "block signals"))?;
+        }
+        Ok(())
     }
 
     /// Puts every thread back (registers, signal mask) and detaches. A caller that wants

@@ -67,6 +67,7 @@ pub(crate) use tree::{Ids, build_order, builders, check};
 use crate::error::EngineError;
 use crate::inject::{Remote, Scratch, Task, open_mem};
 use crate::procfs;
+use crate::restore::Unborn;
 use crate::restore::clone3;
 
 /// How long a helper may take to exit once told to: it only runs `exit_group`.
@@ -81,8 +82,6 @@ pub(crate) struct Sessions {
     groups: HashSet<i32>,
     /// Who forks each process ([`builders`]).
     builders: HashMap<i32, i32>,
-    /// The parents of processes forked by another process (adopted for them).
-    receivers: HashSet<i32>,
     /// Every pid, session, group and thread id of the image: an adoption helper takes
     /// none of them.
     taken: HashSet<i32>,
@@ -108,22 +107,14 @@ impl Sessions {
             .chain(processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)))
             .collect();
         let builders = builders(&all);
-        let receivers =
-            all.iter().filter(|i| builders.get(&i.pid) != Some(&i.ppid)).map(|i| i.ppid).collect();
         let moved = moved_creators(&all);
-        Ok(Sessions { ids, groups, builders, receivers, taken, last_spare: 1, moved })
+        Ok(Sessions { ids, groups, builders, taken, last_spare: 1, moved })
     }
 
     /// The processes `pid` forks, in the image's order: its children, and the processes
     /// it adopts for their parents (see the module doc).
     pub(crate) fn built_by<'a>(&self, pid: i32, processes: &'a [ProcessRecord]) -> Vec<&'a ProcessRecord> {
         processes.iter().filter(|c| c.pid != pid && self.builders.get(&c.pid) == Some(&pid)).collect()
-    }
-
-    /// Whether a child of `pid` is forked by another process, and comes to `pid` when
-    /// that process's adoption helper exits.
-    fn receives_adopted(&self, pid: i32) -> bool {
-        self.receivers.contains(&pid)
     }
 
     /// The group `pid` moves to once the whole tree is built, if it created a group and
@@ -213,7 +204,7 @@ pub(crate) struct Forks<'a> {
     subreaper: bool,
     /// Zombies adopted for their parents, stopped at birth: they exit in
     /// [`Forks::finish`], once they are their parents' (with their wait status).
-    zombies: Vec<(Task, &'a ProcessRecord, i32)>,
+    zombies: Vec<(Unborn, &'a ProcessRecord, i32)>,
 }
 
 #[derive(Debug)]
@@ -242,7 +233,12 @@ impl<'a> Forks<'a> {
             .filter(|z| children.iter().any(|c| c.sid == z.pid && c.pid != z.pid))
             .copied()
             .collect();
-        let receives = parent.pid != 1 && sessions.receives_adopted(parent.pid);
+        // A child of the parent forked by another process, adopted for it.
+        let receives = parent.pid != 1
+            && sessions
+                .ids
+                .values()
+                .any(|c| c.ppid == parent.pid && sessions.builders.get(&c.pid) != Some(&c.ppid));
         Forks { parent, zombie_leaders, helpers: Vec::new(), receives, subreaper: false, zombies: Vec::new() }
     }
 
@@ -277,8 +273,8 @@ impl<'a> Forks<'a> {
 
     /// Keeps `task`, the zombie `rec` adopted for its parent and just forked, until
     /// [`Forks::finish`] has handed it to that parent: then it exits with `status`.
-    pub(crate) fn adopted_zombie(&mut self, task: Task, rec: &'a ProcessRecord, status: i32) {
-        self.zombies.push((task, rec, status));
+    pub(crate) fn adopted_zombie(&mut self, unborn: Unborn, rec: &'a ProcessRecord, status: i32) {
+        self.zombies.push((unborn, rec, status));
     }
 
     /// Set before the helpers are forked: the kernel looks for subreapers only above
@@ -352,9 +348,9 @@ impl<'a> Forks<'a> {
             helper.reap(parent, gadget)?;
             check_parents(&what, &born)?;
         }
-        for (task, rec, status) in self.zombies {
-            let host = task.tid;
-            crate::restore::make_zombie(task, gadget, host, scratch, rec, status)?;
+        for (mut unborn, rec, status) in self.zombies {
+            let host = unborn.task()?.tid;
+            crate::restore::make_zombie(unborn, gadget, host, scratch, rec, status)?;
         }
         Ok(())
     }
@@ -474,7 +470,7 @@ impl Helper {
         let what = self.what();
         let task = self.task.take().ok_or_else(|| gone(what.clone()))?;
         let host = task.tid;
-        crate::restore::make_zombie(task, self.gadget, host, scratch, rec, status)?;
+        crate::restore::make_zombie(Unborn::new(task), self.gadget, host, scratch, rec, status)?;
         wait_exit(&self.pidfd).map_err(|problem| EngineError::Helper { what, problem })
     }
 }

@@ -30,7 +30,7 @@ impl Ids {
         (self.pgid != self.pid, self.pid)
     }
 
-    pub(super) fn of(p: &ProcessRecord) -> Ids {
+    pub(crate) fn of(p: &ProcessRecord) -> Ids {
         Ids::new(p.pid, p.ppid, p.sid, p.pgid, p.zombie.is_some())
     }
 
