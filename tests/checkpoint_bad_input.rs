@@ -488,45 +488,6 @@ fn restore_refuses_a_name_or_an_ip_in_use() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checkpoints `name` expecting a refusal whose message holds every needle and none of
-/// `forbid`; the container runs on untouched and the image directory is not created.
-fn refuses_checkpoint(
-    lab: &TestLab,
-    img: &TempDir,
-    name: &str,
-    needles: &[String],
-    forbid: &[&str],
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let before = match lab.container(name) {
-        Ok(c) => c,
-        Err(e) => return vec![format!("{name}: {e:#}")],
-    };
-    let dir = img.path.join(name);
-    match lab.fails(&["checkpoint", name, "--dir", &dir.to_string_lossy()]) {
-        Err(e) => problems.push(format!("{name}: {e:#}")),
-        Ok(stderr) => {
-            eprintln!("checkpoint {name}: {}", stderr.trim());
-            let missing: Vec<&String> = needles.iter().filter(|n| !stderr.contains(n.as_str())).collect();
-            if !missing.is_empty() {
-                problems.push(format!("{name}: the refusal lacks {missing:?}: {}", stderr.trim()));
-            }
-            if let Some(f) = forbid.iter().find(|f| stderr.contains(**f)) {
-                problems.push(format!("{name}: the refusal says {f:?}: {}", stderr.trim()));
-            }
-        }
-    }
-    if let Err(e) = ensure_untouched(lab, name, &before) {
-        problems.push(format!("{name} after the refused checkpoint: {e:#}"));
-    }
-    if let Ok(entries) = std::fs::read_dir(&dir)
-        && entries.count() > 0
-    {
-        problems.push(format!("{name}: the refused checkpoint left files in {}", dir.display()));
-    }
-    problems
-}
-
 /// The number after `word ` in a container's log.
 fn logged(lab: &TestLab, name: &str, word: &str) -> anyhow::Result<Vec<String>> {
     let log = lab.wait_log(name, &format!("{word} "))?;
@@ -567,7 +528,7 @@ fn checkpoint_refuses_sockets_fifos_and_other_fds_naming_them() -> anyhow::Resul
         let fd = fds.first().with_context(|| format!("{name} logged no fd"))?;
         let mut needles = vec![format!("pid {pid}"), format!("fd {fd}")];
         needles.extend(kinds.iter().map(|k| k.to_string()));
-        problems.extend(refuses_checkpoint(&lab, &img, name, &needles, forbid));
+        problems.extend(support::refuses_checkpoint(&lab, &img, name, &needles, forbid, ensure_untouched));
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&["c1", "c2", "c3", "c4", "c5"])?;
@@ -639,7 +600,7 @@ fn checkpoint_refuses_stopped_traced_and_nested_processes_naming_them() -> anyho
         if *kind == "several" {
             needles.extend(["PID 1 (python3".to_string(), "is a socket".into(), "userfaultfd".into()]);
         }
-        problems.extend(refuses_checkpoint(&lab, &img, name, &needles, &[]));
+        problems.extend(support::refuses_checkpoint(&lab, &img, name, &needles, &[], ensure_untouched));
     }
     ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     lab.down_expecting(&["s1", "s2", "s3", "s4", "s5"])?;
@@ -895,15 +856,15 @@ fn checkpoint_refuses_files_a_restore_would_make_outside_the_allowed_places() ->
         ];
         let bound =
             [format!("bound to {shown}/bound, whose node a restore makes again; it is in {shown}"), rule];
-        let mut problems = refuses_checkpoint(&lab, &img, "out1", &deleted, &[]);
-        problems.extend(refuses_checkpoint(&lab, &img, "out2", &bound, &[]));
+        let mut problems = support::refuses_checkpoint(&lab, &img, "out1", &deleted, &[], ensure_untouched);
+        problems.extend(support::refuses_checkpoint(&lab, &img, "out2", &bound, &[], ensure_untouched));
         let fifo = [
             "PID 1 (python3, host pid".to_string(),
             format!(
                 "is the FIFO {shown}/q, which a restore opens and fills again or makes anew; it is in {shown}"
             ),
         ];
-        problems.extend(refuses_checkpoint(&lab, &img, "out3", &fifo, &[]));
+        problems.extend(support::refuses_checkpoint(&lab, &img, "out3", &fifo, &[], ensure_untouched));
         Ok(problems)
     };
     let problems = run();

@@ -377,3 +377,44 @@ impl TestLab {
         Ok(())
     }
 }
+
+/// Checkpoints `name` expecting a refusal whose message holds every needle and none of
+/// `forbid`; the container must run on (`untouched` checks it against its `ps` entry from
+/// before) and the image directory be left empty. Returns the problems found.
+pub fn refuses_checkpoint(
+    lab: &TestLab,
+    img: &TempDir,
+    name: &str,
+    needles: &[String],
+    forbid: &[&str],
+    untouched: impl Fn(&TestLab, &str, &serde_json::Value) -> anyhow::Result<()>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let before = match lab.container(name) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("{name}: {e:#}")],
+    };
+    let dir = img.path.join(name);
+    match lab.fails(&["checkpoint", name, "--dir", &dir.to_string_lossy()]) {
+        Err(e) => problems.push(format!("{name}: {e:#}")),
+        Ok(stderr) => {
+            eprintln!("checkpoint {name}: {}", stderr.trim());
+            let missing: Vec<&String> = needles.iter().filter(|n| !stderr.contains(n.as_str())).collect();
+            if !missing.is_empty() {
+                problems.push(format!("{name}: the refusal lacks {missing:?}: {}", stderr.trim()));
+            }
+            if let Some(f) = forbid.iter().find(|f| stderr.contains(**f)) {
+                problems.push(format!("{name}: the refusal says {f:?}: {}", stderr.trim()));
+            }
+        }
+    }
+    if let Err(e) = untouched(lab, name, &before) {
+        problems.push(format!("{name} after the refused checkpoint: {e:#}"));
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir)
+        && entries.count() > 0
+    {
+        problems.push(format!("{name}: the refused checkpoint left files in {}", dir.display()));
+    }
+    problems
+}
