@@ -57,10 +57,12 @@ pub fn cpu_id(xstate: &[u8]) -> Result<CpuId, EngineError> {
     })
 }
 
-/// `struct _fpx_sw_bytes` at byte 464 of the FXSAVE area: magic1, extended_size, then
-/// the u64 xfeatures.
+/// XCR0, the features the XSAVE area holds: an area read with ptrace
+/// (`PTRACE_GETREGSET`, `NT_X86_XSTATE`) carries it in the first 8 bytes of the FXSAVE
+/// area's software-reserved bytes (byte 464; the kernel's `USER_XSTATE_XCR0_WORD`, put
+/// there for debuggers), not in a signal frame's `_fpx_sw_bytes` layout.
 pub fn xfeatures(xstate: &[u8]) -> u64 {
-    xstate.get(472..480).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes)
+    xstate.get(464..472).and_then(|b| b.try_into().ok()).map_or(0, u64::from_ne_bytes)
 }
 
 /// The container's CLOCK_MONOTONIC and CLOCK_BOOTTIME (ours plus its namespace's offsets)
